@@ -1,0 +1,7 @@
+"""`python -m specc`: the same as the `specc` command."""
+
+import sys
+
+from specc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,724 @@
+"""Check: syntax tree -> checked spec (specc.spec). Resolves names, types, widths and values,
+and reports every error it finds at once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from specc import ast
+from specc.diagnostics import Diagnostic, SpecError, suggest
+from specc.source import Span
+from specc.spec import (
+    CATEGORY, FLOAT, SGD, Adam, Binary, Column, CsvSource, DataSpec, Dot, Embedding, Fit,
+    FitOneCycle, Input, ModelSpec, Node, RandomSplit, RowSplit, SigmoidRange, Spec, TrainSpec,
+)
+
+# Block name -> the settings it accepts (None: the block holds definitions, not settings).
+BLOCKS = ("data", "model", "train")
+DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch")
+TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed")
+COLUMN_TYPES = (CATEGORY, FLOAT)
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    required: bool = False
+
+
+def _sig(*names: str) -> tuple[Param, ...]:
+    """Parameters in order; a trailing '?' marks an optional one."""
+    return tuple(Param(n.rstrip("?"), not n.endswith("?")) for n in names)
+
+
+# Every function a spec may call, by where it may appear. `--set` uses these to map a
+# keyword onto a positional argument.
+SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
+    "source": {
+        "csv": _sig("path", "delimiter?", "header?", "columns?"),
+        "tsv": _sig("path", "header?", "columns?"),
+    },
+    "valid": {
+        "random": _sig("fraction", "seed?"),
+        "rows": _sig("start", "end?"),
+    },
+    "model": {
+        "embedding": _sig("column", "dim"),
+        "dot": _sig("a", "b"),
+        "sigmoid_range": _sig("x", "low", "high"),
+    },
+    "optimizer": {
+        "adam": _sig("betas?", "eps?", "wd?"),
+        "adamw": _sig("betas?", "eps?", "wd?"),
+        "sgd": _sig("momentum?", "wd?", "nesterov?"),
+    },
+    "fit": {
+        "fit": _sig("epochs", "lr"),
+        "fit_one_cycle": _sig("epochs", "lr", "pct_start?", "div?", "final_div?", "moms?"),
+    },
+}
+LOSSES = {"mse": FLOAT}
+METRICS = {"rmse": FLOAT, "mse": FLOAT, "mae": FLOAT}
+
+
+def _kind(expr: ast.Expr) -> str:
+    """How an expression reads in a message: 'a string', 'a list', ..."""
+    return {
+        ast.Number: "a number", ast.String: "a string", ast.Name: "a name", ast.Typed: "a column declaration",
+        ast.ListExpr: "a list", ast.TupleExpr: "a tuple", ast.Call: "a call", ast.BinOp: "an expression",
+        ast.Neg: "an expression", ast.Pipe: "a pipe",
+    }[type(expr)]
+
+
+class _Checker:
+    """Walks one spec file, collecting diagnostics; builds the checked spec if there are none."""
+
+    def __init__(self, tree: ast.SpecFile, base_dirs: dict[str, Path]):
+        self.tree = tree
+        self.base_dirs = base_dirs  # source path -> folder its relative paths resolve against
+        self.errors: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+        self.inputs = self.target = None
+
+    # ------------------------------------------------------------ reporting
+
+    def error(self, code: str, message: str, span: Span | None, notes=()) -> None:
+        self.errors.append(Diagnostic(code, message, span, tuple(notes)))
+
+    def warn(self, code: str, message: str, span: Span | None, notes=()) -> None:
+        self.warnings.append(Diagnostic(code, message, span, tuple(notes), severity="warning"))
+
+    # ------------------------------------------------------------ constants
+
+    def number(self, expr: ast.Expr, what: str) -> float | None:
+        """A constant number (literals, unary minus, + - * / of constants)."""
+        if isinstance(expr, ast.Number):
+            return expr.value
+        if isinstance(expr, ast.Neg):
+            inner = self.number(expr.operand, what)
+            return None if inner is None else -inner
+        if isinstance(expr, ast.BinOp):
+            left, right = self.number(expr.left, what), self.number(expr.right, what)
+            if left is None or right is None:
+                return None
+            if expr.op == "/" and right == 0:
+                self.error("E302", f"{what}: division by zero", expr.span)
+                return None
+            return {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else 0}[expr.op]
+        self.error("E301", f"{what}: expected a number, found {_kind(expr)}", expr.span)
+        return None
+
+    def real(self, expr: ast.Expr, what: str, low: float | None = None, high: float | None = None,
+             low_open: bool = False, high_open: bool = False) -> float | None:
+        value = self.number(expr, what)
+        if value is None:
+            return None
+        value = float(value)
+        bad = not math.isfinite(value)
+        if low is not None and (value < low or (low_open and value == low)):
+            bad = True
+        if high is not None and (value > high or (high_open and value == high)):
+            bad = True
+        if bad:
+            self.error("E302", f"{what} must be {_range_text(low, high, low_open, high_open)}, found {_fmt(value)}",
+                       expr.span)
+            return None
+        return value
+
+    def integer(self, expr: ast.Expr, what: str, low: int = 0) -> int | None:
+        value = self.number(expr, what)
+        if value is None:
+            return None
+        if not isinstance(value, int) and not float(value).is_integer():
+            self.error("E301", f"{what}: expected a whole number, found {_fmt(value)}", expr.span)
+            return None
+        value = int(value)
+        if value < low:
+            self.error("E302", f"{what} must be at least {low}, found {value}", expr.span)
+            return None
+        return value
+
+    def boolean(self, expr: ast.Expr, what: str) -> bool | None:
+        if isinstance(expr, ast.Name) and expr.id in ("true", "false"):
+            return expr.id == "true"
+        self.error("E301", f"{what}: expected true or false, found {_show(expr)}", expr.span)
+        return None
+
+    def string(self, expr: ast.Expr, what: str) -> str | None:
+        if isinstance(expr, ast.String):
+            return expr.value
+        self.error("E301", f"{what}: expected a string, found {_kind(expr)}", expr.span)
+        return None
+
+    def numbers(self, expr: ast.Expr, what: str, count: int, low: float, high: float,
+                high_open: bool = True) -> tuple[float, ...] | None:
+        if not isinstance(expr, ast.TupleExpr) or len(expr.items) != count:
+            self.error("E301", f"{what}: expected a tuple of {count} numbers, found {_show(expr)}", expr.span,
+                       [f"write it as ({', '.join(['0.9'] * count)})"])
+            return None
+        values = [self.real(item, what, low, high, high_open=high_open) for item in expr.items]
+        return None if any(v is None for v in values) else tuple(values)
+
+    # ------------------------------------------------------------ calls
+
+    def bind(self, expr: ast.Expr, table: str, what: str) -> tuple[str, dict[str, ast.Expr], ast.Call] | None:
+        """Match a call against its signature: (function, {param: expr}, call) or None."""
+        funcs = SIGNATURES[table]
+        if isinstance(expr, ast.Name) and expr.id in funcs:
+            expr = ast.Call(expr, (), (), expr.span)
+        if not isinstance(expr, ast.Call):
+            names = ", ".join(f"{f}(...)" for f in funcs)
+            self.error("E301", f"{what}: expected one of {names}, found {_show(expr)}", expr.span)
+            return None
+        name = expr.func.id
+        if name not in funcs:
+            self.error("E202", f"unknown {what} '{name}'", expr.func.span,
+                       suggest(name, funcs) or (f"expected one of: {', '.join(funcs)}",))
+            return None
+        return (name, self.bind_args(expr, funcs[name]), expr) if self._args_ok(expr, funcs[name]) else None
+
+    def _args_ok(self, call: ast.Call, params: tuple[Param, ...]) -> bool:
+        before = len(self.errors)
+        name = call.func.id
+        if len(call.args) > len(params):
+            extra = call.args[len(params)]
+            self.error("E203", f"'{name}' takes at most {len(params)} arguments, found {len(call.args)}",
+                       extra.span.to(call.args[-1].span), [f"'{name}' takes ({_params_text(params)})"])
+        given = {p.name for p in params[:len(call.args)]}
+        for kw in call.keywords:
+            key = kw.name.id
+            if key not in {p.name for p in params}:
+                self.error("E203", f"'{name}' has no argument '{key}'", kw.name.span,
+                           suggest(key, [p.name for p in params]) or [f"'{name}' takes ({_params_text(params)})"])
+            elif key in given:
+                self.error("E203", f"argument '{key}' of '{name}' is given twice", kw.name.span)
+            given.add(key)
+        missing = [p.name for p in params if p.required and p.name not in given]
+        if missing:
+            listed = ", ".join(f"'{m}'" for m in missing)
+            self.error("E203", f"'{name}' is missing {listed}", call.span, [f"'{name}' takes ({_params_text(params)})"])
+        return len(self.errors) == before
+
+    @staticmethod
+    def bind_args(call: ast.Call, params: tuple[Param, ...]) -> dict[str, ast.Expr]:
+        bound = {p.name: arg for p, arg in zip(params, call.args)}
+        bound.update({kw.name.id: kw.value for kw in call.keywords})
+        return bound
+
+    # ------------------------------------------------------------ blocks
+
+    def run(self) -> Spec | None:
+        blocks: dict[str, ast.Block] = {}
+        for block in self.tree.blocks:
+            name = block.name.id
+            if name not in BLOCKS:
+                self.error("E101", f"unknown block '{name}'", block.name.span,
+                           suggest(name, BLOCKS) or [f"a spec has the blocks {', '.join(BLOCKS)}"])
+            elif name in blocks:
+                first = blocks[name].name.span
+                self.error("E103", f"block '{name}' is defined twice", block.name.span,
+                           [f"first defined at line {first.line}"])
+            else:
+                blocks[name] = block
+        end = self.tree.source.end_span()
+        for name in BLOCKS:
+            if name not in blocks:
+                self.error("E104", f"the spec has no '{name}' block", end,
+                           [f"add `{name} {{ ... }}`; see specs/collab.spec"])
+        data = self.data(blocks["data"]) if "data" in blocks else None
+        model = self.model(blocks["model"], data) if "model" in blocks else None
+        train = self.train(blocks["train"], data, model) if "train" in blocks else None
+        if self.errors or data is None or model is None or train is None:
+            return None
+        name = Path(self.tree.source.path).stem
+        return Spec(name, data, model, train, self.tree.source)
+
+    def settings(self, block: ast.Block, allowed: tuple[str, ...], calls: tuple[str, ...] = ()) -> tuple[dict, list]:
+        """Split a settings block into {name: Assign} and a list of call statements."""
+        found: dict[str, ast.Assign] = {}
+        stmts: list[ast.CallStmt] = []
+        for stmt in block.body:
+            if isinstance(stmt, ast.CallStmt):
+                func = stmt.call.func
+                if func.id in calls:
+                    stmts.append(stmt)
+                else:
+                    hint = suggest(func.id, calls) or ([f"here a statement is `name = value`"] if not calls else
+                                                       [f"the statements here are {', '.join(calls)}(...)"])
+                    self.error("E102", f"unknown statement '{func.id}' in the {block.name.id} block", func.span, hint)
+                continue
+            key = stmt.target.id
+            if key not in allowed:
+                self.error("E102", f"unknown setting '{key}' in the {block.name.id} block", stmt.target.span,
+                           suggest(key, allowed + calls) or [f"settings here: {', '.join(allowed)}"])
+            elif key in found:
+                self.error("E103", f"setting '{key}' is given twice", stmt.target.span,
+                           [f"first given at line {found[key].span.line}"])
+            else:
+                found[key] = stmt
+        return found, stmts
+
+    # ------------------------------------------------------------ data
+
+    def data(self, block: ast.Block) -> DataSpec | None:
+        found, _ = self.settings(block, DATA_SETTINGS)
+        ok = True
+        for key in ("source", "inputs", "target"):
+            if key not in found:
+                self.error("E104", f"the data block has no '{key}'", block.name.span,
+                           [{"source": 'e.g. source = csv("data/ratings.csv")',
+                             "inputs": "e.g. inputs = [user: category, item: category]",
+                             "target": "e.g. target = rating: float"}[key]])
+                ok = False
+        source = self.source(found["source"].value) if "source" in found else None
+        inputs = self.columns(found["inputs"].value) if "inputs" in found else None
+        target = self.column(found["target"].value, "target") if "target" in found else None
+        # The model block is checked against these even when other data settings are wrong.
+        self.inputs, self.target = inputs, target
+        valid = self.split(found["valid"].value) if "valid" in found else RandomSplit(0.2, 0)
+        batch = self.integer(found["batch"].value, "batch", low=1) if "batch" in found else 64
+        if inputs is not None and target is not None:
+            for col in inputs:
+                if col.name == target.name:
+                    self.error("E103", f"column '{col.name}' is both an input and the target", target.span)
+        if source is not None and source.columns is not None and inputs is not None and target is not None:
+            for col in (*inputs, target):
+                if col.name not in source.columns:
+                    self.error("E201", f"unknown column '{col.name}'", col.span,
+                               suggest(col.name, source.columns) or
+                               [f"the source's columns are {', '.join(source.columns)}"])
+        if not ok or None in (source, inputs, target, valid, batch):
+            return None
+        return DataSpec(source, inputs, target, valid, batch)
+
+    def source(self, expr: ast.Expr) -> CsvSource | None:
+        bound = self.bind(expr, "source", "source")
+        if bound is None:
+            return None
+        func, args, call = bound
+        path_text = self.string(args["path"], "path")
+        delimiter = "\t" if func == "tsv" else ","
+        if "delimiter" in args:
+            delimiter = self.string(args["delimiter"], "delimiter")
+            if delimiter is not None and len(delimiter) != 1:
+                self.error("E302", f"delimiter must be one character, found {len(delimiter)}", args["delimiter"].span,
+                           ['write a tab as "\\t"'])
+                delimiter = None
+        columns = None
+        if "columns" in args:
+            columns = self.column_names(args["columns"])
+        header = columns is None
+        if "header" in args:
+            header = self.boolean(args["header"], "header")
+        if header is False and "columns" not in args:
+            self.error("E203", "a source without a header needs columns=[...]", call.span,
+                       ["e.g. csv(\"u.data\", delimiter=\"\\t\", header=false, columns=[user, item, rating, time])"])
+            return None
+        if path_text is None or delimiter is None or header is None or ("columns" in args and columns is None):
+            return None
+        span = args["path"].span
+        base = self.base_dirs.get(span.source.path, Path.cwd())
+        return CsvSource((base / path_text).resolve(), delimiter, header, columns, span)
+
+    def column_names(self, expr: ast.Expr) -> tuple[str, ...] | None:
+        if not isinstance(expr, ast.ListExpr) or not expr.items:
+            self.error("E301", f"columns: expected a list of column names, found {_show(expr)}", expr.span)
+            return None
+        names: list[str] = []
+        for item in expr.items:
+            if isinstance(item, (ast.Name, ast.String)):
+                name = item.id if isinstance(item, ast.Name) else item.value
+                if name in names:
+                    self.error("E103", f"column '{name}' is named twice", item.span)
+                names.append(name)
+            else:
+                self.error("E301", f"columns: expected a column name, found {_kind(item)}", item.span)
+                return None
+        return tuple(names)
+
+    def column(self, expr: ast.Expr, what: str) -> Column | None:
+        if not isinstance(expr, ast.Typed):
+            self.error("E301", f"{what}: expected `column: type`, found {_kind(expr)}", expr.span,
+                       [f"e.g. rating: float; the types are {', '.join(COLUMN_TYPES)}"])
+            return None
+        kind = expr.type.id
+        if kind not in COLUMN_TYPES:
+            self.error("E301", f"unknown column type '{kind}'", expr.type.span,
+                       suggest(kind, COLUMN_TYPES) or [f"the types are {', '.join(COLUMN_TYPES)}"])
+            return None
+        return Column(expr.name.id, kind, expr.span)
+
+    def columns(self, expr: ast.Expr) -> tuple[Column, ...] | None:
+        if not isinstance(expr, ast.ListExpr) or not expr.items:
+            self.error("E301", f"inputs: expected a list of `column: type`, found {_show(expr)}", expr.span,
+                       ["e.g. inputs = [user: category, item: category]"])
+            return None
+        cols = [self.column(item, "inputs") for item in expr.items]
+        if any(c is None for c in cols):
+            return None
+        seen: dict[str, Column] = {}
+        for col in cols:
+            if col.name in seen:
+                self.error("E103", f"input column '{col.name}' is declared twice", col.span,
+                           [f"first declared at line {seen[col.name].span.line}"])
+            seen[col.name] = col
+        return tuple(cols)
+
+    def split(self, expr: ast.Expr):
+        bound = self.bind(expr, "valid", "validation split")
+        if bound is None:
+            return None
+        func, args, _ = bound
+        if func == "random":
+            fraction = self.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
+            seed = self.integer(args["seed"], "seed") if "seed" in args else 0
+            return None if fraction is None or seed is None else RandomSplit(fraction, seed)
+        start = self.integer(args["start"], "first validation row")
+        end = self.integer(args["end"], "end row", low=1) if "end" in args else None
+        if start is not None and end is not None and end <= start:
+            self.error("E302", f"rows({start}, {end}): the end must come after the start", expr.span)
+            return None
+        return None if start is None or ("end" in args and end is None) else RowSplit(start, end)
+
+    # ------------------------------------------------------------ model
+
+    def model(self, block: ast.Block, data: DataSpec | None) -> ModelSpec | None:
+        # Without valid inputs the columns are unknown: names that could be columns pass silently.
+        columns = {c.name: c for c in self.inputs} if self.inputs is not None else None
+        target = self.target.name if self.target is not None else None
+        builder = _ModelBuilder(self, columns, target)
+        for stmt in block.body:
+            if isinstance(stmt, ast.CallStmt):
+                self.error("E102", "a model statement names its value", stmt.span,
+                           [f"write `name = {stmt.call.func.id}(...)`"])
+                continue
+            builder.define(stmt)
+        if "out" not in builder.defined:
+            if not any(isinstance(s, ast.Assign) and s.target.id == "out" for s in block.body):
+                self.error("E104", "the model block has no 'out'", block.name.span,
+                           ["the value named 'out' is the model's prediction"])
+            return None
+        out = builder.nodes[builder.defined["out"]]
+        if data is None:
+            return None
+        for col in data.inputs:
+            if col.name not in builder.used_columns:
+                self.warn("W201", f"input column '{col.name}' is not used by the model", col.span)
+        used = tuple(c.name for c in data.inputs if c.name in builder.used_columns)
+        if not builder.ok:
+            return None
+        return ModelSpec(tuple(builder.nodes.values()), out.name, used)
+
+    # ------------------------------------------------------------ train
+
+    def train(self, block: ast.Block, data: DataSpec | None, model: ModelSpec | None) -> TrainSpec | None:
+        found, fits = self.settings(block, TRAIN_SETTINGS, calls=tuple(SIGNATURES["fit"]))
+        target_kind = data.target.kind if data is not None else None
+        loss = None
+        if "loss" not in found:
+            self.error("E104", "the train block has no 'loss'", block.name.span, ["e.g. loss = mse"])
+        else:
+            loss = self.loss_name(found["loss"].value, LOSSES, "loss", target_kind)
+        metrics: list[str] = []
+        if "metrics" in found:
+            expr = found["metrics"].value
+            items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
+            for item in items:
+                metric = self.loss_name(item, METRICS, "metric", target_kind)
+                if metric is not None:
+                    metrics.append(metric)
+        optimizer = self.optimizer(found["optimizer"].value) if "optimizer" in found else Adam()
+        seed = self.integer(found["seed"].value, "seed") if "seed" in found else 0
+        fit = None
+        if not fits:
+            self.error("E104", "the train block has no fit statement", block.name.span,
+                       ["e.g. fit_one_cycle(epochs=5, lr=5e-3)"])
+        for extra in fits[1:]:
+            self.error("E103", "a train block has one fit statement", extra.span,
+                       [f"the first is at line {fits[0].span.line}"])
+        if fits:
+            fit = self.fit(fits[0].call)
+        if model is not None and data is not None and loss is not None and target_kind == FLOAT:
+            out = model.node(model.output)
+            if out.width != 1:
+                self.error("E303", f"the model's output 'out' has width {out.width}, but the target "
+                           f"'{data.target.name}' is one number per row", out.span,
+                           ["reduce it to width 1, e.g. with dot(a, b)"])
+        if self.errors or None in (loss, optimizer, fit, seed):
+            return None
+        return TrainSpec(loss, tuple(metrics), optimizer, fit, seed)
+
+    def loss_name(self, expr: ast.Expr, table: dict[str, str], what: str, target_kind: str | None) -> str | None:
+        if isinstance(expr, ast.Call) and not expr.args and not expr.keywords:
+            expr = expr.func
+        if not isinstance(expr, ast.Name):
+            self.error("E301", f"{what}: expected a name such as {next(iter(table))}, found {_kind(expr)}", expr.span)
+            return None
+        if expr.id not in table:
+            self.error("E202", f"unknown {what} '{expr.id}'", expr.span,
+                       suggest(expr.id, table) or [f"known: {', '.join(table)}"])
+            return None
+        if target_kind is not None and table[expr.id] != target_kind:
+            self.error("E304", f"{what} '{expr.id}' needs a {table[expr.id]} target, but the target is a {target_kind}",
+                       expr.span)
+            return None
+        return expr.id
+
+    def optimizer(self, expr: ast.Expr):
+        bound = self.bind(expr, "optimizer", "optimizer")
+        if bound is None:
+            return None
+        func, args, _ = bound
+        wd = self.real(args["wd"], "wd", 0.0) if "wd" in args else 0.0
+        if func in ("adam", "adamw"):
+            betas = self.numbers(args["betas"], "betas", 2, 0.0, 1.0) if "betas" in args else (0.9, 0.999)
+            eps = self.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
+            return None if None in (betas, eps, wd) else Adam(betas, eps, wd)
+        momentum = self.real(args["momentum"], "momentum", 0.0, 1.0, high_open=True) if "momentum" in args else 0.0
+        nesterov = self.boolean(args["nesterov"], "nesterov") if "nesterov" in args else False
+        if nesterov and momentum == 0.0:
+            self.error("E302", "nesterov needs a momentum above 0", args["nesterov"].span)
+            return None
+        return None if None in (momentum, wd, nesterov) else SGD(momentum, wd, nesterov)
+
+    def fit(self, call: ast.Call):
+        bound = self.bind(call, "fit", "fit")
+        if bound is None:
+            return None
+        func, args, _ = bound
+        epochs = self.integer(args["epochs"], "epochs", low=1)
+        lr = self.real(args["lr"], "lr", 0.0, low_open=True)
+        if func == "fit":
+            return None if None in (epochs, lr) else Fit(epochs, lr)
+        pct = self.real(args["pct_start"], "pct_start", 0.0, 1.0, True, True) if "pct_start" in args else 0.3
+        div = self.real(args["div"], "div", 0.0, low_open=True) if "div" in args else 25.0
+        final_div = self.real(args["final_div"], "final_div", 0.0, low_open=True) if "final_div" in args else 1e4
+        moms = self.numbers(args["moms"], "moms", 3, 0.0, 1.0) if "moms" in args else (0.95, 0.85, 0.95)
+        if None in (epochs, lr, pct, div, final_div, moms):
+            return None
+        return FitOneCycle(epochs, lr, pct, div, final_div, moms)
+
+
+class _ModelBuilder:
+    """Turns model statements into nodes with inferred widths (the model's type system)."""
+
+    def __init__(self, checker: _Checker, columns: dict[str, Column] | None, target: str | None):
+        self.c = checker
+        self.lenient = columns is None
+        columns = columns or {}
+        self.columns = columns
+        self.target = target
+        self.nodes: dict[str, Node] = {}
+        self.defined: dict[str, str] = {}  # spec name -> node name
+        self.later: set[str] = set()
+        self.used_columns: set[str] = set()
+        self.counters: dict[str, int] = {}
+        self.reserved: set[str] = set(columns)
+        self.ok = True
+
+    def define(self, stmt: ast.Assign) -> None:
+        name = stmt.target.id
+        before = len(self.c.errors)
+        if name in self.columns:
+            self.c.error("E103", f"'{name}' is already an input column", stmt.target.span,
+                         ["give the value another name"])
+        elif name in self.defined:
+            first = self.nodes[self.defined[name]].span
+            self.c.error("E103", f"'{name}' is defined twice", stmt.target.span, [f"first defined at line {first.line}"])
+        else:
+            self.reserved.add(name)
+            value = self.value(stmt.value, name)
+            if isinstance(value, str):
+                self.defined[name] = value
+            elif value is not None:
+                self.c.error("E301", f"'{name}' must be a tensor value, found a constant", stmt.value.span)
+        if len(self.c.errors) != before:
+            self.ok = False
+
+    def fresh(self, base: str) -> str:
+        while True:
+            count = self.counters.get(base, 0)
+            self.counters[base] = count + 1
+            name = base if count == 0 else f"{base}_{count}"
+            if name not in self.reserved and name not in self.nodes:
+                return name
+
+    def add(self, name: str | None, base: str, op, inputs: tuple[str, ...], width: int, span: Span) -> str:
+        node_name = name if name is not None and name not in self.nodes else self.fresh(base)
+        self.nodes[node_name] = Node(node_name, op, inputs, width, span)
+        return node_name
+
+    def value(self, expr: ast.Expr, name: str | None = None):
+        """Lower an expression: a node name (a tensor value), a float (a constant), or None (an error)."""
+        if isinstance(expr, ast.Number):
+            return float(expr.value)
+        if isinstance(expr, ast.Name):
+            return self.reference(expr)
+        if isinstance(expr, ast.Neg):
+            inner = self.value(expr.operand)
+            if inner is None:
+                return None
+            if isinstance(inner, float):
+                return -inner
+            return self.add(name, "neg", Binary("-", 0.0, True), (inner,), self.nodes[inner].width, expr.span)
+        if isinstance(expr, ast.BinOp):
+            return self.binary(expr, name)
+        if isinstance(expr, ast.Pipe):
+            stage = expr.stage
+            if isinstance(stage, ast.Name):
+                stage = ast.Call(stage, (), (), stage.span)
+            if not isinstance(stage, ast.Call):
+                self.c.error("E301", f"after '|>' expected a function, found {_kind(stage)}", stage.span)
+                return None
+            return self.call(ast.Call(stage.func, (expr.value,) + stage.args, stage.keywords, expr.span), name)
+        if isinstance(expr, ast.Call):
+            return self.call(expr, name)
+        self.c.error("E301", f"expected a model value, found {_kind(expr)}", expr.span)
+        return None
+
+    def reference(self, expr: ast.Name):
+        ident = expr.id
+        if ident in self.defined:
+            return self.defined[ident]
+        if ident in self.columns:
+            col = self.columns[ident]
+            if col.kind == CATEGORY:
+                self.c.error("E301", f"'{ident}' is a category column; use it through an embedding", expr.span,
+                             [f"e.g. embedding({ident}, 40)"])
+                return None
+            self.used_columns.add(ident)
+            if ident not in self.nodes:
+                self.nodes[ident] = Node(ident, Input(ident), (), 1, col.span)
+            return ident
+        if ident == self.target:
+            self.c.error("E201", f"'{ident}' is the target; the model cannot read it", expr.span)
+            return None
+        if self.lenient:
+            self.ok = False
+            return None
+        known = set(self.defined) | set(self.columns)
+        self.c.error("E201", f"unknown name '{ident}'", expr.span,
+                     suggest(ident, known | set(SIGNATURES["model"])) or
+                     ([f"defined so far: {', '.join(sorted(known))}"] if known else []))
+        return None
+
+    def tensor(self, expr: ast.Expr, what: str) -> str | None:
+        value = self.value(expr)
+        if isinstance(value, float):
+            self.c.error("E301", f"{what}: expected a tensor value, found a number", expr.span)
+            return None
+        return value
+
+    def binary(self, expr: ast.BinOp, name: str | None):
+        left, right = self.value(expr.left), self.value(expr.right)
+        if left is None or right is None:
+            return None
+        base = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[expr.op]
+        if isinstance(left, float) and isinstance(right, float):
+            return self.c.number(expr, "constant")
+        if isinstance(left, float) or isinstance(right, float):
+            const, tensor = (left, right) if isinstance(left, float) else (right, left)
+            if expr.op == "/" and isinstance(right, float) and right == 0.0:
+                self.c.error("E302", "division by zero", expr.right.span)
+                return None
+            op = Binary(expr.op, const, isinstance(left, float))
+            return self.add(name, base, op, (tensor,), self.nodes[tensor].width, expr.span)
+        wl, wr = self.nodes[left].width, self.nodes[right].width
+        if wl != wr and 1 not in (wl, wr):
+            self.c.error("E303", f"'{expr.op}' needs equal widths (or width 1), found {wl} and {wr}", expr.span,
+                         [f"'{_show(expr.left)}' has width {wl}, '{_show(expr.right)}' has width {wr}"])
+            return None
+        return self.add(name, base, Binary(expr.op), (left, right), max(wl, wr), expr.span)
+
+    def call(self, call: ast.Call, name: str | None):
+        funcs = SIGNATURES["model"]
+        func = call.func.id
+        if func not in funcs:
+            self.c.error("E202", f"unknown function '{func}'", call.func.span,
+                         suggest(func, funcs) or [f"model functions: {', '.join(funcs)}"])
+            return None
+        if not self.c._args_ok(call, funcs[func]):
+            return None
+        args = self.c.bind_args(call, funcs[func])
+        if func == "embedding":
+            col = args["column"]
+            dim = self.c.integer(args["dim"], "embedding size", low=1)
+            if not isinstance(col, ast.Name):
+                self.c.error("E301", f"embedding: expected a category column, found {_kind(col)}", col.span)
+                return None
+            if self.lenient:
+                self.ok = False
+                return None
+            if col.id not in self.columns or self.columns[col.id].kind != CATEGORY:
+                cats = [c for c, v in self.columns.items() if v.kind == CATEGORY]
+                what = "a float column" if col.id in self.columns else "not an input column"
+                self.c.error("E201", f"embedding: '{col.id}' is {what}; expected a category column", col.span,
+                             suggest(col.id, cats) or ([f"category columns: {', '.join(cats)}"] if cats else []))
+                return None
+            if dim is None:
+                return None
+            self.used_columns.add(col.id)
+            return self.add(name, "embedding", Embedding(col.id, dim), (), dim, call.span)
+        if func == "dot":
+            a, b = self.tensor(args["a"], "dot"), self.tensor(args["b"], "dot")
+            if a is None or b is None:
+                return None
+            wa, wb = self.nodes[a].width, self.nodes[b].width
+            if wa != wb:
+                self.c.error("E303", f"dot needs two values of the same width, found {wa} and {wb}", call.span,
+                             [f"'{_show(args['a'])}' has width {wa}, '{_show(args['b'])}' has width {wb}"])
+                return None
+            return self.add(name, "dot", Dot(), (a, b), 1, call.span)
+        # sigmoid_range
+        x = self.tensor(args["x"], "sigmoid_range")
+        low = self.c.real(args["low"], "low")
+        high = self.c.real(args["high"], "high")
+        if low is not None and high is not None and high <= low:
+            self.c.error("E302", f"sigmoid_range: high ({_fmt(high)}) must be above low ({_fmt(low)})",
+                         args["low"].span.to(args["high"].span))
+            return None
+        if x is None or low is None or high is None:
+            return None
+        return self.add(name, "sigmoid_range", SigmoidRange(low, high), (x,), self.nodes[x].width, call.span)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def _show(expr: ast.Expr) -> str:
+    """The expression as the user wrote it."""
+    return expr.span.text
+
+
+def _params_text(params: tuple[Param, ...]) -> str:
+    return ", ".join(p.name if p.required else f"{p.name}=..." for p in params)
+
+
+def _range_text(low, high, low_open, high_open) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'above' if low_open else 'at least'} {_fmt(low)}"
+    if high is not None:
+        return f"{'below' if high_open else 'at most'} {_fmt(high)}"
+    return "a finite number"
+
+
+def check(tree: ast.SpecFile, base_dirs: dict[str, Path] | None = None) -> tuple[Spec, list[Diagnostic]]:
+    """Check a parsed spec: the checked spec and its warnings, or SpecError with every error."""
+    if base_dirs is None:
+        base_dirs = {tree.source.path: Path(tree.source.path).resolve().parent}
+    checker = _Checker(tree, base_dirs)
+    spec = checker.run()
+    if checker.errors:
+        # In source order; diagnostics about `--set` values (another source) come last.
+        errors = sorted(checker.errors, key=lambda d: (d.span is None,
+                                                       d.span is not None and d.span.source is not tree.source,
+                                                       d.span.start if d.span else 0))
+        raise SpecError(errors)
+    if spec is None:
+        raise RuntimeError("check produced no spec and no error")  # a bug in the checker
+    return spec, checker.warnings

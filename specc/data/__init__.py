@@ -1,0 +1,1 @@
+"""Data: reading tables, splitting, vocabularies; numpy arrays that train and export consume."""

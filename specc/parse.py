@@ -1,0 +1,332 @@
+"""Parse: spec text -> syntax tree (specc.ast), or a SpecError at the first syntax error."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from specc import ast
+from specc.diagnostics import Diagnostic, SpecError
+from specc.source import Source, Span
+
+_OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
+_CLOSE = {"RPAR", "RSQB"}
+
+# What the user types, for each terminal lark may name in an error.
+_TERMINAL_TEXT = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "_NL": "end of line",
+    "$END": "end of input",
+}
+_VALUE_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS"}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "_PIPE"}
+
+
+def grammar_path() -> Path:
+    """The grammar file: inside the installed package, or at the repository's top level."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "grammars" / "specc.lark", here.parent / "grammars" / "specc.lark"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("specc.lark not found beside the package")  # an install bug
+
+
+class _Brackets:
+    """Post-lexer: drops the newlines inside ( ) and [ ], where statements cannot end."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth = 0
+        for tok in stream:
+            if tok.type in _OPEN:
+                depth += 1
+            elif tok.type in _CLOSE and depth:
+                depth -= 1
+            if tok.type == "_NL" and depth:
+                continue
+            yield tok
+
+
+def _tokens_before(parser: Lark, text: str, pos: int) -> list[Token]:
+    """The significant tokens that end at or before `pos` (for error messages)."""
+    out = []
+    try:
+        for tok in parser.lex(text, dont_ignore=False):
+            if tok.start_pos >= pos:
+                break
+            if tok.type != "_NL":
+                out.append(tok)
+    except UnexpectedInput:
+        pass
+    return out
+
+
+def _unclosed(tokens: list[Token]) -> list[Token]:
+    """Opening brackets and braces left open by these tokens, outermost first."""
+    stack: list[Token] = []
+    pairs = {"RPAR": "LPAR", "RSQB": "LSQB", "RBRACE": "LBRACE"}
+    for tok in tokens:
+        if tok.type in ("LPAR", "LSQB", "LBRACE"):
+            stack.append(tok)
+        elif tok.type in pairs and stack and stack[-1].type == pairs[tok.type]:
+            stack.pop()
+    return stack
+
+
+@functools.cache
+def _parser() -> Lark:
+    return Lark(grammar_path().read_text(), parser="lalr", lexer="basic", postlex=_Brackets(),
+                propagate_positions=True, maybe_placeholders=False)
+
+
+def _unescape(body: str) -> str:
+    """Decode the escapes a spec string may hold (never eval)."""
+    out, i = [], 0
+    table = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "r": "\r"}
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            out.append(table.get(nxt, "\\" + nxt))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+class _ToAst(Transformer):
+    """lark tree -> specc.ast, one method per rule (lark's create_ast model)."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _span(self, meta) -> Span:
+        return Span(self.source, meta.start_pos, meta.end_pos)
+
+    def _tok(self, tok: Token) -> Span:
+        return Span(self.source, tok.start_pos, tok.end_pos)
+
+    # terminals
+    def NAME(self, tok):
+        return ast.Name(str(tok), self._tok(tok))
+
+    def NUMBER(self, tok):
+        text = str(tok)
+        is_int = all(c.isdigit() for c in text)
+        return ast.Number(int(text) if is_int else float(text), text, self._tok(tok))
+
+    def STRING(self, tok):
+        return ast.String(_unescape(str(tok)[1:-1]), self._tok(tok))
+
+    # rules
+    @v_args(meta=True)
+    def start(self, meta, blocks):
+        return ast.SpecFile(tuple(blocks), self.source)
+
+    @v_args(meta=True)
+    def block(self, meta, children):
+        name, *body = children
+        return ast.Block(name, tuple(body), self._span(meta))
+
+    @v_args(meta=True)
+    def assign(self, meta, children):
+        target, value = children
+        return ast.Assign(target, value, self._span(meta))
+
+    @v_args(meta=True)
+    def call_stmt(self, meta, children):
+        return ast.CallStmt(children[0], self._span(meta))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        func, *rest = children
+        args = tuple(c for c in rest if not isinstance(c, ast.Keyword))
+        keywords = tuple(c for c in rest if isinstance(c, ast.Keyword))
+        return ast.Call(func, args, keywords, self._span(meta))
+
+    @v_args(meta=True)
+    def keyword(self, meta, children):
+        name, value = children
+        return ast.Keyword(name, value, self._span(meta))
+
+    def _binop(op):
+        @v_args(meta=True)
+        def method(self, meta, children):
+            left, right = children
+            return ast.BinOp(op, left, right, self._span(meta))
+        return method
+
+    add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return ast.Neg(children[0], self._span(meta))
+
+    @v_args(meta=True)
+    def pipe(self, meta, children):
+        value, stage = children
+        return ast.Pipe(value, stage, self._span(meta))
+
+    def number(self, children):
+        return children[0]
+
+    string = name = number
+
+    @v_args(meta=True)
+    def typed(self, meta, children):
+        name, type_ = children
+        return ast.Typed(name, type_, self._span(meta))
+
+    @v_args(meta=True)
+    def list(self, meta, children):
+        return ast.ListExpr(tuple(children), self._span(meta))
+
+    @v_args(meta=True)
+    def tuple(self, meta, children):
+        return ast.TupleExpr(tuple(children), self._span(meta))
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of input"
+    if tok.type == "_NL":
+        return "end of line"
+    return f"'{tok}'"
+
+
+def _expected(names, parser: Lark) -> str:
+    names = set(names)
+    words = []
+    if _VALUE_START <= names:
+        words.append("a value")
+        names -= _VALUE_START
+    if _OPERATORS <= names and len(names) > len(_OPERATORS):
+        # After a complete value any operator could follow; name only what would close it.
+        names -= _OPERATORS
+    for name in sorted(names):
+        if name in _TERMINAL_TEXT:
+            words.append(_TERMINAL_TEXT[name])
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            words.append(name)
+            continue
+        words.append(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+    words = sorted(set(words), key=lambda w: (w.startswith("'"), w))
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnostic:
+    text = source.text
+    if isinstance(err, UnexpectedCharacters):
+        pos = err.pos_in_stream
+        ch = text[pos]
+        if ch == '"':
+            end = text.find("\n", pos)
+            end = len(text) if end < 0 else end
+            return Diagnostic("E004", "unterminated string", Span(source, pos, end),
+                              ("a string ends with '\"' on the same line",))
+        notes = ()
+        if not ch.isascii():
+            notes = ("specs are ASCII outside strings and comments",)
+        shown = repr(ch)[1:-1] if not ch.isprintable() else ch
+        return Diagnostic("E001", f"unexpected character '{shown}'", Span(source, pos, pos + 1), notes)
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    try:
+        accepts = err.interactive_parser.accepts()
+    except Exception:  # lark could not simulate the parse; fall back to its own list
+        accepts = err.expected
+    expected = _expected(accepts, parser)
+    at_end = tok.type == "$END"
+    before = _tokens_before(parser, text, len(text) if at_end else tok.start_pos)
+    prev = before[-1] if before else None
+    if at_end:
+        at = prev.end_pos if prev is not None else 0
+        notes = tuple(f"'{opener}' opened at line {source.line_of(opener.start_pos)} is not closed"
+                      for opener in reversed(_unclosed(before)))
+        return Diagnostic("E003", f"unexpected end of input: expected {expected}",
+                          Span(source, at, at), notes)
+    found = _describe(tok)
+    if prev is not None and (tok.type == "_NL" or source.line_of(tok.start_pos) != source.line_of(prev.end_pos)):
+        # A missing token: point just after what came before it, not at the next line.
+        return Diagnostic("E002", f"expected {expected} after '{prev}', found {found}",
+                          Span(source, prev.end_pos, prev.end_pos))
+    end = tok.end_pos if tok.end_pos is not None else tok.start_pos + len(str(tok))
+    return Diagnostic("E002", f"unexpected {found}: expected {expected}", Span(source, tok.start_pos, end))
+
+
+def parse(source: Source) -> ast.SpecFile:
+    """Parse a spec's text; raise SpecError at the first syntax error."""
+    parser = _parser()
+    try:
+        tree = parser.parse(source.text)
+    except UnexpectedInput as err:
+        raise SpecError([_syntax_error(err, source, parser)]) from None
+    return _ToAst(source).transform(tree)
+
+
+_WRAP = "_ {\n_ = "
+
+
+def parse_expr(source: Source, start: int = 0) -> ast.Expr:
+    """Parse `source.text[start:]` as one expression (the value of a `--set key=value`)."""
+    wrapped = Source(source.path, _WRAP + source.text[start:] + "\n}")
+    delta = start - len(_WRAP)
+    try:
+        tree = parse(wrapped)
+    except SpecError as err:
+        moved = []
+        for d in err.diagnostics:
+            at = min(max(d.span.start + delta, start), len(source.text))
+            end = min(max(d.span.end + delta, at), len(source.text))
+            message = d.message.replace("end of line", "end of input").replace("'}'", "end of input")
+            moved.append(Diagnostic(d.code, message, Span(source, at, end), ()))
+        raise SpecError(moved) from None
+    body = tree.blocks[0].body
+    if len(body) != 1 or not isinstance(body[0], ast.Assign):
+        raise SpecError([Diagnostic("E002", "expected one value", Span(source, start, len(source.text)))])
+    return _shift(body[0].value, source, delta)
+
+
+def _shift(node, source: Source, delta: int):
+    """A copy of a syntax tree with every span moved by `delta` into `source`."""
+    if isinstance(node, tuple):
+        return tuple(_shift(n, source, delta) for n in node)
+    if not hasattr(node, "__dataclass_fields__"):
+        return node
+    values = {}
+    for name in node.__dataclass_fields__:
+        value = getattr(node, name)
+        if name == "span":
+            value = Span(source, value.start + delta, value.end + delta)
+        else:
+            value = _shift(value, source, delta)
+        values[name] = value
+    return type(node)(**values)
+
+
+def read_source(path: str | Path) -> Source:
+    """Read a spec file as text; a file that is not UTF-8 text is a spec error."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        source = Source(str(path), data.decode("utf-8", errors="replace"))
+        raise SpecError([Diagnostic("E005", "the file is not UTF-8 text",
+                                    Span(source, err.start, err.start + 1))]) from None
+    if "\x00" in text:
+        source = Source(str(path), text.replace("\x00", "?"))
+        pos = text.index("\x00")
+        raise SpecError([Diagnostic("E005", "the file is not text (it holds a NUL byte)",
+                                    Span(source, pos, pos + 1))])
+    return Source(str(path), text)

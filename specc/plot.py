@@ -1,0 +1,36 @@
+"""Plots as PNG bytes (matplotlib's Agg backend; no display needed)."""
+
+from __future__ import annotations
+
+import io
+
+
+def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
+    """Smoothed training loss per step, validation loss per epoch, and the learning rate below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(3, 1))
+    steps = range(1, len(history.step_smooth) + 1)
+    ax.plot(steps, history.step_loss, color="#bbbbbb", linewidth=0.5, label="train (raw)")
+    ax.plot(steps, history.step_smooth, color="#1f77b4", label="train (smoothed, beta 0.98)")
+    ends = [(r.epoch + 1) * steps_per_epoch for r in history.records]
+    ax.plot(ends, [r.valid_loss for r in history.records], "o-", color="#d62728", label="valid")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    low = min(history.step_smooth + [r.valid_loss for r in history.records])
+    high = max(history.step_smooth[len(history.step_smooth) // 20:] + [r.valid_loss for r in history.records])
+    ax.set_ylim(low * 0.9, high * 1.1)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax_lr.plot(steps, history.step_lr, color="#2ca02c")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("step")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,105 @@
+"""The `specc train` pipeline: spec file -> checked spec -> data -> training -> run folder."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from specc import overrides as _overrides
+from specc.check import check
+from specc.diagnostics import Diagnostic
+from specc.parse import parse, read_source
+from specc.runfolder import RunFolder
+from specc.spec import Embedding, Spec
+
+
+def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagnostic]]:
+    """Parse, apply `--set` overrides, check. Raises SpecError, or UsageError for a bad --set."""
+    source = read_source(path)
+    tree = parse(source)
+    if sets:
+        tree = _overrides.apply(tree, list(sets))
+    base_dirs = {source.path: Path(source.path).resolve().parent, _overrides.OVERRIDE_PATH: Path.cwd()}
+    return check(tree, base_dirs)
+
+
+def embedding_table(spec: Spec) -> dict[str, dict]:
+    return {n.name: {"column": n.op.column, "dim": n.op.dim} for n in spec.model.nodes if isinstance(n.op, Embedding)}
+
+
+def checkpoint_metadata(spec: Spec, vocabs, sets, epoch: int) -> dict[str, str]:
+    from specc.data.prepare import vocabs_to_json
+
+    return {
+        "specc.spec": spec.source.text,
+        "specc.spec_name": spec.name,
+        "specc.overrides": json.dumps(list(sets)),
+        "specc.vocabs": vocabs_to_json(vocabs),
+        "specc.embeddings": json.dumps(embedding_table(spec)),
+        "specc.epoch": str(epoch),
+    }
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    history: object
+    parity: float
+    seconds: float
+
+
+def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
+              stdout=None) -> RunResult:
+    """Train a checked spec and write its run folder."""
+    import torch
+    from safetensors.torch import save
+
+    from specc.data.prepare import prepare
+    from specc.export import parity, parity_rows, to_onnx
+    from specc.plan import make_plan
+    from specc.plot import loss_png
+    from specc.train import Progress, pick_device, train
+
+    stdout = stdout or sys.stdout
+    folder = RunFolder(out)
+    folder.prepare()
+    started = time.perf_counter()
+    prepared = prepare(spec.data, spec.model.inputs)
+    device = pick_device(device_name)
+    sizes = {c: v.size for c, v in prepared.vocabs.items()}
+    plan = make_plan(spec, sizes, prepared.n_train, prepared.n_valid)
+    folder.write_text("spec.spec", spec.source.text)
+    if not quiet:
+        print(f"specc: training {spec.name} on {device.type}: {prepared.n_train} training rows, "
+              f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch", file=stdout)
+
+    def on_epoch(model, record, history):
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        folder.write_bytes("model.safetensors",
+                           save(state, metadata=checkpoint_metadata(spec, prepared.vocabs, sets, record.epoch)))
+        folder.write_metrics(history.records, spec.train.metrics)
+
+    progress = None if quiet else Progress(spec.train.metrics, out=stdout)
+    model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch)
+    folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
+    onnx_model = to_onnx(spec, model, prepared.vocabs)
+    onnx_bytes = onnx_model.SerializeToString()
+    diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared))
+    folder.write_bytes("model.onnx", onnx_bytes)
+    seconds = time.perf_counter() - started
+    folder.write_json("run.json", {
+        "spec": spec.name, "overrides": list(sets), "device": device.type, "seconds": round(seconds, 3),
+        "onnx_parity_max_abs_diff": diff, "torch": torch.__version__, "python": platform.python_version(),
+        "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs,
+        "final": history.records[-1].__dict__ if history.records else None,
+    })
+    if not quiet:
+        print(f"specc: wrote {folder.path}/ (model.onnx matches torch to {diff:.2g})", file=stdout)
+    return RunResult(folder.path, history, diff, seconds)
+
+
+
