@@ -69,9 +69,9 @@ def _show(args) -> int:
         from specc import ast, overrides
         from specc.parse import parse, read_source
 
-        tree = parse(read_source(args.spec))
-        if args.sets:
-            tree = overrides.apply(tree, args.sets)
+        tree, errors = overrides.apply(parse(read_source(args.spec)), args.sets)
+        if errors:
+            raise SpecError(errors)
         print(ast.dump(tree))
         return 0
     spec, warnings = load_spec(args.spec, args.sets)

@@ -5,6 +5,7 @@ like the rest of the spec). Keys are dotted paths:
     data.source.path="other.csv"       one argument of a setting's call
     train.optimizer.wd=0.01
     train.fit_one_cycle.epochs=1       an argument of the fit statement (`train.fit.epochs` too)
+    train.fit=fit(epochs=2, lr=1e-3)   the whole fit statement
     model.u=embedding(user, 50)        a model definition
     model.u.dim=50                     one argument of a model definition
 """
@@ -26,17 +27,16 @@ _SETTINGS = {"data": DATA_SETTINGS, "train": TRAIN_SETTINGS}
 _TABLE_OF = {"source": "source", "valid": "valid", "optimizer": "optimizer"}
 
 
-def apply(tree: ast.SpecFile, overrides: list[str]) -> ast.SpecFile:
-    """Apply each override in order; all mistakes are reported together."""
+def apply(tree: ast.SpecFile, overrides: list[str]) -> tuple[ast.SpecFile, list[Diagnostic]]:
+    """Apply each override in order. Those that cannot apply (an unknown key, a value that does
+    not parse) are returned as diagnostics, so that `check` can still report everything else."""
     errors: list[Diagnostic] = []
     for text in overrides:
         try:
             tree = _apply_one(tree, text)
         except SpecError as err:
             errors.extend(err.diagnostics)
-    if errors:
-        raise SpecError(errors)
-    return tree
+    return tree, errors
 
 
 def _apply_one(tree: ast.SpecFile, text: str) -> ast.SpecFile:
@@ -80,6 +80,7 @@ def _keys(block: ast.Block) -> list[str]:
                     keys.append(f"{name}.{stmt.target.id}.{p.name}")
         else:
             func = stmt.call.func.id
+            keys += [f"{name}.fit", f"{name}.{func}"]
             for p in SIGNATURES["fit"].get(func, ()):
                 keys += [f"{name}.{func}.{p.name}", f"{name}.fit.{p.name}"]
     return sorted(set(keys))
@@ -92,6 +93,17 @@ def _table(block: str, setting: str) -> str:
 def _in_block(block: ast.Block, path: list[str], value: ast.Expr, source: Source, key: str) -> ast.Block:
     name = path[0]
     body = list(block.body)
+    if len(path) == 1 and block.name.id == "train" and name in ("fit", *SIGNATURES["fit"]):
+        # the whole fit statement: train.fit=fit_one_cycle(epochs=1, lr=1e-3)
+        if not isinstance(value, ast.Call) or value.func.id not in SIGNATURES["fit"]:
+            raise SpecError([Diagnostic("E301", f"'{key}' takes a fit statement, e.g. fit_one_cycle(epochs=1, lr=1e-3)",
+                                        value.span)])
+        for k, stmt in enumerate(body):
+            if isinstance(stmt, ast.CallStmt) and stmt.call.func.id in SIGNATURES["fit"]:
+                body[k] = ast.CallStmt(value, value.span)
+                return dataclasses.replace(block, body=tuple(body))
+        body.append(ast.CallStmt(value, value.span))
+        return dataclasses.replace(block, body=tuple(body))
     if len(path) == 1:
         for k, stmt in enumerate(body):
             if isinstance(stmt, ast.Assign) and stmt.target.id == name:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from specc import overrides as _overrides
 from specc.check import check
-from specc.diagnostics import Diagnostic
+from specc.diagnostics import Diagnostic, SpecError
 from specc.parse import parse, read_source
 from specc.runfolder import RunFolder
 from specc.spec import Embedding, Spec
@@ -21,10 +21,17 @@ def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagno
     """Parse, apply `--set` overrides, check. Raises SpecError, or UsageError for a bad --set."""
     source = read_source(path)
     tree = parse(source)
-    if sets:
-        tree = _overrides.apply(tree, list(sets))
+    tree, set_errors = _overrides.apply(tree, list(sets))
     base_dirs = {source.path: Path(source.path).resolve().parent, _overrides.OVERRIDE_PATH: Path.cwd()}
-    return check(tree, base_dirs)
+    try:
+        spec, warnings = check(tree, base_dirs)
+    except SpecError as err:
+        # The spec's own errors first, then every --set mistake in command-line order.
+        own = [d for d in err.diagnostics if d.span is None or d.span.source is source]
+        raise SpecError(own + set_errors + [d for d in err.diagnostics if d not in own]) from None
+    if set_errors:
+        raise SpecError(set_errors)
+    return spec, warnings
 
 
 def embedding_table(spec: Spec) -> dict[str, dict]:

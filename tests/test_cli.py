@@ -1,0 +1,130 @@
+"""The command line, through main([...]): exit codes, outputs, the run folder."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from specc.cli import main
+from conftest import ROOT
+
+
+def test_check_prints_a_summary(tiny, capsys):
+    assert main(["check", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "spec tiny: ok" in out
+    assert "u             embedding(user, 8)            (batch, 8)" in out
+    assert "out (output)  sigmoid_range(add_1, 0, 5.5)  (batch, 1)" in out
+    assert "steps per epoch" in out
+
+
+def test_check_does_not_import_torch(tiny):
+    code = ("import sys; from specc.cli import main; rc = main(['check', sys.argv[1]]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    result = subprocess.run([sys.executable, "-c", code, str(tiny)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("NO-TORCH 0")
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["check"], ["show", "x.spec", "--stage", "bytecode"],
+                                  ["train", "specs/collab.spec", "--device", "tpu"]])
+def test_usage_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_missing_spec_file_is_a_usage_error(capsys):
+    assert main(["check", "no/such.spec"]) == 2
+    assert capsys.readouterr().err == "specc: error: no/such.spec: no such spec file\n"
+
+
+def test_bad_set_is_a_usage_error(tiny, capsys):
+    assert main(["check", str(tiny), "--set", "data.batch"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
+
+
+def test_spec_error_exit_1_with_diagnostics(tiny, capsys):
+    assert main(["check", str(tiny), "--set", "train.optimizer=adamm()"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("--set:1:17: error[E202]: unknown optimizer 'adamm'")
+    assert "did you mean 'adam', 'adamw'?" in err
+
+
+def test_data_error_exit_1_without_traceback(tiny, capsys):
+    (tiny.parent / "ratings.csv").write_text("user,item,rating\n1,2,oops\n")
+    assert main(["check", str(tiny)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"{tiny.parent}/ratings.csv:2: error[D104]: column 'rating': expected a number, found 'oops'\n"
+
+
+def test_show_stages(tiny, capsys):
+    assert main(["show", str(tiny), "--stage", "ast"]) == 0
+    assert "Block  @1:1" in capsys.readouterr().out
+    assert main(["show", str(tiny), "--stage", "code"]) == 0
+    assert "out = out_sigmoid * 5.5" in capsys.readouterr().out
+    assert main(["show", str(tiny), "--stage", "plan"]) == 0
+    out = capsys.readouterr().out
+    assert "fit_one_cycle: 3 epochs" in out and "AdamW" in out
+
+
+def test_train_predict_inspect(tiny, tmp_path, capsys, ratings_dir):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny), "--out", str(run), "--set", "train.fit.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch       train_loss  valid_loss  rmse        mae         time" in out
+    assert {p.name for p in run.iterdir()} == {"spec.spec", "model.safetensors", "metrics.csv", "loss.png",
+                                               "model.onnx", "run.json"}
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"] and rows[0]["stage"] == "train"
+    assert set(rows[0]) == {"stage", "epoch", "train_loss", "valid_loss", "rmse", "mae", "lr", "seconds"}
+    assert (run / "spec.spec").read_text() == tiny.read_text()
+    weights = load_file(run / "model.safetensors")
+    assert weights["u.weight"].shape == (61, 8)
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads((run / "run.json").read_text())
+    assert info["onnx_parity_max_abs_diff"] < 1e-4 and info["overrides"] == ["train.fit.epochs=2"]
+
+    rows_csv = tmp_path / "rows.csv"
+    rows_csv.write_text("item,user,extra\n3,1,x\n4,2,y\n5,1000000,z\n")
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(run / "model.onnx"), str(rows_csv), "--out", str(preds)]) == 0
+    with open(preds) as f:
+        got = list(csv.DictReader(f))
+    assert [(r["user"], r["item"]) for r in got] == [("1", "3"), ("2", "4"), ("1000000", "5")]
+    assert all(0 < float(r["rating"]) < 5.5 for r in got)
+
+    assert main(["inspect", str(run), "--names", str(ratings_dir / "items.csv"), "--show", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "bias 'ib': lowest" in out and "principal component 3" in out and "[item " in out
+
+
+def test_predict_input_missing_a_column(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny), "--out", str(run), "--quiet", "--set", "train.fit.epochs=1"]) == 0
+    rows_csv = tmp_path / "rows.csv"
+    rows_csv.write_text("user\n1\n")
+    assert main(["predict", str(run / "model.onnx"), str(rows_csv)]) == 1
+    assert capsys.readouterr().err == (f"{rows_csv}:1: error[D107]: missing input column 'item' "
+                                       "(the header has: user)\n")
+    rows_csv.write_text("user,item\n1,abc\n")
+    assert main(["predict", str(run / "model.onnx"), str(rows_csv)]) == 1
+    assert capsys.readouterr().err == (f"{rows_csv}:2: error[D104]: column 'item': expected a whole number "
+                                       "(the model's ids are integers), found 'abc'\n")
+
+
+def test_unwritable_run_folder_fails_before_training(tiny, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", str(tiny), "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"specc: error: cannot write the run folder {blocker / 'run'}")
+
+
+def test_example_specs_check(capsys):
+    for spec in sorted((ROOT / "specs").glob("*.spec")):
+        assert main(["check", str(spec)]) == 0, spec
+    capsys.readouterr()
