@@ -120,6 +120,22 @@ class SpecFile:
     source: Source = field(compare=False, repr=False)
 
 
+def depth(node) -> int:
+    """Nesting depth of a tree, without recursion (a spec may be adversarial)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        for name in getattr(item, "__dataclass_fields__", ()):
+            if name == "span":
+                continue
+            value = getattr(item, name)
+            for child in value if isinstance(value, tuple) else (value,):
+                if hasattr(child, "__dataclass_fields__"):
+                    stack.append((child, level + 1))
+    return deepest
+
+
 def dump(node, indent: int = 0) -> str:
     """An indented, span-annotated rendering of a tree (`specc show --stage ast`)."""
     pad = "  " * indent

@@ -81,6 +81,8 @@ class _Checker:
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
         self.inputs = self.target = None
+        self.inputs_failed = False
+        self.unknown_statement = False
 
     # ------------------------------------------------------------ reporting
 
@@ -104,7 +106,7 @@ class _Checker:
             if left is None or right is None:
                 return None
             if expr.op == "/" and right == 0:
-                self.error("E302", f"{what}: division by zero", expr.span)
+                self.error("E302", "division by zero", expr.span)
                 return None
             return {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else 0}[expr.op]
         self.error("E301", f"{what}: expected a number, found {_kind(expr)}", expr.span)
@@ -127,23 +129,29 @@ class _Checker:
             return None
         return value
 
-    def integer(self, expr: ast.Expr, what: str, low: int = 0) -> int | None:
+    def integer(self, expr: ast.Expr, what: str, low: int = 0, high: int = 2**31 - 1) -> int | None:
         value = self.number(expr, what)
         if value is None:
             return None
-        if not isinstance(value, int) and not float(value).is_integer():
+        if not isinstance(value, int) and not (math.isfinite(value) and float(value).is_integer()):
             self.error("E301", f"{what}: expected a whole number, found {_fmt(value)}", expr.span)
             return None
         value = int(value)
         if value < low:
             self.error("E302", f"{what} must be at least {low}, found {value}", expr.span)
             return None
+        if value > high:
+            self.error("E302", f"{what} must be at most {high:,}, found {_fmt(value)}", expr.span)
+            return None
         return value
 
     def boolean(self, expr: ast.Expr, what: str) -> bool | None:
         if isinstance(expr, ast.Name) and expr.id in ("true", "false"):
             return expr.id == "true"
-        self.error("E301", f"{what}: expected true or false, found {_show(expr)}", expr.span)
+        notes = suggest(expr.id.lower(), ("true", "false")) if isinstance(expr, ast.Name) else ()
+        if isinstance(expr, ast.Name) and expr.id.lower() in ("true", "false"):
+            notes = (f"did you mean '{expr.id.lower()}'?",)
+        self.error("E301", f"{what}: expected true or false, found {_show(expr)}", expr.span, notes)
         return None
 
     def string(self, expr: ast.Expr, what: str) -> str | None:
@@ -152,11 +160,12 @@ class _Checker:
         self.error("E301", f"{what}: expected a string, found {_kind(expr)}", expr.span)
         return None
 
-    def numbers(self, expr: ast.Expr, what: str, count: int, low: float, high: float,
+    def numbers(self, expr: ast.Expr, what: str, example: tuple[float, ...], low: float, high: float,
                 high_open: bool = True) -> tuple[float, ...] | None:
+        count = len(example)
         if not isinstance(expr, ast.TupleExpr) or len(expr.items) != count:
             self.error("E301", f"{what}: expected a tuple of {count} numbers, found {_show(expr)}", expr.span,
-                       [f"write it as ({', '.join(['0.9'] * count)})"])
+                       [f"e.g. {what}=({', '.join(f'{v:g}' for v in example)})"])
             return None
         values = [self.real(item, what, low, high, high_open=high_open) for item in expr.items]
         return None if any(v is None for v in values) else tuple(values)
@@ -211,20 +220,27 @@ class _Checker:
 
     def run(self) -> Spec | None:
         blocks: dict[str, ast.Block] = {}
+        end = self.tree.source.end_span()
+        if not self.tree.blocks:
+            self.error("E104", "the spec is empty", end, ["a spec has a data, a model and a train block;"
+                                                          " see specs/collab.spec"])
+            return None
+        misspelt: set[str] = set()
         for block in self.tree.blocks:
             name = block.name.id
             if name not in BLOCKS:
+                hint = suggest(name, BLOCKS)
+                misspelt.update(b for b in BLOCKS if hint and f"'{b}'" in hint[0])
                 self.error("E101", f"unknown block '{name}'", block.name.span,
-                           suggest(name, BLOCKS) or [f"a spec has the blocks {', '.join(BLOCKS)}"])
+                           hint or [f"a spec has the blocks {', '.join(BLOCKS)}"])
             elif name in blocks:
                 first = blocks[name].name.span
                 self.error("E103", f"block '{name}' is defined twice", block.name.span,
                            [f"first defined at line {first.line}"])
             else:
                 blocks[name] = block
-        end = self.tree.source.end_span()
         for name in BLOCKS:
-            if name not in blocks:
+            if name not in blocks and name not in misspelt:
                 self.error("E104", f"the spec has no '{name}' block", end,
                            [f"add `{name} {{ ... }}`; see specs/collab.spec"])
         data = self.data(blocks["data"]) if "data" in blocks else None
@@ -245,14 +261,22 @@ class _Checker:
                 if func.id in calls:
                     stmts.append(stmt)
                 else:
+                    self.unknown_statement |= block.name.id == "train"
                     hint = suggest(func.id, calls) or ([f"here a statement is `name = value`"] if not calls else
                                                        [f"the statements here are {', '.join(calls)}(...)"])
                     self.error("E102", f"unknown statement '{func.id}' in the {block.name.id} block", func.span, hint)
                 continue
             key = stmt.target.id
             if key not in allowed:
+                value = stmt.value
+                if calls and isinstance(value, ast.Call) and value.func.id in calls:
+                    self.error("E102", f"a fit is a statement, not a setting", stmt.target.span,
+                               [f"write `{value.func.id}(...)` on its own line, without `{key} =`"])
+                    stmts.append(ast.CallStmt(value, stmt.span))
+                    continue
                 self.error("E102", f"unknown setting '{key}' in the {block.name.id} block", stmt.target.span,
-                           suggest(key, allowed + calls) or [f"settings here: {', '.join(allowed)}"])
+                           suggest(key, allowed + calls) or _elsewhere(key, block.name.id) or
+                           [f"settings here: {', '.join(allowed)}"])
             elif key in found:
                 self.error("E103", f"setting '{key}' is given twice", stmt.target.span,
                            [f"first given at line {found[key].span.line}"])
@@ -273,7 +297,10 @@ class _Checker:
                              "target": "e.g. target = rating: float"}[key]])
                 ok = False
         source = self.source(found["source"].value) if "source" in found else None
+        self.partial_inputs = ()
         inputs = self.columns(found["inputs"].value) if "inputs" in found else None
+        if "inputs" not in found:
+            self.inputs_failed = True
         target = self.column(found["target"].value, "target") if "target" in found else None
         # The model block is checked against these even when other data settings are wrong.
         self.inputs, self.target = inputs, target
@@ -340,8 +367,10 @@ class _Checker:
 
     def column(self, expr: ast.Expr, what: str) -> Column | None:
         if not isinstance(expr, ast.Typed):
+            example = "rating: float" if what == "target" else "user: category"
+            name = f"{expr.id}: ..." if isinstance(expr, ast.Name) else example
             self.error("E301", f"{what}: expected `column: type`, found {_kind(expr)}", expr.span,
-                       [f"e.g. rating: float; the types are {', '.join(COLUMN_TYPES)}"])
+                       [f"e.g. {name}; the types are {', '.join(COLUMN_TYPES)}"])
             return None
         kind = expr.type.id
         if kind not in COLUMN_TYPES:
@@ -356,13 +385,18 @@ class _Checker:
                        ["e.g. inputs = [user: category, item: category]"])
             return None
         cols = [self.column(item, "inputs") for item in expr.items]
-        if any(c is None for c in cols):
+        good = tuple(c for c in cols if c is not None)
+        self.partial_inputs = good
+        if len(good) != len(cols):
+            self.inputs_failed = True
             return None
         seen: dict[str, Column] = {}
         for col in cols:
             if col.name in seen:
+                first = seen[col.name].span
+                where = "earlier on this line" if first.line == col.span.line else f"at line {first.line}"
                 self.error("E103", f"input column '{col.name}' is declared twice", col.span,
-                           [f"first declared at line {seen[col.name].span.line}"])
+                           [f"first declared {where}"])
             seen[col.name] = col
         return tuple(cols)
 
@@ -385,10 +419,12 @@ class _Checker:
     # ------------------------------------------------------------ model
 
     def model(self, block: ast.Block, data: DataSpec | None) -> ModelSpec | None:
-        # Without valid inputs the columns are unknown: names that could be columns pass silently.
-        columns = {c.name: c for c in self.inputs} if self.inputs is not None else None
+        # With broken inputs, the columns that did parse are still checked; other names that
+        # could be columns pass silently, so that one typo is reported once.
+        columns = {c.name: c for c in (self.inputs if self.inputs is not None else self.partial_inputs)}
         target = self.target.name if self.target is not None else None
-        builder = _ModelBuilder(self, columns, target)
+        builder = _ModelBuilder(self, columns, target, lenient=self.inputs_failed)
+        builder.later = {s.target.id: s.target.span.line for s in block.body if isinstance(s, ast.Assign)}
         for stmt in block.body:
             if isinstance(stmt, ast.CallStmt):
                 self.error("E102", "a model statement names its value", stmt.span,
@@ -427,12 +463,14 @@ class _Checker:
             items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
             for item in items:
                 metric = self.loss_name(item, METRICS, "metric", target_kind)
-                if metric is not None:
+                if metric is not None and metric in metrics:
+                    self.error("E103", f"metric '{metric}' is listed twice", item.span)
+                elif metric is not None:
                     metrics.append(metric)
         optimizer = self.optimizer(found["optimizer"].value) if "optimizer" in found else Adam()
         seed = self.integer(found["seed"].value, "seed") if "seed" in found else 0
         fit = None
-        if not fits:
+        if not fits and not self.unknown_statement:
             self.error("E104", "the train block has no fit statement", block.name.span,
                        ["e.g. fit_one_cycle(epochs=5, lr=5e-3)"])
         for extra in fits[1:]:
@@ -473,7 +511,7 @@ class _Checker:
         func, args, _ = bound
         wd = self.real(args["wd"], "wd", 0.0) if "wd" in args else 0.0
         if func in ("adam", "adamw"):
-            betas = self.numbers(args["betas"], "betas", 2, 0.0, 1.0) if "betas" in args else (0.9, 0.999)
+            betas = self.numbers(args["betas"], "betas", (0.9, 0.99), 0.0, 1.0) if "betas" in args else (0.9, 0.999)
             eps = self.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
             return None if None in (betas, eps, wd) else Adam(betas, eps, wd)
         momentum = self.real(args["momentum"], "momentum", 0.0, 1.0, high_open=True) if "momentum" in args else 0.0
@@ -495,7 +533,7 @@ class _Checker:
         pct = self.real(args["pct_start"], "pct_start", 0.0, 1.0, True, True) if "pct_start" in args else 0.3
         div = self.real(args["div"], "div", 0.0, low_open=True) if "div" in args else 25.0
         final_div = self.real(args["final_div"], "final_div", 0.0, low_open=True) if "final_div" in args else 1e4
-        moms = self.numbers(args["moms"], "moms", 3, 0.0, 1.0) if "moms" in args else (0.95, 0.85, 0.95)
+        moms = self.numbers(args["moms"], "moms", (0.95, 0.85, 0.95), 0.0, 1.0) if "moms" in args else (0.95, 0.85, 0.95)
         if None in (epochs, lr, pct, div, final_div, moms):
             return None
         return FitOneCycle(epochs, lr, pct, div, final_div, moms)
@@ -504,15 +542,15 @@ class _Checker:
 class _ModelBuilder:
     """Turns model statements into nodes with inferred widths (the model's type system)."""
 
-    def __init__(self, checker: _Checker, columns: dict[str, Column] | None, target: str | None):
+    def __init__(self, checker: _Checker, columns: dict[str, Column], target: str | None, lenient: bool):
         self.c = checker
-        self.lenient = columns is None
-        columns = columns or {}
+        self.lenient = lenient  # the inputs did not check: unknown names may be columns
         self.columns = columns
         self.target = target
         self.nodes: dict[str, Node] = {}
         self.defined: dict[str, str] = {}  # spec name -> node name
-        self.later: set[str] = set()
+        self.later: dict[str, int] = {}  # every name the block defines -> its line
+        self.broken: set[str] = set()  # names whose definition failed: not reported again
         self.used_columns: set[str] = set()
         self.counters: dict[str, int] = {}
         self.reserved: set[str] = set(columns)
@@ -534,6 +572,8 @@ class _ModelBuilder:
                 self.defined[name] = value
             elif value is not None:
                 self.c.error("E301", f"'{name}' must be a tensor value, found a constant", stmt.value.span)
+            if not isinstance(value, str):
+                self.broken.add(name)
         if len(self.c.errors) != before:
             self.ok = False
 
@@ -595,12 +635,16 @@ class _ModelBuilder:
         if ident == self.target:
             self.c.error("E201", f"'{ident}' is the target; the model cannot read it", expr.span)
             return None
-        if self.lenient:
-            self.ok = False
+        if ident in self.broken or self.lenient:
+            self.ok = False  # already reported where it went wrong
             return None
-        known = set(self.defined) | set(self.columns)
+        if ident in self.later:
+            self.c.error("E201", f"'{ident}' is used before it is defined (at line {self.later[ident]})", expr.span,
+                         ["define values before the lines that use them"])
+            return None
+        known = set(self.defined) | {c for c, col in self.columns.items() if col.kind != CATEGORY}
         self.c.error("E201", f"unknown name '{ident}'", expr.span,
-                     suggest(ident, known | set(SIGNATURES["model"])) or
+                     suggest(ident, known | set(self.columns) | set(SIGNATURES["model"])) or
                      ([f"defined so far: {', '.join(sorted(known))}"] if known else []))
         return None
 
@@ -617,7 +661,8 @@ class _ModelBuilder:
             return None
         base = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[expr.op]
         if isinstance(left, float) and isinstance(right, float):
-            return self.c.number(expr, "constant")
+            folded = self.c.number(expr, "constant")
+            return None if folded is None else float(folded)
         if isinstance(left, float) or isinstance(right, float):
             const, tensor = (left, right) if isinstance(left, float) else (right, left)
             if expr.op == "/" and isinstance(right, float) and right == 0.0:
@@ -648,9 +693,12 @@ class _ModelBuilder:
             if not isinstance(col, ast.Name):
                 self.c.error("E301", f"embedding: expected a category column, found {_kind(col)}", col.span)
                 return None
-            if self.lenient:
+            if col.id not in self.columns and self.lenient:
+                # the column may be one that did not check: go on, to find the other errors
+                if dim is None:
+                    return None
                 self.ok = False
-                return None
+                return self.add(name, "embedding", Embedding(col.id, dim), (), dim, call.span)
             if col.id not in self.columns or self.columns[col.id].kind != CATEGORY:
                 cats = [c for c, v in self.columns.items() if v.kind == CATEGORY]
                 what = "a float column" if col.id in self.columns else "not an input column"
@@ -682,6 +730,16 @@ class _ModelBuilder:
         if x is None or low is None or high is None:
             return None
         return self.add(name, "sigmoid_range", SigmoidRange(low, high), (x,), self.nodes[x].width, call.span)
+
+
+def _elsewhere(key: str, block: str) -> list[str]:
+    """A note for a setting written in the wrong block."""
+    if key in ("lr", "epochs"):
+        return [f"{key} belongs in the fit statement: fit_one_cycle(epochs=..., lr=...)"]
+    for other, settings in (("data", DATA_SETTINGS), ("train", TRAIN_SETTINGS)):
+        if key in settings and other != block:
+            return [f"'{key}' belongs in the {other} block"]
+    return []
 
 
 def _fmt(value: float) -> str:

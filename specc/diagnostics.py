@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from specc.source import TAB_SIZE, Span
+from specc.source import TAB_SIZE, Span, display_width
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class Diagnostic:
             if end_line == line and self.span.end > self.span.start:
                 width = src.column_of(self.span.end) - col
             else:
-                width = max(1, len(shown) - col + 1) if self.span.end > self.span.start else 1
+                width = max(1, display_width(shown) - col + 1) if self.span.end > self.span.start else 1
             gutter = " " * len(str(line))
             lines.append(f"  {line} | {shown}".rstrip())
             lines.append(f"  {gutter} | {' ' * (col - 1)}^{'~' * max(0, width - 1)}")
@@ -71,8 +71,13 @@ class UsageError(Exception):
 
 
 def suggest(word: str, candidates) -> tuple[str, ...]:
-    """`did you mean` notes: up to three close matches (difflib ratio > 0.75)."""
-    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=0.75)
+    """`did you mean` notes: up to three close matches (difflib ratio > 0.75, or > 0.6 for
+    short words), and words with the same letters in another order (`mes` -> `mse`)."""
+    pool = sorted(set(candidates) - {word})
+    cutoff = 0.6 if len(word) <= 4 else 0.75
+    matches = difflib.get_close_matches(word, pool, n=3, cutoff=cutoff)
+    matches += [c for c in pool if sorted(c) == sorted(word) and c not in matches]
+    matches = matches[:3]
     if not matches:
         return ()
     quoted = ", ".join(f"'{m}'" for m in matches)

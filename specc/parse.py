@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from specc import ast
@@ -98,7 +99,7 @@ def _unescape(body: str) -> str:
     return "".join(out)
 
 
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):
     """lark tree -> specc.ast, one method per rule (lark's create_ast model)."""
 
     def __init__(self, source: Source):
@@ -235,10 +236,13 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
             return Diagnostic("E004", "unterminated string", Span(source, pos, end),
                               ("a string ends with '\"' on the same line",))
         notes = ()
-        if not ch.isascii():
-            notes = ("specs are ASCII outside strings and comments",)
+        if ch == "'":
+            notes = ('strings are written with double quotes: "..."',)
+        elif ch in "/":
+            notes = ("comments start with '#'",)
         shown = repr(ch)[1:-1] if not ch.isprintable() else ch
-        return Diagnostic("E001", f"unexpected character '{shown}'", Span(source, pos, pos + 1), notes)
+        quoted = f'"{shown}"' if ch == "'" else f"'{shown}'"
+        return Diagnostic("E001", f"unexpected character {quoted}", Span(source, pos, pos + 1), notes)
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     try:
@@ -256,24 +260,77 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
         return Diagnostic("E003", f"unexpected end of input: expected {expected}",
                           Span(source, at, at), notes)
     found = _describe(tok)
-    if prev is not None and (tok.type == "_NL" or source.line_of(tok.start_pos) != source.line_of(prev.end_pos)):
+    notes = []
+    unclosed = _unclosed(before)
+    if unclosed and tok.type in ("LBRACE", "EQUAL", "COLON", "RBRACE") and unclosed[-1].type != "LBRACE":
+        opener = unclosed[-1]
+        notes.append(f"'{opener}' opened at line {source.line_of(opener.start_pos)}, column "
+                     f"{source.column_of(opener.start_pos)} is not closed")
+    elif unclosed and tok.type == "LBRACE":
+        opener = unclosed[-1]
+        notes.append(f"the block opened at line {source.line_of(opener.start_pos)} is not closed")
+    if prev is not None and prev.type == "COLON" and len(before) > 1 and before[-2].type == "NAME" and \
+            any(t.type == "LPAR" for t in unclosed):
+        notes.append(f"arguments are written name=value: {before[-2]}=...")
+    later_line = prev is not None and source.line_of(tok.start_pos) != source.line_of(prev.end_pos)
+    if prev is not None and (tok.type == "_NL" or (later_line and "NAME" not in accepts)):
         # A missing token: point just after what came before it, not at the next line.
-        return Diagnostic("E002", f"expected {expected} after '{prev}', found {found}",
-                          Span(source, prev.end_pos, prev.end_pos))
+        where = "" if tok.type == "_NL" else f" on line {source.line_of(tok.start_pos)}"
+        return Diagnostic("E002", f"expected {expected} after '{prev}', found {found}{where}",
+                          Span(source, prev.end_pos, prev.end_pos), tuple(notes))
     end = tok.end_pos if tok.end_pos is not None else tok.start_pos + len(str(tok))
-    return Diagnostic("E002", f"unexpected {found}: expected {expected}", Span(source, tok.start_pos, end))
+    return Diagnostic("E002", f"unexpected {found}: expected {expected}", Span(source, tok.start_pos, end),
+                      tuple(notes))
+
+
+_CODE_OUTSIDE_STRINGS = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[^"#]+')
+
+
+def _first_non_ascii(text: str) -> int | None:
+    """Offset of the first non-ASCII character outside strings and comments, if any.
+    (The lexer would stop there too, but the parser may fail on an earlier token first,
+    as in `5e−3`, and then the message would blame the wrong thing.)"""
+    if text.isascii():
+        return None
+    for m in _CODE_OUTSIDE_STRINGS.finditer(text):
+        chunk = m.group()
+        if chunk.startswith(('"', "#")) or chunk.isascii():
+            continue
+        for k, ch in enumerate(chunk):
+            if not ch.isascii():
+                return m.start() + k
+    return None
 
 
 def parse(source: Source) -> ast.SpecFile:
     """Parse a spec's text; raise SpecError at the first syntax error."""
+    bad = _first_non_ascii(source.text)
+    if bad is not None:
+        ch = source.text[bad]
+        notes = [f"specs are ASCII outside strings and comments; this is U+{ord(ch):04X}"]
+        lookalike = {"\u2212": "-", "\u2013": "-", "\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
+                     "\u00a0": "a space", "\u00d7": "*"}.get(ch)
+        if lookalike:
+            notes.append(f"did you mean '{lookalike}'?" if len(lookalike) == 1 else f"did you mean {lookalike}?")
+        raise SpecError([Diagnostic("E001", f"unexpected character '{ch}'", Span(source, bad, bad + 1),
+                                    tuple(notes))])
     parser = _parser()
     try:
         tree = parser.parse(source.text)
     except UnexpectedInput as err:
         raise SpecError([_syntax_error(err, source, parser)]) from None
-    return _ToAst(source).transform(tree)
+    spec = _ToAst(source).transform(tree)
+    # Later stages walk expressions recursively: bound the nesting here, once.
+    for block in spec.blocks:
+        for stmt in block.body:
+            if ast.depth(stmt) > MAX_DEPTH:
+                value = stmt.value if isinstance(stmt, ast.Assign) else stmt.call
+                raise SpecError([Diagnostic("E306", f"the expression is nested too deeply (more than {MAX_DEPTH} "
+                                            "levels)", value.span, ("give parts of it names of their own",))])
+    return spec
 
 
+MAX_DEPTH = 200
 _WRAP = "_ {\n_ = "
 
 
@@ -329,4 +386,9 @@ def read_source(path: str | Path) -> Source:
         pos = text.index("\x00")
         raise SpecError([Diagnostic("E005", "the file is not text (it holds a NUL byte)",
                                     Span(source, pos, pos + 1))])
+    # A byte-order mark is invisible in an editor: drop it. Old Mac line endings (a lone CR)
+    # become newlines, one character for one, so that offsets stay put.
+    text = text.removeprefix("\ufeff")
+    if "\r" in text:
+        text = re.sub(r"\r(?!\n)", "\n", text)
     return Source(str(path), text)

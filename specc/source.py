@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import bisect
+import unicodedata
 from dataclasses import dataclass, field
 
 TAB_SIZE = 8
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of a string: East Asian wide and full-width characters take two."""
+    if text.isascii():
+        return len(text)
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +42,10 @@ class Source:
         return (self.text[start:] if end < 0 else self.text[start:end]).rstrip("\r")
 
     def column_of(self, offset: int) -> int:
-        """1-based column of an offset, counted after expanding tabs."""
+        """1-based column of an offset as a terminal shows it: tabs expanded, wide characters 2."""
         line = self.line_of(offset)
         before = self.text[self._line_starts[line - 1]:offset]
-        return len(before.expandtabs(TAB_SIZE)) + 1
+        return display_width(before.expandtabs(TAB_SIZE)) + 1
 
     def span(self, start: int, end: int) -> Span:
         return Span(self, start, end)

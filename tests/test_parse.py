@@ -59,3 +59,12 @@ def test_parse_expr_spans_point_into_the_override_text():
     expr = parse_expr(src, 11)
     assert isinstance(expr, ast.TupleExpr)
     assert expr.span.text == "(1, 2)" and expr.span.column == 12
+
+
+def test_byte_order_mark_and_old_mac_line_endings_are_accepted():
+    from conftest import ROOT
+    from specc.run import load_spec
+
+    for name in ("utf8_bom.spec", "cr_line_endings.spec"):
+        spec, _ = load_spec(ROOT / "tests" / "data" / name)
+        assert spec.model.output == "out" and spec.data.batch == 64

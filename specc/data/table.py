@@ -44,12 +44,13 @@ def read_table(source: CsvSource, wanted: tuple[Column, ...]) -> Table:
             raise DataError(shown, f"cannot be parsed: {err}", line=1, code="D102") from None
         if first is None:
             raise DataError(shown, "the file is empty", code="D102")
-        if source.header:
+        if source.columns is not None:
+            # Given names; with header=true the file's own header line is skipped.
+            names = list(source.columns)
+            pending = [] if source.header else [first]
+        else:
             names = [n.strip() for n in first]
             pending = []
-        else:
-            names = list(source.columns)
-            pending = [first]
         _check_header(source, names, wanted)
         index = {col.name: names.index(col.name) for col in wanted}
         values: dict[str, list[str]] = {col.name: [] for col in wanted}

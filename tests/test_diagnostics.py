@@ -1,0 +1,94 @@
+"""Golden diagnostics: every tests/data/errors/<name>.spec fails `specc check --no-data` with
+exactly the text in <name>.txt on stderr and exit code 1.
+
+After a deliberate change to a message, regenerate with `python tests/regen_errors.py` and
+read the diff of every golden file it rewrote.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from glob import glob
+from pathlib import Path
+
+import pytest
+
+from specc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ERRORS = "tests/data/errors"
+
+# Relative to the repository root, as the golden files name them.
+_cwd = os.getcwd()
+os.chdir(ROOT)
+try:
+    SPECS = sorted(glob(f"{ERRORS}/*.spec"))
+finally:
+    os.chdir(_cwd)
+
+
+def _check(rel_path: str, capsys) -> tuple[int, str]:
+    code = main(["check", "--no-data", rel_path])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _header(rel_path: str) -> re.Pattern:
+    return re.compile(rf"^{re.escape(rel_path)}:\d+:\d+: error\[[EW]\d+\]: ")
+
+
+def test_corpus_is_there():
+    assert SPECS, f"no specs in {ERRORS}"
+    assert len(SPECS) >= 30, f"only {len(SPECS)} specs in {ERRORS}"
+    for rel in SPECS:
+        assert (ROOT / rel).with_suffix(".txt").is_file(), f"{rel} has no golden .txt; run tests/regen_errors.py"
+
+
+@pytest.mark.parametrize("rel_path", SPECS, ids=[Path(s).stem for s in SPECS])
+def test_golden_diagnostics(rel_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, err = _check(rel_path, capsys)
+    # newline="": keep a golden file's line endings exactly as written (one spec has CR-only lines).
+    with open(Path(rel_path).with_suffix(".txt"), encoding="utf-8", newline="") as f:
+        golden = f.read()
+    assert code == 1, f"exit code {code}, expected 1; stderr:\n{err}"
+    assert "Traceback" not in err
+    assert err == golden
+    header = _header(rel_path)
+    lines = err.split("\n")
+    # Every line that is not part of a source excerpt or a note is an error header.
+    headers = [line for line in lines if line and not line.startswith(" ")]
+    assert headers, "no error header"
+    for line in headers:
+        assert header.match(line), f"not an error header: {line!r}"
+
+
+def test_three_independent_errors_all_reported(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rel = f"{ERRORS}/multi_three_errors.spec"
+    code, err = _check(rel, capsys)
+    assert code == 1
+    header = _header(rel)
+    assert len([line for line in err.split("\n") if header.match(line)]) == 3, err
+    assert err.count("error[") == 3, err
+
+
+_COLLAB = (ROOT / "specs" / "collab.spec").read_text(encoding="utf-8")
+
+
+def test_whole_number_constants_next_to_a_tensor_check(tmp_path, capsys):
+    # once a KeyError in check.py: constants folded to an int were taken for node names
+    path = tmp_path / "int_constant.spec"
+    path.write_text(_COLLAB.replace("dot(u, i) + ub + ib", "2 * 3 * dot(u, i) + ub + ib"), encoding="utf-8")
+    assert main(["check", "--no-data", str(path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_very_deep_expression_is_a_diagnostic(tmp_path, capsys):
+    # once a RecursionError in lark's transformer
+    path = tmp_path / "long_sum.spec"
+    path.write_text(_COLLAB.replace("dot(u, i) + ub + ib", "dot(u, i)" + " + ub" * 600), encoding="utf-8")
+    assert main(["check", "--no-data", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:17:11: error[E306]: the expression is nested too deeply (more than 200 levels)" in err
