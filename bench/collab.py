@@ -1,0 +1,326 @@
+"""Benchmark: one training epoch of specc's loop against a hand-written PyTorch loop (CPU).
+
+Both sides train specs/collab.spec's model (fastai's EmbeddingDotBias) for one epoch from the same
+initial weights, on the same batches (the same seeded permutation), with the same optimizer and
+schedule, and then run the same validation pass. They are timed alternately (ABAB...) after a
+warm-up; the medians are compared. Usage (from any directory):
+
+    python bench/collab.py                 # batch 64 and 1024, the full run (about a minute on 2 cores)
+    python bench/collab.py --quick         # smoke run: one timed epoch of each
+    python bench/collab.py --json out.json # also save the numbers
+
+See bench/README.md for the method and the last measured table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from specc.data.prepare import prepare
+from specc.plan import make_plan
+from specc.run import load_spec
+from specc.spec import Adam, FitOneCycle
+from specc.train import build_model, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = "specs/collab.spec"
+DEVICE = torch.device("cpu")
+
+# The hand-written loop's settings, written out as a person would; `check_settings` makes sure they
+# are the ones specc reads from the spec, so that the two loops do the same work.
+SEED = 42
+LR = 5e-3
+BETAS = (0.9, 0.99)
+WD = 0.1
+EPS = 1e-8
+PCT_START, DIV, FINAL_DIV, MOMS = 0.3, 25.0, 1e4, (0.95, 0.85)
+N_FACTORS = 40
+Y_RANGE = (0.0, 5.5)
+VALID_BATCH = 8192  # specc evaluates in chunks of this size; the hand-written pass does the same
+
+
+# --------------------------------------------------------------------------- the hand-written side
+
+def embedding(n: int, dim: int) -> nn.Embedding:
+    """fastai's Embedding: initialised from a truncated normal with std 0.01."""
+    emb = nn.Embedding(n, dim)
+    nn.init.trunc_normal_(emb.weight, std=0.01, a=-0.02, b=0.02)
+    return emb
+
+
+class EmbeddingDotBias(nn.Module):
+    """fastai's collab model: dot product of user and item factors plus a bias each, squashed."""
+
+    def __init__(self, n_users: int, n_items: int, n_factors: int, y_range: tuple[float, float]):
+        super().__init__()
+        self.y_range = y_range
+        self.u = embedding(n_users, n_factors)
+        self.i = embedding(n_items, n_factors)
+        self.ub = embedding(n_users, 1)
+        self.ib = embedding(n_items, 1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        dot = self.u(users) * self.i(items)
+        res = dot.sum(1) + self.ub(users).squeeze(1) + self.ib(items).squeeze(1)
+        lo, hi = self.y_range
+        return torch.sigmoid(res) * (hi - lo) + lo
+
+
+@torch.no_grad()
+def hand_validate(model: nn.Module, users: torch.Tensor, items: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    pred = torch.cat([model(users[s:s + VALID_BATCH], items[s:s + VALID_BATCH])
+                      for s in range(0, len(y), VALID_BATCH)])
+    model.train()
+    return float(((pred.double() - y.double()) ** 2).mean())
+
+
+def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: bool = False):
+    """An everyday PyTorch loop. Returns (model, valid MSE, mean train loss, seconds of the epoch loop
+    plus validation, the same span specc's EpochRecord.seconds covers)."""
+    n_users, n_items = prepared.vocabs["user"].size, prepared.vocabs["item"].size
+    torch.manual_seed(SEED)
+    model = EmbeddingDotBias(n_users, n_items, N_FACTORS, Y_RANGE).to(DEVICE)
+    model.load_state_dict(init_state)  # start from specc's initial weights, whatever our init gave
+    model.train()
+    users = torch.as_tensor(prepared.train["user"], device=DEVICE)
+    items = torch.as_tensor(prepared.train["item"], device=DEVICE)
+    ratings = torch.as_tensor(prepared.train["rating"], device=DEVICE)
+    v_users = torch.as_tensor(prepared.valid["user"], device=DEVICE)
+    v_items = torch.as_tensor(prepared.valid["item"], device=DEVICE)
+    v_ratings = torch.as_tensor(prepared.valid["rating"], device=DEVICE)
+    n = len(ratings)
+    steps = math.ceil(n / batch)
+    # The everyday loop takes AdamW's default implementation; `fused` asks for torch's fused kernel,
+    # which specc uses, to show where specc's advantage comes from.
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD,
+                            fused=True if fused else None)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=LR, total_steps=steps * epochs, pct_start=PCT_START, anneal_strategy="cos",
+        div_factor=DIV, final_div_factor=FINAL_DIV, cycle_momentum=True,
+        base_momentum=MOMS[1], max_momentum=MOMS[0])
+    gen = torch.Generator(device=DEVICE)
+    gen.manual_seed(SEED)
+    loss_fn = nn.MSELoss()
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=DEVICE)
+        losses = []
+        for s in range(0, n, batch):
+            idx = perm[s:s + batch]
+            loss = loss_fn(model(users[idx], items[idx]), ratings[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.detach())
+        train_loss = float(torch.stack(losses).mean())
+        valid_mse = hand_validate(model, v_users, v_items, v_ratings)
+        seconds = time.perf_counter() - start
+    return model, valid_mse, train_loss, seconds
+
+
+# --------------------------------------------------------------------------- the specc side
+
+def specc_setup(batch: int):
+    spec, _ = load_spec(SPEC, [f"data.batch={batch}", "train.fit.epochs=1"])
+    prepared = prepare(spec.data, spec.model.inputs)
+    sizes = {c: v.size for c, v in prepared.vocabs.items()}
+    plan = make_plan(spec, sizes, prepared.n_train, prepared.n_valid)
+    return spec, prepared, plan
+
+
+def check_settings(spec, plan, batch: int) -> None:
+    """The hand-written constants must be what specc trains with."""
+    opt, fit = spec.train.optimizer, spec.train.fit
+    assert isinstance(opt, Adam) and isinstance(fit, FitOneCycle), (opt, fit)
+    assert (opt.betas, opt.eps, opt.wd) == (BETAS, EPS, WD), opt
+    assert (fit.lr, fit.pct_start, fit.div, fit.final_div) == (LR, PCT_START, DIV, FINAL_DIV), fit
+    assert fit.moms[:2] == MOMS, fit.moms
+    assert spec.train.seed == SEED and spec.train.loss == "mse"
+    assert plan.batch == batch and plan.epochs == 1
+    assert plan.steps_per_epoch == math.ceil(plan.n_train / batch)
+
+
+def specc_epoch(spec, prepared, plan):
+    """One call of specc.train.train: (model, valid MSE, wall s, CPU s of the call, loop+valid wall s)."""
+    cpu, start = time.process_time(), time.perf_counter()
+    model, history = train(spec, prepared, plan, DEVICE, progress=None)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    rec = history.records[-1]
+    return model, rec.valid_loss, wall, cpu, rec.seconds
+
+
+def hand_epoch(prepared, init_state, batch, fused=False):
+    cpu, start = time.process_time(), time.perf_counter()
+    model, valid_mse, _, loop = hand_train(prepared, init_state, batch, fused=fused)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return model, valid_mse, wall, cpu, loop
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def max_param_diff(specc_model: nn.Module, hand_model: nn.Module) -> float:
+    a, b = specc_model.state_dict(), hand_model.state_dict()
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def bench_batch(batch: int, reps: int) -> dict:
+    spec, prepared, plan = specc_setup(batch)
+    check_settings(spec, plan, batch)
+    # specc's initial model is seeded: the same weights every call. Copy them into the hand model.
+    init_state = {k: v.detach().clone() for k, v in build_model(spec, prepared).state_dict().items()}
+
+    torch.manual_seed(SEED)
+    own = EmbeddingDotBias(prepared.vocabs["user"].size, prepared.vocabs["item"].size, N_FACTORS, Y_RANGE)
+    same_init = all(torch.equal(v, init_state[k]) for k, v in own.state_dict().items())
+    del own
+
+    # Warm-up (and correctness): one epoch of each.
+    s_model, s_mse, *_ = specc_epoch(spec, prepared, plan)
+    h_model, h_mse, *_ = hand_epoch(prepared, init_state, batch)
+    f_model, f_mse, *_ = hand_epoch(prepared, init_state, batch, fused=True)
+    diff = max_param_diff(s_model, h_model)
+    diff_fused = max_param_diff(s_model, f_model)
+    del s_model, h_model, f_model
+
+    times = {"specc": ([], [], []), "hand": ([], [], []), "fused": ([], [], [])}  # wall, cpu, loop
+    first = {"specc": s_mse, "hand": h_mse, "fused": f_mse}
+    for _ in range(reps):  # ABCABC...
+        for side in ("specc", "hand", "fused"):
+            gc.collect()
+            if side == "specc":
+                _, mse, *t = specc_epoch(spec, prepared, plan)
+            else:
+                _, mse, *t = hand_epoch(prepared, init_state, batch, fused=side == "fused")
+            assert mse == first[side], (side, mse)  # deterministic run to run
+            for store, value in zip(times[side], t):
+                store.append(value)
+    (s_wall, s_cpu, s_loop), (h_wall, h_cpu, h_loop) = times["specc"], times["hand"]
+    f_wall = times["fused"][0]
+
+    med = statistics.median
+    return {
+        "batch": batch, "steps": plan.steps_per_epoch, "reps": reps,
+        "specc_s": med(s_wall), "hand_s": med(h_wall), "ratio": med(s_wall) / med(h_wall),
+        "specc_cpu_s": med(s_cpu), "hand_cpu_s": med(h_cpu), "cpu_ratio": med(s_cpu) / med(h_cpu),
+        "specc_loop_s": med(s_loop), "hand_loop_s": med(h_loop), "loop_ratio": med(s_loop) / med(h_loop),
+        "specc_min_s": min(s_wall), "hand_min_s": min(h_wall), "min_ratio": min(s_wall) / min(h_wall),
+        "fused_hand_s": med(f_wall), "fused_ratio": med(s_wall) / med(f_wall), "fused_valid_mse": f_mse,
+        "max_abs_param_diff_fused": diff_fused,
+        "specc_valid_mse": s_mse, "hand_valid_mse": h_mse, "max_abs_param_diff": diff,
+        "hand_own_init_equals_specc": same_init,
+        "specc_cpu_all_s": s_cpu, "hand_cpu_all_s": h_cpu,
+        "specc_all_s": s_wall, "hand_all_s": h_wall, "specc_loop_all_s": s_loop, "hand_loop_all_s": h_loop,
+    }
+
+
+def profile(batch: int, steps: int, top: int = 12) -> None:
+    """cProfile of both sides on the first `steps` steps of an epoch (after a warm-up epoch)."""
+    import cProfile
+    import pstats
+
+    spec, prepared, plan = specc_setup(batch)
+    steps = min(steps, plan.steps_per_epoch)
+    n_rows = steps * batch
+    small = type(prepared)({k: v[:n_rows] for k, v in prepared.train.items()}, prepared.valid, prepared.vocabs,
+                           prepared.raw_valid, prepared.path)
+    small_plan = make_plan(spec, {c: v.size for c, v in prepared.vocabs.items()}, small.n_train, small.n_valid)
+    init_state = {k: v.detach().clone() for k, v in build_model(spec, prepared).state_dict().items()}
+    for name, run in (("specc", lambda: specc_epoch(spec, small, small_plan)),
+                      ("hand-written", lambda: hand_epoch(small, init_state, batch))):
+        run()
+        prof = cProfile.Profile()
+        prof.enable()
+        run()
+        prof.disable()
+        print(f"\n=== {name}: {steps} steps at batch {batch} (plus model build and validation), by own time")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: one timed epoch of each per batch size")
+    ap.add_argument("--json", metavar="PATH", help="save the numbers as JSON")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (default 1: steadier on a small shared machine)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
+    ap.add_argument("--reps", type=int, default=None, help="timed epochs of each side (default: 11 for batch"
+                    " < 256, 31 otherwise; 1 with --quick)")
+    ap.add_argument("--profile", type=int, metavar="STEPS", default=0,
+                    help="instead of timing, cProfile both loops on STEPS steps of the first batch size")
+    args = ap.parse_args(argv)
+    json_path = Path(args.json).resolve() if args.json else None
+    os.chdir(ROOT)  # the spec's data path is relative to the spec; --set paths to the cwd
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+
+    print(f"specc vs hand-written PyTorch, one epoch of {SPEC} on the CPU")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"torch.set_num_threads({torch.get_num_threads()})")
+    if args.profile:
+        profile(args.batches[0], args.profile)
+        return 0
+    rows = []
+    for batch in args.batches:
+        reps = args.reps or (1 if args.quick else (11 if batch < 256 else 31))
+        row = bench_batch(batch, reps)
+        rows.append(row)
+        slow = sum(t > 1.25 * row["specc_s"] for t in row["specc_all_s"]) + \
+            sum(t > 1.25 * row["hand_s"] for t in row["hand_all_s"])
+        row["outliers"] = slow
+        note = f"; {slow} epochs over 1.25x their side's median (other load on the machine?)" if slow else ""
+        print(f"  batch {batch}: {row['steps']} steps, {reps} timed epochs each; specc {row['specc_s']:.3f}s,"
+              f" hand {row['hand_s']:.3f}s{note}", flush=True)
+
+    print()
+    head = (f"{'batch':>5}  {'steps':>5}  {'specc s/epoch':>13}  {'hand s/epoch':>12}  {'ratio':>6}  "
+            f"{'CPU ratio':>9}  {'loop ratio':>10}  {'fused hand s':>12}  {'ratio':>6}  "
+            f"{'specc valid MSE':>15}  {'hand valid MSE':>14}  {'max |dW|':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['batch']:>5}  {r['steps']:>5}  {r['specc_s']:>13.3f}  {r['hand_s']:>12.3f}  "
+              f"{r['ratio']:>6.3f}  {r['cpu_ratio']:>9.3f}  {r['loop_ratio']:>10.3f}  "
+              f"{r['fused_hand_s']:>12.3f}  {r['fused_ratio']:>6.3f}  "
+              f"{r['specc_valid_mse']:>15.6f}  {r['hand_valid_mse']:>14.6f}  {r['max_abs_param_diff']:>8.1e}")
+    print()
+    print("s/epoch: median wall time of one specc.train.train call (model build, optimizer, schedule, one")
+    print("  epoch, validation) and of the hand-written equivalent. ratio: specc / hand of those medians.")
+    print("CPU ratio: the same with process CPU time (robust to other load when threads=1).")
+    print("loop ratio: wall medians of the epoch loop plus validation only (the span of specc's")
+    print("  EpochRecord.seconds). max |dW|: largest difference of the trained weights (everyday loop).")
+    print("fused hand s: the hand-written loop with AdamW(fused=True), as specc uses; ratio: specc / that.")
+    print("hand model's own seeded init equals specc's initial weights: "
+          + ", ".join(f"batch {r['batch']} {r['hand_own_init_equals_specc']}" for r in rows))
+    worst = max(r["ratio"] for r in rows)
+    print(f"target: ratio <= 1.10; worst ratio {worst:.3f}: {'met' if worst <= 1.10 else 'NOT met'}")
+
+    if json_path:
+        out = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "machine": platform.machine(), "rows": rows,
+        }
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
