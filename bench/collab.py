@@ -138,8 +138,7 @@ def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: b
 def specc_setup(batch: int):
     spec, _ = load_spec(SPEC, [f"data.batch={batch}", "train.fit.epochs=1"])
     prepared = prepare(spec.data, spec.model.inputs)
-    sizes = {c: v.size for c, v in prepared.vocabs.items()}
-    plan = make_plan(spec, sizes, prepared.n_train, prepared.n_valid)
+    plan = make_plan(spec, prepared)
     return spec, prepared, plan
 
 
@@ -239,7 +238,7 @@ def profile(batch: int, steps: int, top: int = 12) -> None:
     n_rows = steps * batch
     small = type(prepared)({k: v[:n_rows] for k, v in prepared.train.items()}, prepared.valid, prepared.vocabs,
                            prepared.raw_valid, prepared.path)
-    small_plan = make_plan(spec, {c: v.size for c, v in prepared.vocabs.items()}, small.n_train, small.n_valid)
+    small_plan = make_plan(spec, small)
     init_state = {k: v.detach().clone() for k, v in build_model(spec, prepared).state_dict().items()}
     for name, run in (("specc", lambda: specc_epoch(spec, small, small_plan)),
                       ("hand-written", lambda: hand_epoch(small, init_state, batch))):

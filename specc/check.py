@@ -11,14 +11,15 @@ from specc import ast
 from specc.diagnostics import Diagnostic, SpecError, suggest
 from specc.source import Span
 from specc.spec import (
-    CATEGORY, FLOAT, SGD, Adam, Binary, Column, CsvSource, DataSpec, Dot, Embedding, Fit,
-    FitOneCycle, Input, ModelSpec, Node, RandomSplit, RowSplit, SigmoidRange, Spec, TrainSpec,
+    CATEGORY, CLASSES, FLOAT, SGD, Activation, Adam, BatchNorm, Binary, Column, Concat, CsvSource, DataSpec,
+    Dot, Dropout, Embedding, Fit, FitOneCycle, Flatten, Input, Linear, ModelSpec, Node, NpzSource, RandomSplit,
+    RMSProp, RowSplit, SigmoidRange, Spec, TrainSpec,
 )
 
 # Block name -> the settings it accepts (None: the block holds definitions, not settings).
 BLOCKS = ("data", "model", "train")
 DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch")
-TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed")
+TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan")
 COLUMN_TYPES = (CATEGORY, FLOAT)
 
 
@@ -26,11 +27,12 @@ COLUMN_TYPES = (CATEGORY, FLOAT)
 class Param:
     name: str
     required: bool = False
+    variadic: bool = False  # takes every remaining positional argument (at least one)
 
 
 def _sig(*names: str) -> tuple[Param, ...]:
-    """Parameters in order; a trailing '?' marks an optional one."""
-    return tuple(Param(n.rstrip("?"), not n.endswith("?")) for n in names)
+    """Parameters in order; a trailing '?' marks an optional one, a leading '*' a variadic one."""
+    return tuple(Param(n.strip("?*"), not n.endswith("?"), n.startswith("*")) for n in names)
 
 
 # Every function a spec may call, by where it may appear. `--set` uses these to map a
@@ -39,6 +41,7 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
     "source": {
         "csv": _sig("path", "delimiter?", "header?", "columns?"),
         "tsv": _sig("path", "header?", "columns?"),
+        "npz": _sig("path"),
     },
     "valid": {
         "random": _sig("fraction", "seed?"),
@@ -48,19 +51,35 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "embedding": _sig("column", "dim"),
         "dot": _sig("a", "b"),
         "sigmoid_range": _sig("x", "low", "high"),
+        "linear": _sig("x", "out"),
+        "relu": _sig("x"),
+        "sigmoid": _sig("x"),
+        "tanh": _sig("x"),
+        "softmax": _sig("x"),
+        "log_softmax": _sig("x"),
+        "dropout": _sig("x", "p"),
+        "batchnorm": _sig("x"),
+        "flatten": _sig("x"),
+        "concat": _sig("*values"),
     },
     "optimizer": {
         "adam": _sig("betas?", "eps?", "wd?"),
         "adamw": _sig("betas?", "eps?", "wd?"),
-        "sgd": _sig("momentum?", "wd?", "nesterov?"),
+        "sgd": _sig("momentum?", "wd?", "nesterov?", "dampening?"),
+        "rmsprop": _sig("alpha?", "eps?", "momentum?", "wd?"),
     },
     "fit": {
         "fit": _sig("epochs", "lr"),
         "fit_one_cycle": _sig("epochs", "lr", "pct_start?", "div?", "final_div?", "moms?"),
     },
 }
-LOSSES = {"mse": FLOAT}
-METRICS = {"rmse": FLOAT, "mse": FLOAT, "mae": FLOAT}
+# loss -> (target kind, what the model's output must be)
+LOSSES = {
+    "mse": FLOAT, "l1": FLOAT, "bce": FLOAT, "bce_with_logits": FLOAT,
+    "cross_entropy": CATEGORY, "nll": CATEGORY,
+}
+METRICS = {"rmse": FLOAT, "mse": FLOAT, "mae": FLOAT, "accuracy": CATEGORY, "error_rate": CATEGORY}
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax", "log_softmax")
 
 
 def _kind(expr: ast.Expr) -> str:
@@ -191,6 +210,12 @@ class _Checker:
     def _args_ok(self, call: ast.Call, params: tuple[Param, ...]) -> bool:
         before = len(self.errors)
         name = call.func.id
+        if params and params[-1].variadic:
+            if not call.args:
+                self.error("E203", f"'{name}' needs at least one value", call.span, [f"e.g. {name}(a, b)"])
+            for kw in call.keywords:
+                self.error("E203", f"'{name}' has no argument '{kw.name.id}'", kw.name.span)
+            return len(self.errors) == before
         if len(call.args) > len(params):
             extra = call.args[len(params)]
             self.error("E203", f"'{name}' takes at most {len(params)} arguments, found {len(call.args)}",
@@ -212,6 +237,8 @@ class _Checker:
 
     @staticmethod
     def bind_args(call: ast.Call, params: tuple[Param, ...]) -> dict[str, ast.Expr]:
+        if params and params[-1].variadic:
+            return {params[-1].name: call.args}
         bound = {p.name: arg for p, arg in zip(params, call.args)}
         bound.update({kw.name.id: kw.value for kw in call.keywords})
         return bound
@@ -304,19 +331,28 @@ class _Checker:
         target = self.column(found["target"].value, "target") if "target" in found else None
         # The model block is checked against these even when other data settings are wrong.
         self.inputs, self.target = inputs, target
-        valid = self.split(found["valid"].value) if "valid" in found else RandomSplit(0.2, 0)
+        valid = self.split(found["valid"].value) if "valid" in found else None
         batch = self.integer(found["batch"].value, "batch", low=1) if "batch" in found else 64
         if inputs is not None and target is not None:
             for col in inputs:
                 if col.name == target.name:
                     self.error("E103", f"column '{col.name}' is both an input and the target", target.span)
-        if source is not None and source.columns is not None and inputs is not None and target is not None:
+        if target is not None and target.kind == CATEGORY and target.shape:
+            self.error("E301", "a category target holds one value per row", target.span)
+            return None
+        if isinstance(source, CsvSource) and inputs is not None and target is not None:
+            for col in (*inputs, target):
+                if col.shape:
+                    self.error("E301", f"column '{col.name}': a CSV column holds one value per row", col.span,
+                               ["arrays per row come from npz(...) sources"])
+        if isinstance(source, CsvSource) and source.columns is not None and inputs is not None and \
+                target is not None:
             for col in (*inputs, target):
                 if col.name not in source.columns:
                     self.error("E201", f"unknown column '{col.name}'", col.span,
                                suggest(col.name, source.columns) or
                                [f"the source's columns are {', '.join(source.columns)}"])
-        if not ok or None in (source, inputs, target, valid, batch):
+        if not ok or None in (source, inputs, target, batch) or ("valid" in found and valid is None):
             return None
         return DataSpec(source, inputs, target, valid, batch)
 
@@ -326,6 +362,10 @@ class _Checker:
             return None
         func, args, call = bound
         path_text = self.string(args["path"], "path")
+        span = args["path"].span
+        base = self.base_dirs.get(span.source.path, Path.cwd())
+        if func == "npz":
+            return None if path_text is None else NpzSource((base / path_text).resolve(), span)
         delimiter = "\t" if func == "tsv" else ","
         if "delimiter" in args:
             delimiter = self.string(args["delimiter"], "delimiter")
@@ -345,8 +385,6 @@ class _Checker:
             return None
         if path_text is None or delimiter is None or header is None or ("columns" in args and columns is None):
             return None
-        span = args["path"].span
-        base = self.base_dirs.get(span.source.path, Path.cwd())
         return CsvSource((base / path_text).resolve(), delimiter, header, columns, span)
 
     def column_names(self, expr: ast.Expr) -> tuple[str, ...] | None:
@@ -366,18 +404,43 @@ class _Checker:
         return tuple(names)
 
     def column(self, expr: ast.Expr, what: str) -> Column | None:
+        """`name: type`, `pixels: float(28, 28)`, optionally scaled: `pixels: float(784) / 255`."""
+        scale = None
+        if isinstance(expr, ast.BinOp) and isinstance(expr.left, ast.Typed) and expr.op in ("*", "/"):
+            factor = self.real(expr.right, "scale", 0.0, low_open=True)
+            if factor is None:
+                return None
+            scale = factor if expr.op == "*" else 1.0 / factor
+            whole, expr = expr, expr.left
+        else:
+            whole = expr
         if not isinstance(expr, ast.Typed):
             example = "rating: float" if what == "target" else "user: category"
             name = f"{expr.id}: ..." if isinstance(expr, ast.Name) else example
             self.error("E301", f"{what}: expected `column: type`, found {_kind(expr)}", expr.span,
                        [f"e.g. {name}; the types are {', '.join(COLUMN_TYPES)}"])
             return None
-        kind = expr.type.id
+        type_name = expr.type if isinstance(expr.type, ast.Name) else expr.type.func
+        kind = type_name.id
         if kind not in COLUMN_TYPES:
-            self.error("E301", f"unknown column type '{kind}'", expr.type.span,
+            self.error("E301", f"unknown column type '{kind}'", type_name.span,
                        suggest(kind, COLUMN_TYPES) or [f"the types are {', '.join(COLUMN_TYPES)}"])
             return None
-        return Column(expr.name.id, kind, expr.span)
+        shape: tuple[int, ...] = ()
+        if isinstance(expr.type, ast.Call):
+            call = expr.type
+            if kind != FLOAT or call.keywords or not call.args:
+                self.error("E301", f"only float columns take a shape, as in float(784) or float(28, 28)",
+                           call.span)
+                return None
+            dims = [self.integer(a, "a column's size", low=1, high=2**24) for a in call.args]
+            if None in dims:
+                return None
+            shape = tuple(dims)
+        if scale is not None and kind != FLOAT:
+            self.error("E301", "only float columns can be scaled", whole.span)
+            return None
+        return Column(expr.name.id, kind, whole.span, shape, scale)
 
     def columns(self, expr: ast.Expr) -> tuple[Column, ...] | None:
         if not isinstance(expr, ast.ListExpr) or not expr.items:
@@ -408,13 +471,13 @@ class _Checker:
         if func == "random":
             fraction = self.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
             seed = self.integer(args["seed"], "seed") if "seed" in args else 0
-            return None if fraction is None or seed is None else RandomSplit(fraction, seed)
+            return None if fraction is None or seed is None else RandomSplit(fraction, seed, expr.span)
         start = self.integer(args["start"], "first validation row")
         end = self.integer(args["end"], "end row", low=1) if "end" in args else None
         if start is not None and end is not None and end <= start:
             self.error("E302", f"rows({start}, {end}): the end must come after the start", expr.span)
             return None
-        return None if start is None or ("end" in args and end is None) else RowSplit(start, end)
+        return None if start is None or ("end" in args and end is None) else RowSplit(start, end, expr.span)
 
     # ------------------------------------------------------------ model
 
@@ -422,8 +485,7 @@ class _Checker:
         # With broken inputs, the columns that did parse are still checked; other names that
         # could be columns pass silently, so that one typo is reported once.
         columns = {c.name: c for c in (self.inputs if self.inputs is not None else self.partial_inputs)}
-        target = self.target.name if self.target is not None else None
-        builder = _ModelBuilder(self, columns, target, lenient=self.inputs_failed)
+        builder = _ModelBuilder(self, columns, self.target, lenient=self.inputs_failed)
         builder.later = {s.target.id: s.target.span.line for s in block.body if isinstance(s, ast.Assign)}
         for stmt in block.body:
             if isinstance(stmt, ast.CallStmt):
@@ -469,6 +531,8 @@ class _Checker:
                     metrics.append(metric)
         optimizer = self.optimizer(found["optimizer"].value) if "optimizer" in found else Adam()
         seed = self.integer(found["seed"].value, "seed") if "seed" in found else 0
+        l2 = self.real(found["l2"].value, "l2", 0.0) if "l2" in found else 0.0
+        stop_on_nan = self.boolean(found["stop_on_nan"].value, "stop_on_nan") if "stop_on_nan" in found else True
         fit = None
         if not fits and not self.unknown_statement:
             self.error("E104", "the train block has no fit statement", block.name.span,
@@ -478,15 +542,22 @@ class _Checker:
                        [f"the first is at line {fits[0].span.line}"])
         if fits:
             fit = self.fit(fits[0].call)
-        if model is not None and data is not None and loss is not None and target_kind == FLOAT:
-            out = model.node(model.output)
-            if out.width != 1:
-                self.error("E303", f"the model's output 'out' has width {out.width}, but the target "
-                           f"'{data.target.name}' is one number per row", out.span,
-                           ["reduce it to width 1, e.g. with dot(a, b)"])
-        if self.errors or None in (loss, optimizer, fit, seed):
+        if model is not None and data is not None and loss is not None:
+            self.output_fits(model.node(model.output), data.target, loss)
+        if self.errors or None in (loss, optimizer, fit, seed, l2, stop_on_nan):
             return None
-        return TrainSpec(loss, tuple(metrics), optimizer, fit, seed)
+        return TrainSpec(loss, tuple(metrics), optimizer, fit, seed, l2, stop_on_nan)
+
+    def output_fits(self, out, target, loss: str) -> None:
+        """The model's output must be what the loss compares with the target."""
+        if target.kind == FLOAT:
+            if out.shape != (1,):
+                self.error("E303", f"the model's output 'out' has shape ({_dims(out.shape)}), but the target "
+                           f"'{target.name}' is one number per row", out.span,
+                           ["reduce it to width 1, e.g. with dot(a, b) or linear(1)"])
+        elif len(out.shape) != 1 or out.shape[0] == 1:
+            self.error("E303", f"'{loss}' needs one output per class, but 'out' has shape ({_dims(out.shape)})",
+                       out.span, ["end the model with linear(classes): 'classes' is the number of target classes"])
 
     def loss_name(self, expr: ast.Expr, table: dict[str, str], what: str, target_kind: str | None) -> str | None:
         if isinstance(expr, ast.Call) and not expr.args and not expr.keywords:
@@ -510,16 +581,21 @@ class _Checker:
             return None
         func, args, _ = bound
         wd = self.real(args["wd"], "wd", 0.0) if "wd" in args else 0.0
+        momentum = self.real(args["momentum"], "momentum", 0.0, 1.0, high_open=True) if "momentum" in args else 0.0
+        if func == "rmsprop":
+            alpha = self.real(args["alpha"], "alpha", 0.0, 1.0, high_open=True) if "alpha" in args else 0.99
+            eps = self.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
+            return None if None in (alpha, eps, momentum, wd) else RMSProp(alpha, eps, momentum, wd)
         if func in ("adam", "adamw"):
             betas = self.numbers(args["betas"], "betas", (0.9, 0.99), 0.0, 1.0) if "betas" in args else (0.9, 0.999)
             eps = self.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
             return None if None in (betas, eps, wd) else Adam(betas, eps, wd)
-        momentum = self.real(args["momentum"], "momentum", 0.0, 1.0, high_open=True) if "momentum" in args else 0.0
         nesterov = self.boolean(args["nesterov"], "nesterov") if "nesterov" in args else False
-        if nesterov and momentum == 0.0:
-            self.error("E302", "nesterov needs a momentum above 0", args["nesterov"].span)
+        dampening = self.real(args["dampening"], "dampening", 0.0, 1.0, high_open=True) if "dampening" in args else 0.0
+        if nesterov and (momentum == 0.0 or dampening):
+            self.error("E302", "nesterov needs a momentum above 0 and no dampening", args["nesterov"].span)
             return None
-        return None if None in (momentum, wd, nesterov) else SGD(momentum, wd, nesterov)
+        return None if None in (momentum, wd, nesterov, dampening) else SGD(momentum, wd, nesterov, dampening)
 
     def fit(self, call: ast.Call):
         bound = self.bind(call, "fit", "fit")
@@ -534,15 +610,24 @@ class _Checker:
         div = self.real(args["div"], "div", 0.0, low_open=True) if "div" in args else 25.0
         final_div = self.real(args["final_div"], "final_div", 0.0, low_open=True) if "final_div" in args else 1e4
         moms = self.numbers(args["moms"], "moms", (0.95, 0.85, 0.95), 0.0, 1.0) if "moms" in args else (0.95, 0.85, 0.95)
+        if moms is not None and moms[0] != moms[2]:
+            self.error("E302", f"moms: the cycle ends where it starts (torch's OneCycleLR), found "
+                       f"{_fmt(moms[0])} and {_fmt(moms[2])}", args["moms"].span,
+                       [f"e.g. moms=({_fmt(moms[0])}, {_fmt(moms[1])}, {_fmt(moms[0])})"])
+            return None
         if None in (epochs, lr, pct, div, final_div, moms):
             return None
         return FitOneCycle(epochs, lr, pct, div, final_div, moms)
 
 
 class _ModelBuilder:
-    """Turns model statements into nodes with inferred widths (the model's type system)."""
+    """Turns model statements into nodes with inferred shapes (the model's type system).
 
-    def __init__(self, checker: _Checker, columns: dict[str, Column], target: str | None, lenient: bool):
+    Every value is a batch of rows; a node's shape is the shape of one row, (40,) for an
+    embedding of 40, (28, 28) for an image. `classes` stands for the number of target classes
+    until the data is read."""
+
+    def __init__(self, checker: _Checker, columns: dict[str, Column], target: Column | None, lenient: bool):
         self.c = checker
         self.lenient = lenient  # the inputs did not check: unknown names may be columns
         self.columns = columns
@@ -553,7 +638,7 @@ class _ModelBuilder:
         self.broken: set[str] = set()  # names whose definition failed: not reported again
         self.used_columns: set[str] = set()
         self.counters: dict[str, int] = {}
-        self.reserved: set[str] = set(columns)
+        self.reserved: set[str] = set(columns) | {CLASSES}
         self.ok = True
 
     def define(self, stmt: ast.Assign) -> None:
@@ -562,6 +647,9 @@ class _ModelBuilder:
         if name in self.columns:
             self.c.error("E103", f"'{name}' is already an input column", stmt.target.span,
                          ["give the value another name"])
+        elif name == CLASSES:
+            self.c.error("E103", "'classes' is the number of target classes; give the value another name",
+                         stmt.target.span)
         elif name in self.defined:
             first = self.nodes[self.defined[name]].span
             self.c.error("E103", f"'{name}' is defined twice", stmt.target.span, [f"first defined at line {first.line}"])
@@ -585,10 +673,13 @@ class _ModelBuilder:
             if name not in self.reserved and name not in self.nodes:
                 return name
 
-    def add(self, name: str | None, base: str, op, inputs: tuple[str, ...], width: int, span: Span) -> str:
+    def add(self, name: str | None, base: str, op, inputs: tuple[str, ...], shape: tuple, span: Span) -> str:
         node_name = name if name is not None and name not in self.nodes else self.fresh(base)
-        self.nodes[node_name] = Node(node_name, op, inputs, width, span)
+        self.nodes[node_name] = Node(node_name, op, inputs, tuple(shape), span)
         return node_name
+
+    def shape(self, node: str) -> tuple:
+        return self.nodes[node].shape
 
     def value(self, expr: ast.Expr, name: str | None = None):
         """Lower an expression: a node name (a tensor value), a float (a constant), or None (an error)."""
@@ -602,7 +693,7 @@ class _ModelBuilder:
                 return None
             if isinstance(inner, float):
                 return -inner
-            return self.add(name, "neg", Binary("-", 0.0, True), (inner,), self.nodes[inner].width, expr.span)
+            return self.add(name, "neg", Binary("-", 0.0, True), (inner,), self.shape(inner), expr.span)
         if isinstance(expr, ast.BinOp):
             return self.binary(expr, name)
         if isinstance(expr, ast.Pipe):
@@ -630,10 +721,14 @@ class _ModelBuilder:
                 return None
             self.used_columns.add(ident)
             if ident not in self.nodes:
-                self.nodes[ident] = Node(ident, Input(ident), (), 1, col.span)
+                self.nodes[ident] = Node(ident, Input(ident, col.scale), (), col.shape or (1,), col.span)
             return ident
-        if ident == self.target:
+        if self.target is not None and ident == self.target.name:
             self.c.error("E201", f"'{ident}' is the target; the model cannot read it", expr.span)
+            return None
+        if ident == CLASSES:
+            self.c.error("E301", "'classes' is a size (the number of target classes), not a value", expr.span,
+                         ["use it as linear(classes)"])
             return None
         if ident in self.broken or self.lenient:
             self.ok = False  # already reported where it went wrong
@@ -655,6 +750,14 @@ class _ModelBuilder:
             return None
         return value
 
+    def flat(self, node: str, what: str, span: Span) -> bool:
+        """Layers that mix features want one row of features, not an image."""
+        if len(self.shape(node)) != 1:
+            self.c.error("E303", f"{what} needs one row of features, found {_shape_text(self.shape(node))}", span,
+                         [f"flatten it first: {node} |> flatten |> {what}(...)"])
+            return False
+        return True
+
     def binary(self, expr: ast.BinOp, name: str | None):
         left, right = self.value(expr.left), self.value(expr.right)
         if left is None or right is None:
@@ -669,13 +772,24 @@ class _ModelBuilder:
                 self.c.error("E302", "division by zero", expr.right.span)
                 return None
             op = Binary(expr.op, const, isinstance(left, float))
-            return self.add(name, base, op, (tensor,), self.nodes[tensor].width, expr.span)
-        wl, wr = self.nodes[left].width, self.nodes[right].width
-        if wl != wr and 1 not in (wl, wr):
-            self.c.error("E303", f"'{expr.op}' needs equal widths (or width 1), found {wl} and {wr}", expr.span,
-                         [f"'{_show(expr.left)}' has width {wl}, '{_show(expr.right)}' has width {wr}"])
+            return self.add(name, base, op, (tensor,), self.shape(tensor), expr.span)
+        sl, sr = self.shape(left), self.shape(right)
+        if sl != sr and (1,) not in (sl, sr):
+            self.c.error("E303", f"'{expr.op}' needs equal shapes (or width 1), found {_shape_text(sl)} and "
+                         f"{_shape_text(sr)}", expr.span,
+                         [f"'{_show(expr.left)}' has {_shape_text(sl)}, '{_show(expr.right)}' has {_shape_text(sr)}"])
             return None
-        return self.add(name, base, Binary(expr.op), (left, right), max(wl, wr), expr.span)
+        return self.add(name, base, Binary(expr.op), (left, right), sr if sl == (1,) else sl, expr.span)
+
+    def size(self, expr: ast.Expr, what: str):
+        """A layer size: a whole number, or `classes`."""
+        if isinstance(expr, ast.Name) and expr.id == CLASSES:
+            if self.target is not None and self.target.kind != CATEGORY:
+                self.c.error("E301", f"'classes' is the number of classes of a category target, but the target "
+                             f"'{self.target.name}' is a {self.target.kind}", expr.span)
+                return None
+            return CLASSES
+        return self.c.integer(expr, what, low=1, high=2**24)
 
     def call(self, call: ast.Call, name: str | None):
         funcs = SIGNATURES["model"]
@@ -688,48 +802,97 @@ class _ModelBuilder:
             return None
         args = self.c.bind_args(call, funcs[func])
         if func == "embedding":
-            col = args["column"]
-            dim = self.c.integer(args["dim"], "embedding size", low=1)
-            if not isinstance(col, ast.Name):
-                self.c.error("E301", f"embedding: expected a category column, found {_kind(col)}", col.span)
+            return self.embedding(call, args, name)
+        if func == "concat":
+            parts = [self.tensor(v, "concat") for v in args["values"]]
+            if None in parts:
                 return None
-            if col.id not in self.columns and self.lenient:
-                # the column may be one that did not check: go on, to find the other errors
-                if dim is None:
+            for part, expr in zip(parts, args["values"]):
+                if not self.flat(part, "concat", expr.span):
                     return None
-                self.ok = False
-                return self.add(name, "embedding", Embedding(col.id, dim), (), dim, call.span)
-            if col.id not in self.columns or self.columns[col.id].kind != CATEGORY:
-                cats = [c for c, v in self.columns.items() if v.kind == CATEGORY]
-                what = "a float column" if col.id in self.columns else "not an input column"
-                self.c.error("E201", f"embedding: '{col.id}' is {what}; expected a category column", col.span,
-                             suggest(col.id, cats) or ([f"category columns: {', '.join(cats)}"] if cats else []))
+            widths = [self.shape(v)[0] for v in parts]
+            if CLASSES in widths:
+                self.c.error("E303", "concat of a value sized by 'classes' is not supported", call.span)
                 return None
+            return self.add(name, "concat", Concat(), tuple(parts), (sum(widths),), call.span)
+        x = self.tensor(args["x"] if "x" in args else args["a"], func)
+        if func == "dot":
+            b = self.tensor(args["b"], "dot")
+            if x is None or b is None:
+                return None
+            sa, sb = self.shape(x), self.shape(b)
+            if sa != sb or len(sa) != 1:
+                self.c.error("E303", f"dot needs two rows of the same width, found {_shape_text(sa)} and "
+                             f"{_shape_text(sb)}", call.span,
+                             [f"'{_show(args['a'])}' has {_shape_text(sa)}, '{_show(args['b'])}' has {_shape_text(sb)}"])
+                return None
+            return self.add(name, "dot", Dot(), (x, b), (1,), call.span)
+        if func == "sigmoid_range":
+            low = self.c.real(args["low"], "low")
+            high = self.c.real(args["high"], "high")
+            if low is not None and high is not None and high <= low:
+                self.c.error("E302", f"sigmoid_range: high ({_fmt(high)}) must be above low ({_fmt(low)})",
+                             args["low"].span.to(args["high"].span))
+                return None
+            if x is None or low is None or high is None:
+                return None
+            return self.add(name, "sigmoid_range", SigmoidRange(low, high), (x,), self.shape(x), call.span)
+        if func == "linear":
+            out = self.size(args["out"], "linear's output size")
+            if x is None or out is None or not self.flat(x, "linear", call.span):
+                return None
+            if self.shape(x)[0] == CLASSES:
+                self.c.error("E303", "linear of a value sized by 'classes' is not supported", call.span)
+                return None
+            return self.add(name, "linear", Linear(out), (x,), (out,), call.span)
+        if func == "dropout":
+            prob = self.c.real(args["p"], "dropout probability", 0.0, 1.0, high_open=True)
+            if x is None or prob is None:
+                return None
+            return self.add(name, "dropout", Dropout(prob), (x,), self.shape(x), call.span)
+        if x is None:
+            return None
+        if func == "batchnorm":
+            if not self.flat(x, "batchnorm", call.span):
+                return None
+            return self.add(name, "batchnorm", BatchNorm(), (x,), self.shape(x), call.span)
+        if func == "flatten":
+            dims = self.shape(x)
+            total = 1
+            for d in dims:
+                total = total * d if isinstance(d, int) else d
+            return self.add(name, "flatten", Flatten(), (x,), (total,), call.span)
+        # relu, sigmoid, tanh, softmax, log_softmax
+        if func in ("softmax", "log_softmax") and not self.flat(x, func, call.span):
+            return None
+        return self.add(name, func, Activation(func), (x,), self.shape(x), call.span)
+
+    def embedding(self, call: ast.Call, args: dict, name: str | None):
+        col = args["column"]
+        dim = self.c.integer(args["dim"], "embedding size", low=1, high=2**24)
+        if not isinstance(col, ast.Name):
+            self.c.error("E301", f"embedding: expected a category column, found {_kind(col)}", col.span)
+            return None
+        if col.id not in self.columns and self.lenient:
+            # the column may be one that did not check: go on, to find the other errors
             if dim is None:
                 return None
-            self.used_columns.add(col.id)
-            return self.add(name, "embedding", Embedding(col.id, dim), (), dim, call.span)
-        if func == "dot":
-            a, b = self.tensor(args["a"], "dot"), self.tensor(args["b"], "dot")
-            if a is None or b is None:
-                return None
-            wa, wb = self.nodes[a].width, self.nodes[b].width
-            if wa != wb:
-                self.c.error("E303", f"dot needs two values of the same width, found {wa} and {wb}", call.span,
-                             [f"'{_show(args['a'])}' has width {wa}, '{_show(args['b'])}' has width {wb}"])
-                return None
-            return self.add(name, "dot", Dot(), (a, b), 1, call.span)
-        # sigmoid_range
-        x = self.tensor(args["x"], "sigmoid_range")
-        low = self.c.real(args["low"], "low")
-        high = self.c.real(args["high"], "high")
-        if low is not None and high is not None and high <= low:
-            self.c.error("E302", f"sigmoid_range: high ({_fmt(high)}) must be above low ({_fmt(low)})",
-                         args["low"].span.to(args["high"].span))
+            self.ok = False
+            return self.add(name, "embedding", Embedding(col.id, dim), (), (dim,), call.span)
+        if col.id not in self.columns or self.columns[col.id].kind != CATEGORY:
+            cats = [c for c, v in self.columns.items() if v.kind == CATEGORY]
+            what = "a float column" if col.id in self.columns else "not an input column"
+            self.c.error("E201", f"embedding: '{col.id}' is {what}; expected a category column", col.span,
+                         suggest(col.id, cats) or ([f"category columns: {', '.join(cats)}"] if cats else []))
             return None
-        if x is None or low is None or high is None:
+        if dim is None:
             return None
-        return self.add(name, "sigmoid_range", SigmoidRange(low, high), (x,), self.nodes[x].width, call.span)
+        self.used_columns.add(col.id)
+        return self.add(name, "embedding", Embedding(col.id, dim), (), (dim,), call.span)
+
+
+def _shape_text(shape) -> str:
+    return f"width {shape[0]}" if len(shape) == 1 else f"shape ({_dims(shape)})"
 
 
 def _elsewhere(key: str, block: str) -> list[str]:
@@ -740,6 +903,10 @@ def _elsewhere(key: str, block: str) -> list[str]:
         if key in settings and other != block:
             return [f"'{key}' belongs in the {other} block"]
     return []
+
+
+def _dims(shape) -> str:
+    return ", ".join(str(d) for d in shape)
 
 
 def _fmt(value: float) -> str:

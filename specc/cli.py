@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
 
     c = spec_command("check", "check a spec (and its data) and print a model summary")
     c.add_argument("--no-data", action="store_true", help="check the spec alone, without reading its data")
-    c = spec_command("show", "print a compiler stage: the syntax tree, the generated code or the plan")
-    c.add_argument("--stage", choices=("ast", "code", "plan"), default="code")
+    c = spec_command("show", "print a compiler stage: the syntax tree, the generated code, the plan, the data")
+    c.add_argument("--stage", choices=("ast", "code", "plan", "data"), default="code")
+    c.add_argument("--png", type=Path, help="--stage data: where to write the image grid "
+                   "(default <spec name>_data.png)")
     c = spec_command("train", "train a spec and write its run folder")
     c.add_argument("--out", type=Path, help="run folder (default runs/<spec name>)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -77,19 +79,30 @@ def _show(args) -> int:
     spec, warnings = load_spec(args.spec, args.sets)
     for w in warnings:
         print(w.render(), file=sys.stderr)
+    if args.stage == "data":
+        from specc.data.preview import preview
+        from specc.runfolder import atomic_write
+
+        png_path = args.png or Path(f"{spec.name}_data.png")
+        text, png = preview(spec, png_path)
+        if png is not None:
+            atomic_write(png_path, png)
+        print(text)
+        return 0
     if args.stage == "code":
         from specc.lower import lower
 
-        # The generated code does not depend on vocabulary sizes; no data is read.
-        sizes = {c.name: 2 for c in spec.data.inputs}
+        # The generated code does not depend on vocabulary or class counts; no data is read.
+        from specc.spec import CLASSES
+
+        sizes = {c.name: 2 for c in spec.data.inputs} | {CLASSES: 2}
         print(lower(spec.model, sizes).code.strip("\n"))
     else:
         from specc.data.prepare import prepare
         from specc.plan import describe, make_plan
 
         prepared = prepare(spec.data, spec.model.inputs)
-        sizes = {c: v.size for c, v in prepared.vocabs.items()}
-        print(describe(spec, make_plan(spec, sizes, prepared.n_train, prepared.n_valid)))
+        print(describe(spec, make_plan(spec, prepared)))
     return 0
 
 
@@ -166,3 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("specc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `specc predict ... | head`: the reader has gone, which is fine
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -17,7 +17,7 @@ import torch.fx as fx
 from onnx import TensorProto, helper, numpy_helper
 
 from specc.data.prepare import Prepared, Vocab, vocabs_to_json
-from specc.spec import CATEGORY, FLOAT, Spec
+from specc.spec import CATEGORY, FLOAT, CsvSource, Spec
 
 OPSET = 17
 ML_OPSET = 2  # LabelEncoder-2: int64 and string keys
@@ -41,7 +41,7 @@ class _Emitter:
 
     def const(self, value, dtype=np.float32) -> str:
         arr = np.asarray(value, dtype=dtype)
-        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        key = (arr.dtype.str, arr.shape, arr.tobytes() if arr.dtype != object else repr(arr.tolist()))
         if key not in self.constants:
             name = f"const_{len(self.constants)}"
             self.initializers.append(numpy_helper.from_array(arr, name))
@@ -70,69 +70,135 @@ def _operand(em: _Emitter, arg, names: dict) -> str:
     return em.const(float(arg))
 
 
+_BINARY_OPS = {operator.add: "Add", operator.sub: "Sub", operator.mul: "Mul", operator.truediv: "Div"}
+_UNARY_OPS = {torch.sigmoid: "Sigmoid", torch.relu: "Relu", torch.tanh: "Tanh"}
+PROBABILITIES = "probabilities"
+
+
+def _module(em: _Emitter, fnode: fx.Node, module: torch.nn.Module, x: str) -> str:
+    """One call_module node as ONNX (modules in eval mode: dropout is the identity)."""
+    name = fnode.target
+    if isinstance(module, torch.nn.Embedding):
+        return em.node("Gather", [em.weight(f"{name}.weight", module.weight), x], fnode.name, axis=0)
+    if isinstance(module, torch.nn.Linear):
+        return em.node("Gemm", [x, em.weight(f"{name}.weight", module.weight), em.weight(f"{name}.bias", module.bias)],
+                       fnode.name, transB=1)
+    if isinstance(module, torch.nn.BatchNorm1d):
+        params = [em.weight(f"{name}.{k}", getattr(module, k)) for k in ("weight", "bias", "running_mean",
+                                                                          "running_var")]
+        return em.node("BatchNormalization", [x, *params], fnode.name, epsilon=float(module.eps))
+    if isinstance(module, torch.nn.Dropout):
+        return em.node("Identity", [x], fnode.name)
+    raise TypeError(f"no ONNX translation for module {type(module).__name__}")  # lower/export mismatch
+
+
+def _function(em: _Emitter, fnode: fx.Node, args: list) -> str:
+    """One call_function node as ONNX."""
+    target, kw = fnode.target, fnode.kwargs
+    if target in _BINARY_OPS:
+        return em.node(_BINARY_OPS[target], args, fnode.name)
+    if target in _UNARY_OPS:
+        return em.node(_UNARY_OPS[target], args, fnode.name)
+    if target is torch.sum:
+        return em.node("ReduceSum", [args[0], em.const([kw["dim"]], np.int64)], fnode.name,
+                       keepdims=int(kw["keepdim"]))
+    if target is torch.softmax:
+        return em.node("Softmax", args, fnode.name, axis=kw["dim"])
+    if target is torch.log_softmax:
+        return em.node("LogSoftmax", args, fnode.name, axis=kw["dim"])
+    if target is torch.flatten:
+        return em.node("Flatten", args, fnode.name, axis=kw["start_dim"])
+    if target is torch.cat:
+        return em.node("Concat", args[0], fnode.name, axis=kw["dim"])
+    raise TypeError(f"no ONNX translation for {target}")  # lower/export mismatch
+
+
+def _operands(em: _Emitter, args, names: dict) -> list:
+    out = []
+    for a in args:
+        if isinstance(a, (tuple, list)):
+            out.append([_operand(em, x, names) for x in a])
+        else:
+            out.append(_operand(em, a, names))
+    return out
+
+
 def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx.ModelProto:
-    """Translate the lowered model, with input lookup and output naming, into ONNX."""
+    """Translate the lowered model, with input lookups and output naming, into ONNX."""
     em = _Emitter()
     inputs = []
     names: dict[str, str] = {}
-    kinds = {c.name: c.kind for c in spec.data.inputs}
+    columns = {c.name: c for c in spec.data.inputs}
     modules = dict(model.named_modules())
+    result = None
     for fnode in model.graph.nodes:
         if fnode.op == "placeholder":
-            col = fnode.target
-            if kinds[col] == CATEGORY:
-                vocab = vocabs[col]
+            col = columns[fnode.target]
+            if col.kind == CATEGORY:
+                vocab = vocabs[col.name]
                 dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
-                inputs.append(helper.make_tensor_value_info(col, dtype, ["N"]))
-                names[fnode.name] = _label_encoder(em, col, vocab, f"{col}_index")
+                inputs.append(helper.make_tensor_value_info(col.name, dtype, ["N"]))
+                names[fnode.name] = _label_encoder(em, col.name, vocab, f"{col.name}_index")
+            elif col.shape:
+                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape]))
+                names[fnode.name] = col.name
             else:
-                inputs.append(helper.make_tensor_value_info(col, TensorProto.FLOAT, ["N"]))
-                names[fnode.name] = em.node("Unsqueeze", [col, em.const([1], np.int64)], f"{col}_column")
+                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N"]))
+                names[fnode.name] = em.node("Unsqueeze", [col.name, em.const([1], np.int64)], f"{col.name}_column")
         elif fnode.op == "call_module":
-            module = modules[fnode.target]
-            if isinstance(module, torch.nn.Embedding):
-                weight = em.weight(f"{fnode.target}.weight", module.weight)
-                names[fnode.name] = em.node("Gather", [weight, names[fnode.args[0].name]], fnode.name, axis=0)
-            else:
-                raise TypeError(f"no ONNX translation for module {type(module).__name__}")
+            names[fnode.name] = _module(em, fnode, modules[fnode.target], names[fnode.args[0].name])
         elif fnode.op == "call_function":
-            args = [_operand(em, a, names) for a in fnode.args]
-            target = fnode.target
-            if target in (operator.add, operator.sub, operator.mul, operator.truediv):
-                op = {operator.add: "Add", operator.sub: "Sub", operator.mul: "Mul", operator.truediv: "Div"}[target]
-                names[fnode.name] = em.node(op, args, fnode.name)
-            elif target is torch.sum:
-                axes = em.const([fnode.kwargs["dim"]], np.int64)
-                names[fnode.name] = em.node("ReduceSum", [args[0], axes], fnode.name,
-                                            keepdims=int(fnode.kwargs["keepdim"]))
-            elif target is torch.sigmoid:
-                names[fnode.name] = em.node("Sigmoid", args, fnode.name)
-            else:
-                raise TypeError(f"no ONNX translation for {target}")
+            names[fnode.name] = _function(em, fnode, _operands(em, fnode.args, names))
         elif fnode.op == "output":
             result = names[fnode.args[0].name]
-    target = spec.data.target
-    outputs = []
-    if target.kind == FLOAT:
-        # One number per row, named after the target.
-        em.node("Reshape", [result, em.const([-1], np.int64)], target.name)
-        outputs.append(helper.make_tensor_value_info(target.name, TensorProto.FLOAT, ["N"]))
+    outputs = _outputs(em, spec, vocabs, result)
     graph = helper.make_graph(em.nodes, spec.name, inputs, outputs, em.initializers)
     onnx_model = helper.make_model(
         graph, producer_name="specc", opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
     onnx_model.ir_version = 8  # readable by onnxruntime 1.14 and later
+    source = spec.data.source
     meta = {
         "specc.spec": spec.source.text,
-        "specc.target": target.name,
-        "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind} for c in spec.data.inputs
-                                    if c.name in spec.model.inputs]),
+        "specc.target": spec.data.target.name,
+        "specc.loss": spec.train.loss,
+        "specc.metrics": json.dumps(list(spec.train.metrics)),
+        "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind, "shape": list(c.shape)}
+                                    for c in spec.data.inputs if c.name in spec.model.inputs]),
         "specc.vocabs": vocabs_to_json(vocabs),
-        "specc.reading": json.dumps({"delimiter": spec.data.source.delimiter}),
+        "specc.reading": json.dumps({"delimiter": source.delimiter} if isinstance(source, CsvSource) else
+                                    {"format": "npz"}),
     }
     helper.set_model_props(onnx_model, meta)
     onnx.checker.check_model(onnx_model, full_check=True)
     return onnx_model
+
+
+def _outputs(em: _Emitter, spec: Spec, vocabs: dict[str, Vocab], result: str) -> list:
+    """What a person wants back: the number for a float target; for classes, the probabilities
+    (softmax applied where the loss took logits) and the label as the user's class value."""
+    target = spec.data.target
+    if target.kind == FLOAT:
+        value = result
+        if spec.train.loss == "bce_with_logits":  # trained on logits: give the probability
+            value = em.node("Sigmoid", [result], f"{target.name}_probability")
+        em.node("Reshape", [value, em.const([-1], np.int64)], target.name)
+        return [helper.make_tensor_value_info(target.name, TensorProto.FLOAT, ["N"])]
+    vocab = vocabs[target.name]
+    if spec.train.loss == "nll":  # the model gives log-probabilities
+        em.node("Exp", [result], PROBABILITIES)
+    else:  # cross_entropy takes logits
+        em.node("Softmax", [result], PROBABILITIES, axis=-1)
+    index = em.node("ArgMax", [result], f"{target.name}_index", axis=1, keepdims=0)
+    if vocab.integer:
+        classes = em.const([int(v) for v in vocab.values], np.int64)
+        label_type = TensorProto.INT64
+    else:
+        classes = em.const(np.array(vocab.values, dtype=object), object)
+        label_type = TensorProto.STRING
+    em.node("Gather", [classes, index], target.name, axis=0)
+    return [helper.make_tensor_value_info(target.name, label_type, ["N"]),
+            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", vocab.size])]
 
 
 def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: slice) -> dict[str, np.ndarray]:
@@ -165,14 +231,8 @@ def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
     return raw
 
 
-def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[str, Vocab],
-           raw: dict[str, list]) -> float:
-    """Max |onnxruntime - torch| on raw rows; raises ExportError above the tolerance."""
-    from specc.infer import Session
-
-    n = len(next(iter(raw.values())))
-    feed = raw_feed(spec, vocabs, raw, slice(0, n))
-    got = Session(onnx_bytes, device="cpu").run(feed)[spec.data.target.name]
+def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list]) -> dict:
+    """What the exported model should return, computed by torch from the same raw rows."""
     model = model.cpu().eval()
     with torch.no_grad():
         args = []
@@ -181,9 +241,41 @@ def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[st
                 args.append(torch.from_numpy(vocabs[col].lookup(raw[col])))
             else:
                 args.append(torch.tensor(np.asarray(raw[col], dtype=np.float32)))
-        want = model(*args)[:, 0].numpy()
-    diff = float(np.max(np.abs(got - want))) if n else 0.0
+        out = model(*args)
+    target = spec.data.target
+    if target.kind == FLOAT:
+        value = torch.sigmoid(out) if spec.train.loss == "bce_with_logits" else out
+        return {target.name: value[:, 0].numpy()}
+    probs = out.exp() if spec.train.loss == "nll" else torch.softmax(out, dim=-1)
+    values = vocabs[target.name].values
+    labels = [values[k] for k in out.argmax(dim=-1).tolist()]
+    if vocabs[target.name].integer:
+        labels = [int(v) for v in labels]
+    return {PROBABILITIES: probs.numpy(), target.name: np.array(labels, dtype=object)}
+
+
+def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[str, Vocab],
+           raw: dict[str, list]) -> float:
+    """Max |onnxruntime - torch| over the numeric outputs on raw rows (labels must agree where the
+    top class is clear); raises ExportError above the tolerance."""
+    from specc.infer import Session
+
+    n = len(next(iter(raw.values())))
+    feed = raw_feed(spec, vocabs, raw, slice(0, n))
+    got = Session(onnx_bytes, device="cpu").run(feed)
+    want = reference_outputs(spec, model, vocabs, raw)
+    target = spec.data.target.name
+    numeric = target if spec.data.target.kind == FLOAT else PROBABILITIES
+    diff = float(np.max(np.abs(got[numeric] - want[numeric]))) if n else 0.0
     if not diff <= PARITY_TOLERANCE:
         raise ExportError(f"onnxruntime and torch differ by {diff:.3g} on {n} rows "
                           f"(tolerance {PARITY_TOLERANCE:g})")
+    if numeric == PROBABILITIES:
+        top2 = np.sort(want[PROBABILITIES], axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 10 * PARITY_TOLERANCE  # ties may break either way
+        mismatched = [k for k in np.flatnonzero(clear) if got[target][k] != want[target][k]]
+        if mismatched:
+            k = mismatched[0]
+            raise ExportError(f"onnxruntime predicts '{got[target][k]}' where torch predicts '{want[target][k]}' "
+                              f"(row {k})")
     return diff

@@ -117,19 +117,74 @@ def read_inputs(path: Path, session: Session, delimiter: str | None = None) -> t
     return feed, len(lines)
 
 
+def read_arrays(path: Path, session: Session) -> tuple[dict[str, np.ndarray], int]:
+    """The model's inputs from an .npz file: the array of each input's name (or `<name>_valid`)."""
+    shown = str(path)
+    if not path.is_file():
+        raise DataError(shown, "file not found", code="D101")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(shown, f"is not a readable .npz file ({err})", code="D102") from None
+    feed = {}
+    with archive:
+        for name, kind in session.inputs.items():
+            key = name if name in archive.files else f"{name}_valid"
+            if key not in archive.files:
+                raise DataError(shown, f"has no array '{name}' (it holds: {', '.join(sorted(archive.files))})",
+                                code="D107")
+            try:
+                arr = archive[key]
+            except ValueError:
+                raise DataError(shown, f"array '{key}' holds Python objects; specc never unpickles data",
+                                code="D102") from None
+            dtype = _NUMPY.get(kind, object)
+            feed[name] = arr.astype(str).astype(object) if dtype is object else arr.astype(dtype)
+    counts = {len(v) for v in feed.values()}
+    if len(counts) != 1:
+        raise DataError(shown, "the input arrays have different numbers of rows", code="D103")
+    return feed, counts.pop()
+
+
+def _columns(session: Session, feed: dict[str, np.ndarray], results: dict[str, np.ndarray]):
+    """CSV columns: scalar inputs as given, then the outputs; a probability per class apiece."""
+    names, columns = [], []
+    for name, values in feed.items():
+        if values.ndim == 1:
+            names.append(name)
+            columns.append(values)
+    target = session.metadata.get("specc.target")
+    vocabs = json.loads(session.metadata.get("specc.vocabs", "{}"))
+    classes = vocabs.get(target, {}).get("values")
+    for name, values in results.items():
+        if values.ndim == 1:
+            names.append(name)
+            columns.append(values)
+        else:
+            labels = classes if classes and len(classes) == values.shape[1] else range(values.shape[1])
+            for k, label in enumerate(labels):
+                names.append(f"probability_{label}")
+                columns.append(values[:, k])
+    return names, columns
+
+
 def predict_file(model: Path, rows: Path, out, device: str = "auto", batch: int = 65536) -> int:
-    """Write the input columns and the model's outputs as CSV; returns the row count."""
+    """Write the inputs (one value per row) and the model's outputs as CSV; returns the row count.
+    `rows` is a CSV with a header, or an .npz with an array per input."""
     session = Session(model, device=device)
-    feed, n = read_inputs(rows, session)
-    results: dict[str, list] = {name: [] for name in session.outputs}
+    if rows.suffix == ".npz":
+        feed, n = read_arrays(rows, session)
+    else:
+        feed, n = read_inputs(rows, session)
+    parts: dict[str, list] = {name: [] for name in session.outputs}
     for s in range(0, n, batch):
-        part = session.run({k: v[s:s + batch] for k, v in feed.items()})
+        got = session.run({k: v[s:s + batch] for k, v in feed.items()})
         for name in session.outputs:
-            results[name].append(part[name])
-    merged = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in results.items()}
+            parts[name].append(got[name])
+    results = {name: np.concatenate(p) if p else np.zeros(0) for name, p in parts.items()}
+    names, columns = _columns(session, feed, results)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*feed, *merged])
-    columns = [feed[k] for k in feed] + [merged[k] for k in merged]
+    writer.writerow(names)
     for k in range(n):
         writer.writerow([_cell(c[k]) for c in columns])
     return n

@@ -8,7 +8,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from specc.spec import Binary, Dot, Embedding, Input, ModelSpec, SigmoidRange
+from specc.spec import (
+    CLASSES, Activation, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear, ModelSpec,
+    SigmoidRange,
+)
+
+_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
 _BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
@@ -19,8 +24,13 @@ def init_embedding(module: nn.Embedding) -> None:
     nn.init.trunc_normal_(module.weight, std=0.01, a=-0.02, b=0.02)
 
 
+def _size(dim, sizes: dict[str, int]) -> int:
+    return sizes[CLASSES] if dim == CLASSES else dim
+
+
 def lower(model: ModelSpec, vocab_sizes: dict[str, int], class_name: str = "SpecModel") -> fx.GraphModule:
-    """Build the model as an fx graph. `vocab_sizes[column]` counts the unknown index 0 too."""
+    """Build the model as an fx graph. `vocab_sizes[column]` counts an input's unknown index 0 too;
+    `vocab_sizes["classes"]` is the number of target classes, where the model uses it."""
     root = nn.Module()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {col: graph.placeholder(col) for col in model.inputs}
@@ -31,8 +41,10 @@ def lower(model: ModelSpec, vocab_sizes: dict[str, int], class_name: str = "Spec
     for node in model.nodes:
         op = node.op
         if isinstance(op, Input):
-            continue  # its placeholder is the column itself
-        if isinstance(op, Embedding):
+            if op.scale is None:
+                continue  # its placeholder is the column itself
+            result = emit("call_function", operator.mul, [env[op.column], op.scale], name=f"{node.name}_scaled")
+        elif isinstance(op, Embedding):
             module = nn.Embedding(vocab_sizes[op.column], op.dim)
             init_embedding(module)
             root.add_module(node.name, module)
@@ -55,6 +67,29 @@ def lower(model: ModelSpec, vocab_sizes: dict[str, int], class_name: str = "Spec
             scaled = emit("call_function", operator.mul, [squashed, op.high - op.low],
                           name=node.name if op.low == 0 else f"{node.name}_scaled")
             result = scaled if op.low == 0 else emit("call_function", operator.add, [scaled, op.low], name=node.name)
+        elif isinstance(op, Linear):
+            src = model.node(node.inputs[0])
+            root.add_module(node.name, nn.Linear(_size(src.shape[0], vocab_sizes), _size(op.out, vocab_sizes)))
+            result = emit("call_module", node.name, [env[node.inputs[0]]], name=node.name)
+        elif isinstance(op, BatchNorm):
+            src = model.node(node.inputs[0])
+            root.add_module(node.name, nn.BatchNorm1d(_size(src.shape[0], vocab_sizes)))
+            result = emit("call_module", node.name, [env[node.inputs[0]]], name=node.name)
+        elif isinstance(op, Dropout):
+            root.add_module(node.name, nn.Dropout(op.p))
+            result = emit("call_module", node.name, [env[node.inputs[0]]], name=node.name)
+        elif isinstance(op, Activation):
+            x = env[node.inputs[0]]
+            if op.kind in _ACTIVATIONS:
+                result = emit("call_function", _ACTIVATIONS[op.kind], [x], name=node.name)
+            else:
+                fn = torch.softmax if op.kind == "softmax" else torch.log_softmax
+                result = emit("call_function", fn, [x], {"dim": -1}, name=node.name)
+        elif isinstance(op, Flatten):
+            result = emit("call_function", torch.flatten, [env[node.inputs[0]]], {"start_dim": 1}, name=node.name)
+        elif isinstance(op, Concat):
+            parts = tuple(env[n] for n in node.inputs)
+            result = emit("call_function", torch.cat, [parts], {"dim": -1}, name=node.name)
         else:
             raise TypeError(f"no lowering for {op!r}")  # a checker/lowering mismatch: a bug
         result.meta["span"] = (node.span.source.path, node.span.line, node.span.column)

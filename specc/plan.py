@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from specc.spec import SGD, Adam, Embedding, Fit, FitOneCycle, Spec
+from specc.diagnostics import Diagnostic, SpecError
+from specc.spec import CATEGORY, CLASSES, SGD, Adam, BatchNorm, Embedding, Fit, FitOneCycle, Linear, RMSProp, Spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +35,53 @@ class TrainPlan:
         return self.steps_per_epoch * self.epochs
 
 
-def module_params(spec: Spec, vocab_sizes: dict[str, int]) -> dict[str, int]:
+def resolve(dim, sizes: dict[str, int]) -> int:
+    """A size: `classes` becomes the number of target classes."""
+    return sizes[CLASSES] if dim == CLASSES else dim
+
+
+def module_params(spec: Spec, sizes: dict[str, int]) -> dict[str, int]:
     """Parameter count of each module the model will have, without building it."""
     counts = {}
     for node in spec.model.nodes:
-        if isinstance(node.op, Embedding):
-            counts[node.name] = vocab_sizes[node.op.column] * node.op.dim
+        op = node.op
+        if isinstance(op, Embedding):
+            counts[node.name] = sizes[op.column] * op.dim
+        elif isinstance(op, Linear):
+            n_in = resolve(spec.model.node(node.inputs[0]).shape[0], sizes)
+            counts[node.name] = (n_in + 1) * resolve(op.out, sizes)
+        elif isinstance(op, BatchNorm):
+            counts[node.name] = 2 * resolve(node.shape[0], sizes)
     return counts
 
 
-def make_plan(spec: Spec, vocab_sizes: dict[str, int], n_train: int, n_valid: int) -> TrainPlan:
-    counts = module_params(spec, vocab_sizes)
+def check_data_fits(spec: Spec, sizes: dict[str, int]) -> None:
+    """What only the data can tell: a fixed output size must match the number of target classes."""
+    target = spec.data.target
+    if target.kind != CATEGORY:
+        return
+    out = spec.model.node(spec.model.output)
+    width, classes = out.shape[0], sizes[CLASSES]
+    if width != CLASSES and width != classes:
+        raise SpecError([Diagnostic(
+            "E303", f"the model's output 'out' has width {width}, but the target '{target.name}' has {classes} "
+            "classes in the data", out.span, ("write linear(classes) to size it from the data",))])
+
+
+def model_sizes(spec: Spec, prepared) -> dict[str, int]:
+    """Vocabulary sizes of the input columns, and `classes`: the number of target classes."""
+    sizes = {c: v.size for c, v in prepared.vocabs.items() if c != spec.data.target.name}
+    if spec.data.target.name in prepared.vocabs:
+        sizes[CLASSES] = prepared.vocabs[spec.data.target.name].size
+    return sizes
+
+
+def make_plan(spec: Spec, prepared) -> TrainPlan:
+    """The training plan for a spec and its prepared data (specc.data.prepare.Prepared)."""
+    sizes = model_sizes(spec, prepared)
+    check_data_fits(spec, sizes)
+    n_train, n_valid = prepared.n_train, prepared.n_valid
+    counts = module_params(spec, sizes)
     group = ParamGroup("model", tuple(counts), sum(counts.values()), spec.train.fit.lr)
     steps = math.ceil(n_train / spec.data.batch)
     return TrainPlan((group,), spec.data.batch, n_train, n_valid, steps, spec.train.fit.epochs)
@@ -54,8 +91,11 @@ def describe_optimizer(opt) -> str:
     if isinstance(opt, Adam):
         return (f"AdamW (decoupled weight decay): betas=({opt.betas[0]:g}, {opt.betas[1]:g}) "
                 f"eps={opt.eps:g} wd={opt.wd:g}")
+    if isinstance(opt, RMSProp):
+        return f"RMSProp: alpha={opt.alpha:g} eps={opt.eps:g} momentum={opt.momentum:g} wd={opt.wd:g} (decoupled)"
     assert isinstance(opt, SGD)
-    return f"SGD: momentum={opt.momentum:g} nesterov={str(opt.nesterov).lower()} wd={opt.wd:g} (decoupled)"
+    return (f"SGD: momentum={opt.momentum:g} dampening={opt.dampening:g} nesterov={str(opt.nesterov).lower()} "
+            f"wd={opt.wd:g} (decoupled)")
 
 
 def describe_schedule(fit, total_steps: int) -> list[str]:
@@ -75,7 +115,8 @@ def describe(spec: Spec, plan: TrainPlan) -> str:
     lines = [
         f"data: {plan.n_train} training rows, {plan.n_valid} validation rows, batch {plan.batch}"
         f" -> {plan.steps_per_epoch} steps per epoch",
-        f"loss: {spec.train.loss}   metrics: {', '.join(spec.train.metrics) or '-'}   seed: {spec.train.seed}",
+        f"loss: {spec.train.loss}{f' + {spec.train.l2:g} * sum(w^2)' if spec.train.l2 else ''}   "
+        f"metrics: {', '.join(spec.train.metrics) or '-'}   seed: {spec.train.seed}",
         f"optimizer: {describe_optimizer(spec.train.optimizer)}",
         "parameter groups:",
     ]

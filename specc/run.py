@@ -77,8 +77,7 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     started = time.perf_counter()
     prepared = prepare(spec.data, spec.model.inputs)
     device = pick_device(device_name)
-    sizes = {c: v.size for c, v in prepared.vocabs.items()}
-    plan = make_plan(spec, sizes, prepared.n_train, prepared.n_valid)
+    plan = make_plan(spec, prepared)
     folder.write_text("spec.spec", spec.source.text)
     if not quiet:
         print(f"specc: training {spec.name} on {device.type}: {prepared.n_train} training rows, "

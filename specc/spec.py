@@ -9,6 +9,9 @@ from typing import Union
 from specc.source import Source, Span
 
 CATEGORY, FLOAT = "category", "float"
+CLASSES = "classes"  # a symbolic size: the number of classes of a category target
+
+Dim = Union[int, str]  # a size, or CLASSES until the data is read
 
 
 # ---------------------------------------------------------------- data
@@ -16,11 +19,15 @@ CATEGORY, FLOAT = "category", "float"
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """A column the spec reads: its name in the file and how its values are read."""
+    """A column the spec reads: its name in the file and how its values are read.
+    A float column may hold an array per row (`pixels: float(28, 28)`) and a scale (`/ 255`),
+    which the model applies (so that the exported model takes the values as they are)."""
 
     name: str
     kind: str  # CATEGORY or FLOAT
     span: Span = field(compare=False, repr=False)
+    shape: tuple[int, ...] = ()  # per row; () is one number
+    scale: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +42,24 @@ class CsvSource:
 
 
 @dataclass(frozen=True, slots=True)
+class NpzSource:
+    """Named arrays in a numpy .npz file (read without pickle): one array per column, or
+    `<column>_train` and `<column>_valid` arrays when the file brings its own validation set."""
+
+    path: Path
+    span: Span = field(compare=False, repr=False)
+
+
+Source = Union[CsvSource, NpzSource]
+
+
+@dataclass(frozen=True, slots=True)
 class RandomSplit:
     """A random `fraction` of the rows is the validation set, drawn with `seed`."""
 
     fraction: float
     seed: int
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +68,19 @@ class RowSplit:
 
     start: int
     end: int | None
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 Split = Union[RandomSplit, RowSplit]
+DEFAULT_SPLIT = RandomSplit(0.2, 0)
 
 
 @dataclass(frozen=True, slots=True)
 class DataSpec:
-    source: CsvSource
+    source: Source
     inputs: tuple[Column, ...]
     target: Column
-    valid: Split
+    valid: Split | None  # None: the file's own validation arrays, else random(0.2, seed=0)
     batch: int
 
 
@@ -67,9 +89,10 @@ class DataSpec:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """A float input column, one number per row (width 1)."""
+    """A float input column (times its scale, if it has one)."""
 
     column: str
+    scale: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +125,59 @@ class SigmoidRange:
     high: float
 
 
-Op = Union[Input, Embedding, Dot, Binary, SigmoidRange]
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """An affine layer `x @ W.T + b` to `out` features (the input width is inferred)."""
+
+    out: Dim
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """An element-wise non-linearity, or softmax / log_softmax over the features."""
+
+    kind: str  # relu, sigmoid, tanh, softmax, log_softmax
+
+
+@dataclass(frozen=True, slots=True)
+class Dropout:
+    """Zeroes each feature with probability p while training (scaled by 1/(1-p)); identity in eval."""
+
+    p: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchNorm:
+    """Normalises each feature over the batch while training (running statistics in eval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    """All features of a row in one dimension."""
+
+
+@dataclass(frozen=True, slots=True)
+class Concat:
+    """Features of several values side by side."""
+
+
+Op = Union[Input, Embedding, Dot, Binary, SigmoidRange, Linear, Activation, Dropout, BatchNorm, Flatten, Concat]
 
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """One value of the model: `name = op(inputs)`, `width` numbers per row."""
+    """One value of the model: `name = op(inputs)`, a row of `shape` numbers per example."""
 
     name: str
     op: Op
     inputs: tuple[str, ...]
-    width: int
+    shape: tuple[Dim, ...]
     span: Span = field(compare=False, repr=False)
+
+    @property
+    def width(self) -> Dim:
+        """The size of a 1-D value (the feature count)."""
+        return self.shape[0] if len(self.shape) == 1 else "x".join(map(str, self.shape))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,14 +207,26 @@ class Adam:
 
 @dataclass(frozen=True, slots=True)
 class SGD:
-    """SGD with torch's momentum form (v = m*v + g; p -= lr*v) and decoupled weight decay."""
+    """SGD with torch's momentum form (v = m*v + (1 - dampening)*g, the first v = g; p -= lr*v)
+    and decoupled weight decay. dampening = momentum is the seed's EWMA of gradients."""
 
     momentum: float = 0.0
     wd: float = 0.0
     nesterov: bool = False
+    dampening: float = 0.0
 
 
-Optimizer = Union[Adam, SGD]
+@dataclass(frozen=True, slots=True)
+class RMSProp:
+    """RMSProp: s = alpha*s + (1-alpha)*g^2; p -= lr * g / (sqrt(s) + eps); decoupled weight decay."""
+
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    wd: float = 0.0
+
+
+Optimizer = Union[Adam, SGD, RMSProp]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +259,8 @@ class TrainSpec:
     optimizer: Optimizer
     fit: Schedule
     seed: int
+    l2: float = 0.0  # the seed's penalty: loss + l2 * sum(w^2) over every parameter
+    stop_on_nan: bool = True
 
 
 @dataclass(frozen=True, slots=True)

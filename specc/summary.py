@@ -1,59 +1,74 @@
-"""The model summary `specc check` prints: values, widths, parameters, groups (no torch)."""
+"""The model summary `specc check` prints: values, shapes, parameters, groups (no torch)."""
 
 from __future__ import annotations
 
-from specc.spec import Binary, Dot, Embedding, Input, SigmoidRange, Spec
+from specc.plan import describe, make_plan, model_sizes, module_params, resolve
+from specc.spec import (
+    Activation, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear,
+    SigmoidRange, Spec,
+)
 
 
 def _describe(node) -> str:
-    op = node.op
+    op, args = node.op, ", ".join(node.inputs)
     if isinstance(op, Input):
-        return f"input column {op.column}"
+        scale = f" * {op.scale:.6g}" if op.scale is not None else ""
+        return f"input column {op.column}{scale}"
     if isinstance(op, Embedding):
         return f"embedding({op.column}, {op.dim})"
-    if isinstance(op, Dot):
-        return f"dot({', '.join(node.inputs)})"
     if isinstance(op, Binary):
         if op.constant is None:
             return f" {op.op} ".join(node.inputs)
         parts = [f"{op.constant:g}", node.inputs[0]] if op.constant_first else [node.inputs[0], f"{op.constant:g}"]
         return f" {op.op} ".join(parts)
     if isinstance(op, SigmoidRange):
-        return f"sigmoid_range({node.inputs[0]}, {op.low:g}, {op.high:g})"
-    return type(op).__name__
+        return f"sigmoid_range({args}, {op.low:g}, {op.high:g})"
+    if isinstance(op, Linear):
+        return f"linear({args}, {op.out})"
+    if isinstance(op, Dropout):
+        return f"dropout({args}, {op.p:g})"
+    if isinstance(op, Activation):
+        return f"{op.kind}({args})"
+    name = {Dot: "dot", BatchNorm: "batchnorm", Flatten: "flatten", Concat: "concat"}[type(op)]
+    return f"{name}({args})"
 
 
 def summary(spec: Spec, read_data: bool = True) -> str:
     """Layers with output shapes and parameter counts; with the data read, vocabulary sizes and the plan."""
-    sizes = None
     lines = [f"spec {spec.name}: ok"]
+    sizes, prepared = None, None
     if read_data:
         from specc.data.prepare import prepare
-        from specc.plan import describe, make_plan
 
         prepared = prepare(spec.data, spec.model.inputs)
-        sizes = {c: v.size for c, v in prepared.vocabs.items()}
-        cats = ", ".join(f"{c} {n - 1} (+1 unknown)" for c, n in sizes.items())
-        lines.append(f"data: {prepared.path}: {prepared.n_train + prepared.n_valid} rows; categories: {cats or '-'}")
+        sizes = model_sizes(spec, prepared)
+        cats = [f"{c} {v.size - 1} (+1 unknown)" for c, v in prepared.vocabs.items() if v.unknown]
+        target = prepared.vocabs.get(spec.data.target.name)
+        if target is not None:
+            shown = ", ".join(target.values[:12]) + (", ..." if len(target.values) > 12 else "")
+            cats.append(f"target {spec.data.target.name}: {target.size} classes ({shown})")
+        lines.append(f"data: {prepared.path}: {prepared.n_train} training + {prepared.n_valid} validation rows"
+                     f"{'; ' + '; '.join(cats) if cats else ''}")
+        plan = make_plan(spec, prepared)  # also checks the output against the number of classes
+        counts = module_params(spec, sizes)
     rows = [("value", "computes", "shape", "params")]
-    total = 0
     for node in spec.model.nodes:
         params = "-"
-        if isinstance(node.op, Embedding):
-            if sizes is not None:
-                count = sizes[node.op.column] * node.op.dim
-                total += count
-                params = f"{count:,}"
-            else:
-                params = f"(n_{node.op.column} + 1) x {node.op.dim}"
+        if sizes is not None and node.name in counts:
+            params = f"{counts[node.name]:,}"
+        elif isinstance(node.op, Embedding):
+            params = f"(n_{node.op.column} + 1) x {node.op.dim}"
+        dims = [str(resolve(d, sizes)) if sizes else str(d) for d in node.shape]
         rows.append((node.name + (" (output)" if node.name == spec.model.output else ""), _describe(node),
-                     f"(batch, {node.width})", params))
+                     f"(batch, {', '.join(dims)})", params))
     widths = [max(len(r[k]) for r in rows) for k in range(4)]
     for r in rows:
         lines.append("  " + "  ".join(cell.ljust(w) if k < 3 else cell.rjust(w)
                                       for k, (cell, w) in enumerate(zip(r, widths))).rstrip())
-    if sizes is not None:
-        lines.append(f"  total parameters: {total:,}; groups: model (all)")
-        plan = make_plan(spec, sizes, prepared.n_train, prepared.n_valid)
+    if prepared is not None:
+        lines.append(f"  total parameters: {sum(counts.values()):,}; groups: model (all)")
         lines.append(describe(spec, plan))
     return "\n".join(lines)
+
+
+

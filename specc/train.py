@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from specc.data.prepare import Prepared
 from specc.lower import lower
-from specc.plan import TrainPlan
-from specc.spec import SGD, Adam, Fit, FitOneCycle, Spec
+from specc.plan import TrainPlan, model_sizes
+from specc.spec import FLOAT, SGD, Adam, Fit, FitOneCycle, RMSProp, Spec
 
 SMOOTH_BETA = 0.98  # the seed's exponentially weighted moving average of the loss
 VALID_BATCH = 8192
@@ -30,14 +30,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class DecoupledSGD(torch.optim.SGD):
-    """SGD whose weight decay shrinks the weights directly (p -= lr * wd * p), as AdamW does,
-    instead of adding wd * p to the gradient (torch's SGD weight_decay is an L2 penalty)."""
-
-    def __init__(self, params, lr: float, momentum: float, nesterov: bool, wd: float):
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov)
-        for group in self.param_groups:
-            group["decoupled_wd"] = wd
+class _DecoupledWeightDecay:
+    """Weight decay that shrinks the weights directly (p -= lr * wd * p) before the update, as
+    AdamW does, instead of adding wd * p to the gradient (torch's SGD and RMSprop `weight_decay`
+    is that L2 form; the seed contrasts the two, and `l2` in a spec gives the other one)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -50,6 +46,24 @@ class DecoupledSGD(torch.optim.SGD):
         return super().step(closure)
 
 
+class DecoupledSGD(_DecoupledWeightDecay, torch.optim.SGD):
+    """torch's SGD (v = momentum*v + (1-dampening)*g, the first v = g; p -= lr*v), decoupled wd."""
+
+    def __init__(self, params, lr: float, momentum: float, nesterov: bool, wd: float, dampening: float = 0.0):
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening)
+        for group in self.param_groups:
+            group["decoupled_wd"] = wd
+
+
+class DecoupledRMSprop(_DecoupledWeightDecay, torch.optim.RMSprop):
+    """torch's RMSprop (s = alpha*s + (1-alpha)*g^2; p -= lr*g/(sqrt(s)+eps)), decoupled wd."""
+
+    def __init__(self, params, lr: float, alpha: float, eps: float, momentum: float, wd: float):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+        for group in self.param_groups:
+            group["decoupled_wd"] = wd
+
+
 def make_optimizer(spec: Spec, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     opt, lr = spec.train.optimizer, spec.train.fit.lr
     params = [p for p in model.parameters() if p.requires_grad]
@@ -57,8 +71,11 @@ def make_optimizer(spec: Spec, model: torch.nn.Module, device: torch.device) -> 
         # The fused kernel does the whole update in one pass over each tensor (on the CPU too,
         # since torch 2.4): about 30% off a collab epoch on the CPU, more on the GPU.
         return torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd, fused=True)
+    if isinstance(opt, RMSProp):
+        return DecoupledRMSprop(params, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, wd=opt.wd)
     assert isinstance(opt, SGD)
-    return DecoupledSGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov, wd=opt.wd)
+    return DecoupledSGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov, wd=opt.wd,
+                        dampening=opt.dampening)
 
 
 def make_scheduler(spec: Spec, optimizer, total_steps: int):
@@ -67,7 +84,8 @@ def make_scheduler(spec: Spec, optimizer, total_steps: int):
         return None
     assert isinstance(fit, FitOneCycle)
     opt = spec.train.optimizer
-    cycle = isinstance(opt, Adam) or (isinstance(opt, SGD) and opt.momentum > 0)
+    # Momentum cycles for Adam (beta1) and for SGD / RMSProp that use momentum at all.
+    cycle = isinstance(opt, Adam) or opt.momentum > 0
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=fit.lr, total_steps=total_steps, pct_start=fit.pct_start,
         anneal_strategy="cos", div_factor=fit.div, final_div_factor=fit.final_div,
@@ -106,19 +124,38 @@ class History:
 
 
 def _predict_column(spec: Spec, out: torch.Tensor) -> torch.Tensor:
-    """The model output compared with the target: one number per row for a float target."""
-    return out[:, 0]
+    """The model output compared with the target: one number per row for a float target, one
+    score per class (as the model gives them) for a category target."""
+    return out[:, 0] if spec.data.target.kind == FLOAT else out
 
 
-def loss_fn(name: str):
-    if name == "mse":
-        return F.mse_loss
-    raise KeyError(name)  # check only lets known losses through
+# Each loss as the seed describes it; cross_entropy takes logits (log-softmax inside), nll takes
+# log-probabilities (a model that ends in log_softmax), bce takes probabilities (ends in sigmoid).
+LOSS_FNS = {
+    "mse": F.mse_loss,
+    "l1": F.l1_loss,
+    "bce": F.binary_cross_entropy,
+    "bce_with_logits": F.binary_cross_entropy_with_logits,
+    "cross_entropy": F.cross_entropy,
+    "nll": F.nll_loss,
+}
+
+
+def loss_fn(spec: Spec):
+    """The training loss, with the seed's L2 penalty (l2 * sum of squared weights) when asked."""
+    base = LOSS_FNS[spec.train.loss]
+    l2 = spec.train.l2
+    if not l2:
+        return lambda out, y, params: base(out, y)
+
+    def with_penalty(out, y, params):
+        return base(out, y) + l2 * torch.stack([(p * p).sum() for p in params]).sum()
+    return with_penalty
 
 
 @torch.no_grad()
 def evaluate(spec: Spec, model, columns: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, float]:
-    """Loss and metrics over a whole split (in large batches)."""
+    """Loss (without the l2 penalty) and metrics over a whole split, in large batches."""
     was_training = model.training
     model.eval()
     preds = []
@@ -128,17 +165,18 @@ def evaluate(spec: Spec, model, columns: dict[str, torch.Tensor], target: torch.
         preds.append(_predict_column(spec, model(*batch)))
     model.train(was_training)
     pred = torch.cat(preds).double()
-    y = target.double()
-    err = pred - y
-    mse = float((err * err).mean())
-    values = {"loss": mse}
+    if spec.data.target.kind == FLOAT:
+        y = target.double()
+        values = {"loss": float(LOSS_FNS[spec.train.loss](pred, y))}
+        err = pred - y
+        mse = float((err * err).mean())
+        for metric in spec.train.metrics:
+            values[metric] = {"mse": mse, "rmse": math.sqrt(mse), "mae": float(err.abs().mean())}[metric]
+        return values
+    values = {"loss": float(LOSS_FNS[spec.train.loss](pred, target))}
+    accuracy = float((pred.argmax(dim=-1) == target).double().mean())
     for metric in spec.train.metrics:
-        if metric == "mse":
-            values[metric] = mse
-        elif metric == "rmse":
-            values[metric] = math.sqrt(mse)
-        elif metric == "mae":
-            values[metric] = float(err.abs().mean())
+        values[metric] = {"accuracy": accuracy, "error_rate": 1.0 - accuracy}[metric]
     return values
 
 
@@ -186,8 +224,7 @@ def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str,
 def build_model(spec: Spec, prepared: Prepared):
     """Seeded model construction (the same weights for the same spec and data)."""
     torch.manual_seed(spec.train.seed)
-    sizes = {c: v.size for c, v in prepared.vocabs.items()}
-    return lower(spec.model, sizes, class_name=_class_name(spec.name))
+    return lower(spec.model, model_sizes(spec, prepared), class_name=_class_name(spec.name))
 
 
 def _class_name(name: str) -> str:
@@ -196,13 +233,17 @@ def _class_name(name: str) -> str:
 
 
 def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
-          progress: Progress | None = None, on_epoch=None) -> tuple[torch.nn.Module, History]:
-    """Train the spec's model; `on_epoch(model, record, history)` runs after each epoch (checkpoints)."""
+          progress: Progress | None = None, on_epoch=None, on_start=None) -> tuple[torch.nn.Module, History]:
+    """Train the spec's model. `on_start(model)` runs before the first step and
+    `on_epoch(model, record, history)` after each epoch (checkpoints)."""
     model = build_model(spec, prepared).to(device)
     model.train()
+    if on_start is not None:
+        on_start(model)
     optimizer = make_optimizer(spec, model, device)
     scheduler = make_scheduler(spec, optimizer, plan.total_steps)
-    loss_of = loss_fn(spec.train.loss)
+    loss_of = loss_fn(spec)
+    params = [p for p in model.parameters() if p.requires_grad]
     inputs, target = spec.model.inputs, spec.data.target.name
     train_t = to_tensors(prepared.train, device)
     valid_t = to_tensors(prepared.valid, device)
@@ -215,6 +256,8 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     history = History()
     ewma = (0.0, 0)
     bar_every = 64
+    check_every = 64  # steps between looks at the loss for NaN (one host sync each)
+    warned = False
 
     for epoch in range(plan.epochs):
         start = time.perf_counter()
@@ -225,7 +268,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]
             out = model(*[x[idx] for x in x_train])
-            loss = loss_of(_predict_column(spec, out), y_train[idx])
+            loss = loss_of(_predict_column(spec, out), y_train[idx], params)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -233,12 +276,18 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             if scheduler is not None:
                 scheduler.step()
             losses.append(loss.detach())
+            if (s % check_every == check_every - 1 or s == steps - 1) and not warned:
+                recent = torch.stack(losses[-check_every:])
+                if not bool(torch.isfinite(recent).all()):
+                    first = s - len(recent) + 1 + int((~torch.isfinite(recent)).nonzero()[0, 0])
+                    if spec.train.stop_on_nan:
+                        raise TrainingDiverged("train", epoch, first, lrs[first])
+                    warned = True
+                    print(f"specc: warning: the loss became NaN or infinite in epoch {epoch}, step {first} "
+                          f"(lr {lrs[first]:.3g}); going on because stop_on_nan = false", file=sys.stderr)
             if progress is not None and progress.bar and s % bar_every == bar_every - 1:
                 progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
         raw = torch.stack(losses).double().cpu().numpy()
-        if not np.isfinite(raw).all():
-            bad = int(np.argmax(~np.isfinite(raw)))
-            raise TrainingDiverged(epoch, bad, lrs[bad])
         smoothed, ewma = smooth(raw, start=ewma)
         scores = evaluate(spec, model, valid_t, valid_t[target])
         seconds = time.perf_counter() - start
@@ -258,7 +307,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int, lr: float):
-        self.epoch, self.step, self.lr = epoch, step, lr
-        super().__init__(f"the loss became NaN or infinite in epoch {epoch}, step {step} (lr {lr:.3g}); "
-                         "try a smaller learning rate")
+    def __init__(self, stage: str, epoch: int, step: int, lr: float):
+        self.stage, self.epoch, self.step, self.lr = stage, epoch, step, lr
+        super().__init__(f"the loss became NaN or infinite in stage '{stage}', epoch {epoch}, step {step} "
+                         f"(lr {lr:.3g}); try a smaller learning rate, or set stop_on_nan = false to go on")

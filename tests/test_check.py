@@ -25,14 +25,14 @@ def test_collab_spec_means_what_the_seed_says():
     m = spec.model
     assert m.inputs == ("user", "item") and m.output == "out"
     assert m.nodes == (
-        Node("u", Embedding("user", 40), (), 40, None),
-        Node("i", Embedding("item", 40), (), 40, None),
-        Node("ub", Embedding("user", 1), (), 1, None),
-        Node("ib", Embedding("item", 1), (), 1, None),
-        Node("dot", Dot(), ("u", "i"), 1, None),
-        Node("add", Binary("+"), ("dot", "ub"), 1, None),
-        Node("add_1", Binary("+"), ("add", "ib"), 1, None),
-        Node("out", SigmoidRange(0.0, 5.5), ("add_1",), 1, None),
+        Node("u", Embedding("user", 40), (), (40,), None),
+        Node("i", Embedding("item", 40), (), (40,), None),
+        Node("ub", Embedding("user", 1), (), (1,), None),
+        Node("ib", Embedding("item", 1), (), (1,), None),
+        Node("dot", Dot(), ("u", "i"), (1,), None),
+        Node("add", Binary("+"), ("dot", "ub"), (1,), None),
+        Node("add_1", Binary("+"), ("add", "ib"), (1,), None),
+        Node("out", SigmoidRange(0.0, 5.5), ("add_1",), (1,), None),
     )
     t = spec.train
     assert t.loss == "mse" and t.metrics == ("rmse",) and t.seed == 42
@@ -48,7 +48,7 @@ def test_overrides_replace_settings_arguments_and_definitions(tmp_path, monkeypa
     assert spec.data.batch == 128
     assert spec.train.optimizer == SGD(0.9, 0.0, False)
     assert spec.train.fit.epochs == 2 and spec.train.fit.lr == 5e-3
-    assert spec.model.node("u").width == 8 and spec.model.node("i").width == 8
+    assert spec.model.node("u").shape == (8,) and spec.model.node("i").shape == (8,)
     assert spec.data.valid == RowSplit(100, 200)
     # a path given on the command line is relative to where the command runs
     assert spec.data.source.path == tmp_path / "elsewhere.csv"

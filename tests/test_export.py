@@ -20,7 +20,7 @@ from conftest import collab_spec
 def _trained(spec_path, sets=("train.fit.epochs=1",)):
     spec, _ = load_spec(spec_path, list(sets))
     prepared = prepare(spec.data, spec.model.inputs)
-    plan = make_plan(spec, {c: v.size for c, v in prepared.vocabs.items()}, prepared.n_train, prepared.n_valid)
+    plan = make_plan(spec, prepared)
     model, _ = train(spec, prepared, plan, pick_device("cpu"))
     return spec, prepared, model
 

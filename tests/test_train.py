@@ -96,7 +96,7 @@ def test_one_cycle_follows_the_seed_schedule(tiny):
 def _run(spec_path, sets=()):
     spec, _ = load_spec(spec_path, list(sets))
     prepared = prepare(spec.data, spec.model.inputs)
-    plan = make_plan(spec, {c: v.size for c, v in prepared.vocabs.items()}, prepared.n_train, prepared.n_valid)
+    plan = make_plan(spec, prepared)
     model, history = train(spec, prepared, plan, pick_device("cpu"))
     return spec, prepared, model, history
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from specc.data.table import Table, check_finite, read_table
-from specc.diagnostics import DataError
-from specc.spec import CATEGORY, DataSpec, RandomSplit, RowSplit
+from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, NpzSource, RandomSplit, RowSplit
 
 
 def _as_int(text: str) -> int | None:
@@ -21,48 +21,58 @@ def _as_int(text: str) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Vocab:
-    """The categories of one column seen in training: index k + 1 for values[k]; 0 is unknown."""
+    """The categories of one column seen in training. For an input, index k + 1 is values[k] and
+    0 is the unknown category (every value never seen in training); a target's classes have no
+    unknown: index k is values[k]."""
 
     column: str
     values: tuple[str, ...]
     counts: tuple[int, ...]  # training rows per category, for `specc inspect`
     integer: bool  # every value is a whole number: the ONNX input is int64, not a string
+    unknown: bool = True
 
     @property
     def size(self) -> int:
-        return len(self.values) + 1
+        return len(self.values) + (1 if self.unknown else 0)
 
     @staticmethod
-    def fit(column: str, raw: list[str]) -> Vocab:
-        uniques, counts = np.unique(np.asarray(raw, dtype=object), return_counts=True)
-        ints = [_as_int(v) for v in uniques]
+    def fit(column: str, raw, unknown: bool = True) -> Vocab:
+        raw = np.asarray(raw)
+        if raw.dtype.kind in "iu":  # integer arrays (npz): no text round trip
+            uniques, counts = np.unique(raw, return_counts=True)
+            return Vocab(column, tuple(str(int(v)) for v in uniques), tuple(int(c) for c in counts), True, unknown)
+        uniques, counts = np.unique(raw.astype(object), return_counts=True)
+        ints = [_as_int(str(v)) for v in uniques]
         if all(i is not None for i in ints):
             # Whole-number ids: one category per number ("07" and "7" are the same id), in numeric order.
             merged: dict[int, int] = {}
             for i, c in zip(ints, counts):
                 merged[i] = merged.get(i, 0) + int(c)
             keys = sorted(merged)
-            return Vocab(column, tuple(str(k) for k in keys), tuple(merged[k] for k in keys), True)
-        return Vocab(column, tuple(str(v) for v in uniques), tuple(int(c) for c in counts), False)
+            return Vocab(column, tuple(str(k) for k in keys), tuple(merged[k] for k in keys), True, unknown)
+        return Vocab(column, tuple(str(v) for v in uniques), tuple(int(c) for c in counts), False, unknown)
 
     def lookup(self, raw) -> np.ndarray:
-        """Indices of raw values (strings as read, or ints); unseen values map to 0."""
+        """Indices of raw values (strings as read, or ints). Unseen values map to 0 for an input,
+        to -1 for a target (which has no unknown class)."""
+        first, missing = (1, 0) if self.unknown else (0, -1)
         if self.integer:
-            table = {int(v): k + 1 for k, v in enumerate(self.values)}
+            table = {int(v): k + first for k, v in enumerate(self.values)}
             keys = [(_as_int(v) if isinstance(v, str) else int(v)) for v in raw]
         else:
-            table = {v: k + 1 for k, v in enumerate(self.values)}
+            table = {v: k + first for k, v in enumerate(self.values)}
             keys = [str(v) for v in raw]
         get = table.get
-        return np.fromiter((get(k, 0) for k in keys), dtype=np.int64, count=len(keys))
+        return np.fromiter((get(k, missing) for k in keys), dtype=np.int64, count=len(keys))
 
     def to_json(self) -> dict:
         return {"column": self.column, "values": list(self.values), "counts": list(self.counts),
-                "integer": self.integer}
+                "integer": self.integer, "unknown": self.unknown}
 
     @staticmethod
     def from_json(d: dict) -> Vocab:
-        return Vocab(d["column"], tuple(d["values"]), tuple(d["counts"]), bool(d["integer"]))
+        return Vocab(d["column"], tuple(d["values"]), tuple(d["counts"]), bool(d["integer"]),
+                     bool(d.get("unknown", True)))
 
 
 def vocabs_to_json(vocabs: dict[str, Vocab]) -> str:
@@ -75,7 +85,8 @@ def vocabs_from_json(text: str) -> dict[str, Vocab]:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """Model-ready arrays: int64 indices for category inputs, float32 for floats and the target."""
+    """Model-ready arrays: int64 indices for category columns (the target's are class indices),
+    float32 for float columns, unscaled."""
 
     train: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
@@ -94,6 +105,8 @@ class Prepared:
 
 def split_rows(n: int, split, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Train and valid row indices (each sorted)."""
+    if split is None:
+        split = DEFAULT_SPLIT
     if isinstance(split, RandomSplit):
         order = np.random.default_rng(split.seed).permutation(n)
         n_valid = int(round(n * split.fraction))
@@ -115,28 +128,120 @@ def split_rows(n: int, split, path: str) -> tuple[np.ndarray, np.ndarray]:
 def prepare(data: DataSpec, columns=None) -> Prepared:
     """Read, split and encode the data a spec names. `columns`: the input columns to keep."""
     inputs = tuple(c for c in data.inputs if columns is None or c.name in columns)
-    table: Table = read_table(data.source, (*inputs, data.target))
-    if data.target.kind != CATEGORY:
-        check_finite(table, data.target.name)
-    for col in inputs:
-        if col.kind != CATEGORY:
-            check_finite(table, col.name)
-    train_idx, valid_idx = split_rows(table.rows, data.valid, table.path)
+    wanted = (*inputs, data.target)
+    if isinstance(data.source, NpzSource):
+        raw_train, raw_valid_cols, path = read_npz(data.source, wanted, data.valid)
+    else:
+        table: Table = read_table(data.source, wanted)
+        for col in wanted:
+            if col.kind != CATEGORY:
+                check_finite(table, col.name)
+        train_idx, valid_idx = split_rows(table.rows, data.valid, table.path)
+        path = table.path
+        raw_train, raw_valid_cols = {}, {}
+        for col in wanted:
+            values = table.columns[col.name]
+            if col.kind == CATEGORY:
+                values = np.asarray(values, dtype=object)
+            raw_train[col.name], raw_valid_cols[col.name] = values[train_idx], values[valid_idx]
     vocabs: dict[str, Vocab] = {}
     train: dict[str, np.ndarray] = {}
     valid: dict[str, np.ndarray] = {}
-    raw_valid: dict[str, list] = {}
-    for col in (*inputs, data.target):
-        values = table.columns[col.name]
+    for col in wanted:
         if col.kind == CATEGORY:
-            raw = np.asarray(values, dtype=object)
-            vocab = Vocab.fit(col.name, list(raw[train_idx]))
+            is_target = col is data.target
+            vocab = Vocab.fit(col.name, raw_train[col.name], unknown=not is_target)
             vocabs[col.name] = vocab
-            codes = vocab.lookup(values)
-            train[col.name], valid[col.name] = codes[train_idx], codes[valid_idx]
-            raw_valid[col.name] = list(raw[valid_idx])
+            train[col.name] = vocab.lookup(raw_train[col.name])
+            valid[col.name] = vocab.lookup(raw_valid_cols[col.name])
+            if is_target and (valid[col.name] < 0).any():
+                k = int(np.argmax(valid[col.name] < 0))
+                raise DataError(path, f"validation row {k + 1}: class '{raw_valid_cols[col.name][k]}' never "
+                                f"appears in the training rows (classes: {', '.join(vocab.values[:20])})",
+                                column=col.name, code="D109")
         else:
-            arr = values.astype(np.float32)
-            train[col.name], valid[col.name] = arr[train_idx], arr[valid_idx]
-            raw_valid[col.name] = list(values[valid_idx])
-    return Prepared(train, valid, vocabs, raw_valid, table.path)
+            train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
+            valid[col.name] = np.ascontiguousarray(raw_valid_cols[col.name], dtype=np.float32)
+    raw_valid = {c: list(v) for c, v in raw_valid_cols.items()}
+    return Prepared(train, valid, vocabs, raw_valid, path)
+
+
+def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
+    """Train and valid arrays of the wanted columns from an .npz file (never unpickling).
+    The file either holds `<column>_train` and `<column>_valid` arrays, or one array per column
+    that the spec's `valid` split divides."""
+    path = str(source.path)
+    if not source.path.is_file():
+        raise DataError(path, "file not found", code="D101")
+    try:
+        archive = np.load(source.path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(path, f"is not a readable .npz file ({err})", code="D102") from None
+    with archive:
+        names = set(archive.files)
+        paired = all(f"{c.name}_train" in names and f"{c.name}_valid" in names for c in wanted)
+        errors = []
+        for col in wanted:
+            if not paired and col.name not in names:
+                listed = ", ".join(sorted(names))
+                errors.append(Diagnostic("E205", f"array '{col.name}' is not in {source.path.name}", col.span,
+                                         suggest(col.name, {n.rsplit("_", 1)[0] for n in names}) +
+                                         (f"{source.path.name} holds: {listed}; a column reads the array of its "
+                                          "name, or <name>_train and <name>_valid",)))
+        if errors:
+            raise SpecError(errors)
+        if paired and split is not None:
+            raise SpecError([Diagnostic("E206", f"{source.path.name} has its own validation arrays", split.span,
+                                        ("remove `valid = ...`: the *_valid arrays are the validation set",))])
+
+        def load(name: str, col) -> np.ndarray:
+            try:
+                arr = archive[name]
+            except ValueError:
+                raise DataError(path, f"array '{name}' holds Python objects; specc never unpickles data",
+                                code="D102") from None
+            return _check_array(arr, col, path, name)
+
+        if paired:
+            train = {c.name: load(f"{c.name}_train", c) for c in wanted}
+            valid = {c.name: load(f"{c.name}_valid", c) for c in wanted}
+            for part, arrays in (("_train", train), ("_valid", valid)):
+                _same_rows(arrays, path, part)
+            return train, valid, path
+        whole = {c.name: load(c.name, c) for c in wanted}
+        _same_rows(whole, path, "")
+        n = len(next(iter(whole.values())))
+        train_idx, valid_idx = split_rows(n, split, path)
+        return ({k: v[train_idx] for k, v in whole.items()}, {k: v[valid_idx] for k, v in whole.items()}, path)
+
+
+def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
+    """An array's rows must have the column's declared shape; floats must be finite."""
+    rows = arr.shape[1:]
+    want = tuple(col.shape)
+    if rows != want and not (want == () and rows == (1,)):
+        shown = "one value" if want == () else f"shape {want}"
+        raise SpecError([Diagnostic("E303", f"array '{name}' has rows of shape {rows}, but the spec declares "
+                                    f"{shown}", col.span, (f"e.g. {col.name}: float{rows}" if rows else
+                                                           f"e.g. {col.name}: {col.kind}",))])
+    if want == () and rows == (1,):
+        arr = arr[:, 0]
+    if col.kind == CATEGORY:
+        if arr.dtype.kind not in "iuUS":
+            raise DataError(path, f"array '{name}' holds {arr.dtype} values; a category column wants integers "
+                            "or strings", code="D104")
+        return arr.astype(str) if arr.dtype.kind in "US" else arr
+    if arr.dtype.kind not in "iuf":
+        raise DataError(path, f"array '{name}' holds {arr.dtype} values; a float column wants numbers", code="D104")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise DataError(path, f"array '{name}' holds {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}",
+                        code="D105")
+    return arr
+
+
+def _same_rows(arrays: dict, path: str, part: str) -> None:
+    counts = {k: len(v) for k, v in arrays.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}{part}: {n}" for k, n in counts.items())
+        raise DataError(path, f"the arrays have different numbers of rows ({listed})", code="D103")
