@@ -552,11 +552,11 @@ class _Checker:
         """The model's output must be what the loss compares with the target."""
         if target.kind == FLOAT:
             if out.shape != (1,):
-                self.error("E303", f"the model's output 'out' has shape ({_dims(out.shape)}), but the target "
+                self.error("E303", f"the model's output 'out' has {_shape_text(out.shape)}, but the target "
                            f"'{target.name}' is one number per row", out.span,
                            ["reduce it to width 1, e.g. with dot(a, b) or linear(1)"])
         elif len(out.shape) != 1 or out.shape[0] == 1:
-            self.error("E303", f"'{loss}' needs one output per class, but 'out' has shape ({_dims(out.shape)})",
+            self.error("E303", f"'{loss}' needs one output per class, but 'out' has {_shape_text(out.shape)}",
                        out.span, ["end the model with linear(classes): 'classes' is the number of target classes"])
 
     def loss_name(self, expr: ast.Expr, table: dict[str, str], what: str, target_kind: str | None) -> str | None:

@@ -119,10 +119,15 @@ def _train(args) -> int:
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: torch sees no CUDA device here")
     out = args.out or Path("runs") / spec.name
+    from specc.export import ExportError
+
     try:
         train_run(spec, out, args.device, args.sets, quiet=args.quiet)
     except TrainingDiverged as err:
         print(f"specc: training stopped: {err}; the last good checkpoint is in {out}/", file=sys.stderr)
+        return 1
+    except ExportError as err:
+        print(f"specc: export failed: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 
 def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
@@ -20,9 +21,12 @@ def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
     ax.plot(ends, [r.valid_loss for r in history.records], "o-", color="#d62728", label="valid")
     ax.set_ylabel("loss")
     ax.set_title(title)
-    low = min(history.step_smooth + [r.valid_loss for r in history.records])
-    high = max(history.step_smooth[len(history.step_smooth) // 20:] + [r.valid_loss for r in history.records])
-    ax.set_ylim(low * 0.9, high * 1.1)
+    shown = [v for v in history.step_smooth[len(history.step_smooth) // 20:] + [r.valid_loss for r in history.records]
+             if math.isfinite(v)]
+    if shown:  # a diverged run has NaN and inf in it: frame what is finite
+        low = min(v for v in history.step_smooth + [r.valid_loss for r in history.records] if math.isfinite(v))
+        high = max(shown)
+        ax.set_ylim(low * 0.9 if low > 0 else low - 0.1 * abs(high - low), high * 1.1 + 1e-12)
     ax.legend()
     ax.grid(alpha=0.3)
     ax_lr.plot(steps, history.step_lr, color="#2ca02c")

@@ -66,7 +66,7 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     from safetensors.torch import save
 
     from specc.data.prepare import prepare
-    from specc.export import parity, parity_rows, to_onnx
+    from specc.export import ExportError, parity, parity_rows, to_onnx
     from specc.plan import make_plan
     from specc.plot import loss_png
     from specc.train import Progress, pick_device, train
@@ -83,15 +83,24 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         print(f"specc: training {spec.name} on {device.type}: {prepared.n_train} training rows, "
               f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch", file=stdout)
 
-    def on_epoch(model, record, history):
+    def checkpoint(model, epoch: int) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         folder.write_bytes("model.safetensors",
-                           save(state, metadata=checkpoint_metadata(spec, prepared.vocabs, sets, record.epoch)))
+                           save(state, metadata=checkpoint_metadata(spec, prepared.vocabs, sets, epoch)))
+
+    def on_epoch(model, record, history):
+        checkpoint(model, record.epoch)
         folder.write_metrics(history.records, spec.train.metrics)
 
     progress = None if quiet else Progress(spec.train.metrics, out=stdout)
-    model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch)
+    # The initial weights are the first checkpoint (epoch -1): a run that diverges in its first
+    # epoch still leaves a loadable model.safetensors behind.
+    model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
+                           on_start=lambda m: checkpoint(m, -1))
     folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
+    if not all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point()):
+        raise ExportError("the trained weights hold NaN or infinite values, so no model.onnx was written; "
+                          f"the last checkpoint is in {folder.path}/")
     onnx_model = to_onnx(spec, model, prepared.vocabs)
     onnx_bytes = onnx_model.SerializeToString()
     diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared))

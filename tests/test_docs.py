@@ -47,6 +47,8 @@ def _walk(node, out):
         out["keywords"].update(f"{func}.{k.name.id}" for k in node.keywords)
         for table in SIGNATURES.values():  # arguments given by position count too
             out["keywords"].update(f"{func}.{p.name}" for p in table.get(func, ())[:len(node.args)])
+    if isinstance(node, ast.Pipe) and isinstance(node.stage, ast.Name):
+        out["calls"].add(node.stage.id)  # `x |> relu` calls relu
     if isinstance(node, ast.Assign):
         out["settings"].add(node.target.id)
     if isinstance(node, ast.Name):
