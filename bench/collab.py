@@ -103,7 +103,7 @@ def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: b
     v_items = torch.as_tensor(prepared.valid["item"], device=DEVICE)
     v_ratings = torch.as_tensor(prepared.valid["rating"], device=DEVICE)
     n = len(ratings)
-    steps = math.ceil(n / batch)
+    steps = max(1, n // batch)  # the last incomplete batch is dropped, as specc does
     # The everyday loop takes AdamW's default implementation; `fused` asks for torch's fused kernel,
     # which specc uses, to show where specc's advantage comes from.
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD,
@@ -119,7 +119,7 @@ def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: b
         start = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=DEVICE)
         losses = []
-        for s in range(0, n, batch):
+        for s in range(0, steps * batch, batch):
             idx = perm[s:s + batch]
             loss = loss_fn(model(users[idx], items[idx]), ratings[idx])
             opt.zero_grad(set_to_none=True)
@@ -151,7 +151,7 @@ def check_settings(spec, plan, batch: int) -> None:
     assert fit.moms[:2] == MOMS, fit.moms
     assert spec.train.seed == SEED and spec.train.loss == "mse"
     assert plan.batch == batch and plan.epochs == 1
-    assert plan.steps_per_epoch == math.ceil(plan.n_train / batch)
+    assert plan.steps_per_epoch == max(1, plan.n_train // batch)
 
 
 def specc_epoch(spec, prepared, plan):

@@ -13,12 +13,12 @@ from specc.source import Span
 from specc.spec import (
     CATEGORY, CLASSES, FLOAT, SGD, Activation, Adam, BatchNorm, Binary, Column, Concat, CsvSource, DataSpec,
     Dot, Dropout, Embedding, Fit, FitOneCycle, Flatten, Input, Linear, ModelSpec, Node, NpzSource, RandomSplit,
-    RMSProp, RowSplit, SigmoidRange, Spec, TrainSpec,
+    PROCS, RMSProp, RowSplit, SigmoidRange, Spec, Tabular, TrainSpec, LastSplit, MissingIndicator,
 )
 
 # Block name -> the settings it accepts (None: the block holds definitions, not settings).
 BLOCKS = ("data", "model", "train")
-DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch")
+DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs")
 TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan")
 COLUMN_TYPES = (CATEGORY, FLOAT)
 
@@ -39,13 +39,14 @@ def _sig(*names: str) -> tuple[Param, ...]:
 # keyword onto a positional argument.
 SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
     "source": {
-        "csv": _sig("path", "delimiter?", "header?", "columns?"),
-        "tsv": _sig("path", "header?", "columns?"),
+        "csv": _sig("path", "delimiter?", "header?", "columns?", "missing?", "strip?"),
+        "tsv": _sig("path", "header?", "columns?", "missing?", "strip?"),
         "npz": _sig("path"),
     },
     "valid": {
         "random": _sig("fraction", "seed?"),
         "rows": _sig("start", "end?"),
+        "last": _sig("fraction"),
     },
     "model": {
         "embedding": _sig("column", "dim"),
@@ -61,6 +62,7 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "batchnorm": _sig("x"),
         "flatten": _sig("x"),
         "concat": _sig("*values"),
+        "tabular": _sig("layers", "cats?", "conts?", "ps?", "emb_drop?", "emb_sizes?", "out?"),
     },
     "optimizer": {
         "adam": _sig("betas?", "eps?", "wd?"),
@@ -100,6 +102,7 @@ class _Checker:
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
         self.inputs = self.target = None
+        self.procs_given: tuple[str, ...] = ()
         self.inputs_failed = False
         self.unknown_statement = False
 
@@ -333,6 +336,8 @@ class _Checker:
         self.inputs, self.target = inputs, target
         valid = self.split(found["valid"].value) if "valid" in found else None
         batch = self.integer(found["batch"].value, "batch", low=1) if "batch" in found else 64
+        procs = self.procs(found["procs"].value) if "procs" in found else ()
+        self.procs_given = procs or ()
         if inputs is not None and target is not None:
             for col in inputs:
                 if col.name == target.name:
@@ -352,9 +357,24 @@ class _Checker:
                     self.error("E201", f"unknown column '{col.name}'", col.span,
                                suggest(col.name, source.columns) or
                                [f"the source's columns are {', '.join(source.columns)}"])
-        if not ok or None in (source, inputs, target, batch) or ("valid" in found and valid is None):
+        if not ok or None in (source, inputs, target, batch, procs) or ("valid" in found and valid is None):
             return None
-        return DataSpec(source, inputs, target, valid, batch)
+        return DataSpec(source, inputs, target, valid, batch, procs)
+
+    def procs(self, expr: ast.Expr) -> tuple[str, ...] | None:
+        items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
+        names: list[str] = []
+        for item in items:
+            if not isinstance(item, ast.Name) or item.id not in PROCS:
+                shown = item.id if isinstance(item, ast.Name) else _show(item)
+                self.error("E202", f"unknown proc '{shown}'", item.span,
+                           suggest(shown, PROCS) or [f"procs: {', '.join(PROCS)}"])
+                return None
+            if item.id in names:
+                self.error("E103", f"proc '{item.id}' is listed twice", item.span)
+                return None
+            names.append(item.id)
+        return tuple(names)
 
     def source(self, expr: ast.Expr) -> CsvSource | None:
         bound = self.bind(expr, "source", "source")
@@ -383,9 +403,17 @@ class _Checker:
             self.error("E203", "a source without a header needs columns=[...]", call.span,
                        ["e.g. csv(\"u.data\", delimiter=\"\\t\", header=false, columns=[user, item, rating, time])"])
             return None
-        if path_text is None or delimiter is None or header is None or ("columns" in args and columns is None):
+        missing: tuple[str, ...] = ()
+        if "missing" in args:
+            value = args["missing"]
+            items = value.items if isinstance(value, ast.ListExpr) else (value,)
+            texts = [self.string(item, "missing") for item in items]
+            missing = None if None in texts else tuple(texts)
+        strip = self.boolean(args["strip"], "strip") if "strip" in args else False
+        if path_text is None or delimiter is None or header is None or ("columns" in args and columns is None) \
+                or missing is None or strip is None:
             return None
-        return CsvSource((base / path_text).resolve(), delimiter, header, columns, span)
+        return CsvSource((base / path_text).resolve(), delimiter, header, columns, span, missing, strip)
 
     def column_names(self, expr: ast.Expr) -> tuple[str, ...] | None:
         if not isinstance(expr, ast.ListExpr) or not expr.items:
@@ -468,6 +496,9 @@ class _Checker:
         if bound is None:
             return None
         func, args, _ = bound
+        if func == "last":
+            fraction = self.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
+            return None if fraction is None else LastSplit(fraction, expr.span)
         if func == "random":
             fraction = self.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
             seed = self.integer(args["seed"], "seed") if "seed" in args else 0
@@ -484,8 +515,14 @@ class _Checker:
     def model(self, block: ast.Block, data: DataSpec | None) -> ModelSpec | None:
         # With broken inputs, the columns that did parse are still checked; other names that
         # could be columns pass silently, so that one typo is reported once.
-        columns = {c.name: c for c in (self.inputs if self.inputs is not None else self.partial_inputs)}
+        inputs = self.inputs if self.inputs is not None else self.partial_inputs
+        columns = {c.name: c for c in inputs}
+        if "fill_missing" in self.procs_given:  # `<name>_na`: missing or not, for each float input
+            for col in inputs:
+                if col.kind == FLOAT and not col.shape:
+                    columns[f"{col.name}_na"] = Column(f"{col.name}_na", CATEGORY, col.span)
         builder = _ModelBuilder(self, columns, self.target, lenient=self.inputs_failed)
+        builder.procs = self.procs_given
         builder.later = {s.target.id: s.target.span.line for s in block.body if isinstance(s, ast.Assign)}
         for stmt in block.body:
             if isinstance(stmt, ast.CallStmt):
@@ -637,6 +674,7 @@ class _ModelBuilder:
         self.later: dict[str, int] = {}  # every name the block defines -> its line
         self.broken: set[str] = set()  # names whose definition failed: not reported again
         self.used_columns: set[str] = set()
+        self.procs: tuple[str, ...] = ()
         self.counters: dict[str, int] = {}
         self.reserved: set[str] = set(columns) | {CLASSES}
         self.ok = True
@@ -719,10 +757,7 @@ class _ModelBuilder:
                 self.c.error("E301", f"'{ident}' is a category column; use it through an embedding", expr.span,
                              [f"e.g. embedding({ident}, 40)"])
                 return None
-            self.used_columns.add(ident)
-            if ident not in self.nodes:
-                self.nodes[ident] = Node(ident, Input(ident, col.scale), (), col.shape or (1,), col.span)
-            return ident
+            return self.input_node(ident)
         if self.target is not None and ident == self.target.name:
             self.c.error("E201", f"'{ident}' is the target; the model cannot read it", expr.span)
             return None
@@ -742,6 +777,30 @@ class _ModelBuilder:
                      suggest(ident, known | set(self.columns) | set(SIGNATURES["model"])) or
                      ([f"defined so far: {', '.join(sorted(known))}"] if known else []))
         return None
+
+    def input_node(self, column: str) -> str:
+        """The node of a float input column, with the procs that apply to it."""
+        col = self.columns[column]
+        self.used_columns.add(column)
+        if column not in self.nodes:
+            scalar = not col.shape
+            op = Input(column, col.scale, fill=scalar and "fill_missing" in self.procs,
+                       normalize=scalar and "normalize" in self.procs, scalar=scalar)
+            self.nodes[column] = Node(column, op, (), col.shape or (1,), col.span)
+        return column
+
+    def indicator_node(self, column: str) -> str:
+        """The node of `<name>_na`, the missing-value indicator of float column `name`."""
+        base = column[:-len("_na")]
+        self.used_columns.add(base)
+        if column not in self.nodes:
+            self.nodes[column] = Node(column, MissingIndicator(base), (), (), self.columns[column].span)
+        return column
+
+    def is_indicator(self, column: str) -> bool:
+        base = column[:-len("_na")] if column.endswith("_na") else None
+        return base is not None and base in self.columns and self.columns[base].kind == FLOAT and \
+            "fill_missing" in self.procs
 
     def tensor(self, expr: ast.Expr, what: str) -> str | None:
         value = self.value(expr)
@@ -803,6 +862,8 @@ class _ModelBuilder:
         args = self.c.bind_args(call, funcs[func])
         if func == "embedding":
             return self.embedding(call, args, name)
+        if func == "tabular":
+            return self.tabular(call, args, name)
         if func == "concat":
             parts = [self.tensor(v, "concat") for v in args["values"]]
             if None in parts:
@@ -887,8 +948,93 @@ class _ModelBuilder:
             return None
         if dim is None:
             return None
-        self.used_columns.add(col.id)
+        if self.is_indicator(col.id):
+            self.indicator_node(col.id)
+        else:
+            self.used_columns.add(col.id)
         return self.add(name, "embedding", Embedding(col.id, dim), (), (dim,), call.span)
+
+
+    def names(self, expr: ast.Expr, what: str) -> list[ast.Name] | None:
+        if not isinstance(expr, ast.ListExpr) or not all(isinstance(i, ast.Name) for i in expr.items):
+            self.c.error("E301", f"{what}: expected a list of column names, found {_show(expr)}", expr.span)
+            return None
+        return list(expr.items)
+
+    def tabular(self, call: ast.Call, args: dict, name: str | None):
+        """fastai's tabular model as one node; specc.expand turns it into primitives."""
+        before = len(self.c.errors)
+        # By default every category input and every (one number per row) float input.
+        cats = self.names(args["cats"], "cats") or [] if "cats" in args else [
+            ast.Name(c, call.span) for c, v in self.columns.items() if v.kind == CATEGORY and not self.is_indicator(c)]
+        conts = self.names(args["conts"], "conts") or [] if "conts" in args else [
+            ast.Name(c, call.span) for c, v in self.columns.items() if v.kind == FLOAT and not v.shape]
+        for item in cats:
+            col = self.columns.get(item.id)
+            if col is None or col.kind != CATEGORY:
+                kinds = [c for c, v in self.columns.items() if v.kind == CATEGORY]
+                what = "a float column" if col is not None else "not an input column"
+                self.c.error("E201", f"tabular cats: '{item.id}' is {what}", item.span,
+                             suggest(item.id, kinds) or [f"category columns: {', '.join(kinds)}"])
+        for item in conts:
+            col = self.columns.get(item.id)
+            if col is None or col.kind != FLOAT or col.shape:
+                kinds = [c for c, v in self.columns.items() if v.kind == FLOAT and not v.shape]
+                what = "a category column" if col is not None and col.kind == CATEGORY else "not a float input column"
+                self.c.error("E201", f"tabular conts: '{item.id}' is {what}", item.span,
+                             suggest(item.id, kinds) or [f"float columns: {', '.join(kinds)}"])
+        layers_expr = args["layers"]
+        layers = []
+        if not isinstance(layers_expr, ast.ListExpr):
+            self.c.error("E301", f"layers: expected a list of sizes, e.g. [200, 100], found {_show(layers_expr)}",
+                         layers_expr.span)
+        else:
+            layers = [self.c.integer(i, "layer size", low=1, high=2**20) for i in layers_expr.items]
+        ps: list = [0.0] * len(layers)
+        if "ps" in args:
+            ps_expr = args["ps"]
+            items = ps_expr.items if isinstance(ps_expr, ast.ListExpr) else (ps_expr,) * len(layers)
+            if len(items) != len(layers):
+                self.c.error("E203", f"ps: one dropout probability per layer ({len(layers)}), found {len(items)}",
+                             ps_expr.span)
+            ps = [self.c.real(i, "dropout probability", 0.0, 1.0, high_open=True) for i in items]
+        emb_drop = self.c.real(args["emb_drop"], "emb_drop", 0.0, 1.0, high_open=True) if "emb_drop" in args else 0.0
+        sizes: list[tuple[str, int]] = []
+        if "emb_sizes" in args:
+            value = args["emb_sizes"]
+            items = value.items if isinstance(value, ast.ListExpr) else ()
+            if not isinstance(value, ast.ListExpr):
+                self.c.error("E301", "emb_sizes: expected a list of (column, size), e.g. [(workclass, 10)]",
+                             value.span)
+            for item in items:
+                if not (isinstance(item, ast.TupleExpr) and len(item.items) == 2 and isinstance(item.items[0], ast.Name)):
+                    self.c.error("E301", "emb_sizes: expected (column, size)", item.span)
+                    continue
+                column, size = item.items
+                if column.id not in [c.id for c in cats]:
+                    self.c.error("E201", f"emb_sizes: '{column.id}' is not one of the cats", column.span,
+                                 suggest(column.id, [c.id for c in cats]))
+                sizes.append((column.id, self.c.integer(size, "embedding size", low=1, high=2**24)))
+        default_out = CLASSES if self.target is not None and self.target.kind == CATEGORY else 1
+        out = self.size(args["out"], "tabular's output size") if "out" in args else default_out
+        if len(self.c.errors) != before or None in (*layers, *ps, emb_drop, out) or any(s is None for _, s in sizes):
+            return None
+        if not cats and not conts:
+            self.c.error("E203", "tabular needs some cats or conts", call.span)
+            return None
+        cat_names = [c.id for c in cats]
+        # fill_missing gives each float column a `<name>_na` category; the tabular model embeds it too.
+        cat_names += [f"{c.id}_na" for c in conts if self.is_indicator(f"{c.id}_na") and f"{c.id}_na" not in cat_names]
+        for column in cat_names:
+            if self.is_indicator(column):
+                self.indicator_node(column)
+            else:
+                self.used_columns.add(column)
+        for c in conts:
+            self.input_node(c.id)
+        op = Tabular(tuple(cat_names), tuple(c.id for c in conts), tuple(layers), tuple(ps), emb_drop,
+                     tuple(sizes), out)
+        return self.add(name, "tabular", op, (), (out,), call.span)
 
 
 def _shape_text(shape) -> str:

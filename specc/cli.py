@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("rows", type=Path, help="CSV with a header naming the model's input columns")
     c.add_argument("--out", type=Path, help="write predictions here (default stdout)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c = sub.add_parser("evaluate", help="the spec's metrics of an exported model on a labelled file")
+    c.add_argument("model", type=Path)
+    c.add_argument("data", type=Path, help="a labelled CSV, read as the spec read its data")
+    c.add_argument("--split", choices=("all", "train", "valid"), default="all",
+                   help="all rows, or the spec's training or validation rows (default all)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c = sub.add_parser("inspect", help="learned biases and principal components of a run's embeddings")
     c.add_argument("run", type=Path, help="a run folder of `specc train`")
     c.add_argument("--column", help="which id column's embeddings (default: the last one)")
@@ -90,13 +96,13 @@ def _show(args) -> int:
         print(text)
         return 0
     if args.stage == "code":
+        from specc.data.prepare import prepare
         from specc.lower import lower
+        from specc.plan import model_sizes
 
-        # The generated code does not depend on vocabulary or class counts; no data is read.
-        from specc.spec import CLASSES
-
-        sizes = {c.name: 2 for c in spec.data.inputs} | {CLASSES: 2}
-        print(lower(spec.model, sizes).code.strip("\n"))
+        # The data decides embedding sizes in blocks such as tabular(...) and the procs' constants.
+        prepared = prepare(spec.data, spec.model.inputs)
+        print(lower(spec.model, model_sizes(spec, prepared), prepared.stats).code.strip("\n"))
     else:
         from specc.data.prepare import prepare
         from specc.plan import describe, make_plan
@@ -150,6 +156,22 @@ def _predict(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from specc.evaluate import evaluate_file
+
+    if not args.model.is_file():
+        raise UsageError(f"{args.model}: no such model file")
+    result = evaluate_file(args.model, args.data, args.split, args.device)
+    rows = result.pop("rows")
+    unseen = result.pop("unseen_classes", 0)
+    print(f"{args.data} ({args.split} rows: {rows})")
+    for name, value in result.items():
+        print(f"  {name:<12} {value:.6f}")
+    if unseen:
+        print(f"  ({unseen} rows have a class the model never saw in training; they count as wrong)")
+    return 0
+
+
 def _inspect(args) -> int:
     from specc.inspect import report
 
@@ -157,7 +179,8 @@ def _inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"check": _check, "show": _show, "train": _train, "predict": _predict, "inspect": _inspect}
+COMMANDS = {"check": _check, "show": _show, "train": _train, "predict": _predict, "evaluate": _evaluate,
+            "inspect": _inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,8 @@ def _label_encoder(em: _Emitter, col: str, vocab: Vocab, output: str) -> str:
 def _operand(em: _Emitter, arg, names: dict) -> str:
     if isinstance(arg, fx.Node):
         return names[arg.name]
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return em.const(arg, np.int64)  # e.g. the indices torch.where picks between
     return em.const(float(arg))
 
 
@@ -110,6 +112,12 @@ def _function(em: _Emitter, fnode: fx.Node, args: list) -> str:
         return em.node("Flatten", args, fnode.name, axis=kw["start_dim"])
     if target is torch.cat:
         return em.node("Concat", args[0], fnode.name, axis=kw["dim"])
+    if target is torch.unsqueeze:
+        return em.node("Unsqueeze", [args[0], em.const([fnode.args[1]], np.int64)], fnode.name)
+    if target is torch.isnan:
+        return em.node("IsNaN", args, fnode.name)
+    if target is torch.where:
+        return em.node("Where", args, fnode.name)
     raise TypeError(f"no ONNX translation for {target}")  # lower/export mismatch
 
 
@@ -121,6 +129,13 @@ def _operands(em: _Emitter, args, names: dict) -> list:
         else:
             out.append(_operand(em, a, names))
     return out
+
+
+def split_to_json(split) -> dict | None:
+    """The validation split, for `specc evaluate --split valid`."""
+    from specc.evaluate import split_to_json as convert
+
+    return convert(split)
 
 
 def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx.ModelProto:
@@ -144,7 +159,7 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
                 names[fnode.name] = col.name
             else:
                 inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N"]))
-                names[fnode.name] = em.node("Unsqueeze", [col.name, em.const([1], np.int64)], f"{col.name}_column")
+                names[fnode.name] = col.name
         elif fnode.op == "call_module":
             names[fnode.name] = _module(em, fnode, modules[fnode.target], names[fnode.args[0].name])
         elif fnode.op == "call_function":
@@ -161,13 +176,17 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
     meta = {
         "specc.spec": spec.source.text,
         "specc.target": spec.data.target.name,
+        "specc.target_kind": spec.data.target.kind,
+        "specc.split": json.dumps(split_to_json(spec.data.valid)),
         "specc.loss": spec.train.loss,
         "specc.metrics": json.dumps(list(spec.train.metrics)),
         "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind, "shape": list(c.shape)}
                                     for c in spec.data.inputs if c.name in spec.model.inputs]),
         "specc.vocabs": vocabs_to_json(vocabs),
-        "specc.reading": json.dumps({"delimiter": source.delimiter} if isinstance(source, CsvSource) else
-                                    {"format": "npz"}),
+        "specc.reading": json.dumps({"format": "csv", "delimiter": source.delimiter, "header": source.header,
+                                     "columns": list(source.columns) if source.columns else None,
+                                     "missing": list(source.missing), "strip": source.strip}
+                                    if isinstance(source, CsvSource) else {"format": "npz"}),
     }
     helper.set_model_props(onnx_model, meta)
     onnx.checker.check_model(onnx_model, full_check=True)
@@ -228,6 +247,11 @@ def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
         unseen = str(max(int(v) for v in vocab.values) + 1) if vocab.integer else "<never seen>"
         for other in spec.model.inputs:  # one row with just this id unseen
             raw[other].append(unseen if other == col else raw[other][0])
+    if "fill_missing" in spec.data.procs:
+        for col in spec.model.inputs:
+            if col in (prepared.stats or {}):
+                for other in spec.model.inputs:  # one row with just this value missing
+                    raw[other].append(float("nan") if other == col else raw[other][0])
     return raw
 
 

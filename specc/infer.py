@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from specc.data.table import read_table
 from specc.diagnostics import DataError
+from specc.spec import CATEGORY, FLOAT, Column, CsvSource
 
 _NUMPY = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(string)": object,
           "tensor(double)": np.float64, "tensor(int32)": np.int32}
@@ -67,54 +69,66 @@ class Session:
         return dict(zip(self.outputs, results))
 
 
-def read_inputs(path: Path, session: Session, delimiter: str | None = None) -> tuple[dict[str, np.ndarray], int]:
-    """Read the model's input columns from a CSV with a header, typed as the model wants them."""
-    if delimiter is None:
-        delimiter = json.loads(session.metadata.get("specc.reading", "{}")).get("delimiter", ",")
+def reading_options(session: Session, path: Path) -> CsvSource:
+    """How to read a CSV for this model: the options the spec read its training data with."""
+    opts = json.loads(session.metadata.get("specc.reading", "{}"))
+    columns = opts.get("columns")
+    return CsvSource(path, opts.get("delimiter", ","), opts.get("header", True),
+                     tuple(columns) if columns else None, None, tuple(opts.get("missing", ())),
+                     bool(opts.get("strip", False)))
+
+
+def read_inputs(path: Path, session: Session, target: str | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """The model's input columns (and `target`, if asked) from a CSV, read as the training data was
+    (delimiter, header or given column names, missing-value markers, stripping), typed as the
+    model's inputs want them: ids as int64 or strings, numbers as float32 with NaN where missing."""
     shown = str(path)
     if not path.is_file():
         raise DataError(shown, "file not found", code="D101")
+    source = reading_options(session, path)
+    wanted_names = list(session.inputs) + ([target] if target else [])
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(shown, "the file is empty", code="D102")
-        header = [h.strip() for h in header]
-        missing = [name for name in session.inputs if name not in header]
-        if missing:
-            raise DataError(shown, f"missing input column{'s' if len(missing) > 1 else ''} "
-                            f"{', '.join(repr(m) for m in missing)} (the header has: {', '.join(header)})",
-                            line=1, code="D107")
-        index = {name: header.index(name) for name in session.inputs}
-        values: dict[str, list] = {name: [] for name in session.inputs}
-        lines = []
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(shown, f"expected {len(header)} fields, found {len(row)}", line=reader.line_num,
-                                code="D103")
-            lines.append(reader.line_num)
-            for name, k in index.items():
-                values[name].append(row[k])
+        first = next(csv.reader(f, delimiter=source.delimiter), None)
+    if first is None:
+        raise DataError(shown, "the file is empty", code="D102")
+    header = list(source.columns) if source.columns else [h.strip() for h in first]
+    absent = [name for name in wanted_names if name not in header]
+    if absent:
+        what = "target" if absent == [target] else "input"
+        raise DataError(shown, f"missing {what} column{'s' if len(absent) > 1 else ''} "
+                        f"{', '.join(repr(m) for m in absent)} (the header has: {', '.join(header)})",
+                        line=1, code="D107")
+    kinds = {name: FLOAT if _NUMPY.get(kind) is np.float32 else CATEGORY for name, kind in session.inputs.items()}
+    if target:
+        kinds[target] = CATEGORY if session.metadata.get("specc.target_kind") == CATEGORY else FLOAT
+    wanted = tuple(Column(name, kinds[name], None) for name in wanted_names)
+    table = read_table(source, wanted)
     feed = {}
-    for name, kind in session.inputs.items():
-        dtype = _NUMPY.get(kind, object)
-        raw = values[name]
-        if dtype is object:
-            feed[name] = np.array(raw, dtype=object)
-            continue
+    for name in wanted_names:
+        values = table.columns[name]
+        kind = session.inputs.get(name)
+        if kind is None:  # the target: as read
+            feed[name] = values
+        elif _NUMPY.get(kind) is np.float32:
+            feed[name] = values.astype(np.float32)
+        elif _NUMPY.get(kind) is np.int64:
+            feed[name] = _ids(values, table, name)
+        else:
+            feed[name] = np.asarray([str(v) for v in values], dtype=object)
+    return feed, table.rows
+
+
+def _ids(values: np.ndarray, table, name: str) -> np.ndarray:
+    """Whole-number ids for an int64 input, or an error at the first value that is not one."""
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    for k, text in enumerate(values):
         try:
-            feed[name] = np.array(raw if dtype is not np.int64 else [int(v) for v in raw], dtype=dtype)
+            int(text)
         except ValueError:
-            for k, text in enumerate(raw):
-                try:
-                    int(text) if dtype is np.int64 else float(text)
-                except ValueError:
-                    what = "a whole number (the model's ids are integers)" if dtype is np.int64 else "a number"
-                    raise DataError(shown, f"expected {what}, found '{text}'", line=lines[k], column=name,
-                                    code="D104") from None
-    return feed, len(lines)
+            raise DataError(table.path, f"expected a whole number (the model's ids are integers), found '{text}'",
+                            line=table.line(k), column=name, code="D104") from None
+    return np.asarray([int(v) for v in values], dtype=np.int64)
 
 
 def read_arrays(path: Path, session: Session) -> tuple[dict[str, np.ndarray], int]:

@@ -8,9 +8,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from specc.expand import expand
 from specc.spec import (
-    CLASSES, Activation, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear, ModelSpec,
-    SigmoidRange,
+    CLASSES, Activation, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear,
+    MissingIndicator, ModelSpec, SigmoidRange,
 )
 
 _ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
@@ -28,12 +29,16 @@ def _size(dim, sizes: dict[str, int]) -> int:
     return sizes[CLASSES] if dim == CLASSES else dim
 
 
-def lower(model: ModelSpec, vocab_sizes: dict[str, int], class_name: str = "SpecModel") -> fx.GraphModule:
+def lower(model: ModelSpec, vocab_sizes: dict[str, int], stats: dict | None = None,
+          class_name: str = "SpecModel") -> fx.GraphModule:
     """Build the model as an fx graph. `vocab_sizes[column]` counts an input's unknown index 0 too;
-    `vocab_sizes["classes"]` is the number of target classes, where the model uses it."""
+    `vocab_sizes["classes"]` is the number of target classes, where the model uses it. `stats`
+    holds each float column's training statistics (specc.data.prepare.ColumnStats) for the procs."""
+    model = expand(model, vocab_sizes)
     root = nn.Module()
     graph = fx.Graph()
-    env: dict[str, fx.Node] = {col: graph.placeholder(col) for col in model.inputs}
+    raw: dict[str, fx.Node] = {col: graph.placeholder(col) for col in model.inputs}
+    env: dict[str, fx.Node] = dict(raw)
 
     def emit(kind: str, target, args, kwargs=None, name=None) -> fx.Node:
         return graph.create_node(kind, target, tuple(args), kwargs or {}, name=name)
@@ -41,9 +46,24 @@ def lower(model: ModelSpec, vocab_sizes: dict[str, int], class_name: str = "Spec
     for node in model.nodes:
         op = node.op
         if isinstance(op, Input):
-            if op.scale is None:
-                continue  # its placeholder is the column itself
-            result = emit("call_function", operator.mul, [env[op.column], op.scale], name=f"{node.name}_scaled")
+            result = raw[op.column]
+            if op.scale is not None:
+                result = emit("call_function", operator.mul, [result, op.scale], name=f"{node.name}_scaled")
+            if op.fill:  # fill_missing: NaN -> the training median
+                missing = emit("call_function", torch.isnan, [result], name=f"{node.name}_missing")
+                result = emit("call_function", torch.where, [missing, stats[op.column].median, result],
+                              name=f"{node.name}_filled")
+            if op.normalize:  # normalize: the training mean and standard deviation
+                centred = emit("call_function", operator.sub, [result, stats[op.column].mean],
+                               name=f"{node.name}_centred")
+                result = emit("call_function", operator.truediv, [centred, stats[op.column].std],
+                              name=f"{node.name}_normalized")
+            if op.scalar:
+                # one number per row arrives as (batch,); values are rows: (batch, 1)
+                result = emit("call_function", torch.unsqueeze, [result, -1], name=f"{node.name}_column")
+        elif isinstance(op, MissingIndicator):
+            missing = emit("call_function", torch.isnan, [raw[op.column]], name=f"{node.name}_missing")
+            result = emit("call_function", torch.where, [missing, 2, 1], name=node.name)
         elif isinstance(op, Embedding):
             module = nn.Embedding(vocab_sizes[op.column], op.dim)
             init_embedding(module)

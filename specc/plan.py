@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from specc.diagnostics import Diagnostic, SpecError
+from specc.expand import expand
 from specc.spec import CATEGORY, CLASSES, SGD, Adam, BatchNorm, Embedding, Fit, FitOneCycle, Linear, RMSProp, Spec
 
 
@@ -43,12 +44,13 @@ def resolve(dim, sizes: dict[str, int]) -> int:
 def module_params(spec: Spec, sizes: dict[str, int]) -> dict[str, int]:
     """Parameter count of each module the model will have, without building it."""
     counts = {}
-    for node in spec.model.nodes:
+    model = expand(spec.model, sizes)
+    for node in model.nodes:
         op = node.op
         if isinstance(op, Embedding):
             counts[node.name] = sizes[op.column] * op.dim
         elif isinstance(op, Linear):
-            n_in = resolve(spec.model.node(node.inputs[0]).shape[0], sizes)
+            n_in = resolve(model.node(node.inputs[0]).shape[0], sizes)
             counts[node.name] = (n_in + 1) * resolve(op.out, sizes)
         elif isinstance(op, BatchNorm):
             counts[node.name] = 2 * resolve(node.shape[0], sizes)
@@ -71,6 +73,8 @@ def check_data_fits(spec: Spec, sizes: dict[str, int]) -> None:
 def model_sizes(spec: Spec, prepared) -> dict[str, int]:
     """Vocabulary sizes of the input columns, and `classes`: the number of target classes."""
     sizes = {c: v.size for c, v in prepared.vocabs.items() if c != spec.data.target.name}
+    for column in spec.data.indicator_columns():
+        sizes[column] = 3  # unknown (never used), present, missing
     if spec.data.target.name in prepared.vocabs:
         sizes[CLASSES] = prepared.vocabs[spec.data.target.name].size
     return sizes
@@ -83,7 +87,9 @@ def make_plan(spec: Spec, prepared) -> TrainPlan:
     n_train, n_valid = prepared.n_train, prepared.n_valid
     counts = module_params(spec, sizes)
     group = ParamGroup("model", tuple(counts), sum(counts.values()), spec.train.fit.lr)
-    steps = math.ceil(n_train / spec.data.batch)
+    # As fastai does, the last incomplete batch of an epoch is dropped: batchnorm cannot train on a
+    # batch of one, and each epoch's new permutation still shows every row over the epochs.
+    steps = max(1, n_train // spec.data.batch)
     return TrainPlan((group,), spec.data.batch, n_train, n_valid, steps, spec.train.fit.epochs)
 
 
@@ -121,6 +127,7 @@ def describe(spec: Spec, plan: TrainPlan) -> str:
         "parameter groups:",
     ]
     for g in plan.groups:
-        lines.append(f"  {g.name:<8} {g.params:>10,} params  lr {g.lr:g}  ({', '.join(g.modules)})")
+        shown = ", ".join(g.modules[:6]) + (f", ... {len(g.modules)} modules" if len(g.modules) > 6 else "")
+        lines.append(f"  {g.name:<8} {g.params:>10,} params  lr {g.lr:g}  ({shown})")
     lines.extend(describe_schedule(spec.train.fit, plan.total_steps))
     return "\n".join(lines)

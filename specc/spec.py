@@ -32,13 +32,16 @@ class Column:
 
 @dataclass(frozen=True, slots=True)
 class CsvSource:
-    """A delimited text file; `columns` names the fields when the file has no header."""
+    """A delimited text file; `columns` names the fields when the file has no header. Values equal
+    to one of `missing` (after stripping spaces, when `strip`) are missing."""
 
     path: Path
     delimiter: str
     header: bool
     columns: tuple[str, ...] | None
     span: Span = field(compare=False, repr=False)
+    missing: tuple[str, ...] = ()
+    strip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,17 @@ class RowSplit:
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
-Split = Union[RandomSplit, RowSplit]
+@dataclass(frozen=True, slots=True)
+class LastSplit:
+    """The last `fraction` of the rows is the validation set (for data in time order)."""
+
+    fraction: float
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+Split = Union[RandomSplit, RowSplit, LastSplit]
 DEFAULT_SPLIT = RandomSplit(0.2, 0)
+PROCS = ("fill_missing", "categorify", "normalize")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,13 @@ class DataSpec:
     target: Column
     valid: Split | None  # None: the file's own validation arrays, else random(0.2, seed=0)
     batch: int
+    procs: tuple[str, ...] = ()  # fitted on the training rows; applied inside the model
+
+    def indicator_columns(self) -> tuple[str, ...]:
+        """With fill_missing, each float input has a `<name>_na` category column: missing or not."""
+        if "fill_missing" not in self.procs:
+            return ()
+        return tuple(f"{c.name}_na" for c in self.inputs if c.kind == FLOAT and not c.shape)
 
 
 # ---------------------------------------------------------------- model
@@ -89,11 +108,37 @@ class DataSpec:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """A float input column (times its scale, if it has one)."""
+    """A float input column: its scale, then (with those procs) missing values filled with the
+    training median and the result normalised with the training mean and standard deviation."""
 
     column: str
     scale: float | None = None
+    fill: bool = False
+    normalize: bool = False
+    scalar: bool = True  # one number per row: it arrives as (batch,) and becomes a (batch, 1) value
 
+
+@dataclass(frozen=True, slots=True)
+class MissingIndicator:
+    """`<column>_na`: a category per row, index 1 where the value is there, 2 where it is missing."""
+
+    column: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tabular:
+    """fastai's tabular model, expanded into primitives once the data is read (specc.expand):
+    an embedding per category column (fastai's size rule unless given), embedding dropout,
+    batchnorm over the float columns, then per layer linear, ReLU, batchnorm, dropout, and a
+    final linear to `out` (classes, or 1)."""
+
+    cats: tuple[str, ...]
+    conts: tuple[str, ...]
+    layers: tuple[int, ...]
+    ps: tuple[float, ...]
+    emb_drop: float
+    emb_sizes: tuple[tuple[str, int], ...]
+    out: Dim
 
 @dataclass(frozen=True, slots=True)
 class Embedding:
@@ -161,7 +206,8 @@ class Concat:
     """Features of several values side by side."""
 
 
-Op = Union[Input, Embedding, Dot, Binary, SigmoidRange, Linear, Activation, Dropout, BatchNorm, Flatten, Concat]
+Op = Union[Input, MissingIndicator, Embedding, Dot, Binary, SigmoidRange, Linear, Activation, Dropout, BatchNorm,
+           Flatten, Concat, Tabular]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from specc.expand import expand
 from specc.plan import describe, make_plan, model_sizes, module_params, resolve
 from specc.spec import (
-    Activation, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear,
+    Activation, MissingIndicator, Tabular, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear,
     SigmoidRange, Spec,
 )
 
@@ -12,8 +13,14 @@ from specc.spec import (
 def _describe(node) -> str:
     op, args = node.op, ", ".join(node.inputs)
     if isinstance(op, Input):
-        scale = f" * {op.scale:.6g}" if op.scale is not None else ""
-        return f"input column {op.column}{scale}"
+        steps = [f"* {op.scale:.6g}"] if op.scale is not None else []
+        steps += ["missing -> median"] if op.fill else []
+        steps += ["normalized"] if op.normalize else []
+        return f"input column {op.column}" + (f" ({', '.join(steps)})" if steps else "")
+    if isinstance(op, MissingIndicator):
+        return f"is {op.column} missing? (1 no, 2 yes)"
+    if isinstance(op, Tabular):
+        return f"tabular({len(op.cats)} cats, {len(op.conts)} conts, layers {list(op.layers)})"
     if isinstance(op, Embedding):
         return f"embedding({op.column}, {op.dim})"
     if isinstance(op, Binary):
@@ -30,6 +37,8 @@ def _describe(node) -> str:
     if isinstance(op, Activation):
         return f"{op.kind}({args})"
     name = {Dot: "dot", BatchNorm: "batchnorm", Flatten: "flatten", Concat: "concat"}[type(op)]
+    if len(node.inputs) > 4:
+        args = f"{', '.join(node.inputs[:3])}, ... {len(node.inputs)} values"
     return f"{name}({args})"
 
 
@@ -52,7 +61,9 @@ def summary(spec: Spec, read_data: bool = True) -> str:
         plan = make_plan(spec, prepared)  # also checks the output against the number of classes
         counts = module_params(spec, sizes)
     rows = [("value", "computes", "shape", "params")]
-    for node in spec.model.nodes:
+    # with the data read, blocks such as tabular(...) are shown expanded into their primitives
+    nodes = expand(spec.model, sizes).nodes if sizes is not None else spec.model.nodes
+    for node in nodes:
         params = "-"
         if sizes is not None and node.name in counts:
             params = f"{counts[node.name]:,}"
@@ -60,7 +71,7 @@ def summary(spec: Spec, read_data: bool = True) -> str:
             params = f"(n_{node.op.column} + 1) x {node.op.dim}"
         dims = [str(resolve(d, sizes)) if sizes else str(d) for d in node.shape]
         rows.append((node.name + (" (output)" if node.name == spec.model.output else ""), _describe(node),
-                     f"(batch, {', '.join(dims)})", params))
+                     f"(batch, {', '.join(dims)})" if dims else "(batch) index", params))
     widths = [max(len(r[k]) for r in rows) for k in range(4)]
     for r in rows:
         lines.append("  " + "  ".join(cell.ljust(w) if k < 3 else cell.rjust(w)

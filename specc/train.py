@@ -224,7 +224,7 @@ def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str,
 def build_model(spec: Spec, prepared: Prepared):
     """Seeded model construction (the same weights for the same spec and data)."""
     torch.manual_seed(spec.train.seed)
-    return lower(spec.model, model_sizes(spec, prepared), class_name=_class_name(spec.name))
+    return lower(spec.model, model_sizes(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
 
 
 def _class_name(name: str) -> str:

@@ -73,7 +73,7 @@ def test_data_error_messages(tmp_path):
     assert _data_error(tmp_path, "user,item,rating\n1,2,3\n4,5,x\n") == \
         "TMP/r.csv:3: error[D104]: column 'rating': expected a number, found 'x'"
     assert _data_error(tmp_path, "user,item,rating\n1,2,3\n4,5,nan\n") == \
-        "TMP/r.csv:3: error[D105]: column 'rating': expected a finite number, found nan"
+        "TMP/r.csv:3: error[D105]: column 'rating': expected a finite number, found a missing value (NaN)"
 
 
 def test_missing_file(tmp_path):

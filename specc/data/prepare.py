@@ -9,7 +9,7 @@ import numpy as np
 
 from specc.data.table import Table, check_finite, read_table
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, NpzSource, RandomSplit, RowSplit
+from specc.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, LastSplit, NpzSource, RandomSplit, RowSplit
 
 
 def _as_int(text: str) -> int | None:
@@ -84,6 +84,29 @@ def vocabs_from_json(text: str) -> dict[str, Vocab]:
 
 
 @dataclass(frozen=True, slots=True)
+class ColumnStats:
+    """A float column's training statistics, for the procs: the median fills missing values,
+    mean and std (computed after filling, as fastai does) normalise."""
+
+    median: float
+    mean: float
+    std: float
+    missing: int  # training rows without a value
+
+    def to_json(self) -> dict:
+        return {"median": self.median, "mean": self.mean, "std": self.std, "missing": self.missing}
+
+
+def column_stats(values: np.ndarray) -> ColumnStats:
+    present = values[~np.isnan(values)]
+    median = float(np.median(present)) if len(present) else 0.0
+    filled = np.where(np.isnan(values), median, values).astype(np.float64)
+    std = float(filled.std(ddof=1)) if len(filled) > 1 else 0.0
+    # a constant column would divide by zero: leave its scale alone
+    return ColumnStats(median, float(filled.mean()), std if std > 0 else 1.0, int(len(values) - len(present)))
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """Model-ready arrays: int64 indices for category columns (the target's are class indices),
     float32 for float columns, unscaled."""
@@ -93,6 +116,7 @@ class Prepared:
     vocabs: dict[str, Vocab]
     raw_valid: dict[str, list]  # the validation rows as read, for export's parity check
     path: str
+    stats: dict[str, ColumnStats] = None  # float input columns' training statistics
 
     @property
     def n_train(self) -> int:
@@ -107,6 +131,12 @@ def split_rows(n: int, split, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Train and valid row indices (each sorted)."""
     if split is None:
         split = DEFAULT_SPLIT
+    if isinstance(split, LastSplit):
+        n_valid = int(round(n * split.fraction))
+        if n_valid == 0 or n_valid == n:
+            raise DataError(path, f"last({split.fraction:g}) of {n} rows leaves "
+                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code="D106")
+        return np.arange(0, n - n_valid), np.arange(n - n_valid, n)
     if isinstance(split, RandomSplit):
         order = np.random.default_rng(split.seed).permutation(n)
         n_valid = int(round(n * split.fraction))
@@ -135,7 +165,10 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
         table: Table = read_table(data.source, wanted)
         for col in wanted:
             if col.kind != CATEGORY:
-                check_finite(table, col.name)
+                # a missing value is allowed where fill_missing will fill it (float inputs)
+                is_target = col is data.target
+                check_finite(table, col.name, allow_nan=not is_target and "fill_missing" in data.procs,
+                             target=is_target)
         train_idx, valid_idx = split_rows(table.rows, data.valid, table.path)
         path = table.path
         raw_train, raw_valid_cols = {}, {}
@@ -163,7 +196,8 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
             train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
             valid[col.name] = np.ascontiguousarray(raw_valid_cols[col.name], dtype=np.float32)
     raw_valid = {c: list(v) for c, v in raw_valid_cols.items()}
-    return Prepared(train, valid, vocabs, raw_valid, path)
+    stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind != CATEGORY and not c.shape}
+    return Prepared(train, valid, vocabs, raw_valid, path, stats)
 
 
 def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:

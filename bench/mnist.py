@@ -1,0 +1,353 @@
+"""Benchmark: one MNIST training epoch of specc's loop against a hand-written PyTorch loop (CPU).
+
+Both sides train specs/mnist_mlp.spec's model (784 -> 100 -> ReLU -> 10, cross entropy, AdamW with
+wd=0.01, fit_one_cycle) for one epoch on the full MNIST set (50,000 training / 10,000 validation rows,
+/work/shared/data/mnist/mnist.npz) from the same initial weights, on the same batches (the same seeded
+permutation), with the same optimizer and schedule, and then run the same validation pass (loss and
+accuracy). The hand-written loop is timed twice: with AdamW's everyday default implementation and with
+fused=True, as specc asks for. The three are timed alternately (ABCABC...) after a warm-up; the medians
+are compared. Usage (from any directory):
+
+    python bench/mnist.py                 # batch 64 and 1024, the full run (about 2 minutes on 2 cores)
+    python bench/mnist.py --quick         # smoke run: one timed epoch of each
+    python bench/mnist.py --json out.json # also save the numbers
+
+See bench/README.md for the method and the last measured table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specc.data.prepare import prepare
+from specc.plan import make_plan
+from specc.run import load_spec
+from specc.spec import Adam, FitOneCycle
+from specc.train import build_model, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = "specs/mnist_mlp.spec"
+DATA = ROOT.parent / "shared/data/mnist/mnist.npz"  # the whole MNIST set, outside the repository
+DEVICE = torch.device("cpu")
+
+# The hand-written loop's settings, written out as a person would; `check_settings` makes sure they
+# are the ones specc reads from the spec, so that the two loops do the same work.
+SEED = 0
+LR = 5e-3
+BETAS = (0.9, 0.999)
+WD = 0.01
+EPS = 1e-8
+PCT_START, DIV, FINAL_DIV, MOMS = 0.3, 25.0, 1e4, (0.95, 0.85)
+N_IN, N_HIDDEN, N_CLASSES = 784, 100, 10
+SCALE = 1 / 255  # pixels 0-255 to 0-1, inside the model (specc multiplies by 1/255 too)
+VALID_BATCH = 8192  # specc evaluates in chunks of this size; the hand-written pass does the same
+
+# How close the two sides' validation numbers must be to count as "the same training". They are not
+# bit-equal: specc's fused AdamW and the everyday single-tensor AdamW round differently.
+ACC_TOL = 0.003  # absolute, 30 of 10,000 validation images
+LOSS_TOL = 0.01  # relative
+
+
+# --------------------------------------------------------------------------- the hand-written side
+
+class MLP(nn.Module):
+    """The seed's small net; the attribute names match specc's node names, so that specc's initial
+    weights load as they are."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(N_IN, N_HIDDEN)
+        self.out = nn.Linear(N_HIDDEN, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.linear(x * SCALE)))
+
+
+@torch.no_grad()
+def hand_validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(cross entropy, accuracy) over the validation set, as specc computes them (in float64)."""
+    model.eval()
+    logits = torch.cat([model(x[s:s + VALID_BATCH]) for s in range(0, len(y), VALID_BATCH)])
+    model.train()
+    logits = logits.double()
+    return float(F.cross_entropy(logits, y)), float((logits.argmax(dim=-1) == y).double().mean())
+
+
+def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: bool = False):
+    """An everyday PyTorch loop. Returns (model, valid loss, valid accuracy, mean train loss, seconds of
+    the epoch loop plus validation, the same span specc's EpochRecord.seconds covers)."""
+    torch.manual_seed(SEED)
+    model = MLP().to(DEVICE)
+    model.load_state_dict(init_state)  # start from specc's initial weights, whatever our init gave
+    model.train()
+    x = torch.as_tensor(prepared.train["x"], dtype=torch.float32, device=DEVICE)
+    y = torch.as_tensor(prepared.train["y"], device=DEVICE)
+    x_valid = torch.as_tensor(prepared.valid["x"], dtype=torch.float32, device=DEVICE)
+    y_valid = torch.as_tensor(prepared.valid["y"], device=DEVICE)
+    n = len(y)
+    steps = max(1, n // batch)  # the last incomplete batch is dropped, as specc does
+    # The everyday loop takes AdamW's default implementation; `fused` asks for torch's fused kernel,
+    # which specc uses.
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD,
+                            fused=True if fused else None)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=LR, total_steps=steps * epochs, pct_start=PCT_START, anneal_strategy="cos",
+        div_factor=DIV, final_div_factor=FINAL_DIV, cycle_momentum=True,
+        base_momentum=MOMS[1], max_momentum=MOMS[0])
+    gen = torch.Generator(device=DEVICE)
+    gen.manual_seed(SEED)
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=DEVICE)
+        losses = []
+        for s in range(0, steps * batch, batch):
+            idx = perm[s:s + batch]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.detach())
+        train_loss = float(torch.stack(losses).mean())
+        valid_loss, valid_acc = hand_validate(model, x_valid, y_valid)
+        seconds = time.perf_counter() - start
+    return model, valid_loss, valid_acc, train_loss, seconds
+
+
+# --------------------------------------------------------------------------- the specc side
+
+def specc_setup(batch: int):
+    spec, _ = load_spec(SPEC, [f'data.source.path="{DATA}"', "train.fit.epochs=1", f"data.batch={batch}"])
+    prepared = prepare(spec.data, spec.model.inputs)
+    plan = make_plan(spec, prepared)
+    return spec, prepared, plan
+
+
+def check_settings(spec, prepared, plan, batch: int) -> None:
+    """The hand-written constants must be what specc trains with, on the whole MNIST set."""
+    opt, fit = spec.train.optimizer, spec.train.fit
+    assert isinstance(opt, Adam) and isinstance(fit, FitOneCycle), (opt, fit)
+    assert (opt.betas, opt.eps, opt.wd) == (BETAS, EPS, WD), opt
+    assert (fit.lr, fit.pct_start, fit.div, fit.final_div) == (LR, PCT_START, DIV, FINAL_DIV), fit
+    assert fit.moms[:2] == MOMS, fit.moms
+    assert spec.train.seed == SEED and spec.train.loss == "cross_entropy" and not spec.train.l2
+    assert spec.model.inputs == ("x",) and spec.data.target.name == "y"
+    assert prepared.train["x"].shape == (50_000, N_IN) and prepared.valid["x"].shape == (10_000, N_IN), \
+        (prepared.train["x"].shape, prepared.valid["x"].shape)
+    assert prepared.vocabs["y"].size == N_CLASSES
+    assert plan.batch == batch and plan.epochs == 1
+    assert plan.steps_per_epoch == max(1, plan.n_train // batch)
+
+
+def specc_epoch(spec, prepared, plan):
+    """One call of specc.train.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
+    loop+valid wall s)."""
+    cpu, start = time.process_time(), time.perf_counter()
+    model, history = train(spec, prepared, plan, DEVICE, progress=None)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    rec = history.records[-1]
+    return model, rec.valid_loss, rec.metrics["accuracy"], wall, cpu, rec.seconds
+
+
+def hand_epoch(prepared, init_state, batch, fused=False):
+    cpu, start = time.process_time(), time.perf_counter()
+    model, valid_loss, valid_acc, _, loop = hand_train(prepared, init_state, batch, fused=fused)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return model, valid_loss, valid_acc, wall, cpu, loop
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def max_param_diff(specc_model: nn.Module, hand_model: nn.Module) -> float:
+    a, b = specc_model.state_dict(), hand_model.state_dict()
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+SIDES = ("specc", "hand", "fused")
+
+
+def bench_batch(batch: int, reps: int) -> dict:
+    spec, prepared, plan = specc_setup(batch)
+    check_settings(spec, prepared, plan, batch)
+    # specc's initial model is seeded: the same weights every call. Copy them into the hand model.
+    init_state = {k: v.detach().clone() for k, v in build_model(spec, prepared).state_dict().items()}
+
+    torch.manual_seed(SEED)
+    own = MLP()
+    same_init = all(torch.equal(v, init_state[k]) for k, v in own.state_dict().items())
+    del own
+
+    # Warm-up (and correctness): one epoch of each.
+    s_model, s_loss, s_acc, *_ = specc_epoch(spec, prepared, plan)
+    h_model, h_loss, h_acc, *_ = hand_epoch(prepared, init_state, batch)
+    f_model, f_loss, f_acc, *_ = hand_epoch(prepared, init_state, batch, fused=True)
+    diff = max_param_diff(s_model, h_model)
+    diff_fused = max_param_diff(s_model, f_model)
+    del s_model, h_model, f_model
+
+    times = {side: ([], [], []) for side in SIDES}  # wall, cpu, loop
+    first = {"specc": (s_loss, s_acc), "hand": (h_loss, h_acc), "fused": (f_loss, f_acc)}
+    for _ in range(reps):  # ABCABC...
+        for side in SIDES:
+            gc.collect()
+            if side == "specc":
+                _, loss, acc, *t = specc_epoch(spec, prepared, plan)
+            else:
+                _, loss, acc, *t = hand_epoch(prepared, init_state, batch, fused=side == "fused")
+            assert (loss, acc) == first[side], (side, loss, acc, first[side])  # deterministic run to run
+            for store, value in zip(times[side], t):
+                store.append(value)
+    (s_wall, s_cpu, s_loop), (h_wall, h_cpu, h_loop), (f_wall, f_cpu, f_loop) = (times[s] for s in SIDES)
+
+    agree = all(abs(acc - s_acc) <= ACC_TOL and abs(loss - s_loss) <= LOSS_TOL * s_loss
+                for loss, acc in ((h_loss, h_acc), (f_loss, f_acc)))
+    med = statistics.median
+    return {
+        "batch": batch, "steps": plan.steps_per_epoch, "reps": reps,
+        "specc_s": med(s_wall), "hand_s": med(h_wall), "ratio": med(s_wall) / med(h_wall),
+        "specc_cpu_s": med(s_cpu), "hand_cpu_s": med(h_cpu), "cpu_ratio": med(s_cpu) / med(h_cpu),
+        "specc_loop_s": med(s_loop), "hand_loop_s": med(h_loop), "loop_ratio": med(s_loop) / med(h_loop),
+        "specc_min_s": min(s_wall), "hand_min_s": min(h_wall), "min_ratio": min(s_wall) / min(h_wall),
+        "fused_hand_s": med(f_wall), "fused_ratio": med(s_wall) / med(f_wall),
+        "fused_cpu_s": med(f_cpu), "fused_cpu_ratio": med(s_cpu) / med(f_cpu),
+        "fused_loop_s": med(f_loop), "fused_loop_ratio": med(s_loop) / med(f_loop),
+        "specc_valid_loss": s_loss, "hand_valid_loss": h_loss, "fused_valid_loss": f_loss,
+        "specc_valid_accuracy": s_acc, "hand_valid_accuracy": h_acc, "fused_valid_accuracy": f_acc,
+        "max_abs_param_diff": diff, "max_abs_param_diff_fused": diff_fused, "valid_numbers_agree": agree,
+        "hand_own_init_equals_specc": same_init,
+        "specc_all_s": s_wall, "hand_all_s": h_wall, "fused_all_s": f_wall,
+        "specc_cpu_all_s": s_cpu, "hand_cpu_all_s": h_cpu, "fused_cpu_all_s": f_cpu,
+        "specc_loop_all_s": s_loop, "hand_loop_all_s": h_loop, "fused_loop_all_s": f_loop,
+    }
+
+
+def profile(batch: int, steps: int, top: int = 14) -> None:
+    """cProfile of the three loops on the first `steps` steps of an epoch (after a warm-up run)."""
+    import cProfile
+    import pstats
+
+    spec, prepared, plan = specc_setup(batch)
+    steps = min(steps, plan.steps_per_epoch)
+    n_rows = steps * batch
+    small = type(prepared)({k: v[:n_rows] for k, v in prepared.train.items()}, prepared.valid, prepared.vocabs,
+                           prepared.raw_valid, prepared.path)
+    small_plan = make_plan(spec, small)
+    init_state = {k: v.detach().clone() for k, v in build_model(spec, prepared).state_dict().items()}
+    for name, run in (("specc", lambda: specc_epoch(spec, small, small_plan)),
+                      ("hand-written, default AdamW", lambda: hand_epoch(small, init_state, batch)),
+                      ("hand-written, fused AdamW", lambda: hand_epoch(small, init_state, batch, fused=True))):
+        run()
+        prof = cProfile.Profile()
+        prof.enable()
+        run()
+        prof.disable()
+        print(f"\n=== {name}: {steps} steps at batch {batch} (plus model build and validation), by own time")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: one timed epoch of each per batch size")
+    ap.add_argument("--json", metavar="PATH", help="save the numbers as JSON")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (default 1: steadier on a small shared machine)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timed epochs of each side (default: 21 for batch < 256, 61 otherwise;"
+                    " 1 with --quick)")
+    ap.add_argument("--profile", type=int, metavar="STEPS", default=0,
+                    help="instead of timing, cProfile the loops on STEPS steps of the first batch size")
+    args = ap.parse_args(argv)
+    json_path = Path(args.json).resolve() if args.json else None
+    if not DATA.is_file():
+        print(f"bench/mnist.py: the MNIST data is missing: {DATA} is not a file.\n"
+              "This benchmark needs the whole set (an .npz with x_train, y_train, x_valid, y_valid; "
+              "50,000 / 10,000 rows) at that path.", file=sys.stderr)
+        return 2
+    os.chdir(ROOT)  # the spec's own paths are relative to the spec; --set paths to the cwd
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+
+    print(f"specc vs hand-written PyTorch, one epoch of {SPEC} on {DATA} on the CPU")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"torch.set_num_threads({torch.get_num_threads()})")
+    if args.profile:
+        profile(args.batches[0], args.profile)
+        return 0
+    rows = []
+    for batch in args.batches:
+        reps = args.reps or (1 if args.quick else (21 if batch < 256 else 61))
+        row = bench_batch(batch, reps)
+        rows.append(row)
+        slow = sum(t > 1.25 * row[f"{side}_s" if side != "fused" else "fused_hand_s"]
+                   for side in SIDES for t in row[f"{side}_all_s"])
+        row["outliers"] = slow
+        note = f"; {slow} epochs over 1.25x their side's median (other load on the machine?)" if slow else ""
+        print(f"  batch {batch}: {row['steps']} steps, {reps} timed epochs each; specc {row['specc_s']:.3f}s,"
+              f" hand {row['hand_s']:.3f}s, fused hand {row['fused_hand_s']:.3f}s{note}", flush=True)
+
+    print()
+    head = (f"{'batch':>5}  {'steps':>5}  {'specc s/epoch':>13}  {'hand s/epoch':>12}  {'ratio':>6}  "
+            f"{'CPU ratio':>9}  {'loop ratio':>10}  {'fused hand s':>12}  {'ratio':>6}  {'CPU ratio':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['batch']:>5}  {r['steps']:>5}  {r['specc_s']:>13.3f}  {r['hand_s']:>12.3f}  "
+              f"{r['ratio']:>6.3f}  {r['cpu_ratio']:>9.3f}  {r['loop_ratio']:>10.3f}  "
+              f"{r['fused_hand_s']:>12.3f}  {r['fused_ratio']:>6.3f}  {r['fused_cpu_ratio']:>9.3f}")
+    print()
+    head = (f"{'batch':>5}  {'specc acc':>9}  {'hand acc':>9}  {'fused acc':>9}  {'specc loss':>10}  "
+            f"{'hand loss':>10}  {'fused loss':>10}  {'max |dW|':>8}  {'fused |dW|':>10}  agree")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['batch']:>5}  {r['specc_valid_accuracy']:>9.4f}  {r['hand_valid_accuracy']:>9.4f}  "
+              f"{r['fused_valid_accuracy']:>9.4f}  {r['specc_valid_loss']:>10.6f}  {r['hand_valid_loss']:>10.6f}  "
+              f"{r['fused_valid_loss']:>10.6f}  {r['max_abs_param_diff']:>8.1e}  "
+              f"{r['max_abs_param_diff_fused']:>10.1e}  {'yes' if r['valid_numbers_agree'] else 'NO'}")
+    print()
+    print("s/epoch: median wall time of one specc.train.train call (model build, optimizer, schedule, one")
+    print("  epoch, validation) and of the hand-written equivalent. ratio: specc / hand of those medians.")
+    print("CPU ratio: the same with process CPU time (robust to other load when threads=1).")
+    print("loop ratio: wall medians of the epoch loop plus validation only (the span of specc's")
+    print("  EpochRecord.seconds).")
+    print("fused hand s: the hand-written loop with AdamW(fused=True), as specc uses; ratio: specc / that.")
+    print("acc, loss: validation accuracy and cross entropy over the 10,000 validation images after the")
+    print("  epoch. max |dW|: largest difference of the trained weights, specc against the everyday loop")
+    print(f"  (fused |dW|: against the fused one). agree: every accuracy within {ACC_TOL} of specc's and")
+    print(f"  every loss within {LOSS_TOL:.0%} of it.")
+    print("hand model's own seeded init equals specc's initial weights: "
+          + ", ".join(f"batch {r['batch']} {r['hand_own_init_equals_specc']}" for r in rows))
+    worst = max(r["ratio"] for r in rows)
+    print(f"target: ratio <= 1.10; worst ratio {worst:.3f}: {'met' if worst <= 1.10 else 'NOT met'}")
+
+    if json_path:
+        out = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "machine": platform.machine(), "data": str(DATA),
+            "rows": rows,
+        }
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return 0 if all(r["valid_numbers_agree"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
