@@ -102,6 +102,7 @@ class _Checker:
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
         self.inputs = self.target = None
+        self.partial_inputs: tuple = ()
         self.procs_given: tuple[str, ...] = ()
         self.inputs_failed = False
         self.unknown_statement = False
@@ -383,6 +384,9 @@ class _Checker:
         func, args, call = bound
         path_text = self.string(args["path"], "path")
         span = args["path"].span
+        if path_text is not None and ("\x00" in path_text or not path_text.strip()):
+            self.error("E302", "path: expected a file name", span)
+            return None
         base = self.base_dirs.get(span.source.path, Path.cwd())
         if func == "npz":
             return None if path_text is None else NpzSource((base / path_text).resolve(), span)
