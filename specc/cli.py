@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, help="run folder (default runs/<spec name>)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    c.add_argument("--resume", type=Path, metavar="RUN",
+                   help="go on from where the run in RUN stopped (Ctrl-C or a crash); writes into RUN")
     c = sub.add_parser("predict", help="predict with an exported model.onnx through onnxruntime")
     c.add_argument("model", type=Path)
     c.add_argument("rows", type=Path, help="CSV with a header naming the model's input columns")
@@ -124,11 +126,20 @@ def _train(args) -> int:
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: torch sees no CUDA device here")
-    out = args.out or Path("runs") / spec.name
+    out = args.resume or args.out or Path("runs") / spec.name
+    if args.resume and args.out and args.out != args.resume:
+        raise UsageError("--resume RUN writes into RUN; leave out --out")
     from specc.export import ExportError
+    from specc.train import Interrupted
 
     try:
-        train_run(spec, out, args.device, args.sets, quiet=args.quiet)
+        train_run(spec, out, args.device, args.sets, quiet=args.quiet, resume=args.resume is not None)
+    except Interrupted as stopped:
+        sets = "".join(f" --set '{s}'" for s in args.sets)
+        print(f"\nspecc: interrupted in epoch {stopped.state.epoch} before step {stopped.state.step}; the "
+              f"checkpoint is in {out}/. Go on with: specc train {args.spec}{sets} --resume {out}",
+              file=sys.stderr)
+        return 130
     except TrainingDiverged as err:
         print(f"specc: training stopped: {err}; the last good checkpoint is in {out}/", file=sys.stderr)
         return 1

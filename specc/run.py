@@ -59,44 +59,85 @@ class RunResult:
     seconds: float
 
 
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def load_resume(run: Path, spec: Spec, sets: list[str]):
+    """The training state a stopped run left in its folder, if it is a run of this same spec."""
+    from specc.checkpoint import from_safetensors
+    from specc.diagnostics import UsageError
+
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise UsageError(f"--resume {run}: there is no {CHECKPOINT} to resume from")
+    state, meta = from_safetensors(path)
+    if meta.get("specc.spec") != spec.source.text or json.loads(meta.get("specc.overrides", "[]")) != list(sets):
+        raise UsageError(f"--resume {run}: the run was started from another spec or other --set values; "
+                         "resume it with the same ones")
+    return state
+
+
 def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
-              stdout=None) -> RunResult:
-    """Train a checked spec and write its run folder."""
+              stdout=None, resume: bool = False) -> RunResult:
+    """Train a checked spec and write its run folder. Ctrl-C stops after the current step and
+    leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set)."""
+    import signal
+
     import torch
     from safetensors.torch import save
 
+    from specc.checkpoint import to_safetensors
     from specc.data.prepare import prepare
     from specc.export import ExportError, parity, parity_rows, to_onnx
     from specc.plan import make_plan
     from specc.plot import loss_png
-    from specc.train import Progress, pick_device, train
+    from specc.train import Interrupted, Progress, StopRequest, pick_device, train
 
     stdout = stdout or sys.stdout
     folder = RunFolder(out)
     folder.prepare()
+    state = load_resume(folder.path, spec, list(sets)) if resume else None
     started = time.perf_counter()
     prepared = prepare(spec.data, spec.model.inputs)
     device = pick_device(device_name)
     plan = make_plan(spec, prepared)
     folder.write_text("spec.spec", spec.source.text)
     if not quiet:
+        where = f", resuming at epoch {state.epoch} step {state.step}" if state is not None else ""
         print(f"specc: training {spec.name} on {device.type}: {prepared.n_train} training rows, "
-              f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch", file=stdout)
+              f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch{where}", file=stdout)
 
-    def checkpoint(model, epoch: int) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        folder.write_bytes("model.safetensors",
-                           save(state, metadata=checkpoint_metadata(spec, prepared.vocabs, sets, epoch)))
+    meta = lambda epoch: checkpoint_metadata(spec, prepared.vocabs, sets, epoch)  # noqa: E731
 
-    def on_epoch(model, record, history):
-        checkpoint(model, record.epoch)
+    def weights(model, epoch: int) -> None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        folder.write_bytes("model.safetensors", save(tensors, metadata=meta(epoch)))
+
+    def on_epoch(model, record, history, train_state):
+        weights(model, record.epoch)
+        folder.write_bytes(CHECKPOINT, to_safetensors(train_state, meta(record.epoch)))
         folder.write_metrics(history.records, spec.train.metrics)
 
     progress = None if quiet else Progress(spec.train.metrics, out=stdout)
-    # The initial weights are the first checkpoint (epoch -1): a run that diverges in its first
-    # epoch still leaves a loadable model.safetensors behind.
-    model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
-                           on_start=lambda m: checkpoint(m, -1))
+    stop = StopRequest()
+
+    def on_sigint(signum, frame):
+        if stop.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    try:
+        # The initial weights are the first checkpoint (epoch -1): a run that diverges in its first
+        # epoch still leaves a loadable model.safetensors behind.
+        model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
+                               on_start=lambda m: weights(m, -1), resume=state, stop=stop)
+    except Interrupted as stopped:
+        folder.write_bytes(CHECKPOINT, to_safetensors(stopped.state, meta(stopped.state.epoch)))
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
     if not all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point()):
         raise ExportError("the trained weights hold NaN or infinite values, so no model.onnx was written; "
@@ -110,11 +151,14 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         "spec": spec.name, "overrides": list(sets), "device": device.type, "seconds": round(seconds, 3),
         "onnx_parity_max_abs_diff": diff, "torch": torch.__version__, "python": platform.python_version(),
         "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs,
-        "final": history.records[-1].__dict__ if history.records else None,
+        "resumed": resume, "final": history.records[-1].__dict__ if history.records else None,
     })
     if not quiet:
         print(f"specc: wrote {folder.path}/ (model.onnx matches torch to {diff:.2g})", file=stdout)
     return RunResult(folder.path, history, diff, seconds)
 
 
+def _main_thread() -> bool:
+    import threading
 
+    return threading.current_thread() is threading.main_thread()

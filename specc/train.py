@@ -232,13 +232,33 @@ def _class_name(name: str) -> str:
     return cleaned if cleaned[:1].isalpha() else "Spec" + cleaned
 
 
+class StopRequest:
+    """Set by a signal handler (Ctrl-C): the loop stops after the step in progress."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+class Interrupted(Exception):
+    """Training stopped on request; `state` continues it (specc.checkpoint)."""
+
+    def __init__(self, state):
+        self.state = state
+        super().__init__(f"stopped in epoch {state.epoch} before step {state.step}")
+
+
 def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
-          progress: Progress | None = None, on_epoch=None, on_start=None) -> tuple[torch.nn.Module, History]:
-    """Train the spec's model. `on_start(model)` runs before the first step and
-    `on_epoch(model, record, history)` after each epoch (checkpoints)."""
+          progress: Progress | None = None, on_epoch=None, on_start=None, resume=None,
+          stop: StopRequest | None = None) -> tuple[torch.nn.Module, History]:
+    """Train the spec's model. `on_start(model)` runs before the first step (not on resume);
+    `on_epoch(model, record, history, state)` after each epoch, with the state to continue from.
+    `resume` (a specc.checkpoint.TrainState) continues a run where it stopped, to the same
+    weights as a run that never stopped; `stop.requested` stops it after the current step."""
+    from specc.checkpoint import TrainState
+
     model = build_model(spec, prepared).to(device)
     model.train()
-    if on_start is not None:
+    if on_start is not None and resume is None:
         on_start(model)
     optimizer = make_optimizer(spec, model, device)
     scheduler = make_scheduler(spec, optimizer, plan.total_steps)
@@ -255,17 +275,45 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     generator.manual_seed(spec.train.seed)
     history = History()
     ewma = (0.0, 0)
+    first_epoch, first_step, perm, losses, lrs, carried = 0, 0, None, [], [], 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        if scheduler is not None and resume.scheduler is not None:
+            scheduler.load_state_dict(resume.scheduler)
+        torch.set_rng_state(resume.torch_rng)
+        generator.set_state(resume.generator.to(generator.get_state().device))
+        first_epoch, first_step = resume.epoch, resume.step
+        perm = resume.perm.to(device) if resume.perm.numel() else None  # empty: draw the epoch's own
+        losses = [v for v in resume.epoch_losses.to(device)]
+        lrs, ewma, carried = list(resume.epoch_lrs), tuple(resume.ewma), resume.epoch_seconds
+        history.records = [EpochRecord(**r) for r in resume.records]
+        history.step_loss = list(resume.history.get("step_loss", []))
+        history.step_smooth = list(resume.history.get("step_smooth", []))
+        history.step_lr = list(resume.history.get("step_lr", []))
     bar_every = 64
     check_every = 64  # steps between looks at the loss for NaN (one host sync each)
     warned = False
 
-    for epoch in range(plan.epochs):
-        start = time.perf_counter()
-        lr_now = optimizer.param_groups[-1]["lr"]
-        perm = torch.randperm(n, generator=generator, device=device)
-        losses = []  # detached loss tensors: no host synchronisation inside the epoch
-        lrs = []
-        for s in range(steps):
+    def state(epoch: int, step: int, seconds: float) -> TrainState:
+        return TrainState(
+            epoch=epoch, step=step, perm=perm, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            torch_rng=torch.get_rng_state(), generator=generator.get_state(),
+            epoch_losses=torch.stack(losses) if losses else torch.zeros(0), epoch_lrs=list(lrs), ewma=ewma,
+            records=[r.__dict__ for r in history.records],
+            history={"step_loss": history.step_loss, "step_smooth": history.step_smooth,
+                     "step_lr": history.step_lr}, epoch_seconds=seconds)
+
+    for epoch in range(first_epoch, plan.epochs):
+        start = time.perf_counter() - carried
+        if epoch != first_epoch or perm is None or not perm.numel():
+            perm = torch.randperm(n, generator=generator, device=device)
+            losses, lrs = [], []  # detached loss tensors: no host synchronisation inside the epoch
+        lr_now = lrs[0] if lrs else optimizer.param_groups[-1]["lr"]
+        for s in range(first_step if epoch == first_epoch else 0, steps):
+            if stop is not None and stop.requested:
+                raise Interrupted(state(epoch, s, time.perf_counter() - start))
             idx = perm[s * bs:(s + 1) * bs]
             out = model(*[x[idx] for x in x_train])
             loss = loss_of(_predict_column(spec, out), y_train[idx], params)
@@ -279,7 +327,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             if (s % check_every == check_every - 1 or s == steps - 1) and not warned:
                 recent = torch.stack(losses[-check_every:])
                 if not bool(torch.isfinite(recent).all()):
-                    first = s - len(recent) + 1 + int((~torch.isfinite(recent)).nonzero()[0, 0])
+                    first = len(losses) - len(recent) + int((~torch.isfinite(recent)).nonzero()[0, 0])
                     if spec.train.stop_on_nan:
                         raise TrainingDiverged("train", epoch, first, lrs[first])
                     warned = True
@@ -287,6 +335,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                           f"(lr {lrs[first]:.3g}); going on because stop_on_nan = false", file=sys.stderr)
             if progress is not None and progress.bar and s % bar_every == bar_every - 1:
                 progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
+        carried = 0.0
         raw = torch.stack(losses).double().cpu().numpy()
         smoothed, ewma = smooth(raw, start=ewma)
         scores = evaluate(spec, model, valid_t, valid_t[target])
@@ -300,7 +349,9 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         if progress is not None:
             progress.epoch(record)
         if on_epoch is not None:
-            on_epoch(model, record, history)
+            # the state to go on from is the start of the next epoch, whose permutation is not drawn yet
+            losses, lrs, perm = [], [], torch.zeros(0, dtype=torch.int64)
+            on_epoch(model, record, history, state(epoch + 1, 0, 0.0))
     return model, history
 
 

@@ -76,7 +76,7 @@ def test_train_predict_inspect(tiny, tmp_path, capsys, ratings_dir):
     out = capsys.readouterr().out
     assert "epoch       train_loss  valid_loss  rmse        mae         time" in out
     assert {p.name for p in run.iterdir()} == {"spec.spec", "model.safetensors", "metrics.csv", "loss.png",
-                                               "model.onnx", "run.json"}
+                                               "model.onnx", "run.json", "checkpoint.safetensors"}
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"] and rows[0]["stage"] == "train"

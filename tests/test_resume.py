@@ -1,0 +1,122 @@
+"""Training faults: a run stopped by Ctrl-C (or killed) goes on from its checkpoint to the same
+weights, bit for bit on the CPU, as a run that was never stopped; artifacts are never half-written."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from specc.checkpoint import from_safetensors, to_safetensors
+from specc.data.prepare import prepare
+from specc.plan import make_plan
+from specc.run import load_spec
+from specc.runfolder import atomic_write
+from specc.train import Interrupted, StopRequest, pick_device, train
+
+
+class StopAt(StopRequest):
+    """Asks to stop before the k-th step from now (what Ctrl-C does, at a chosen moment)."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls > self.k
+
+
+def _setup(spec_path, sets):
+    spec, _ = load_spec(spec_path, sets)
+    prepared = prepare(spec.data, spec.model.inputs)
+    return spec, prepared, make_plan(spec, prepared)
+
+
+def _roundtrip(state, tmp_path):
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(to_safetensors(state, {"specc.spec": "x"}))
+    return from_safetensors(path)[0]
+
+
+@pytest.mark.parametrize("sets", [["train.fit.epochs=3"],
+                                  ["train.fit.epochs=3", "train.optimizer=sgd(momentum=0.9, wd=0.01)",
+                                   "model.out=concat(u, i) |> linear(8) |> relu |> dropout(0.3) |> linear(1)"]],
+                         ids=["adam-one-cycle", "sgd-dropout"])
+@pytest.mark.parametrize("stop_at", [5, 74, 150])  # inside epoch 0, just at its end, inside epoch 1
+def test_stop_and_resume_gives_the_same_weights(tiny, tmp_path, sets, stop_at):
+    spec, prepared, plan = _setup(tiny, sets)
+    assert plan.steps_per_epoch == 75
+    device = pick_device("cpu")
+    whole, whole_history = train(spec, prepared, plan, device)
+    with pytest.raises(Interrupted) as stopped:
+        train(spec, prepared, plan, device, stop=StopAt(stop_at))
+    state = _roundtrip(stopped.value.state, tmp_path)
+    assert (state.epoch, state.step) == divmod(stop_at, 75)
+    resumed, history = train(spec, prepared, plan, device, resume=state)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name  # bit-identical
+    assert [r.valid_loss for r in history.records] == [r.valid_loss for r in whole_history.records]
+    assert history.step_smooth == whole_history.step_smooth
+
+
+def test_resume_from_an_epoch_checkpoint(tiny, tmp_path):
+    spec, prepared, plan = _setup(tiny, ["train.fit.epochs=3"])
+    device = pick_device("cpu")
+    whole, _ = train(spec, prepared, plan, device)
+    states = []
+    train(spec, prepared, plan, device, on_epoch=lambda m, r, h, s: states.append(_roundtrip(s, tmp_path)))
+    resumed, _ = train(spec, prepared, plan, device, resume=states[0])  # as if killed during epoch 1
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_ctrl_c_then_resume_from_the_command_line(tiny, tmp_path):
+    sets = ["--set", "train.fit.epochs=40"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cli = [sys.executable, "-m", "specc", "train", str(tiny), "--quiet", *sets]
+    subprocess.run([*cli, "--out", str(tmp_path / "whole")], check=True, env=env)
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen([*cli, "--out", str(run)], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not (run / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "specc: interrupted in epoch" in err
+    assert f"--resume {run}" in err
+    assert subprocess.run([*cli, "--resume", str(run)], env=env).returncode == 0
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (run / "metrics.csv").read_text() .count("\n") == 41  # header + 40 epochs, none twice
+
+
+def test_resume_refuses_another_spec(tiny, tmp_path, capsys):
+    from specc.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", str(tiny), "--out", str(run), "--quiet", "--set", "train.fit.epochs=1"]) == 0
+    assert main(["train", str(tiny), "--resume", str(run), "--quiet"]) == 2
+    assert "the run was started from another spec or other --set values" in capsys.readouterr().err
+
+
+WRITER = r"""
+import sys
+from pathlib import Path
+from specc.runfolder import atomic_write
+atomic_write(Path(sys.argv[1]), b"x" * (1 << 30))  # a gigabyte: killed long before it is done
+"""
+
+
+def test_a_crash_while_writing_leaves_the_old_file(tmp_path):
+    target = tmp_path / "model.onnx"
+    atomic_write(target, b"the good one")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    assert target.read_bytes() == b"the good one"
