@@ -94,3 +94,17 @@ def test_header_without_a_spec_column_points_at_the_spec(tmp_path):
         "    |                               ^~~~~~~~~~~~~~\n"
         "  = note: r.csv has the columns: user, movie, rating"
     )
+
+
+def test_wrong_delimiter_says_what_the_header_looks_like(tmp_path):
+    spec = _spec_over(tmp_path, "user;item;rating\n1;2;3\n")
+    with pytest.raises(SpecError) as err:
+        prepare(spec.data, spec.model.inputs)
+    lines = err.value.render().replace(str(tmp_path), "TMP").splitlines()
+    assert lines[0] == "TMP/tiny.spec:3:15: error[E205]: column 'user' is not in r.csv"
+    assert "  = note: the header looks ';'-separated: csv(..., delimiter=\";\")" in lines
+
+
+def test_infinite_feature_or_target(tmp_path):
+    assert _data_error(tmp_path, "user,item,rating\n1,2,3\n4,5,inf\n") == \
+        "TMP/r.csv:3: error[D105]: column 'rating': expected a finite number, found inf"

@@ -183,9 +183,16 @@ def _chain(first, rest):
 def _check_header(source: CsvSource, names: list[str], wanted) -> None:
     """A spec column that the file lacks is reported at the spec's line, with the file's columns."""
     errors = []
+    hint = ()
+    if len(names) == 1:  # one column only: perhaps another delimiter
+        for other in ("\t", ";", ",", "|"):
+            if other != source.delimiter and other in names[0]:
+                shown = "\\t" if other == "\t" else other
+                hint = (f"the header looks '{shown}'-separated: csv(..., delimiter=\"{shown}\")",)
+                break
     for col in wanted:
         if col.name not in names:
-            notes = suggest(col.name, names) + (f"{source.path.name} has the columns: {', '.join(names)}",)
+            notes = suggest(col.name, names) + hint + (f"{source.path.name} has the columns: {', '.join(names)}",)
             errors.append(Diagnostic("E205", f"column '{col.name}' is not in {source.path.name}", col.span, notes))
     if errors:
         raise SpecError(errors)
