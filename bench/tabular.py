@@ -357,7 +357,8 @@ def bench_batch(batch: int, reps: int) -> dict:
     for side in VARIANTS:
         wall, cpu, loop = times[side]
         row.update({
-            f"{side}_s": med(wall), f"{side}_cpu_s": med(cpu), f"{side}_loop_s": med(loop), f"{side}_min_s": min(wall),
+            f"{side}_s": med(wall), f"{side}_cpu_s": med(cpu), f"{side}_loop_s": med(loop),
+            f"{side}_min_s": min(wall),
             f"{side}_ratio": med(s_wall) / med(wall), f"{side}_cpu_ratio": med(s_cpu) / med(cpu),
             f"{side}_loop_ratio": med(s_loop) / med(loop), f"{side}_min_ratio": min(s_wall) / min(wall),
             f"{side}_valid_loss": first[side][0], f"{side}_valid_accuracy": first[side][1],

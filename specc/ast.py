@@ -104,7 +104,26 @@ class CallStmt:
     span: Span = field(compare=False)
 
 
-Stmt = Union[Assign, CallStmt]
+@dataclass(frozen=True, slots=True)
+class Command:
+    """`freeze body head`, `unfreeze`, `init body from "runs/x"`: a word and its arguments."""
+
+    name: Name
+    args: tuple[Name | String, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """`group body { ... }` in a model, `stage head { ... }` in a train block."""
+
+    kind: Name
+    name: Name
+    body: tuple
+    span: Span = field(compare=False)
+
+
+Stmt = Union[Assign, CallStmt, Command, Section]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +137,7 @@ class Block:
 class SpecFile:
     blocks: tuple[Block, ...]
     source: Source = field(compare=False, repr=False)
+    commands: tuple[Command, ...] = ()  # top-level statements such as `init body from "..."`
 
 
 def depth(node) -> int:

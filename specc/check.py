@@ -13,12 +13,13 @@ from specc.source import Span
 from specc.spec import (
     CATEGORY, CLASSES, FLOAT, SGD, Activation, Adam, BatchNorm, Binary, Column, Concat, CsvSource, DataSpec,
     Dot, Dropout, Embedding, Fit, FitOneCycle, Flatten, Input, Linear, ModelSpec, Node, NpzSource, RandomSplit,
-    PROCS, RMSProp, RowSplit, SigmoidRange, Spec, Tabular, TrainSpec, LastSplit, MissingIndicator,
+    PROCS, RMSProp, RowSplit, SigmoidRange, Spec, Tabular, TrainSpec, LastSplit, MissingIndicator, Stage,
+    EarlyStop, InitFrom, LRFind, LRSlice,
 )
 
 # Block name -> the settings it accepts (None: the block holds definitions, not settings).
 BLOCKS = ("data", "model", "train")
-DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs")
+DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs", "keep_classes", "train_rows")
 TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan")
 COLUMN_TYPES = (CATEGORY, FLOAT)
 
@@ -73,6 +74,12 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
     "fit": {
         "fit": _sig("epochs", "lr"),
         "fit_one_cycle": _sig("epochs", "lr", "pct_start?", "div?", "final_div?", "moms?"),
+    },
+    "lr": {
+        "slice": _sig("low", "high?", "div?"),
+    },
+    "stage": {
+        "early_stop": _sig("monitor?", "patience?", "keep_best?"),
     },
 }
 # loss -> (target kind, what the model's output must be)
@@ -277,16 +284,59 @@ class _Checker:
         data = self.data(blocks["data"]) if "data" in blocks else None
         model = self.model(blocks["model"], data) if "model" in blocks else None
         train = self.train(blocks["train"], data, model) if "train" in blocks else None
+        inits = self.inits(model)
         if self.errors or data is None or model is None or train is None:
             return None
         name = Path(self.tree.source.path).stem
-        return Spec(name, data, model, train, self.tree.source)
+        return Spec(name, data, model, train, self.tree.source, inits)
 
-    def settings(self, block: ast.Block, allowed: tuple[str, ...], calls: tuple[str, ...] = ()) -> tuple[dict, list]:
-        """Split a settings block into {name: Assign} and a list of call statements."""
+    def inits(self, model: ModelSpec | None) -> tuple[InitFrom, ...]:
+        """Top-level `init GROUP from "RUN"` statements."""
+        found = []
+        for command in self.tree.commands:
+            args = command.args
+            if command.name.id != "init":
+                self.error("E102", f"unknown statement '{command.name.id}'", command.name.span,
+                           suggest(command.name.id, ("init",)) or
+                           ["at the top level: blocks, and init GROUP from \"RUN\""])
+                continue
+            if len(args) != 3 or not isinstance(args[0], ast.Name) or not isinstance(args[1], ast.Name) \
+                    or args[1].id != "from" or not isinstance(args[2], ast.String):
+                self.error("E301", 'init: expected `init GROUP from "RUN_FOLDER"`', command.span)
+                continue
+            group, run = args[0], args[2]
+            if model is not None and group.id not in model.groups:
+                self.error("E201", f"unknown group '{group.id}'", group.span,
+                           suggest(group.id, model.groups) or [f"the groups are {', '.join(model.groups)}"])
+                continue
+            if any(i.group == group.id for i in found):
+                self.error("E103", f"group '{group.id}' is initialised twice", group.span)
+                continue
+            base = self.base_dirs.get(run.span.source.path, Path.cwd())
+            found.append(InitFrom(group.id, (base / run.value).resolve(), command.span))
+        return tuple(found)
+
+    def settings(self, block: ast.Block, allowed: tuple[str, ...], calls: tuple[str, ...] = (),
+                 sections: tuple[str, ...] = (), body=None) -> tuple[dict, list]:
+        """Split a settings block into {name: Assign} and a list of call statements (and of the
+        sections of the kinds given)."""
         found: dict[str, ast.Assign] = {}
-        stmts: list[ast.CallStmt] = []
-        for stmt in block.body:
+        stmts: list = []
+        for stmt in block.body if body is None else body:
+            if isinstance(stmt, ast.Section):
+                if stmt.kind.id in sections:
+                    stmts.append(stmt)
+                else:
+                    self.error("E102", f"unknown section '{stmt.kind.id}' in the {block.name.id} block",
+                               stmt.kind.span, suggest(stmt.kind.id, sections + ("group", "stage")) or
+                               [f"sections here: {', '.join(sections) or 'none'}"])
+                continue
+            if isinstance(stmt, ast.Command):
+                self.error("E102", f"unknown statement '{stmt.name.id}' in the {block.name.id} block",
+                           stmt.name.span, suggest(stmt.name.id, allowed + calls) or
+                           (["freeze and unfreeze go inside a stage { ... }"]
+                            if stmt.name.id in ("freeze", "unfreeze") else []))
+                continue
             if isinstance(stmt, ast.CallStmt):
                 func = stmt.call.func
                 if func.id in calls:
@@ -339,6 +389,22 @@ class _Checker:
         batch = self.integer(found["batch"].value, "batch", low=1) if "batch" in found else 64
         procs = self.procs(found["procs"].value) if "procs" in found else ()
         self.procs_given = procs or ()
+        keep: tuple | None = ()
+        if "keep_classes" in found:
+            value = found["keep_classes"].value
+            items = value.items if isinstance(value, ast.ListExpr) else ()
+            if not items:
+                self.error("E301", "keep_classes: expected a list of class values, e.g. [0, 1, 2]", value.span)
+                keep = None
+            else:
+                keep = tuple(str(i.value) if isinstance(i, (ast.Number, ast.String)) else None for i in items)
+                if None in keep:
+                    self.error("E301", "keep_classes: expected numbers or strings", value.span)
+                    keep = None
+            if target is not None and target.kind != CATEGORY:
+                self.error("E301", "keep_classes needs a category target", found["keep_classes"].target.span)
+                keep = None
+        train_rows = self.integer(found["train_rows"].value, "train_rows", low=1) if "train_rows" in found else 0
         if inputs is not None and target is not None:
             for col in inputs:
                 if col.name == target.name:
@@ -358,9 +424,10 @@ class _Checker:
                     self.error("E201", f"unknown column '{col.name}'", col.span,
                                suggest(col.name, source.columns) or
                                [f"the source's columns are {', '.join(source.columns)}"])
-        if not ok or None in (source, inputs, target, batch, procs) or ("valid" in found and valid is None):
+        if not ok or None in (source, inputs, target, batch, procs, keep, train_rows) or \
+                ("valid" in found and valid is None):
             return None
-        return DataSpec(source, inputs, target, valid, batch, procs)
+        return DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None)
 
     def procs(self, expr: ast.Expr) -> tuple[str, ...] | None:
         items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
@@ -527,12 +594,30 @@ class _Checker:
                     columns[f"{col.name}_na"] = Column(f"{col.name}_na", CATEGORY, col.span)
         builder = _ModelBuilder(self, columns, self.target, lenient=self.inputs_failed)
         builder.procs = self.procs_given
-        builder.later = {s.target.id: s.target.span.line for s in block.body if isinstance(s, ast.Assign)}
+        groups: list[str] = []
+        statements: list[tuple[ast.Assign, str]] = []  # (statement, its group)
         for stmt in block.body:
-            if isinstance(stmt, ast.CallStmt):
+            if isinstance(stmt, ast.Section) and stmt.kind.id == "group":
+                if stmt.name.id in groups:
+                    self.error("E103", f"group '{stmt.name.id}' is defined twice", stmt.name.span)
+                groups.append(stmt.name.id)
+                for inner in stmt.body:
+                    if isinstance(inner, ast.Assign):
+                        statements.append((inner, stmt.name.id))
+                    else:
+                        self.error("E102", "a group holds value definitions, `name = ...`", inner.span)
+            elif isinstance(stmt, ast.Assign):
+                statements.append((stmt, "model"))
+            elif isinstance(stmt, ast.CallStmt):
                 self.error("E102", "a model statement names its value", stmt.span,
                            [f"write `name = {stmt.call.func.id}(...)`"])
-                continue
+            else:
+                kind = stmt.kind if isinstance(stmt, ast.Section) else stmt.name
+                self.error("E102", f"unknown statement '{kind.id}' in the model block", kind.span,
+                           suggest(kind.id, ["group"]) or ["the model block defines values, and `group NAME { ... }`"])
+        builder.later = {s.target.id: s.target.span.line for s, _ in statements}
+        for stmt, group in statements:
+            builder.group = group
             builder.define(stmt)
         if "out" not in builder.defined:
             if not any(isinstance(s, ast.Assign) and s.target.id == "out" for s in block.body):
@@ -546,14 +631,23 @@ class _Checker:
             if col.name not in builder.used_columns:
                 self.warn("W201", f"input column '{col.name}' is not used by the model", col.span)
         used = tuple(c.name for c in data.inputs if c.name in builder.used_columns)
-        if not builder.ok:
+        if groups:
+            for node in builder.nodes.values():
+                if node.group == "model" and _has_weights(node.op):
+                    self.error("E105", f"'{node.name}' has weights but is in no group", node.span,
+                               [f"with groups, every layer with weights belongs to one: {', '.join(groups)}"])
+        if not builder.ok or self.errors:
             return None
-        return ModelSpec(tuple(builder.nodes.values()), out.name, used)
+        return ModelSpec(tuple(builder.nodes.values()), out.name, used, tuple(groups) or ("model",))
 
     # ------------------------------------------------------------ train
 
     def train(self, block: ast.Block, data: DataSpec | None, model: ModelSpec | None) -> TrainSpec | None:
-        found, fits = self.settings(block, TRAIN_SETTINGS, calls=tuple(SIGNATURES["fit"]))
+        calls = tuple(SIGNATURES["fit"]) + tuple(SIGNATURES["stage"])
+        found, stmts = self.settings(block, TRAIN_SETTINGS, calls=calls, sections=("stage",))
+        sections = [s for s in stmts if isinstance(s, ast.Section)]
+        fits = [s for s in stmts if isinstance(s, ast.CallStmt) and s.call.func.id in SIGNATURES["fit"]]
+        stops = [s for s in stmts if isinstance(s, ast.CallStmt) and s.call.func.id == "early_stop"]
         target_kind = data.target.kind if data is not None else None
         loss = None
         if "loss" not in found:
@@ -574,20 +668,121 @@ class _Checker:
         seed = self.integer(found["seed"].value, "seed") if "seed" in found else 0
         l2 = self.real(found["l2"].value, "l2", 0.0) if "l2" in found else 0.0
         stop_on_nan = self.boolean(found["stop_on_nan"].value, "stop_on_nan") if "stop_on_nan" in found else True
-        fit = None
-        if not fits and not self.unknown_statement:
-            self.error("E104", "the train block has no fit statement", block.name.span,
-                       ["e.g. fit_one_cycle(epochs=5, lr=5e-3)"])
-        for extra in fits[1:]:
-            self.error("E103", "a train block has one fit statement", extra.span,
-                       [f"the first is at line {fits[0].span.line}"])
-        if fits:
-            fit = self.fit(fits[0].call)
+        groups = model.groups if model is not None else None
+        monitors = ("valid_loss", *metrics)
+        stages: list = []
+        if sections:
+            for extra in fits + stops:
+                self.error("E102", "with stages, fit and early_stop go inside a stage", extra.span)
+            names: set[str] = set()
+            for section in sections:
+                if section.name.id in names:
+                    self.error("E103", f"stage '{section.name.id}' is defined twice", section.name.span)
+                names.add(section.name.id)
+                stages.append(self.stage(block, section.name.id, section.body, section.kind.span, groups, monitors))
+        else:
+            if not fits and not self.unknown_statement:
+                self.error("E104", "the train block has no fit statement", block.name.span,
+                           ["e.g. fit_one_cycle(epochs=5, lr=5e-3)"])
+            for extra in fits[1:]:
+                self.error("E103", "a train block has one fit statement", extra.span,
+                           [f"the first is at line {fits[0].span.line}; several fits are stages: "
+                            "stage NAME { ... }"])
+            if fits:
+                stop = self.early_stop(stops, monitors)
+                fit = self.fit(fits[0].call)
+                stages.append(None if fit is None or stop is False else Stage("train", fit, (), stop))
         if model is not None and data is not None and loss is not None:
             self.output_fits(model.node(model.output), data.target, loss)
-        if self.errors or None in (loss, optimizer, fit, seed, l2, stop_on_nan):
+        if self.errors or None in (loss, optimizer, seed, l2, stop_on_nan) or not stages or None in stages:
             return None
-        return TrainSpec(loss, tuple(metrics), optimizer, fit, seed, l2, stop_on_nan)
+        return TrainSpec(loss, tuple(metrics), optimizer, tuple(stages), seed, l2, stop_on_nan)
+
+    def stage(self, block: ast.Block, name: str, body, span: Span, groups, monitors):
+        """One `stage NAME { ... }`: freeze / unfreeze, one fit statement, an optional early_stop."""
+        calls = tuple(SIGNATURES["fit"]) + tuple(SIGNATURES["stage"])
+        commands = [s for s in body if isinstance(s, ast.Command)]
+        rest = [s for s in body if not isinstance(s, ast.Command)]
+        found, stmts = self.settings(block, (), calls=calls, body=rest)
+        fits = [s for s in stmts if isinstance(s, ast.CallStmt) and s.call.func.id in SIGNATURES["fit"]]
+        stops = [s for s in stmts if isinstance(s, ast.CallStmt) and s.call.func.id == "early_stop"]
+        frozen: list[str] = []
+        for command in commands:
+            word = command.name.id
+            if word not in ("freeze", "unfreeze"):
+                self.error("E102", f"unknown statement '{word}' in a stage", command.name.span,
+                           suggest(word, ("freeze", "unfreeze")) or ["a stage holds freeze, unfreeze and a fit"])
+                continue
+            if word == "freeze" and not command.args:
+                self.error("E203", "freeze needs the groups to freeze", command.span, ["e.g. freeze body"])
+            for arg in command.args:
+                if not isinstance(arg, ast.Name):
+                    self.error("E301", f"{word}: expected a group name", arg.span)
+                elif groups is not None and arg.id not in groups:
+                    self.error("E201", f"unknown group '{arg.id}'", arg.span,
+                               suggest(arg.id, groups) or [f"the groups are {', '.join(groups)}"])
+                elif word == "freeze":
+                    frozen.append(arg.id)
+                elif arg.id in frozen:
+                    frozen.remove(arg.id)
+            if word == "unfreeze" and not command.args:
+                frozen.clear()
+        if groups is not None and frozen and set(frozen) >= set(groups):
+            self.error("E302", f"stage '{name}' freezes every group: nothing would train", span)
+        if not fits:
+            self.error("E104", f"stage '{name}' has no fit statement", span, ["e.g. fit_one_cycle(epochs=1, lr=1e-3)"])
+            return None
+        for extra in fits[1:]:
+            self.error("E103", "a stage has one fit statement", extra.span, ["give each fit a stage of its own"])
+        stop = self.early_stop(stops, monitors)
+        fit = self.fit(fits[0].call)
+        if fit is None or stop is False:
+            return None
+        return Stage(name, fit, tuple(frozen), stop)
+
+    def early_stop(self, stops, monitors):
+        """The early_stop(...) statement, if any: EarlyStop, None, or False on an error."""
+        if not stops:
+            return None
+        for extra in stops[1:]:
+            self.error("E103", "early_stop is given twice", extra.span)
+        bound = self.bind(stops[0].call, "stage", "statement")
+        if bound is None:
+            return False
+        _, args, _ = bound
+        monitor = "valid_loss"
+        if "monitor" in args:
+            expr = args["monitor"]
+            if not isinstance(expr, ast.Name) or expr.id not in monitors:
+                shown = expr.id if isinstance(expr, ast.Name) else _show(expr)
+                self.error("E201", f"early_stop can watch {', '.join(monitors)}, not '{shown}'", expr.span,
+                           suggest(shown, monitors) or ["a metric must be in the train block's metrics"])
+                return False
+            monitor = expr.id
+        patience = self.integer(args["patience"], "patience", low=1) if "patience" in args else 3
+        keep = self.boolean(args["keep_best"], "keep_best") if "keep_best" in args else True
+        if patience is None or keep is None:
+            return False
+        return EarlyStop(monitor, patience, keep)
+
+    def lr(self, expr: ast.Expr):
+        """A learning rate: a number, slice(high), slice(low, high), slice(high, div=10), or find."""
+        if isinstance(expr, ast.Name) and expr.id == "find":
+            return LRFind()
+        if isinstance(expr, ast.Call) and expr.func.id == "slice":
+            if not self._args_ok(expr, SIGNATURES["lr"]["slice"]):
+                return None
+            args = self.bind_args(expr, SIGNATURES["lr"]["slice"])
+            first = self.real(args["low"], "lr", 0.0, low_open=True)
+            second = self.real(args["high"], "lr", 0.0, low_open=True) if "high" in args else None
+            div = self.real(args["div"], "div", 0.0, low_open=True) if "div" in args else 3.0
+            if first is None or div is None or ("high" in args and second is None):
+                return None
+            if "div" in args and second is not None:
+                self.error("E203", "div applies to slice(high) alone: slice(1e-3, div=10)", args["div"].span)
+                return None
+            return LRSlice(first, second, div) if second is not None else LRSlice(None, first, div)
+        return self.real(expr, "lr", 0.0, low_open=True)
 
     def output_fits(self, out, target, loss: str) -> None:
         """The model's output must be what the loss compares with the target."""
@@ -644,7 +839,7 @@ class _Checker:
             return None
         func, args, _ = bound
         epochs = self.integer(args["epochs"], "epochs", low=1)
-        lr = self.real(args["lr"], "lr", 0.0, low_open=True)
+        lr = self.lr(args["lr"])
         if func == "fit":
             return None if None in (epochs, lr) else Fit(epochs, lr)
         pct = self.real(args["pct_start"], "pct_start", 0.0, 1.0, True, True) if "pct_start" in args else 0.3
@@ -679,6 +874,7 @@ class _ModelBuilder:
         self.broken: set[str] = set()  # names whose definition failed: not reported again
         self.used_columns: set[str] = set()
         self.procs: tuple[str, ...] = ()
+        self.group = "model"
         self.counters: dict[str, int] = {}
         self.reserved: set[str] = set(columns) | {CLASSES}
         self.ok = True
@@ -717,7 +913,7 @@ class _ModelBuilder:
 
     def add(self, name: str | None, base: str, op, inputs: tuple[str, ...], shape: tuple, span: Span) -> str:
         node_name = name if name is not None and name not in self.nodes else self.fresh(base)
-        self.nodes[node_name] = Node(node_name, op, inputs, tuple(shape), span)
+        self.nodes[node_name] = Node(node_name, op, inputs, tuple(shape), span, self.group)
         return node_name
 
     def shape(self, node: str) -> tuple:
@@ -1039,6 +1235,10 @@ class _ModelBuilder:
         op = Tabular(tuple(cat_names), tuple(c.id for c in conts), tuple(layers), tuple(ps), emb_drop,
                      tuple(sizes), out)
         return self.add(name, "tabular", op, (), (out,), call.span)
+
+
+def _has_weights(op) -> bool:
+    return isinstance(op, (Embedding, Linear, BatchNorm, Tabular))
 
 
 def _shape_text(shape) -> str:

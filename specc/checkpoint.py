@@ -30,6 +30,10 @@ class TrainState:
     records: list  # EpochRecord dicts of the finished epochs
     history: dict = field(default_factory=dict)  # step_loss, step_smooth, step_lr: float64 tensors
     epoch_seconds: float = 0.0
+    stage: int = 0
+    early: dict = field(default_factory=dict)  # early stopping: best value, its epoch, epochs waited
+    best: dict = field(default_factory=dict)  # the best epoch's weights, when early stopping keeps them
+    found_lrs: dict = field(default_factory=dict)  # stage -> the learning rate lr-find found
 
 
 def to_safetensors(state: TrainState, metadata: dict[str, str]) -> bytes:
@@ -53,10 +57,13 @@ def to_safetensors(state: TrainState, metadata: dict[str, str]) -> bytes:
     tensors["epoch_losses"] = state.epoch_losses.double().cpu().reshape(-1)
     for name, values in state.history.items():
         tensors[f"history.{name}"] = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    for k, v in state.best.items():
+        tensors[f"best.{k}"] = v.detach().cpu().contiguous()
     meta = dict(metadata)
     meta["specc.checkpoint"] = json.dumps({
         "format": FORMAT, "epoch": state.epoch, "step": state.step, "epoch_lrs": state.epoch_lrs,
         "ewma": list(state.ewma), "records": state.records, "epoch_seconds": state.epoch_seconds,
+        "stage": state.stage, "early": state.early, "found_lrs": state.found_lrs,
         "optimizer": {"state": opt_state, "param_groups": state.optimizer["param_groups"]},
         "scheduler": state.scheduler,
     })
@@ -90,5 +97,7 @@ def from_safetensors(path) -> tuple[TrainState, dict[str, str]]:
         torch_rng=tensors["torch_rng"], generator=tensors["generator"], epoch_losses=tensors["epoch_losses"],
         epoch_lrs=info["epoch_lrs"], ewma=tuple(info["ewma"]), records=info["records"],
         history={k[len("history."):]: v.tolist() for k, v in tensors.items() if k.startswith("history.")},
-        epoch_seconds=info.get("epoch_seconds", 0.0))
+        epoch_seconds=info.get("epoch_seconds", 0.0), stage=info.get("stage", 0), early=info.get("early", {}),
+        best={k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")},
+        found_lrs=info.get("found_lrs", {}))
     return state, meta

@@ -33,14 +33,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-data", action="store_true", help="check the spec alone, without reading its data")
     c = spec_command("show", "print a compiler stage: the syntax tree, the generated code, the plan, the data")
     c.add_argument("--stage", choices=("ast", "code", "plan", "data"), default="code")
-    c.add_argument("--png", type=Path, help="--stage data: where to write the image grid "
-                   "(default <spec name>_data.png)")
+    c.add_argument("--png", type=Path, help="--stage data / plan: where to write the picture "
+                   "(default <spec name>_data.png, <spec name>_plan.png)")
     c = spec_command("train", "train a spec and write its run folder")
     c.add_argument("--out", type=Path, help="run folder (default runs/<spec name>)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
     c.add_argument("--resume", type=Path, metavar="RUN",
                    help="go on from where the run in RUN stopped (Ctrl-C or a crash); writes into RUN")
+    c = spec_command("lr-find", "the learning-rate finder: an exponential sweep, a plot and suggestions")
+    c.add_argument("--out", type=Path, help="where lr_find.csv and lr_find.png go (default runs/<spec name>)")
+    c.add_argument("--start", type=float, default=1e-7)
+    c.add_argument("--end", type=float, default=10.0)
+    c.add_argument("--steps", type=int, default=100)
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c = spec_command("sweep", "train every combination of --grid values, each in its own run folder")
+    c.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="a spec value and the values to try, e.g. model.u.dim=20,40,80 (repeatable)")
+    c.add_argument("--out", type=Path, help="where the runs go (default runs/<spec name>-sweep)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c = sub.add_parser("predict", help="predict with an exported model.onnx through onnxruntime")
     c.add_argument("model", type=Path)
     c.add_argument("rows", type=Path, help="CSV with a header naming the model's input columns")
@@ -108,9 +119,16 @@ def _show(args) -> int:
     else:
         from specc.data.prepare import prepare
         from specc.plan import describe, make_plan
+        from specc.plot import schedule_png
+        from specc.runfolder import atomic_write
+        from specc.train import simulate_schedules
 
         prepared = prepare(spec.data, spec.model.inputs)
-        print(describe(spec, make_plan(spec, prepared)))
+        plan = make_plan(spec, prepared)
+        png_path = args.png or Path(f"{spec.name}_plan.png")
+        atomic_write(png_path, schedule_png(plan, simulate_schedules(spec, plan), f"{spec.name}: the plan"))
+        print(describe(spec, plan))
+        print(f"the learning rate and momentum of every group at every step: {png_path}")
     return 0
 
 
@@ -147,6 +165,117 @@ def _train(args) -> int:
         print(f"specc: export failed: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _lr_find(args) -> int:
+    import time
+
+    import torch
+
+    from specc.data.prepare import prepare
+    from specc.lrfind import lr_find
+    from specc.plan import make_plan
+    from specc.run import load_spec, write_lr_find
+    from specc.runfolder import RunFolder
+    from specc.train import (
+        _predict_column, build_model, loss_fn, make_optimizer, module_groups, pick_device, to_tensors,
+    )
+
+    spec, warnings = load_spec(args.spec, args.sets)
+    for w in warnings:
+        print(w.render(), file=sys.stderr)
+    if not (0 < args.start < args.end) or args.steps < 2:
+        raise UsageError("lr-find needs 0 < --start < --end and --steps of at least 2")
+    folder = RunFolder(args.out or Path("runs") / spec.name)
+    folder.prepare()
+    prepared = prepare(spec.data, spec.model.inputs)
+    plan = make_plan(spec, prepared)
+    device = pick_device(args.device)
+    started = time.perf_counter()
+    model = build_model(spec, prepared).to(device).train()
+    owners = module_groups(spec, model)
+    stage = plan.stages[0]  # the first stage's frozen groups stay frozen
+    groups = [([p for name, m in model.named_children() if owners.get(name) == g.name for p in m.parameters()], 1e-3)
+              for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
+    groups = [(ps, lr) for ps, lr in groups if ps]
+    params = [p for ps, _ in groups for p in ps]
+    optimizer = make_optimizer(spec.train.optimizer, groups)
+    tensors = to_tensors(prepared.train, device)
+    xs, y = [tensors[c] for c in spec.model.inputs], tensors[spec.data.target.name]
+    loss_of = loss_fn(spec)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(spec.train.seed)
+
+    def step_loss(idx):
+        return loss_of(_predict_column(spec, model(*[x[idx] for x in xs])), y[idx], params)
+
+    result = lr_find(model, optimizer, step_loss, prepared.n_train, plan.batch, generator, args.start, args.end,
+                     args.steps, device=device)
+    seconds = time.perf_counter() - started
+    write_lr_find(folder, result, f"{spec.name}: lr-find")
+    print(f"lr-find on {spec.name}: {len(result.lrs)} steps from {args.start:g}"
+          f"{' (stopped: the loss ran away)' if result.stopped_early else ''} in {seconds:.2f} s")
+    for name, lr in result.suggestions.items():
+        print(f"  {name:<11} {lr:.3g}")
+    print(f"wrote {folder.path}/lr_find.csv and lr_find.png")
+    return 0
+
+
+def _sweep(args) -> int:
+    import itertools
+
+    from specc.run import load_spec, train_run
+
+    axes = []
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        choices = [v.strip() for v in _split_values(values)]
+        if not sep or not key.strip() or not all(choices):
+            raise UsageError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. model.u.dim=20,40")
+        axes.append((key.strip(), choices))
+    base_spec, _ = load_spec(args.spec, args.sets)
+    out = args.out or Path("runs") / f"{base_spec.name}-sweep"
+    combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes]))
+    specs = []
+    for combo in combos:  # check every variant before training any
+        sets = list(args.sets) + [f"{k}={v}" for k, v in combo]
+        spec, _ = load_spec(args.spec, sets)
+        specs.append((combo, sets, spec))
+    rows = []
+    for k, (combo, sets, spec) in enumerate(specs, start=1):
+        name = ",".join(f"{key}={value}" for key, value in combo)
+        folder = out / "".join(ch if ch.isalnum() or ch in "=,._-" else "_" for ch in name)
+        print(f"[{k}/{len(specs)}] {name}", flush=True)
+        result = train_run(spec, folder, args.device, sets, quiet=True)
+        last = result.history.records[-1]
+        rows.append((name, last.valid_loss, last.metrics, folder))
+    metrics = list(base_spec.train.metrics)
+    rows.sort(key=lambda r: r[1])
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'variant':<{width}}  {'valid_loss':>10}  " + "  ".join(f"{m:>10}" for m in metrics))
+    for name, loss, values, folder in rows:
+        print(f"{name:<{width}}  {loss:>10.6f}  " + "  ".join(f"{values[m]:>10.6f}" for m in metrics))
+    print(f"\nbest first; the runs are in {out}/")
+    return 0
+
+
+def _split_values(text: str) -> list[str]:
+    """Split V1,V2,... at the commas outside brackets and quotes: (0.9, 0.99),(0.9, 0.999) is two."""
+    parts, depth, quote, current = [], 0, False, ""
+    for ch in text:
+        if ch == '"':
+            quote = not quote
+        elif not quote and ch in "([":
+            depth += 1
+        elif not quote and ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0 and not quote:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
 
 
 def _predict(args) -> int:
@@ -190,8 +319,8 @@ def _inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"check": _check, "show": _show, "train": _train, "predict": _predict, "evaluate": _evaluate,
-            "inspect": _inspect}
+COMMANDS = {"check": _check, "show": _show, "train": _train, "lr-find": _lr_find, "sweep": _sweep,
+            "predict": _predict, "evaluate": _evaluate, "inspect": _inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ def expand(model: ModelSpec, sizes: dict[str, int]) -> ModelSpec:
             nodes.extend(_tabular(node, sizes, taken))
         else:
             nodes.append(node)
-    return ModelSpec(tuple(nodes), model.output, model.inputs)
+    return ModelSpec(tuple(nodes), model.output, model.inputs, model.groups)
 
 
 def _tabular(node: Node, sizes: dict[str, int], taken: set[str]) -> list[Node]:
@@ -39,7 +39,7 @@ def _tabular(node: Node, sizes: dict[str, int], taken: set[str]) -> list[Node]:
         while name in taken:
             name, k = f"{prefix}{base}_{k}", k + 1
         taken.add(name)
-        out.append(Node(name, op, tuple(inputs), tuple(shape), node.span))
+        out.append(Node(name, op, tuple(inputs), tuple(shape), node.span, node.group))
         return name
 
     given = dict(t.emb_sizes)
@@ -66,5 +66,5 @@ def _tabular(node: Node, sizes: dict[str, int], taken: set[str]) -> list[Node]:
         x = new(f"layer{k}_bn", BatchNorm(), [x], (size,))
         if p:
             x = new(f"layer{k}_drop", Dropout(p), [x], (size,))
-    out.append(Node(node.name, Linear(t.out), (x,), (t.out,), node.span))
+    out.append(Node(node.name, Linear(t.out), (x,), (t.out,), node.span, node.group))
     return out

@@ -113,6 +113,7 @@ def lower(model: ModelSpec, vocab_sizes: dict[str, int], stats: dict | None = No
         else:
             raise TypeError(f"no lowering for {op!r}")  # a checker/lowering mismatch: a bug
         result.meta["span"] = (node.span.source.path, node.span.line, node.span.column)
+        result.meta["group"] = node.group
         env[node.name] = result
     graph.output(env[model.output])
     graph.lint()

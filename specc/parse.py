@@ -126,8 +126,20 @@ class _ToAst(Transformer_NonRecursive):
 
     # rules
     @v_args(meta=True)
-    def start(self, meta, blocks):
-        return ast.SpecFile(tuple(blocks), self.source)
+    def start(self, meta, items):
+        blocks = tuple(i for i in items if isinstance(i, ast.Block))
+        commands = tuple(i for i in items if isinstance(i, ast.Command))
+        return ast.SpecFile(blocks, self.source, commands)
+
+    @v_args(meta=True)
+    def command(self, meta, children):
+        name, *args = children
+        return ast.Command(name, tuple(args), self._span(meta))
+
+    @v_args(meta=True)
+    def section(self, meta, children):
+        kind, name, *body = children
+        return ast.Section(kind, name, tuple(body), self._span(meta))
 
     @v_args(meta=True)
     def block(self, meta, children):
@@ -324,7 +336,7 @@ def parse(source: Source) -> ast.SpecFile:
     for block in spec.blocks:
         for stmt in block.body:
             if ast.depth(stmt) > MAX_DEPTH:
-                value = stmt.value if isinstance(stmt, ast.Assign) else stmt.call
+                value = stmt.value if isinstance(stmt, ast.Assign) else getattr(stmt, "call", stmt)
                 raise SpecError([Diagnostic("E306", f"the expression is nested too deeply (more than {MAX_DEPTH} "
                                             "levels)", value.span, ("give parts of it names of their own",))])
     return spec

@@ -9,31 +9,64 @@ from dataclasses import dataclass
 
 from specc.diagnostics import Diagnostic, SpecError
 from specc.expand import expand
-from specc.spec import CATEGORY, CLASSES, SGD, Adam, BatchNorm, Embedding, Fit, FitOneCycle, Linear, RMSProp, Spec
+from specc.spec import (
+    CATEGORY, CLASSES, SGD, Adam, BatchNorm, Embedding, Fit, FitOneCycle, Linear, LRFind, LRSlice, RMSProp, Spec,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ParamGroup:
-    """Parameters trained with one learning rate (a model without groups is one group)."""
+    """A layer group: the modules whose weights share a learning rate and are frozen together."""
 
     name: str
     modules: tuple[str, ...]
     params: int
-    lr: float
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """One stage: each group's peak learning rate (None: frozen; nan: found by lr-find first)."""
+
+    name: str
+    fit: object  # specc.spec.Fit or FitOneCycle
+    lrs: tuple[float | None, ...]
+    early_stop: object = None
+
+    @property
+    def epochs(self) -> int:
+        return self.fit.epochs
 
 
 @dataclass(frozen=True, slots=True)
 class TrainPlan:
     groups: tuple[ParamGroup, ...]
+    stages: tuple[StagePlan, ...]
     batch: int
     n_train: int
     n_valid: int
     steps_per_epoch: int
-    epochs: int
+
+    @property
+    def epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
 
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
+
+
+def group_lrs(lr, n: int) -> list[float]:
+    """The seed's rules: a number for every group; slice(b): b for the last group, b/div for the
+    others; slice(a, b): geometric from a (first group) to b (last group)."""
+    if isinstance(lr, LRFind):
+        return [math.nan] * n
+    if not isinstance(lr, LRSlice):
+        return [float(lr)] * n
+    if lr.low is None:
+        return [lr.high / lr.div] * (n - 1) + [lr.high]
+    if n == 1:
+        return [lr.high]
+    return [lr.low * (lr.high / lr.low) ** (k / (n - 1)) for k in range(n)]
 
 
 def resolve(dim, sizes: dict[str, int]) -> int:
@@ -86,11 +119,21 @@ def make_plan(spec: Spec, prepared) -> TrainPlan:
     check_data_fits(spec, sizes)
     n_train, n_valid = prepared.n_train, prepared.n_valid
     counts = module_params(spec, sizes)
-    group = ParamGroup("model", tuple(counts), sum(counts.values()), spec.train.fit.lr)
+    model = expand(spec.model, sizes)
+    groups = []
+    for name in spec.model.groups:
+        modules = tuple(n.name for n in model.nodes if n.group == name and n.name in counts)
+        groups.append(ParamGroup(name, modules, sum(counts[m] for m in modules)))
+    stages = []
+    for stage in spec.train.stages:
+        lrs = group_lrs(stage.fit.lr, len(groups))
+        stages.append(StagePlan(stage.name, stage.fit,
+                                tuple(None if g.name in stage.frozen else lr for g, lr in zip(groups, lrs)),
+                                stage.early_stop))
     # As fastai does, the last incomplete batch of an epoch is dropped: batchnorm cannot train on a
     # batch of one, and each epoch's new permutation still shows every row over the epochs.
     steps = max(1, n_train // spec.data.batch)
-    return TrainPlan((group,), spec.data.batch, n_train, n_valid, steps, spec.train.fit.epochs)
+    return TrainPlan(tuple(groups), tuple(stages), spec.data.batch, n_train, n_valid, steps)
 
 
 def describe_optimizer(opt) -> str:
@@ -104,15 +147,24 @@ def describe_optimizer(opt) -> str:
             f"wd={opt.wd:g} (decoupled)")
 
 
+def _lr_text(lr) -> str:
+    if isinstance(lr, LRFind):
+        return "found by lr-find before the stage"
+    if isinstance(lr, LRSlice):
+        return f"slice({lr.high:g}, div={lr.div:g})" if lr.low is None else f"slice({lr.low:g}, {lr.high:g})"
+    return f"{lr:g}"
+
+
 def describe_schedule(fit, total_steps: int) -> list[str]:
     if isinstance(fit, Fit):
-        return [f"fit: constant lr {fit.lr:g} for {fit.epochs} epochs ({total_steps} steps)"]
+        return [f"fit: constant lr {_lr_text(fit.lr)} for {fit.epochs} epochs ({total_steps} steps)"]
     assert isinstance(fit, FitOneCycle)
     warm = int(fit.pct_start * total_steps)
     return [
-        f"fit_one_cycle: {fit.epochs} epochs, {total_steps} steps (torch OneCycleLR, cosine)",
-        f"  lr   {fit.lr / fit.div:.3g} -> {fit.lr:g} over the first {warm} steps ({fit.pct_start:.0%}),"
-        f" then -> {fit.lr / (fit.div * fit.final_div):.3g}",
+        f"fit_one_cycle: {fit.epochs} epochs, {total_steps} steps (torch OneCycleLR, cosine), peak lr "
+        f"{_lr_text(fit.lr)}",
+        f"  lr   peak / {fit.div:g} -> peak over the first {warm} steps ({fit.pct_start:.0%}),"
+        f" then -> peak / {fit.div * fit.final_div:g}",
         f"  momentum {fit.moms[0]:g} -> {fit.moms[1]:g} -> {fit.moms[2]:g} (Adam's beta1 / SGD's momentum)",
     ]
 
@@ -128,6 +180,17 @@ def describe(spec: Spec, plan: TrainPlan) -> str:
     ]
     for g in plan.groups:
         shown = ", ".join(g.modules[:6]) + (f", ... {len(g.modules)} modules" if len(g.modules) > 6 else "")
-        lines.append(f"  {g.name:<8} {g.params:>10,} params  lr {g.lr:g}  ({shown})")
-    lines.extend(describe_schedule(spec.train.fit, plan.total_steps))
+        lines.append(f"  {g.name:<8} {g.params:>10,} params  ({shown})")
+    for stage in plan.stages:
+        trainable = sum(g.params for g, lr in zip(plan.groups, stage.lrs) if lr is not None)
+        frozen = sum(g.params for g, lr in zip(plan.groups, stage.lrs) if lr is None)
+        lines.append(f"stage {stage.name}: {trainable:,} trainable, {frozen:,} frozen parameters")
+        for g, lr in zip(plan.groups, stage.lrs):
+            shown = "frozen" if lr is None else ("lr-find" if lr != lr else f"lr {lr:.4g}")
+            lines.append(f"  {g.name:<8} {shown}")
+        lines.extend("  " + line for line in describe_schedule(stage.fit, plan.steps_per_epoch * stage.epochs))
+        if stage.early_stop is not None:
+            es = stage.early_stop
+            lines.append(f"  early stop: {es.monitor}, patience {es.patience}"
+                         f"{', keeping the best epoch' if es.keep_best else ''}")
     return "\n".join(lines)

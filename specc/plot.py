@@ -64,3 +64,62 @@ def image_grid_png(images, labels, title: str) -> bytes:
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return buf.getvalue()
+
+
+def lr_find_png(result, title: str) -> bytes:
+    """The smoothed loss against the learning rate (log scale), with the suggestions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    finite = [(lr, v) for lr, v in zip(result.lrs, result.losses) if math.isfinite(v)]
+    ax.plot([lr for lr, _ in finite], [v for _, v in finite], color="#1f77b4")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    for (name, lr), color in zip(result.suggestions.items(), ("#d62728", "#2ca02c", "#ff7f0e")):
+        ax.axvline(lr, color=color, linestyle="--", label=f"{name}: {lr:.2g}")
+    if finite:
+        values = [v for _, v in finite]
+        ax.set_ylim(min(values) * 0.95, min(max(values), 4 * min(values)) * 1.05)
+    ax.legend()
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def schedule_png(plan, schedules, title: str) -> bytes:
+    """The learning rate and momentum of every group over every step of every stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    for name, (lrs, moms) in schedules.items():
+        steps = range(len(lrs))
+        ax_lr.plot(steps, lrs, label=name)
+        ax_mom.plot(steps, moms, label=name)
+    offset = 0
+    for stage in plan.stages[:-1]:
+        offset += plan.steps_per_epoch * stage.epochs
+        for ax in (ax_lr, ax_mom):
+            ax.axvline(offset, color="#888888", linestyle=":")
+    ax_lr.set_ylabel("learning rate")
+    ax_mom.set_ylabel("momentum (beta1)")
+    ax_mom.set_xlabel("step")
+    ax_lr.set_title(title)
+    ax_lr.legend()
+    for ax in (ax_lr, ax_mom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

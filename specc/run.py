@@ -60,6 +60,17 @@ class RunResult:
 
 
 CHECKPOINT = "checkpoint.safetensors"
+LR_FIND = "lr_find.json"
+
+
+def write_lr_find(folder: RunFolder, result, title: str, prefix: str = "lr_find") -> None:
+    """lr_find.csv (lr, raw and smoothed loss per step) and lr_find.png with the suggestions."""
+    from specc.plot import lr_find_png
+
+    lines = ["lr,loss,smoothed_loss"] + [f"{lr:.6g},{raw:.6g},{sm:.6g}"
+                                         for lr, raw, sm in zip(result.lrs, result.raw, result.losses)]
+    folder.write_text(f"{prefix}.csv", "\n".join(lines) + "\n")
+    folder.write_bytes(f"{prefix}.png", lr_find_png(result, title))
 
 
 def load_resume(run: Path, spec: Spec, sets: list[str]):
@@ -118,8 +129,18 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         folder.write_bytes(CHECKPOINT, to_safetensors(train_state, meta(record.epoch)))
         folder.write_metrics(history.records, spec.train.metrics)
 
-    progress = None if quiet else Progress(spec.train.metrics, out=stdout)
+    progress = None if quiet else Progress(spec.train.metrics, out=stdout, stages=len(plan.stages) > 1)
     stop = StopRequest()
+    found = json.loads(folder.file(LR_FIND).read_text()) if folder.file(LR_FIND).is_file() else {}
+
+    def on_lr_found(stage: str, lr: float, result) -> None:
+        # recorded, so that training this spec into this folder again takes the same rate
+        found[stage] = lr
+        folder.write_json(LR_FIND, found)
+        write_lr_find(folder, result, f"{spec.name}: stage {stage}", prefix=f"lr_find_{stage}")
+        if not quiet:
+            print(f"specc: stage {stage}: lr-find suggests {lr:.3g} (valley; steep {result.suggestions['steep']:.3g}, "
+                  f"minimum/10 {result.suggestions['minimum/10']:.3g})", file=stdout)
 
     def on_sigint(signum, frame):
         if stop.requested:  # a second Ctrl-C: stop now
@@ -131,7 +152,8 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         # The initial weights are the first checkpoint (epoch -1): a run that diverges in its first
         # epoch still leaves a loadable model.safetensors behind.
         model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
-                               on_start=lambda m: weights(m, -1), resume=state, stop=stop)
+                               on_start=lambda m: weights(m, -1), resume=state, stop=stop, found_lrs=found,
+                               on_lr_found=on_lr_found)
     except Interrupted as stopped:
         folder.write_bytes(CHECKPOINT, to_safetensors(stopped.state, meta(stopped.state.epoch)))
         raise

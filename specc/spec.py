@@ -53,7 +53,7 @@ class NpzSource:
     span: Span = field(compare=False, repr=False)
 
 
-Source = Union[CsvSource, NpzSource]
+DataSource = Union[CsvSource, NpzSource]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +89,14 @@ PROCS = ("fill_missing", "categorify", "normalize")
 
 @dataclass(frozen=True, slots=True)
 class DataSpec:
-    source: Source
+    source: DataSource
     inputs: tuple[Column, ...]
     target: Column
     valid: Split | None  # None: the file's own validation arrays, else random(0.2, seed=0)
     batch: int
     procs: tuple[str, ...] = ()  # fitted on the training rows; applied inside the model
+    keep_classes: tuple[str, ...] = ()  # only rows whose (category) target is one of these
+    train_rows: int | None = None  # only the first N training rows (after keep_classes)
 
     def indicator_columns(self) -> tuple[str, ...]:
         """With fill_missing, each float input has a `<name>_na` category column: missing or not."""
@@ -219,6 +221,7 @@ class Node:
     inputs: tuple[str, ...]
     shape: tuple[Dim, ...]
     span: Span = field(compare=False, repr=False)
+    group: str = "model"  # the layer group whose learning rate and freezing its weights follow
 
     @property
     def width(self) -> Dim:
@@ -231,6 +234,7 @@ class ModelSpec:
     nodes: tuple[Node, ...]
     output: str
     inputs: tuple[str, ...]  # the input columns the model reads, in the data block's order
+    groups: tuple[str, ...] = ("model",)  # layer groups, first to last
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -276,11 +280,32 @@ Optimizer = Union[Adam, SGD, RMSProp]
 
 
 @dataclass(frozen=True, slots=True)
+class LRSlice:
+    """Discriminative learning rates over the layer groups, as the seed's `slice`:
+    slice(low, high) spreads them geometrically from the first group (low) to the last (high);
+    slice(high) gives the last group `high` and every other group high / div."""
+
+    low: float | None
+    high: float
+    div: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class LRFind:
+    """`lr = find`: run the learning-rate finder before the stage and take its suggestion."""
+
+    suggestion: str = "valley"
+
+
+LR = Union[float, LRSlice, LRFind]
+
+
+@dataclass(frozen=True, slots=True)
 class Fit:
     """A constant learning rate for `epochs` epochs."""
 
     epochs: int
-    lr: float
+    lr: LR
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +313,7 @@ class FitOneCycle:
     """Leslie Smith's one cycle, as torch's OneCycleLR: lr up then annealed, momentum opposite."""
 
     epochs: int
-    lr: float
+    lr: LR
     pct_start: float = 0.3
     div: float = 25.0
     final_div: float = 1e4
@@ -299,14 +324,48 @@ Schedule = Union[Fit, FitOneCycle]
 
 
 @dataclass(frozen=True, slots=True)
+class EarlyStop:
+    """Stop the stage when `monitor` has not improved for `patience` epochs; with `keep_best`,
+    end it with the best epoch's weights."""
+
+    monitor: str
+    patience: int
+    keep_best: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of a training plan: which groups are frozen, how long and how fast to train."""
+
+    name: str
+    fit: Schedule
+    frozen: tuple[str, ...] = ()
+    early_stop: EarlyStop | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InitFrom:
+    """`init GROUP from "RUN"`: the group's weights come from an earlier run's model.safetensors."""
+
+    group: str
+    run: Path
+    span: Span = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class TrainSpec:
     loss: str
     metrics: tuple[str, ...]
     optimizer: Optimizer
-    fit: Schedule
+    stages: tuple[Stage, ...]
     seed: int
     l2: float = 0.0  # the seed's penalty: loss + l2 * sum(w^2) over every parameter
     stop_on_nan: bool = True
+
+    @property
+    def fit(self) -> Schedule:
+        """The first stage's schedule (the only one of a plan without stages)."""
+        return self.stages[0].fit
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,3 +377,4 @@ class Spec:
     model: ModelSpec
     train: TrainSpec
     source: Source = field(compare=False, repr=False)
+    inits: tuple[InitFrom, ...] = ()

@@ -64,9 +64,10 @@ class DecoupledRMSprop(_DecoupledWeightDecay, torch.optim.RMSprop):
             group["decoupled_wd"] = wd
 
 
-def make_optimizer(spec: Spec, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    opt, lr = spec.train.optimizer, spec.train.fit.lr
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(opt, groups: list[tuple[list, float]]) -> torch.optim.Optimizer:
+    """The spec's optimizer over parameter groups, each [(params, lr)] with its own learning rate."""
+    params = [{"params": ps, "lr": lr} for ps, lr in groups]
+    lr = groups[-1][1]
     if isinstance(opt, Adam):
         # The fused kernel does the whole update in one pass over each tensor (on the CPU too,
         # since torch 2.4): about 30% off a collab epoch on the CPU, more on the GPU.
@@ -78,16 +79,16 @@ def make_optimizer(spec: Spec, model: torch.nn.Module, device: torch.device) -> 
                         dampening=opt.dampening)
 
 
-def make_scheduler(spec: Spec, optimizer, total_steps: int):
-    fit = spec.train.fit
+def make_scheduler(fit, opt, optimizer, total_steps: int):
+    """torch's OneCycleLR for fit_one_cycle, each group to its own peak; nothing for a constant lr."""
     if isinstance(fit, Fit):
         return None
     assert isinstance(fit, FitOneCycle)
-    opt = spec.train.optimizer
     # Momentum cycles for Adam (beta1) and for SGD / RMSProp that use momentum at all.
     cycle = isinstance(opt, Adam) or opt.momentum > 0
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=fit.lr, total_steps=total_steps, pct_start=fit.pct_start,
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
+        pct_start=fit.pct_start,
         anneal_strategy="cos", div_factor=fit.div, final_div_factor=fit.final_div,
         cycle_momentum=cycle, base_momentum=fit.moms[1], max_momentum=fit.moms[0])
 
@@ -183,13 +184,15 @@ def evaluate(spec: Spec, model, columns: dict[str, torch.Tensor], target: torch.
 class Progress:
     """The per-epoch table on stdout and a progress bar on stderr (only on a terminal)."""
 
-    def __init__(self, metrics: tuple[str, ...], out=None, err=None, bar: bool | None = None):
+    def __init__(self, metrics: tuple[str, ...], out=None, err=None, bar: bool | None = None,
+                 stages: bool = False):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.metrics = metrics
         self.bar = self.err.isatty() if bar is None else bar
         self.header_done = False
-        self.columns = ["epoch", "train_loss", "valid_loss", *metrics, "time"]
+        self.stages = stages  # a column for the stage when the plan has several
+        self.columns = ["stage"] * stages + ["epoch", "train_loss", "valid_loss", *metrics, "time"]
 
     def header(self) -> None:
         print("  ".join(f"{c:<10}" for c in self.columns).rstrip(), file=self.out, flush=True)
@@ -212,7 +215,8 @@ class Progress:
         if not self.header_done:
             self.header()
         mins, secs = divmod(int(round(record.seconds)), 60)
-        cells = [f"{record.epoch:<10}", f"{record.train_loss:<10.6f}", f"{record.valid_loss:<10.6f}",
+        cells = [f"{record.stage:<10}"] * self.stages + [
+                 f"{record.epoch:<10}", f"{record.train_loss:<10.6f}", f"{record.valid_loss:<10.6f}",
                  *(f"{record.metrics[m]:<10.6f}" for m in self.metrics), f"{mins:02d}:{secs:02d}"]
         print("  ".join(cells), file=self.out, flush=True)
 
@@ -222,9 +226,52 @@ def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str,
 
 
 def build_model(spec: Spec, prepared: Prepared):
-    """Seeded model construction (the same weights for the same spec and data)."""
+    """Seeded model construction (the same weights for the same spec and data), then the groups
+    that `init GROUP from "RUN"` names take their weights from that run."""
     torch.manual_seed(spec.train.seed)
-    return lower(spec.model, model_sizes(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
+    model = lower(spec.model, model_sizes(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
+    for init in spec.inits:
+        load_group(model, module_groups(spec, model), init)
+    return model
+
+
+def module_groups(spec: Spec, model) -> dict[str, str]:
+    """Submodule name -> its layer group."""
+    groups = {}
+    for name, _ in model.named_children():
+        for node in model.graph.nodes:
+            if node.op == "call_module" and node.target == name:
+                groups[name] = node.meta.get("group", "model")
+    return groups
+
+
+def load_group(model, groups: dict[str, str], init) -> None:
+    """Copy a group's weights from an earlier run's model.safetensors, checking names and shapes."""
+    from safetensors import safe_open
+
+    from specc.diagnostics import Diagnostic, SpecError
+
+    path = init.run / "model.safetensors"
+    where = f"{init.run}"
+    if not path.is_file():
+        raise SpecError([Diagnostic("E207", f"no model.safetensors in {where}", init.span,
+                                    ("train that run first: its run folder holds the weights",))])
+    with safe_open(str(path), framework="pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    state = model.state_dict()
+    wanted = [k for k in state if groups.get(k.split(".")[0]) == init.group]
+    problems = []
+    for key in wanted:
+        if key not in saved:
+            problems.append(f"the run has no '{key}'")
+        elif saved[key].shape != state[key].shape:
+            problems.append(f"'{key}' is {tuple(saved[key].shape)} in the run but {tuple(state[key].shape)} here")
+    if problems or not wanted:
+        notes = tuple(problems[:5]) or (f"group '{init.group}' has no weights",)
+        raise SpecError([Diagnostic("E207", f"cannot take group '{init.group}' from {where}", init.span, notes)])
+    with torch.no_grad():
+        for key in wanted:
+            state[key].copy_(saved[key])
 
 
 def _class_name(name: str) -> str:
@@ -247,23 +294,34 @@ class Interrupted(Exception):
         super().__init__(f"stopped in epoch {state.epoch} before step {state.step}")
 
 
+def _monitor_value(record: EpochRecord, monitor: str) -> float:
+    return record.valid_loss if monitor == "valid_loss" else record.metrics[monitor]
+
+
+def _better(monitor: str, new: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return new > best if monitor == "accuracy" else new < best
+
+
 def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
           progress: Progress | None = None, on_epoch=None, on_start=None, resume=None,
-          stop: StopRequest | None = None) -> tuple[torch.nn.Module, History]:
-    """Train the spec's model. `on_start(model)` runs before the first step (not on resume);
-    `on_epoch(model, record, history, state)` after each epoch, with the state to continue from.
-    `resume` (a specc.checkpoint.TrainState) continues a run where it stopped, to the same
-    weights as a run that never stopped; `stop.requested` stops it after the current step."""
+          stop: StopRequest | None = None, found_lrs: dict | None = None,
+          on_lr_found=None) -> tuple[torch.nn.Module, History]:
+    """Train the spec's model, stage by stage. `on_start(model)` runs before the first step (not
+    on resume); `on_epoch(model, record, history, state)` after each epoch, with the state to go on
+    from. `resume` (a specc.checkpoint.TrainState) continues a run where it stopped, to the same
+    weights as a run that never stopped; `stop.requested` stops it after the current step.
+    `found_lrs[stage]` replays a learning rate lr-find found before (`lr = find`), and
+    `on_lr_found(stage, lr, result)` is told of a new one."""
     from specc.checkpoint import TrainState
 
     model = build_model(spec, prepared).to(device)
     model.train()
     if on_start is not None and resume is None:
         on_start(model)
-    optimizer = make_optimizer(spec, model, device)
-    scheduler = make_scheduler(spec, optimizer, plan.total_steps)
+    owners = module_groups(spec, model)
     loss_of = loss_fn(spec)
-    params = [p for p in model.parameters() if p.requires_grad]
     inputs, target = spec.model.inputs, spec.data.target.name
     train_t = to_tensors(prepared.train, device)
     valid_t = to_tensors(prepared.valid, device)
@@ -275,15 +333,14 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     generator.manual_seed(spec.train.seed)
     history = History()
     ewma = (0.0, 0)
-    first_epoch, first_step, perm, losses, lrs, carried = 0, 0, None, [], [], 0.0
+    found_lrs = dict(found_lrs or {})
+    first_stage, first_epoch, first_step, perm, losses, lrs, carried = 0, 0, 0, None, [], [], 0.0
+    early, best_state = {}, None
     if resume is not None:
         model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        if scheduler is not None and resume.scheduler is not None:
-            scheduler.load_state_dict(resume.scheduler)
         torch.set_rng_state(resume.torch_rng)
         generator.set_state(resume.generator.to(generator.get_state().device))
-        first_epoch, first_step = resume.epoch, resume.step
+        first_stage, first_epoch, first_step = resume.stage, resume.epoch, resume.step
         perm = resume.perm.to(device) if resume.perm.numel() else None  # empty: draw the epoch's own
         losses = [v for v in resume.epoch_losses.to(device)]
         lrs, ewma, carried = list(resume.epoch_lrs), tuple(resume.ewma), resume.epoch_seconds
@@ -291,68 +348,146 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         history.step_loss = list(resume.history.get("step_loss", []))
         history.step_smooth = list(resume.history.get("step_smooth", []))
         history.step_lr = list(resume.history.get("step_lr", []))
+        early, found_lrs = dict(resume.early), {**found_lrs, **resume.found_lrs}
+        best_state = resume.best or None
     bar_every = 64
     check_every = 64  # steps between looks at the loss for NaN (one host sync each)
     warned = False
+    optimizer = scheduler = None
 
-    def state(epoch: int, step: int, seconds: float) -> TrainState:
+    def state(stage: int, epoch: int, step: int, seconds: float) -> TrainState:
         return TrainState(
-            epoch=epoch, step=step, perm=perm, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            epoch=epoch, step=step, perm=perm, model=model.state_dict(),
+            optimizer=optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []},
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             torch_rng=torch.get_rng_state(), generator=generator.get_state(),
             epoch_losses=torch.stack(losses) if losses else torch.zeros(0), epoch_lrs=list(lrs), ewma=ewma,
             records=[r.__dict__ for r in history.records],
             history={"step_loss": history.step_loss, "step_smooth": history.step_smooth,
-                     "step_lr": history.step_lr}, epoch_seconds=seconds)
+                     "step_lr": history.step_lr}, epoch_seconds=seconds, stage=stage, early=dict(early),
+            best=best_state or {}, found_lrs=dict(found_lrs))
 
-    for epoch in range(first_epoch, plan.epochs):
-        start = time.perf_counter() - carried
-        if epoch != first_epoch or perm is None or not perm.numel():
-            perm = torch.randperm(n, generator=generator, device=device)
-            losses, lrs = [], []  # detached loss tensors: no host synchronisation inside the epoch
-        lr_now = lrs[0] if lrs else optimizer.param_groups[-1]["lr"]
-        for s in range(first_step if epoch == first_epoch else 0, steps):
-            if stop is not None and stop.requested:
-                raise Interrupted(state(epoch, s, time.perf_counter() - start))
-            idx = perm[s * bs:(s + 1) * bs]
-            out = model(*[x[idx] for x in x_train])
-            loss = loss_of(_predict_column(spec, out), y_train[idx], params)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lrs.append(optimizer.param_groups[-1]["lr"])
-            if scheduler is not None:
-                scheduler.step()
-            losses.append(loss.detach())
-            if (s % check_every == check_every - 1 or s == steps - 1) and not warned:
-                recent = torch.stack(losses[-check_every:])
-                if not bool(torch.isfinite(recent).all()):
-                    first = len(losses) - len(recent) + int((~torch.isfinite(recent)).nonzero()[0, 0])
-                    if spec.train.stop_on_nan:
-                        raise TrainingDiverged("train", epoch, first, lrs[first])
-                    warned = True
-                    print(f"specc: warning: the loss became NaN or infinite in epoch {epoch}, step {first} "
-                          f"(lr {lrs[first]:.3g}); going on because stop_on_nan = false", file=sys.stderr)
-            if progress is not None and progress.bar and s % bar_every == bar_every - 1:
-                progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
-        carried = 0.0
-        raw = torch.stack(losses).double().cpu().numpy()
-        smoothed, ewma = smooth(raw, start=ewma)
-        scores = evaluate(spec, model, valid_t, valid_t[target])
-        seconds = time.perf_counter() - start
-        record = EpochRecord("train", epoch, float(smoothed[-1]), scores["loss"],
-                             {m: scores[m] for m in spec.train.metrics}, lr_now, seconds)
-        history.records.append(record)
-        history.step_loss.extend(raw.tolist())
-        history.step_smooth.extend(smoothed.tolist())
-        history.step_lr.extend(lrs)
-        if progress is not None:
-            progress.epoch(record)
-        if on_epoch is not None:
-            # the state to go on from is the start of the next epoch, whose permutation is not drawn yet
-            losses, lrs, perm = [], [], torch.zeros(0, dtype=torch.int64)
-            on_epoch(model, record, history, state(epoch + 1, 0, 0.0))
+    for si in range(first_stage, len(plan.stages)):
+        stage = plan.stages[si]
+        resuming = resume is not None and si == first_stage
+        frozen = {g.name for g, lr in zip(plan.groups, stage.lrs) if lr is None}
+        frozen_modules = [m for name, m in model.named_children() if owners.get(name) in frozen]
+        for name, module in model.named_children():
+            module.requires_grad_(owners.get(name) not in frozen)
+        _train_mode(model, frozen_modules)
+        groups = []
+        for g, lr in zip(plan.groups, stage.lrs):
+            if lr is not None:
+                ps = [p for name, m in model.named_children() if owners.get(name) == g.name for p in m.parameters()]
+                if ps:
+                    groups.append([ps, lr])
+        params = [p for ps, _ in groups for p in ps]
+        find = any(lr != lr for _, lr in groups)  # lr = find: NaN until the finder has run
+        optimizer = make_optimizer(spec.train.optimizer, [(ps, 1e-3 if find else lr) for ps, lr in groups])
+        if find:
+            if stage.name not in found_lrs:
+                result = _find_lr(spec, model, optimizer, loss_of, x_train, y_train, params, n, bs, generator,
+                                  device)
+                found_lrs[stage.name] = result.suggestions["valley"]
+                if on_lr_found is not None:
+                    on_lr_found(stage.name, found_lrs[stage.name], result)
+            for group in optimizer.param_groups:
+                group["lr"] = found_lrs[stage.name]
+        stage_steps = steps * stage.epochs
+        scheduler = make_scheduler(stage.fit, spec.train.optimizer, optimizer, stage_steps)
+        if resuming and resume.optimizer["param_groups"]:
+            optimizer.load_state_dict(resume.optimizer)
+            if scheduler is not None and resume.scheduler is not None:
+                scheduler.load_state_dict(resume.scheduler)
+        if not resuming:
+            early, best_state = {}, None
+        es = stage.early_stop
+        for epoch in range(first_epoch if resuming else 0, stage.epochs):
+            if es is not None and early.get("stopped"):
+                break
+            start = time.perf_counter() - (carried if resuming and epoch == first_epoch else 0.0)
+            if not (resuming and epoch == first_epoch) or perm is None or not perm.numel():
+                perm = torch.randperm(n, generator=generator, device=device)
+                losses, lrs = [], []  # detached loss tensors: no host synchronisation inside the epoch
+            lr_now = lrs[0] if lrs else optimizer.param_groups[-1]["lr"]
+            for s in range(first_step if resuming and epoch == first_epoch else 0, steps):
+                if stop is not None and stop.requested:
+                    raise Interrupted(state(si, epoch, s, time.perf_counter() - start))
+                idx = perm[s * bs:(s + 1) * bs]
+                out = model(*[x[idx] for x in x_train])
+                loss = loss_of(_predict_column(spec, out), y_train[idx], params)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                lrs.append(optimizer.param_groups[-1]["lr"])
+                if scheduler is not None:
+                    scheduler.step()
+                losses.append(loss.detach())
+                if (s % check_every == check_every - 1 or s == steps - 1) and not warned:
+                    recent = torch.stack(losses[-check_every:])
+                    if not bool(torch.isfinite(recent).all()):
+                        first = len(losses) - len(recent) + int((~torch.isfinite(recent)).nonzero()[0, 0])
+                        if spec.train.stop_on_nan:
+                            raise TrainingDiverged(stage.name, epoch, first, lrs[first])
+                        warned = True
+                        print(f"specc: warning: the loss became NaN or infinite in stage '{stage.name}', epoch "
+                              f"{epoch}, step {first} (lr {lrs[first]:.3g}); going on because stop_on_nan = false",
+                              file=sys.stderr)
+                if progress is not None and progress.bar and s % bar_every == bar_every - 1:
+                    progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
+            raw = torch.stack(losses).double().cpu().numpy()
+            smoothed, ewma = smooth(raw, start=ewma)
+            scores = evaluate(spec, model, valid_t, valid_t[target])
+            _train_mode(model, frozen_modules)
+            seconds = time.perf_counter() - start
+            record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
+                                 {m: scores[m] for m in spec.train.metrics}, lr_now, seconds)
+            history.records.append(record)
+            history.step_loss.extend(raw.tolist())
+            history.step_smooth.extend(smoothed.tolist())
+            history.step_lr.extend(lrs)
+            if progress is not None:
+                progress.epoch(record)
+            if es is not None:
+                value = _monitor_value(record, es.monitor)
+                if _better(es.monitor, value, early.get("best")):
+                    early.update(best=value, best_epoch=epoch, wait=0)
+                    if es.keep_best:
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    early["wait"] = early.get("wait", 0) + 1
+                    if early["wait"] >= es.patience:
+                        early["stopped"] = True
+            last = epoch == stage.epochs - 1 or early.get("stopped", False)
+            if last and es is not None and es.keep_best and best_state is not None:
+                model.load_state_dict(best_state)  # the stage ends with its best epoch's weights
+            if on_epoch is not None:
+                # the state to go on from: the next epoch (or stage), its permutation not drawn yet
+                losses, lrs, perm = [], [], torch.zeros(0, dtype=torch.int64)
+                if last:
+                    on_epoch(model, record, history, state(si + 1, 0, 0, 0.0))
+                else:
+                    on_epoch(model, record, history, state(si, epoch + 1, 0, 0.0))
+        first_epoch = first_step = 0
+        early, best_state = {}, None
     return model, history
+
+
+def _train_mode(model, frozen_modules) -> None:
+    """Training mode, except frozen groups: their batchnorm statistics and dropout stay as in eval."""
+    model.train()
+    for module in frozen_modules:
+        module.eval()
+
+
+def _find_lr(spec, model, optimizer, loss_of, x_train, y_train, params, n, bs, generator, device):
+    from specc.lrfind import lr_find
+
+    def step_loss(idx):
+        out = model(*[x[idx] for x in x_train])
+        return loss_of(_predict_column(spec, out), y_train[idx], params)
+
+    return lr_find(model, optimizer, step_loss, n, bs, generator, device=device)
 
 
 class TrainingDiverged(Exception):
@@ -362,3 +497,32 @@ class TrainingDiverged(Exception):
         self.stage, self.epoch, self.step, self.lr = stage, epoch, step, lr
         super().__init__(f"the loss became NaN or infinite in stage '{stage}', epoch {epoch}, step {step} "
                          f"(lr {lr:.3g}); try a smaller learning rate, or set stop_on_nan = false to go on")
+
+
+def simulate_schedules(spec: Spec, plan: TrainPlan) -> dict[str, tuple[list, list]]:
+    """Each group's learning rate and momentum at every step of every stage, from torch's own
+    schedulers on a stand-in parameter per group: what training will do, before any training.
+    A frozen group's rate is 0; a rate lr-find will pick is drawn at 1e-3 (a placeholder)."""
+    out = {g.name: ([], []) for g in plan.groups}
+    for stage in plan.stages:
+        live = [(g, lr) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
+        stand_ins = [[torch.nn.Parameter(torch.zeros(1))] for _ in live]
+        optimizer = make_optimizer(spec.train.optimizer, [(ps, 1e-3 if lr != lr else lr)
+                                                          for ps, (_, lr) in zip(stand_ins, live)])
+        total = plan.steps_per_epoch * stage.epochs
+        scheduler = make_scheduler(stage.fit, spec.train.optimizer, optimizer, total)
+        index = {g.name: k for k, (g, _) in enumerate(live)}
+        for _ in range(total):
+            for g in plan.groups:
+                lrs, moms = out[g.name]
+                if g.name in index:
+                    group = optimizer.param_groups[index[g.name]]
+                    lrs.append(group["lr"])
+                    moms.append(group["betas"][0] if "betas" in group else group.get("momentum", 0.0))
+                else:
+                    lrs.append(0.0)
+                    moms.append(float("nan"))
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+    return out

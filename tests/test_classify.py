@@ -116,8 +116,7 @@ def test_every_layer_exports(tmp_path, small_npz):
 
 def _one_param_steps(opt_spec, steps=3):
     p = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    spec = type("S", (), {"train": type("T", (), {"optimizer": opt_spec, "fit": type("F", (), {"lr": 0.1})()})()})()
-    opt = make_optimizer(spec, torch.nn.ParameterList([p]), torch.device("cpu"))
+    opt = make_optimizer(opt_spec, [([p], 0.1)])
     out = []
     for _ in range(steps):
         opt.zero_grad()

@@ -36,17 +36,10 @@ def _quadratic_steps(optimizer, p, steps):
     return out
 
 
-class _Spec:
-    """Just the fields make_optimizer reads."""
-
-    def __init__(self, optimizer, lr):
-        self.train = type("T", (), {"optimizer": optimizer, "fit": type("F", (), {"lr": lr})()})()
-
-
 def test_adam_with_decoupled_weight_decay_by_hand():
     lr, b1, b2, eps, wd = 0.1, 0.9, 0.99, 1e-8, 0.1
     p = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = make_optimizer(_Spec(Adam((b1, b2), eps, wd), lr), torch.nn.ParameterList([p]), torch.device("cpu"))
+    opt = make_optimizer(Adam((b1, b2), eps, wd), [([p], lr)])
     got = _quadratic_steps(opt, p, 3)
     # by hand: decay first (p *= 1 - lr*wd), then the bias-corrected Adam step
     w, m, v, want = 1.0, 0.0, 0.0, []
@@ -63,7 +56,7 @@ def test_adam_with_decoupled_weight_decay_by_hand():
 
 def test_sgd_momentum_with_decoupled_weight_decay_by_hand():
     p = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = make_optimizer(_Spec(SGD(0.9, 0.1, False), 0.1), torch.nn.ParameterList([p]), torch.device("cpu"))
+    opt = make_optimizer(SGD(0.9, 0.1, False), [([p], 0.1)])
     assert isinstance(opt, DecoupledSGD)
     got = _quadratic_steps(opt, p, 3)
     # step 1: g=1, p=0.99-0.1*1=0.89; step 2: g=0.89, buf=0.9+0.89=1.79, p=0.8811-0.179=0.7021
@@ -74,8 +67,8 @@ def test_sgd_momentum_with_decoupled_weight_decay_by_hand():
 def test_one_cycle_follows_the_seed_schedule(tiny):
     spec, _ = load_spec(tiny, ["train.fit.lr=1e-2"])
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = make_optimizer(spec, torch.nn.ParameterList([p]), torch.device("cpu"))
-    sched = make_scheduler(spec, opt, total_steps=100)
+    opt = make_optimizer(spec.train.optimizer, [([p], spec.train.fit.lr)])
+    sched = make_scheduler(spec.train.fit, spec.train.optimizer, opt, total_steps=100)
     lrs, moms = [], []
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])

@@ -177,6 +177,19 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
             if col.kind == CATEGORY:
                 values = np.asarray(values, dtype=object)
             raw_train[col.name], raw_valid_cols[col.name] = values[train_idx], values[valid_idx]
+    if data.keep_classes:  # only rows of these classes, in both splits
+        for part in (raw_train, raw_valid_cols):
+            labels = part[data.target.name]
+            texts = labels.astype(str) if labels.dtype.kind != "O" else np.array([str(v) for v in labels])
+            keep = np.isin(texts, np.array(data.keep_classes))
+            for name in list(part):
+                part[name] = part[name][keep]
+        if not len(raw_train[data.target.name]) or not len(raw_valid_cols[data.target.name]):
+            raise DataError(path, f"no rows of the classes {', '.join(data.keep_classes)} in "
+                            f"{'the training' if not len(raw_train[data.target.name]) else 'the validation'} rows",
+                            code="D106")
+    if data.train_rows is not None:  # only the first N training rows
+        raw_train = {name: values[:data.train_rows] for name, values in raw_train.items()}
     vocabs: dict[str, Vocab] = {}
     train: dict[str, np.ndarray] = {}
     valid: dict[str, np.ndarray] = {}
