@@ -259,7 +259,7 @@ class _Checker:
     def run(self) -> Spec | None:
         blocks: dict[str, ast.Block] = {}
         end = self.tree.source.end_span()
-        if not self.tree.blocks:
+        if not self.tree.blocks and not self.tree.commands:
             self.error("E104", "the spec is empty", end, ["a spec has a data, a model and a train block;"
                                                           " see specs/collab.spec"])
             return None

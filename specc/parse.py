@@ -274,6 +274,22 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
     found = _describe(tok)
     notes = []
     unclosed = _unclosed(before)
+    if tok.type == "LBRACE" and prev is not None and prev.type == "NAME":
+        if any(t.type == "LBRACE" for t in unclosed):
+            opener = [t for t in unclosed if t.type == "LBRACE"][-1]
+            return Diagnostic("E002", f"unexpected '{{': the block opened at line {source.line_of(opener.start_pos)} "
+                              "is not closed", Span(source, tok.start_pos, tok.end_pos),
+                              ("close it with '}' before this one",))
+        if source.line_of(tok.start_pos) != source.line_of(prev.end_pos):
+            return Diagnostic("E002", f"'{{' must be on the same line as '{prev}'", Span(source, tok.start_pos,
+                                                                                       tok.end_pos),
+                              (f"write `{prev} {{`",))
+    if "EQUAL" in accepts and tok.type in ("NUMBER", "LSQB", "MINUS") and prev is not None and \
+            prev.type == "NAME" and source.line_of(tok.start_pos) == source.line_of(prev.end_pos):
+        expected = "'='"  # `batch 64`: a setting without its '='
+        return Diagnostic("E002", f"expected '=' after '{prev}', found {found}", Span(source, tok.start_pos,
+                                                                                   tok.end_pos),
+                          (f"write `{prev} = {tok}`",))
     if unclosed and tok.type in ("LBRACE", "EQUAL", "COLON", "RBRACE") and unclosed[-1].type != "LBRACE":
         opener = unclosed[-1]
         notes.append(f"'{opener}' opened at line {source.line_of(opener.start_pos)}, column "

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT
 from specc.cli import main
+from specc.check import check
 from specc.diagnostics import SpecError
 from specc.parse import parse
 from specc.source import Source
@@ -23,14 +24,15 @@ PACKAGE = ROOT / "specc"
 
 def _first_error(text: str) -> str:
     with pytest.raises(SpecError) as err:
-        parse(Source("evil.spec", text))
+        check(parse(Source("evil.spec", text)))
     return err.value.render().splitlines()[0]
 
 
 def test_there_is_no_syntax_for_code():
     assert _first_error('data {\n  source = os.system("rm -rf ~")\n}') == \
         "evil.spec:2:14: error[E001]: unexpected character '.'"
-    assert _first_error("import os\ndata {}") == "evil.spec:1:8: error[E002]: unexpected 'os': expected '{'"
+    assert _first_error("import os\ndata {}") == "evil.spec:1:1: error[E102]: unknown statement 'import'"
+    assert _first_error('exec "rm -rf /"\n') == "evil.spec:1:1: error[E102]: unknown statement 'exec'"
     assert _first_error("data {\n  x = `ls`\n}") == "evil.spec:2:7: error[E001]: unexpected character '`'"
 
 
