@@ -338,8 +338,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="pyarrow's CPU and I/O thread pools (default: pyarrow's own, every core)")
     ap.add_argument("--reps", type=int, default=None,
-                    help="runs of each of specc's readers and of pyarrow (default 3; 1 with --quick); the"
-                    " median is reported. The slow reference readers run once.")
+                    help="runs of specc's prepare (default 3; 1 with --quick); specc's read_table and pyarrow,"
+                    " which take seconds and vary with the other load on the machine, run 2 * reps + 1 times."
+                    " The median is reported. The slow reference readers run once.")
     ap.add_argument("--profile", action="store_true", help="instead of the benchmark, time prepare()'s stages")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -378,7 +379,7 @@ def main(argv=None) -> int:
 
     def run(kind: str, limit: int | None = None, times: int = 1) -> dict:
         runs = [run_child(kind, path, limit, subset, args.threads) for _ in range(times)]
-        res = dict(runs[len(runs) // 2] if times == 1 else sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2])
+        res = dict(sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2])  # the median run's record
         res["all_s"] = [r["seconds"] for r in runs]
         res["seconds"] = statistics.median(res["all_s"])
         res["maxrss_mb"] = max(r["maxrss_mb"] for r in runs)
@@ -396,10 +397,12 @@ def main(argv=None) -> int:
         results[kind] = res
         return res
 
-    print(f"\ntiming (each run in a fresh process; {reps} runs of specc's readers and pyarrow's, median):")
-    run("specc_read_table", times=reps)
+    fast = 2 * reps + 1
+    print(f"\ntiming (each run in a fresh process; medians of {fast} runs of read_table and pyarrow, {reps} of "
+          "prepare):")
+    run("specc_read_table", times=fast)
     run("specc_prepare", times=reps)
-    run("pyarrow", times=reps)
+    run("pyarrow", times=fast)
     small = run("loadtxt", limit=subset)
     if small["full_s"] <= LOADTXT_FULL_LIMIT_S and not args.quick:
         results["loadtxt_subset"] = results.pop("loadtxt")
@@ -410,7 +413,7 @@ def main(argv=None) -> int:
         run("csv")
     pandas = have_pandas()
     if pandas:
-        run("pandas", times=reps)
+        run("pandas", times=fast)
     else:
         print("  pandas: not installed, not timed")
 

@@ -6,6 +6,7 @@ like the rest of the spec). Keys are dotted paths:
     train.optimizer.wd=0.01
     train.fit_one_cycle.epochs=1       an argument of the fit statement (`train.fit.epochs` too)
     train.fit=fit(epochs=2, lr=1e-3)   the whole fit statement
+    train.all.fit.lr=slice(1e-4, 1e-3) an argument of the fit statement of stage `all`
     model.u=embedding(user, 50)        a model definition
     model.u.dim=50                     one argument of a model definition
 """
@@ -46,7 +47,7 @@ def _apply_one(tree: ast.SpecFile, text: str) -> ast.SpecFile:
     key = key.strip()
     source = Source(OVERRIDE_PATH, text)
     key_span = Span(source, 0, len(key))
-    if not _KEY.fullmatch(key) or key.count(".") not in (1, 2):
+    if not _KEY.fullmatch(key) or key.count(".") not in (1, 2, 3):
         raise SpecError([Diagnostic("E102", f"'{key}' is not a key", key_span,
                                     ["keys look like data.batch, train.optimizer.wd or model.u.dim"])])
     value = parse_expr(source, len(text) - len(text.partition("=")[2]))
@@ -78,7 +79,11 @@ def _keys(block: ast.Block) -> list[str]:
                 table = _table(name, stmt.target.id)
                 for p in SIGNATURES.get(table, {}).get(stmt.value.func.id, ()):
                     keys.append(f"{name}.{stmt.target.id}.{p.name}")
-        else:
+        elif isinstance(stmt, ast.Section):
+            for inner in stmt.body:
+                if isinstance(inner, ast.CallStmt) and inner.call.func.id in SIGNATURES["fit"]:
+                    keys += [f"{name}.{stmt.name.id}.fit.{p.name}" for p in SIGNATURES["fit"][inner.call.func.id]]
+        elif isinstance(stmt, ast.CallStmt):
             func = stmt.call.func.id
             keys += [f"{name}.fit", f"{name}.{func}"]
             for p in SIGNATURES["fit"].get(func, ()):
@@ -93,6 +98,14 @@ def _table(block: str, setting: str) -> str:
 def _in_block(block: ast.Block, path: list[str], value: ast.Expr, source: Source, key: str) -> ast.Block:
     name = path[0]
     body = list(block.body)
+    if block.name.id == "train" and len(path) == 3:
+        # train.STAGE.fit.lr: an argument of a stage's fit statement
+        for k, stmt in enumerate(body):
+            if isinstance(stmt, ast.Section) and stmt.kind.id == "stage" and stmt.name.id == name:
+                inner = dataclasses.replace(block, body=stmt.body)
+                changed = _in_block(inner, path[1:], value, source, key)
+                body[k] = dataclasses.replace(stmt, body=changed.body)
+                return dataclasses.replace(block, body=tuple(body))
     if len(path) == 1 and block.name.id == "train" and name in ("fit", *SIGNATURES["fit"]):
         # the whole fit statement: train.fit=fit_one_cycle(epochs=1, lr=1e-3)
         if not isinstance(value, ast.Call) or value.func.id not in SIGNATURES["fit"]:
