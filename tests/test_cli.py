@@ -60,7 +60,8 @@ def test_data_error_exit_1_without_traceback(tiny, capsys):
     assert err == f"{tiny.parent}/ratings.csv:2: error[D104]: column 'rating': expected a number, found 'oops'\n"
 
 
-def test_show_stages(tiny, capsys):
+def test_show_stages(tiny, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # show --stage plan draws tiny_plan.png here
     assert main(["show", str(tiny), "--stage", "ast"]) == 0
     assert "Block  @1:1" in capsys.readouterr().out
     assert main(["show", str(tiny), "--stage", "code"]) == 0
