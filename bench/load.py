@@ -12,10 +12,11 @@ any directory):
 
     python bench/load.py                  # the full run, about 6 minutes (plus about a minute to generate
                                           # the file the first time)
-    python bench/load.py --quick          # smoke run on a 2.5M-row file of a tenth of the shape
+    python bench/load.py --quick          # smoke run on a 2.5M-row file of a tenth of the shape (15 s)
     python bench/load.py --json out.json  # also save the numbers
     python bench/load.py --threads 1      # pyarrow's thread pool size (default: every core)
-    python bench/load.py --profile        # no reference readers: time prepare()'s stages one by one
+    python bench/load.py --profile        # no reference readers: prepare()'s stages one by one, and
+                                          # what the changes suggested in bench/README.md would give
 
 See bench/README.md for the method and the last measured table.
 """
@@ -205,7 +206,47 @@ def read_pandas(path: Path, limit: int | None):
     return seconds, len(frame), base, cols, {}
 
 
+def read_whatif_prepare(path: Path, limit: int | None):
+    """prepare() with the changes suggested in bench/README.md, written here (specc is not changed):
+    int64 category columns stay int64, so that Vocab.fit takes its integer path, and the lookup is
+    np.searchsorted on the sorted vocabulary. Same vocabularies and indices as specc's prepare (the
+    --profile stage run asserts it). For the csv, random-split, integer-id case of collab.spec only."""
+    from specc.data.prepare import Vocab, column_stats, split_rows
+    from specc.data.table import check_finite, read_table
+
+    spec = spec_for(path)
+    data = spec.data
+    wanted = (*data.inputs, data.target)
+    base = maxrss_mb()
+    start = time.perf_counter()
+    table = read_table(data.source, wanted)
+    check_finite(table, data.target.name, allow_nan=False, target=True)
+    train_idx, valid_idx = split_rows(table.rows, data.valid, table.path)
+    train, valid, vocabs, raw_valid = {}, {}, {}, {}
+    for col in data.inputs:
+        values = table.columns[col.name]
+        assert values.dtype == np.int64
+        tr, va = values[train_idx], values[valid_idx]
+        vocab = vocabs[col.name] = Vocab.fit(col.name, tr)
+        keys = np.asarray([int(v) for v in vocab.values], dtype=np.int64)  # sorted by fit
+        train[col.name] = np.searchsorted(keys, tr) + 1
+        pos = np.minimum(np.searchsorted(keys, va), len(keys) - 1)
+        valid[col.name] = np.where(keys[pos] == va, pos + 1, 0)
+        raw_valid[col.name] = va.tolist()
+    target = data.target.name
+    values = table.columns[target]
+    train[target] = np.ascontiguousarray(values[train_idx], dtype=np.float32)
+    valid[target] = np.ascontiguousarray(values[valid_idx], dtype=np.float32)
+    raw_valid[target] = values[valid_idx].tolist()
+    _ = {c.name: column_stats(train[c.name]) for c in data.inputs if c.kind != "category"}
+    seconds = time.perf_counter() - start
+    extra = {"n_train": len(train_idx), "n_valid": len(valid_idx), "users": vocabs["user"].size - 1,
+             "items": vocabs["item"].size - 1}
+    return seconds, len(train_idx) + len(valid_idx), base, None, extra
+
+
 READERS = {
+    "whatif_prepare": read_whatif_prepare,
     "specc_read_table": read_specc_table,
     "specc_prepare": read_specc_prepare,
     "pyarrow": read_pyarrow,
@@ -251,14 +292,27 @@ def run_child(kind: str, path: Path, limit: int | None, check_rows: int, threads
 
 # --------------------------------------------------------------------------- prepare, stage by stage
 
-def profile_prepare(path: Path) -> None:
-    """prepare()'s steps for a csv source, taken one at a time with specc's own functions, in the
-    order specc.data.prepare.prepare runs them (as of this bench's writing), and what the integer
-    columns would cost on the paths that keep them int64."""
+def profile_prepare(path: Path, threads: int | None) -> None:
+    """What prepare() would cost with the changes suggested in bench/README.md (read_whatif_prepare,
+    in fresh processes); then prepare()'s steps for a csv source, taken one at a time with specc's
+    own functions in the order specc.data.prepare.prepare runs them (as of this bench's writing),
+    and the integer columns' work on the int64 path, checked to give the same vocabularies and indices."""
+    # First, while this process is still small (a child's ru_maxrss starts from its parent's size):
+    print("prepare() with the suggested changes (int64 ids kept, searchsorted lookup), in a fresh process:")
+    for _ in range(3):
+        r = run_child("whatif_prepare", path, None, SUBSET, threads)
+        print(f"  {r['seconds']:.2f} s, peak RSS {r['maxrss_mb']:,.0f} MB; {r['n_train']:,} + {r['n_valid']:,} rows, "
+              f"{r['users']:,} users, {r['items']:,} items", flush=True)
+
+    import pyarrow as pa
+
     from specc.data.prepare import Vocab, split_rows
     from specc.data.table import check_finite, read_table
     from specc.spec import CATEGORY
 
+    if threads:
+        pa.set_cpu_count(threads)
+        pa.set_io_thread_count(threads)
     spec = spec_for(path)
     data = spec.data
     wanted = (*data.inputs, data.target)
@@ -271,7 +325,7 @@ def profile_prepare(path: Path) -> None:
         print(f"  {label:<62} {times[-1][1]:7.2f} s   (peak RSS so far {maxrss_mb():,.0f} MB)", flush=True)
         return value
 
-    print(f"prepare() of {SPEC} on {path}, stage by stage:")
+    print(f"\nprepare() of {SPEC} on {path}, stage by stage:")
     table = timed("read_table (pyarrow, strings, cast)", lambda: read_table(data.source, wanted))
     timed("check_finite(rating)", lambda: check_finite(table, "rating", allow_nan=False, target=True))
     train_idx, valid_idx = timed("split_rows: random(0.1, seed=42), sorted indices",
@@ -333,7 +387,7 @@ def have_pandas() -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: a 2.5M-row file, one run of each reader")
+    ap.add_argument("--quick", action="store_true", help="smoke run: a 2.5M-row file of a tenth of the shape, one run of prepare")
     ap.add_argument("--json", metavar="PATH", help="save the numbers as JSON")
     ap.add_argument("--threads", type=int, default=None,
                     help="pyarrow's CPU and I/O thread pools (default: pyarrow's own, every core)")
@@ -341,7 +395,7 @@ def main(argv=None) -> int:
                     help="runs of specc's prepare (default 3; 1 with --quick); specc's read_table and pyarrow,"
                     " which take seconds and vary with the other load on the machine, run 2 * reps + 1 times."
                     " The median is reported. The slow reference readers run once.")
-    ap.add_argument("--profile", action="store_true", help="instead of the benchmark, time prepare()'s stages")
+    ap.add_argument("--profile", action="store_true", help="instead of the benchmark, time prepare()'s stages and the suggested changes")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
@@ -367,12 +421,7 @@ def main(argv=None) -> int:
     size_gb = path.stat().st_size / 1e9
     n = shape["ratings"]
     if args.profile:
-        import pyarrow as pa
-
-        if args.threads:
-            pa.set_cpu_count(args.threads)
-            pa.set_io_thread_count(args.threads)
-        profile_prepare(path)
+        profile_prepare(path, args.threads)
         return 0
 
     results: dict[str, dict] = {}

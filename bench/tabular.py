@@ -14,7 +14,7 @@ take the per-step procs apart from specc's own machinery, fused with the procs i
 specc does them. The four are timed alternately (ABCDABCD...) after a warm-up; the medians are
 compared. Usage (from any directory):
 
-    python bench/tabular.py                 # batch 64 and 1024, the full run (about 3 minutes on 2 cores)
+    python bench/tabular.py                 # batch 64 and 1024, the full run (about 2.5 minutes on 2 cores)
     python bench/tabular.py --quick         # smoke run: one timed epoch of each
     python bench/tabular.py --json out.json # also save the numbers
 

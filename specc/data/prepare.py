@@ -56,14 +56,23 @@ class Vocab:
         """Indices of raw values (strings as read, or ints). Unseen values map to 0 for an input,
         to -1 for a target (which has no unknown class)."""
         first, missing = (1, 0) if self.unknown else (0, -1)
+        raw = np.asarray(raw) if not isinstance(raw, np.ndarray) else raw
+        if self.integer and raw.dtype.kind in "iu":
+            # vectorised: 25 million ids in well under a second
+            keys = np.array([int(v) for v in self.values], dtype=np.int64)
+            pos = np.clip(np.searchsorted(keys, raw), 0, max(len(keys) - 1, 0))
+            found = keys[pos] == raw if len(keys) else np.zeros(len(raw), bool)
+            return np.where(found, pos + first, missing).astype(np.int64)
+        # text: look each distinct value up once
+        uniques, inverse = np.unique(raw.astype(object) if raw.dtype.kind != "O" else raw, return_inverse=True)
         if self.integer:
             table = {int(v): k + first for k, v in enumerate(self.values)}
-            keys = [(_as_int(v) if isinstance(v, str) else int(v)) for v in raw]
+            keys = [(_as_int(v) if isinstance(v, str) else int(v)) for v in uniques]
         else:
             table = {v: k + first for k, v in enumerate(self.values)}
-            keys = [str(v) for v in raw]
-        get = table.get
-        return np.fromiter((get(k, missing) for k in keys), dtype=np.int64, count=len(keys))
+            keys = [str(v) for v in uniques]
+        codes = np.array([table.get(k, missing) for k in keys], dtype=np.int64)
+        return codes[inverse.reshape(-1)] if len(raw) else np.zeros(0, dtype=np.int64)
 
     def to_json(self) -> dict:
         return {"column": self.column, "values": list(self.values), "counts": list(self.counts),
@@ -114,7 +123,7 @@ class Prepared:
     train: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
     vocabs: dict[str, Vocab]
-    raw_valid: dict[str, list]  # the validation rows as read, for export's parity check
+    raw_valid: dict[str, np.ndarray]  # the validation rows as read, for export's parity check
     path: str
     stats: dict[str, ColumnStats] = None  # float input columns' training statistics
 
@@ -175,7 +184,7 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
         for col in wanted:
             values = table.columns[col.name]
             if col.kind == CATEGORY:
-                values = np.asarray(values, dtype=object)
+                values = values if values.dtype.kind in "iu" else np.asarray(values, dtype=object)
             raw_train[col.name], raw_valid_cols[col.name] = values[train_idx], values[valid_idx]
     if data.keep_classes:  # only rows of these classes, in both splits
         for part in (raw_train, raw_valid_cols):
@@ -208,7 +217,7 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
         else:
             train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
             valid[col.name] = np.ascontiguousarray(raw_valid_cols[col.name], dtype=np.float32)
-    raw_valid = {c: list(v) for c, v in raw_valid_cols.items()}
+    raw_valid = raw_valid_cols  # arrays: parity takes a few rows of them
     stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind != CATEGORY and not c.shape}
     return Prepared(train, valid, vocabs, raw_valid, path, stats)
 
