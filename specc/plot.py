@@ -6,12 +6,26 @@ import io
 import math
 
 
-def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
-    """Smoothed training loss per step, validation loss per epoch, and the learning rate below."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported when first drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(plt, fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
+    """Smoothed training loss per step, validation loss per epoch, and the learning rate below."""
+    plt = _pyplot()
 
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(3, 1))
     steps = range(1, len(history.step_smooth) + 1)
@@ -34,20 +48,14 @@ def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(plt, fig, dpi=100)
 
 
 def image_grid_png(images, labels, title: str) -> bytes:
     """A square grid of grey images, each with its label above it (fastai's show_batch)."""
     import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     n = len(images)
     cols = math.ceil(math.sqrt(n))
@@ -60,18 +68,12 @@ def image_grid_png(images, labels, title: str) -> bytes:
             ax.set_title(labels[k], fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(plt, fig, dpi=80)
 
 
 def lr_find_png(result, title: str) -> bytes:
     """The smoothed loss against the learning rate (log scale), with the suggestions marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     finite = [(lr, v) for lr, v in zip(result.lrs, result.losses) if math.isfinite(v)]
@@ -88,18 +90,12 @@ def lr_find_png(result, title: str) -> bytes:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(plt, fig, dpi=100)
 
 
 def schedule_png(plan, schedules, title: str) -> bytes:
     """The learning rate and momentum of every group over every step of every stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
     for name, (lrs, moms) in schedules.items():
@@ -119,7 +115,4 @@ def schedule_png(plan, schedules, title: str) -> bytes:
     for ax in (ax_lr, ax_mom):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(plt, fig, dpi=100)
