@@ -1,5 +1,6 @@
 """Lowering: checked model -> torch.fx GraphModule, against a hand-written module."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,12 +11,17 @@ from specc.run import load_spec
 COLLAB = ROOT / "specs" / "collab.spec"
 
 
-def test_generated_code_is_golden():
-    # Regenerate with: specc show specs/collab.spec --stage code > tests/data/golden/collab.code
-    spec, _ = load_spec(COLLAB)
-    gm = lower(spec.model, {"user": 10, "item": 12})
-    golden = (ROOT / "tests" / "data" / "golden" / "collab.code").read_text()
-    assert gm.code.strip("\n") == golden.strip("\n")
+SPECS = sorted((ROOT / "specs").glob("*.spec"))
+
+
+@pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
+def test_generated_code_is_golden(spec_path):
+    # Regenerate with: python tests/regen_code.py (then read the diff)
+    from regen_code import generated_code
+
+    assert len(SPECS) >= 7
+    golden = ROOT / "tests" / "data" / "golden" / f"{spec_path.stem}.code"
+    assert generated_code(spec_path) == golden.read_text()
 
 
 def test_names_are_the_specs_and_spans_are_kept():
