@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT
 from specc import ast
 from specc.check import DATA_SETTINGS, LOSSES, METRICS, SIGNATURES, TRAIN_SETTINGS
+from specc.spec import PROCS
 from specc.parse import parse, read_source
 from specc.run import load_spec
 
@@ -51,6 +52,10 @@ def _walk(node, out):
         out["calls"].add(node.stage.id)  # `x |> relu` calls relu
     if isinstance(node, ast.Assign):
         out["settings"].add(node.target.id)
+    if isinstance(node, ast.Section):
+        out["names"].add(node.kind.id)  # group, stage
+    if isinstance(node, ast.Command):
+        out["names"].add(node.name.id)  # freeze, unfreeze, init
     if isinstance(node, ast.Name):
         out["names"].add(node.id)
     if hasattr(node, "__dataclass_fields__"):
@@ -64,7 +69,9 @@ def test_every_feature_has_an_example(tmp_path):
     for name, text in EXAMPLES:
         path = tmp_path / f"{name}.spec"
         path.write_text(text)
-        _walk(parse(read_source(path)), used)
+        tree = parse(read_source(path))
+        _walk(tree, used)
+        _walk(tree.commands, used)
     missing = []
     for table in SIGNATURES.values():
         for func, params in table.items():
@@ -73,5 +80,6 @@ def test_every_feature_has_an_example(tmp_path):
             missing += [f"{func}.{p.name}" for p in params
                         if not p.required and f"{func}.{p.name}" not in used["keywords"]]
     missing += [s for s in DATA_SETTINGS + TRAIN_SETTINGS if s not in used["settings"]]
-    missing += [n for n in (*LOSSES, *METRICS, "true", "false") if n not in used["names"]]
+    missing += [n for n in (*LOSSES, *METRICS, *PROCS, "true", "false", "classes", "find", "group", "stage",
+                            "freeze", "unfreeze", "init") if n not in used["names"]]
     assert missing == []
