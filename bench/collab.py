@@ -262,7 +262,11 @@ def main(argv=None) -> int:
                     " < 256, 31 otherwise; 1 with --quick)")
     ap.add_argument("--profile", type=int, metavar="STEPS", default=0,
                     help="instead of timing, cProfile both loops on STEPS steps of the first batch size")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where both loops run (cuda: on the GPU machine, see bench/gpu.sh)")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     json_path = Path(args.json).resolve() if args.json else None
     os.chdir(ROOT)  # the spec's data path is relative to the spec; --set paths to the cwd
     torch.set_num_threads(args.threads)

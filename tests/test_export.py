@@ -86,3 +86,14 @@ def test_model_runs_with_onnxruntime_and_numpy_alone(tiny, tmp_path):
         want = model(*idx)[:, 0].numpy()
     assert np.allclose(got["rating"], want, atol=1e-5)
     assert all(0 < r < 5.5 for r in got["rating"])
+
+
+def test_io_binding_gives_the_same_outputs(tiny):
+    from specc.infer import Session
+
+    spec, prepared, model = _trained(tiny)
+    session = Session(to_onnx(spec, model, prepared.vocabs).SerializeToString(), device="cpu")
+    feed = {"user": np.array([1, 2, 10**9], dtype=np.int64), "item": np.array([3, 4, 5], dtype=np.int64)}
+    assert session.device == "cpu"
+    bound, plain = session.run_bound(feed), session.run(feed)
+    assert np.array_equal(bound["rating"], plain["rating"])
