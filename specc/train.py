@@ -355,17 +355,20 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     warned = False
     optimizer = scheduler = None
 
-    def state(stage: int, epoch: int, step: int, seconds: float) -> TrainState:
+    def state(stage: int, epoch: int, step: int, seconds: float, next_stage: bool = False) -> TrainState:
+        # At the start of a new stage there is no optimizer, scheduler or early-stopping state yet:
+        # the stage makes its own, as a run that never stopped does.
         return TrainState(
             epoch=epoch, step=step, perm=perm, model=model.state_dict(),
-            optimizer=optimizer.state_dict() if optimizer is not None else {"state": {}, "param_groups": []},
-            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            optimizer={"state": {}, "param_groups": []} if next_stage or optimizer is None else optimizer.state_dict(),
+            scheduler=None if next_stage or scheduler is None else scheduler.state_dict(),
             torch_rng=torch.get_rng_state(), generator=generator.get_state(),
             epoch_losses=torch.stack(losses) if losses else torch.zeros(0), epoch_lrs=list(lrs), ewma=ewma,
             records=[r.__dict__ for r in history.records],
             history={"step_loss": history.step_loss, "step_smooth": history.step_smooth,
-                     "step_lr": history.step_lr}, epoch_seconds=seconds, stage=stage, early=dict(early),
-            best=best_state or {}, found_lrs=dict(found_lrs))
+                     "step_lr": history.step_lr}, epoch_seconds=seconds, stage=stage,
+            early={} if next_stage else dict(early), best={} if next_stage else (best_state or {}),
+            found_lrs=dict(found_lrs))
 
     for si in range(first_stage, len(plan.stages)):
         stage = plan.stages[si]
@@ -465,7 +468,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                 # the state to go on from: the next epoch (or stage), its permutation not drawn yet
                 losses, lrs, perm = [], [], torch.zeros(0, dtype=torch.int64)
                 if last:
-                    on_epoch(model, record, history, state(si + 1, 0, 0, 0.0))
+                    on_epoch(model, record, history, state(si + 1, 0, 0, 0.0, next_stage=True))
                 else:
                     on_epoch(model, record, history, state(si, epoch + 1, 0, 0.0))
         first_epoch = first_step = 0

@@ -234,3 +234,23 @@ def test_a_stage_that_freezes_everything_or_unknown_groups(tmp_path, digits):
     text = err.value.render()
     assert "stage 's' freezes every group: nothing would train" in text
     assert "unknown group 'bdy'" in text and "did you mean 'body'?" in text
+
+
+def test_resume_at_a_stage_boundary(tmp_path, digits):
+    from specc.checkpoint import from_safetensors, to_safetensors
+
+    spec, prepared, plan = _prepared(_spec(tmp_path, digits))
+    whole, _ = train(spec, prepared, plan, pick_device("cpu"))
+    saved = []  # serialised at once, as the run folder does: a state holds the live tensors
+
+    def keep(model, record, history, state):
+        path = tmp_path / f"c{len(saved)}.safetensors"
+        path.write_bytes(to_safetensors(state, {}))
+        saved.append(path)
+
+    train(spec, prepared, plan, pick_device("cpu"), on_epoch=keep)
+    boundary = from_safetensors(saved[1])[0]  # after the head stage's last epoch: the start of stage 'all'
+    assert (boundary.stage, boundary.epoch, boundary.step) == (1, 0, 0)
+    assert boundary.optimizer["param_groups"] == [] and boundary.scheduler is None
+    resumed, _ = train(spec, prepared, plan, pick_device("cpu"), resume=boundary)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
