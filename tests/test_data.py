@@ -76,11 +76,15 @@ def test_data_error_messages(tmp_path):
         "TMP/r.csv:3: error[D105]: column 'rating': expected a finite number, found a missing value (NaN)"
 
 
-def test_missing_file(tmp_path):
+def test_missing_file_is_reported_at_the_line_that_names_it(tmp_path):
     spec, _ = load_spec(collab_spec(tmp_path, data="nowhere.csv"))
-    with pytest.raises(DataError) as err:
+    with pytest.raises(SpecError) as err:
         prepare(spec.data, spec.model.inputs)
-    assert str(err.value) == f"{tmp_path}/nowhere.csv: error[D101]: file not found"
+    assert err.value.render() == (
+        f"{tmp_path}/tiny.spec:2:18: error[E208]: data file not found: {tmp_path}/nowhere.csv\n"
+        '  2 |     source = csv("nowhere.csv")\n'
+        "    |                  ^~~~~~~~~~~~~\n"
+        "  = note: a path in a spec is relative to the spec's folder; one given with --set, to the working folder")
 
 
 def test_header_without_a_spec_column_points_at_the_spec(tmp_path):

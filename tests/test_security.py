@@ -40,7 +40,7 @@ def test_a_string_that_looks_like_code_is_only_a_path(tiny, tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)
     code = "__import__('os').system('touch pwned')"
     assert main(["check", str(tiny), "--set", f'data.source.path="{code}"']) == 1
-    assert capsys.readouterr().err == f"{tmp_path}/{code}: error[D101]: file not found\n"
+    assert capsys.readouterr().err.startswith(f"--set:1:18: error[E208]: data file not found: {tmp_path}/{code}\n")
     assert not (tmp_path / "pwned").exists()
 
 

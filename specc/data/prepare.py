@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specc.data.table import Table, check_finite, read_table
+from specc.data.table import Table, check_finite, missing_file, read_table
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
 from specc.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, LastSplit, NpzSource, RandomSplit, RowSplit
 
@@ -228,7 +228,7 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
     that the spec's `valid` split divides."""
     path = str(source.path)
     if not source.path.is_file():
-        raise DataError(path, "file not found", code="D101")
+        raise missing_file(source)
     try:
         archive = np.load(source.path, allow_pickle=False)
     except (ValueError, OSError) as err:

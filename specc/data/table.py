@@ -32,10 +32,18 @@ class Table:
         return _python_read(self.source, self.wanted, row_limit=row + 1).lines[row]
 
 
+def missing_file(source) -> Exception:
+    """A data file that is not there: reported at the spec line that names it, when there is one."""
+    if source.span is None:
+        return DataError(str(source.path), "file not found", code="D101")
+    note = "a path in a spec is relative to the spec's folder; one given with --set, to the working folder"
+    return SpecError([Diagnostic("E208", f"data file not found: {source.path}", source.span, (note,))])
+
+
 def _open(source: CsvSource):
     path = source.path
     if not path.exists():
-        raise DataError(str(path), "file not found", code="D101")
+        raise missing_file(source)
     if path.is_dir():
         raise DataError(str(path), "is a folder, not a data file", code="D101")
     try:
