@@ -38,6 +38,7 @@ from specc.train import build_model, train
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/collab.spec"
 DEVICE = torch.device("cpu")
+DEVICE_STEP = False  # --device-step: specc's device-resident step (specc.fastpath) instead of the plain loop
 
 # The hand-written loop's settings, written out as a person would; `check_settings` makes sure they
 # are the ones specc reads from the spec, so that the two loops do the same work.
@@ -157,7 +158,7 @@ def check_settings(spec, plan, batch: int) -> None:
 def specc_epoch(spec, prepared, plan):
     """One call of specc.train.train: (model, valid MSE, wall s, CPU s of the call, loop+valid wall s)."""
     cpu, start = time.process_time(), time.perf_counter()
-    model, history = train(spec, prepared, plan, DEVICE, progress=None)
+    model, history = train(spec, prepared, plan, DEVICE, progress=None, device_step=DEVICE_STEP)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     rec = history.records[-1]
     return model, rec.valid_loss, wall, cpu, rec.seconds
@@ -262,11 +263,14 @@ def main(argv=None) -> int:
                     " < 256, 31 otherwise; 1 with --quick)")
     ap.add_argument("--profile", type=int, metavar="STEPS", default=0,
                     help="instead of timing, cProfile both loops on STEPS steps of the first batch size")
+    ap.add_argument("--device-step", action="store_true",
+                    help="time specc's device-resident step (the GPU fast path's groundwork)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="where both loops run (cuda: on the GPU machine, see bench/gpu.sh)")
     args = ap.parse_args(argv)
-    global DEVICE
+    global DEVICE, DEVICE_STEP
     DEVICE = torch.device(args.device)
+    DEVICE_STEP = args.device_step
     json_path = Path(args.json).resolve() if args.json else None
     os.chdir(ROOT)  # the spec's data path is relative to the spec; --set paths to the cwd
     torch.set_num_threads(args.threads)

@@ -5,7 +5,8 @@
 #   1. the collab training epoch, specc against a hand-written eager loop (same model, batches,
 #      fused AdamW, OneCycleLR), at batch 64 and 4096, on the GPU;
 #   2. inference: onnxruntime's CUDA provider with IO binding against torch eager, batch 1 to 65,536.
-# Not measured yet (not built yet): the CUDA-graph fast path and the 25M-rating workload.
+#   1b. the same with specc's device-resident step (specc.fastpath), not yet captured in a CUDA graph.
+# Not measured yet (not built yet): the CUDA-graph capture of that step and the 25M-rating workload.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/specc-gpu}
@@ -24,5 +25,7 @@ echo "== check: train and export the collab spec on the GPU (1 epoch)"
 timeout 120 python3 -m specc train specs/collab.spec --device cuda --out "$OUT/run" --set train.fit.epochs=1
 echo "== 1. training epoch: specc against a hand-written eager loop"
 timeout 300 python3 bench/collab.py --device cuda --batches 64 4096 --reps 3 --json "$OUT/collab.json"
+echo "== 1b. the same with specc's device-resident step (no capture yet)"
+timeout 200 python3 bench/collab.py --device cuda --device-step --batches 64 4096 --reps 3 --json "$OUT/collab_device_step.json"
 echo "== 2. inference: onnxruntime CUDA + IO binding against torch eager"
 timeout 120 python3 bench/infer.py --device cuda --json "$OUT/infer.json"

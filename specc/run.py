@@ -89,7 +89,7 @@ def load_resume(run: Path, spec: Spec, sets: list[str]):
 
 
 def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
-              stdout=None, resume: bool = False) -> RunResult:
+              stdout=None, resume: bool = False, device_step: bool = False) -> RunResult:
     """Train a checked spec and write its run folder. Ctrl-C stops after the current step and
     leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set)."""
     import signal
@@ -153,7 +153,7 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         # epoch still leaves a loadable model.safetensors behind.
         model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
                                on_start=lambda m: weights(m, -1), resume=state, stop=stop, found_lrs=found,
-                               on_lr_found=on_lr_found)
+                               on_lr_found=on_lr_found, device_step=device_step)
     except Interrupted as stopped:
         folder.write_bytes(CHECKPOINT, to_safetensors(stopped.state, meta(stopped.state.epoch)))
         raise

@@ -307,13 +307,14 @@ def _better(monitor: str, new: float, best: float | None) -> bool:
 def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
           progress: Progress | None = None, on_epoch=None, on_start=None, resume=None,
           stop: StopRequest | None = None, found_lrs: dict | None = None,
-          on_lr_found=None) -> tuple[torch.nn.Module, History]:
+          on_lr_found=None, device_step: bool = False) -> tuple[torch.nn.Module, History]:
     """Train the spec's model, stage by stage. `on_start(model)` runs before the first step (not
     on resume); `on_epoch(model, record, history, state)` after each epoch, with the state to go on
     from. `resume` (a specc.checkpoint.TrainState) continues a run where it stopped, to the same
     weights as a run that never stopped; `stop.requested` stops it after the current step.
     `found_lrs[stage]` replays a learning rate lr-find found before (`lr = find`), and
-    `on_lr_found(stage, lr, result)` is told of a new one."""
+    `on_lr_found(stage, lr, result)` is told of a new one. `device_step` takes each step with
+    specc.fastpath's device-resident step (Adam only; the groundwork of the GPU fast path)."""
     from specc.checkpoint import TrainState
 
     model = build_model(spec, prepared).to(device)
@@ -353,15 +354,27 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     bar_every = 64
     check_every = 64  # steps between looks at the loss for NaN (one host sync each)
     warned = False
-    optimizer = scheduler = None
+    optimizer = scheduler = fast = None
+
+    def optimizer_state() -> dict:
+        if fast is None:
+            return optimizer.state_dict()
+        # the device step keeps lr and betas as tensors; a checkpoint keeps the next step's numbers
+        from specc.fastpath import float_groups
+
+        saved = float_groups(optimizer.state_dict())
+        for group, shadow in zip(saved["param_groups"], fast[1].param_groups):
+            group["lr"], group["betas"] = shadow["lr"], (shadow["betas"][0], group["betas"][1])
+        return saved
 
     def state(stage: int, epoch: int, step: int, seconds: float, next_stage: bool = False) -> TrainState:
         # At the start of a new stage there is no optimizer, scheduler or early-stopping state yet:
         # the stage makes its own, as a run that never stopped does.
+        sched = fast[2] if fast is not None else scheduler
         return TrainState(
             epoch=epoch, step=step, perm=perm, model=model.state_dict(),
-            optimizer={"state": {}, "param_groups": []} if next_stage or optimizer is None else optimizer.state_dict(),
-            scheduler=None if next_stage or scheduler is None else scheduler.state_dict(),
+            optimizer={"state": {}, "param_groups": []} if next_stage or optimizer is None else optimizer_state(),
+            scheduler=None if next_stage or sched is None else sched.state_dict(),
             torch_rng=torch.get_rng_state(), generator=generator.get_state(),
             epoch_losses=torch.stack(losses) if losses else torch.zeros(0), epoch_lrs=list(lrs), ewma=ewma,
             records=[r.__dict__ for r in history.records],
@@ -397,11 +410,17 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             for group in optimizer.param_groups:
                 group["lr"] = found_lrs[stage.name]
         stage_steps = steps * stage.epochs
+        peaks = [g["lr"] for g in optimizer.param_groups]
         scheduler = make_scheduler(stage.fit, spec.train.optimizer, optimizer, stage_steps)
         if resuming and resume.optimizer["param_groups"]:
             optimizer.load_state_dict(resume.optimizer)
             if scheduler is not None and resume.scheduler is not None:
                 scheduler.load_state_dict(resume.scheduler)
+        fast = None
+        if device_step:
+            fast = _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs,
+                                stage_steps, device, resume.scheduler if resuming and resume.optimizer[
+                                    "param_groups"] else None)
         if not resuming:
             early, best_state = {}, None
         es = stage.early_stop
@@ -412,8 +431,27 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             if not (resuming and epoch == first_epoch) or perm is None or not perm.numel():
                 perm = torch.randperm(n, generator=generator, device=device)
                 losses, lrs = [], []  # detached loss tensors: no host synchronisation inside the epoch
-            lr_now = lrs[0] if lrs else optimizer.param_groups[-1]["lr"]
-            for s in range(first_step if resuming and epoch == first_epoch else 0, steps):
+            lr_now = lrs[0] if lrs else (fast[1] if fast else optimizer).param_groups[-1]["lr"]
+            first_s = first_step if resuming and epoch == first_epoch else 0
+            if fast is not None:
+                dstep, shadow, shadow_sched = fast
+                dstep.start_epoch(perm, epoch * steps + first_s, first_s)
+                if losses:
+                    dstep.losses[:len(losses)].copy_(torch.stack(losses))
+                for s in range(first_s, steps):
+                    if stop is not None and stop.requested:
+                        losses = list(dstep.losses[:s])
+                        raise Interrupted(state(si, epoch, s, time.perf_counter() - start))
+                    dstep()
+                    lrs.append(shadow.param_groups[-1]["lr"])  # host numbers only: no synchronisation
+                    if shadow_sched is not None:
+                        shadow_sched.step()
+                losses = list(dstep.losses)
+                raw_check = torch.stack(losses)
+                if spec.train.stop_on_nan and not bool(torch.isfinite(raw_check).all()):
+                    first = int((~torch.isfinite(raw_check)).nonzero()[0, 0])
+                    raise TrainingDiverged(stage.name, epoch, first, lrs[first])
+            for s in range(first_s, steps) if fast is None else ():
                 if stop is not None and stop.requested:
                     raise Interrupted(state(si, epoch, s, time.perf_counter() - start))
                 idx = perm[s * bs:(s + 1) * bs]
@@ -474,6 +512,31 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         first_epoch = first_step = 0
         early, best_state = {}, None
     return model, history
+
+
+def _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs, stage_steps,
+                 device, scheduler_state):
+    """The device-resident step of a stage, with a shadow schedule on the host for checkpoints."""
+    from specc import fastpath
+
+    if not fastpath.applies(spec):
+        raise ValueError("the device step needs Adam")  # a caller's mistake, not a user's
+    lr_table, beta1_table = fastpath.schedule_tables(stage.fit, spec.train.optimizer, peaks, stage_steps, device)
+    stand_ins = [[torch.nn.Parameter(torch.zeros(1))] for _ in peaks]
+    shadow = make_optimizer(spec.train.optimizer, list(zip(stand_ins, peaks)))
+    shadow_sched = make_scheduler(stage.fit, spec.train.optimizer, shadow, stage_steps)
+    if shadow_sched is not None:
+        shadow.step()  # the scheduler wants an optimizer step before its own
+        if scheduler_state is not None:
+            shadow_sched.load_state_dict(scheduler_state)
+            for group, lr in zip(shadow.param_groups, shadow_sched.get_last_lr()):
+                group["lr"] = lr
+
+    def forward_loss(xs, y):
+        return loss_of(_predict_column(spec, model(*xs)), y, params)
+
+    return (fastpath.DeviceStep(model, optimizer, forward_loss, x_train, y_train, steps, bs, lr_table, beta1_table,
+                                device), shadow, shadow_sched)
 
 
 def _train_mode(model, frozen_modules) -> None:
