@@ -21,8 +21,9 @@ def applies(spec) -> bool:
 
 
 def schedule_tables(fit, opt_spec, lrs: list[float], total_steps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each group's learning rate and beta1 at every step of a stage ([steps, groups], float64), from
-    torch's OneCycleLR stepped on stand-in parameters: the values the plain loop would use."""
+    """Each group's learning rate and momentum (Adam's beta1, or SGD's / RMSProp's momentum) at
+    every step of a stage ([steps, groups], float64), from torch's OneCycleLR stepped on stand-in
+    parameters: the values the plain loop would use."""
     from specc.train import make_optimizer, make_scheduler
 
     stand_ins = [[torch.nn.Parameter(torch.zeros(1))] for _ in lrs]
@@ -33,7 +34,7 @@ def schedule_tables(fit, opt_spec, lrs: list[float], total_steps: int, device) -
     for k in range(total_steps):
         for g, group in enumerate(optimizer.param_groups):
             lr[k, g] = group["lr"]
-            beta1[k, g] = group["betas"][0]
+            beta1[k, g] = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
         if scheduler is not None:
             optimizer.step()  # no gradients: nothing moves, but the scheduler wants a step first
             scheduler.step()

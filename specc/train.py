@@ -567,28 +567,23 @@ class TrainingDiverged(Exception):
 
 def simulate_schedules(spec: Spec, plan: TrainPlan) -> dict[str, tuple[list, list]]:
     """Each group's learning rate and momentum at every step of every stage, from torch's own
-    schedulers on a stand-in parameter per group: what training will do, before any training.
+    schedulers (specc.fastpath.schedule_tables): what training will do, before any training.
     A frozen group's rate is 0; a rate lr-find will pick is drawn at 1e-3 (a placeholder)."""
+    from specc.fastpath import schedule_tables
+
     out = {g.name: ([], []) for g in plan.groups}
     for stage in plan.stages:
         live = [(g, lr) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
-        stand_ins = [[torch.nn.Parameter(torch.zeros(1))] for _ in live]
-        optimizer = make_optimizer(spec.train.optimizer, [(ps, 1e-3 if lr != lr else lr)
-                                                          for ps, (_, lr) in zip(stand_ins, live)])
         total = plan.steps_per_epoch * stage.epochs
-        scheduler = make_scheduler(stage.fit, spec.train.optimizer, optimizer, total)
+        lr, mom = schedule_tables(stage.fit, spec.train.optimizer, [1e-3 if r != r else r for _, r in live], total,
+                                  "cpu")
         index = {g.name: k for k, (g, _) in enumerate(live)}
-        for _ in range(total):
-            for g in plan.groups:
-                lrs, moms = out[g.name]
-                if g.name in index:
-                    group = optimizer.param_groups[index[g.name]]
-                    lrs.append(group["lr"])
-                    moms.append(group["betas"][0] if "betas" in group else group.get("momentum", 0.0))
-                else:
-                    lrs.append(0.0)
-                    moms.append(float("nan"))
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+        for g in plan.groups:
+            lrs, moms = out[g.name]
+            if g.name in index:
+                lrs.extend(lr[:, index[g.name]].tolist())
+                moms.extend(mom[:, index[g.name]].tolist())
+            else:
+                lrs.extend([0.0] * total)
+                moms.extend([float("nan")] * total)
     return out
