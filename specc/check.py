@@ -343,7 +343,7 @@ class _Checker:
                     stmts.append(stmt)
                 else:
                     self.unknown_statement |= block.name.id == "train"
-                    hint = suggest(func.id, calls) or ([f"here a statement is `name = value`"] if not calls else
+                    hint = suggest(func.id, calls) or (["here a statement is `name = value`"] if not calls else
                                                        [f"the statements here are {', '.join(calls)}(...)"])
                     self.error("E102", f"unknown statement '{func.id}' in the {block.name.id} block", func.span, hint)
                 continue
@@ -351,7 +351,7 @@ class _Checker:
             if key not in allowed:
                 value = stmt.value
                 if calls and isinstance(value, ast.Call) and value.func.id in calls:
-                    self.error("E102", f"a fit is a statement, not a setting", stmt.target.span,
+                    self.error("E102", "a fit is a statement, not a setting", stmt.target.span,
                                [f"write `{value.func.id}(...)` on its own line, without `{key} =`"])
                     stmts.append(ast.CallStmt(value, stmt.span))
                     continue
@@ -529,7 +529,7 @@ class _Checker:
         if isinstance(expr.type, ast.Call):
             call = expr.type
             if kind != FLOAT or call.keywords or not call.args:
-                self.error("E301", f"only float columns take a shape, as in float(784) or float(28, 28)",
+                self.error("E301", "only float columns take a shape, as in float(784) or float(28, 28)",
                            call.span)
                 return None
             dims = [self.integer(a, "a column's size", low=1, high=2**24) for a in call.args]

@@ -11,7 +11,6 @@ from specc.plan import make_plan
 from specc.run import load_spec
 from specc.spec import SGD, Adam
 from specc.train import DecoupledSGD, make_optimizer, make_scheduler, pick_device, smooth, train
-from conftest import collab_spec
 
 
 def test_smoothed_loss_is_the_debiased_ewma():
