@@ -77,7 +77,8 @@ def summary(spec: Spec, read_data: bool = True) -> str:
         lines.append("  " + "  ".join(cell.ljust(w) if k < 3 else cell.rjust(w)
                                       for k, (cell, w) in enumerate(zip(r, widths))).rstrip())
     if prepared is not None:
-        lines.append(f"  total parameters: {sum(counts.values()):,}; groups: model (all)")
+        groups = ", ".join(f"{g.name} ({g.params:,})" for g in plan.groups)
+        lines.append(f"  total parameters: {sum(counts.values()):,}; layer groups: {groups}")
         lines.append(describe(spec, plan))
     return "\n".join(lines)
 
