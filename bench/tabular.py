@@ -24,11 +24,7 @@ See bench/README.md for the method and the last measured table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import (add_args, alternate, clone_state, one_cycle_adamw, print_env, print_init_and_target,
+                    print_table, profile_runs, run_batches, set_threads, timed, write_json)
 from specc.data.prepare import prepare
 from specc.plan import make_plan
 from specc.run import load_spec
@@ -192,12 +190,8 @@ def hand_train(prepared, emb_szs, stats, init_state: dict, batch: int, epochs: i
     steps = max(1, n // batch)  # the last incomplete batch is dropped, as specc does
     # The everyday loop takes AdamW's default implementation; `fused` asks for torch's fused kernel,
     # which specc uses.
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD,
-                            fused=True if fused else None)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=LR, total_steps=steps * epochs, pct_start=PCT_START, anneal_strategy="cos",
-        div_factor=DIV, final_div_factor=FINAL_DIV, cycle_momentum=True,
-        base_momentum=MOMS[1], max_momentum=MOMS[0])
+    opt, sched = one_cycle_adamw(model, steps * epochs, LR, BETAS, EPS, WD, PCT_START, DIV, FINAL_DIV,
+                                 MOMS, fused)
     gen = torch.Generator(device=DEVICE)
     gen.manual_seed(SEED)
     for _ in range(epochs):
@@ -278,18 +272,14 @@ def check_settings(spec, prepared, plan, batch: int, emb_szs, stats) -> None:
 def specc_epoch(spec, prepared, plan):
     """One call of specc.train.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
     loop+valid wall s)."""
-    cpu, start = time.process_time(), time.perf_counter()
-    model, history = train(spec, prepared, plan, DEVICE, progress=None)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    (model, history), wall, cpu = timed(train, spec, prepared, plan, DEVICE, progress=None)
     rec = history.records[-1]
     return model, rec.valid_loss, rec.metrics["accuracy"], wall, cpu, rec.seconds
 
 
 def hand_epoch(prepared, emb_szs, stats, init_state, batch, fused=False, inside=False):
-    cpu, start = time.process_time(), time.perf_counter()
-    model, valid_loss, valid_acc, _, loop = hand_train(prepared, emb_szs, stats, init_state, batch,
-                                                       fused=fused, inside=inside)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    (model, valid_loss, valid_acc, _, loop), wall, cpu = timed(hand_train, prepared, emb_szs, stats, init_state,
+                                                               batch, fused=fused, inside=inside)
     return model, valid_loss, valid_acc, wall, cpu, loop
 
 
@@ -319,7 +309,7 @@ def bench_batch(batch: int, reps: int) -> dict:
     emb_szs, stats = hand_inputs(prepared)
     check_settings(spec, prepared, plan, batch, emb_szs, stats)
     # specc's initial model is seeded: the same weights every call. Copy them into the hand model.
-    init_state = {k: v.detach().clone() for k, v in to_hand_names(build_model(spec, prepared).state_dict()).items()}
+    init_state = clone_state(to_hand_names(build_model(spec, prepared).state_dict()))
     own = hand_model(emb_szs, stats, inside=False)
     same_init = all(torch.equal(v, init_state[k]) for k, v in own.state_dict().items())
     del own
@@ -334,17 +324,15 @@ def bench_batch(batch: int, reps: int) -> dict:
         del model
     del s_model
 
-    times = {side: ([], [], []) for side in SIDES}  # wall, cpu, loop
-    for _ in range(reps):  # ABCDABCD...
-        for side in SIDES:
-            gc.collect()
-            if side == "specc":
-                _, loss, acc, *t = specc_epoch(spec, prepared, plan)
-            else:
-                _, loss, acc, *t = hand_epoch(prepared, emb_szs, stats, init_state, batch, **VARIANTS[side])
-            assert (loss, acc) == first[side], (side, loss, acc, first[side])  # deterministic run to run
-            for store, value in zip(times[side], t):
-                store.append(value)
+    def run(side):
+        if side == "specc":
+            _, loss, acc, *t = specc_epoch(spec, prepared, plan)
+        else:
+            _, loss, acc, *t = hand_epoch(prepared, emb_szs, stats, init_state, batch, **VARIANTS[side])
+        assert (loss, acc) == first[side], (side, loss, acc, first[side])  # deterministic run to run
+        return t
+
+    times = alternate(reps, SIDES, run)  # ABCDABCD...
 
     agree = all(abs(first[side][1] - s_acc) <= ACC_TOL and abs(first[side][0] - s_loss) <= LOSS_TOL * s_loss
                 for side in VARIANTS)
@@ -373,9 +361,6 @@ def bench_batch(batch: int, reps: int) -> dict:
 
 def profile(batch: int, steps: int, top: int = 16) -> None:
     """cProfile of the four loops on the first `steps` steps of an epoch (after a warm-up run)."""
-    import cProfile
-    import pstats
-
     spec, prepared, plan = specc_setup(batch)
     steps = min(steps, plan.steps_per_epoch)
     n_rows = steps * batch
@@ -383,33 +368,17 @@ def profile(batch: int, steps: int, top: int = 16) -> None:
                            prepared.raw_valid, prepared.path, prepared.stats)
     small_plan = make_plan(spec, small)
     emb_szs, stats = hand_inputs(prepared)
-    init_state = {k: v.detach().clone() for k, v in to_hand_names(build_model(spec, prepared).state_dict()).items()}
+    init_state = clone_state(to_hand_names(build_model(spec, prepared).state_dict()))
     runs = [("specc", lambda: specc_epoch(spec, small, small_plan))]
     for side, label in (("hand", "hand-written, default AdamW"), ("fused", "hand-written, fused AdamW"),
                         ("inside", "hand-written, fused AdamW, procs inside forward")):
         runs.append((label, lambda kw=VARIANTS[side]: hand_epoch(small, emb_szs, stats, init_state, batch, **kw)))
-    for name, run in runs:
-        run()
-        prof = cProfile.Profile()
-        prof.enable()
-        run()
-        prof.disable()
-        print(f"\n=== {name}: {steps} steps at batch {batch} (plus model build and validation), by own time")
-        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+    profile_runs(runs, steps, batch, top)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: one timed epoch of each per batch size")
-    ap.add_argument("--json", metavar="PATH", help="save the numbers as JSON")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch.set_num_threads (default 1: steadier on a small shared machine)")
-    ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
-    ap.add_argument("--reps", type=int, default=None,
-                    help="timed epochs of each loop (default: 19 for batch < 256, 45 otherwise;"
-                    " 1 with --quick)")
-    ap.add_argument("--profile", type=int, metavar="STEPS", default=0,
-                    help="instead of timing, cProfile the loops on STEPS steps of the first batch size")
+    add_args(ap, 19, 45, "loop", "the loops")
     args = ap.parse_args(argv)
     json_path = Path(args.json).resolve() if args.json else None
     if not DATA.is_file():
@@ -417,51 +386,37 @@ def main(argv=None) -> int:
               "specs/adult.spec reads it from that path (32,561 rows, no header).", file=sys.stderr)
         return 2
     os.chdir(ROOT)  # the spec's own paths are relative to the spec
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
+    set_threads(args.threads)
 
     print(f"specc vs hand-written PyTorch, one epoch of {SPEC} on {DATA} on the CPU")
-    print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"torch.set_num_threads({torch.get_num_threads()})")
+    print_env()
     if args.profile:
         profile(args.batches[0], args.profile)
         return 0
-    rows = []
-    for batch in args.batches:
-        reps = args.reps or (1 if args.quick else (19 if batch < 256 else 45))
-        row = bench_batch(batch, reps)
-        rows.append(row)
-        slow = sum(t > 1.25 * row[f"{side}_s"] for side in SIDES for t in row[f"{side}_all_s"])
-        row["outliers"] = slow
-        note = f"; {slow} epochs over 1.25x their loop's median (other load on the machine?)" if slow else ""
-        print(f"  batch {batch}: {row['steps']} steps, {reps} timed epochs each; specc {row['specc_s']:.3f}s,"
-              f" hand {row['hand_s']:.3f}s, fused hand {row['fused_s']:.3f}s,"
-              f" fused hand with procs inside {row['inside_s']:.3f}s{note}", flush=True)
+    rows = run_batches(args, bench_batch, 19, 45, {side: f"{side}_s" for side in SIDES}, unit="loop",
+                       extra=lambda row: f", fused hand {row['fused_s']:.3f}s,"
+                       f" fused hand with procs inside {row['inside_s']:.3f}s")
 
     print()
     head = (f"{'batch':>5}  {'steps':>5}  {'specc s':>7}  {'hand s':>7}  {'ratio':>6}  {'CPU ratio':>9}  "
             f"{'loop ratio':>10}  {'fused s':>7}  {'ratio':>6}  {'CPU ratio':>9}  {'inside s':>8}  {'ratio':>6}  "
             f"{'CPU ratio':>9}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['batch']:>5}  {r['steps']:>5}  {r['specc_s']:>7.3f}  {r['hand_s']:>7.3f}  "
-              f"{r['hand_ratio']:>6.3f}  {r['hand_cpu_ratio']:>9.3f}  {r['hand_loop_ratio']:>10.3f}  "
-              f"{r['fused_s']:>7.3f}  {r['fused_ratio']:>6.3f}  {r['fused_cpu_ratio']:>9.3f}  "
-              f"{r['inside_s']:>8.3f}  {r['inside_ratio']:>6.3f}  {r['inside_cpu_ratio']:>9.3f}")
+    print_table(head, rows, lambda r: (
+        f"{r['batch']:>5}  {r['steps']:>5}  {r['specc_s']:>7.3f}  {r['hand_s']:>7.3f}  "
+        f"{r['hand_ratio']:>6.3f}  {r['hand_cpu_ratio']:>9.3f}  {r['hand_loop_ratio']:>10.3f}  "
+        f"{r['fused_s']:>7.3f}  {r['fused_ratio']:>6.3f}  {r['fused_cpu_ratio']:>9.3f}  "
+        f"{r['inside_s']:>8.3f}  {r['inside_ratio']:>6.3f}  {r['inside_cpu_ratio']:>9.3f}"))
     print()
     head = (f"{'batch':>5}  {'specc acc':>9}  {'hand acc':>8}  {'fused acc':>9}  {'inside acc':>10}  "
             f"{'specc loss':>10}  {'hand loss':>10}  {'fused loss':>10}  {'inside loss':>11}  "
             f"{'|dW| hand':>9}  {'|dW| fused':>10}  {'|dW| inside':>11}  agree")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['batch']:>5}  {r['specc_valid_accuracy']:>9.4f}  {r['hand_valid_accuracy']:>8.4f}  "
-              f"{r['fused_valid_accuracy']:>9.4f}  {r['inside_valid_accuracy']:>10.4f}  "
-              f"{r['specc_valid_loss']:>10.6f}  {r['hand_valid_loss']:>10.6f}  {r['fused_valid_loss']:>10.6f}  "
-              f"{r['inside_valid_loss']:>11.6f}  {r['max_abs_param_diff_hand']:>9.1e}  "
-              f"{r['max_abs_param_diff_fused']:>10.1e}  {r['max_abs_param_diff_inside']:>11.1e}  "
-              f"{'yes' if r['valid_numbers_agree'] else 'NO'}")
+    print_table(head, rows, lambda r: (
+        f"{r['batch']:>5}  {r['specc_valid_accuracy']:>9.4f}  {r['hand_valid_accuracy']:>8.4f}  "
+        f"{r['fused_valid_accuracy']:>9.4f}  {r['inside_valid_accuracy']:>10.4f}  "
+        f"{r['specc_valid_loss']:>10.6f}  {r['hand_valid_loss']:>10.6f}  {r['fused_valid_loss']:>10.6f}  "
+        f"{r['inside_valid_loss']:>11.6f}  {r['max_abs_param_diff_hand']:>9.1e}  "
+        f"{r['max_abs_param_diff_fused']:>10.1e}  {r['max_abs_param_diff_inside']:>11.1e}  "
+        f"{'yes' if r['valid_numbers_agree'] else 'NO'}"))
     print()
     print("specc s, hand s: median wall time of one specc.train.train call (model build, optimizer, schedule,")
     print("  one epoch, validation) and of the everyday hand-written equivalent (which also applies the procs")
@@ -475,21 +430,10 @@ def main(argv=None) -> int:
     print("acc, loss: validation accuracy and cross entropy over the 6,512 validation rows after the epoch.")
     print("|dW|: largest difference of the trained parameters against specc's.")
     print(f"agree: every accuracy within {ACC_TOL} of specc's and every loss within {LOSS_TOL:.0%} of it.")
-    print("hand model's own seeded init equals specc's initial weights: "
-          + ", ".join(f"batch {r['batch']} {r['hand_own_init_equals_specc']}" for r in rows))
-    worst = max(r["ratio"] for r in rows)
-    print(f"target: ratio <= 1.10; worst ratio {worst:.3f}: {'met' if worst <= 1.10 else 'NOT met'}")
+    print_init_and_target(rows)
 
     if json_path:
-        out = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "machine": platform.machine(), "data": str(DATA),
-            "rows": rows,
-        }
-        json_path.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {json_path}")
+        write_json(json_path, rows, data=str(DATA))
     return 0 if all(r["valid_numbers_agree"] for r in rows) else 1
 
 

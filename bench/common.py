@@ -1,0 +1,146 @@
+"""The timing harness bench/collab.py, bench/mnist.py and bench/tabular.py share."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def add_args(ap: argparse.ArgumentParser, small: int, large: int, unit: str, loops: str) -> None:
+    """Add --quick, --json, --threads, --batches, --reps and --profile to `ap`."""
+    ap.add_argument("--quick", action="store_true", help="smoke run: one timed epoch of each per batch size")
+    ap.add_argument("--json", metavar="PATH", help="save the numbers as JSON")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (default 1: steadier on a small shared machine)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
+    ap.add_argument("--reps", type=int, default=None,
+                    help=f"timed epochs of each {unit} (default: {small} for batch < 256, {large} otherwise;"
+                    " 1 with --quick)")
+    ap.add_argument("--profile", type=int, metavar="STEPS", default=0,
+                    help=f"instead of timing, cProfile {loops} on STEPS steps of the first batch size")
+
+
+def set_threads(threads: int) -> None:
+    """torch.set_num_threads(threads) and a single inter-op thread."""
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+
+
+def print_env() -> None:
+    """Print the torch, python, CPU count and threads line."""
+    print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"torch.set_num_threads({torch.get_num_threads()})")
+
+
+def timed(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with the wall and process CPU seconds it took: (result, wall, cpu)."""
+    cpu, start = time.process_time(), time.perf_counter()
+    result = fn(*args, **kwargs)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return result, wall, cpu
+
+
+def clone_state(state: dict) -> dict:
+    """A detached copy of a state dict."""
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def one_cycle_adamw(model: nn.Module, total_steps: int, lr, betas, eps, wd, pct_start, div, final_div, moms,
+                    fused: bool):
+    """AdamW (torch's default implementation, or fused) with a cosine OneCycleLR: (optimizer, scheduler)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=wd,
+                            fused=True if fused else None)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="cos",
+        div_factor=div, final_div_factor=final_div, cycle_momentum=True,
+        base_momentum=moms[1], max_momentum=moms[0])
+    return opt, sched
+
+
+def max_param_diff(specc_model: nn.Module, hand_model: nn.Module) -> float:
+    """Largest difference between two models' state dicts (the same keys)."""
+    a, b = specc_model.state_dict(), hand_model.state_dict()
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def alternate(reps: int, sides, run) -> dict:
+    """Call run(side) -> (wall, cpu, loop) for each side in turn, reps times, gc.collect before each call."""
+    times = {side: ([], [], []) for side in sides}  # wall, cpu, loop
+    for _ in range(reps):  # ABCABC...
+        for side in sides:
+            gc.collect()
+            for store, value in zip(times[side], run(side)):
+                store.append(value)
+    return times
+
+
+def run_batches(args, bench_batch, small: int, large: int, medians: dict, unit: str = "side",
+                extra=lambda row: "") -> list:
+    """bench_batch over args.batches, counting each row's outliers and printing a progress line."""
+    rows = []
+    for batch in args.batches:
+        reps = args.reps or (1 if args.quick else (small if batch < 256 else large))
+        row = bench_batch(batch, reps)
+        rows.append(row)
+        slow = sum(t > 1.25 * row[key] for side, key in medians.items() for t in row[f"{side}_all_s"])
+        row["outliers"] = slow
+        note = (f"; {slow} epochs over 1.25x their {unit}'s median (other load on the machine?)"
+                if slow else "")
+        print(f"  batch {batch}: {row['steps']} steps, {reps} timed epochs each; specc {row['specc_s']:.3f}s,"
+              f" hand {row['hand_s']:.3f}s{extra(row)}{note}", flush=True)
+    return rows
+
+
+def print_table(head: str, rows, line) -> None:
+    """Print a header, a rule under it and line(row) for each row."""
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(line(r))
+
+
+def print_init_and_target(rows) -> None:
+    """Print the same-init line and whether the worst ratio meets the 1.10 target."""
+    print("hand model's own seeded init equals specc's initial weights: "
+          + ", ".join(f"batch {r['batch']} {r['hand_own_init_equals_specc']}" for r in rows))
+    worst = max(r["ratio"] for r in rows)
+    print(f"target: ratio <= 1.10; worst ratio {worst:.3f}: {'met' if worst <= 1.10 else 'NOT met'}")
+
+
+def profile_runs(runs, steps: int, batch: int, top: int) -> None:
+    """cProfile each (name, run) after a warm-up call, printing the top functions by own time."""
+    import cProfile
+    import pstats
+
+    for name, run in runs:
+        run()
+        prof = cProfile.Profile()
+        prof.enable()
+        run()
+        prof.disable()
+        print(f"\n=== {name}: {steps} steps at batch {batch} (plus model build and validation), by own time")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def write_json(json_path: Path, rows, **extra) -> None:
+    """Write the environment, `extra` and the rows to json_path, and say so."""
+    out = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(), "machine": platform.machine(), **extra,
+        "rows": rows,
+    }
+    json_path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {json_path}")
