@@ -186,7 +186,7 @@ def _lr_find(args) -> int:
     from specc.run import load_spec, write_lr_find
     from specc.runfolder import RunFolder
     from specc.train import (
-        _predict_column, build_model, loss_fn, make_optimizer, module_groups, pick_device, to_tensors,
+        _predict_column, build_model, group_params, loss_fn, make_optimizer, module_groups, pick_device, to_tensors,
     )
 
     spec, warnings = load_spec(args.spec, args.sets)
@@ -201,10 +201,9 @@ def _lr_find(args) -> int:
     device = pick_device(args.device)
     started = time.perf_counter()
     model = build_model(spec, prepared).to(device).train()
-    owners = module_groups(spec, model)
+    owners = module_groups(model)
     stage = plan.stages[0]  # the first stage's frozen groups stay frozen
-    groups = [([p for name, m in model.named_children() if owners.get(name) == g.name for p in m.parameters()], 1e-3)
-              for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
+    groups = [(group_params(model, owners, g.name), 1e-3) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
     groups = [(ps, lr) for ps, lr in groups if ps]
     params = [p for ps, _ in groups for p in ps]
     optimizer = make_optimizer(spec.train.optimizer, groups)

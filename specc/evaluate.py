@@ -11,31 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from specc.data.prepare import split_rows
+from specc.data.prepare import split_from_json, split_rows
 from specc.diagnostics import DataError, UsageError
 from specc.export import PROBABILITIES
 from specc.infer import Session, read_inputs
-from specc.spec import CATEGORY, LastSplit, RandomSplit, RowSplit
-
-
-def split_to_json(split) -> dict | None:
-    if isinstance(split, RandomSplit):
-        return {"kind": "random", "fraction": split.fraction, "seed": split.seed}
-    if isinstance(split, RowSplit):
-        return {"kind": "rows", "start": split.start, "end": split.end}
-    if isinstance(split, LastSplit):
-        return {"kind": "last", "fraction": split.fraction}
-    return None
-
-
-def split_from_json(d: dict | None):
-    if d is None:
-        return None
-    if d["kind"] == "random":
-        return RandomSplit(d["fraction"], d["seed"])
-    if d["kind"] == "rows":
-        return RowSplit(d["start"], d["end"])
-    return LastSplit(d["fraction"])
+from specc.spec import CATEGORY
 
 
 def evaluate_file(model: Path, data: Path, split: str = "all", device: str = "auto", batch: int = 65536) -> dict:

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from onnx import TensorProto, helper, numpy_helper
 
-from specc.data.prepare import Prepared, Vocab, vocabs_to_json
+from specc.data.prepare import Prepared, Vocab, split_to_json, vocabs_to_json
 from specc.spec import CATEGORY, FLOAT, CsvSource, Spec
 
 OPSET = 17
@@ -129,13 +129,6 @@ def _operands(em: _Emitter, args, names: dict) -> list:
         else:
             out.append(_operand(em, a, names))
     return out
-
-
-def split_to_json(split) -> dict | None:
-    """The validation split, for `specc evaluate --split valid`."""
-    from specc.evaluate import split_to_json as convert
-
-    return convert(split)
 
 
 def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx.ModelProto:

@@ -231,18 +231,18 @@ def build_model(spec: Spec, prepared: Prepared):
     torch.manual_seed(spec.train.seed)
     model = lower(spec.model, model_sizes(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
     for init in spec.inits:
-        load_group(model, module_groups(spec, model), init)
+        load_group(model, module_groups(model), init)
     return model
 
 
-def module_groups(spec: Spec, model) -> dict[str, str]:
-    """Submodule name -> its layer group."""
-    groups = {}
-    for name, _ in model.named_children():
-        for node in model.graph.nodes:
-            if node.op == "call_module" and node.target == name:
-                groups[name] = node.meta.get("group", "model")
-    return groups
+def module_groups(model) -> dict[str, str]:
+    """Submodule name -> its layer group (lowering records it on each module's node)."""
+    return {n.target: n.meta.get("group", "model") for n in model.graph.nodes if n.op == "call_module"}
+
+
+def group_params(model, owners: dict[str, str], group: str) -> list:
+    """The parameters of one layer group's modules."""
+    return [p for name, m in model.named_children() if owners.get(name) == group for p in m.parameters()]
 
 
 def load_group(model, groups: dict[str, str], init) -> None:
@@ -321,7 +321,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     model.train()
     if on_start is not None and resume is None:
         on_start(model)
-    owners = module_groups(spec, model)
+    owners = module_groups(model)
     loss_of = loss_fn(spec)
     inputs, target = spec.model.inputs, spec.data.target.name
     train_t = to_tensors(prepared.train, device)
@@ -394,7 +394,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         groups = []
         for g, lr in zip(plan.groups, stage.lrs):
             if lr is not None:
-                ps = [p for name, m in model.named_children() if owners.get(name) == g.name for p in m.parameters()]
+                ps = group_params(model, owners, g.name)
                 if ps:
                     groups.append([ps, lr])
         params = [p for ps, _ in groups for p in ps]
@@ -451,31 +451,32 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                 if spec.train.stop_on_nan and not bool(torch.isfinite(raw_check).all()):
                     first = int((~torch.isfinite(raw_check)).nonzero()[0, 0])
                     raise TrainingDiverged(stage.name, epoch, first, lrs[first])
-            for s in range(first_s, steps) if fast is None else ():
-                if stop is not None and stop.requested:
-                    raise Interrupted(state(si, epoch, s, time.perf_counter() - start))
-                idx = perm[s * bs:(s + 1) * bs]
-                out = model(*[x[idx] for x in x_train])
-                loss = loss_of(_predict_column(spec, out), y_train[idx], params)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                lrs.append(optimizer.param_groups[-1]["lr"])
-                if scheduler is not None:
-                    scheduler.step()
-                losses.append(loss.detach())
-                if (s % check_every == check_every - 1 or s == steps - 1) and not warned:
-                    recent = torch.stack(losses[-check_every:])
-                    if not bool(torch.isfinite(recent).all()):
-                        first = len(losses) - len(recent) + int((~torch.isfinite(recent)).nonzero()[0, 0])
-                        if spec.train.stop_on_nan:
-                            raise TrainingDiverged(stage.name, epoch, first, lrs[first])
-                        warned = True
-                        print(f"specc: warning: the loss became NaN or infinite in stage '{stage.name}', epoch "
-                              f"{epoch}, step {first} (lr {lrs[first]:.3g}); going on because stop_on_nan = false",
-                              file=sys.stderr)
-                if progress is not None and progress.bar and s % bar_every == bar_every - 1:
-                    progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
+            else:
+                for s in range(first_s, steps):
+                    if stop is not None and stop.requested:
+                        raise Interrupted(state(si, epoch, s, time.perf_counter() - start))
+                    idx = perm[s * bs:(s + 1) * bs]
+                    out = model(*[x[idx] for x in x_train])
+                    loss = loss_of(_predict_column(spec, out), y_train[idx], params)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    lrs.append(optimizer.param_groups[-1]["lr"])
+                    if scheduler is not None:
+                        scheduler.step()
+                    losses.append(loss.detach())
+                    if (s % check_every == check_every - 1 or s == steps - 1) and not warned:
+                        recent = torch.stack(losses[-check_every:])
+                        if not bool(torch.isfinite(recent).all()):
+                            first = len(losses) - len(recent) + int((~torch.isfinite(recent)).nonzero()[0, 0])
+                            if spec.train.stop_on_nan:
+                                raise TrainingDiverged(stage.name, epoch, first, lrs[first])
+                            warned = True
+                            print(f"specc: warning: the loss became NaN or infinite in stage '{stage.name}', epoch "
+                                  f"{epoch}, step {first} (lr {lrs[first]:.3g}); going on because stop_on_nan = false",
+                                  file=sys.stderr)
+                    if progress is not None and progress.bar and s % bar_every == bar_every - 1:
+                        progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
             raw = torch.stack(losses).double().cpu().numpy()
             smoothed, ewma = smooth(raw, start=ewma)
             scores = evaluate(spec, model, valid_t, valid_t[target])

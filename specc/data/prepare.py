@@ -164,6 +164,28 @@ def split_rows(n: int, split, path: str) -> tuple[np.ndarray, np.ndarray]:
     return train, valid
 
 
+def split_to_json(split) -> dict | None:
+    """The validation split as JSON (an exported model records it for `evaluate --split`)."""
+    if isinstance(split, RandomSplit):
+        return {"kind": "random", "fraction": split.fraction, "seed": split.seed}
+    if isinstance(split, RowSplit):
+        return {"kind": "rows", "start": split.start, "end": split.end}
+    if isinstance(split, LastSplit):
+        return {"kind": "last", "fraction": split.fraction}
+    return None
+
+
+def split_from_json(d: dict | None):
+    """The split that split_to_json wrote."""
+    if d is None:
+        return None
+    if d["kind"] == "random":
+        return RandomSplit(d["fraction"], d["seed"])
+    if d["kind"] == "rows":
+        return RowSplit(d["start"], d["end"])
+    return LastSplit(d["fraction"])
+
+
 def prepare(data: DataSpec, columns=None) -> Prepared:
     """Read, split and encode the data a spec names. `columns`: the input columns to keep."""
     inputs = tuple(c for c in data.inputs if columns is None or c.name in columns)
