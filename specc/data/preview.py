@@ -8,21 +8,19 @@ import math
 import numpy as np
 
 from specc.data.prepare import read_npz
-from specc.data.table import _check_header, _open
+from specc.data.table import _header, _open
 from specc.spec import CATEGORY, CsvSource, Spec
 
 ROWS = 8
 
 
 def _csv_head(source: CsvSource, columns, n: int) -> list[list[str]]:
+    """The first n rows of the spec's columns, as they are in the file."""
+    names = _header(source, columns)  # the file's or the spec's column names, checked against the spec
+    index = [names.index(c.name) for c in columns]
     with _open(source) as f:
         reader = csv.reader(f, delimiter=source.delimiter)
         first = next(reader, None)
-        if first is None:
-            return []
-        names = list(source.columns) if source.columns is not None else [h.strip() for h in first]
-        _check_header(source, names, columns)
-        index = [names.index(c.name) for c in columns]
         rows = [] if source.header or source.columns is None else [first]
         for row in reader:
             if len(rows) >= n:
