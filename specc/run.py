@@ -118,7 +118,8 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         print(f"specc: training {spec.name} on {device.type}: {prepared.n_train} training rows, "
               f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch{where}", file=stdout)
 
-    meta = lambda epoch: checkpoint_metadata(spec, prepared.vocabs, sets, epoch)  # noqa: E731
+    def meta(epoch: int) -> dict[str, str]:
+        return checkpoint_metadata(spec, prepared.vocabs, sets, epoch)
 
     def weights(model, epoch: int) -> None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

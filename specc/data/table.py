@@ -8,6 +8,7 @@ line of every row, to say exactly where and what is wrong."""
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,7 +156,7 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
         lines: list[int] = []
         mark = lines.append
         try:
-            for row in _chain(pending, reader):
+            for row in itertools.chain(pending, reader):
                 if len(row) != width:
                     if not row or row == [""]:
                         continue  # blank line
@@ -181,11 +182,6 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
         else:
             columns[col.name] = _floats(raw, shown, col.name, lines, missing)
     return _Rows(columns, len(lines), lines)
-
-
-def _chain(first, rest):
-    yield from first
-    yield from rest
 
 
 def _check_header(source: CsvSource, names: list[str], wanted) -> None:
