@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
     c.add_argument("--device-step", action="store_true",
-                   help="take each step with the device-resident step (Adam; groundwork of the GPU fast path)")
+                   help="take each step with the device-resident step, uncaptured (Adam; for checks on the CPU)")
+    c.add_argument("--no-graph", action="store_true",
+                   help="on a CUDA device, train with the plain loop instead of the CUDA-graph step")
     c.add_argument("--resume", type=Path, metavar="RUN",
                    help="go on from where the run in RUN stopped (Ctrl-C or a crash); writes into RUN")
     c = spec_command("lr-find", "the learning-rate finder: an exponential sweep, a plot and suggestions")
@@ -159,7 +161,7 @@ def _train(args) -> int:
             if not applies(spec):
                 raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
         train_run(spec, out, args.device, args.sets, quiet=args.quiet, resume=args.resume is not None,
-                  device_step=args.device_step)
+                  device_step=args.device_step, graph=False if args.no_graph or args.device_step else None)
     except Interrupted as stopped:
         sets = "".join(f" --set '{s}'" for s in args.sets)
         print(f"\nspecc: interrupted in epoch {stopped.state.epoch} before step {stopped.state.step}; the "

@@ -89,9 +89,10 @@ def load_resume(run: Path, spec: Spec, sets: list[str]):
 
 
 def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
-              stdout=None, resume: bool = False, device_step: bool = False) -> RunResult:
+              stdout=None, resume: bool = False, device_step: bool = False, graph: bool | None = None) -> RunResult:
     """Train a checked spec and write its run folder. Ctrl-C stops after the current step and
-    leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set)."""
+    leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set). `graph`:
+    see specc.train.train (None: the CUDA-graph step wherever it applies)."""
     import signal
 
     import torch
@@ -111,6 +112,12 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     started = time.perf_counter()
     prepared = prepare(spec.data, spec.model.inputs)
     device = pick_device(device_name)
+    if device.type == "cuda" and graph is None and not quiet:
+        from specc.fastpath import graph_reason
+
+        reason = graph_reason(spec, device)
+        if reason is not None:
+            print(f"specc: note: training with the plain loop, not the CUDA-graph step: {reason}", file=sys.stderr)
     plan = make_plan(spec, prepared)
     folder.write_text("spec.spec", spec.source.text)
     if not quiet:
@@ -154,7 +161,7 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         # epoch still leaves a loadable model.safetensors behind.
         model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
                                on_start=lambda m: weights(m, -1), resume=state, stop=stop, found_lrs=found,
-                               on_lr_found=on_lr_found, device_step=device_step)
+                               on_lr_found=on_lr_found, device_step=device_step, graph=graph)
     except Interrupted as stopped:
         folder.write_bytes(CHECKPOINT, to_safetensors(stopped.state, meta(stopped.state.epoch)))
         raise

@@ -161,8 +161,9 @@ def evaluate(spec: Spec, model, columns: dict[str, torch.Tensor], target: torch.
     model.eval()
     preds = []
     n = len(target)
-    for s in range(0, n, VALID_BATCH):
-        batch = [columns[c][s:s + VALID_BATCH] for c in spec.model.inputs]
+    chunk = VALID_BATCH if target.device.type == "cpu" else 8 * VALID_BATCH  # fewer launches on a GPU
+    for s in range(0, n, chunk):
+        batch = [columns[c][s:s + chunk] for c in spec.model.inputs]
         preds.append(_predict_column(spec, model(*batch)))
     model.train(was_training)
     pred = torch.cat(preds).double()
@@ -307,16 +308,24 @@ def _better(monitor: str, new: float, best: float | None) -> bool:
 def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
           progress: Progress | None = None, on_epoch=None, on_start=None, resume=None,
           stop: StopRequest | None = None, found_lrs: dict | None = None,
-          on_lr_found=None, device_step: bool = False) -> tuple[torch.nn.Module, History]:
+          on_lr_found=None, device_step: bool | str = False, graph: bool | None = None) -> tuple[torch.nn.Module, History]:
     """Train the spec's model, stage by stage. `on_start(model)` runs before the first step (not
     on resume); `on_epoch(model, record, history, state)` after each epoch, with the state to go on
     from. `resume` (a specc.checkpoint.TrainState) continues a run where it stopped, to the same
     weights as a run that never stopped; `stop.requested` stops it after the current step.
     `found_lrs[stage]` replays a learning rate lr-find found before (`lr = find`), and
-    `on_lr_found(stage, lr, result)` is told of a new one. `device_step` takes each step with
-    specc.fastpath's device-resident step (Adam only; the groundwork of the GPU fast path)."""
+    `on_lr_found(stage, lr, result)` is told of a new one. `graph` replays each step from a CUDA
+    graph (specc.fastpath; None: wherever fastpath.graph_reason finds nothing against it, so on a
+    CUDA device with Adam). `device_step` takes the same device-resident step uncaptured (Adam only;
+    on the CPU it trains to the plain loop's weights bit for bit); "foreach" makes it update with
+    fastpath.ForeachAdam, the update the captured step uses."""
+    from specc import fastpath
     from specc.checkpoint import TrainState
 
+    if graph is None:
+        graph = fastpath.graph_reason(spec, device) is None
+    elif graph and fastpath.graph_reason(spec, device) is not None:
+        raise ValueError(f"no CUDA-graph step: {fastpath.graph_reason(spec, device)}")  # a caller's mistake
     model = build_model(spec, prepared).to(device)
     model.train()
     if on_start is not None and resume is None:
@@ -417,10 +426,10 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             if scheduler is not None and resume.scheduler is not None:
                 scheduler.load_state_dict(resume.scheduler)
         fast = None
-        if device_step:
+        if device_step or graph:
             fast = _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs,
                                 stage_steps, device, resume.scheduler if resuming and resume.optimizer[
-                                    "param_groups"] else None)
+                                    "param_groups"] else None, graph, device_step == "foreach")
         if not resuming:
             early, best_state = {}, None
         es = stage.early_stop
@@ -434,20 +443,26 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             lr_now = lrs[0] if lrs else (fast[1] if fast else optimizer).param_groups[-1]["lr"]
             first_s = first_step if resuming and epoch == first_epoch else 0
             if fast is not None:
-                dstep, shadow, shadow_sched = fast
-                dstep.start_epoch(perm, epoch * steps + first_s, first_s)
+                dstep, shadow, shadow_sched, lr_host = fast
+                row = epoch * steps + first_s
+                dstep.start_epoch(perm, row, first_s)
                 if losses:
                     dstep.losses[:len(losses)].copy_(torch.stack(losses))
+                done = steps
                 for s in range(first_s, steps):
                     if stop is not None and stop.requested:
-                        losses = list(dstep.losses[:s])
-                        raise Interrupted(state(si, epoch, s, time.perf_counter() - start))
-                    dstep()
-                    lrs.append(shadow.param_groups[-1]["lr"])  # host numbers only: no synchronisation
-                    if shadow_sched is not None:
+                        done = s
+                        break
+                    dstep()  # queued: the host runs ahead of the device until the epoch's end
+                lrs.extend(lr_host[row:row + done - first_s])
+                if shadow_sched is not None:  # the host's copy of the schedule, for checkpoints
+                    for _ in range(done - first_s):
                         shadow_sched.step()
+                if done < steps:
+                    losses = list(dstep.losses[:done])
+                    raise Interrupted(state(si, epoch, done, time.perf_counter() - start))
                 losses = list(dstep.losses)
-                raw_check = torch.stack(losses)
+                raw_check = dstep.losses
                 if spec.train.stop_on_nan and not bool(torch.isfinite(raw_check).all()):
                     first = int((~torch.isfinite(raw_check)).nonzero()[0, 0])
                     raise TrainingDiverged(stage.name, epoch, first, lrs[first])
@@ -516,8 +531,9 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
 
 
 def _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs, stage_steps,
-                 device, scheduler_state):
-    """The device-resident step of a stage, with a shadow schedule on the host for checkpoints."""
+                 device, scheduler_state, graph: bool, foreach: bool = False):
+    """The device-resident step of a stage (captured in a CUDA graph if `graph`), with a shadow
+    schedule on the host for checkpoints and the host's copy of the last group's learning rates."""
     from specc import fastpath
 
     if not fastpath.applies(spec):
@@ -533,11 +549,15 @@ def _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train,
             for group, lr in zip(shadow.param_groups, shadow_sched.get_last_lr()):
                 group["lr"] = lr
 
-    def forward_loss(xs, y):
-        return loss_of(_predict_column(spec, model(*xs)), y, params)
+    lr_host = lr_table[:, -1].tolist()
+    forward = fastpath.gather_rows_graph(model) if graph and isinstance(model, torch.fx.GraphModule) else model
 
-    return (fastpath.DeviceStep(model, optimizer, forward_loss, x_train, y_train, steps, bs, lr_table, beta1_table,
-                                device), shadow, shadow_sched)
+    def forward_loss(xs, y):
+        return loss_of(_predict_column(spec, forward(*xs)), y, params)
+
+    step = fastpath.DeviceStep(model, optimizer, forward_loss, x_train, y_train, steps, bs, lr_table, beta1_table,
+                               device, update="foreach" if graph or foreach else "optimizer")
+    return (fastpath.CapturedStep(step) if graph else step), shadow, shadow_sched, lr_host
 
 
 def _train_mode(model, frozen_modules) -> None:

@@ -60,3 +60,94 @@ def test_device_step_needs_adam(tiny, capsys):
 
     assert main(["train", str(tiny), "--device-step", "--set", "train.optimizer=sgd()"]) == 2
     assert capsys.readouterr().err == "specc: error: --device-step needs the Adam optimizer (adam or adamw)\n"
+
+
+def test_foreach_adam_matches_torchs_adamw_with_a_moving_schedule():
+    """ForeachAdam (the captured step's update) against torch's fused AdamW, three groups, lr and
+    beta1 changed at every step as one-cycle does."""
+    from specc.fastpath import ForeachAdam
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [[(7, 3), (5,)], [(4, 4)], [(9, 2), (3,)]]
+    ours = [[torch.randn(*s, generator=gen) for s in group] for group in shapes]
+    theirs = [[p.clone() for p in group] for group in ours]
+    ref = torch.optim.AdamW([{"params": g, "lr": 1e-2} for g in theirs], betas=(0.9, 0.99), eps=1e-8,
+                            weight_decay=0.1, fused=True)
+    mine = torch.optim.AdamW([{"params": g, "lr": 1e-2} for g in ours], betas=(0.9, 0.99), eps=1e-8,
+                             weight_decay=0.1, fused=True)
+    update = ForeachAdam(mine)
+    for k in range(25):
+        lrs = [1e-3 * (1 + k) * (g + 1) for g in range(3)]
+        beta1s = [0.95 - 0.004 * k, 0.9, 0.85 + 0.002 * k]
+        for group, lr, b1 in zip(ref.param_groups, lrs, beta1s):
+            group["lr"], group["betas"] = lr, (b1, 0.99)
+        for a, b in zip((p for g in ours for p in g), (p for g in theirs for p in g)):
+            a.grad = torch.randn(a.shape, generator=gen) * (0 if k == 3 else 1)  # a zero gradient too
+            b.grad = a.grad.clone()
+        ref.step()
+        update.step(torch.tensor(lrs, dtype=torch.float64), torch.tensor(beta1s, dtype=torch.float64))
+    for a, b in zip((p for g in ours for p in g), (p for g in theirs for p in g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(mine.state[a][key], ref.state[b][key], rtol=1e-5, atol=1e-7)
+
+
+def test_foreach_adam_one_step_by_hand():
+    """One step on one weight, every number written out: w=1, g=0.5, lr=0.1, beta1=0.9, beta2=0.99,
+    eps=1e-8, wd=0.1. Decay: 1 - 0.1*0.1 = 0.99. m = 0.05, v = 0.0025; corrected m^ = 0.5, v^ = 0.25;
+    w = 0.99 - 0.1 * 0.5 / (0.5 + 1e-8) = 0.89 (to 1e-8)."""
+    from specc.fastpath import ForeachAdam
+
+    w = torch.tensor([1.0])
+    opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, fused=True)
+    w.grad = torch.tensor([0.5])
+    ForeachAdam(opt).step(torch.tensor([0.1], dtype=torch.float64), torch.tensor([0.9], dtype=torch.float64))
+    assert w.item() == pytest.approx(0.89, abs=1e-6)
+    assert opt.state[w]["exp_avg"].item() == pytest.approx(0.05)
+    assert opt.state[w]["exp_avg_sq"].item() == pytest.approx(0.0025)
+
+
+@pytest.mark.parametrize("spec_path", ["specs/collab.spec", "specs/collab_nn.spec"])
+def test_gather_rows_graph_gives_the_embeddings_values_and_gradients(spec_path):
+    from specc.fastpath import gather_rows_graph
+    from specc.train import build_model, to_tensors
+
+    spec, prepared, _ = _setup(spec_path, [])
+    model = build_model(spec, prepared)
+    gathered = gather_rows_graph(model)
+    assert "index_select" not in model.code and "_gather_rows" in gathered.code
+    assert not any(isinstance(m, torch.nn.Embedding) for m in [gathered.get_submodule(n.target)
+               for n in gathered.graph.nodes if n.op == "call_module"])
+    cols = to_tensors({k: v[:256] for k, v in prepared.train.items()}, torch.device("cpu"))
+    xs = [cols[c] for c in spec.model.inputs]
+    model.eval()  # dropout off, batchnorm on its running statistics: the same function both ways
+    out_a = model(*xs)
+    grads_a = torch.autograd.grad(out_a.square().sum(), list(model.parameters()))
+    out_b = gathered(*xs)
+    grads_b = torch.autograd.grad(out_b.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_device_step_with_the_foreach_update_trains_to_the_plain_loops_weights(tiny):
+    """The update the CUDA graph holds, taken uncaptured on the CPU: the same weights as the plain
+    loop to float rounding, over two one-cycle epochs."""
+    spec, prepared, plan = _setup(tiny, ["train.fit.epochs=2"])
+    plain, plain_history = train(spec, prepared, plan, pick_device("cpu"))
+    fast, fast_history = train(spec, prepared, plan, pick_device("cpu"), device_step="foreach")
+    for (name, a), (_, b) in zip(plain.state_dict().items(), fast.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert [r.valid_loss for r in fast_history.records] == pytest.approx(
+        [r.valid_loss for r in plain_history.records], rel=1e-5)
+    assert fast_history.step_lr == pytest.approx(plain_history.step_lr)
+
+
+def test_graph_reason():
+    from specc.fastpath import graph_reason
+
+    spec, _ = load_spec("specs/collab.spec", [])
+    assert graph_reason(spec, torch.device("cpu")) == "CUDA graphs need a CUDA device"
+    assert graph_reason(spec, torch.device("cuda")) is None
+    sgd, _ = load_spec("specs/collab.spec", ["train.optimizer=sgd(momentum=0.9)"])
+    assert "optimizer is sgd" in graph_reason(sgd, torch.device("cuda"))
