@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool), from the repository root, after bench/gpu_prepare.sh here and
-# the calls it prints. Installs what the machine lacks, checks that specc trains and exports there,
-# and times, side by side with hand-written references, in about 8 minutes:
-#   1. the collab training epoch, specc against a hand-written eager loop (same model, batches,
-#      fused AdamW, OneCycleLR), at batch 64 and 4096, on the GPU;
-#   2. inference: onnxruntime's CUDA provider with IO binding against torch eager, batch 1 to 65,536.
-#   1b. the same with specc's device-resident step (specc.fastpath), not yet captured in a CUDA graph.
-# Not measured yet (not built yet): the CUDA-graph capture of that step and the 25M-rating workload.
+# the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). In about 5 minutes:
+#   0. installs what the machine lacks (lark; onnxruntime-gpu, from the parts);
+#   1. checks: tests/test_gpu.py (the CUDA-graph step against the plain loop, stop and resume,
+#      onnxruntime's CUDA provider against its CPU one) and tests/test_fastpath.py, on the GPU;
+#   2. times the collab training epoch (bench/gpu_collab.py): specc's CUDA-graph step and plain
+#      loop against a hand-written eager loop, on the 100k set at batch 64 and a MovieLens-25M-shaped
+#      set at batch 65,536, 4,096 and 64;
+#   3. profiles the graph's kernels (100k at batch 64, 25M at 65,536);
+#   4. times inference (bench/infer.py): onnxruntime CUDA with IO binding against torch eager.
+# Each part runs under its own timeout and a failing part does not stop the others. Results: $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/specc-gpu}
@@ -18,14 +21,20 @@ if ls /tmp/ort/part_* >/dev/null 2>&1; then
     /tmp/ort/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl || echo "onnxruntime-gpu did not install"
 fi
 export PYTHONPATH=/tmp/ortgpu:/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, onnxruntime as ort; print('torch', torch.__version__, torch.cuda.is_available(), '| onnxruntime', ort.__version__, ort.get_available_providers())"
-set -e
-echo "== check: train and export the collab spec on the GPU (1 epoch)"
-timeout 120 python3 -m specc train specs/collab.spec --device cuda --out "$OUT/run" --set train.fit.epochs=1
-echo "== 1. training epoch: specc against a hand-written eager loop"
-timeout 300 python3 bench/collab.py --device cuda --batches 64 4096 --reps 3 --json "$OUT/collab.json"
-echo "== 1b. the same with specc's device-resident step (no capture yet)"
-timeout 200 python3 bench/collab.py --device cuda --device-step --batches 64 4096 --reps 3 --json "$OUT/collab_device_step.json"
-echo "== 2. inference: onnxruntime CUDA + IO binding against torch eager"
-timeout 120 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
+status=0
+part() {  # part NAME SECONDS COMMAND...: run, keep its log, note a failure and go on
+  local name=$1 secs=$2; shift 2
+  echo "== $name"
+  local start=$SECONDS
+  timeout "$secs" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc in $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || status=1
+}
+part checks 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_fastpath.py -x
+part train 300 python3 bench/gpu_collab.py --json "$OUT/gpu_collab.json"
+part profile 60 python3 bench/gpu_collab.py --profile
+part infer 80 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
+exit $status

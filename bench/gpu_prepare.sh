@@ -2,7 +2,7 @@
 # Run HERE (not on the GPU machine), from the repository root, before bench/gpu.sh: fetches what the
 # GPU machine lacks (see ../.library/device/KINDS.md) into folders git ignores:
 #   .whl/        lark, a pure-Python wheel (carry it in every device call that runs specc)
-#   .whl_ort/    onnxruntime-gpu 1.31.1 for Python 3.12, split into 58 MB parts (one call carries
+#   .whl_ort/    onnxruntime-gpu 1.31.1 for Python 3.12, split into 4 parts of 61 MiB (one call carries
 #                at most 64 MiB: carry one part per call, back to back while the machine is warm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ python3 -m pip download --no-deps --only-binary=:all: -d .whl lark==1.3.1
 if ! ls .whl_ort/part_* >/dev/null 2>&1; then
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 -d .whl_ort onnxruntime-gpu==1.31.1
-  (cd .whl_ort && split -b 58m onnxruntime_gpu-*.whl part_ && rm onnxruntime_gpu-*.whl && ls -la)
+  (cd .whl_ort && split -n 4 onnxruntime_gpu-*.whl part_ && rm onnxruntime_gpu-*.whl && ls -la)
 fi
 cat <<'TXT'
 Now, with the device tool, while the machine stays warm (30 s between calls):

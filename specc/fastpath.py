@@ -43,16 +43,16 @@ def schedule_tables(fit, opt_spec, lrs: list[float], total_steps: int, device) -
     stand_ins = [[torch.nn.Parameter(torch.zeros(1))] for _ in lrs]
     optimizer = make_optimizer(opt_spec, list(zip(stand_ins, lrs)))
     scheduler = make_scheduler(fit, opt_spec, optimizer, total_steps)
-    lr = torch.empty(total_steps, len(lrs), dtype=torch.float64)
-    beta1 = torch.empty(total_steps, len(lrs), dtype=torch.float64)
-    for k in range(total_steps):
-        for g, group in enumerate(optimizer.param_groups):
-            lr[k, g] = group["lr"]
-            beta1[k, g] = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+    groups = optimizer.param_groups
+    lr, beta1 = [], []
+    for _ in range(total_steps):
+        lr.append([group["lr"] for group in groups])
+        beta1.append([group["betas"][0] if "betas" in group else group.get("momentum", 0.0) for group in groups])
         if scheduler is not None:
             optimizer.step()  # no gradients: nothing moves, but the scheduler wants a step first
             scheduler.step()
-    return lr.to(device), beta1.to(device)
+    return (torch.tensor(lr, dtype=torch.float64).view(total_steps, len(lrs)).to(device),
+            torch.tensor(beta1, dtype=torch.float64).view(total_steps, len(lrs)).to(device))
 
 
 class ForeachAdam:

@@ -385,7 +385,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             optimizer={"state": {}, "param_groups": []} if next_stage or optimizer is None else optimizer_state(),
             scheduler=None if next_stage or sched is None else sched.state_dict(),
             torch_rng=torch.get_rng_state(), generator=generator.get_state(),
-            epoch_losses=torch.stack(losses) if losses else torch.zeros(0), epoch_lrs=list(lrs), ewma=ewma,
+            epoch_losses=_stacked(losses), epoch_lrs=list(lrs), ewma=ewma,
             records=[r.__dict__ for r in history.records],
             history={"step_loss": history.step_loss, "step_smooth": history.step_smooth,
                      "step_lr": history.step_lr}, epoch_seconds=seconds, stage=stage,
@@ -446,8 +446,8 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                 dstep, shadow, shadow_sched, lr_host = fast
                 row = epoch * steps + first_s
                 dstep.start_epoch(perm, row, first_s)
-                if losses:
-                    dstep.losses[:len(losses)].copy_(torch.stack(losses))
+                if len(losses):
+                    dstep.losses[:len(losses)].copy_(_stacked(losses))
                 done = steps
                 for s in range(first_s, steps):
                     if stop is not None and stop.requested:
@@ -459,10 +459,10 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                     for _ in range(done - first_s):
                         shadow_sched.step()
                 if done < steps:
-                    losses = list(dstep.losses[:done])
+                    losses = dstep.losses[:done].clone()
                     raise Interrupted(state(si, epoch, done, time.perf_counter() - start))
-                losses = list(dstep.losses)
-                raw_check = dstep.losses
+                losses = dstep.losses.clone()  # one tensor: the epoch's losses, read once below
+                raw_check = losses
                 if spec.train.stop_on_nan and not bool(torch.isfinite(raw_check).all()):
                     first = int((~torch.isfinite(raw_check)).nonzero()[0, 0])
                     raise TrainingDiverged(stage.name, epoch, first, lrs[first])
@@ -492,7 +492,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                                   file=sys.stderr)
                     if progress is not None and progress.bar and s % bar_every == bar_every - 1:
                         progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
-            raw = torch.stack(losses).double().cpu().numpy()
+            raw = _stacked(losses).double().cpu().numpy()
             smoothed, ewma = smooth(raw, start=ewma)
             scores = evaluate(spec, model, valid_t, valid_t[target])
             _train_mode(model, frozen_modules)
@@ -528,6 +528,13 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         first_epoch = first_step = 0
         early, best_state = {}, None
     return model, history
+
+
+def _stacked(losses) -> torch.Tensor:
+    """An epoch's losses so far as one tensor (the plain loop keeps a list, the device step a tensor)."""
+    if torch.is_tensor(losses):
+        return losses
+    return torch.stack(losses) if losses else torch.zeros(0)
 
 
 def _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs, stage_steps,

@@ -1,0 +1,74 @@
+"""Checks that need a CUDA device (skipped elsewhere; bench/gpu.sh runs them on the GPU machine):
+the CUDA-graph step trains as the plain loop does, stops and resumes, and the exported model runs
+under onnxruntime's CUDA provider with the outputs torch gives."""
+
+import numpy as np
+import pytest
+import torch
+
+from specc.data.prepare import prepare
+from specc.plan import make_plan
+from specc.run import load_spec
+from specc.train import Interrupted, pick_device, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _setup(spec_path, sets):
+    spec, _ = load_spec(spec_path, sets)
+    prepared = prepare(spec.data, spec.model.inputs)
+    return spec, prepared, make_plan(spec, prepared)
+
+
+def test_graph_step_trains_as_the_plain_loop():
+    spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=2"])
+    cuda = pick_device("cuda")
+    plain, plain_history = train(spec, prepared, plan, cuda, graph=False)
+    fast, fast_history = train(spec, prepared, plan, cuda)  # the default on CUDA: the graph
+    a = [r.valid_loss for r in plain_history.records]
+    b = [r.valid_loss for r in fast_history.records]
+    assert b == pytest.approx(a, rel=2e-3)
+    for (name, x), (_, y) in zip(plain.state_dict().items(), fast.state_dict().items()):
+        assert float((x - y).abs().max()) < 5e-3 * max(1.0, float(x.abs().max())), name
+    assert fast_history.step_lr == pytest.approx(plain_history.step_lr)
+
+
+def test_graph_step_replays_the_uncaptured_step():
+    """Capture leaves the weights as they were: the replayed run follows the same update taken
+    uncaptured (same gather, same ForeachAdam) to float rounding."""
+    spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=1"])
+    cuda = pick_device("cuda")
+    eager, _ = train(spec, prepared, plan, cuda, device_step="foreach")
+    captured, _ = train(spec, prepared, plan, cuda)
+    for (name, x), (_, y) in zip(eager.state_dict().items(), captured.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_graph_step_stops_and_resumes(tmp_path):
+    from specc.checkpoint import from_safetensors, to_safetensors
+    from test_resume import StopAt
+
+    spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=2"])
+    cuda = pick_device("cuda")
+    whole, whole_history = train(spec, prepared, plan, cuda)
+    with pytest.raises(Interrupted) as stopped:
+        train(spec, prepared, plan, cuda, stop=StopAt(2000))
+    (tmp_path / "c.safetensors").write_bytes(to_safetensors(stopped.value.state, {}))
+    state = from_safetensors(tmp_path / "c.safetensors")[0]
+    resumed, resumed_history = train(spec, prepared, plan, cuda, resume=state)
+    assert resumed_history.records[-1].valid_loss == pytest.approx(whole_history.records[-1].valid_loss, rel=2e-3)
+
+
+def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(tmp_path):
+    from specc.cli import main
+    from specc.infer import Session
+
+    out = tmp_path / "run"
+    assert main(["train", "specs/collab.spec", "--device", "cuda", "--out", str(out), "--quiet"]) == 0
+    gpu, cpu = Session(out / "model.onnx", device="cuda"), Session(out / "model.onnx", device="cpu")
+    if gpu.provider != "CUDAExecutionProvider":
+        pytest.skip("this onnxruntime has no CUDA provider")
+    feed = {"user": np.arange(4096, dtype=np.int64) % 950, "item": (np.arange(4096, dtype=np.int64) * 7) % 1700}
+    got, want = gpu.run_bound(feed), cpu.run(feed)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-3)
