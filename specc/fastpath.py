@@ -104,7 +104,8 @@ class ForeachAdam:
             bc2_sqrt = (1 - beta2 ** t).sqrt()
             denom = torch._foreach_sqrt(v)
             torch._foreach_mul_(denom, (-bc1 / (lr * bc2_sqrt)).to(dtype))
-            torch._foreach_add_(denom, (-eps * bc1 / lr).to(dtype))
+            shift = (-eps * bc1 / lr).to(dtype)  # a tensor: foreach ops would read a lone one back to the host
+            torch._foreach_add_(denom, [shift.expand_as(x) for x in denom])
             torch._foreach_addcdiv_(params, m, denom)
 
 
