@@ -5,6 +5,7 @@ weights, on the same batches, with the same optimizer and one-cycle schedule:
   ref    the idiomatic eager loop: data on the GPU, batches by index, fused AdamW, OneCycleLR
   plain  specc.train.train with graph=False (the same kind of loop, as specc writes it)
   graph  specc.train.train as it runs by default on a GPU: the step replayed from a CUDA graph
+         (graph-nc: the same with the optimizer update uncompiled, SPECC_COMPILE=0)
 on two data sets:
   100k   specs/data/ratings.csv (MovieLens-100k-sized: 100,000 ratings, 90,000 training rows)
   25M    a generated set of MovieLens 25M's shape (162,541 users, 59,047 items, 25,000,000
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -181,9 +183,10 @@ class PrefixTimer(StopRequest):
         return False
 
 
-def specc_loop(spec, prepared, plan, device, graph: bool, prefix: int = 0) -> dict:
+def specc_loop(spec, prepared, plan, device, graph: bool, prefix: int = 0, compiled: bool = True) -> dict:
+    os.environ["SPECC_COMPILE"] = "1" if compiled else "0"
     # On a CPU (a smoke run of this script) the graph's step runs uncaptured.
-    options = {"graph": graph} if device.type == "cuda" else {"graph": False, "device_step": "foreach" if graph else False}
+    options = {"graph": graph} if device.type == "cuda" else {"graph": False, "device_step": "flat" if graph else False}
     peak_reset(device)
     sync(device)
     start = time.perf_counter()
@@ -215,7 +218,8 @@ def bench(name: str, prepared: Prepared, batch: int, epochs: int, device, loops,
             if loop == "ref":
                 r = ref_loop(prepared, init_state, batch, epochs, device, prefix)
             else:
-                r = specc_loop(spec, prepared, plan, device, graph=loop == "graph", prefix=prefix)
+                r = specc_loop(spec, prepared, plan, device, graph=loop.startswith("graph"), prefix=prefix,
+                               compiled=loop != "graph-nc")
         except Exception as err:  # report and go on: one failing loop must not hide the others
             print(f"  {name} batch {batch} {loop}: FAILED: {type(err).__name__}: {err}", flush=True)
             rows.append({"set": name, "batch": batch, "loop": loop, "error": f"{type(err).__name__}: {err}"})
@@ -259,6 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--prefix", type=int, default=20000, help="steps timed where a whole epoch is too long")
     ap.add_argument("--only", choices=("100k", "25M"), help="one data set only")
+    ap.add_argument("--loops", nargs="+", default=["ref", "plain", "graph"],
+                    help="which loops to time: ref plain graph graph-nc")
     ap.add_argument("--profile", action="store_true",
                     help="instead of timing, profile the graph's kernels (100k at 64, 25M at 65536)")
     args = ap.parse_args(argv)
@@ -280,7 +286,7 @@ def main(argv=None) -> int:
         spec, _ = load_spec(str(SPEC), [])
         small = prepare(spec.data, spec.model.inputs)
         print(f"100k: {small.n_train:,} training rows, {small.n_valid:,} valid", flush=True)
-        rows += bench("100k", small, 64, epochs, device, ("ref", "plain", "graph"))
+        rows += bench("100k", small, 64, epochs, device, args.loops)
     if args.only in (None, "25M"):
         shape = {k: v // 10 for k, v in SHAPE_25M.items()} if args.quick else SHAPE_25M
         start = time.perf_counter()
@@ -289,9 +295,9 @@ def main(argv=None) -> int:
         del train_t, valid_t
         print(f"25M: {large.n_train:,} training rows, {large.n_valid:,} valid, made in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
-        rows += bench("25M", large, 65536, epochs, device, ("ref", "plain", "graph"))
-        rows += bench("25M", large, 4096, 1 if not args.quick else 1, device, ("ref", "plain", "graph"))
-        rows += bench("25M", large, 64, 1, device, ("ref", "graph"), prefix=prefix)
+        rows += bench("25M", large, 65536, epochs, device, args.loops)
+        rows += bench("25M", large, 4096, 1, device, args.loops)
+        rows += bench("25M", large, 64, 1, device, [x for x in args.loops if x != "plain"], prefix=prefix)
 
     print()
     head = (f"{'set':<5} {'batch':>6} {'loop':<6} {'s/epoch':>8} {'us/step':>8} {'samples/s':>11} "

@@ -13,6 +13,9 @@ trains to the same weights as the plain loop.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 from torch import fx, nn
 
@@ -55,58 +58,98 @@ def schedule_tables(fit, opt_spec, lrs: list[float], total_steps: int, device) -
             torch.tensor(beta1, dtype=torch.float64).view(total_steps, len(lrs)).to(device))
 
 
-class ForeachAdam:
-    """AdamW's update (decoupled weight decay, bias correction) over each group of a torch AdamW,
-    with the learning rate and beta1 read from device tensors and no host read.
+class FlatAdam:
+    """AdamW's update (decoupled weight decay, bias correction) with its per-step numbers read
+    from device tables: nothing is read back to the host, so a CUDA graph can hold it.
 
     torch's AdamW cannot be captured with a moving beta1: its fused kernel takes beta1 as a host
-    number, and its multi-tensor path turns a tensor beta1 into one (an item() call). The state
-    lives in the torch optimizer's own entries (step, exp_avg, exp_avg_sq, as its fused kernel
-    keeps them), so checkpoints, resumes and the plain loop read it as theirs."""
+    number, and its multi-tensor path turns a tensor beta1 into one (an item() call). Here each
+    group's parameters, gradients and moments become views of one flat buffer each, so an update
+    is a handful of element-wise kernels over one buffer (torch's multi-tensor kernels give a
+    small tensor one thread block: slow for a few large tensors), or a single kernel where
+    torch.compile is there to fuse them (`compiled`). The moments and step counts stay in the torch
+    optimizer's own state entries (as views), so checkpoints, resumes and the plain loop read them
+    as theirs. Every parameter of a group is updated at every step; one that took no part in the
+    loss has a zero gradient (torch's AdamW would skip it)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.optimizer = optimizer
-
-    def _state(self, p: torch.Tensor) -> dict:
-        state = self.optimizer.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    @torch.no_grad()
-    def step(self, lrs: torch.Tensor, beta1s: torch.Tensor) -> None:
-        """One update; `lrs` and `beta1s` hold one value per group (device tensors)."""
-        for g, group in enumerate(self.optimizer.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_table: torch.Tensor, beta1_table: torch.Tensor,
+                 compiled: bool = False):
+        self.optimizer, self.compiled = optimizer, compiled
+        self.groups = []
+        for g, group in enumerate(optimizer.param_groups):
+            params = list(group["params"])
             if not params:
                 continue
-            states = [self._state(p) for p in params]
-            grads = [p.grad for p in params]
-            m = [s["exp_avg"] for s in states]
-            v = [s["exp_avg_sq"] for s in states]
-            steps = [s["step"] for s in states]
-            dtype = params[0].dtype
-            lr, beta1 = lrs[g], beta1s[g]
+            flat = torch.cat([p.detach().reshape(-1) for p in params])
+            grads, m, v = torch.zeros_like(flat), torch.zeros_like(flat), torch.zeros_like(flat)
+            steps, offset = [], 0
+            for p in params:
+                n = p.numel()
+                view = slice(offset, offset + n)
+                old = optimizer.state[p]
+                if old:  # a resumed state: carried into the flat buffers
+                    m[view].copy_(old["exp_avg"].reshape(-1))
+                    v[view].copy_(old["exp_avg_sq"].reshape(-1))
+                step = old["step"].to(device=flat.device, dtype=torch.float32) if old else torch.zeros(
+                    (), dtype=torch.float32, device=flat.device)
+                p.data = flat[view].view_as(p)
+                p.grad = grads[view].view_as(p)
+                optimizer.state[p] = {"step": step, "exp_avg": m[view].view_as(p), "exp_avg_sq": v[view].view_as(p)}
+                steps.append(step)
+                offset += n
             beta2, eps, wd = group["betas"][1], group["eps"], group["weight_decay"]
+            self.groups.append((flat, grads, m, v, steps, beta2,
+                                coefficients(lr_table[:, g], beta1_table[:, g], beta2, eps, wd).to(flat.dtype)))
+
+    def zero_grad(self) -> None:
+        for _, grads, *_ in self.groups:
+            grads.zero_()
+
+    @torch.no_grad()
+    def step(self, row: torch.Tensor) -> None:
+        """One update with the numbers of the stage's step `row` (a one-element device tensor)."""
+        update = _flat_update_compiled() if self.compiled else _flat_update
+        for flat, grads, m, v, steps, beta2, coef in self.groups:
             torch._foreach_add_(steps, 1.0)
-            t = steps[0].double()  # a group's parameters step together
-            if wd != 0:
-                torch._foreach_mul_(params, (1 - lr * wd).to(dtype))
-            weight = (1 - beta1).to(dtype)
-            torch._foreach_lerp_(m, grads, [weight.expand_as(x) for x in m])
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
-            # p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), with the scalars folded into the
-            # denominator: p += m / (sqrt(v) * a + b), a = -bc1 / (lr * sqrt(bc2)), b = -eps * bc1 / lr
-            bc1 = 1 - beta1 ** t
-            bc2_sqrt = (1 - beta2 ** t).sqrt()
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_mul_(denom, (-bc1 / (lr * bc2_sqrt)).to(dtype))
-            shift = (-eps * bc1 / lr).to(dtype)  # a tensor: foreach ops would read a lone one back to the host
-            torch._foreach_add_(denom, [shift.expand_as(x) for x in denom])
-            torch._foreach_addcdiv_(params, m, denom)
+            update(flat, grads, m, v, coef.index_select(0, row.view(1))[0], beta2)
+
+
+def coefficients(lr: torch.Tensor, beta1: torch.Tensor, beta2: float, eps: float, wd: float) -> torch.Tensor:
+    """[steps, 4]: the numbers AdamW's update takes at each step of a stage (a fresh optimizer at its
+    start, so step k is Adam's step t = k + 1). The update
+        p = p * (1 - lr wd);  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
+        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    is written p = p * c0; m = lerp(m, g, c1); ...; p = p + m / (sqrt(v) * c2 + c3), with
+    c2 = -(1 - beta1^t) / (lr sqrt(1 - beta2^t)) and c3 = -eps (1 - beta1^t) / lr."""
+    lr, beta1 = lr.double(), beta1.double()
+    t = torch.arange(1, len(lr) + 1, dtype=torch.float64, device=lr.device)
+    bc1 = 1 - beta1 ** t
+    bc2_sqrt = (1 - beta2 ** t).sqrt()
+    return torch.stack([1 - lr * wd, 1 - beta1, -bc1 / (lr * bc2_sqrt), -eps * bc1 / lr], dim=1)
+
+
+def _flat_update(p, g, m, v, c, beta2: float) -> None:
+    p.mul_(c[0])
+    m.lerp_(g, c[1])
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    p.addcdiv_(m, torch.addcmul(c[3], v.sqrt(), c[2]))
+
+
+@functools.cache
+def _flat_update_compiled():
+    return torch.compile(_flat_update, dynamic=False)
+
+
+def can_compile() -> bool:
+    """torch.compile fuses the update into one kernel on a CUDA device where Triton is there
+    (SPECC_COMPILE=0 turns it off)."""
+    if os.environ.get("SPECC_COMPILE", "1") == "0" or not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def gather_rows_graph(model: fx.GraphModule) -> fx.GraphModule:
@@ -134,10 +177,12 @@ def _gather_rows(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class DeviceStep:
     """One training step over static buffers, with no host synchronisation (see the module doc).
     `update` is "optimizer" (torch's own step, given tensor learning rates: exact on the CPU, but it
-    reads beta1 back to the host) or "foreach" (ForeachAdam: nothing read back, so capturable)."""
+    reads beta1 back to the host) or "flat" (FlatAdam: nothing read back, so capturable;
+    `compiled` fuses it with torch.compile)."""
 
     def __init__(self, model, optimizer, forward_loss, x_train, y_train, steps: int, batch: int,
-                 lr_table: torch.Tensor, beta1_table: torch.Tensor, device, update: str = "optimizer"):
+                 lr_table: torch.Tensor, beta1_table: torch.Tensor, device, update: str = "optimizer",
+                 compiled: bool = False):
         self.model, self.optimizer, self.forward_loss = model, optimizer, forward_loss
         self.x_train, self.y_train = x_train, y_train
         self.perm = torch.zeros(steps, batch, dtype=torch.int64, device=device)  # this epoch's batches
@@ -145,8 +190,8 @@ class DeviceStep:
         self.batch_step = torch.zeros((), dtype=torch.int64, device=device)  # the step within the epoch
         self.stage_step = torch.zeros((), dtype=torch.int64, device=device)  # the row of the tables
         self.lr_table, self.beta1_table = lr_table, beta1_table
-        self.foreach = ForeachAdam(optimizer) if update == "foreach" else None
-        if self.foreach is None:
+        self.flat = FlatAdam(optimizer, lr_table, beta1_table, compiled) if update == "flat" else None
+        if self.flat is None:
             for group in optimizer.param_groups:  # the optimizer reads these tensors at every step
                 group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64, device=device)
                 b1, b2 = group["betas"]
@@ -162,13 +207,15 @@ class DeviceStep:
     def __call__(self) -> None:
         idx = self.perm.index_select(0, self.batch_step).view(-1)
         loss = self.forward_loss([x.index_select(0, idx) for x in self.x_train], self.y_train.index_select(0, idx))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        row_lr = self.lr_table.index_select(0, self.stage_step)[0]
-        row_beta1 = self.beta1_table.index_select(0, self.stage_step)[0]
-        if self.foreach is not None:
-            self.foreach.step(row_lr, row_beta1)
+        if self.flat is not None:
+            self.flat.zero_grad()  # the gradients are views of flat buffers: zeroed, never dropped
+            loss.backward()
+            self.flat.step(self.stage_step)
         else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            row_lr = self.lr_table.index_select(0, self.stage_step)[0]
+            row_beta1 = self.beta1_table.index_select(0, self.stage_step)[0]
             for g, group in enumerate(self.optimizer.param_groups):
                 group["lr"].copy_(row_lr[g])
                 group["betas"][0].copy_(row_beta1[g])
@@ -179,41 +226,54 @@ class DeviceStep:
 
 
 class CapturedStep:
-    """A DeviceStep ("foreach" update) captured in a CUDA graph; calling it replays the graph.
+    """A DeviceStep ("flat" update) captured in a CUDA graph; calling it replays the graph.
 
     Capturing needs a few eager steps first (on a side stream, as torch's docs say), to create the
     optimizer state and settle the allocator. Those steps change the weights and the optimizer
     state, so both are saved before and put back after, in place (the graph holds their
-    addresses): the first replayed step starts from the weights the plain loop would."""
+    addresses): the first replayed step starts from the weights the plain loop would. Where the
+    compiled update fails to build, the step goes on with the uncompiled one (`note` says why)."""
 
     def __init__(self, step: DeviceStep, warmup: int = 3):
-        if step.foreach is None:
-            raise ValueError("a captured step needs the foreach update")  # a caller's mistake
-        self.step = step
+        if step.flat is None:
+            raise ValueError("a captured step needs the flat update")  # a caller's mistake
+        self.step, self.note = step, None
         model, optimizer = step.model, step.optimizer
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        had_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items() if s}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                step.batch_step.zero_()
-                step.stage_step.zero_()
-                step()
-        torch.cuda.current_stream().wait_stream(side)
+        saved = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+
+        def restore():
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    v.copy_(weights[k])
+                for p, state in optimizer.state.items():
+                    for k, v in state.items():
+                        v.copy_(saved[p][k])
+
+        def warm():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    step.batch_step.zero_()
+                    step.stage_step.zero_()
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+
+        try:
+            warm()
+        except Exception as err:  # torch.compile could not build the fused update here
+            if not step.flat.compiled:
+                raise
+            step.flat.compiled = False
+            self.note = f"the update runs uncompiled: torch.compile failed ({type(err).__name__}: {err})"
+            torch.cuda.synchronize()
+            restore()
+            warm()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             step()
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(weights[k])
-            for p, state in optimizer.state.items():
-                saved = had_state.get(p)
-                for k, v in state.items():
-                    if saved is None:
-                        v.zero_()  # a fresh state: step 0, zero moments
-                    else:
-                        v.copy_(saved[k])
+        restore()
 
     def start_epoch(self, perm: torch.Tensor, stage_step: int, first: int = 0) -> None:
         self.step.start_epoch(perm, stage_step, first)

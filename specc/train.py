@@ -317,8 +317,8 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     `on_lr_found(stage, lr, result)` is told of a new one. `graph` replays each step from a CUDA
     graph (specc.fastpath; None: wherever fastpath.graph_reason finds nothing against it, so on a
     CUDA device with Adam). `device_step` takes the same device-resident step uncaptured (Adam only;
-    on the CPU it trains to the plain loop's weights bit for bit); "foreach" makes it update with
-    fastpath.ForeachAdam, the update the captured step uses."""
+    on the CPU it trains to the plain loop's weights bit for bit); "flat" makes it update with
+    fastpath.FlatAdam, the update the captured step uses."""
     from specc import fastpath
     from specc.checkpoint import TrainState
 
@@ -422,14 +422,18 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         peaks = [g["lr"] for g in optimizer.param_groups]
         scheduler = make_scheduler(stage.fit, spec.train.optimizer, optimizer, stage_steps)
         if resuming and resume.optimizer["param_groups"]:
-            optimizer.load_state_dict(resume.optimizer)
+            # cloned: torch's load_state_dict keeps tensors that are already right, and the steps
+            # would then change the caller's TrainState in place
+            optimizer.load_state_dict({"state": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in st.items()}
+                                                 for k, st in resume.optimizer["state"].items()},
+                                       "param_groups": resume.optimizer["param_groups"]})
             if scheduler is not None and resume.scheduler is not None:
                 scheduler.load_state_dict(resume.scheduler)
         fast = None
         if device_step or graph:
             fast = _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs,
                                 stage_steps, device, resume.scheduler if resuming and resume.optimizer[
-                                    "param_groups"] else None, graph, device_step == "foreach")
+                                    "param_groups"] else None, graph, device_step == "flat")
         if not resuming:
             early, best_state = {}, None
         es = stage.early_stop
@@ -538,7 +542,7 @@ def _stacked(losses) -> torch.Tensor:
 
 
 def _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs, stage_steps,
-                 device, scheduler_state, graph: bool, foreach: bool = False):
+                 device, scheduler_state, graph: bool, flat: bool = False):
     """The device-resident step of a stage (captured in a CUDA graph if `graph`), with a shadow
     schedule on the host for checkpoints and the host's copy of the last group's learning rates."""
     from specc import fastpath
@@ -563,7 +567,8 @@ def _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train,
         return loss_of(_predict_column(spec, forward(*xs)), y, params)
 
     step = fastpath.DeviceStep(model, optimizer, forward_loss, x_train, y_train, steps, bs, lr_table, beta1_table,
-                               device, update="foreach" if graph or foreach else "optimizer")
+                               device, update="flat" if graph or flat else "optimizer",
+                               compiled=graph and fastpath.can_compile())
     return (fastpath.CapturedStep(step) if graph else step), shadow, shadow_sched, lr_host
 
 

@@ -35,10 +35,10 @@ def test_graph_step_trains_as_the_plain_loop():
 
 def test_graph_step_replays_the_uncaptured_step():
     """Capture leaves the weights as they were: the replayed run follows the same update taken
-    uncaptured (same gather, same ForeachAdam) to float rounding."""
+    uncaptured (same gather, same FlatAdam) to float rounding."""
     spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=1"])
     cuda = pick_device("cuda")
-    eager, _ = train(spec, prepared, plan, cuda, device_step="foreach")
+    eager, _ = train(spec, prepared, plan, cuda, device_step="flat")
     captured, _ = train(spec, prepared, plan, cuda)
     for (name, x), (_, y) in zip(eager.state_dict().items(), captured.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4, msg=name)
