@@ -166,3 +166,15 @@ def test_graph_reason():
     assert graph_reason(spec, torch.device("cuda")) is None
     sgd, _ = load_spec("specs/collab.spec", ["train.optimizer=sgd(momentum=0.9)"])
     assert "optimizer is sgd" in graph_reason(sgd, torch.device("cuda"))
+
+
+def test_graph_is_refused_off_cuda_and_no_graph_trains_plain(tiny, tmp_path, capsys):
+    from specc.cli import main
+
+    spec, prepared, plan = _setup(tiny, ["train.fit.epochs=1"])
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        train(spec, prepared, plan, pick_device("cpu"), graph=True)
+    assert main(["train", str(tiny), "--device", "cpu", "--no-graph", "--quiet", "--out", str(tmp_path / "r"),
+                 "--set", "train.fit.epochs=1"]) == 0
+    assert (tmp_path / "r" / "model.onnx").exists()
+    assert "CUDA-graph" not in capsys.readouterr().err  # no note on the CPU: the plain loop is the only one
