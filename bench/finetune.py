@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist" / "mnist.npz")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--pretrain-spec", type=Path, default=ROOT / "specs" / "finetune_pretrain.spec")
+    ap.add_argument("--spec", type=Path, default=ROOT / "specs" / "finetune.spec")
     args = ap.parse_args(argv)
     if not args.mnist.is_file():
         print(f"no MNIST at {args.mnist}", file=sys.stderr)
@@ -40,11 +42,11 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         sets = [data, f"train.seed={seed}"]
-        pre, _ = load_spec(ROOT / "specs" / "finetune_pretrain.spec", sets)
+        pre, _ = load_spec(args.pretrain_spec, sets)
         t = time.perf_counter()
         pre_run = train_run(pre, work / f"pretrain{seed}", "cpu", sets, quiet=True)
         pre_s = time.perf_counter() - t
-        spec, _ = load_spec(ROOT / "specs" / "finetune.spec", sets)
+        spec, _ = load_spec(args.spec, sets)
         spec = dataclasses.replace(spec, inits=tuple(dataclasses.replace(i, run=work / f"pretrain{seed}")
                                                      for i in spec.inits))
         tuned = train_run(spec, work / f"finetune{seed}", "cpu", sets, quiet=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool), from the repository root, after bench/gpu_prepare.sh here and
-# the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). In about 5 minutes:
+# the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). About 3 minutes on an H200:
 #   0. installs what the machine lacks (lark; onnxruntime-gpu, from the parts);
 #   1. checks: tests/test_gpu.py (the CUDA-graph step against the plain loop, stop and resume,
 #      onnxruntime's CUDA provider against its CPU one) and tests/test_fastpath.py, on the GPU;
