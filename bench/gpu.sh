@@ -33,7 +33,7 @@ part() {  # part NAME SECONDS COMMAND...: run, keep its log, note a failure and 
   echo "== $name: exit $rc in $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] || status=1
 }
-part checks 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_fastpath.py -x
+part checks 150 python3 -m pytest -p no:cacheprovider tests/test_gpu.py tests/test_fastpath.py -x
 part train 300 python3 bench/gpu_collab.py --json "$OUT/gpu_collab.json"
 part profile 60 python3 bench/gpu_collab.py --profile
 part infer 80 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
