@@ -112,17 +112,19 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     started = time.perf_counter()
     prepared = prepare(spec.data, spec.model.inputs)
     device = pick_device(device_name)
-    if device.type == "cuda" and graph is None and not quiet:
-        from specc.fastpath import graph_reason
+    from specc.fastpath import graph_reason
 
-        reason = graph_reason(spec, device)
-        if reason is not None:
+    reason = graph_reason(spec, device)
+    if graph is None:
+        graph = reason is None and not device_step
+        if reason is not None and device.type == "cuda" and not quiet:
             print(f"specc: note: training with the plain loop, not the CUDA-graph step: {reason}", file=sys.stderr)
+    loop = "cuda-graph" if graph else "device-step" if device_step else "plain"
     plan = make_plan(spec, prepared)
     folder.write_text("spec.spec", spec.source.text)
     if not quiet:
         where = f", resuming at epoch {state.epoch} step {state.step}" if state is not None else ""
-        print(f"specc: training {spec.name} on {device.type}: {prepared.n_train} training rows, "
+        print(f"specc: training {spec.name} on {device.type} ({loop} loop): {prepared.n_train} training rows, "
               f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch{where}", file=stdout)
 
     def meta(epoch: int) -> dict[str, str]:
@@ -178,7 +180,8 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     folder.write_bytes("model.onnx", onnx_bytes)
     seconds = time.perf_counter() - started
     folder.write_json("run.json", {
-        "spec": spec.name, "overrides": list(sets), "device": device.type, "seconds": round(seconds, 3),
+        "spec": spec.name, "overrides": list(sets), "device": device.type, "loop": loop,
+        "seconds": round(seconds, 3),
         "onnx_parity_max_abs_diff": diff, "torch": torch.__version__, "python": platform.python_version(),
         "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs,
         "resumed": resume, "final": history.records[-1].__dict__ if history.records else None,

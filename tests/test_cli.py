@@ -87,6 +87,7 @@ def test_train_predict_inspect(tiny, tmp_path, capsys, ratings_dir):
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = json.loads((run / "run.json").read_text())
     assert info["onnx_parity_max_abs_diff"] < 1e-4 and info["overrides"] == ["train.fit.epochs=2"]
+    assert (info["device"], info["loop"]) == ("cpu", "plain")  # no CUDA graph without a GPU
 
     rows_csv = tmp_path / "rows.csv"
     rows_csv.write_text("item,user,extra\n3,1,x\n4,2,y\n5,1000000,z\n")

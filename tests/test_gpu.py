@@ -2,6 +2,8 @@
 the CUDA-graph step trains as the plain loop does, stops and resumes, and the exported model runs
 under onnxruntime's CUDA provider with the outputs torch gives."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,7 @@ def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(tmp_path):
 
     out = tmp_path / "run"
     assert main(["train", "specs/collab.spec", "--device", "cuda", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["loop"] == "cuda-graph"
     gpu, cpu = Session(out / "model.onnx", device="cuda"), Session(out / "model.onnx", device="cpu")
     if gpu.provider != "CUDAExecutionProvider":
         pytest.skip("this onnxruntime has no CUDA provider")
