@@ -36,14 +36,26 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collab import (BETAS, DIV, EPS, FINAL_DIV, LR, MOMS, N_FACTORS, PCT_START, SEED, WD, Y_RANGE,  # noqa: E402
-                    EmbeddingDotBias)
-from common import one_cycle_adamw, write_json  # noqa: E402
+from collab import (
+    BETAS,
+    DIV,
+    EPS,
+    FINAL_DIV,
+    LR,
+    MOMS,
+    N_FACTORS,
+    PCT_START,
+    SEED,
+    WD,
+    Y_RANGE,
+    EmbeddingDotBias,
+)
+from common import one_cycle_adamw, write_json
 
-from specc.data.prepare import Prepared, Vocab, prepare  # noqa: E402
-from specc.plan import make_plan  # noqa: E402
-from specc.run import load_spec  # noqa: E402
-from specc.train import Interrupted, StopRequest, build_model, train  # noqa: E402
+from specc.data.prepare import Prepared, Vocab, prepare
+from specc.plan import make_plan
+from specc.run import load_spec
+from specc.train import Interrupted, StopRequest, build_model, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs/collab.spec"
@@ -234,7 +246,7 @@ def bench(name: str, prepared: Prepared, batch: int, epochs: int, device, loops,
                  us_per_step=r["s_per_epoch"] / r["steps"] * 1e6, samples_per_s=r["steps"] * batch / r["s_per_epoch"])
         rows.append(r)
         print(f"  {name} batch {batch} {loop}: {r['s_per_epoch']:.3f} s/epoch"
-              f"{' (extrapolated from %d steps)' % prefix if prefix else ''}, {r['us_per_step']:.0f} us/step, "
+              f"{f' (extrapolated from {prefix} steps)' if prefix else ''}, {r['us_per_step']:.0f} us/step, "
               f"valid MSE {r.get('valid_mse', float('nan')):.5f}, peak {r['peak_mb']:.0f} MB"
               + (f", setup {r['setup_s']:.2f} s" if "setup_s" in r else ""), flush=True)
     ref = next((r for r in rows if r["loop"] == "ref" and "error" not in r), None)
@@ -246,7 +258,8 @@ def bench(name: str, prepared: Prepared, batch: int, epochs: int, device, loops,
 
 def profile(name: str, prepared: Prepared, batch: int, steps: int, device, top: int = 14) -> None:
     """torch.profiler over the first `steps` replayed steps of a graph run: the kernels by device time."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     spec, _ = load_spec(str(SPEC), [f"data.batch={batch}", "train.fit.epochs=1"])
     plan = make_plan(spec, prepared)

@@ -447,7 +447,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
             lr_now = lrs[0] if lrs else (fast[1] if fast else optimizer).param_groups[-1]["lr"]
             first_s = first_step if resuming and epoch == first_epoch else 0
             if fast is not None:
-                dstep, shadow, shadow_sched, lr_host = fast
+                dstep, _, shadow_sched, lr_host = fast
                 row = epoch * steps + first_s
                 dstep.start_epoch(perm, row, first_s)
                 if len(losses):

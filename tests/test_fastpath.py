@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from specc.data.prepare import prepare
+from specc.fastpath import schedule_tables
 from specc.plan import make_plan
 from specc.run import load_spec
+from specc.spec import Adam, FitOneCycle
 from specc.train import Interrupted, pick_device, train
-from specc.fastpath import schedule_tables
-from specc.spec import FitOneCycle, Adam
 
 
 def _setup(spec_path, sets):
@@ -42,8 +42,9 @@ def test_device_step_trains_to_the_same_weights(tiny, sets):
 
 @pytest.mark.parametrize("kind", [True, "flat"])
 def test_device_step_stops_and_resumes_into_the_plain_loop(tiny, tmp_path, kind):
-    from specc.checkpoint import from_safetensors, to_safetensors
     from test_resume import StopAt
+
+    from specc.checkpoint import from_safetensors, to_safetensors
 
     spec, prepared, plan = _setup(tiny, ["train.fit.epochs=2"])
     plain, _ = train(spec, prepared, plan, pick_device("cpu"))

@@ -47,8 +47,9 @@ def test_graph_step_replays_the_uncaptured_step():
 
 
 def test_graph_step_stops_and_resumes(tmp_path):
-    from specc.checkpoint import from_safetensors, to_safetensors
     from test_resume import StopAt
+
+    from specc.checkpoint import from_safetensors, to_safetensors
 
     spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=2"])
     cuda = pick_device("cuda")
