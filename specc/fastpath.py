@@ -7,8 +7,9 @@ goes into a buffer on the device that the loop reads once per epoch. On a CUDA d
 is captured once per stage in a CUDA graph and replayed: one launch per step instead of a hundred.
 
 It applies to specs trained with Adam (`graph_reason` says why not otherwise). On the CPU the same
-step runs uncaptured (`specc train --device-step`); tests/test_fastpath.py checks there that it
-trains to the same weights as the plain loop.
+step runs uncaptured, with torch's AdamW (`specc train --device-step`: the plain loop's weights bit
+for bit) or with the graph's FlatAdam (`train(device_step="flat")`: the same to float rounding);
+tests/test_fastpath.py checks both.
 """
 
 from __future__ import annotations
