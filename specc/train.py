@@ -323,7 +323,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     from specc.checkpoint import TrainState
 
     if graph is None:
-        graph = fastpath.graph_reason(spec, device) is None
+        graph = fastpath.graph_reason(spec, device) is None and not device_step
     elif graph and fastpath.graph_reason(spec, device) is not None:
         raise ValueError(f"no CUDA-graph step: {fastpath.graph_reason(spec, device)}")  # a caller's mistake
     model = build_model(spec, prepared).to(device)
