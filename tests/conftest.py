@@ -57,3 +57,15 @@ def tiny(ratings_dir, tmp_path) -> Path:
     """A collab spec over the small ratings set, in its own folder."""
     (tmp_path / "ratings.csv").write_bytes((ratings_dir / "ratings.csv").read_bytes())
     return collab_spec(tmp_path)
+
+
+def prepared_spec(path, sets=()):
+    """A spec file read with its --set overrides, its data prepared and its plan made:
+    (spec, prepared, plan), what specc.train.train takes."""
+    from specc.data.prepare import prepare
+    from specc.plan import make_plan
+    from specc.run import load_spec
+
+    spec, _ = load_spec(path, list(sets))
+    prepared = prepare(spec.data, spec.model.inputs)
+    return spec, prepared, make_plan(spec, prepared)

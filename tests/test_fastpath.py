@@ -3,19 +3,12 @@ plain loop, on the CPU: same batches, same schedules (from device-side tables), 
 
 import pytest
 import torch
+from conftest import prepared_spec
 
-from specc.data.prepare import prepare
 from specc.fastpath import schedule_tables
-from specc.plan import make_plan
 from specc.run import load_spec
 from specc.spec import Adam, FitOneCycle
 from specc.train import Interrupted, pick_device, train
-
-
-def _setup(spec_path, sets):
-    spec, _ = load_spec(spec_path, sets)
-    prepared = prepare(spec.data, spec.model.inputs)
-    return spec, prepared, make_plan(spec, prepared)
 
 
 def test_schedule_tables_are_torchs_one_cycle():
@@ -31,7 +24,7 @@ def test_schedule_tables_are_torchs_one_cycle():
                                    "model.out=concat(u, i) |> linear(8) |> relu |> dropout(0.2) |> linear(1)"]],
                          ids=["one-cycle", "constant-lr-l2-dropout"])
 def test_device_step_trains_to_the_same_weights(tiny, sets):
-    spec, prepared, plan = _setup(tiny, sets)
+    spec, prepared, plan = prepared_spec(tiny, sets)
     plain, plain_history = train(spec, prepared, plan, pick_device("cpu"))
     fast, fast_history = train(spec, prepared, plan, pick_device("cpu"), device_step=True)
     for (name, a), (_, b) in zip(plain.state_dict().items(), fast.state_dict().items()):
@@ -46,7 +39,7 @@ def test_device_step_stops_and_resumes_into_the_plain_loop(tiny, tmp_path, kind)
 
     from specc.checkpoint import from_safetensors, to_safetensors
 
-    spec, prepared, plan = _setup(tiny, ["train.fit.epochs=2"])
+    spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=2"])
     plain, _ = train(spec, prepared, plan, pick_device("cpu"))
     with pytest.raises(Interrupted) as stopped:
         train(spec, prepared, plan, pick_device("cpu"), device_step=kind, stop=StopAt(90))
@@ -128,7 +121,7 @@ def test_gather_rows_graph_gives_the_embeddings_values_and_gradients(spec_path):
     from specc.fastpath import gather_rows_graph
     from specc.train import build_model, to_tensors
 
-    spec, prepared, _ = _setup(spec_path, [])
+    spec, prepared, _ = prepared_spec(spec_path, [])
     model = build_model(spec, prepared)
     gathered = gather_rows_graph(model)
     assert "index_select" not in model.code and "_gather_rows" in gathered.code
@@ -149,7 +142,7 @@ def test_gather_rows_graph_gives_the_embeddings_values_and_gradients(spec_path):
 def test_device_step_with_the_flat_update_trains_to_the_plain_loops_weights(tiny):
     """The update the CUDA graph holds, taken uncaptured on the CPU: the same weights as the plain
     loop to float rounding, over two one-cycle epochs."""
-    spec, prepared, plan = _setup(tiny, ["train.fit.epochs=2"])
+    spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=2"])
     plain, plain_history = train(spec, prepared, plan, pick_device("cpu"))
     fast, fast_history = train(spec, prepared, plan, pick_device("cpu"), device_step="flat")
     for (name, a), (_, b) in zip(plain.state_dict().items(), fast.state_dict().items()):
@@ -172,7 +165,7 @@ def test_graph_reason():
 def test_graph_is_refused_off_cuda_and_no_graph_trains_plain(tiny, tmp_path, capsys):
     from specc.cli import main
 
-    spec, prepared, plan = _setup(tiny, ["train.fit.epochs=1"])
+    spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=1"])
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         train(spec, prepared, plan, pick_device("cpu"), graph=True)
     assert main(["train", str(tiny), "--device", "cpu", "--no-graph", "--quiet", "--out", str(tmp_path / "r"),

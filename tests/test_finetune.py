@@ -6,13 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, prepared_spec
 
-from conftest import ROOT
 from specc.cli import main
-from specc.data.prepare import prepare
 from specc.diagnostics import SpecError
 from specc.lrfind import lr_find, valley
-from specc.plan import group_lrs, make_plan
+from specc.plan import group_lrs
 from specc.run import load_spec
 from specc.spec import LRSlice
 from specc.train import build_model, make_optimizer, make_scheduler, pick_device, train
@@ -54,12 +53,6 @@ def _spec(tmp_path, data, stages=TWO_STAGES, init="", name="ft"):
     return path
 
 
-def _prepared(path, sets=()):
-    spec, _ = load_spec(path, list(sets))
-    prepared = prepare(spec.data, spec.model.inputs)
-    return spec, prepared, make_plan(spec, prepared)
-
-
 def test_discriminative_learning_rates_by_hand():
     assert group_lrs(LRSlice(1e-5, 1e-3), 3) == pytest.approx([1e-5, 1e-4, 1e-3])  # geometric
     assert group_lrs(LRSlice(None, 1e-3), 3) == pytest.approx([1e-3 / 3, 1e-3 / 3, 1e-3])  # the seed's b/3
@@ -69,7 +62,7 @@ def test_discriminative_learning_rates_by_hand():
 
 
 def test_the_plan_gives_each_group_its_rate_and_freezes(tmp_path, digits):
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits, stages="""stage a { freeze body; fit(epochs=1, lr=slice(1e-3)) }
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits, stages="""stage a { freeze body; fit(epochs=1, lr=slice(1e-3)) }
     stage b { fit(epochs=1, lr=slice(1e-5, 1e-3)) }
     stage c { fit(epochs=1, lr=slice(1e-3, div=10)) }"""))
     assert [g.name for g in plan.groups] == ["body", "middle", "head"]
@@ -98,7 +91,7 @@ def test_one_cycle_gives_each_group_its_own_peak():
 
 
 def test_frozen_groups_do_not_change_at_all(tmp_path, digits):
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits, stages=TWO_STAGES.splitlines()[0]))
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits, stages=TWO_STAGES.splitlines()[0]))
     before = {k: v.clone() for k, v in build_model(spec, prepared).state_dict().items()}
     model, _ = train(spec, prepared, plan, pick_device("cpu"))
     after = model.state_dict()
@@ -114,14 +107,14 @@ def test_init_takes_a_group_from_an_earlier_run(tmp_path, digits):
     from safetensors.numpy import load_file
 
     saved = load_file(tmp_path / "pre_run" / "model.safetensors")
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits, init='init body from "pre_run"'))
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits, init='init body from "pre_run"'))
     model = build_model(spec, prepared)
     state = model.state_dict()
     for key in ("linear.weight", "linear.bias", "batchnorm.weight", "batchnorm.running_mean"):
         assert np.array_equal(state[key].numpy(), saved[key]), key
     assert not np.array_equal(state["out.weight"].numpy(), saved["out.weight"])  # the head is new
     with pytest.raises(SpecError, match=r"no model.safetensors in .*nowhere"):
-        build_model(*_prepared(_spec(tmp_path, digits, init='init body from "nowhere"'))[:2])
+        build_model(*prepared_spec(_spec(tmp_path, digits, init='init body from "nowhere"'))[:2])
 
 
 def test_init_checks_shapes(tmp_path, digits):
@@ -130,13 +123,13 @@ def test_init_checks_shapes(tmp_path, digits):
     path = _spec(tmp_path, digits, init='init body from "pre_run"')
     path.write_text(path.read_text().replace("linear(32)", "linear(24)").replace("linear(16)", "linear(16)"))
     with pytest.raises(SpecError) as err:
-        build_model(*_prepared(path)[:2])
+        build_model(*prepared_spec(path)[:2])
     text = err.value.render()
     assert "cannot take group 'body' from" in text and "'linear.weight' is (32, 784) in the run but (24, 784) here" in text
 
 
 def test_lr_find_stops_on_divergence_and_restores_everything(tmp_path, digits):
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits))
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
     model = build_model(spec, prepared)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = list(model.parameters())
@@ -179,7 +172,7 @@ def test_lr_find_in_a_stage_is_recorded_and_replayed(tmp_path, digits, capsys):
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path, digits):
     stages = "stage s { fit(epochs=12, lr=0.5); early_stop(monitor=valid_loss, patience=2) }"
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits, stages=stages), ["train.optimizer=sgd()"])
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits, stages=stages), ["train.optimizer=sgd()"])
     model, history = train(spec, prepared, plan, pick_device("cpu"))
     losses = [r.valid_loss for r in history.records]
     best = min(range(len(losses)), key=losses.__getitem__)
@@ -191,11 +184,12 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, digits):
 
 
 def test_stages_resume_bit_identically(tmp_path, digits):
-    from specc.checkpoint import from_safetensors, to_safetensors
-    from specc.train import Interrupted
     from test_resume import StopAt
 
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits))
+    from specc.checkpoint import from_safetensors, to_safetensors
+    from specc.train import Interrupted
+
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
     whole, _ = train(spec, prepared, plan, pick_device("cpu"))
     with pytest.raises(Interrupted) as stopped:
         train(spec, prepared, plan, pick_device("cpu"), stop=StopAt(25))  # in the second stage
@@ -239,7 +233,7 @@ def test_a_stage_that_freezes_everything_or_unknown_groups(tmp_path, digits):
 def test_resume_at_a_stage_boundary(tmp_path, digits):
     from specc.checkpoint import from_safetensors, to_safetensors
 
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits))
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
     whole, _ = train(spec, prepared, plan, pick_device("cpu"))
     saved = []  # serialised at once, as the run folder does: a state holds the live tensors
 
@@ -259,7 +253,7 @@ def test_resume_at_a_stage_boundary(tmp_path, digits):
 def test_stages_with_the_flat_update_train_as_the_plain_loop(tmp_path, digits):
     """The GPU step's update over two stages (frozen groups, then three groups at slice rates, with
     batchnorm): each stage flattens its own groups; the frozen ones stay bit for bit."""
-    spec, prepared, plan = _prepared(_spec(tmp_path, digits))
+    spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
     plain, plain_history = train(spec, prepared, plan, pick_device("cpu"))
     flat, flat_history = train(spec, prepared, plan, pick_device("cpu"), device_step="flat")
     for (name, a), (_, b) in zip(plain.state_dict().items(), flat.state_dict().items()):
@@ -270,7 +264,7 @@ def test_stages_with_the_flat_update_train_as_the_plain_loop(tmp_path, digits):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=tolerance, msg=name)
     assert [r.valid_loss for r in flat_history.records] == pytest.approx(
         [r.valid_loss for r in plain_history.records], rel=1e-5)
-    one = _prepared(_spec(tmp_path, digits, stages=TWO_STAGES.splitlines()[0], name="one"))
+    one = prepared_spec(_spec(tmp_path, digits, stages=TWO_STAGES.splitlines()[0], name="one"))
     before = {k: v.clone() for k, v in build_model(one[0], one[1]).state_dict().items()}
     after, _ = train(*one, pick_device("cpu"), device_step="flat")
     for key, value in after.state_dict().items():

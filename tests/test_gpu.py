@@ -7,23 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import prepared_spec
 
-from specc.data.prepare import prepare
-from specc.plan import make_plan
-from specc.run import load_spec
 from specc.train import Interrupted, pick_device, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _setup(spec_path, sets):
-    spec, _ = load_spec(spec_path, sets)
-    prepared = prepare(spec.data, spec.model.inputs)
-    return spec, prepared, make_plan(spec, prepared)
-
-
 def test_graph_step_trains_as_the_plain_loop():
-    spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=2"])
+    spec, prepared, plan = prepared_spec("specs/collab.spec", ["train.fit.epochs=2"])
     cuda = pick_device("cuda")
     plain, plain_history = train(spec, prepared, plan, cuda, graph=False)
     fast, fast_history = train(spec, prepared, plan, cuda)  # the default on CUDA: the graph
@@ -38,7 +30,7 @@ def test_graph_step_trains_as_the_plain_loop():
 def test_graph_step_replays_the_uncaptured_step():
     """Capture leaves the weights as they were: the replayed run follows the same update taken
     uncaptured (same gather, same FlatAdam) to float rounding."""
-    spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=1"])
+    spec, prepared, plan = prepared_spec("specs/collab.spec", ["train.fit.epochs=1"])
     cuda = pick_device("cuda")
     eager, _ = train(spec, prepared, plan, cuda, device_step="flat")
     captured, _ = train(spec, prepared, plan, cuda)
@@ -51,7 +43,7 @@ def test_graph_step_stops_and_resumes(tmp_path):
 
     from specc.checkpoint import from_safetensors, to_safetensors
 
-    spec, prepared, plan = _setup("specs/collab.spec", ["train.fit.epochs=2"])
+    spec, prepared, plan = prepared_spec("specs/collab.spec", ["train.fit.epochs=2"])
     cuda = pick_device("cuda")
     whole, whole_history = train(spec, prepared, plan, cuda)
     with pytest.raises(Interrupted) as stopped:

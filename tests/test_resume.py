@@ -9,12 +9,10 @@ import time
 
 import pytest
 import torch
+from conftest import prepared_spec
 from safetensors.numpy import load_file
 
 from specc.checkpoint import from_safetensors, to_safetensors
-from specc.data.prepare import prepare
-from specc.plan import make_plan
-from specc.run import load_spec
 from specc.runfolder import atomic_write
 from specc.train import Interrupted, StopRequest, pick_device, train
 
@@ -31,12 +29,6 @@ class StopAt(StopRequest):
         return self.calls > self.k
 
 
-def _setup(spec_path, sets):
-    spec, _ = load_spec(spec_path, sets)
-    prepared = prepare(spec.data, spec.model.inputs)
-    return spec, prepared, make_plan(spec, prepared)
-
-
 def _roundtrip(state, tmp_path):
     path = tmp_path / "checkpoint.safetensors"
     path.write_bytes(to_safetensors(state, {"specc.spec": "x"}))
@@ -49,7 +41,7 @@ def _roundtrip(state, tmp_path):
                          ids=["adam-one-cycle", "sgd-dropout"])
 @pytest.mark.parametrize("stop_at", [5, 74, 150])  # inside epoch 0, just at its end, inside epoch 1
 def test_stop_and_resume_gives_the_same_weights(tiny, tmp_path, sets, stop_at):
-    spec, prepared, plan = _setup(tiny, sets)
+    spec, prepared, plan = prepared_spec(tiny, sets)
     assert plan.steps_per_epoch == 75
     device = pick_device("cpu")
     whole, whole_history = train(spec, prepared, plan, device)
@@ -65,7 +57,7 @@ def test_stop_and_resume_gives_the_same_weights(tiny, tmp_path, sets, stop_at):
 
 
 def test_resume_from_an_epoch_checkpoint(tiny, tmp_path):
-    spec, prepared, plan = _setup(tiny, ["train.fit.epochs=3"])
+    spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=3"])
     device = pick_device("cpu")
     whole, _ = train(spec, prepared, plan, device)
     states = []
