@@ -112,10 +112,10 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     started = time.perf_counter()
     prepared = prepare(spec.data, spec.model.inputs)
     device = pick_device(device_name)
-    from specc.fastpath import graph_reason
-
-    reason = graph_reason(spec, device)
     if graph is None:
+        from specc.fastpath import graph_reason
+
+        reason = graph_reason(spec, device)
         graph = reason is None and not device_step
         if reason is not None and device.type == "cuda" and not quiet:
             print(f"specc: note: training with the plain loop, not the CUDA-graph step: {reason}", file=sys.stderr)

@@ -322,10 +322,11 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     from specc import fastpath
     from specc.checkpoint import TrainState
 
+    reason = fastpath.graph_reason(spec, device)
     if graph is None:
-        graph = fastpath.graph_reason(spec, device) is None and not device_step
-    elif graph and fastpath.graph_reason(spec, device) is not None:
-        raise ValueError(f"no CUDA-graph step: {fastpath.graph_reason(spec, device)}")  # a caller's mistake
+        graph = reason is None and not device_step
+    elif graph and reason is not None:
+        raise ValueError(f"no CUDA-graph step: {reason}")  # a caller's mistake
     model = build_model(spec, prepared).to(device)
     model.train()
     if on_start is not None and resume is None:
@@ -466,9 +467,8 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                     losses = dstep.losses[:done].clone()
                     raise Interrupted(state(si, epoch, done, time.perf_counter() - start))
                 losses = dstep.losses.clone()  # one tensor: the epoch's losses, read once below
-                raw_check = losses
-                if spec.train.stop_on_nan and not bool(torch.isfinite(raw_check).all()):
-                    first = int((~torch.isfinite(raw_check)).nonzero()[0, 0])
+                if spec.train.stop_on_nan and not bool(torch.isfinite(losses).all()):
+                    first = int((~torch.isfinite(losses)).nonzero()[0, 0])
                     raise TrainingDiverged(stage.name, epoch, first, lrs[first])
             else:
                 for s in range(first_s, steps):
