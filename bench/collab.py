@@ -48,7 +48,7 @@ EPS = 1e-8
 PCT_START, DIV, FINAL_DIV, MOMS = 0.3, 25.0, 1e4, (0.95, 0.85)
 N_FACTORS = 40
 Y_RANGE = (0.0, 5.5)
-VALID_BATCH = 8192  # specc evaluates in chunks of this size; the hand-written pass does the same
+VALID_BATCH = 8192  # specc evaluates in chunks of this size (8x on a GPU); the hand-written pass does the same
 
 
 # --------------------------------------------------------------------------- the hand-written side
@@ -78,43 +78,56 @@ class EmbeddingDotBias(nn.Module):
         return torch.sigmoid(res) * (hi - lo) + lo
 
 
+def sync(device: torch.device) -> None:
+    """Wait for a CUDA device's queued work (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
 def hand_validate(model: nn.Module, users: torch.Tensor, items: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
-    pred = torch.cat([model(users[s:s + VALID_BATCH], items[s:s + VALID_BATCH])
-                      for s in range(0, len(y), VALID_BATCH)])
+    chunk = VALID_BATCH if y.device.type == "cpu" else 8 * VALID_BATCH
+    pred = torch.cat([model(users[s:s + chunk], items[s:s + chunk]) for s in range(0, len(y), chunk)])
     model.train()
     return float(((pred.double() - y.double()) ** 2).mean())
 
 
-def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: bool = False):
-    """An everyday PyTorch loop. Returns (model, valid MSE, mean train loss, seconds of the epoch loop
-    plus validation, the same span specc's EpochRecord.seconds covers)."""
+def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: bool = False, device=None,
+               prefix: int = 0):
+    """An everyday PyTorch loop, on `device` (default: the one the command line chose). Returns
+    (model, valid MSE, mean train loss of the last epoch, seconds of each epoch: the loop plus
+    validation, the span specc's EpochRecord.seconds covers, with a CUDA device synchronised at
+    both ends). With `prefix`, the first epoch stops after that many steps, and the seconds are
+    those steps' alone (valid MSE and train loss are then NaN)."""
+    device = device or DEVICE
     n_users, n_items = prepared.vocabs["user"].size, prepared.vocabs["item"].size
     torch.manual_seed(SEED)
-    model = EmbeddingDotBias(n_users, n_items, N_FACTORS, Y_RANGE).to(DEVICE)
+    model = EmbeddingDotBias(n_users, n_items, N_FACTORS, Y_RANGE).to(device)
     model.load_state_dict(init_state)  # start from specc's initial weights, whatever our init gave
     model.train()
-    users = torch.as_tensor(prepared.train["user"], device=DEVICE)
-    items = torch.as_tensor(prepared.train["item"], device=DEVICE)
-    ratings = torch.as_tensor(prepared.train["rating"], device=DEVICE)
-    v_users = torch.as_tensor(prepared.valid["user"], device=DEVICE)
-    v_items = torch.as_tensor(prepared.valid["item"], device=DEVICE)
-    v_ratings = torch.as_tensor(prepared.valid["rating"], device=DEVICE)
+    users = torch.as_tensor(prepared.train["user"], device=device)
+    items = torch.as_tensor(prepared.train["item"], device=device)
+    ratings = torch.as_tensor(prepared.train["rating"], device=device)
+    v_users = torch.as_tensor(prepared.valid["user"], device=device)
+    v_items = torch.as_tensor(prepared.valid["item"], device=device)
+    v_ratings = torch.as_tensor(prepared.valid["rating"], device=device)
     n = len(ratings)
     steps = max(1, n // batch)  # the last incomplete batch is dropped, as specc does
     # The everyday loop takes AdamW's default implementation; `fused` asks for torch's fused kernel,
     # which specc uses, to show where specc's advantage comes from.
     opt, sched = one_cycle_adamw(model, steps * epochs, LR, BETAS, EPS, WD, PCT_START, DIV, FINAL_DIV,
                                  MOMS, fused)
-    gen = torch.Generator(device=DEVICE)
+    gen = torch.Generator(device=device)
     gen.manual_seed(SEED)
     loss_fn = nn.MSELoss()
+    seconds = []
     for _ in range(epochs):
+        sync(device)
         start = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=DEVICE)
+        perm = torch.randperm(n, generator=gen, device=device)
         losses = []
-        for s in range(0, steps * batch, batch):
+        for s in range(0, (prefix or steps) * batch, batch):
             idx = perm[s:s + batch]
             loss = loss_fn(model(users[idx], items[idx]), ratings[idx])
             opt.zero_grad(set_to_none=True)
@@ -122,10 +135,14 @@ def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: b
             opt.step()
             sched.step()
             losses.append(loss.detach())
+        if prefix:
+            sync(device)
+            return model, float("nan"), float("nan"), [time.perf_counter() - start]
         train_loss = float(torch.stack(losses).mean())
         valid_mse = hand_validate(model, v_users, v_items, v_ratings)
-        seconds = time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
     return model, valid_mse, train_loss, seconds
+
 
 
 # --------------------------------------------------------------------------- the specc side
@@ -159,7 +176,7 @@ def specc_epoch(spec, prepared, plan):
 
 def hand_epoch(prepared, init_state, batch, fused=False):
     (model, valid_mse, _, loop), wall, cpu = timed(hand_train, prepared, init_state, batch, fused=fused)
-    return model, valid_mse, wall, cpu, loop
+    return model, valid_mse, wall, cpu, loop[-1]
 
 
 # --------------------------------------------------------------------------- the benchmark

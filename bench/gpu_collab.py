@@ -36,21 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collab import (
-    BETAS,
-    DIV,
-    EPS,
-    FINAL_DIV,
-    LR,
-    MOMS,
-    N_FACTORS,
-    PCT_START,
-    SEED,
-    WD,
-    Y_RANGE,
-    EmbeddingDotBias,
-)
-from common import one_cycle_adamw, write_json
+from collab import hand_train, sync
+from common import write_json
 
 from specc.data.prepare import Prepared, Vocab, prepare
 from specc.plan import make_plan
@@ -60,12 +47,6 @@ from specc.train import Interrupted, StopRequest, build_model, train
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs/collab.spec"
 SHAPE_25M = {"users": 162_541, "items": 59_047, "ratings": 25_000_000}
-VALID_CHUNK = 65536
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_reset(device) -> None:
@@ -129,47 +110,14 @@ def prepared_from(train_t: dict, valid_t: dict, users: int, items: int) -> Prepa
 # --------------------------------------------------------------------------- the reference loop
 
 def ref_loop(prepared: Prepared, init_state: dict, batch: int, epochs: int, device, prefix: int = 0) -> dict:
-    """The idiomatic eager loop. Returns epoch seconds, valid MSE, peak memory (and, with `prefix`,
-    the seconds of the first `prefix` steps of one epoch instead)."""
-    model = EmbeddingDotBias(prepared.vocabs["user"].size, prepared.vocabs["item"].size, N_FACTORS,
-                             Y_RANGE).to(device)
-    model.load_state_dict(init_state)
-    model.train()
-    t = {k: torch.as_tensor(v, device=device) for k, v in prepared.train.items()}
-    v = {k: torch.as_tensor(x, device=device) for k, x in prepared.valid.items()}
-    n = len(t["rating"])
-    steps = n // batch
-    opt, sched = one_cycle_adamw(model, steps * epochs, LR, BETAS, EPS, WD, PCT_START, DIV, FINAL_DIV, MOMS,
-                                 fused=True)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(SEED)
-    loss_fn = torch.nn.MSELoss()
-    seconds, mse = [], float("nan")
+    """The idiomatic eager loop (bench/collab.py's, with torch's fused AdamW). Returns epoch seconds,
+    valid MSE, peak memory (and, with `prefix`, the seconds of the first `prefix` steps of one epoch
+    instead)."""
     peak_reset(device)
-    for _ in range(epochs):
-        sync(device)
-        start = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=device)
-        losses = []
-        for s in range(prefix or steps):
-            idx = perm[s * batch:(s + 1) * batch]
-            loss = loss_fn(model(t["user"][idx], t["item"][idx]), t["rating"][idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.detach())
-        if prefix:
-            sync(device)
-            return {"prefix_s": time.perf_counter() - start, "steps": steps, "peak_mb": peak_mb(device)}
-        float(torch.stack(losses).mean())  # what a loop that reports its training loss reads back
-        with torch.no_grad():
-            model.eval()
-            pred = torch.cat([model(v["user"][s:s + VALID_CHUNK], v["item"][s:s + VALID_CHUNK])
-                              for s in range(0, len(v["rating"]), VALID_CHUNK)])
-            model.train()
-            mse = float(((pred.double() - v["rating"].double()) ** 2).mean())
-        seconds.append(time.perf_counter() - start)
+    _, mse, _, seconds = hand_train(prepared, init_state, batch, epochs, fused=True, device=device, prefix=prefix)
+    steps = prepared.n_train // batch
+    if prefix:
+        return {"prefix_s": seconds[0], "steps": steps, "peak_mb": peak_mb(device)}
     return {"epoch_s": seconds, "valid_mse": mse, "steps": steps, "peak_mb": peak_mb(device)}
 
 
