@@ -23,6 +23,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def with_body_from(spec, run: Path):
+    """The spec with every `init ... from` pointing at `run`."""
+    return dataclasses.replace(spec, inits=tuple(dataclasses.replace(i, run=run) for i in spec.inits))
+
+
+def from_scratch_whole(spec, epochs: int, lr: float):
+    """The spec from scratch (no init), every group trained in one one-cycle stage of `epochs`."""
+    from specc.spec import FitOneCycle, Stage
+
+    return dataclasses.replace(spec, inits=(), train=dataclasses.replace(
+        spec.train, stages=(Stage("all", FitOneCycle(epochs, lr)),)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist" / "mnist.npz")
@@ -35,7 +48,6 @@ def main(argv=None) -> int:
         print(f"no MNIST at {args.mnist}", file=sys.stderr)
         return 2
     from specc.run import load_spec, train_run
-    from specc.spec import FitOneCycle, Stage
 
     data = f'data.source.path="{args.mnist.resolve()}"'
     work = Path(tempfile.mkdtemp(prefix="specc-finetune-"))
@@ -47,14 +59,11 @@ def main(argv=None) -> int:
         pre_run = train_run(pre, work / f"pretrain{seed}", "cpu", sets, quiet=True)
         pre_s = time.perf_counter() - t
         spec, _ = load_spec(args.spec, sets)
-        spec = dataclasses.replace(spec, inits=tuple(dataclasses.replace(i, run=work / f"pretrain{seed}")
-                                                     for i in spec.inits))
+        spec = with_body_from(spec, work / f"pretrain{seed}")
         tuned = train_run(spec, work / f"finetune{seed}", "cpu", sets, quiet=True)
         scratch = train_run(dataclasses.replace(spec, inits=()), work / f"scratch{seed}", "cpu", sets, quiet=True)
         # and from scratch with every group trained from the start, the same number of epochs
-        epochs = sum(s.fit.epochs for s in spec.train.stages)
-        whole = dataclasses.replace(spec, inits=(), train=dataclasses.replace(
-            spec.train, stages=(Stage("all", FitOneCycle(epochs, 1e-2)),)))
+        whole = from_scratch_whole(spec, sum(s.fit.epochs for s in spec.train.stages), 1e-2)
         scratch_all = train_run(whole, work / f"scratch_all{seed}", "cpu", sets, quiet=True)
         row = {"seed": seed, "pretrain_valid_accuracy": pre_run.history.records[-1].metrics["accuracy"],
                "pretrain_seconds": round(pre_s, 1),

@@ -39,8 +39,9 @@ def main(argv=None) -> int:
     if not args.mnist.is_file():
         print(f"no MNIST at {args.mnist}", file=sys.stderr)
         return 2
+    from finetune import from_scratch_whole, with_body_from
     from specc.run import load_spec, train_run
-    from specc.spec import FitOneCycle, LRSlice, Stage
+    from specc.spec import FitOneCycle, LRSlice
 
     work = Path(tempfile.mkdtemp(prefix="specc-finetune-grid-"))
     specs = {}
@@ -58,8 +59,7 @@ def main(argv=None) -> int:
         train_run(pre, work / f"pre{seed}", "cpu", sets + args.pretrain_set, quiet=True)
         fine_sets = sets + [f"data.train_rows={args.rows}"]
         base, _ = load_spec(specs["finetune"], fine_sets)
-        base = dataclasses.replace(base, inits=tuple(dataclasses.replace(i, run=work / f"pre{seed}")
-                                                     for i in base.inits))
+        base = with_body_from(base, work / f"pre{seed}")
         for variant in args.variants:
             head_epochs, head_lr, all_epochs, low, high = (float(v) for v in variant.split(","))
             head, every = base.train.stages
@@ -73,8 +73,7 @@ def main(argv=None) -> int:
                     records = [r for r in records if r.stage == records_of_stage]
                 return records[-1].metrics["accuracy"]
 
-            whole = dataclasses.replace(tuned, inits=(), train=dataclasses.replace(tuned.train, stages=(
-                Stage("all", FitOneCycle(int(head_epochs + all_epochs), head_lr)),)))
+            whole = from_scratch_whole(tuned, int(head_epochs + all_epochs), head_lr)
             head_only = dataclasses.replace(tuned, train=dataclasses.replace(tuned.train, stages=stages[:1]))
             print(f"seed {seed} variant {variant}: fine-tuned {accuracy(tuned):.4f}, after the head stage "
                   f"{accuracy(head_only):.4f}, scratch same stages {accuracy(dataclasses.replace(tuned, inits=())):.4f},"
