@@ -233,12 +233,12 @@ class CapturedStep:
     optimizer state and settle the allocator. Those steps change the weights and the optimizer
     state, so both are saved before and put back after, in place (the graph holds their
     addresses): the first replayed step starts from the weights the plain loop would. Where the
-    compiled update fails to build, the step goes on with the uncompiled one (`note` says why)."""
+    compiled update fails to build, the step goes on with the uncompiled one."""
 
     def __init__(self, step: DeviceStep, warmup: int = 3):
         if step.flat is None:
             raise ValueError("a captured step needs the flat update")  # a caller's mistake
-        self.step, self.note = step, None
+        self.step = step
         model, optimizer = step.model, step.optimizer
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         saved = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
@@ -263,11 +263,10 @@ class CapturedStep:
 
         try:
             warm()
-        except Exception as err:  # torch.compile could not build the fused update here
+        except Exception:  # torch.compile could not build the fused update here
             if not step.flat.compiled:
                 raise
             step.flat.compiled = False
-            self.note = f"the update runs uncompiled: torch.compile failed ({type(err).__name__}: {err})"
             torch.cuda.synchronize()
             restore()
             warm()
