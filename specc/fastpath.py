@@ -75,7 +75,7 @@ class FlatAdam:
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr_table: torch.Tensor, beta1_table: torch.Tensor,
                  compiled: bool = False):
-        self.optimizer, self.compiled = optimizer, compiled
+        self.compiled = compiled
         self.groups = []
         for g, group in enumerate(optimizer.param_groups):
             params = list(group["params"])

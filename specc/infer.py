@@ -113,12 +113,12 @@ class Bound:
         self.binding = session.session.io_binding()
         self.values = []  # the device copies must outlive the runs
         for name, values in feed.items():
+            values = np.ascontiguousarray(values)
             if values.dtype == object or name in session.host_inputs:
-                values = np.ascontiguousarray(values)
                 self.values.append(values)
                 self.binding.bind_cpu_input(name, values)
             else:
-                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(values), session.device, 0)
+                value = ort.OrtValue.ortvalue_from_numpy(values, session.device, 0)
                 self.values.append(value)
                 self.binding.bind_ortvalue_input(name, value)
         for name in session.outputs:
