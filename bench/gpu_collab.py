@@ -107,6 +107,18 @@ def prepared_from(train_t: dict, valid_t: dict, users: int, items: int) -> Prepa
     return Prepared(train_np, valid_np, vocabs, raw_valid, "<generated: MovieLens 25M's shape>")
 
 
+def small_set() -> Prepared:
+    """specs/collab.spec's own data, prepared."""
+    spec, _ = load_spec(str(SPEC), [])
+    return prepare(spec.data, spec.model.inputs)
+
+
+def large_set(device, quick: bool) -> Prepared:
+    """The MovieLens-25M-shaped set (a tenth of it with `quick`), prepared."""
+    shape = {k: v // 10 for k, v in SHAPE_25M.items()} if quick else SHAPE_25M
+    return prepared_from(*movielens_25m_shaped(device, **shape), shape["users"], shape["items"])
+
+
 # --------------------------------------------------------------------------- the reference loop
 
 def ref_loop(prepared: Prepared, init_state: dict, batch: int, epochs: int, device, prefix: int = 0) -> dict:
@@ -237,23 +249,16 @@ def main(argv=None) -> int:
     prefix = 2000 if args.quick else args.prefix
     rows = []
     if args.profile:
-        spec, _ = load_spec(str(SPEC), [])
-        profile("100k", prepare(spec.data, spec.model.inputs), 64, 500, device)
-        shape = {k: v // 10 for k, v in SHAPE_25M.items()} if args.quick else SHAPE_25M
-        large = prepared_from(*movielens_25m_shaped(device, **shape), shape["users"], shape["items"])
-        profile("25M", large, 65536, 100, device)
+        profile("100k", small_set(), 64, 500, device)
+        profile("25M", large_set(device, args.quick), 65536, 100, device)
         return 0
     if args.only in (None, "100k"):
-        spec, _ = load_spec(str(SPEC), [])
-        small = prepare(spec.data, spec.model.inputs)
+        small = small_set()
         print(f"100k: {small.n_train:,} training rows, {small.n_valid:,} valid", flush=True)
         rows += bench("100k", small, 64, epochs, device, args.loops)
     if args.only in (None, "25M"):
-        shape = {k: v // 10 for k, v in SHAPE_25M.items()} if args.quick else SHAPE_25M
         start = time.perf_counter()
-        train_t, valid_t = movielens_25m_shaped(device, **shape)
-        large = prepared_from(train_t, valid_t, shape["users"], shape["items"])
-        del train_t, valid_t
+        large = large_set(device, args.quick)
         print(f"25M: {large.n_train:,} training rows, {large.n_valid:,} valid, made in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
         rows += bench("25M", large, 65536, epochs, device, args.loops)
