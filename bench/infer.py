@@ -93,8 +93,8 @@ def main(argv=None) -> int:
         t_host = timed(lambda: run_ort(feed), repeats)
         t_torch = timed(torch_call, repeats)
         resident.run()
-        diff = float(np.max(np.abs(resident.outputs()["rating"] - torch_call().cpu().numpy())))
-        diff = max(diff, float(np.max(np.abs(run_ort(feed)["rating"] - torch_call().cpu().numpy()))))
+        want = torch_call().cpu().numpy()
+        diff = max(float(np.max(np.abs(got["rating"] - want))) for got in (resident.outputs(), run_ort(feed)))
         row = {"batch": batch, "ort_resident_rows_per_s": batch / t_resident, "ort_rows_per_s": batch / t_host,
                "torch_rows_per_s": batch / t_torch, "ratio_resident_over_torch": t_torch / t_resident,
                "ratio_ort_over_torch": t_torch / t_host, "max_abs_diff": diff}
