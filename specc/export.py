@@ -1,8 +1,8 @@
 """Export: trained fx GraphModule -> a self-contained ONNX model, checked against torch.
 
 The ONNX graph takes the raw input columns (ids as they appear in the data, as strings or int64)
-and maps them to vocabulary indices with ai.onnx.ml LabelEncoder (unseen ids -> 0, the unknown
-row); then it runs the model, translated node by node from the fx graph, so that its node names
+and maps them to vocabulary indices (unseen ids -> 0, the unknown row): whole-number ids that are
+dense enough through a table (Sub, Clip, Gather), the others with ai.onnx.ml LabelEncoder; then it runs the model, translated node by node from the fx graph, so that its node names
 are the spec's; the output is named after the target."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class _Emitter:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.constants: dict[tuple, str] = {}
+        self.uses_ml = False  # an ai.onnx.ml operator was emitted
 
     def node(self, op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain, **attrs))
@@ -49,13 +50,49 @@ class _Emitter:
         return self.constants[key]
 
     def weight(self, name: str, tensor: torch.Tensor) -> str:
-        self.initializers.append(numpy_helper.from_array(tensor.detach().cpu().float().numpy(), name))
+        return self.weight_array(name, tensor.detach().cpu().float().numpy())
+
+    def weight_array(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
 
-def _label_encoder(em: _Emitter, col: str, vocab: Vocab, output: str) -> str:
+# A dense table replaces the LabelEncoder for whole-number ids that span at most this many times
+# as many numbers as there are ids (or at most DENSE_ANYWAY numbers): it is plain Sub, Clip and
+# Gather, which every provider runs where the model runs (on the GPU, beside the embeddings), where
+# the LabelEncoder is a CPU kernel whatever the provider.
+DENSE_SPAN_RATIO = 4
+DENSE_ANYWAY = 65536
+DENSE_LIMIT = 1 << 62  # ids this large fall back to the LabelEncoder: the shift below cannot wrap
+
+
+def _dense_span(vocab: Vocab) -> tuple[int, int] | None:
+    """(lowest id, numbers spanned) when the vocabulary's ids are dense enough for a table."""
+    if not vocab.integer or not vocab.values:
+        return None
+    ids = [int(v) for v in vocab.values]
+    low, high = min(ids), max(ids)
+    span = high - low + 1
+    if -DENSE_LIMIT < low and high < DENSE_LIMIT and span <= max(DENSE_SPAN_RATIO * len(ids), DENSE_ANYWAY):
+        return low, span
+    return None
+
+
+def _lookup(em: _Emitter, col: str, vocab: Vocab, output: str) -> str:
     """Raw id -> vocabulary index, 0 for an id never seen in training."""
     values = list(range(1, vocab.size))
+    dense = _dense_span(vocab)
+    if dense:
+        # table[id - low + 1] is the id's index; entries 0 and span + 1 (and the holes) are 0, where
+        # Clip sends every id below and above the range. With |ids| < 2**62 the Sub wraps only for
+        # ids outside the range, to values Clip also sends to an end.
+        low, span = dense
+        table = np.zeros(span + 2, dtype=np.int64)
+        table[np.array([int(v) for v in vocab.values]) - low + 1] = values
+        shifted = em.node("Sub", [col, em.const(low - 1, np.int64)], f"{col}_shifted")
+        clipped = em.node("Clip", [shifted, em.const(0, np.int64), em.const(span + 1, np.int64)], f"{col}_clipped")
+        return em.node("Gather", [em.weight_array(f"{col}_vocabulary", table), clipped], output, axis=0)
+    em.uses_ml = True
     if vocab.integer:
         keys = dict(keys_int64s=[int(v) for v in vocab.values])
     else:
@@ -146,7 +183,7 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
                 vocab = vocabs[col.name]
                 dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
                 inputs.append(helper.make_tensor_value_info(col.name, dtype, ["N"]))
-                names[fnode.name] = _label_encoder(em, col.name, vocab, f"{col.name}_index")
+                names[fnode.name] = _lookup(em, col.name, vocab, f"{col.name}_index")
             elif col.shape:
                 inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape]))
                 names[fnode.name] = col.name
@@ -161,9 +198,8 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
             result = names[fnode.args[0].name]
     outputs = _outputs(em, spec, vocabs, result)
     graph = helper.make_graph(em.nodes, spec.name, inputs, outputs, em.initializers)
-    onnx_model = helper.make_model(
-        graph, producer_name="specc", opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if em.uses_ml else [])
+    onnx_model = helper.make_model(graph, producer_name="specc", opset_imports=opsets)
     onnx_model.ir_version = 8  # readable by onnxruntime 1.14 and later
     source = spec.data.source
     meta = {
@@ -237,15 +273,25 @@ def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
         vocab = prepared.vocabs.get(col)
         if vocab is None:
             continue
-        unseen = str(max(int(v) for v in vocab.values) + 1) if vocab.integer else "<never seen>"
-        for other in spec.model.inputs:  # one row with just this id unseen
-            raw[other].append(unseen if other == col else raw[other][0])
+        for unseen in _unseen_ids(vocab):
+            for other in spec.model.inputs:  # one row with just this id unseen
+                raw[other].append(unseen if other == col else raw[other][0])
     if "fill_missing" in spec.data.procs:
         for col in spec.model.inputs:
             if col in (prepared.stats or {}):
                 for other in spec.model.inputs:  # one row with just this value missing
                     raw[other].append(float("nan") if other == col else raw[other][0])
     return raw
+
+
+def _unseen_ids(vocab: Vocab) -> list[str]:
+    """Ids never seen in training, one of each kind a lookup treats apart: for whole numbers, one
+    above and one below the range, and a hole inside it when there is one."""
+    if not vocab.integer:
+        return ["<never seen>"]
+    ids = sorted(int(v) for v in vocab.values)
+    holes = [a + 1 for a, b in zip(ids, ids[1:]) if b > a + 1]
+    return [str(i) for i in [ids[-1] + 1, ids[0] - 1, *holes[:1]]]
 
 
 def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list]) -> dict:

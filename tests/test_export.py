@@ -103,9 +103,64 @@ def test_io_binding_gives_the_same_outputs(tiny):
     assert np.array_equal(resident.outputs()["rating"], plain["rating"])
 
 
-def test_inputs_only_lookups_read_stay_on_the_host(tiny):
-    """On the GPU, ids go to the LabelEncoder (a CPU kernel) from host memory: no round trip."""
+def _lookup_model(vocab):
+    """An ONNX model of nothing but the export's lookup of one int64 column."""
+    from onnx import TensorProto, helper
+
+    from specc.export import OPSET, ML_OPSET, _Emitter, _lookup
+
+    em = _Emitter()
+    _lookup(em, "id", vocab, "index")
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if em.uses_ml else [])
+    graph = helper.make_graph(em.nodes, "lookup", [helper.make_tensor_value_info("id", TensorProto.INT64, ["N"])],
+                              [helper.make_tensor_value_info("index", TensorProto.INT64, ["N"])], em.initializers)
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("ids, table", [
+    (("3", "5", "6", "10"), True),        # holes inside the range
+    (("-5", "-1", "0", "2"), True),       # negative ids
+    (("7", str(10**6)), False),           # too sparse for a table: the LabelEncoder
+    (("1", str(2**62)), False),           # too large for the shift: the LabelEncoder
+])
+def test_integer_lookup_maps_every_id_and_unseen_ones_to_zero(ids, table):
+    from specc.data.prepare import Vocab
+    from specc.infer import Session
+
+    vocab = Vocab("id", ids, (1,) * len(ids), True)
+    model = _lookup_model(vocab)
+    assert (model.graph.node[0].op_type != "LabelEncoder") == table
+    known = [int(v) for v in ids]
+    probes = known + [min(known) - 1, max(known) + 1, 4, -3, 0, 2**62, -2**63, 2**63 - 1, -2**63 + 5]
+    feed = np.array(probes, dtype=np.int64)
+    want = [k + 1 for k in range(len(known))] + [0 if p not in known else known.index(p) + 1
+                                                 for p in probes[len(known):]]  # by hand: index k + 1, else 0
+    got = Session(model.SerializeToString(), device="cpu").run({"id": feed})["index"]
+    assert got.tolist() == want
+    assert got.tolist() == vocab.lookup(feed).tolist()  # and as training looked them up
+
+
+def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, tmp_path):
+    """Whole-number ids dense enough for a table are looked up by plain ops, so on the GPU they are
+    bound on the device; the LabelEncoder (a CPU kernel whatever the provider) reads its ids from
+    host memory, with no round trip."""
     from specc.infer import _lookup_inputs
 
     spec, prepared, model = _trained(tiny)
-    assert _lookup_inputs(to_onnx(spec, model, prepared.vocabs).SerializeToString()) == {"user", "item"}
+    proto = to_onnx(spec, model, prepared.vocabs)
+    assert "LabelEncoder" not in {n.op_type for n in proto.graph.node}
+    assert [o.domain for o in proto.opset_import] == [""]
+    assert _lookup_inputs(proto.SerializeToString()) == set()
+
+    lines = (tiny.parent / "ratings.csv").read_text().splitlines()  # user ids 100,000 apart: too sparse
+    rows = [lines[0]] + [f"{int(r.split(',')[0]) * 100_000},{r.split(',', 1)[1]}" for r in lines[1:]]
+    (tmp_path / "sparse").mkdir()
+    (tmp_path / "sparse" / "ratings.csv").write_text("\n".join(rows) + "\n")
+    spec, prepared, model = _trained(collab_spec(tmp_path / "sparse"))
+    proto = to_onnx(spec, model, prepared.vocabs)
+    assert [n.op_type for n in proto.graph.node].count("LabelEncoder") == 1
+    assert _lookup_inputs(proto.SerializeToString()) == {"user"}
+    assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5
