@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool), from the repository root, after bench/gpu_prepare.sh here and
-# the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). About 3 minutes on an H200:
+# the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). About 3.5 minutes on an H200:
 #   0. installs what the machine lacks (lark; onnxruntime-gpu, from the parts);
 #   1. checks: tests/test_gpu.py (the CUDA-graph step against the plain loop, stop and resume,
 #      onnxruntime's CUDA provider against its CPU one) and tests/test_fastpath.py, on the GPU;
-#   2. times the collab training epoch (bench/gpu_collab.py): specc's CUDA-graph step and plain
+#   2. times inference (bench/infer.py): onnxruntime CUDA with IO binding (and with onnxruntime's
+#      own CUDA graph) against torch eager; then the exported model's raw-id table against the
+#      LabelEncoder (bench/lookup.py);
+#   3. times the collab training epoch (bench/gpu_collab.py): specc's CUDA-graph step and plain
 #      loop against a hand-written eager loop, on the 100k set at batch 64 and a MovieLens-25M-shaped
 #      set at batch 65,536, 4,096 and 64;
-#   3. profiles the graph's kernels (100k at batch 64, 25M at 65,536);
-#   4. times inference (bench/infer.py): onnxruntime CUDA with IO binding against torch eager.
+#   4. profiles the graph's kernels (100k at batch 64, 25M at 65,536).
 # Each part runs under its own timeout and a failing part does not stop the others. Results: $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +36,8 @@ part() {  # part NAME SECONDS COMMAND...: run, keep its log, note a failure and 
   [ "$rc" -eq 0 ] || status=1
 }
 part checks 150 python3 -m pytest -p no:cacheprovider tests/test_gpu.py tests/test_fastpath.py -x
+part infer 80 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
+part lookup 60 python3 bench/lookup.py --device cuda
 part train 300 python3 bench/gpu_collab.py --json "$OUT/gpu_collab.json"
 part profile 60 python3 bench/gpu_collab.py --profile
-part infer 80 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
 exit $status

@@ -8,6 +8,7 @@ run:
     binding on the GPU: Session.run_bound);
   - torch eager on the same weights, fed the vocabulary indices (its lookups done beforehand,
     which favours torch).
+On the GPU, also onnxruntime's own CUDA graph over the resident feed (enable_cuda_graph).
 Checks that both give the same ratings (1e-4 on the CPU; TF32 tolerance on the GPU).
 
     python bench/infer.py [--device auto|cpu|cuda] [--json PATH]
@@ -42,6 +43,42 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def ort_cuda_graph(model: Path, feed: dict[str, np.ndarray], device: str = "cuda"):
+    """onnxruntime's own CUDA graph (the CUDA provider's enable_cuda_graph): every input and output
+    bound to a fixed device buffer, the first run captured, each later run one graph launch. Returns
+    (run, outputs) or (None, why) where it does not apply (a node outside the CUDA provider, say).
+    device="cpu" binds the same way on the CPU provider, without a graph: a smoke test of the
+    binding on a machine with no GPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    provider = ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if device == "cuda" else "CPUExecutionProvider"
+    try:
+        session = ort.InferenceSession(str(model), options, providers=[provider])
+        if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+            return None, "no CUDA provider"
+        binding = session.io_binding()
+        buffers = {}  # the graph holds their addresses: they must live as long as it runs
+        for name, values in feed.items():
+            buffers[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(values), device, 0)
+            binding.bind_ortvalue_input(name, buffers[name])
+        outputs = [o.name for o in session.get_outputs()]
+        rows = len(next(iter(feed.values())))
+        for name, plain in zip(outputs, session.run(outputs, feed)):  # shapes and types of the outputs
+            assert plain.shape[0] == rows, (name, plain.shape)
+            buffers[name] = ort.OrtValue.ortvalue_from_shape_and_type(list(plain.shape), plain.dtype, device, 0)
+            binding.bind_ortvalue_output(name, buffers[name])
+        session.run_with_iobinding(binding)  # with the graph on: this run captures it
+    except Exception as err:  # noqa: BLE001 - a bench column that may not apply; the table says why
+        return None, str(err).strip().splitlines()[0][:120]
+
+    def run():
+        session.run_with_iobinding(binding)
+
+    return run, lambda: {name: buffers[name].numpy() for name in outputs}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -74,7 +111,8 @@ def main(argv=None) -> int:
 
     print(f"inference on {device.type}: onnxruntime {session.provider} against torch eager; collab model")
     print(f"{'batch':>6}  {'ort resident rows/s':>19}  {'ort from host rows/s':>20}  {'torch rows/s':>12}  "
-          f"{'resident/torch':>14}  {'host/torch':>10}  {'max |diff|':>10}")
+          f"{'resident/torch':>14}  {'host/torch':>10}  {'max |diff|':>10}"
+          + (f"  {'ort graph rows/s':>16}  {'graph/torch':>11}" if device.type == "cuda" else ""))
     table = []
     for batch in BATCHES:
         feed = {c: raw[c][:batch] for c in raw}
@@ -94,17 +132,31 @@ def main(argv=None) -> int:
         t_torch = timed(torch_call, repeats)
         resident.run()
         want = torch_call().cpu().numpy()
-        diff = max(float(np.max(np.abs(got["rating"] - want))) for got in (resident.outputs(), run_ort(feed)))
+        results = [resident.outputs(), run_ort(feed)]
         row = {"batch": batch, "ort_resident_rows_per_s": batch / t_resident, "ort_rows_per_s": batch / t_host,
                "torch_rows_per_s": batch / t_torch, "ratio_resident_over_torch": t_torch / t_resident,
-               "ratio_ort_over_torch": t_torch / t_host, "max_abs_diff": diff}
+               "ratio_ort_over_torch": t_torch / t_host}
+        graph = ""
+        if device.type == "cuda":
+            graph_run, graph_outputs = ort_cuda_graph(run / "model.onnx", feed)
+            if graph_run is None:
+                print(f"        onnxruntime's CUDA graph does not apply: {graph_outputs}")
+            else:
+                t_graph = timed(graph_run, repeats)
+                graph_run()
+                results.append(graph_outputs())
+                row.update(ort_graph_rows_per_s=batch / t_graph, ratio_graph_over_torch=t_torch / t_graph)
+                graph = f"  {row['ort_graph_rows_per_s']:>16,.0f}  {row['ratio_graph_over_torch']:>11.2f}"
+        row["max_abs_diff"] = diff = max(float(np.max(np.abs(got["rating"] - want))) for got in results)
         table.append(row)
         print(f"{batch:>6}  {row['ort_resident_rows_per_s']:>19,.0f}  {row['ort_rows_per_s']:>20,.0f}  "
               f"{row['torch_rows_per_s']:>12,.0f}  {row['ratio_resident_over_torch']:>14.2f}  "
-              f"{row['ratio_ort_over_torch']:>10.2f}  {diff:>10.2e}")
+              f"{row['ratio_ort_over_torch']:>10.2f}  {diff:>10.2e}{graph}")
     print("ort resident: the feed bound to the session's device once (Session.bind), outputs left there, as")
     print("  torch's inputs and outputs are; ort from host: numpy in, numpy out (Session.run_bound on the GPU).")
     print("resident/torch, host/torch: onnxruntime's throughput over torch's (above 1: onnxruntime is faster)")
+    if device.type == "cuda":
+        print("ort graph: resident, with the CUDA provider's enable_cuda_graph (one graph launch per run)")
     tolerance = 1e-4 if device.type == "cpu" else 5e-3
     worst = max(r["max_abs_diff"] for r in table)
     print(f"outputs agree within {tolerance:g}: {'yes' if worst <= tolerance else 'NO'} (worst {worst:.2e})")

@@ -2,13 +2,15 @@
 
 The ONNX graph takes the raw input columns (ids as they appear in the data, as strings or int64)
 and maps them to vocabulary indices (unseen ids -> 0, the unknown row): whole-number ids that are
-dense enough through a table (Sub, Clip, Gather), the others with ai.onnx.ml LabelEncoder; then it runs the model, translated node by node from the fx graph, so that its node names
+dense enough through a table of plain ops, folded into the embeddings where they are small (see
+DENSE_SPAN_RATIO), the others with ai.onnx.ml LabelEncoder; then it runs the model, translated node by node from the fx graph, so that its node names
 are the spec's; the output is named after the target."""
 
 from __future__ import annotations
 
 import json
 import operator
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -57,48 +59,72 @@ class _Emitter:
         return name
 
 
-# A dense table replaces the LabelEncoder for whole-number ids that span at most this many times
-# as many numbers as there are ids (or at most DENSE_ANYWAY numbers): it is plain Sub, Clip and
-# Gather, which every provider runs where the model runs (on the GPU, beside the embeddings), where
-# the LabelEncoder is a CPU kernel whatever the provider.
+# Whole-number ids are looked up in a table of plain ops (Clip, Gather, and a Sub when the ids start
+# below 1) where the table is small: at most DENSE_SPAN_RATIO entries per id, or DENSE_ANYWAY in
+# all. Every provider runs those where the model runs (on the GPU, beside the embeddings), where the
+# LabelEncoder is a CPU kernel whatever the provider. An embedding of such ids is exported indexed
+# by the id itself (its rows gathered through the table at export), so the lookup costs no node at
+# all, where that adds at most COMPOSE_EXTRA numbers beyond doubling the embedding.
 DENSE_SPAN_RATIO = 4
 DENSE_ANYWAY = 65536
 DENSE_LIMIT = 1 << 62  # ids this large fall back to the LabelEncoder: the shift below cannot wrap
+COMPOSE_EXTRA = 1 << 18
 
 
-def _dense_span(vocab: Vocab) -> tuple[int, int] | None:
-    """(lowest id, numbers spanned) when the vocabulary's ids are dense enough for a table."""
+class DenseIds(NamedTuple):
+    """Raw ids clipped into a table's range, and the table: entry k is the vocabulary index of
+    id k + offset; the ends and the holes are 0, the unknown index."""
+
+    clipped: str
+    table: np.ndarray
+
+
+def _dense_ids(em: _Emitter, col: str, vocab: Vocab) -> DenseIds | None:
+    """The ids of `col` clipped into a table's range, or None when they are not dense enough."""
     if not vocab.integer or not vocab.values:
         return None
-    ids = [int(v) for v in vocab.values]
-    low, high = min(ids), max(ids)
-    span = high - low + 1
-    if -DENSE_LIMIT < low and high < DENSE_LIMIT and span <= max(DENSE_SPAN_RATIO * len(ids), DENSE_ANYWAY):
-        return low, span
-    return None
+    ids = np.array([int(v) for v in vocab.values], dtype=object)  # Python ints: no overflow here
+    low, high = int(ids.min()), int(ids.max())
+    if not (-DENSE_LIMIT < low and high < DENSE_LIMIT
+            and high - low + 1 <= max(DENSE_SPAN_RATIO * len(ids), DENSE_ANYWAY)):
+        return None
+    # The table is indexed by the id itself when the ids start at 1 or above and that keeps it small
+    # enough, else by id - low + 1 (a Sub more). Clip sends every id below and above the range to an
+    # end of the table. With |ids| < 2**62 the Sub wraps only for ids outside the range, to values
+    # Clip also sends to an end.
+    offset = 0 if low >= 1 and high + 2 <= max(DENSE_SPAN_RATIO * len(ids), DENSE_ANYWAY) else low - 1
+    first, last = low - 1 - offset, high + 1 - offset  # the two ends
+    table = np.zeros(last + 1, dtype=np.int64)
+    table[(ids - offset).astype(np.int64)] = np.arange(1, len(ids) + 1)
+    shifted = col if offset == 0 else em.node("Sub", [col, em.const(offset, np.int64)], f"{col}_shifted")
+    clipped = em.node("Clip", [shifted, em.const(first, np.int64), em.const(last, np.int64)], f"{col}_clipped")
+    return DenseIds(clipped, table)
+
+
+def _composes(module: torch.nn.Module, dense: DenseIds) -> bool:
+    """Whether this module is an embedding small enough to index by raw id (see COMPOSE_EXTRA)."""
+    if not isinstance(module, torch.nn.Embedding):
+        return False
+    extra = (len(dense.table) - module.num_embeddings) * module.embedding_dim
+    return len(dense.table) <= 2 * module.num_embeddings or extra <= COMPOSE_EXTRA
 
 
 def _lookup(em: _Emitter, col: str, vocab: Vocab, output: str) -> str:
     """Raw id -> vocabulary index, 0 for an id never seen in training."""
-    values = list(range(1, vocab.size))
-    dense = _dense_span(vocab)
+    dense = _dense_ids(em, col, vocab)
     if dense:
-        # table[id - low + 1] is the id's index; entries 0 and span + 1 (and the holes) are 0, where
-        # Clip sends every id below and above the range. With |ids| < 2**62 the Sub wraps only for
-        # ids outside the range, to values Clip also sends to an end.
-        low, span = dense
-        table = np.zeros(span + 2, dtype=np.int64)
-        table[np.array([int(v) for v in vocab.values]) - low + 1] = values
-        shifted = em.node("Sub", [col, em.const(low - 1, np.int64)], f"{col}_shifted")
-        clipped = em.node("Clip", [shifted, em.const(0, np.int64), em.const(span + 1, np.int64)], f"{col}_clipped")
-        return em.node("Gather", [em.weight_array(f"{col}_vocabulary", table), clipped], output, axis=0)
+        return em.node("Gather", [em.weight_array(f"{col}_vocabulary", dense.table), dense.clipped], output, axis=0)
+    return _label_encoder(em, col, vocab, output)
+
+
+def _label_encoder(em: _Emitter, col: str, vocab: Vocab, output: str) -> str:
     em.uses_ml = True
     if vocab.integer:
         keys = dict(keys_int64s=[int(v) for v in vocab.values])
     else:
         keys = dict(keys_strings=list(vocab.values))
-    return em.node("LabelEncoder", [col], output, domain="ai.onnx.ml", values_int64s=values, default_int64=0,
-                   **keys)
+    return em.node("LabelEncoder", [col], output, domain="ai.onnx.ml", values_int64s=list(range(1, vocab.size)),
+                   default_int64=0, **keys)
 
 
 def _operand(em: _Emitter, arg, names: dict) -> str:
@@ -173,6 +199,7 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
     em = _Emitter()
     inputs = []
     names: dict[str, str] = {}
+    dense: dict[str, DenseIds | None] = {}  # category placeholders -> their ids clipped for a table
     columns = {c.name: c for c in spec.data.inputs}
     modules = dict(model.named_modules())
     result = None
@@ -183,7 +210,14 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
                 vocab = vocabs[col.name]
                 dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
                 inputs.append(helper.make_tensor_value_info(col.name, dtype, ["N"]))
-                names[fnode.name] = _lookup(em, col.name, vocab, f"{col.name}_index")
+                dense[fnode.name] = _dense_ids(em, col.name, vocab)
+                if not dense[fnode.name]:
+                    names[fnode.name] = _label_encoder(em, col.name, vocab, f"{col.name}_index")
+                elif not all(_composes(modules.get(u.target), dense[fnode.name]) for u in fnode.users):
+                    # something other than a small embedding reads the index: look it up once
+                    names[fnode.name] = em.node("Gather", [em.weight_array(f"{col.name}_vocabulary",
+                                                                           dense[fnode.name].table),
+                                                           dense[fnode.name].clipped], f"{col.name}_index", axis=0)
             elif col.shape:
                 inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape]))
                 names[fnode.name] = col.name
@@ -191,7 +225,13 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
                 inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N"]))
                 names[fnode.name] = col.name
         elif fnode.op == "call_module":
-            names[fnode.name] = _module(em, fnode, modules[fnode.target], names[fnode.args[0].name])
+            module, source = modules[fnode.target], dense.get(fnode.args[0].name)
+            if source and _composes(module, source):  # the embedding's rows in raw-id order
+                rows = module.weight.detach().cpu()[torch.from_numpy(source.table)]
+                names[fnode.name] = em.node("Gather", [em.weight(f"{fnode.target}.weight_by_id", rows),
+                                                       source.clipped], fnode.name, axis=0)
+            else:
+                names[fnode.name] = _module(em, fnode, module, names[fnode.args[0].name])
         elif fnode.op == "call_function":
             names[fnode.name] = _function(em, fnode, _operands(em, fnode.args, names))
         elif fnode.op == "output":

@@ -154,6 +154,10 @@ def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, t
     assert "LabelEncoder" not in {n.op_type for n in proto.graph.node}
     assert [o.domain for o in proto.opset_import] == [""]
     assert _lookup_inputs(proto.SerializeToString()) == set()
+    # the embeddings are indexed by the raw id itself: no lookup node of their own
+    readers = {n.name: list(n.input) for n in proto.graph.node}
+    assert readers["u"] == ["u.weight_by_id", "user_clipped"] and readers["ib"] == ["ib.weight_by_id", "item_clipped"]
+    assert "user_index" not in readers and "item_index" not in readers
 
     lines = (tiny.parent / "ratings.csv").read_text().splitlines()  # user ids 100,000 apart: too sparse
     rows = [lines[0]] + [f"{int(r.split(',')[0]) * 100_000},{r.split(',', 1)[1]}" for r in lines[1:]]
@@ -164,3 +168,23 @@ def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, t
     assert [n.op_type for n in proto.graph.node].count("LabelEncoder") == 1
     assert _lookup_inputs(proto.SerializeToString()) == {"user"}
     assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5
+
+
+def test_embedding_too_large_to_index_by_raw_id_looks_the_id_up_first(tiny, tmp_path, monkeypatch):
+    """Ids 3 apart: a table of three entries per user, more than twice the user embedding's rows.
+    With no extra numbers allowed, the embedding keeps its own rows and the id is looked up."""
+    import specc.export
+
+    monkeypatch.setattr(specc.export, "COMPOSE_EXTRA", 0)
+    lines = (tiny.parent / "ratings.csv").read_text().splitlines()
+    rows = [lines[0]] + [f"{int(r.split(',')[0]) * 3},{r.split(',', 1)[1]}" for r in lines[1:]]
+    (tmp_path / "spread").mkdir()
+    (tmp_path / "spread" / "ratings.csv").write_text("\n".join(rows) + "\n")
+    spec, prepared, model = _trained(collab_spec(tmp_path / "spread"))
+    proto = to_onnx(spec, model, prepared.vocabs)
+    readers = {n.name: list(n.input) for n in proto.graph.node}
+    assert readers["user_index"] == ["user_vocabulary", "user_clipped"]
+    assert readers["u"] == ["u.weight", "user_index"] and readers["i"] == ["i.weight_by_id", "item_clipped"]
+    raw = parity_rows(spec, prepared)
+    assert {"4", "2"} <= set(raw["user"])  # a hole between users 3 and 6, and one below the range
+    assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, raw) < 1e-5
