@@ -68,3 +68,19 @@ def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(tmp_path):
     got, want = gpu.run_bound(feed), cpu.run(feed)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-3)
+    # every node of the collab model (dense ids: no LabelEncoder) has a CUDA kernel: with the
+    # fallback to the CPU provider turned off, the session still builds, and runs from device buffers
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    strict = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CUDAExecutionProvider"])
+    assert strict.get_providers()[0] == "CUDAExecutionProvider"
+    binding = strict.io_binding()
+    buffers = {name: ort.OrtValue.ortvalue_from_numpy(values, "cuda", 0) for name, values in feed.items()}
+    for name, value in buffers.items():
+        binding.bind_ortvalue_input(name, value)
+    binding.bind_output("rating", "cuda")
+    strict.run_with_iobinding(binding)
+    np.testing.assert_allclose(binding.copy_outputs_to_cpu()[0], want["rating"], rtol=1e-3, atol=1e-3)
