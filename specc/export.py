@@ -3,8 +3,9 @@
 The ONNX graph takes the raw input columns (ids as they appear in the data, as strings or int64)
 and maps them to vocabulary indices (unseen ids -> 0, the unknown row): whole-number ids that are
 dense enough through a table of plain ops, folded into the embeddings where they are small (see
-DENSE_SPAN_RATIO), the others with ai.onnx.ml LabelEncoder; then it runs the model, translated node by node from the fx graph, so that its node names
-are the spec's; the output is named after the target."""
+DENSE_SPAN_RATIO), the others with ai.onnx.ml LabelEncoder; then it runs the model, translated
+node by node from the fx graph, so that its node names are the spec's; the output is named after
+the target."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class _Emitter:
 # all. Every provider runs those where the model runs (on the GPU, beside the embeddings), where the
 # LabelEncoder is a CPU kernel whatever the provider. An embedding of such ids is exported indexed
 # by the id itself (its rows gathered through the table at export), so the lookup costs no node at
-# all, where that adds at most COMPOSE_EXTRA numbers beyond doubling the embedding.
+# all, where that at most doubles the embedding or adds at most COMPOSE_EXTRA numbers to it.
 DENSE_SPAN_RATIO = 4
 DENSE_ANYWAY = 65536
 DENSE_LIMIT = 1 << 62  # ids this large fall back to the LabelEncoder: the shift below cannot wrap
@@ -109,21 +110,18 @@ def _composes(module: torch.nn.Module, dense: DenseIds) -> bool:
     return len(dense.table) <= 2 * module.num_embeddings or extra <= COMPOSE_EXTRA
 
 
-def _lookup(em: _Emitter, col: str, vocab: Vocab, output: str) -> str:
-    """Raw id -> vocabulary index, 0 for an id never seen in training."""
-    dense = _dense_ids(em, col, vocab)
+def _lookup(em: _Emitter, col: str, vocab: Vocab, dense: DenseIds | None) -> str:
+    """Raw id -> vocabulary index, 0 for an id never seen in training: through the table where the
+    ids are dense (`dense`, from _dense_ids), else with the LabelEncoder."""
     if dense:
-        return em.node("Gather", [em.weight_array(f"{col}_vocabulary", dense.table), dense.clipped], output, axis=0)
-    return _label_encoder(em, col, vocab, output)
-
-
-def _label_encoder(em: _Emitter, col: str, vocab: Vocab, output: str) -> str:
+        return em.node("Gather", [em.weight_array(f"{col}_vocabulary", dense.table), dense.clipped], f"{col}_index",
+                       axis=0)
     em.uses_ml = True
     if vocab.integer:
         keys = dict(keys_int64s=[int(v) for v in vocab.values])
     else:
         keys = dict(keys_strings=list(vocab.values))
-    return em.node("LabelEncoder", [col], output, domain="ai.onnx.ml", values_int64s=list(range(1, vocab.size)),
+    return em.node("LabelEncoder", [col], f"{col}_index", domain="ai.onnx.ml", values_int64s=list(range(1, vocab.size)),
                    default_int64=0, **keys)
 
 
@@ -210,14 +208,10 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
                 vocab = vocabs[col.name]
                 dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
                 inputs.append(helper.make_tensor_value_info(col.name, dtype, ["N"]))
-                dense[fnode.name] = _dense_ids(em, col.name, vocab)
-                if not dense[fnode.name]:
-                    names[fnode.name] = _label_encoder(em, col.name, vocab, f"{col.name}_index")
-                elif not all(_composes(modules.get(u.target), dense[fnode.name]) for u in fnode.users):
+                dense[fnode.name] = ids = _dense_ids(em, col.name, vocab)
+                if not ids or not all(_composes(modules.get(u.target), ids) for u in fnode.users):
                     # something other than a small embedding reads the index: look it up once
-                    names[fnode.name] = em.node("Gather", [em.weight_array(f"{col.name}_vocabulary",
-                                                                           dense[fnode.name].table),
-                                                           dense[fnode.name].clipped], f"{col.name}_index", axis=0)
+                    names[fnode.name] = _lookup(em, col.name, vocab, ids)
             elif col.shape:
                 inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape]))
                 names[fnode.name] = col.name
