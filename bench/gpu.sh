@@ -35,7 +35,7 @@ part() {  # part NAME SECONDS COMMAND...: run, keep its log, note a failure and 
   echo "== $name: exit $rc in $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] || status=1
 }
-part checks 150 python3 -m pytest -p no:cacheprovider tests/test_gpu.py tests/test_fastpath.py -x
+part checks 180 python3 -m pytest -p no:cacheprovider tests/test_gpu.py tests/test_fastpath.py
 part infer 80 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
 part lookup 60 python3 bench/lookup.py --device cuda
 part train 300 python3 bench/gpu_collab.py --json "$OUT/gpu_collab.json"

@@ -68,10 +68,22 @@ def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(tmp_path):
     got, want = gpu.run_bound(feed), cpu.run(feed)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-3)
-    # every node of the collab model (dense ids: no LabelEncoder) has a CUDA kernel: with the
-    # fallback to the CPU provider turned off, the session still builds, and runs from device buffers
+
+
+def test_exported_collab_model_runs_wholly_on_the_cuda_provider(tmp_path):
+    """Every node of the collab model (dense ids: no LabelEncoder) has a CUDA kernel: with the
+    fallback to the CPU provider turned off, the session still builds, and runs from device buffers."""
     import onnxruntime as ort
 
+    from specc.cli import main
+    from specc.infer import Session
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider")
+    out = tmp_path / "run"
+    assert main(["train", "specs/collab.spec", "--set", "train.fit.epochs=1", "--out", str(out), "--quiet"]) == 0
+    feed = {"user": np.arange(4096, dtype=np.int64) % 950, "item": (np.arange(4096, dtype=np.int64) * 7) % 1700}
+    want = Session(out / "model.onnx", device="cpu").run(feed)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
