@@ -52,6 +52,11 @@ class _Emitter:
             self.constants[key] = name
         return self.constants[key]
 
+    def opset_imports(self) -> list[onnx.OperatorSetIdProto]:
+        """The standard opset, and ai.onnx.ml's where a LabelEncoder was emitted."""
+        ml = [helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if self.uses_ml else []
+        return [helper.make_opsetid("", OPSET), *ml]
+
     def weight(self, name: str, tensor: torch.Tensor) -> str:
         return self.weight_array(name, tensor.detach().cpu().float().numpy())
 
@@ -86,14 +91,14 @@ def _dense_ids(em: _Emitter, col: str, vocab: Vocab) -> DenseIds | None:
         return None
     ids = np.array([int(v) for v in vocab.values], dtype=object)  # Python ints: no overflow here
     low, high = int(ids.min()), int(ids.max())
-    if not (-DENSE_LIMIT < low and high < DENSE_LIMIT
-            and high - low + 1 <= max(DENSE_SPAN_RATIO * len(ids), DENSE_ANYWAY)):
+    most = max(DENSE_SPAN_RATIO * len(ids), DENSE_ANYWAY)  # numbers a table may span
+    if not (-DENSE_LIMIT < low and high < DENSE_LIMIT and high - low + 1 <= most):
         return None
     # The table is indexed by the id itself when the ids start at 1 or above and that keeps it small
     # enough, else by id - low + 1 (a Sub more). Clip sends every id below and above the range to an
     # end of the table. With |ids| < 2**62 the Sub wraps only for ids outside the range, to values
     # Clip also sends to an end.
-    offset = 0 if low >= 1 and high + 2 <= max(DENSE_SPAN_RATIO * len(ids), DENSE_ANYWAY) else low - 1
+    offset = 0 if low >= 1 and high + 2 <= most else low - 1
     first, last = low - 1 - offset, high + 1 - offset  # the two ends
     table = np.zeros(last + 1, dtype=np.int64)
     table[(ids - offset).astype(np.int64)] = np.arange(1, len(ids) + 1)
@@ -232,8 +237,7 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
             result = names[fnode.args[0].name]
     outputs = _outputs(em, spec, vocabs, result)
     graph = helper.make_graph(em.nodes, spec.name, inputs, outputs, em.initializers)
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if em.uses_ml else [])
-    onnx_model = helper.make_model(graph, producer_name="specc", opset_imports=opsets)
+    onnx_model = helper.make_model(graph, producer_name="specc", opset_imports=em.opset_imports())
     onnx_model.ir_version = 8  # readable by onnxruntime 1.14 and later
     source = spec.data.source
     meta = {

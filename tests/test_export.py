@@ -107,14 +107,13 @@ def _lookup_model(vocab):
     """An ONNX model of nothing but the export's lookup of one int64 column."""
     from onnx import TensorProto, helper
 
-    from specc.export import OPSET, ML_OPSET, _dense_ids, _Emitter, _lookup
+    from specc.export import _dense_ids, _Emitter, _lookup
 
     em = _Emitter()
     em.node("Identity", [_lookup(em, "id", vocab, _dense_ids(em, "id", vocab))], "index")
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if em.uses_ml else [])
     graph = helper.make_graph(em.nodes, "lookup", [helper.make_tensor_value_info("id", TensorProto.INT64, ["N"])],
                               [helper.make_tensor_value_info("index", TensorProto.INT64, ["N"])], em.initializers)
-    model = helper.make_model(graph, opset_imports=opsets)
+    model = helper.make_model(graph, opset_imports=em.opset_imports())
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
