@@ -15,25 +15,15 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from infer import timed
+
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = (64, 4096, 65536)
 ROUNDS, CALLS = 5, 30
-
-
-def median_call(bound) -> float:
-    """Median seconds of one bound run over CALLS, after two warm-ups."""
-    bound.run(), bound.run()
-    times = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        bound.run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -73,7 +63,7 @@ def main(argv=None) -> int:
         times = {"table": [], "encoder": []}
         for _ in range(ROUNDS):
             for name, session in (("table", table), ("encoder", encoder)):
-                times[name].append(median_call(session.bind(feed)))
+                times[name].append(timed(session.bind(feed).run, CALLS))
         t_table, t_encoder = statistics.median(times["table"]), statistics.median(times["encoder"])
         print(f"{batch:>6}  {batch / t_table:>13,.0f}  {batch / t_encoder:>14,.0f}  {t_encoder / t_table:>13.2f}")
     print("table/encoder: throughput with the table over throughput with the LabelEncoder (above 1: the table")
