@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,6 +26,19 @@ def _trained(spec_path, sets=("train.fit.epochs=1",)):
     return spec, prepared, model
 
 
+def _collab_with_ids(ratings_dir: Path, folder: Path, user=str, item=str) -> Path:
+    """A collab spec in `folder` over the small ratings set with its ids rewritten: user(id) and
+    item(id), each given and giving text."""
+    lines = (ratings_dir / "ratings.csv").read_text().splitlines()
+    rows = [lines[0]]
+    for line in lines[1:]:
+        u, i, rating = line.split(",")
+        rows.append(f"{user(u)},{item(i)},{rating}")
+    folder.mkdir(exist_ok=True)
+    (folder / "ratings.csv").write_text("\n".join(rows) + "\n")
+    return collab_spec(folder)
+
+
 def test_onnx_matches_torch_on_raw_ids_with_unseen_ones(tiny):
     spec, prepared, model = _trained(tiny)
     proto = to_onnx(spec, model, prepared.vocabs)
@@ -39,10 +53,7 @@ def test_onnx_matches_torch_on_raw_ids_with_unseen_ones(tiny):
 
 
 def test_string_ids_go_through_a_string_label_encoder(tmp_path, ratings_dir):
-    lines = (ratings_dir / "ratings.csv").read_text().splitlines()
-    rows = [lines[0]] + [f"u{r.split(',')[0]},m{r.split(',')[1]},{r.split(',')[2]}" for r in lines[1:]]
-    (tmp_path / "ratings.csv").write_text("\n".join(rows) + "\n")
-    spec, prepared, model = _trained(collab_spec(tmp_path))
+    spec, prepared, model = _trained(_collab_with_ids(ratings_dir, tmp_path, lambda u: f"u{u}", lambda i: f"m{i}"))
     assert not prepared.vocabs["user"].integer
     proto = to_onnx(spec, model, prepared.vocabs)
     raw = parity_rows(spec, prepared)
@@ -158,11 +169,8 @@ def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, t
     assert readers["u"] == ["u.weight_by_id", "user_clipped"] and readers["ib"] == ["ib.weight_by_id", "item_clipped"]
     assert "user_index" not in readers and "item_index" not in readers
 
-    lines = (tiny.parent / "ratings.csv").read_text().splitlines()  # user ids 100,000 apart: too sparse
-    rows = [lines[0]] + [f"{int(r.split(',')[0]) * 100_000},{r.split(',', 1)[1]}" for r in lines[1:]]
-    (tmp_path / "sparse").mkdir()
-    (tmp_path / "sparse" / "ratings.csv").write_text("\n".join(rows) + "\n")
-    spec, prepared, model = _trained(collab_spec(tmp_path / "sparse"))
+    sparse = _collab_with_ids(tiny.parent, tmp_path / "sparse", user=lambda u: int(u) * 100_000)  # too sparse
+    spec, prepared, model = _trained(sparse)
     proto = to_onnx(spec, model, prepared.vocabs)
     assert [n.op_type for n in proto.graph.node].count("LabelEncoder") == 1
     assert _lookup_inputs(proto.SerializeToString()) == {"user"}
@@ -175,11 +183,7 @@ def test_embedding_too_large_to_index_by_raw_id_looks_the_id_up_first(tiny, tmp_
     import specc.export
 
     monkeypatch.setattr(specc.export, "COMPOSE_EXTRA", 0)
-    lines = (tiny.parent / "ratings.csv").read_text().splitlines()
-    rows = [lines[0]] + [f"{int(r.split(',')[0]) * 3},{r.split(',', 1)[1]}" for r in lines[1:]]
-    (tmp_path / "spread").mkdir()
-    (tmp_path / "spread" / "ratings.csv").write_text("\n".join(rows) + "\n")
-    spec, prepared, model = _trained(collab_spec(tmp_path / "spread"))
+    spec, prepared, model = _trained(_collab_with_ids(tiny.parent, tmp_path / "spread", user=lambda u: int(u) * 3))
     proto = to_onnx(spec, model, prepared.vocabs)
     readers = {n.name: list(n.input) for n in proto.graph.node}
     assert readers["user_index"] == ["user_vocabulary", "user_clipped"]
