@@ -54,43 +54,49 @@ def test_graph_step_stops_and_resumes(tmp_path):
     assert resumed_history.records[-1].valid_loss == pytest.approx(whole_history.records[-1].valid_loss, rel=2e-3)
 
 
-def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(tmp_path):
+# 4,096 rows of ids, some never seen in training (users above 943, items above 1,682)
+FEED = {"user": np.arange(4096, dtype=np.int64) % 950, "item": (np.arange(4096, dtype=np.int64) * 7) % 1700}
+
+
+@pytest.fixture(scope="module")
+def collab_run(tmp_path_factory):
+    """specs/collab.spec trained on the GPU by the CLI, once for the tests below."""
     from specc.cli import main
+
+    out = tmp_path_factory.mktemp("collab") / "run"
+    assert main(["train", "specs/collab.spec", "--device", "cuda", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(collab_run):
     from specc.infer import Session
 
-    out = tmp_path / "run"
-    assert main(["train", "specs/collab.spec", "--device", "cuda", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "run.json").read_text())["loop"] == "cuda-graph"
-    gpu, cpu = Session(out / "model.onnx", device="cuda"), Session(out / "model.onnx", device="cpu")
+    assert json.loads((collab_run / "run.json").read_text())["loop"] == "cuda-graph"
+    gpu, cpu = Session(collab_run / "model.onnx", device="cuda"), Session(collab_run / "model.onnx", device="cpu")
     if gpu.provider != "CUDAExecutionProvider":
         pytest.skip("this onnxruntime has no CUDA provider")
-    feed = {"user": np.arange(4096, dtype=np.int64) % 950, "item": (np.arange(4096, dtype=np.int64) * 7) % 1700}
-    got, want = gpu.run_bound(feed), cpu.run(feed)
+    got, want = gpu.run_bound(FEED), cpu.run(FEED)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-3)
 
 
-def test_exported_collab_model_runs_wholly_on_the_cuda_provider(tmp_path):
+def test_exported_collab_model_runs_wholly_on_the_cuda_provider(collab_run):
     """Every node of the collab model (dense ids: no LabelEncoder) has a CUDA kernel: with the
     fallback to the CPU provider turned off, the session still builds, and runs from device buffers."""
     import onnxruntime as ort
 
-    from specc.cli import main
     from specc.infer import Session
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider")
-    out = tmp_path / "run"
-    assert main(["train", "specs/collab.spec", "--set", "train.fit.epochs=1", "--out", str(out), "--quiet"]) == 0
-    feed = {"user": np.arange(4096, dtype=np.int64) % 950, "item": (np.arange(4096, dtype=np.int64) * 7) % 1700}
-    want = Session(out / "model.onnx", device="cpu").run(feed)
+    want = Session(collab_run / "model.onnx", device="cpu").run(FEED)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    strict = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CUDAExecutionProvider"])
+    strict = ort.InferenceSession(str(collab_run / "model.onnx"), options, providers=["CUDAExecutionProvider"])
     assert strict.get_providers()[0] == "CUDAExecutionProvider"
     binding = strict.io_binding()
-    buffers = {name: ort.OrtValue.ortvalue_from_numpy(values, "cuda", 0) for name, values in feed.items()}
+    buffers = {name: ort.OrtValue.ortvalue_from_numpy(values, "cuda", 0) for name, values in FEED.items()}
     for name, value in buffers.items():
         binding.bind_ortvalue_input(name, value)
     binding.bind_output("rating", "cuda")
