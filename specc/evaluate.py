@@ -1,82 +1,125 @@
 """Evaluate: an exported model + a labelled file -> the spec's metrics, through onnxruntime alone.
 
-The file is read with the options the spec used (recorded in the model's metadata), and
-`--split valid` takes the same validation rows that training reported on."""
+The file is a CSV, read as the spec read its data (the options are in the model's metadata) or
+with a header naming the columns, or an .npz with an array per column; `--split valid` takes the
+same validation rows that training reported on."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from specc.data.prepare import split_from_json, split_rows
-from specc.diagnostics import DataError, UsageError
-from specc.export import PROBABILITIES
-from specc.infer import Session, read_inputs
+from specc.data.files import describe_array
+from specc.data.prepare import INT64_MAX, INT64_MIN, split_from_json, split_rows
+from specc.data.table import shown_names
+from specc.diagnostics import DataError
+from specc.infer import PROBABILITIES, Inputs, load_session, read_rows
 from specc.spec import CATEGORY
 
 
-def evaluate_file(model: Path, data: Path, split: str = "all", device: str = "auto", batch: int = 65536) -> dict:
-    """Loss and metrics of the model on the file's rows ('all', or the spec's 'train' / 'valid' rows)."""
-    session = Session(model, device=device)
+def evaluate_file(model: Path, data: Path, split: str = "all", device: str = "auto", batch: int = 65536,
+                  delimiter: str | None = None, arrays: dict[str, str] | None = None) -> dict:
+    """Loss and metrics of the model on the file's rows ('all', or the spec's 'train' / 'valid'
+    rows), with "rows", "arrays" (an .npz's arrays read) and "notes" beside them."""
+    session = load_session(model, device=device)
     meta = session.metadata
     target = meta.get("specc.target")
     if target is None:
-        raise UsageError(f"{model}: not a specc model (no specc.target in its metadata)")
-    if data.suffix == ".npz":
-        raise UsageError("evaluate reads CSV files; for arrays use `specc predict`")
-    feed, n = read_inputs(data, session, target=target)
-    truth = feed.pop(target)
-    if split != "all":
+        raise DataError(str(model), "is not a model of `specc train` (its metadata has no specc.target)", code="D108")
+    got = read_rows(data, session, target=target, delimiter=delimiter, arrays=arrays, split=split)
+    if split != "all" and not got.split_done:
         reading = json.loads(meta.get("specc.split", "null"))
-        train_idx, valid_idx = split_rows(n, split_from_json(reading), str(data))
-        rows = valid_idx if split == "valid" else train_idx
-        feed = {k: v[rows] for k, v in feed.items()}
-        truth = truth[rows]
-        n = len(rows)
+        train_idx, valid_idx = split_rows(got.rows, split_from_json(reading), str(data))
+        got.take(valid_idx if split == "valid" else train_idx)
     parts: dict[str, list] = {name: [] for name in session.outputs}
-    for s in range(0, n, batch):
-        got = session.run({k: v[s:s + batch] for k, v in feed.items()})
+    for s in range(0, got.rows, batch):
+        result = session.run({k: v[s:s + batch] for k, v in got.feed.items()})
         for name in session.outputs:
-            parts[name].append(got[name])
+            parts[name].append(result[name])
     out = {name: np.concatenate(p) for name, p in parts.items()}
     metrics = json.loads(meta.get("specc.metrics", "[]"))
     if meta.get("specc.target_kind") == CATEGORY:
-        return _classification(meta, target, truth, out, metrics, n)
-    return _regression(meta, target, truth, out, metrics, n)
+        result = _classification(meta, target, got, out, metrics)
+    else:
+        result = _regression(meta, target, got, out, metrics)
+    return {"rows": got.rows, **result, "arrays": got.arrays, "notes": got.notes}
 
 
-def _classification(meta, target, truth, out, metrics, n) -> dict:
+def _class_key(value, integer: bool):
+    """A label as the model's vocabulary holds it: a whole number for integer classes, else text.
+    A label that cannot be one stays text, so that it is reported as a class never seen."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not integer:
+        return str(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if math.isfinite(value) and value == int(value) else str(value)
+    try:
+        number = int(value)
+    except ValueError:
+        return str(value)
+    return number if INT64_MIN <= number <= INT64_MAX else str(value)
+
+
+def _classification(meta, target: str, got: Inputs, out, metrics) -> dict:
     vocab = json.loads(meta["specc.vocabs"])[target]
     classes = vocab["values"]
     index = {(int(v) if vocab["integer"] else v): k for k, v in enumerate(classes)}
-    keys = [int(t) if vocab["integer"] else str(t) for t in truth]
-    known = np.array([k in index for k in keys])
+    keys = [_class_key(t, vocab["integer"]) for t in got.target]
+    unseen = Counter(k for k in keys if k not in index)
+    if unseen:
+        raise _unseen(got, target, keys, unseen, classes)
+    truth = np.array([index[k] for k in keys], dtype=np.int64)
+    n = got.rows
+    picked = out[PROBABILITIES][np.arange(n), truth]
     labels = out[target]
-    correct = np.array([str(p) == str(t) for p, t in zip(labels, keys)])
-    probs = out[PROBABILITIES]
-    true_idx = np.array([index.get(k, 0) for k in keys])
-    picked = probs[np.arange(n), true_idx][known]
-    result = {"rows": n, "loss": float(-np.log(np.clip(picked, 1e-12, None)).mean()) if known.any() else math.nan}
-    accuracy = float(correct.mean()) if n else math.nan
+    correct = np.array([str(p) == str(k) for p, k in zip(labels, keys)])
+    result = {"loss": float(-np.log(np.clip(picked, 1e-12, None)).mean())}
+    accuracy = float(correct.mean())
     for metric in metrics:
         result[metric] = {"accuracy": accuracy, "error_rate": 1 - accuracy}[metric]
-    if not known.all():
-        result["unseen_classes"] = int((~known).sum())
     return result
 
 
-def _regression(meta, target, truth, out, metrics, n) -> dict:
+def _unseen(got: Inputs, target: str, keys: list, unseen: Counter, classes: list[str]) -> DataError:
+    """Labels the model never saw in training cannot be scored: name them, how often each comes,
+    the model's classes and the close ones ('<=50K.' -> '<=50K'), at the first row with one."""
+    first = next(k for k, key in enumerate(keys) if key in unseen)
+    common = unseen.most_common(5)
+    listed = ", ".join(f"'{c}' ({n} row{'s' if n > 1 else ''})" for c, n in common)
+    if len(unseen) > len(common):
+        listed += f" and {len(unseen) - len(common)} more"
+    hints = []
+    for label, _ in common:
+        close = difflib.get_close_matches(str(label), classes, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"'{close[0]}' for '{label}'")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    count = len(unseen)
+    return got.error(first, target, f"{count} class{'es' if count > 1 else ''} the model never saw in training: "
+                     f"{listed}; its classes are {shown_names(list(classes))}{hint}", code="D109")
+
+
+def _regression(meta, target: str, got: Inputs, out, metrics) -> dict:
+    truth = got.target
+    if truth.dtype.kind not in "iufb":
+        raise got.error(0, target, f"holds {describe_array(truth)}; the target is a number", whole=True)
     y = np.asarray(truth, dtype=np.float64)
-    if not np.isfinite(y).all():
-        raise DataError("", f"the target column '{target}' has missing or infinite values", code="D105")
+    bad = ~np.isfinite(y)
+    if bad.any():
+        k = int(np.argmax(bad))
+        found = "a missing value (NaN)" if np.isnan(y[k]) else f"{y[k]}"
+        raise got.error(k, target, f"expected a finite number, found {found}", code="D105")
     pred = out[target].astype(np.float64)
     err = pred - y
     mse = float((err * err).mean())
     loss_name = meta.get("specc.loss", "mse")
-    result = {"rows": n, "loss": {"mse": mse, "l1": float(np.abs(err).mean())}.get(loss_name, mse)}
+    result = {"loss": {"mse": mse, "l1": float(np.abs(err).mean())}.get(loss_name, mse)}
     for metric in metrics:
         result[metric] = {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.abs(err).mean())}[metric]
     return result

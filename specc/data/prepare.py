@@ -7,16 +7,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specc.data.table import Table, check_finite, missing_file, read_table
+from specc.data.files import describe_array, load_npz, npz_array
+from specc.data.table import Table, check_finite, read_table
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
 from specc.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, LastSplit, NpzSource, RandomSplit, RowSplit
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _as_int(text: str) -> int | None:
+    """A whole-number id that fits the model's int64 input, else None (the column is then text)."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         return None
+    return value if INT64_MIN <= value <= INT64_MAX else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +255,7 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
     The file either holds `<column>_train` and `<column>_valid` arrays, or one array per column
     that the spec's `valid` split divides."""
     path = str(source.path)
-    if not source.path.is_file():
-        raise missing_file(source)
-    try:
-        archive = np.load(source.path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise DataError(path, f"is not a readable .npz file ({err})", code="D102") from None
+    archive = load_npz(source.path, source.span)
     with archive:
         names = set(archive.files)
         paired = all(f"{c.name}_train" in names and f"{c.name}_valid" in names for c in wanted)
@@ -273,12 +274,7 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
                                         ("remove `valid = ...`: the *_valid arrays are the validation set",))])
 
         def load(name: str, col) -> np.ndarray:
-            try:
-                arr = archive[name]
-            except ValueError:
-                raise DataError(path, f"array '{name}' holds Python objects; specc never unpickles data",
-                                code="D102") from None
-            return _check_array(arr, col, path, name)
+            return _check_array(npz_array(archive, name, path), col, path, name)
 
         if paired:
             train = {c.name: load(f"{c.name}_train", c) for c in wanted}
@@ -294,7 +290,11 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
 
 
 def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
-    """An array's rows must have the column's declared shape; floats must be finite."""
+    """An array's rows must have the column's declared shape; floats must be finite; ids must fit
+    int64 (larger ones are read as text, as a CSV's would be)."""
+    if arr.ndim == 0:
+        raise DataError(path, f"array '{name}' is a single value ({describe_array(arr)}); the column "
+                        f"'{col.name}' needs one row per example", code="D103")
     rows = arr.shape[1:]
     want = tuple(col.shape)
     if rows != want and not (want == () and rows == (1,)):
@@ -306,16 +306,34 @@ def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
         arr = arr[:, 0]
     if col.kind == CATEGORY:
         if arr.dtype.kind not in "iuUS":
-            raise DataError(path, f"array '{name}' holds {arr.dtype} values; a category column wants integers "
+            raise DataError(path, f"array '{name}' holds {describe_array(arr)}; a category column wants integers "
                             "or strings", code="D104")
-        return arr.astype(str) if arr.dtype.kind in "US" else arr
+        if arr.dtype.kind == "S":
+            return _decoded(arr, path, name)
+        if arr.dtype.kind == "U":
+            return arr.astype(str)
+        if arr.dtype.kind == "u" and len(arr) and int(arr.max()) > INT64_MAX:
+            return arr.astype(str)  # ids past int64: text, like a CSV's
+        return arr
     if arr.dtype.kind not in "iuf":
-        raise DataError(path, f"array '{name}' holds {arr.dtype} values; a float column wants numbers", code="D104")
+        raise DataError(path, f"array '{name}' holds {describe_array(arr)}; a float column wants numbers", code="D104")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise DataError(path, f"array '{name}' holds {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}",
                         code="D105")
     return arr
+
+
+def _decoded(arr: np.ndarray, path: str, name: str) -> np.ndarray:
+    """Byte strings as text: UTF-8, or an error at the first that is not."""
+    out = np.empty(arr.shape, dtype=object)
+    for k, raw in enumerate(arr):
+        try:
+            out[k] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(path, f"array '{name}' holds bytes that are not UTF-8 text at index {k}",
+                            code="D102") from None
+    return out.astype(str)
 
 
 def _same_rows(arrays: dict, path: str, part: str) -> None:

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from specc.data.files import bad_byte, has_surrogates, not_utf8
 from specc.data.prepare import read_npz
 from specc.data.table import _header, _open
 from specc.spec import CATEGORY, CsvSource, Spec
@@ -22,10 +23,14 @@ def _csv_head(source: CsvSource, columns, n: int) -> list[list[str]]:
         reader = csv.reader(f, delimiter=source.delimiter)
         first = next(reader, None)
         rows = [] if source.header or source.columns is None else [first]
+        if rows and any(has_surrogates(first[k]) for k in index if k < len(first)):
+            raise not_utf8(str(source.path), 1, byte=bad_byte("".join(first[k] for k in index if k < len(first))))
         for row in reader:
             if len(rows) >= n:
                 break
             if len(row) == len(names):
+                if any(has_surrogates(row[k]) for k in index):  # bytes that are not UTF-8
+                    raise not_utf8(str(source.path), reader.line_num, byte=bad_byte("".join(row[k] for k in index)))
                 rows.append(row)
         return [[row[k] for k in index] for row in rows[:n]]
 
@@ -72,7 +77,7 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
             png = image_grid_png(images, [str(v) for v in train[spec.data.target.name][:count]],
                                  f"{spec.name}: {col.name} ({side[0]} x {side[1]}) with {spec.data.target.name}")
             lines.append(f"a grid of the first {count} '{col.name}' images with their labels"
-                         + (f" is in {png_path}" if png_path else ""))
+                         + (f" is in {png_path}" if png_path else " (--png FILE draws it)"))
             break
     return "\n".join(lines), png
 

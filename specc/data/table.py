@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from specc.data.files import bad_byte, has_surrogates, not_utf8, open_text
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
 from specc.spec import CATEGORY, Column, CsvSource
 
@@ -33,24 +35,11 @@ class Table:
         return _python_read(self.source, self.wanted, row_limit=row + 1).lines[row]
 
 
-def missing_file(source) -> Exception:
-    """A data file that is not there: reported at the spec line that names it, when there is one."""
-    if source.span is None:
-        return DataError(str(source.path), "file not found", code="D101")
-    note = "a path in a spec is relative to the spec's folder; one given with --set, to the working folder"
-    return SpecError([Diagnostic("E208", f"data file not found: {source.path}", source.span, (note,))])
-
-
 def _open(source: CsvSource):
-    path = source.path
-    if not path.exists():
-        raise missing_file(source)
-    if path.is_dir():
-        raise DataError(str(path), "is a folder, not a data file", code="D101")
-    try:
-        return open(path, newline="", encoding="utf-8")
-    except OSError as err:
-        raise DataError(str(path), f"cannot be read: {err.strerror}", code="D101") from None
+    """The file as text: a regular file only (else E208 at the spec's path, or D101), UTF-8 with a
+    byte-order mark skipped; bytes that are not UTF-8 read as lone surrogates (see files.open_text),
+    which the readers report at their line and column."""
+    return open_text(source.path, source.span)
 
 
 def read_table(source: CsvSource, wanted: tuple[Column, ...]) -> Table:
@@ -72,17 +61,26 @@ class _Fallback(Exception):
 
 def _header(source: CsvSource, wanted) -> list[str]:
     """The file's column names (its first line, or the spec's `columns`), checked against the spec."""
+    names = file_names(source)
+    _check_header(source, names, wanted)
+    return names
+
+
+def file_names(source: CsvSource) -> list[str]:
+    """The column names: the spec's `columns`, else the file's first line split at the delimiter."""
     with _open(source) as f:
         reader = csv.reader(f, delimiter=source.delimiter)
         try:
             first = next(reader, None)
-        except (csv.Error, UnicodeDecodeError) as err:
+        except csv.Error as err:
             raise DataError(str(source.path), f"cannot be parsed: {err}", line=1, code="D102") from None
     if first is None:
         raise DataError(str(source.path), "the file is empty", code="D102")
-    names = list(source.columns) if source.columns is not None else [n.strip() for n in first]
-    _check_header(source, names, wanted)
-    return names
+    if source.columns is not None:
+        return list(source.columns)
+    if any(has_surrogates(name) for name in first):
+        raise not_utf8(str(source.path), 1, byte=bad_byte("".join(first)))
+    return [n.strip() for n in first]
 
 
 def _arrow_read(source: CsvSource, wanted, names: list[str]):
@@ -143,7 +141,7 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
         reader = csv.reader(f, delimiter=source.delimiter, strict=True)
         try:
             first = next(reader, None)
-        except (csv.Error, UnicodeDecodeError) as err:
+        except csv.Error as err:
             raise DataError(shown, f"cannot be parsed: {err}", line=1, code="D102") from None
         if first is None:
             raise DataError(shown, "the file is empty", code="D102")
@@ -169,12 +167,11 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
                     break
         except csv.Error as err:
             raise DataError(shown, f"cannot be parsed: {err}", line=reader.line_num, code="D102") from None
-        except UnicodeDecodeError:
-            raise DataError(shown, "is not UTF-8 text", line=reader.line_num + 1, code="D102") from None
     columns = {}
     missing = set(source.missing)
     for col in wanted:
         raw = values[col.name]
+        _check_utf8(raw, shown, col.name, lines)
         if source.strip:
             raw = [v.strip() for v in raw]
         if col.kind == CATEGORY:
@@ -184,22 +181,82 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
     return _Rows(columns, len(lines), lines)
 
 
+def _check_utf8(raw: list[str], path: str, column: str, lines: list[int]) -> None:
+    """A value with bytes that are not UTF-8 (read as lone surrogates): say where it is."""
+    if not has_surrogates("\x00".join(raw)):
+        return
+    k = next(k for k, v in enumerate(raw) if has_surrogates(v))
+    raise not_utf8(path, lines[k], column, bad_byte(raw[k]))
+
+
 def _check_header(source: CsvSource, names: list[str], wanted) -> None:
     """A spec column that the file lacks is reported at the spec's line, with the file's columns."""
     errors = []
     hint = ()
+    parsed = names
     if len(names) == 1:  # one column only: perhaps another delimiter
         for other in ("\t", ";", ",", "|"):
             if other != source.delimiter and other in names[0]:
                 shown = "\\t" if other == "\t" else other
                 hint = (f"the header looks '{shown}'-separated: csv(..., delimiter=\"{shown}\")",)
+                parsed = [n.strip() for n in next(csv.reader([names[0]], delimiter=other))]
                 break
+    header = source.columns is None
+    listed = (header_note(source.path.name, parsed, header=header),)
+    close = parsed if not header or not header_problem(parsed) else []  # never a line that is no header
     for col in wanted:
         if col.name not in names:
-            notes = suggest(col.name, names) + hint + (f"{source.path.name} has the columns: {', '.join(names)}",)
+            notes = suggest(col.name, close) + hint + listed
             errors.append(Diagnostic("E205", f"column '{col.name}' is not in {source.path.name}", col.span, notes))
     if errors:
         raise SpecError(errors)
+
+
+_NAME = re.compile(r"[A-Za-z_][\w.\-]{0,39}")  # one column's name: no spaces, no punctuation
+_SHOWN_NAMES = 20
+_NAME_WIDTH = 40
+
+
+def header_note(file: str, names: list[str], header: bool = True) -> str:
+    """What the file's columns are, for a note: the names as parsed, never the raw first line of
+    whatever file a spec names (it may be data, or not a table at all)."""
+    if not header:
+        return f"the spec names the columns of {file}: {', '.join(names)}"
+    problem = header_problem(names)
+    if problem == _NUMBERS:
+        return (f"the first line of {file} {problem}: for a file without a header say "
+                "csv(..., header=false, columns=[...])")
+    if problem:
+        return f"the first line of {file} {problem}"
+    return f"{file} has the columns: {shown_names(names)}"
+
+
+_NUMBERS = "holds numbers, not column names"
+
+
+def header_problem(names: list[str]) -> str | None:
+    """Why a first line split into `names` is no header (numbers; one field that is no name), or None."""
+    if names and all(_is_number(n) for n in names):
+        return _NUMBERS
+    if len(names) == 1 and not _NAME.fullmatch(names[0]):
+        return "is not a header of column names"
+    return None
+
+
+def shown_names(names: list[str]) -> str:
+    """Column names for a message: each cut to 40 characters, at most 20 of them."""
+    cut = [n if len(n) <= _NAME_WIDTH else n[:_NAME_WIDTH] + "..." for n in names[:_SHOWN_NAMES]]
+    cut = [n or "''" for n in cut]  # an empty name is seen
+    more = f" and {len(names) - _SHOWN_NAMES} more" if len(names) > _SHOWN_NAMES else ""
+    return ", ".join(cut) + more
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 _MARKERS = {"?", "", "NA", "N/A", "na", "n/a", "null", "NULL", "None", "-", "--", "missing"}

@@ -1,0 +1,159 @@
+"""User files: path -> a regular file opened for reading, or an error that says what the path is.
+
+Every file a user names (a spec's data, a model, a names file, rows to predict) is read through
+here: a device such as /dev/zero would be read forever, a FIFO blocks until a writer comes, and a
+symbolic link loop has no file at all, so anything but a regular file is refused before it is
+opened. Bytes that are not UTF-8 are left for the readers, which know the line and column."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import zipfile
+import zlib
+from pathlib import Path
+
+from specc.diagnostics import DataError, Diagnostic, SpecError
+
+NOT_FOUND_NOTE = "a path in a spec is relative to the spec's folder; one given with --set, to the working folder"
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _problem(path: Path) -> tuple[str, str] | None:
+    """None for a regular file; else (short message, what the path is)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop", "a symbolic link loop"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "file not found", "not there"
+        return f"cannot be read: {(err.strerror or str(err)).lower()}", (err.strerror or str(err)).lower()
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file", kind
+
+
+def check_regular(path: Path, span=None) -> None:
+    """Refuse a path that is not a readable regular file: at the spec's span (E208) when a spec
+    names it, else as a data error naming the file."""
+    problem = _problem(Path(path))
+    if problem is None:
+        return
+    message, kind = problem
+    if span is None:
+        raise DataError(str(path), message, code="D101")
+    if message == "file not found":
+        raise SpecError([Diagnostic("E208", f"data file not found: {path}", span, (NOT_FOUND_NOTE,))])
+    if message == "is a symbolic link loop":
+        raise SpecError([Diagnostic("E208", f"data file is a symbolic link loop: {path}", span,
+                                    ("its links lead back to themselves and never to a file",))])
+    if message.startswith("cannot be read"):
+        raise SpecError([Diagnostic("E208", f"data file cannot be read: {path}", span, (kind,))])
+    raise SpecError([Diagnostic("E208", f"data file is not a regular file: {path}", span,
+                                (f"it is {kind}; specc reads data from regular files only",))])
+
+
+def open_binary(path: Path, span=None):
+    """A regular file opened for reading bytes (see check_regular). It is opened without blocking
+    and checked again once open, so that a FIFO put in its place in between cannot hang the read."""
+    check_regular(path, span)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        if span is not None:
+            raise SpecError([Diagnostic("E208", f"data file cannot be read: {path}", span,
+                                        ((err.strerror or str(err)).lower(),))]) from None
+        raise DataError(str(path), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(str(path), "is not a regular file (it changed while it was opened)", code="D101")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def open_text(path: Path, span=None, errors: str = "surrogateescape"):
+    """A regular file opened as UTF-8 text for the csv module, a leading byte-order mark skipped.
+    With the default `surrogateescape` a byte that is not UTF-8 reads as a lone surrogate, so the
+    reader keeps going and the caller can say on which line and in which column it is (not_utf8)."""
+    import io
+
+    return io.TextIOWrapper(open_binary(path, span), encoding="utf-8-sig", errors=errors, newline="")
+
+
+def has_surrogates(text: str) -> bool:
+    """True when text read with surrogateescape held bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def bad_byte(text: str) -> str:
+    """The first undecodable byte of text read with surrogateescape, as 0xNN."""
+    for ch in text:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:
+            return f"0x{ord(ch) - 0xDC00:02x}"
+    return "?"
+
+
+def not_utf8(path: str, line: int | None, column: str | None = None, byte: str | None = None) -> DataError:
+    """The error for bytes that are not UTF-8, at their line (and column, when known)."""
+    what = f"byte {byte} is not UTF-8 text" if byte else "is not UTF-8 text"
+    return DataError(path, f"{what}; specc reads text files as UTF-8: convert it (e.g. iconv -f latin1 -t utf-8)",
+                     line=line, column=column, code="D102")
+
+
+def resolved(path: Path) -> Path:
+    """The absolute path with symbolic links resolved; for a link loop, which Path.resolve raises
+    on, the absolute path as it is, for the reader to report as a loop."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
+def load_npz(path: Path, span=None):
+    """An .npz archive opened without pickle, or an error that says what the file is instead."""
+    import numpy as np  # here: `specc check --no-data` needs only resolved() of this module
+
+    check_regular(path, span)
+    shown = str(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except ValueError:  # numpy's words for a file that is neither .npy nor .npz: "pickled data"
+        raise DataError(shown, "is not an .npz archive of arrays (numpy's format, as np.savez writes)",
+                        code="D102") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(shown, f"is not a readable .npz archive ({err})", code="D102") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(shown, f"is a single .npy array (shape {archive.shape}), not an .npz archive of named "
+                        "arrays: save it with np.savez(file, name=array)", code="D102")
+    return archive
+
+
+def npz_array(archive, name: str, path: str):
+    """One array of an archive: never unpickled; a damaged member is an error naming it."""
+    try:
+        return archive[name]
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise DataError(path, f"array '{name}' holds Python objects; specc never unpickles data",
+                            code="D102") from None
+        raise DataError(path, f"array '{name}' cannot be read ({err})", code="D102") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(path, f"array '{name}' cannot be read: the archive is damaged ({err})", code="D102") from None
+
+
+def describe_array(arr) -> str:
+    """What an array holds, in words: 'int64 numbers of shape (3, 2)'."""
+    kind = arr.dtype.kind
+    what = {"U": "strings", "S": "byte strings", "b": "booleans", "c": "complex numbers", "M": "dates",
+            "m": "time spans", "V": "raw records", "O": "Python objects"}.get(kind, f"{arr.dtype} numbers")
+    return f"{what} of shape {tuple(arr.shape)}"
