@@ -140,12 +140,13 @@ class SpecFile:
     commands: tuple[Command, ...] = ()  # top-level statements such as `init body from "..."`
 
 
-def depth(node) -> int:
-    """Nesting depth of a tree, without recursion (a spec may be adversarial)."""
-    deepest, stack = 0, [(node, 1)]
+def walk(node):
+    """(node, depth) for every node of a tree, the root at depth 1, without recursion (a spec may be
+    adversarial)."""
+    stack = [(node, 1)]
     while stack:
         item, level = stack.pop()
-        deepest = max(deepest, level)
+        yield item, level
         for name in getattr(item, "__dataclass_fields__", ()):
             if name == "span":
                 continue
@@ -153,7 +154,11 @@ def depth(node) -> int:
             for child in value if isinstance(value, tuple) else (value,):
                 if hasattr(child, "__dataclass_fields__"):
                     stack.append((child, level + 1))
-    return deepest
+
+
+def depth(node) -> int:
+    """Nesting depth of a tree."""
+    return max(level for _, level in walk(node))
 
 
 def dump(node, indent: int = 0) -> str:

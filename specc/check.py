@@ -3,11 +3,13 @@ and reports every error it finds at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from specc import ast
+from specc import ast, params
+from specc.data.files import resolved as resolved_path
 from specc.diagnostics import Diagnostic, SpecError, suggest
 from specc.source import Span
 from specc.spec import (
@@ -19,6 +21,7 @@ from specc.spec import (
 
 # Block name -> the settings it accepts (None: the block holds definitions, not settings).
 BLOCKS = ("data", "model", "train")
+OPTIONAL_BLOCKS = (params.BLOCK,)
 DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs", "keep_classes", "train_rows")
 TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan")
 COLUMN_TYPES = (CATEGORY, FLOAT)
@@ -89,6 +92,9 @@ LOSSES = {
 }
 METRICS = {"rmse": FLOAT, "mse": FLOAT, "mae": FLOAT, "accuracy": CATEGORY, "error_rate": CATEGORY}
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax", "log_softmax")
+# Words a spec uses as names (functions, losses, metrics, procs, types...): a param cannot take one.
+RESERVED = frozenset({"true", "false", CLASSES, "find", "valid_loss", *BLOCKS, *LOSSES, *METRICS, *PROCS,
+                      *COLUMN_TYPES, *(f for table in SIGNATURES.values() for f in table)})
 
 
 def _kind(expr: ast.Expr) -> str:
@@ -113,6 +119,7 @@ class _Checker:
         self.procs_given: tuple[str, ...] = ()
         self.inputs_failed = False
         self.unknown_statement = False
+        self.params = params.Resolved({})  # the params block, once resolved
 
     # ------------------------------------------------------------ reporting
 
@@ -127,6 +134,10 @@ class _Checker:
     def number(self, expr: ast.Expr, what: str) -> float | None:
         """A constant number (literals, unary minus, + - * / of constants)."""
         if isinstance(expr, ast.Number):
+            if isinstance(expr.value, float) and not math.isfinite(expr.value):
+                self.error("E302", f"{what}: the number {_short(expr.text)} is too large", expr.span,
+                           ["numbers go up to about 1.8e308"])
+                return None
             return expr.value
         if isinstance(expr, ast.Neg):
             inner = self.number(expr.operand, what)
@@ -138,7 +149,15 @@ class _Checker:
             if expr.op == "/" and right == 0:
                 self.error("E302", "division by zero", expr.span)
                 return None
-            return {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else 0}[expr.op]
+            try:
+                value = params.ARITHMETIC[expr.op](left, right)
+                finite = math.isfinite(value)
+            except OverflowError:  # whole numbers beyond float range
+                finite = False
+            if not finite:
+                self.error("E302", f"{what}: {_short(_show(expr))} is too large", expr.span, ["numbers go up to about 1.8e308"])
+                return None
+            return value
         self.error("E301", f"{what}: expected a number, found {_kind(expr)}", expr.span)
         return None
 
@@ -266,11 +285,11 @@ class _Checker:
         misspelt: set[str] = set()
         for block in self.tree.blocks:
             name = block.name.id
-            if name not in BLOCKS:
-                hint = suggest(name, BLOCKS)
+            if name not in BLOCKS + OPTIONAL_BLOCKS:
+                hint = suggest(name, BLOCKS + OPTIONAL_BLOCKS)
                 misspelt.update(b for b in BLOCKS if hint and f"'{b}'" in hint[0])
                 self.error("E101", f"unknown block '{name}'", block.name.span,
-                           hint or [f"a spec has the blocks {', '.join(BLOCKS)}"])
+                           hint or [f"a spec has the blocks {', '.join(BLOCKS)} (and may have {params.BLOCK})"])
             elif name in blocks:
                 first = blocks[name].name.span
                 self.error("E103", f"block '{name}' is defined twice", block.name.span,
@@ -281,6 +300,11 @@ class _Checker:
             if name not in blocks and name not in misspelt:
                 self.error("E104", f"the spec has no '{name}' block", end,
                            [f"add `{name} {{ ... }}`; see specs/collab.spec"])
+        resolved = params.resolve(blocks, RESERVED, self.tree.source)
+        self.errors += resolved.errors
+        self.warnings += resolved.warnings
+        self.params = resolved
+        blocks = resolved.blocks
         data = self.data(blocks["data"]) if "data" in blocks else None
         model = self.model(blocks["model"], data) if "model" in blocks else None
         train = self.train(blocks["train"], data, model) if "train" in blocks else None
@@ -288,7 +312,7 @@ class _Checker:
         if self.errors or data is None or model is None or train is None:
             return None
         name = Path(self.tree.source.path).stem
-        return Spec(name, data, model, train, self.tree.source, inits)
+        return Spec(name, data, model, train, self.tree.source, inits, resolved.values)
 
     def inits(self, model: ModelSpec | None) -> tuple[InitFrom, ...]:
         """Top-level `init GROUP from "RUN"` statements."""
@@ -312,8 +336,11 @@ class _Checker:
             if any(i.group == group.id for i in found):
                 self.error("E103", f"group '{group.id}' is initialised twice", group.span)
                 continue
+            if "\x00" in run.value or not run.value.strip():
+                self.error("E302", "init: expected the path of a run folder", run.span)
+                continue
             base = self.base_dirs.get(run.span.source.path, Path.cwd())
-            found.append(InitFrom(group.id, (base / run.value).resolve(), command.span))
+            found.append(InitFrom(group.id, resolved_path(base / run.value), command.span))
         return tuple(found)
 
     def settings(self, block: ast.Block, allowed: tuple[str, ...], calls: tuple[str, ...] = (),
@@ -456,7 +483,7 @@ class _Checker:
             return None
         base = self.base_dirs.get(span.source.path, Path.cwd())
         if func == "npz":
-            return None if path_text is None else NpzSource((base / path_text).resolve(), span)
+            return None if path_text is None else NpzSource(resolved_path(base / path_text), span)
         delimiter = "\t" if func == "tsv" else ","
         if "delimiter" in args:
             delimiter = self.string(args["delimiter"], "delimiter")
@@ -484,7 +511,7 @@ class _Checker:
         if path_text is None or delimiter is None or header is None or ("columns" in args and columns is None) \
                 or missing is None or strip is None:
             return None
-        return CsvSource((base / path_text).resolve(), delimiter, header, columns, span, missing, strip)
+        return CsvSource(resolved_path(base / path_text), delimiter, header, columns, span, missing, strip)
 
     def column_names(self, expr: ast.Expr) -> tuple[str, ...] | None:
         if not isinstance(expr, ast.ListExpr) or not expr.items:
@@ -694,6 +721,16 @@ class _Checker:
                 stages.append(None if fit is None or stop is False else Stage("train", fit, (), stop))
         if model is not None and data is not None and loss is not None:
             self.output_fits(model.node(model.output), data.target, loss)
+        if model is not None and optimizer is not None:
+            # Before the data is read, the layers between known widths already give a lower bound.
+            from specc.plan import memory_error
+
+            width = {n.name: n.shape[0] if n.shape else 1 for n in model.nodes}
+            known = {n.name: (width[n.inputs[0]] + 1) * n.op.out for n in model.nodes
+                     if isinstance(n.op, Linear) and isinstance(n.op.out, int) and isinstance(width[n.inputs[0]], int)}
+            too_big = memory_error(model, optimizer, known, lower_bound=True)
+            if too_big is not None:
+                self.errors.append(too_big)
         if self.errors or None in (loss, optimizer, seed, l2, stop_on_nan) or not stages or None in stages:
             return None
         return TrainSpec(loss, tuple(metrics), optimizer, tuple(stages), seed, l2, stop_on_nan)
@@ -841,7 +878,7 @@ class _Checker:
         epochs = self.integer(args["epochs"], "epochs", low=1)
         lr = self.lr(args["lr"])
         if func == "fit":
-            return None if None in (epochs, lr) else Fit(epochs, lr)
+            return None if None in (epochs, lr) else Fit(epochs, lr, call.span)
         pct = self.real(args["pct_start"], "pct_start", 0.0, 1.0, True, True) if "pct_start" in args else 0.3
         div = self.real(args["div"], "div", 0.0, low_open=True) if "div" in args else 25.0
         final_div = self.real(args["final_div"], "final_div", 0.0, low_open=True) if "final_div" in args else 1e4
@@ -853,7 +890,7 @@ class _Checker:
             return None
         if None in (epochs, lr, pct, div, final_div, moms):
             return None
-        return FitOneCycle(epochs, lr, pct, div, final_div, moms)
+        return FitOneCycle(epochs, lr, pct, div, final_div, moms, call.span)
 
 
 class _ModelBuilder:
@@ -922,7 +959,8 @@ class _ModelBuilder:
     def value(self, expr: ast.Expr, name: str | None = None):
         """Lower an expression: a node name (a tensor value), a float (a constant), or None (an error)."""
         if isinstance(expr, ast.Number):
-            return float(expr.value)
+            value = self.c.number(expr, "constant")
+            return None if value is None else float(value)
         if isinstance(expr, ast.Name):
             return self.reference(expr)
         if isinstance(expr, ast.Neg):
@@ -1268,6 +1306,11 @@ def _show(expr: ast.Expr) -> str:
     return expr.span.text
 
 
+def _short(text: str) -> str:
+    """A number or expression as written, cut short when it is very long."""
+    return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} characters)"
+
+
 def _params_text(params: tuple[Param, ...]) -> str:
     return ", ".join(p.name if p.required else f"{p.name}=..." for p in params)
 
@@ -1282,12 +1325,29 @@ def _range_text(low, high, low_open, high_open) -> str:
     return "a finite number"
 
 
+def _at_param_uses(errors: list[Diagnostic], resolved: params.Resolved) -> list[Diagnostic]:
+    """An error where a param was used says what the param is; where the param itself was
+    already reported at its definition, its uses are not reported again."""
+    out = []
+    for d in errors:
+        key = None if d.span is None else (d.span.source.path, d.span.start, d.span.end)
+        if key not in resolved.uses:
+            out.append(d)
+            continue
+        name, note = resolved.uses[key]
+        if name not in resolved.failed:
+            out.append(dataclasses.replace(d, notes=d.notes + (note,)))
+    return out
+
+
 def check(tree: ast.SpecFile, base_dirs: dict[str, Path] | None = None) -> tuple[Spec, list[Diagnostic]]:
     """Check a parsed spec: the checked spec and its warnings, or SpecError with every error."""
     if base_dirs is None:
         base_dirs = {tree.source.path: Path(tree.source.path).resolve().parent}
     checker = _Checker(tree, base_dirs)
     spec = checker.run()
+    if checker.params.uses:
+        checker.errors = _at_param_uses(checker.errors, checker.params)
     if checker.errors:
         # In source order; diagnostics about `--set` values (another source) come last.
         errors = sorted(checker.errors, key=lambda d: (d.span is None,

@@ -9,6 +9,7 @@ like the rest of the spec). Keys are dotted paths:
     train.all.fit.lr=slice(1e-4, 1e-3) an argument of the fit statement of stage `all`
     model.u=embedding(user, 50)        a model definition
     model.u.dim=50                     one argument of a model definition
+    factors=80                         a param (params.factors=80 too)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from specc import ast
+from specc import ast, params
 from specc.check import DATA_SETTINGS, SIGNATURES, TRAIN_SETTINGS
 from specc.diagnostics import Diagnostic, SpecError, UsageError, suggest
 from specc.parse import parse_expr
@@ -47,18 +48,40 @@ def _apply_one(tree: ast.SpecFile, text: str) -> ast.SpecFile:
     key = key.strip()
     source = Source(OVERRIDE_PATH, text)
     key_span = Span(source, 0, len(key))
-    if not _KEY.fullmatch(key) or key.count(".") not in (1, 2, 3):
+    if not _KEY.fullmatch(key) or key.count(".") > 3:
         raise SpecError([Diagnostic("E102", f"'{key}' is not a key", key_span,
-                                    ["keys look like data.batch, train.optimizer.wd or model.u.dim"])])
+                                    ["keys look like data.batch, train.optimizer.wd, model.u.dim or a param's name"])])
     value = parse_expr(source, len(text) - len(text.partition("=")[2]))
-    parts = key.split(".")
     blocks = {b.name.id: b for b in tree.blocks}
+    if "." not in key:
+        return _set_param(tree, blocks.get(params.BLOCK), key, value, source)
+    parts = key.split(".")
+    if parts[0] == params.BLOCK and len(parts) == 2:
+        return _set_param(tree, blocks.get(params.BLOCK), parts[1], value, source, key)
     block_name = parts[0]
     if block_name not in blocks:
         raise SpecError([Diagnostic("E102", f"unknown key '{key}': the spec has no '{block_name}' block",
                                     Span(source, 0, len(block_name)), suggest(block_name, blocks))])
     block = blocks[block_name]
     new_block = _in_block(block, parts[1:], value, source, key)
+    return dataclasses.replace(tree, blocks=tuple(new_block if b is block else b for b in tree.blocks))
+
+
+def _set_param(tree: ast.SpecFile, block: ast.Block | None, name: str, value: ast.Expr, source: Source,
+               key: str | None = None) -> ast.SpecFile:
+    """`factors=80`: replace the value of a param the spec defines (a --set never adds one: a
+    misspelt name would otherwise change nothing, silently)."""
+    key = key or name
+    defined = [s.target.id for s in block.body if isinstance(s, ast.Assign)] if block is not None else []
+    if name not in defined:
+        if block is None:
+            notes = ["the spec has no params block; keys with a dot, such as data.batch, set any other value"]
+        else:
+            notes = list(suggest(name, defined)) or [f"the spec's params: {', '.join(defined)}"]
+        raise SpecError([Diagnostic("E102", f"unknown param '{name}'", Span(source, 0, len(key)), notes)])
+    body = tuple(dataclasses.replace(s, value=value) if isinstance(s, ast.Assign) and s.target.id == name else s
+                 for s in block.body)
+    new_block = dataclasses.replace(block, body=body)
     return dataclasses.replace(tree, blocks=tuple(new_block if b is block else b for b in tree.blocks))
 
 

@@ -10,7 +10,7 @@ from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from specc import ast
-from specc.diagnostics import Diagnostic, SpecError
+from specc.diagnostics import Diagnostic, SpecError, UsageError
 from specc.source import Source, Span
 
 _OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
@@ -118,7 +118,9 @@ class _ToAst(Transformer_NonRecursive):
 
     def NUMBER(self, tok):
         text = str(tok)
-        is_int = all(c.isdigit() for c in text)
+        # A whole number of at most 308 digits stays exact; a longer one becomes a float (inf when it
+        # is beyond float range), which check reports as too large, never an OverflowError.
+        is_int = len(text) <= 308 and all(c.isdigit() for c in text)
         return ast.Number(int(text) if is_int else float(text), text, self._tok(tok))
 
     def STRING(self, tok):
@@ -402,7 +404,10 @@ def _shift(node, source: Source, delta: int):
 def read_source(path: str | Path) -> Source:
     """Read a spec file as text; a file that is not UTF-8 text is a spec error."""
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # no permission, a folder, a file gone since it was looked at
+        raise UsageError(f"{path}: cannot read the spec file: {err.strerror or err}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -5,12 +5,15 @@ Torch-free, so `specc show --stage plan` and `specc check` stay fast."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from specc.diagnostics import Diagnostic, SpecError
 from specc.expand import expand
 from specc.spec import (
     CATEGORY, CLASSES, SGD, Adam, BatchNorm, Embedding, Fit, FitOneCycle, Linear, LRFind, LRSlice, RMSProp, Spec,
+    Tabular,
 )
 
 
@@ -103,6 +106,144 @@ def check_data_fits(spec: Spec, sizes: dict[str, int]) -> None:
             "classes in the data", out.span, ("write linear(classes) to size it from the data",))])
 
 
+def trainable_errors(spec: Spec, sizes: dict[str, int], counts: dict[str, int], n_train: int) -> list[Diagnostic]:
+    """What the data's size decides and torch would otherwise fail on part-way: batchnorm on
+    one-row batches, a one-cycle warm-up torch cannot schedule, a model too large for memory."""
+    errors = []
+    rows = min(spec.data.batch, n_train)  # the last incomplete batch is dropped (see make_plan)
+    steps = max(1, n_train // spec.data.batch)
+    model = expand(spec.model, sizes)
+    if rows < 2:
+        normed = [n for n in spec.model.nodes if isinstance(n.op, (BatchNorm, Tabular))]
+        if normed and any(isinstance(n.op, BatchNorm) for n in model.nodes):
+            errors.append(Diagnostic(
+                "E305", f"'{normed[0].name}' normalises over each batch, but every training batch here has "
+                f"one row ({n_train} training rows, batch {spec.data.batch})", normed[0].span,
+                ("batchnorm needs at least 2 rows per batch: set data.batch to 2 or more, or use more "
+                 "training rows",)))
+    for stage in spec.train.stages:
+        fit = stage.fit
+        if isinstance(fit, FitOneCycle) and float(fit.pct_start * steps * fit.epochs) - 1 == 0:
+            # torch's OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step fails
+            errors.append(Diagnostic(
+                "E305", f"fit_one_cycle: pct_start={fit.pct_start:g} of {steps * fit.epochs} steps is a warm-up "
+                "of exactly one step, which torch's OneCycleLR cannot schedule", fit.span,
+                (f"{steps} steps per epoch ({n_train} training rows, batch {spec.data.batch}); choose another "
+                 "pct_start or more epochs",)))
+    memory = memory_error(spec.model, spec.train.optimizer, counts)
+    if memory is not None:
+        errors.append(memory)
+    return errors
+
+
+def weight_shapes(spec: Spec, sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight and bias the lowered model will have, by state-dict key."""
+    model = expand(spec.model, sizes)
+    width = {n.name: n.shape for n in model.nodes}
+    shapes = {}
+    for node in model.nodes:
+        op = node.op
+        if isinstance(op, Embedding):
+            shapes[f"{node.name}.weight"] = (sizes[op.column], op.dim)
+        elif isinstance(op, Linear):
+            out = resolve(op.out, sizes)
+            shapes[f"{node.name}.weight"] = (out, resolve(width[node.inputs[0]][0], sizes))
+            shapes[f"{node.name}.bias"] = (out,)
+        elif isinstance(op, BatchNorm):
+            shapes[f"{node.name}.weight"] = shapes[f"{node.name}.bias"] = (resolve(node.shape[0], sizes),)
+    return shapes
+
+
+def init_errors(spec: Spec, sizes: dict[str, int]) -> list[Diagnostic]:
+    """Each `init GROUP from "RUN"`: the run's model.safetensors is there, whole, and holds the
+    group's weights in the shapes they have here. Reported at the init line (E207)."""
+    from specc.weights_header import BadWeights, read_header
+
+    errors = []
+    model = expand(spec.model, sizes) if spec.inits else None
+    shapes = weight_shapes(spec, sizes) if spec.inits else {}
+    for init in spec.inits:
+        path = init.run / "model.safetensors"
+        if not path.exists():
+            where = "train that run first" if init.run.is_dir() else f"there is no folder {_shown(init.run)}: train " \
+                "that run first"
+            errors.append(Diagnostic("E207", f"no model.safetensors in {_shown(init.run)}", init.span,
+                                     (f"{where}; its run folder holds the weights",)))
+            continue
+        try:
+            saved = read_header(path)
+        except BadWeights as err:
+            errors.append(Diagnostic("E207", f"cannot read {_shown(path)}: {err}", init.span,
+                                     ("train that run again, or init from another run",)))
+            continue
+        group = {n.name for n in model.nodes if n.group == init.group}
+        problems = []
+        for key, shape in shapes.items():
+            if key.split(".")[0] not in group:
+                continue
+            if key not in saved:
+                problems.append(f"the run has no '{key}'")
+            elif saved[key][1] != shape:
+                problems.append(f"'{key}' is {saved[key][1]} in the run but {shape} here")
+        if problems:
+            errors.append(Diagnostic("E207", f"cannot take group '{init.group}' from {_shown(init.run)}", init.span,
+                                     tuple(problems[:5])))
+    return errors
+
+
+def _shown(path: Path) -> Path:
+    """A path as a message shows it: relative to the working folder when it is under it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def training_bytes(params: int, optimizer) -> int:
+    """float32 weights, their gradients and the optimizer's state for each: what training holds."""
+    if isinstance(optimizer, Adam):
+        state = 2  # the two moments
+    elif isinstance(optimizer, RMSProp):
+        state = 1 + (optimizer.momentum > 0)
+    else:
+        state = int(optimizer.momentum > 0)
+    return params * 4 * (2 + state)
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_error(model, optimizer, counts: dict[str, int], lower_bound: bool = False) -> Diagnostic | None:
+    """A model (specc.spec.ModelSpec) whose training state cannot fit in this machine's memory,
+    reported at its largest layer."""
+    total = sum(counts.values())
+    available = machine_memory()
+    needed = training_bytes(total, optimizer)
+    if available is None or needed <= available or not counts:
+        return None
+    largest = max(counts, key=counts.get)
+    node = next((n for n in model.nodes if n.name == largest), None)
+    span = node.span if node is not None else model.node(model.output).span
+    at_least = "at least " if lower_bound else ""
+    return Diagnostic(
+        "E307", f"the model has {at_least}{total:,} parameters: training needs {at_least}{_bytes(needed)}, "
+        f"more than this machine's {_bytes(available)} of memory", span,
+        (f"'{largest}' alone has {counts[largest]:,} parameters",
+         "the count is of float32 weights, their gradients and the optimizer's state"))
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:,} bytes"
+
+
 def model_sizes(spec: Spec, prepared) -> dict[str, int]:
     """Vocabulary sizes of the input columns, and `classes`: the number of target classes."""
     sizes = {c: v.size for c, v in prepared.vocabs.items() if c != spec.data.target.name}
@@ -119,6 +260,10 @@ def make_plan(spec: Spec, prepared) -> TrainPlan:
     check_data_fits(spec, sizes)
     n_train, n_valid = prepared.n_train, prepared.n_valid
     counts = module_params(spec, sizes)
+    errors = trainable_errors(spec, sizes, counts, n_train) + init_errors(spec, sizes)
+    if errors:
+        raise SpecError(sorted(errors, key=lambda d: (d.span is None, d.span is not None and d.span.source is not
+                                                      spec.source, d.span.start if d.span else 0)))
     model = expand(spec.model, sizes)
     groups = []
     for name in spec.model.groups:
@@ -169,7 +314,35 @@ def describe_schedule(fit, total_steps: int) -> list[str]:
     ]
 
 
+def _fastai_defaults_note(spec: Spec, plan: TrainPlan) -> list[str]:
+    """Which of fastai 1's defaults that fastai 2 changed this plan trains with, and how to get
+    fastai 2's instead: a reader of the seed (fastai 1's era) may expect either."""
+    cycles = [s.fit for s in plan.stages if isinstance(s.fit, FitOneCycle)]
+    adam_eps = isinstance(spec.train.optimizer, Adam) and spec.train.optimizer.eps == 1e-8
+    used, fastai2 = [], []
+    if any(f.pct_start == 0.3 for f in cycles):
+        used.append("pct_start=0.3")
+        fastai2.append("pct_start=0.25")
+    # fastai 2's div_final divides the peak; torch's final_div_factor (specc's final_div) divides
+    # the starting lr, peak / div: fastai 2's end is final_div = 1e5 / div.
+    late = [f for f in cycles if f.final_div == 1e4 and f.div * f.final_div != 1e5]
+    if late:
+        divs = {f.div for f in late}
+        div = divs.pop() if len(divs) == 1 else None
+        used.append(f"final_div=1e4 (the lr ends at peak / {f'{div * 1e4:g}' if div else '(div * 1e4)'})")
+        fastai2.append(f"final_div={f'{1e5 / div:g}' if div else '1e5/div'}")
+    if adam_eps:
+        used.append("adam eps=1e-8")
+    if not used:
+        return []
+    how = [f"fit_one_cycle(..., {', '.join(fastai2)}){' (the lr ends at peak / 1e5)' if late else ''}"] if fastai2 else []
+    how += ["adam(eps=1e-5)"] if adam_eps else []
+    return [f"defaults: fastai 1's, the seed's (torch's OneCycleLR and AdamW have the same): {', '.join(used)}",
+            f"  for fastai 2's, write {' and '.join(how)}"]
+
+
 def describe(spec: Spec, plan: TrainPlan) -> str:
+    """The plan as text: data, loss, optimizer, groups, each stage's learning rates and schedule."""
     lines = [
         f"data: {plan.n_train} training rows, {plan.n_valid} validation rows, batch {plan.batch}"
         f" -> {plan.steps_per_epoch} steps per epoch",
@@ -193,4 +366,5 @@ def describe(spec: Spec, plan: TrainPlan) -> str:
             es = stage.early_stop
             lines.append(f"  early stop: {es.monitor}, patience {es.patience}"
                          f"{', keeping the best epoch' if es.keep_best else ''}")
+    lines.extend(_fastai_defaults_note(spec, plan))
     return "\n".join(lines)

@@ -306,6 +306,7 @@ class Fit:
 
     epochs: int
     lr: LR
+    span: Span | None = field(default=None, compare=False, repr=False)  # the fit statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +319,7 @@ class FitOneCycle:
     div: float = 25.0
     final_div: float = 1e4
     moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
+    span: Span | None = field(default=None, compare=False, repr=False)  # the fit statement
 
 
 Schedule = Union[Fit, FitOneCycle]
@@ -378,3 +380,4 @@ class Spec:
     train: TrainSpec
     source: Source = field(compare=False, repr=False)
     inits: tuple[InitFrom, ...] = ()
+    params: tuple = ()  # specc.params.NamedValue: the params block's values, as trained

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from specc.expand import expand
+from specc.params import show_value
 from specc.plan import describe, make_plan, model_sizes, module_params, resolve
 from specc.spec import (
     Activation, MissingIndicator, Tabular, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear,
@@ -45,6 +46,9 @@ def _describe(node) -> str:
 def summary(spec: Spec, read_data: bool = True) -> str:
     """Layers with output shapes and parameter counts; with the data read, vocabulary sizes and the plan."""
     lines = [f"spec {spec.name}: ok"]
+    if spec.params:
+        lines.append("params: " + ", ".join(f"{p.name} = {show_value(p.value)}" + (" (--set)" if p.overridden else "")
+                                            for p in spec.params))
     sizes, prepared = None, None
     if read_data:
         from specc.data.prepare import prepare

@@ -24,7 +24,8 @@ from specc.source import Source  # noqa: E402
 
 TOKENS = ["{", "}", "(", ")", "[", "]", ",", "=", ":", ";", "|>", "+", "-", "*", "/", '"', "#", "\n", "\t",
           "data", "model", "train", "embedding", "linear", "relu", "classes", "out", "1e-3", "0", "-1", "1.5",
-          "true", "false", "x", "é", "\u2212", "\x00", "'", "fit", "fit_one_cycle", "csv", "npz", "tabular"]
+          "true", "false", "x", "é", "\u2212", "\x00", "'", "fit", "fit_one_cycle", "csv", "npz", "tabular",
+          "params", "n_factors", "params { n = 3 }\n", "1e400", "9" * 400]
 
 
 def examples() -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """Regenerate the golden diagnostics: tests/data/errors/<name>.txt for every <name>.spec.
 
 Each .txt holds exactly what `specc check --no-data tests/data/errors/<name>.spec` prints on
-stderr when run from the repository root. Run it from anywhere:
+stderr when run from the repository root (`specc check`, with the data read, for a spec whose
+first line starts with "# with data"). Run it from anywhere:
 
     python tests/regen_errors.py            # rewrite every golden file
     python tests/regen_errors.py --check    # only report which golden files would change
@@ -22,13 +23,21 @@ ROOT = Path(__file__).resolve().parent.parent
 ERRORS = "tests/data/errors"
 
 
+def check_argv(rel_path: str) -> list[str]:
+    """`check --no-data`; `check` with the data read for a spec whose first line says "# with data"
+    (errors that only the data's size can tell, such as a batch of one row for batchnorm)."""
+    with open(ROOT / rel_path, encoding="utf-8", errors="replace") as f:
+        with_data = f.readline().startswith("# with data")
+    return ["check", rel_path] if with_data else ["check", "--no-data", rel_path]
+
+
 def render(rel_path: str) -> tuple[int, str]:
     """Exit code and stderr of `specc check --no-data rel_path`, run from the repository root."""
     from specc.cli import main
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main(["check", "--no-data", rel_path])
+        code = main(check_argv(rel_path))
     return code, err.getvalue()
 
 

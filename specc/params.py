@@ -1,0 +1,277 @@
+"""Named values: the `params { name = value }` block -> its values substituted into the other
+blocks before they are checked, so that one number (the seed's n_factors) can size several layers
+and be varied with `--set factors=80` or `specc sweep --grid factors=10,40,80`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from dataclasses import dataclass, field
+
+from specc import ast
+from specc.diagnostics import Diagnostic, suggest
+from specc.source import Span
+
+BLOCK = "params"
+WHAT_A_PARAM_IS = ("a param is a constant: a number, a string, true or false, a tuple or list of them, "
+                   "or a call of them such as slice(1e-4, 1e-3)")
+
+
+class Written(str):
+    """A param value that is not a plain constant (a call such as slice(1e-4, 1e-3)), as written."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamedValue:
+    """One param as the spec (or a `--set`) gives it, with its value once folded."""
+
+    name: str
+    value: object  # int, float, str, bool, a tuple of them, or Written
+    text: str  # the value as written
+    overridden: bool  # given by --set
+    span: Span = field(compare=False, repr=False)
+
+
+@dataclass
+class Resolved:
+    """What resolving the params block gives `check`."""
+
+    blocks: dict[str, ast.Block]
+    values: tuple[NamedValue, ...] = ()
+    errors: list[Diagnostic] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)
+    # where a param was used: (source path, start, end) -> (its name, the note an error there gets)
+    uses: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)  # params reported at their definition
+
+
+def resolve(blocks: dict[str, ast.Block], reserved: frozenset[str], spec_source) -> Resolved:
+    """Check the params block and substitute its values wherever the other blocks name them."""
+    block = blocks.get(BLOCK)
+    others = {k: b for k, b in blocks.items() if k != BLOCK}
+    result = Resolved(others)
+    if block is None:
+        return result
+    taken = declared_names(others)
+    exprs: dict[str, ast.Expr] = {}
+    defs: dict[str, ast.Assign] = {}
+    later = {s.target.id: s.target.span.line for s in block.body if isinstance(s, ast.Assign)}
+    for stmt in block.body:
+        if not isinstance(stmt, ast.Assign):
+            result.errors.append(Diagnostic("E102", "a params block holds `name = value` lines", stmt.span,
+                                            ("e.g. factors = 40",)))
+            continue
+        name = stmt.target.id
+        if name in defs:
+            result.errors.append(Diagnostic("E103", f"param '{name}' is defined twice", stmt.target.span,
+                                            (f"first defined at line {defs[name].target.span.line}",)))
+            continue
+        defs[name] = stmt
+        if name in reserved:
+            result.errors.append(Diagnostic("E103", f"'{name}' is a word of the language; give the param "
+                                            "another name", stmt.target.span))
+            continue
+        if name in taken:
+            result.errors.append(Diagnostic("E103", f"'{name}' is both a param and {taken[name]}",
+                                            stmt.target.span, ("give the param another name",)))
+            continue
+        before = len(result.errors)
+        exprs[name] = _constant(stmt.value, exprs, later, result.errors)
+        if len(result.errors) == before:
+            _arithmetic(exprs[name], result.errors)
+        if len(result.errors) != before:
+            result.failed.add(name)
+    used: set[str] = set()
+    result.blocks = {k: _substitute(b, exprs, used, result.uses, defs, spec_source) for k, b in others.items()}
+    values = []
+    for name, expr in exprs.items():
+        stmt = defs[name]
+        overridden = stmt.value.span.source is not spec_source
+        values.append(NamedValue(name, _fold(expr), stmt.value.span.text.strip(), overridden, stmt.target.span))
+        if name not in used:
+            result.warnings.append(Diagnostic("W202", f"param '{name}' is not used", stmt.target.span,
+                                              severity="warning"))
+    result.values = tuple(values)
+    return result
+
+
+def declared_names(blocks: dict[str, ast.Block]) -> dict[str, str]:
+    """Names the other blocks declare (columns, model values), which a param may not take."""
+    names: dict[str, str] = {}
+    data = blocks.get("data")
+    if data is not None:
+        for node, _ in ast.walk(data):
+            if isinstance(node, ast.Typed):
+                names.setdefault(node.name.id, "a column")
+                names.setdefault(f"{node.name.id}_na", "a column (its missing-value indicator)")
+            elif isinstance(node, ast.Keyword) and node.name.id == "columns" and \
+                    isinstance(node.value, ast.ListExpr):
+                for item in node.value.items:
+                    if isinstance(item, ast.Name):
+                        names.setdefault(item.id, "a column")
+    model = blocks.get("model")
+    if model is not None:
+        for stmt in model.body:
+            inner = stmt.body if isinstance(stmt, ast.Section) else (stmt,)
+            for s in inner:
+                if isinstance(s, ast.Assign):
+                    names.setdefault(s.target.id, "a model value")
+    return names
+
+
+def _constant(expr: ast.Expr, known: dict[str, ast.Expr], later: dict[str, int], errors: list) -> ast.Expr:
+    """A param's value with earlier params substituted; reports what a constant may not hold."""
+    if isinstance(expr, ast.Number) and isinstance(expr.value, float) and not math.isfinite(expr.value):
+        errors.append(Diagnostic("E302", f"the number {_short(expr.text)} is too large", expr.span,
+                                 ("numbers go up to about 1.8e308",)))
+        return expr
+    if isinstance(expr, (ast.Number, ast.String)):
+        return expr
+    if isinstance(expr, ast.Name):
+        if expr.id in ("true", "false"):
+            return expr
+        if expr.id in known:
+            return _respan(known[expr.id], expr.span)
+        if expr.id in later:
+            errors.append(Diagnostic("E201", f"param '{expr.id}' is used before it is defined (at line "
+                                     f"{later[expr.id]})", expr.span, ("define params before the lines that use them",)))
+        else:
+            errors.append(Diagnostic("E201", f"unknown name '{expr.id}' in a param", expr.span,
+                                     suggest(expr.id, known) or (WHAT_A_PARAM_IS,)))
+        return expr
+    if isinstance(expr, ast.Neg):
+        return dataclasses.replace(expr, operand=_constant(expr.operand, known, later, errors))
+    if isinstance(expr, ast.BinOp):
+        return dataclasses.replace(expr, left=_constant(expr.left, known, later, errors),
+                                   right=_constant(expr.right, known, later, errors))
+    if isinstance(expr, (ast.TupleExpr, ast.ListExpr)):
+        return dataclasses.replace(expr, items=tuple(_constant(i, known, later, errors) for i in expr.items))
+    if isinstance(expr, ast.Call):
+        return dataclasses.replace(
+            expr, args=tuple(_constant(a, known, later, errors) for a in expr.args),
+            keywords=tuple(dataclasses.replace(k, value=_constant(k.value, known, later, errors))
+                           for k in expr.keywords))
+    kind = "a column declaration" if isinstance(expr, ast.Typed) else "a pipe"
+    errors.append(Diagnostic("E301", f"a param's value must be a constant, found {kind}", expr.span,
+                             (WHAT_A_PARAM_IS,)))
+    return expr
+
+
+def _arithmetic(expr: ast.Expr, errors: list):
+    """The value of constant arithmetic, reporting a division by zero or an overflow; None where
+    the expression is not a number (or an error was reported)."""
+    if isinstance(expr, ast.Number):
+        return expr.value
+    if isinstance(expr, ast.Neg):
+        inner = _arithmetic(expr.operand, errors)
+        return None if inner is None else -inner
+    if not isinstance(expr, ast.BinOp):
+        return None
+    left, right = _arithmetic(expr.left, errors), _arithmetic(expr.right, errors)
+    if left is None or right is None:
+        return None
+    if expr.op == "/" and right == 0:
+        errors.append(Diagnostic("E302", "division by zero", expr.span))
+        return None
+    try:
+        value = ARITHMETIC[expr.op](left, right)
+        finite = math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite:
+        errors.append(Diagnostic("E302", f"{_short(expr.span.text)} is too large", expr.span,
+                                 ("numbers go up to about 1.8e308",)))
+        return None
+    return value
+
+
+def _respan(node, span: Span):
+    """A copy of a syntax tree with every span set to `span` (the place that names the param)."""
+    if isinstance(node, tuple):
+        return tuple(_respan(n, span) for n in node)
+    if not hasattr(node, "__dataclass_fields__"):
+        return node
+    values = {name: span if name == "span" else _respan(getattr(node, name), span)
+              for name in node.__dataclass_fields__}
+    return type(node)(**values)
+
+
+# Fields that hold a name the user declares or calls, never a value: a param does not replace them.
+_NOT_VALUES = {(ast.Typed, "name"), (ast.Typed, "type"), (ast.Call, "func"), (ast.Keyword, "name"),
+               (ast.Assign, "target"), (ast.Section, "kind"), (ast.Section, "name"), (ast.Block, "name")}
+
+
+def _substitute(node, exprs: dict[str, ast.Expr], used: set[str], uses: dict, defs: dict, spec_source):
+    """A copy of a block with every name of a param, where a value stands, replaced by its value."""
+    if isinstance(node, tuple):
+        return tuple(_substitute(n, exprs, used, uses, defs, spec_source) for n in node)
+    if isinstance(node, ast.Name):
+        if node.id not in exprs:
+            return node
+        used.add(node.id)
+        stmt = defs[node.id]
+        text = _short(stmt.value.span.text.strip())
+        where = f"params, line {stmt.target.span.line}" if stmt.value.span.source is spec_source else "--set"
+        value = _fold(exprs[node.id])
+        shown = _short(show_value(value))
+        uses[(node.span.source.path, node.span.start, node.span.end)] = \
+            (node.id, f"'{node.id}' is {shown}" + (f" ({text}; {where})" if shown != text else f" ({where})"))
+        return _respan(exprs[node.id], node.span)
+    if isinstance(node, ast.Command) or not hasattr(node, "__dataclass_fields__"):
+        return node
+    values = {}
+    for name in node.__dataclass_fields__:
+        value = getattr(node, name)
+        if name != "span" and (type(node), name) not in _NOT_VALUES:
+            value = _substitute(value, exprs, used, uses, defs, spec_source)
+        values[name] = value
+    return type(node)(**values)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} characters)"
+
+
+def show_value(value) -> str:
+    """A folded value as a spec would write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Written):
+        return str(value)
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(show_value(v) for v in value) + ")"
+    return str(value)
+
+
+ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+
+
+def _fold(expr: ast.Expr):
+    """The Python value of a constant: numbers folded, strings, booleans, tuples; a call as Written."""
+    if isinstance(expr, ast.Number):
+        return expr.value
+    if isinstance(expr, ast.String):
+        return expr.value
+    if isinstance(expr, ast.Name):
+        return expr.id == "true"
+    if isinstance(expr, ast.Neg):
+        inner = _fold(expr.operand)
+        return -inner if isinstance(inner, (int, float)) and not isinstance(inner, bool) else Written(expr.span.text)
+    if isinstance(expr, ast.BinOp):
+        left, right = _fold(expr.left), _fold(expr.right)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
+        if not numbers or (expr.op == "/" and right == 0):
+            return Written(expr.span.text)
+        try:
+            value = ARITHMETIC[expr.op](left, right)
+        except OverflowError:
+            return Written(expr.span.text)
+        return value
+    if isinstance(expr, (ast.TupleExpr, ast.ListExpr)):
+        return tuple(_fold(i) for i in expr.items)
+    return Written(expr.span.text)
