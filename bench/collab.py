@@ -8,8 +8,10 @@ warm-up; the medians are compared. Usage (from any directory):
     python bench/collab.py                 # batch 64 and 1024, the full run (about a minute on 2 cores)
     python bench/collab.py --quick         # smoke run: one timed epoch of each
     python bench/collab.py --json out.json # also save the numbers
+    python bench/collab.py --busy          # specc's epoch with torch's default threads, 1 thread and
+                                           # specc's default, on a quiet machine and beside a busy process
 
-See bench/README.md for the method and the last measured table.
+See bench/README.md for the method and the last measured tables.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,10 +31,10 @@ from common import (add_args, alternate, clone_state, max_param_diff, one_cycle_
                     print_init_and_target, print_table, profile_runs, run_batches, set_threads, timed,
                     write_json)
 from specc.data.prepare import prepare
-from specc.plan import make_plan
+from specc.plan import make_plan, model_sizes
 from specc.run import load_spec
 from specc.spec import Adam, FitOneCycle
-from specc.train import build_model, train
+from specc.train import build_model, default_threads, step_multiply_adds, torch_threads, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/collab.spec"
@@ -147,8 +150,8 @@ def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: b
 
 # --------------------------------------------------------------------------- the specc side
 
-def specc_setup(batch: int):
-    spec, _ = load_spec(SPEC, [f"data.batch={batch}", "train.fit.epochs=1"])
+def specc_setup(batch: int, spec_path: str = SPEC, sets: list[str] = ()):
+    spec, _ = load_spec(spec_path, [*sets, f"data.batch={batch}", "train.fit.epochs=1"])
     prepared = prepare(spec.data, spec.model.inputs)
     plan = make_plan(spec, prepared)
     return spec, prepared, plan
@@ -243,6 +246,88 @@ def profile(batch: int, steps: int, top: int = 12) -> None:
                   ("hand-written", lambda: hand_epoch(small, init_state, batch))), steps, batch, top)
 
 
+# --------------------------------------------------------------------------- --busy: thread counts
+
+# The other process: a real busy loop on one core (a single-threaded float32 matmul, as another
+# training run or a build would keep a core busy). It says "busy" once it is running.
+BURNER = ("import torch\ntorch.set_num_threads(1)\na = torch.rand(256, 256)\nprint('busy', flush=True)\n"
+          "while True:\n    a @ a\n")
+
+
+def start_burner() -> subprocess.Popen:
+    """Start the busy process and wait until it is running."""
+    burner = subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True)
+    if burner.stdout.readline().strip() != "busy":
+        burner.kill()
+        raise RuntimeError("the busy process did not start")
+    return burner
+
+
+def bench_threads(batch: int, reps: int, torch_default: int, spec_path: str, sets: list[str]) -> dict:
+    """One epoch of specc.train.train with torch's default thread count, with one thread and with
+    specc's default (specc.train.default_threads), alternating, first on the machine as it is,
+    then beside a process that keeps one core busy."""
+    spec, prepared, plan = specc_setup(batch, spec_path, sets)
+    counts = {"torch": torch_default, "one": 1, "specc": default_threads(spec, prepared)}
+
+    def run(side):
+        with torch_threads(counts[side]):
+            _, mse, wall, cpu, loop = specc_epoch(spec, prepared, plan)
+        return wall, cpu, loop
+
+    for side in counts:  # warm-up
+        run(side)
+    quiet = alternate(reps, tuple(counts), run)
+    burner = start_burner()
+    try:
+        busy = alternate(reps, tuple(counts), run)
+    finally:
+        burner.kill()
+        burner.wait()
+    med = statistics.median
+    row = {"batch": batch, "steps": plan.steps_per_epoch, "reps": reps, "threads": counts, "spec": spec_path,
+           "sets": list(sets), "step_multiply_adds": step_multiply_adds(spec, model_sizes(spec, prepared), batch)}
+    for side in counts:
+        q, b = quiet[side][0], busy[side][0]
+        row[side] = {"quiet_s": med(q), "busy_s": med(b), "busy_over_quiet": med(b) / med(q),
+                     "quiet_all_s": q, "busy_all_s": b}
+    for side in counts:
+        row[side]["quiet_over_one"] = row[side]["quiet_s"] / row["one"]["quiet_s"]
+        row[side]["busy_over_one"] = row[side]["busy_s"] / row["one"]["busy_s"]
+    return row
+
+
+def busy_main(args, torch_default: int) -> int:
+    """--busy: the thread-count table."""
+    reps = args.reps or (1 if args.quick else 3)
+    print(f"specc's epoch of {args.spec}{''.join(' --set ' + s for s in args.set)} with torch's default "
+          f"threads ({torch_default}), 1 thread and specc's default, quiet and beside a busy process")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {reps} timed epochs of each side in each phase")
+    rows = []
+    for batch in args.batches:
+        row = bench_threads(batch, reps, torch_default, args.spec, args.set)
+        rows.append(row)
+        print(f"  batch {batch}: {row['step_multiply_adds']:,} multiply-adds a step in the linear layers; "
+              f"specc's default {row['threads']['specc']} thread(s)", flush=True)
+    print()
+    head = (f"{'batch':>5}  {'steps':>5}  {'threads':<16}  {'quiet s':>8}  {'busy s':>8}  {'busy/quiet':>10}  "
+            f"{'quiet / 1 thread':>16}  {'busy / 1 thread':>15}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        for side, name in (("torch", "torch default"), ("one", "1"), ("specc", "specc default")):
+            v, label = r[side], f"{name} ({r['threads'][side]})"
+            print(f"{r['batch']:>5}  {r['steps']:>5}  {label:<16}  "
+                  f"{v['quiet_s']:>8.3f}  {v['busy_s']:>8.3f}  {v['busy_over_quiet']:>10.2f}  "
+                  f"{v['quiet_over_one']:>16.2f}  {v['busy_over_one']:>15.2f}")
+    print()
+    print("quiet s, busy s: median wall seconds of one specc.train.train call (one epoch and validation),")
+    print("  on the machine as it is and beside a process keeping one core busy; the sides alternate.")
+    if args.json:
+        write_json(Path(args.json).resolve(), rows, torch_default_threads=torch_default)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(ap, 11, 31, "side", "both loops")
@@ -250,6 +335,12 @@ def main(argv=None) -> int:
                     help="time specc's device-resident step (the GPU fast path's groundwork)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="where both loops run (cuda: on the GPU machine, see bench/gpu.sh)")
+    ap.add_argument("--busy", action="store_true",
+                    help="instead: specc's epoch with torch's default threads, 1 thread and specc's default, "
+                         "quiet and beside a busy process (default 3 timed epochs of each)")
+    ap.add_argument("--spec", default=SPEC, help="--busy: the spec to train (default specs/collab.spec)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="--busy: a spec override")
+    torch_default = torch.get_num_threads()  # before set_threads below changes it
     args = ap.parse_args(argv)
     global DEVICE, DEVICE_STEP
     DEVICE = torch.device(args.device)
@@ -257,6 +348,8 @@ def main(argv=None) -> int:
     json_path = Path(args.json).resolve() if args.json else None
     os.chdir(ROOT)  # the spec's data path is relative to the spec; --set paths to the cwd
     set_threads(args.threads)
+    if args.busy:
+        return busy_main(args, torch_default)
 
     print(f"specc vs hand-written PyTorch, one epoch of {SPEC} on the CPU")
     print_env()

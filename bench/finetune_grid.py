@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             tuned = dataclasses.replace(base, train=dataclasses.replace(base.train, stages=stages))
 
             def accuracy(spec, records_of_stage=None):
-                records = train_run(spec, work / "run", "cpu", fine_sets, quiet=True).history.records
+                records = train_run(spec, work / "run", "cpu", fine_sets, quiet=True, force=True).history.records
                 if records_of_stage:
                     records = [r for r in records if r.stage == records_of_stage]
                 return records[-1].metrics["accuracy"]

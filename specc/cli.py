@@ -18,8 +18,47 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _threads(text: str) -> int:
+    """--threads N: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads of at least 1, found '{text}'")
+    return n
+
+
+THREADS_HELP = ("torch's threads (default: 1 for a small model, under 2**26 multiply-adds a step, as every example "
+                "is; else torch's default, one per core)")
+
+
+def version() -> str:
+    """specc's version: the installed package's, or specc.__version__ from a source tree."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("specc")
+    except metadata.PackageNotFoundError:
+        from specc import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """--version: looks the version up only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print specc's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"specc {version()}")
+        raise SystemExit(0)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="specc", description="Compile a model spec into a trained, exported model.")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def spec_command(name, help_text):
@@ -33,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-data", action="store_true", help="check the spec alone, without reading its data")
     c = spec_command("show", "print a compiler stage: the syntax tree, the generated code, the plan, the data")
     c.add_argument("--stage", choices=("ast", "code", "plan", "data"), default="code")
-    c.add_argument("--png", type=Path, help="--stage data / plan: where to write the picture "
-                   "(default <spec name>_data.png, <spec name>_plan.png)")
+    c.add_argument("--png", type=Path, help="--stage data / plan: write the picture (image samples, the "
+                   "schedule) to this file; without it, show prints text and writes nothing")
     c = spec_command("train", "train a spec and write its run folder")
     c.add_argument("--out", type=Path, help="run folder (default runs/<spec name>)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -45,32 +84,60 @@ def _parser() -> argparse.ArgumentParser:
                    help="on a CUDA device, train with the plain loop instead of the CUDA-graph step")
     c.add_argument("--resume", type=Path, metavar="RUN",
                    help="go on from where the run in RUN stopped (Ctrl-C or a crash); writes into RUN")
+    c.add_argument("--force", action="store_true",
+                   help="replace the run already in the folder (files specc did not write are left alone)")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
     c = spec_command("lr-find", "the learning-rate finder: an exponential sweep, a plot and suggestions")
     c.add_argument("--out", type=Path, help="where lr_find.csv and lr_find.png go (default runs/<spec name>)")
+    c.add_argument("--force", action="store_true",
+                   help="write them even beside files specc did not write or a run of another spec")
     c.add_argument("--start", type=float, default=1e-7)
     c.add_argument("--end", type=float, default=10.0)
     c.add_argument("--steps", type=int, default=100)
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
     c = spec_command("sweep", "train every combination of --grid values, each in its own run folder")
     c.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
-                   help="a spec value and the values to try, e.g. model.u.dim=20,40,80 (repeatable)")
+                   help="a spec value and the values to try, e.g. n_factors=10,40,80 or data.batch=32,64 (repeatable)")
     c.add_argument("--out", type=Path, help="where the runs go (default runs/<spec name>-sweep)")
+    c.add_argument("--force", action="store_true", help="replace the runs of an earlier sweep into the same folder")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
+    def reading_options(c):
+        c.add_argument("--delimiter", metavar="CHAR", help="a CSV's delimiter (default: the training data's, or the "
+                       "first of , tab ; | that splits the header into the model's columns); 'tab' or '\\t' for tab")
+        c.add_argument("--array", dest="arrays", action="append", default=[], metavar="COLUMN=NAME",
+                       help="an .npz's array for a column of the model (repeatable; default: the array named as the "
+                       "column, else <column>_test, else <column>_valid, the same for every column)")
+
     c = sub.add_parser("predict", help="predict with an exported model.onnx through onnxruntime")
     c.add_argument("model", type=Path)
-    c.add_argument("rows", type=Path, help="CSV with a header naming the model's input columns")
+    c.add_argument("rows", type=Path, help="a CSV with a header naming the model's input columns (or laid out as "
+                   "the training data was), or an .npz with an array per input")
     c.add_argument("--out", type=Path, help="write predictions here (default stdout)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    reading_options(c)
     c = sub.add_parser("evaluate", help="the spec's metrics of an exported model on a labelled file")
     c.add_argument("model", type=Path)
-    c.add_argument("data", type=Path, help="a labelled CSV, read as the spec read its data")
+    c.add_argument("data", type=Path, help="a labelled CSV (read as the spec read its data, or with a header "
+                   "naming the model's columns), or an .npz with an array per column")
     c.add_argument("--split", choices=("all", "train", "valid"), default="all",
-                   help="all rows, or the spec's training or validation rows (default all)")
+                   help="all rows, or the spec's training or validation rows (default all); for an .npz, "
+                   "<column>_train / <column>_valid arrays where it has them")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    reading_options(c)
     c = sub.add_parser("inspect", help="learned biases and principal components of a run's embeddings")
     c.add_argument("run", type=Path, help="a run folder of `specc train`")
     c.add_argument("--column", help="which id column's embeddings (default: the last one)")
-    c.add_argument("--names", type=Path, help="CSV mapping ids to names (id column first)")
+    c.add_argument("--names", type=Path, help="a text file mapping ids to names: the id in the first field "
+                   "(or the one its header names as --column), the name in the next")
+    c.add_argument("--names-delimiter", metavar="CHAR",
+                   help="the names file's delimiter (default: the first line's most frequent of , tab ; |)")
+    c.add_argument("--names-encoding", default="utf-8", metavar="ENCODING",
+                   help="the names file's encoding (default utf-8; MovieLens' u.item is latin-1)")
+    c.add_argument("--names-header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the names file's first line is a header (default: it is, unless it starts "
+                   "with one of the model's ids)")
     c.add_argument("--top", type=int, default=1000, help="only the N most frequent ids (default 1000)")
     c.add_argument("--show", type=int, default=10, help="rows shown at each end (default 10)")
     return p
@@ -106,10 +173,10 @@ def _show(args) -> int:
         from specc.data.preview import preview
         from specc.runfolder import atomic_write
 
-        png_path = args.png or Path(f"{spec.name}_data.png")
-        text, png = preview(spec, png_path)
-        if png is not None:
-            atomic_write(png_path, png)
+        # pictures go only where the user says: specc writes nothing else outside a run folder
+        text, png = preview(spec, args.png)
+        if png is not None and args.png is not None:
+            atomic_write(args.png, png)
         print(text)
         return 0
     if args.stage == "code":
@@ -129,10 +196,13 @@ def _show(args) -> int:
 
         prepared = prepare(spec.data, spec.model.inputs)
         plan = make_plan(spec, prepared)
-        png_path = args.png or Path(f"{spec.name}_plan.png")
-        atomic_write(png_path, schedule_png(plan, simulate_schedules(spec, plan), f"{spec.name}: the plan"))
         print(describe(spec, plan))
-        print(f"the learning rate and momentum of every group at every step: {png_path}")
+        if args.png is not None:
+            atomic_write(args.png, schedule_png(plan, simulate_schedules(spec, plan, max_steps=20_000),
+                                                    f"{spec.name}: the plan"))
+            print(f"the learning rate and momentum of every group at every step: {args.png}")
+        else:
+            print("(--png FILE draws the learning rate and momentum of every group at every step)")
     return 0
 
 
@@ -151,7 +221,10 @@ def _train(args) -> int:
     out = args.resume or args.out or Path("runs") / spec.name
     if args.resume and args.out and args.out != args.resume:
         raise UsageError("--resume RUN writes into RUN; leave out --out")
+    if args.resume and args.force:
+        raise UsageError("--resume goes on with the run in RUN and --force replaces it: give one of them")
     from specc.export import ExportError
+    from specc.runfolder import RunFinished, WriteError
     from specc.train import Interrupted
 
     try:
@@ -161,7 +234,24 @@ def _train(args) -> int:
             if not applies(spec):
                 raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
         train_run(spec, out, args.device, args.sets, quiet=args.quiet, resume=args.resume is not None,
-                  device_step=args.device_step, graph=False if args.no_graph or args.device_step else None)
+                  device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
+                  force=args.force, threads=args.threads)
+    except RunFinished as done:
+        # exit 0: what --resume is for, a finished run, is there (a loop that resumes until done stops)
+        print(f"specc: {done}", file=sys.stderr)
+        return 0
+    except WriteError as err:
+        import os
+
+        from specc.runfolder import inspect_folder
+
+        # the hint only for this command's own run, stopped with a checkpoint to go on from
+        run = inspect_folder(Path(out))
+        ours = run.resumable and run.status in ("running", "failed") and run.record.get("pid") == os.getpid()
+        sets = "".join(f" --set '{s}'" for s in args.sets)
+        again = f"; once it can be written, go on with: specc train {args.spec}{sets} --resume {out}" if ours else ""
+        print(f"specc: error: {err}{again}", file=sys.stderr)
+        return 2
     except Interrupted as stopped:
         sets = "".join(f" --set '{s}'" for s in args.sets)
         print(f"\nspecc: interrupted in epoch {stopped.state.epoch} before step {stopped.state.step}; the "
@@ -188,7 +278,8 @@ def _lr_find(args) -> int:
     from specc.run import load_spec, write_lr_find
     from specc.runfolder import RunFolder
     from specc.train import (
-        _predict_column, build_model, group_params, loss_fn, make_optimizer, module_groups, pick_device, to_tensors,
+        _predict_column, build_model, default_threads, group_params, loss_fn, make_optimizer, module_groups,
+        pick_device, to_tensors, torch_threads,
     )
 
     spec, warnings = load_spec(args.spec, args.sets)
@@ -197,7 +288,8 @@ def _lr_find(args) -> int:
     if not (0 < args.start < args.end) or args.steps < 2:
         raise UsageError("lr-find needs 0 < --start < --end and --steps of at least 2")
     folder = RunFolder(args.out or Path("runs") / spec.name)
-    folder.prepare()
+    with folder.locked():  # refused now rather than after the sweep; checked again when writing
+        folder.check_lr_find(spec.source.text, args.sets, args.force)
     prepared = prepare(spec.data, spec.model.inputs)
     plan = make_plan(spec, prepared)
     device = pick_device(args.device)
@@ -218,14 +310,21 @@ def _lr_find(args) -> int:
     def step_loss(idx):
         return loss_of(_predict_column(spec, model(*[x[idx] for x in xs])), y[idx], params)
 
-    result = lr_find(model, optimizer, step_loss, prepared.n_train, plan.batch, generator, args.start, args.end,
-                     args.steps, device=device)
+    with torch_threads(args.threads or default_threads(spec, prepared)):
+        result = lr_find(model, optimizer, step_loss, prepared.n_train, plan.batch, generator, args.start, args.end,
+                         args.steps, device=device)
     seconds = time.perf_counter() - started
-    write_lr_find(folder, result, f"{spec.name}: lr-find")
+    with folder.locked():
+        folder.check_lr_find(spec.source.text, args.sets, args.force)
+        write_lr_find(folder, result, f"{spec.name}: lr-find")
     print(f"lr-find on {spec.name}: {len(result.lrs)} steps from {args.start:g}"
           f"{' (stopped: the loss ran away)' if result.stopped_early else ''} in {seconds:.2f} s")
     for name, lr in result.suggestions.items():
-        print(f"  {name:<11} {lr:.3g}")
+        print(f"  {name:<11} {'none (flat curve)' if lr is None else f'{lr:.3g}'}")
+    if result.flat:
+        from specc.lrfind import FLAT_NOTE
+
+        print(f"  note: {FLAT_NOTE}; a wider range (--start, --end), more --steps or a larger batch may show one")
     print(f"wrote {folder.path}/lr_find.csv and lr_find.png")
     return 0
 
@@ -234,28 +333,35 @@ def _sweep(args) -> int:
     import itertools
 
     from specc.run import load_spec, train_run
+    from specc.runfolder import RunFolder
 
     axes = []
     for item in args.grid:
         key, sep, values = item.partition("=")
         choices = [v.strip() for v in _split_values(values)]
         if not sep or not key.strip() or not all(choices):
-            raise UsageError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. model.u.dim=20,40")
+            raise UsageError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. n_factors=10,40,80")
         axes.append((key.strip(), choices))
     base_spec, _ = load_spec(args.spec, args.sets)
     out = args.out or Path("runs") / f"{base_spec.name}-sweep"
     combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes]))
+    if RunFolder(out).contents().status is not None:
+        raise UsageError(f"{out} holds a run of its own; a sweep's runs go into a folder of their own: choose "
+                         "another --out")
     specs = []
-    for combo in combos:  # check every variant before training any
+    for combo in combos:  # check every variant, and every variant's folder, before training any
         sets = list(args.sets) + [f"{k}={v}" for k, v in combo]
         spec, _ = load_spec(args.spec, sets)
-        specs.append((combo, sets, spec))
-    rows = []
-    for k, (combo, sets, spec) in enumerate(specs, start=1):
         name = ",".join(f"{key}={value}" for key, value in combo)
         folder = out / "".join(ch if ch.isalnum() or ch in "=,._-" else "_" for ch in name)
+        why = RunFolder(folder).refusal(args.force)
+        if why is not None:
+            raise UsageError(why)
+        specs.append((combo, sets, spec, name, folder))
+    rows = []
+    for k, (combo, sets, spec, name, folder) in enumerate(specs, start=1):
         print(f"[{k}/{len(specs)}] {name}", flush=True)
-        result = train_run(spec, folder, args.device, sets, quiet=True)
+        result = train_run(spec, folder, args.device, sets, quiet=True, force=args.force, threads=args.threads)
         last = result.history.records[-1]
         rows.append((name, last.valid_loss, last.metrics, folder))
     metrics = list(base_spec.train.metrics)
@@ -287,44 +393,103 @@ def _split_values(text: str) -> list[str]:
     return parts
 
 
+def _model_path(model: Path) -> None:
+    import os
+
+    if not os.path.lexists(model):  # a link that leads nowhere (or in a loop) is reported by the reader
+        raise UsageError(f"{model}: no such model file")
+
+
+def _delimiter(text: str | None, option: str = "--delimiter") -> str | None:
+    """--delimiter: one character; 'tab' or a typed backslash-t for a tab."""
+    if text is None:
+        return None
+    text = {"tab": "\t", "\\t": "\t"}.get(text, text)
+    if len(text) != 1 or text in "\"\r\n":
+        raise UsageError(f"{option} {text!r}: expected one character, e.g. ';' or tab")
+    return text
+
+
+def _arrays(items: list[str]) -> dict[str, str]:
+    """--array COLUMN=NAME (repeatable) as {column: array name}."""
+    arrays = {}
+    for item in items:
+        column, sep, name = item.partition("=")
+        if not sep or not column.strip() or not name.strip():
+            raise UsageError(f"--array {item!r}: expected COLUMN=NAME, e.g. x=x_test")
+        if column.strip() in arrays:
+            raise UsageError(f"--array: column {column.strip()!r} given twice")
+        arrays[column.strip()] = name.strip()
+    return arrays
+
+
+def _out_path(out: Path, *inputs: Path) -> None:
+    """--out must be a file in a folder that is there, and none of the files being read."""
+    import os
+
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name, e.g. {out / 'predictions.csv'}")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "does not exist" if not os.path.lexists(folder) else "is not a folder"
+        raise UsageError(f"--out {out}: the folder {folder} {what}")
+    if os.path.lexists(out) and not out.is_file():
+        raise UsageError(f"--out {out}: is not a regular file")
+    for path in inputs:
+        if out.exists() and path.exists() and os.path.samefile(out, path):
+            raise UsageError(f"--out {out}: is the file being read; the predictions would replace it")
+
+
 def _predict(args) -> int:
     from specc.infer import predict_file
 
-    if not args.model.is_file():
-        raise UsageError(f"{args.model}: no such model file")
+    _model_path(args.model)
+    delimiter, arrays = _delimiter(args.delimiter), _arrays(args.arrays)
     if args.out:
         import io
 
         from specc.runfolder import atomic_write
 
+        _out_path(args.out, args.model, args.rows)
         buf = io.StringIO()
-        predict_file(args.model, args.rows, buf, device=args.device)
-        atomic_write(args.out, buf.getvalue().encode("utf-8"))
+        predict_file(args.model, args.rows, buf, device=args.device, delimiter=delimiter, arrays=arrays)
+        try:
+            atomic_write(args.out, buf.getvalue().encode("utf-8"))
+        except OSError as err:
+            raise UsageError(f"--out {args.out}: cannot be written: {(err.strerror or str(err)).lower()}") from None
     else:
-        predict_file(args.model, args.rows, sys.stdout, device=args.device)
+        predict_file(args.model, args.rows, sys.stdout, device=args.device, delimiter=delimiter, arrays=arrays)
     return 0
 
 
 def _evaluate(args) -> int:
     from specc.evaluate import evaluate_file
 
-    if not args.model.is_file():
-        raise UsageError(f"{args.model}: no such model file")
-    result = evaluate_file(args.model, args.data, args.split, args.device)
-    rows = result.pop("rows")
-    unseen = result.pop("unseen_classes", 0)
-    print(f"{args.data} ({args.split} rows: {rows})")
+    _model_path(args.model)
+    result = evaluate_file(args.model, args.data, args.split, args.device, delimiter=_delimiter(args.delimiter),
+                           arrays=_arrays(args.arrays))
+    rows, arrays, notes = result.pop("rows"), result.pop("arrays"), result.pop("notes")
+    for note in notes:
+        print(f"specc: note: {note}", file=sys.stderr)
+    read = f"; arrays {', '.join(arrays.values())}" if arrays else ""
+    print(f"{args.data} ({args.split} rows: {rows}{read})")
     for name, value in result.items():
         print(f"  {name:<12} {value:.6f}")
-    if unseen:
-        print(f"  ({unseen} rows have a class the model never saw in training; they count as wrong)")
     return 0
 
 
 def _inspect(args) -> int:
-    from specc.inspect import report
+    from specc.inspect import NamesFile, report
 
-    print(report(args.run, args.column, args.names, args.top, args.show))
+    if args.top < 1 or args.show < 1:
+        raise UsageError("--top and --show take a number of at least 1")
+    names = None
+    if args.names is not None:
+        names = NamesFile(args.names, _delimiter(args.names_delimiter, "--names-delimiter"), args.names_encoding,
+                          args.names_header)
+    elif args.names_delimiter or args.names_header is not None or args.names_encoding != "utf-8":
+        raise UsageError("--names-delimiter, --names-encoding and --names-header describe a --names file")
+    print(report(args.run, args.column, names, args.top, args.show))
     return 0
 
 
@@ -340,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     spec_path = getattr(args, "spec", None)
     if spec_path is not None and not spec_path.is_file():
-        print(f"specc: error: {spec_path}: no such spec file", file=sys.stderr)
+        what = "not a regular file" if spec_path.exists() else "no such spec file"
+        print(f"specc: error: {spec_path}: {what}", file=sys.stderr)
         return 2
     try:
         return COMMANDS[args.command](args)

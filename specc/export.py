@@ -160,9 +160,15 @@ def _module(em: _Emitter, fnode: fx.Node, module: torch.nn.Module, x: str) -> st
     raise TypeError(f"no ONNX translation for module {type(module).__name__}")  # lower/export mismatch
 
 
-def _function(em: _Emitter, fnode: fx.Node, args: list) -> str:
+def _function(em: _Emitter, fnode: fx.Node, names: dict) -> str:
     """One call_function node as ONNX."""
     target, kw = fnode.target, fnode.kwargs
+    if target is torch.unsqueeze:
+        # The dim is a number, not an operand: it becomes the axes input, and turning it into an
+        # operand as well would leave an initializer no node reads (onnxruntime warns on load).
+        return em.node("Unsqueeze", [_operand(em, fnode.args[0], names), em.const([fnode.args[1]], np.int64)],
+                       fnode.name)
+    args = _operands(em, fnode.args, names)
     if target in _BINARY_OPS:
         return em.node(_BINARY_OPS[target], args, fnode.name)
     if target in _UNARY_OPS:
@@ -178,8 +184,6 @@ def _function(em: _Emitter, fnode: fx.Node, args: list) -> str:
         return em.node("Flatten", args, fnode.name, axis=kw["start_dim"])
     if target is torch.cat:
         return em.node("Concat", args[0], fnode.name, axis=kw["dim"])
-    if target is torch.unsqueeze:
-        return em.node("Unsqueeze", [args[0], em.const([fnode.args[1]], np.int64)], fnode.name)
     if target is torch.isnan:
         return em.node("IsNaN", args, fnode.name)
     if target is torch.where:
@@ -232,7 +236,7 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
             else:
                 names[fnode.name] = _module(em, fnode, module, names[fnode.args[0].name])
         elif fnode.op == "call_function":
-            names[fnode.name] = _function(em, fnode, _operands(em, fnode.args, names))
+            names[fnode.name] = _function(em, fnode, names)
         elif fnode.op == "output":
             result = names[fnode.args[0].name]
     outputs = _outputs(em, spec, vocabs, result)

@@ -12,6 +12,11 @@ import torch
 from specc.train import SMOOTH_BETA
 
 START, END, STEPS, STOP_FACTOR = 1e-7, 10.0, 100, 4.0
+# A curve is flat when its largest fall is within FLAT_NOISE standard deviations of the smoothed
+# loss's noise, or under FLAT_RELATIVE of the loss: its steepest point is then noise, not a signal.
+FLAT_NOISE, FLAT_RELATIVE = 3.0, 0.01
+FLAT_NOTE = ("the smoothed loss hardly changes over the sweep (it falls by no more than its noise): it has no "
+             "steepest point")
 
 
 @dataclass
@@ -20,7 +25,13 @@ class LRFindResult:
     losses: list[float]  # smoothed (debiased EWMA, beta 0.98)
     raw: list[float]
     stopped_early: bool
-    suggestions: dict[str, float]
+    suggestions: dict[str, float | None]  # steep is None on a flat curve
+    flat: bool = False
+
+    def describe(self, leave_out: tuple[str, ...] = ()) -> str:
+        """The suggestions in one line, e.g. `steep 0.0123, minimum/10 0.0457, valley 0.00912`."""
+        return ", ".join(f"{name} {'none (flat curve)' if lr is None else f'{lr:.3g}'}"
+                         for name, lr in self.suggestions.items() if name not in leave_out)
 
 
 def valley(lrs, losses) -> float:
@@ -40,14 +51,43 @@ def valley(lrs, losses) -> float:
     return lrs[min(n - 1, max(0, start + int(third) + int(third / 2)))]
 
 
-def suggest(lrs, losses) -> dict[str, float]:
-    """steep: where the loss falls fastest against log(lr); minimum / 10; valley."""
+def suggest(lrs, losses, flat: bool = False) -> dict[str, float | None]:
+    """steep: where the loss falls fastest against log(lr) (None on a flat curve); minimum / 10; valley."""
     logs = np.log10(np.asarray(lrs))
     values = np.asarray(losses)
     slope = np.gradient(values, logs) if len(values) > 1 else np.zeros(1)
-    return {"steep": float(lrs[int(np.argmin(slope))]),
+    return {"steep": None if flat else float(lrs[int(np.argmin(slope))]),
             "minimum/10": float(lrs[int(np.argmin(values))] / 10),
             "valley": float(valley(lrs, values))}
+
+
+def smoothing_noise(n: int, beta: float = SMOOTH_BETA) -> float:
+    """Standard deviation of the debiased EWMA of n independent values of standard deviation 1:
+    its weights are (1-beta) beta^(n-i) / (1-beta^n), whose squares sum to
+    (1-beta)/(1+beta) * (1+beta^n)/(1-beta^n). 1 for n = 1; about 0.1 for a long run at 0.98."""
+    return math.sqrt((1 - beta) / (1 + beta) * (1 + beta ** n) / (1 - beta ** n))
+
+
+def is_flat(raw, smoothed, steps) -> bool:
+    """Whether the smoothed loss at these steps (0-based) never falls by more than its noise: its
+    largest fall (from the highest point before a step down to that step) is at most FLAT_NOISE
+    standard deviations of the difference, or under FLAT_RELATIVE of the loss. The raw loss's
+    noise is estimated from the differences of consecutive steps (robust: a median, and blind to a
+    slow trend); the smoothed loss's from it with smoothing_noise."""
+    steps = list(steps)
+    if len(steps) < 3:
+        return False  # too short to tell; the suggestions say what little there is
+    values = np.asarray([smoothed[k] for k in steps], dtype=float)
+    peaks = np.maximum.accumulate(values)
+    low = int(np.argmax(peaks - values))
+    high = int(np.argmax(values[:low + 1]))
+    fall = values[high] - values[low]
+    diffs = np.diff(np.asarray(raw[steps[0]:steps[-1] + 1], dtype=float))
+    # the median absolute deviation times 1.4826 is a standard deviation (of normal noise); a
+    # difference of two steps carries the noise of both, sqrt(2) times one's
+    sd = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / math.sqrt(2)
+    noise = sd * math.hypot(smoothing_noise(steps[high] + 1), smoothing_noise(steps[low] + 1))
+    return fall <= max(FLAT_NOISE * noise, FLAT_RELATIVE * abs(values[high]))
 
 
 def lr_find(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_loss, n_rows: int, batch: int,
@@ -93,4 +133,6 @@ def lr_find(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_loss,
     # last five steps (the blow-up), as fastai does.
     finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
     keep = finite[len(finite) // 10:len(finite) - 5] if len(finite) > 20 else finite
-    return LRFindResult(lrs, smoothed, raw, stopped, suggest([lrs[i] for i in keep], [smoothed[i] for i in keep]))
+    flat = is_flat(raw, smoothed, keep)
+    return LRFindResult(lrs, smoothed, raw, stopped, suggest([lrs[i] for i in keep], [smoothed[i] for i in keep], flat),
+                        flat)

@@ -82,7 +82,10 @@ def lr_find_png(result, title: str) -> bytes:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss (smoothed)")
     for (name, lr), color in zip(result.suggestions.items(), ("#d62728", "#2ca02c", "#ff7f0e")):
-        ax.axvline(lr, color=color, linestyle="--", label=f"{name}: {lr:.2g}")
+        if lr is None:  # steep on a flat curve: named in the legend, with no line
+            ax.plot([], [], color=color, linestyle="--", label=f"{name}: none (flat curve)")
+        else:
+            ax.axvline(lr, color=color, linestyle="--", label=f"{name}: {lr:.2g}")
     if finite:
         values = [v for _, v in finite]
         ax.set_ylim(min(values) * 0.95, min(max(values), 4 * min(values)) * 1.05)
@@ -99,7 +102,9 @@ def schedule_png(plan, schedules, title: str) -> bytes:
 
     fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
     for name, (lrs, moms) in schedules.items():
-        steps = range(len(lrs))
+        # a long plan comes simulated in fewer steps (simulate_schedules' max_steps): stretch it back
+        stretch = plan.total_steps / max(1, len(lrs))
+        steps = [k * stretch for k in range(len(lrs))]
         ax_lr.plot(steps, lrs, label=name)
         ax_mom.plot(steps, moms, label=name)
     offset = 0

@@ -5,7 +5,9 @@ permutation and takes batches by index (no DataLoader, no sampling with replacem
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,48 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+# torch's threads wait for each other at the end of every operation, so an operation lasts as long
+# as its slowest thread: when another process holds a core, the thread that lost it stalls every
+# step. A small model's operations are too short for a second thread to gain much (bench/README.md,
+# "Threads": at most about 1.6 times on an idle 2-core machine, against 3.6 to 21 times slower
+# beside one busy process), so below SMALL_STEP multiply-adds a step the default is one thread.
+SMALL_STEP = 1 << 26
+TORCH_THREADS = torch.get_num_threads()  # torch's own default (one per core), before anything sets it
+
+
+def step_multiply_adds(spec: Spec, sizes: dict[str, int], batch: int) -> int:
+    """Multiply-adds of one forward step in the linear layers, batch x their weights (embedding
+    lookups and elementwise operations are small beside them)."""
+    from specc.expand import expand
+    from specc.plan import resolve
+    from specc.spec import Linear
+
+    model = expand(spec.model, sizes)
+    weights = sum(resolve(model.node(n.inputs[0]).shape[0], sizes) * resolve(n.op.out, sizes)
+                  for n in model.nodes if isinstance(n.op, Linear))
+    return batch * weights
+
+
+def default_threads(spec: Spec, prepared: Prepared) -> int:
+    """One thread for a small model (under SMALL_STEP multiply-adds a step, as every example spec
+    is), else torch's own default (one per core)."""
+    if step_multiply_adds(spec, model_sizes(spec, prepared), spec.data.batch) < SMALL_STEP:
+        return 1
+    return TORCH_THREADS
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch.set_num_threads(n) for the block, then the count from before (a sweep, or a caller
+    of train_run, keeps its own)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 
 class _DecoupledWeightDecay:
@@ -182,37 +226,62 @@ def evaluate(spec: Spec, model, columns: dict[str, torch.Tensor], target: torch.
     return values
 
 
-class Progress:
-    """The per-epoch table on stdout and a progress bar on stderr (only on a terminal)."""
+def duration(seconds: float) -> str:
+    """A time for people: `12.3 s`, `4 min 05 s`, `1 h 02 min`."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
-    def __init__(self, metrics: tuple[str, ...], out=None, err=None, bar: bool | None = None,
-                 stages: bool = False):
+
+class Progress:
+    """The per-epoch table, and on a terminal a line within a long epoch that is rewritten in
+    place (step, elapsed, eta, smoothed loss); nothing but the table when the output is a file or
+    a pipe, so that logs stay clean."""
+
+    LIVE_AFTER = 2.0  # seconds into an epoch before the line appears: a short epoch shows just its row
+    LIVE_EVERY = 0.25  # seconds between two updates at least
+
+    def __init__(self, metrics: tuple[str, ...], out=None, live: bool | None = None, stages: bool = False):
         self.out = out or sys.stdout
-        self.err = err or sys.stderr
         self.metrics = metrics
-        self.bar = self.err.isatty() if bar is None else bar
+        self.live = self.out.isatty() if live is None else live
         self.header_done = False
         self.stages = stages  # a column for the stage when the plan has several
         self.columns = ["stage"] * stages + ["epoch", "train_loss", "valid_loss", *metrics, "time"]
+        self._next = self.LIVE_AFTER  # seconds into the epoch of the next update
+        self._shown = 0  # length of the live line on the screen, 0 when there is none
 
     def header(self) -> None:
         print("  ".join(f"{c:<10}" for c in self.columns).rstrip(), file=self.out, flush=True)
         self.header_done = True
 
-    def step(self, epoch: int, done: int, total: int, smoothed: float | None, elapsed: float) -> None:
-        if not self.bar:
-            return
-        width = 30
-        filled = int(width * done / total)
-        loss = f" loss {smoothed:.4f}" if smoothed is not None else ""
-        eta = elapsed / max(done, 1) * (total - done)
-        self.err.write(f"\r  epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{loss}"
-                       f"  eta {eta:4.0f}s ")
-        self.err.flush()
+    def start_epoch(self) -> None:
+        """A new epoch: the live line waits LIVE_AFTER seconds again."""
+        self._next = self.LIVE_AFTER
+
+    def due(self, elapsed: float) -> bool:
+        """Whether the live line wants an update, `elapsed` seconds into the epoch."""
+        return self.live and elapsed >= self._next
+
+    def step(self, stage: str, epoch: int, done: int, total: int, smoothed: float, elapsed: float) -> None:
+        """Rewrite the live line: `done` of `total` steps taken in `elapsed` seconds."""
+        self._next = elapsed + self.LIVE_EVERY
+        eta = elapsed / done * (total - done) if done else 0.0
+        where = f"stage {stage}  epoch {epoch}" if self.stages else f"epoch {epoch}"
+        line = f"{where}  step {done}/{total}  {duration(elapsed)} elapsed  eta {duration(eta)}  loss {smoothed:.6f}"
+        line = line[:shutil.get_terminal_size().columns - 1]  # a line that wrapped could not be rewritten
+        self.out.write("\r" + line.ljust(self._shown))  # the padding covers a longer line before it
+        self.out.flush()
+        self._shown = len(line)
 
     def epoch(self, record: EpochRecord) -> None:
-        if self.bar:
-            self.err.write("\r" + " " * 79 + "\r")
+        if self._shown:  # the table's row takes the live line's place
+            self.out.write("\r" + " " * self._shown + "\r")
+            self._shown = 0
         if not self.header_done:
             self.header()
         mins, secs = divmod(int(round(record.seconds)), 60)
@@ -220,6 +289,12 @@ class Progress:
                  f"{record.epoch:<10}", f"{record.train_loss:<10.6f}", f"{record.valid_loss:<10.6f}",
                  *(f"{record.metrics[m]:<10.6f}" for m in self.metrics), f"{mins:02d}:{secs:02d}"]
         print("  ".join(cells), file=self.out, flush=True)
+
+
+def _fold(values: torch.Tensor, state: tuple[float, int]) -> tuple[float, tuple[float, int]]:
+    """The smoothed loss after `values` (the losses since the last look), from the EWMA `state`."""
+    smoothed, state = smooth(values.detach().double().cpu().numpy(), start=state)
+    return float(smoothed[-1]), state
 
 
 def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -248,7 +323,7 @@ def group_params(model, owners: dict[str, str], group: str) -> list:
 
 def load_group(model, groups: dict[str, str], init) -> None:
     """Copy a group's weights from an earlier run's model.safetensors, checking names and shapes."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from specc.diagnostics import Diagnostic, SpecError
 
@@ -257,8 +332,12 @@ def load_group(model, groups: dict[str, str], init) -> None:
     if not path.is_file():
         raise SpecError([Diagnostic("E207", f"no model.safetensors in {where}", init.span,
                                     ("train that run first: its run folder holds the weights",))])
-    with safe_open(str(path), framework="pt") as f:
-        saved = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:  # a damaged or cut-short file
+        raise SpecError([Diagnostic("E207", f"cannot read {path}: {err}", init.span,
+                                    ("train that run again, or init from another run",))]) from None
     state = model.state_dict()
     wanted = [k for k in state if groups.get(k.split(".")[0]) == init.group]
     problems = []
@@ -361,7 +440,6 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         history.step_lr = list(resume.history.get("step_lr", []))
         early, found_lrs = dict(resume.early), {**found_lrs, **resume.found_lrs}
         best_state = resume.best or None
-    bar_every = 64
     check_every = 64  # steps between looks at the loss for NaN (one host sync each)
     warned = False
     optimizer = scheduler = fast = None
@@ -447,6 +525,10 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                 losses, lrs = [], []  # detached loss tensors: no host synchronisation inside the epoch
             lr_now = lrs[0] if lrs else (fast[1] if fast else optimizer).param_groups[-1]["lr"]
             first_s = first_step if resuming and epoch == first_epoch else 0
+            # the live line's smoothed loss: the epoch's losses folded into the EWMA as they are shown
+            live, live_k, live_ewma = progress is not None and progress.live, 0, ewma
+            if live:
+                progress.start_epoch()
             if fast is not None:
                 dstep, _, shadow_sched, lr_host = fast
                 row = epoch * steps + first_s
@@ -459,6 +541,10 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                         done = s
                         break
                     dstep()  # queued: the host runs ahead of the device until the epoch's end
+                    if live and progress.due(time.perf_counter() - start):  # a few times a second at most
+                        shown, live_ewma = _fold(dstep.losses[live_k:s + 1], live_ewma)
+                        live_k = s + 1
+                        progress.step(stage.name, epoch, s + 1, steps, shown, time.perf_counter() - start)
                 lrs.extend(lr_host[row:row + done - first_s])
                 if shadow_sched is not None:  # the host's copy of the schedule, for checkpoints
                     for _ in range(done - first_s):
@@ -494,8 +580,10 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                             print(f"specc: warning: the loss became NaN or infinite in stage '{stage.name}', epoch "
                                   f"{epoch}, step {first} (lr {lrs[first]:.3g}); going on because stop_on_nan = false",
                                   file=sys.stderr)
-                    if progress is not None and progress.bar and s % bar_every == bar_every - 1:
-                        progress.step(epoch, s + 1, steps, float(losses[-1]), time.perf_counter() - start)
+                    if live and progress.due(time.perf_counter() - start):  # a few times a second at most
+                        shown, live_ewma = _fold(torch.stack(losses[live_k:]), live_ewma)
+                        live_k = len(losses)
+                        progress.step(stage.name, epoch, s + 1, steps, shown, time.perf_counter() - start)
             raw = _stacked(losses).double().cpu().numpy()
             smoothed, ewma = smooth(raw, start=ewma)
             scores = evaluate(spec, model, valid_t, valid_t[target])
@@ -598,16 +686,23 @@ class TrainingDiverged(Exception):
                          f"(lr {lr:.3g}); try a smaller learning rate, or set stop_on_nan = false to go on")
 
 
-def simulate_schedules(spec: Spec, plan: TrainPlan) -> dict[str, tuple[list, list]]:
+def simulate_schedules(spec: Spec, plan: TrainPlan, max_steps: int | None = None) -> dict[str, tuple[list, list]]:
     """Each group's learning rate and momentum at every step of every stage, from torch's own
     schedulers (specc.fastpath.schedule_tables): what training will do, before any training.
-    A frozen group's rate is 0; a rate lr-find will pick is drawn at 1e-3 (a placeholder)."""
+    A frozen group's rate is 0; a rate lr-find will pick is drawn at 1e-3 (a placeholder).
+    With `max_steps`, a longer plan is simulated with every stage shortened in proportion (the
+    one-cycle shape depends on the fraction of steps, not their number): enough to draw it."""
     from specc.fastpath import schedule_tables
 
+    shrink = 1.0 if max_steps is None or plan.total_steps <= max_steps else max_steps / plan.total_steps
     out = {g.name: ([], []) for g in plan.groups}
     for stage in plan.stages:
         live = [(g, lr) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
         total = plan.steps_per_epoch * stage.epochs
+        if shrink < 1.0:
+            total = max(2, round(total * shrink))
+            pct = getattr(stage.fit, "pct_start", 0.0)
+            total += float(pct * total) - 1 == 0  # a one-step warm-up, which OneCycleLR cannot schedule
         lr, mom = schedule_tables(stage.fit, spec.train.optimizer, [1e-3 if r != r else r for _, r in live], total,
                                   "cpu")
         index = {g.name: k for k, (g, _) in enumerate(live)}

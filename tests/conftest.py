@@ -42,6 +42,35 @@ def collab_spec(tmp: Path, *, data="ratings.csv", batch=32, optimizer="adam(beta
     return path
 
 
+MNIST = """\
+data {{
+    source = npz("{data}")
+    inputs = [x: float(784) / 255]
+    target = y: category
+    batch  = {batch}{rows}
+}}
+model {{
+    h   = x |> {body}
+    out = h |> linear(classes)
+}}
+train {{
+    loss      = cross_entropy
+    optimizer = adam()
+    {fit}
+}}
+"""
+
+
+def mnist_spec(tmp: Path, *, body="linear(16) |> relu", batch=64, train_rows=None,
+               fit="fit_one_cycle(epochs=1, lr=1e-3)", name="mnist") -> Path:
+    """A spec over the MNIST sample that ships in specs/data: 784 pixels -> `body` -> classes."""
+    path = tmp / f"{name}.spec"
+    rows = f"\n    train_rows = {train_rows}" if train_rows is not None else ""
+    path.write_text(MNIST.format(data=ROOT / "specs" / "data" / "mnist_sample.npz", batch=batch, rows=rows,
+                                 body=body, fit=fit))
+    return path
+
+
 @pytest.fixture(scope="session")
 def ratings_dir(tmp_path_factory) -> Path:
     """A small generated ratings set (60 users, 80 items, 3,000 ratings) and item titles."""

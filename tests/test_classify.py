@@ -172,8 +172,9 @@ def test_divergence_stops_with_the_place_and_keeps_a_checkpoint(tiny, tmp_path, 
     weights = load_file(run / "model.safetensors")  # the initial weights: the last good checkpoint
     assert np.isfinite(weights["u.weight"]).all()
     sets.append("train.stop_on_nan=false")
-    # going on is allowed; the NaN weights are then not exported
-    assert main(["train", str(tiny), "--out", str(run), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 1
+    # going on is allowed; the NaN weights are then not exported (--force: the failed run is replaced)
+    assert main(["train", str(tiny), "--out", str(run), "--quiet", "--force",
+                 *[a for s in sets for a in ("--set", s)]]) == 1
     err = capsys.readouterr().err
     assert "going on because stop_on_nan = false" in err
     assert "specc: export failed: the trained weights hold NaN or infinite values, so no model.onnx was written" in err
@@ -217,7 +218,7 @@ def test_fixed_output_width_must_match_the_classes(tmp_path, small_npz):
 def test_show_data_and_predict_npz(tmp_path, small_npz, capsys, monkeypatch):
     path = _spec(tmp_path, small_npz, epochs=1)
     monkeypatch.chdir(tmp_path)
-    assert main(["show", str(path), "--stage", "data"]) == 0
+    assert main(["show", str(path), "--stage", "data", "--png", "digits_data.png"]) == 0
     out = capsys.readouterr().out
     assert "600 training and 200 validation rows" in out and "x: float, rows of shape (784,)" in out
     assert (tmp_path / "digits_data.png").read_bytes()[:4] == b"\x89PNG"

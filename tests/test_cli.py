@@ -125,7 +125,17 @@ def test_unwritable_run_folder_fails_before_training(tiny, tmp_path, capsys):
     assert err.startswith(f"specc: error: cannot write the run folder {blocker / 'run'}")
 
 
-def test_example_specs_check(capsys):
-    for spec in sorted((ROOT / "specs").glob("*.spec")):
+def test_example_specs_check(tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "specs"  # a copy, so that the run finetune.spec starts from goes beside it
+    shutil.copytree(ROOT / "specs", copy)
+    # an example that starts from another example's run says so, at its init line, until that run exists
+    assert main(["check", str(copy / "finetune.spec")]) == 1
+    err = capsys.readouterr().err
+    assert f"finetune.spec:26:1: error[E207]: no model.safetensors in {tmp_path / 'runs' / 'finetune_pretrain'}" in err
+    assert main(["train", str(copy / "finetune_pretrain.spec"), "--quiet", "--set", "train.fit.epochs=1",
+                 "--out", str(tmp_path / "runs" / "finetune_pretrain")]) == 0
+    for spec in sorted(copy.glob("*.spec")):
         assert main(["check", str(spec)]) == 0, spec
     capsys.readouterr()

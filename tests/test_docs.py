@@ -1,5 +1,6 @@
 """The language reference cannot drift: every `spec` example in the docs parses and checks, and
-every function, argument, setting, loss, metric and optimizer of the checker appears in one."""
+every function, argument, setting, loss, metric and optimizer of the checker appears in one; every
+setting and statement has its row in its block's table, and no table row stands outside a table."""
 
 import re
 
@@ -81,5 +82,45 @@ def test_every_feature_has_an_example(tmp_path):
                         if not p.required and f"{func}.{p.name}" not in used["keywords"]]
     missing += [s for s in DATA_SETTINGS + TRAIN_SETTINGS if s not in used["settings"]]
     missing += [n for n in (*LOSSES, *METRICS, *PROCS, "true", "false", "classes", "find", "group", "stage",
-                            "freeze", "unfreeze", "init") if n not in used["names"]]
+                            "freeze", "unfreeze", "init", "params") if n not in used["names"]]
     assert missing == []
+
+
+def _prose_lines(text):
+    """The lines of a markdown file outside ``` fences, with their line numbers."""
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            yield number, line
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
+def test_no_stray_table_rows(doc):
+    # A table row must follow a row or open a table (a header with its `| --- |` line below).
+    lines = dict(_prose_lines(doc.read_text()))
+    stray = [f"{doc.name}:{n}: {line}" for n, line in lines.items()
+             if line.startswith("|") and not lines.get(n - 1, "").startswith("|")
+             and not re.fullmatch(r"\|( *:?-+:? *\|)+", lines.get(n + 1, ""))]
+    assert stray == []
+
+
+def _table_after(text, heading):
+    """The rows of the first table after a heading, each a list of its cells."""
+    section = text[text.index(heading):]
+    rows = re.search(r"((?:^\|.*\n)+)", section, re.M).group(1).splitlines()[2:]
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+
+
+def test_every_setting_and_statement_has_a_row_in_its_blocks_table():
+    text = (ROOT / "docs" / "language.md").read_text()
+    data = [row[0] for row in _table_after(text, "## The data block")]
+    train = {row[0]: row for row in _table_after(text, "## The train block")}
+    assert [s for s in DATA_SETTINGS if f"`{s}`" not in data] == []
+    assert [s for s in TRAIN_SETTINGS if f"`{s}`" not in train] == []
+    # The fit statements share one row; each other statement of a stage (early_stop) has its own.
+    assert "a fit statement" in train
+    assert [f for f in SIGNATURES["fit"] if f"`{f}(" not in train["a fit statement"][1]] == []
+    statements = list(SIGNATURES["stage"])
+    assert statements and [s for s in statements if not any(k.startswith(f"`{s}(") for k in train)] == []

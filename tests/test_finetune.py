@@ -166,7 +166,7 @@ def test_lr_find_in_a_stage_is_recorded_and_replayed(tmp_path, digits, capsys):
     found = json.loads((run / "lr_find.json").read_text())
     assert set(found) == {"only"} and found["only"] > 0
     assert (run / "lr_find_only.png").is_file() and (run / "lr_find_only.csv").is_file()
-    assert main(["train", str(path), "--out", str(run)]) == 0
+    assert main(["train", str(path), "--out", str(run), "--force"]) == 0  # the same spec, replaced
     assert "lr-find suggests" not in capsys.readouterr().out  # the recorded rate is used again
 
 
@@ -214,7 +214,7 @@ def test_sweep_trains_each_variant_and_ranks_them(tmp_path, digits, capsys):
 
 def test_show_plan_draws_the_schedule(tmp_path, digits, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["show", str(_spec(tmp_path, digits)), "--stage", "plan"]) == 0
+    assert main(["show", str(_spec(tmp_path, digits)), "--stage", "plan", "--png", "ft_plan.png"]) == 0
     out = capsys.readouterr().out
     body, middle, head = 784 * 32 + 32 + 2 * 32, 32 * 16 + 16, 16 * 10 + 10
     assert f"stage head: {head:,} trainable, {body + middle:,} frozen parameters" in out
