@@ -133,33 +133,10 @@ class _Checker:
 
     def number(self, expr: ast.Expr, what: str) -> float | None:
         """A constant number (literals, unary minus, + - * / of constants)."""
-        if isinstance(expr, ast.Number):
-            if isinstance(expr.value, float) and not math.isfinite(expr.value):
-                self.error("E302", f"{what}: the number {_short(expr.text)} is too large", expr.span,
-                           ["numbers go up to about 1.8e308"])
-                return None
-            return expr.value
-        if isinstance(expr, ast.Neg):
-            inner = self.number(expr.operand, what)
-            return None if inner is None else -inner
-        if isinstance(expr, ast.BinOp):
-            left, right = self.number(expr.left, what), self.number(expr.right, what)
-            if left is None or right is None:
-                return None
-            if expr.op == "/" and right == 0:
-                self.error("E302", "division by zero", expr.span)
-                return None
-            try:
-                value = params.ARITHMETIC[expr.op](left, right)
-                finite = math.isfinite(value)
-            except OverflowError:  # whole numbers beyond float range
-                finite = False
-            if not finite:
-                self.error("E302", f"{what}: {_short(_show(expr))} is too large", expr.span, ["numbers go up to about 1.8e308"])
-                return None
-            return value
-        self.error("E301", f"{what}: expected a number, found {_kind(expr)}", expr.span)
-        return None
+        def not_a_number(other: ast.Expr) -> None:
+            self.error("E301", f"{what}: expected a number, found {_kind(other)}", other.span)
+
+        return params.fold_number(expr, what, self.errors, not_a_number)
 
     def real(self, expr: ast.Expr, what: str, low: float | None = None, high: float | None = None,
              low_open: bool = False, high_open: bool = False) -> float | None:
@@ -1304,11 +1281,6 @@ def _fmt(value: float) -> str:
 def _show(expr: ast.Expr) -> str:
     """The expression as the user wrote it."""
     return expr.span.text
-
-
-def _short(text: str) -> str:
-    """A number or expression as written, cut short when it is very long."""
-    return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} characters)"
 
 
 def _params_text(params: tuple[Param, ...]) -> str:

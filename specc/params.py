@@ -14,6 +14,7 @@ from specc.diagnostics import Diagnostic, suggest
 from specc.source import Span
 
 BLOCK = "params"
+TOO_LARGE = "numbers go up to about 1.8e308"
 WHAT_A_PARAM_IS = ("a param is a constant: a number, a string, true or false, a tuple or list of them, "
                    "or a call of them such as slice(1e-4, 1e-3)")
 
@@ -28,9 +29,7 @@ class NamedValue:
 
     name: str
     value: object  # int, float, str, bool, a tuple of them, or Written
-    text: str  # the value as written
     overridden: bool  # given by --set
-    span: Span = field(compare=False, repr=False)
 
 
 @dataclass
@@ -79,16 +78,17 @@ def resolve(blocks: dict[str, ast.Block], reserved: frozenset[str], spec_source)
         before = len(result.errors)
         exprs[name] = _constant(stmt.value, exprs, later, result.errors)
         if len(result.errors) == before:
-            _arithmetic(exprs[name], result.errors)
+            fold_number(exprs[name], "", result.errors)
         if len(result.errors) != before:
             result.failed.add(name)
+    folded = {name: _fold(expr) for name, expr in exprs.items()}
+    notes = {name: _note(name, folded[name], defs[name], spec_source) for name in exprs}
     used: set[str] = set()
-    result.blocks = {k: _substitute(b, exprs, used, result.uses, defs, spec_source) for k, b in others.items()}
+    result.blocks = {k: _substitute(b, exprs, notes, used, result.uses) for k, b in others.items()}
     values = []
-    for name, expr in exprs.items():
+    for name in exprs:
         stmt = defs[name]
-        overridden = stmt.value.span.source is not spec_source
-        values.append(NamedValue(name, _fold(expr), stmt.value.span.text.strip(), overridden, stmt.target.span))
+        values.append(NamedValue(name, folded[name], stmt.value.span.source is not spec_source))
         if name not in used:
             result.warnings.append(Diagnostic("W202", f"param '{name}' is not used", stmt.target.span,
                                               severity="warning"))
@@ -122,10 +122,6 @@ def declared_names(blocks: dict[str, ast.Block]) -> dict[str, str]:
 
 def _constant(expr: ast.Expr, known: dict[str, ast.Expr], later: dict[str, int], errors: list) -> ast.Expr:
     """A param's value with earlier params substituted; reports what a constant may not hold."""
-    if isinstance(expr, ast.Number) and isinstance(expr.value, float) and not math.isfinite(expr.value):
-        errors.append(Diagnostic("E302", f"the number {_short(expr.text)} is too large", expr.span,
-                                 ("numbers go up to about 1.8e308",)))
-        return expr
     if isinstance(expr, (ast.Number, ast.String)):
         return expr
     if isinstance(expr, ast.Name):
@@ -158,17 +154,25 @@ def _constant(expr: ast.Expr, known: dict[str, ast.Expr], later: dict[str, int],
     return expr
 
 
-def _arithmetic(expr: ast.Expr, errors: list):
-    """The value of constant arithmetic, reporting a division by zero or an overflow; None where
-    the expression is not a number (or an error was reported)."""
+def fold_number(expr: ast.Expr, what: str, errors: list, other=None):
+    """The value of constant arithmetic (literals, unary minus, + - * /), or None after reporting
+    a number beyond float range, a division by zero or an overflow into `errors`. Anything else
+    is handed to `other` (which may report it) and gives None. `what` prefixes the messages."""
+    prefix = f"{what}: " if what else ""
     if isinstance(expr, ast.Number):
+        if isinstance(expr.value, float) and not math.isfinite(expr.value):
+            errors.append(Diagnostic("E302", f"{prefix}the number {short(expr.text)} is too large", expr.span,
+                                     (TOO_LARGE,)))
+            return None
         return expr.value
     if isinstance(expr, ast.Neg):
-        inner = _arithmetic(expr.operand, errors)
+        inner = fold_number(expr.operand, what, errors, other)
         return None if inner is None else -inner
     if not isinstance(expr, ast.BinOp):
+        if other is not None:
+            other(expr)
         return None
-    left, right = _arithmetic(expr.left, errors), _arithmetic(expr.right, errors)
+    left, right = fold_number(expr.left, what, errors, other), fold_number(expr.right, what, errors, other)
     if left is None or right is None:
         return None
     if expr.op == "/" and right == 0:
@@ -177,11 +181,10 @@ def _arithmetic(expr: ast.Expr, errors: list):
     try:
         value = ARITHMETIC[expr.op](left, right)
         finite = math.isfinite(value)
-    except OverflowError:
+    except OverflowError:  # whole numbers beyond float range
         finite = False
     if not finite:
-        errors.append(Diagnostic("E302", f"{_short(expr.span.text)} is too large", expr.span,
-                                 ("numbers go up to about 1.8e308",)))
+        errors.append(Diagnostic("E302", f"{prefix}{short(expr.span.text)} is too large", expr.span, (TOO_LARGE,)))
         return None
     return value
 
@@ -202,21 +205,23 @@ _NOT_VALUES = {(ast.Typed, "name"), (ast.Typed, "type"), (ast.Call, "func"), (as
                (ast.Assign, "target"), (ast.Section, "kind"), (ast.Section, "name"), (ast.Block, "name")}
 
 
-def _substitute(node, exprs: dict[str, ast.Expr], used: set[str], uses: dict, defs: dict, spec_source):
+def _note(name: str, value, stmt: ast.Assign, spec_source) -> str:
+    """What an error where the param is used says of it: `'n_factors' is 0 (--set)`."""
+    text = short(stmt.value.span.text.strip())
+    where = f"params, line {stmt.target.span.line}" if stmt.value.span.source is spec_source else "--set"
+    shown = short(show_value(value))
+    return f"'{name}' is {shown}" + (f" ({text}; {where})" if shown != text else f" ({where})")
+
+
+def _substitute(node, exprs: dict[str, ast.Expr], notes: dict[str, str], used: set[str], uses: dict):
     """A copy of a block with every name of a param, where a value stands, replaced by its value."""
     if isinstance(node, tuple):
-        return tuple(_substitute(n, exprs, used, uses, defs, spec_source) for n in node)
+        return tuple(_substitute(n, exprs, notes, used, uses) for n in node)
     if isinstance(node, ast.Name):
         if node.id not in exprs:
             return node
         used.add(node.id)
-        stmt = defs[node.id]
-        text = _short(stmt.value.span.text.strip())
-        where = f"params, line {stmt.target.span.line}" if stmt.value.span.source is spec_source else "--set"
-        value = _fold(exprs[node.id])
-        shown = _short(show_value(value))
-        uses[(node.span.source.path, node.span.start, node.span.end)] = \
-            (node.id, f"'{node.id}' is {shown}" + (f" ({text}; {where})" if shown != text else f" ({where})"))
+        uses[(node.span.source.path, node.span.start, node.span.end)] = (node.id, notes[node.id])
         return _respan(exprs[node.id], node.span)
     if isinstance(node, ast.Command) or not hasattr(node, "__dataclass_fields__"):
         return node
@@ -224,12 +229,13 @@ def _substitute(node, exprs: dict[str, ast.Expr], used: set[str], uses: dict, de
     for name in node.__dataclass_fields__:
         value = getattr(node, name)
         if name != "span" and (type(node), name) not in _NOT_VALUES:
-            value = _substitute(value, exprs, used, uses, defs, spec_source)
+            value = _substitute(value, exprs, notes, used, uses)
         values[name] = value
     return type(node)(**values)
 
 
-def _short(text: str) -> str:
+def short(text: str) -> str:
+    """A number or expression as written, cut short when it is very long."""
     return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} characters)"
 
 
@@ -253,25 +259,13 @@ ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": oper
 
 def _fold(expr: ast.Expr):
     """The Python value of a constant: numbers folded, strings, booleans, tuples; a call as Written."""
-    if isinstance(expr, ast.Number):
-        return expr.value
-    if isinstance(expr, ast.String):
+    if isinstance(expr, (ast.Number, ast.String)):
         return expr.value
     if isinstance(expr, ast.Name):
         return expr.id == "true"
-    if isinstance(expr, ast.Neg):
-        inner = _fold(expr.operand)
-        return -inner if isinstance(inner, (int, float)) and not isinstance(inner, bool) else Written(expr.span.text)
-    if isinstance(expr, ast.BinOp):
-        left, right = _fold(expr.left), _fold(expr.right)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
-        if not numbers or (expr.op == "/" and right == 0):
-            return Written(expr.span.text)
-        try:
-            value = ARITHMETIC[expr.op](left, right)
-        except OverflowError:
-            return Written(expr.span.text)
-        return value
+    if isinstance(expr, (ast.Neg, ast.BinOp)):
+        value = fold_number(expr, "", [])  # its errors are reported where the param is defined
+        return Written(expr.span.text) if value is None else value
     if isinstance(expr, (ast.TupleExpr, ast.ListExpr)):
         return tuple(_fold(i) for i in expr.items)
     return Written(expr.span.text)
