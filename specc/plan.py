@@ -106,13 +106,18 @@ def check_data_fits(spec: Spec, sizes: dict[str, int]) -> None:
             "classes in the data", out.span, ("write linear(classes) to size it from the data",))])
 
 
-def trainable_errors(spec: Spec, sizes: dict[str, int], counts: dict[str, int], n_train: int) -> list[Diagnostic]:
+def one_step_warmup(fit, total_steps: int) -> bool:
+    """Whether a one-cycle schedule warms up over exactly one step, which torch's OneCycleLR cannot
+    schedule: it divides by (warm-up steps - 1)."""
+    return isinstance(fit, FitOneCycle) and float(fit.pct_start * total_steps) - 1 == 0
+
+
+def trainable_errors(spec: Spec, model, counts: dict[str, int], n_train: int, steps: int) -> list[Diagnostic]:
     """What the data's size decides and torch would otherwise fail on part-way: batchnorm on
-    one-row batches, a one-cycle warm-up torch cannot schedule, a model too large for memory."""
+    one-row batches, a one-cycle warm-up torch cannot schedule, a model too large for memory.
+    `model`: the spec's model expanded into primitives."""
     errors = []
     rows = min(spec.data.batch, n_train)  # the last incomplete batch is dropped (see make_plan)
-    steps = max(1, n_train // spec.data.batch)
-    model = expand(spec.model, sizes)
     if rows < 2:
         normed = [n for n in spec.model.nodes if isinstance(n.op, (BatchNorm, Tabular))]
         if normed and any(isinstance(n.op, BatchNorm) for n in model.nodes):
@@ -123,8 +128,7 @@ def trainable_errors(spec: Spec, sizes: dict[str, int], counts: dict[str, int], 
                  "training rows",)))
     for stage in spec.train.stages:
         fit = stage.fit
-        if isinstance(fit, FitOneCycle) and float(fit.pct_start * steps * fit.epochs) - 1 == 0:
-            # torch's OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step fails
+        if one_step_warmup(fit, steps * fit.epochs):
             errors.append(Diagnostic(
                 "E305", f"fit_one_cycle: pct_start={fit.pct_start:g} of {steps * fit.epochs} steps is a warm-up "
                 "of exactly one step, which torch's OneCycleLR cannot schedule", fit.span,
@@ -136,9 +140,9 @@ def trainable_errors(spec: Spec, sizes: dict[str, int], counts: dict[str, int], 
     return errors
 
 
-def weight_shapes(spec: Spec, sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
-    """The shape of every weight and bias the lowered model will have, by state-dict key."""
-    model = expand(spec.model, sizes)
+def weight_shapes(model, sizes: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight and bias the lowered model (`model` expanded) will have, by
+    state-dict key."""
     width = {n.name: n.shape for n in model.nodes}
     shapes = {}
     for node in model.nodes:
@@ -154,14 +158,14 @@ def weight_shapes(spec: Spec, sizes: dict[str, int]) -> dict[str, tuple[int, ...
     return shapes
 
 
-def init_errors(spec: Spec, sizes: dict[str, int]) -> list[Diagnostic]:
+def init_errors(spec: Spec, model, sizes: dict[str, int]) -> list[Diagnostic]:
     """Each `init GROUP from "RUN"`: the run's model.safetensors is there, whole, and holds the
-    group's weights in the shapes they have here. Reported at the init line (E207)."""
+    group's weights in the shapes they have here. Reported at the init line (E207). `model`: the
+    spec's model expanded into primitives."""
     from specc.weights_header import BadWeights, read_header
 
     errors = []
-    model = expand(spec.model, sizes) if spec.inits else None
-    shapes = weight_shapes(spec, sizes) if spec.inits else {}
+    shapes = weight_shapes(model, sizes) if spec.inits else {}
     for init in spec.inits:
         path = init.run / "model.safetensors"
         if not path.exists():
@@ -259,12 +263,15 @@ def make_plan(spec: Spec, prepared) -> TrainPlan:
     sizes = model_sizes(spec, prepared)
     check_data_fits(spec, sizes)
     n_train, n_valid = prepared.n_train, prepared.n_valid
+    # As fastai does, the last incomplete batch of an epoch is dropped: batchnorm cannot train on a
+    # batch of one, and each epoch's new permutation still shows every row over the epochs.
+    steps = max(1, n_train // spec.data.batch)
     counts = module_params(spec, sizes)
-    errors = trainable_errors(spec, sizes, counts, n_train) + init_errors(spec, sizes)
+    model = expand(spec.model, sizes)
+    errors = trainable_errors(spec, model, counts, n_train, steps) + init_errors(spec, model, sizes)
     if errors:
         raise SpecError(sorted(errors, key=lambda d: (d.span is None, d.span is not None and d.span.source is not
                                                       spec.source, d.span.start if d.span else 0)))
-    model = expand(spec.model, sizes)
     groups = []
     for name in spec.model.groups:
         modules = tuple(n.name for n in model.nodes if n.group == name and n.name in counts)
@@ -275,9 +282,6 @@ def make_plan(spec: Spec, prepared) -> TrainPlan:
         stages.append(StagePlan(stage.name, stage.fit,
                                 tuple(None if g.name in stage.frozen else lr for g, lr in zip(groups, lrs)),
                                 stage.early_stop))
-    # As fastai does, the last incomplete batch of an epoch is dropped: batchnorm cannot train on a
-    # batch of one, and each epoch's new permutation still shows every row over the epochs.
-    steps = max(1, n_train // spec.data.batch)
     return TrainPlan(tuple(groups), tuple(stages), spec.data.batch, n_train, n_valid, steps)
 
 

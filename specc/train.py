@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from specc.data.prepare import Prepared
 from specc.lower import lower
-from specc.plan import TrainPlan, model_sizes
+from specc.plan import TrainPlan, model_sizes, one_step_warmup
 from specc.spec import FLOAT, SGD, Adam, Fit, FitOneCycle, RMSProp, Spec
 
 SMOOTH_BETA = 0.98  # the seed's exponentially weighted moving average of the loss
@@ -701,8 +701,7 @@ def simulate_schedules(spec: Spec, plan: TrainPlan, max_steps: int | None = None
         total = plan.steps_per_epoch * stage.epochs
         if shrink < 1.0:
             total = max(2, round(total * shrink))
-            pct = getattr(stage.fit, "pct_start", 0.0)
-            total += float(pct * total) - 1 == 0  # a one-step warm-up, which OneCycleLR cannot schedule
+            total += one_step_warmup(stage.fit, total)  # which OneCycleLR cannot schedule: one step more
         lr, mom = schedule_tables(stage.fit, spec.train.optimizer, [1e-3 if r != r else r for _, r in live], total,
                                   "cpu")
         index = {g.name: k for k, (g, _) in enumerate(live)}
