@@ -214,7 +214,7 @@ def check_fits(path, state: TrainState, spec, prepared, plan, device) -> None:
     than as a crash inside torch."""
     from specc.lower import lower
     from specc.plan import model_sizes
-    from specc.train import group_params, module_groups
+    from specc.train import module_groups, stage_groups
 
     def bad(what: str):
         raise DataError(str(path), f"{what}; the run cannot go on from it", code="D120")
@@ -249,10 +249,7 @@ def check_fits(path, state: TrainState, spec, prepared, plan, device) -> None:
                     "run started?)")
     if state.optimizer["param_groups"] and state.stage < len(stages):
         # the stage's trainable parameters in the optimizer's order, as specc.train.train makes them
-        owners = module_groups(model)
-        params = [[p for p in group_params(model, owners, g.name)]
-                  for g, lr in zip(plan.groups, stages[state.stage].lrs) if lr is not None]
-        params = [ps for ps in params if ps]
+        params = [ps for ps, _ in stage_groups(model, module_groups(model), plan, stages[state.stage])]
         saved = state.optimizer["param_groups"]
         if [len(g["params"]) for g in saved] != [len(ps) for ps in params]:
             bad("its optimizer's parameter groups are not this stage's")

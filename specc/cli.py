@@ -227,6 +227,9 @@ def _train(args) -> int:
     from specc.runfolder import RunFinished, WriteError
     from specc.train import Interrupted
 
+    sets = "".join(f" --set '{s}'" for s in args.sets)
+    resume_command = f"specc train {args.spec}{sets} --resume {out}"  # what the messages below suggest
+
     try:
         if args.device_step:
             from specc.fastpath import applies
@@ -248,15 +251,12 @@ def _train(args) -> int:
         # the hint only for this command's own run, stopped with a checkpoint to go on from
         run = inspect_folder(Path(out))
         ours = run.resumable and run.status in ("running", "failed") and run.record.get("pid") == os.getpid()
-        sets = "".join(f" --set '{s}'" for s in args.sets)
-        again = f"; once it can be written, go on with: specc train {args.spec}{sets} --resume {out}" if ours else ""
+        again = f"; once it can be written, go on with: {resume_command}" if ours else ""
         print(f"specc: error: {err}{again}", file=sys.stderr)
         return 2
     except Interrupted as stopped:
-        sets = "".join(f" --set '{s}'" for s in args.sets)
         print(f"\nspecc: interrupted in epoch {stopped.state.epoch} before step {stopped.state.step}; the "
-              f"checkpoint is in {out}/. Go on with: specc train {args.spec}{sets} --resume {out}",
-              file=sys.stderr)
+              f"checkpoint is in {out}/. Go on with: {resume_command}", file=sys.stderr)
         return 130
     except TrainingDiverged as err:
         print(f"specc: training stopped: {err}; the last good checkpoint is in {out}/", file=sys.stderr)
@@ -273,13 +273,13 @@ def _lr_find(args) -> int:
     import torch
 
     from specc.data.prepare import prepare
-    from specc.lrfind import lr_find
+    from specc.lrfind import FLAT_NOTE, lr_find, shown
     from specc.plan import make_plan
     from specc.run import load_spec, write_lr_find
     from specc.runfolder import RunFolder
     from specc.train import (
-        _predict_column, build_model, default_threads, group_params, loss_fn, make_optimizer, module_groups,
-        pick_device, to_tensors, torch_threads,
+        _predict_column, build_model, default_threads, loss_fn, make_optimizer, module_groups, pick_device,
+        stage_groups, to_tensors, torch_threads,
     )
 
     spec, warnings = load_spec(args.spec, args.sets)
@@ -297,8 +297,7 @@ def _lr_find(args) -> int:
     model = build_model(spec, prepared).to(device).train()
     owners = module_groups(model)
     stage = plan.stages[0]  # the first stage's frozen groups stay frozen
-    groups = [(group_params(model, owners, g.name), 1e-3) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
-    groups = [(ps, lr) for ps, lr in groups if ps]
+    groups = [(ps, 1e-3) for ps, _ in stage_groups(model, owners, plan, stage)]
     params = [p for ps, _ in groups for p in ps]
     optimizer = make_optimizer(spec.train.optimizer, groups)
     tensors = to_tensors(prepared.train, device)
@@ -320,10 +319,8 @@ def _lr_find(args) -> int:
     print(f"lr-find on {spec.name}: {len(result.lrs)} steps from {args.start:g}"
           f"{' (stopped: the loss ran away)' if result.stopped_early else ''} in {seconds:.2f} s")
     for name, lr in result.suggestions.items():
-        print(f"  {name:<11} {'none (flat curve)' if lr is None else f'{lr:.3g}'}")
+        print(f"  {name:<11} {shown(lr)}")
     if result.flat:
-        from specc.lrfind import FLAT_NOTE
-
         print(f"  note: {FLAT_NOTE}; a wider range (--start, --end), more --steps or a larger batch may show one")
     print(f"wrote {folder.path}/lr_find.csv and lr_find.png")
     return 0

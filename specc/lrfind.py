@@ -30,8 +30,12 @@ class LRFindResult:
 
     def describe(self, leave_out: tuple[str, ...] = ()) -> str:
         """The suggestions in one line, e.g. `steep 0.0123, minimum/10 0.0457, valley 0.00912`."""
-        return ", ".join(f"{name} {'none (flat curve)' if lr is None else f'{lr:.3g}'}"
-                         for name, lr in self.suggestions.items() if name not in leave_out)
+        return ", ".join(f"{name} {shown(lr)}" for name, lr in self.suggestions.items() if name not in leave_out)
+
+
+def shown(lr: float | None) -> str:
+    """A suggestion as printed: the rate, or why there is none."""
+    return "none (flat curve)" if lr is None else f"{lr:.3g}"
 
 
 def valley(lrs, losses) -> float:

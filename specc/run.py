@@ -14,7 +14,7 @@ from specc import overrides as _overrides
 from specc.check import check
 from specc.diagnostics import Diagnostic, SpecError
 from specc.parse import parse, read_source
-from specc.runfolder import RunFinished, RunFolder
+from specc.runfolder import CHECKPOINT, RunFinished, RunFolder
 from specc.spec import Embedding, Spec
 
 
@@ -61,7 +61,6 @@ class RunResult:
     seconds: float
 
 
-CHECKPOINT = "checkpoint.safetensors"
 LR_FIND = "lr_find.json"
 
 

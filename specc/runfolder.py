@@ -220,9 +220,10 @@ class RunFolder:
     def contents(self) -> Contents:
         return inspect_folder(self.path)
 
-    def refusal(self, force: bool = False) -> str | None:
-        """Why `specc train` must not start a new run here (None: it may), as a one-line message."""
-        c = self.contents()
+    def refusal(self, force: bool = False, c: Contents | None = None) -> str | None:
+        """Why `specc train` must not start a new run here (None: it may), as a one-line message.
+        `c`: what the folder holds, when the caller has already looked."""
+        c = c or self.contents()
         if c.status is not None:
             if force:
                 return None
@@ -244,10 +245,10 @@ class RunFolder:
         if self._lock is None:
             raise RuntimeError("RunFolder.begin needs the lock")  # a caller's mistake
         if not resume:
-            why = self.refusal(force)
+            c = self.contents()
+            why = self.refusal(force, c)
             if why is not None:
                 raise UsageError(why)
-            c = self.contents()
             if c.status is not None:
                 self._clear(c, spec_text, sets)
         self.record = {"status": "running", "spec": spec_name, "overrides": list(sets), "pid": os.getpid(),
@@ -257,8 +258,7 @@ class RunFolder:
     def _clear(self, c: Contents, spec_text: str, sets: list[str]) -> None:
         """--force: remove the previous run's files (never the user's). Its lr-find results stay
         when it ran this same spec with the same --set values: a rerun then takes the same rates."""
-        same = c.record.get("overrides") == list(sets) and self._read_spec() == spec_text
-        doomed = list(c.run_files) + ([] if same else list(c.lr_find))
+        doomed = list(c.run_files) + ([] if self._same(c, spec_text, sets) else list(c.lr_find))
         doomed += [e.name for e in os.scandir(self.path) if _is_temp(e.name)]
         for name in doomed:
             try:
@@ -277,10 +277,9 @@ class RunFolder:
         except (OSError, UnicodeDecodeError):
             return None
 
-    def same_run(self, spec_text: str, sets: list[str]) -> bool:
-        """Whether the folder's run (if any) is of this spec text with these --set values."""
-        c = self.contents()
-        return c.status is None or (c.record.get("overrides") == list(sets) and self._read_spec() == spec_text)
+    def _same(self, c: Contents, spec_text: str, sets: list[str]) -> bool:
+        """Whether the folder's run is of this spec text with these --set values."""
+        return c.record.get("overrides") == list(sets) and self._read_spec() == spec_text
 
     def check_lr_find(self, spec_text: str, sets: list[str], force: bool = False) -> None:
         """`specc lr-find` writes lr_find.csv and .png into a folder that is new, or holds lr-find's
@@ -291,7 +290,7 @@ class RunFolder:
         if c.foreign:
             raise UsageError(f"{self.path} holds files specc did not write ({_names(c.foreign)}); pass --force to "
                              "write lr_find.csv and lr_find.png there anyway, or choose another --out")
-        if c.status is not None and not self.same_run(spec_text, sets):
+        if c.status is not None and not self._same(c, spec_text, sets):
             raise UsageError(f"{self.path} holds {c.describe()}, with another spec or other --set values; pass "
                              "--force to write lr_find.csv and lr_find.png beside it anyway, or choose another --out")
 

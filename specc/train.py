@@ -321,6 +321,13 @@ def group_params(model, owners: dict[str, str], group: str) -> list:
     return [p for name, m in model.named_children() if owners.get(name) == group for p in m.parameters()]
 
 
+def stage_groups(model, owners: dict[str, str], plan: TrainPlan, stage) -> list[tuple[list, float]]:
+    """A stage's optimizer parameter groups, in order: each layer group that trains in it (not
+    frozen, with parameters) and its peak learning rate (NaN where lr-find will pick it)."""
+    groups = [(group_params(model, owners, g.name), lr) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
+    return [(ps, lr) for ps, lr in groups if ps]
+
+
 def load_group(model, groups: dict[str, str], init) -> None:
     """Copy a group's weights from an earlier run's model.safetensors, checking names and shapes."""
     from safetensors import SafetensorError, safe_open
@@ -479,12 +486,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
         for name, module in model.named_children():
             module.requires_grad_(owners.get(name) not in frozen)
         _train_mode(model, frozen_modules)
-        groups = []
-        for g, lr in zip(plan.groups, stage.lrs):
-            if lr is not None:
-                ps = group_params(model, owners, g.name)
-                if ps:
-                    groups.append([ps, lr])
+        groups = stage_groups(model, owners, plan, stage)
         params = [p for ps, _ in groups for p in ps]
         find = any(lr != lr for _, lr in groups)  # lr = find: NaN until the finder has run
         optimizer = make_optimizer(spec.train.optimizer, [(ps, 1e-3 if find else lr) for ps, lr in groups])
