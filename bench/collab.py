@@ -21,17 +21,17 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from common import (add_args, alternate, clone_state, max_param_diff, one_cycle_adamw, print_env,
-                    print_init_and_target, print_table, profile_runs, run_batches, set_threads, timed,
-                    write_json)
+from common import (add_args, alternate, clone_state, hand_epochs, max_param_diff, one_cycle_adamw, predict,
+                    print_env, print_init_and_target, print_table, profile_runs, run_batches, set_threads,
+                    steps_per_epoch, timed, write_json)
 from specc.data.prepare import prepare
-from specc.plan import make_plan, model_sizes
+from specc.plan import make_plan
+from specc.sized import sized_model
 from specc.run import load_spec
 from specc.spec import Adam, FitOneCycle
 from specc.train import build_model, default_threads, step_multiply_adds, torch_threads, train
@@ -81,27 +81,18 @@ class EmbeddingDotBias(nn.Module):
         return torch.sigmoid(res) * (hi - lo) + lo
 
 
-def sync(device: torch.device) -> None:
-    """Wait for a CUDA device's queued work (nothing to wait for on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
 def hand_validate(model: nn.Module, users: torch.Tensor, items: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
     chunk = VALID_BATCH if y.device.type == "cpu" else 8 * VALID_BATCH
-    pred = torch.cat([model(users[s:s + chunk], items[s:s + chunk]) for s in range(0, len(y), chunk)])
-    model.train()
+    pred = predict(model, (users, items), chunk)
     return float(((pred.double() - y.double()) ** 2).mean())
 
 
 def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: bool = False, device=None,
                prefix: int = 0):
-    """An everyday PyTorch loop, on `device` (default: the one the command line chose). Returns
-    (model, valid MSE, mean train loss of the last epoch, seconds of each epoch: the loop plus
-    validation, the span specc's EpochRecord.seconds covers, with a CUDA device synchronised at
-    both ends). With `prefix`, the first epoch stops after that many steps, and the seconds are
+    """An everyday PyTorch loop (common.hand_epochs), on `device` (default: the one the command line
+    chose). Returns (model, valid MSE, mean train loss of the last epoch, seconds of each epoch: the
+    loop plus validation, the span specc's EpochRecord.seconds covers, with a CUDA device synchronised
+    at both ends). With `prefix`, the first epoch stops after that many steps, and the seconds are
     those steps' alone (valid MSE and train loss are then NaN)."""
     device = device or DEVICE
     n_users, n_items = prepared.vocabs["user"].size, prepared.vocabs["item"].size
@@ -115,37 +106,15 @@ def hand_train(prepared, init_state: dict, batch: int, epochs: int = 1, fused: b
     v_users = torch.as_tensor(prepared.valid["user"], device=device)
     v_items = torch.as_tensor(prepared.valid["item"], device=device)
     v_ratings = torch.as_tensor(prepared.valid["rating"], device=device)
-    n = len(ratings)
-    steps = max(1, n // batch)  # the last incomplete batch is dropped, as specc does
+    steps = steps_per_epoch(len(ratings), batch)
     # The everyday loop takes AdamW's default implementation; `fused` asks for torch's fused kernel,
     # which specc uses, to show where specc's advantage comes from.
     opt, sched = one_cycle_adamw(model, steps * epochs, LR, BETAS, EPS, WD, PCT_START, DIV, FINAL_DIV,
                                  MOMS, fused)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(SEED)
-    loss_fn = nn.MSELoss()
-    seconds = []
-    for _ in range(epochs):
-        sync(device)
-        start = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=device)
-        losses = []
-        for s in range(0, (prefix or steps) * batch, batch):
-            idx = perm[s:s + batch]
-            loss = loss_fn(model(users[idx], items[idx]), ratings[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.detach())
-        if prefix:
-            sync(device)
-            return model, float("nan"), float("nan"), [time.perf_counter() - start]
-        train_loss = float(torch.stack(losses).mean())
-        valid_mse = hand_validate(model, v_users, v_items, v_ratings)
-        seconds.append(time.perf_counter() - start)
-    return model, valid_mse, train_loss, seconds
-
+    train_loss, valid_mse, seconds = hand_epochs(
+        model, (users, items), ratings, nn.MSELoss(), opt, sched, batch, steps, epochs, SEED, device,
+        validate=lambda m: hand_validate(m, v_users, v_items, v_ratings), prefix=prefix)
+    return model, float("nan") if prefix else valid_mse, train_loss, seconds
 
 
 # --------------------------------------------------------------------------- the specc side
@@ -286,7 +255,7 @@ def bench_threads(batch: int, reps: int, torch_default: int, spec_path: str, set
         burner.wait()
     med = statistics.median
     row = {"batch": batch, "steps": plan.steps_per_epoch, "reps": reps, "threads": counts, "spec": spec_path,
-           "sets": list(sets), "step_multiply_adds": step_multiply_adds(spec, model_sizes(spec, prepared), batch)}
+           "sets": list(sets), "step_multiply_adds": step_multiply_adds(sized_model(spec, prepared), batch)}
     for side in counts:
         q, b = quiet[side][0], busy[side][0]
         row[side] = {"quiet_s": med(q), "busy_s": med(b), "busy_over_quiet": med(b) / med(q),

@@ -1,4 +1,5 @@
-"""The timing harness bench/collab.py, bench/mnist.py and bench/tabular.py share."""
+"""What the bench scripts share: the timing harness of bench/collab.py, bench/mnist.py and
+bench/tabular.py, and the hand-written PyTorch loop they (and bench/finetune_torch.py) time specc against."""
 
 from __future__ import annotations
 
@@ -65,6 +66,63 @@ def one_cycle_adamw(model: nn.Module, total_steps: int, lr, betas, eps, wd, pct_
         div_factor=div, final_div_factor=final_div, cycle_momentum=True,
         base_momentum=moms[1], max_momentum=moms[0])
     return opt, sched
+
+
+def sync(device: torch.device) -> None:
+    """Wait for a CUDA device's queued work (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steps_per_epoch(rows: int, batch: int) -> int:
+    """The number of whole batches: the last incomplete one is dropped, as specc does."""
+    return max(1, rows // batch)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, xs: tuple, chunk: int) -> torch.Tensor:
+    """The model's outputs over whole columns, `chunk` rows at a time in eval mode (then training mode again),
+    as specc's validation pass takes them."""
+    model.eval()
+    out = torch.cat([model(*(x[s:s + chunk] for x in xs)) for s in range(0, len(xs[0]), chunk)])
+    model.train()
+    return out
+
+
+def hand_epochs(model: nn.Module, xs: tuple, y: torch.Tensor, loss_fn, opt, sched, batch: int, steps: int,
+                epochs: int, seed: int, device: torch.device, validate=None, prefix: int = 0):
+    """The everyday PyTorch loop over tensors on `device`: each epoch a fresh permutation from a generator
+    seeded with `seed`, `steps` batches taken by index, and at each step zero_grad(set_to_none=True),
+    backward, `opt.step()` and `sched.step()` (None: a constant rate); each step's loss kept as a detached
+    tensor and averaged once at the end of the epoch; then `validate(model)` (None: nothing).
+
+    Returns (mean training loss of the last epoch, the last validate(model), seconds of each epoch: the
+    loop plus validation, with a CUDA device synchronised at both ends). With `prefix`, the first epoch
+    stops after that many steps and the seconds are those steps' alone (the loss is then NaN)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    n, seconds, valid = len(y), [], None
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=device)
+        losses = []
+        for s in range(0, (prefix or steps) * batch, batch):
+            idx = perm[s:s + batch]
+            loss = loss_fn(model(*[x[idx] for x in xs]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.detach())
+        if prefix:
+            sync(device)
+            return float("nan"), None, [time.perf_counter() - start]
+        train_loss = float(torch.stack(losses).mean())
+        valid = validate(model) if validate is not None else None
+        seconds.append(time.perf_counter() - start)
+    return train_loss, valid, seconds
 
 
 def max_param_diff(specc_model: nn.Module, hand_model: nn.Module) -> float:

@@ -24,27 +24,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import hand_epochs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def fit(model: nn.Module, groups: list[tuple], x, y, epochs: int, seed: int, wd: float = 0.01) -> None:
-    """AdamW and one-cycle over (parameters, peak lr) groups, shuffled batches of 64."""
+    """AdamW and one-cycle over (parameters, peak lr) groups, shuffled batches of 64 (the last one partial)."""
     opt = torch.optim.AdamW([{"params": list(p), "lr": lr} for p, lr in groups], betas=(0.9, 0.99),
                             weight_decay=wd)
-    steps_per_epoch = (len(x) + 63) // 64
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr for _, lr in groups],
-                                                total_steps=epochs * steps_per_epoch)
-    order = torch.Generator().manual_seed(seed)
+    steps = (len(x) + 63) // 64
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr for _, lr in groups], total_steps=epochs * steps)
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=order)
-        for start in range(0, len(x), 64):
-            batch = perm[start:start + 64]
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    hand_epochs(model, (x,), y, F.cross_entropy, opt, sched, 64, steps, epochs, seed, torch.device("cpu"))
     model.eval()
 
 

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collab import hand_train, sync
-from common import write_json
+from collab import hand_train
+from common import sync, write_json
 
 from specc.data.prepare import Prepared, Vocab, prepare
 from specc.plan import make_plan

@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.chdir(ROOT)
     import specc.export as export
+    import specc.export.ids  # noqa: F401 (export.ids below)
     from specc.data.prepare import prepare
     from specc.infer import Session
     from specc.plan import make_plan
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     model, _ = train(spec, prepared, make_plan(spec, prepared), device)
     where = "cuda" if device.type == "cuda" else "cpu"
     protos = {"table": export.to_onnx(spec, model, prepared.vocabs)}
-    export.DENSE_SPAN_RATIO, export.DENSE_ANYWAY = 0, 0  # no id is dense enough: the LabelEncoder
+    export.ids.DENSE_SPAN_RATIO, export.ids.DENSE_ANYWAY = 0, 0  # no id is dense enough: the LabelEncoder
     protos["encoder"] = export.to_onnx(spec, model, prepared.vocabs)
     table, encoder = (Session(protos[k].SerializeToString(), device=where) for k in ("table", "encoder"))
     ops = {k: sorted({n.op_type for n in proto.graph.node} & {"Clip", "Sub", "LabelEncoder"})

@@ -27,7 +27,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (add_args, alternate, clone_state, one_cycle_adamw, print_env, print_init_and_target,
-                    print_table, profile_runs, run_batches, set_threads, timed, write_json)
+from common import (add_args, alternate, clone_state, hand_epochs, one_cycle_adamw, predict, print_env,
+                    print_init_and_target, print_table, profile_runs, run_batches, set_threads, steps_per_epoch,
+                    timed, write_json)
 from specc.data.prepare import prepare
 from specc.plan import make_plan
 from specc.run import load_spec
@@ -161,20 +161,16 @@ def hand_model(emb_szs, stats, inside: bool) -> nn.Module:
     return TabularModel(emb_szs, len(CONTS), N_CLASSES, LAYERS, PS, EMB_DROP)
 
 
-@torch.no_grad()
 def hand_validate(model: nn.Module, xs: tuple, y: torch.Tensor) -> tuple[float, float]:
     """(cross entropy, accuracy) over the validation set, as specc computes them (in float64)."""
-    model.eval()
-    logits = torch.cat([model(*(x[s:s + VALID_BATCH] for x in xs)) for s in range(0, len(y), VALID_BATCH)])
-    model.train()
-    logits = logits.double()
+    logits = predict(model, xs, VALID_BATCH).double()
     return float(F.cross_entropy(logits, y)), float((logits.argmax(dim=-1) == y).double().mean())
 
 
 def hand_train(prepared, emb_szs, stats, init_state: dict, batch: int, epochs: int = 1, fused: bool = False,
                inside: bool = False):
-    """An everyday PyTorch loop. Returns (model, valid loss, valid accuracy, mean train loss, seconds of
-    the epoch loop plus validation, the same span specc's EpochRecord.seconds covers)."""
+    """An everyday PyTorch loop (common.hand_epochs). Returns (model, valid loss, valid accuracy, mean
+    train loss, seconds of the epoch loop plus validation, the same span specc's EpochRecord.seconds covers)."""
     model = hand_model(emb_szs, stats, inside).to(DEVICE)
     model.load_state_dict(init_state)  # start from specc's initial weights, whatever our init gave
     model.train()
@@ -186,30 +182,15 @@ def hand_train(prepared, emb_szs, stats, init_state: dict, batch: int, epochs: i
         xs_valid = preprocess(prepared.valid, stats)
     y = torch.as_tensor(prepared.train[TARGET], device=DEVICE)
     y_valid = torch.as_tensor(prepared.valid[TARGET], device=DEVICE)
-    n = len(y)
-    steps = max(1, n // batch)  # the last incomplete batch is dropped, as specc does
+    steps = steps_per_epoch(len(y), batch)
     # The everyday loop takes AdamW's default implementation; `fused` asks for torch's fused kernel,
     # which specc uses.
     opt, sched = one_cycle_adamw(model, steps * epochs, LR, BETAS, EPS, WD, PCT_START, DIV, FINAL_DIV,
                                  MOMS, fused)
-    gen = torch.Generator(device=DEVICE)
-    gen.manual_seed(SEED)
-    for _ in range(epochs):
-        start = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=DEVICE)
-        losses = []
-        for s in range(0, steps * batch, batch):
-            idx = perm[s:s + batch]
-            loss = F.cross_entropy(model(*(x[idx] for x in xs)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.detach())
-        train_loss = float(torch.stack(losses).mean())
-        valid_loss, valid_acc = hand_validate(model, xs_valid, y_valid)
-        seconds = time.perf_counter() - start
-    return model, valid_loss, valid_acc, train_loss, seconds
+    train_loss, (valid_loss, valid_acc), seconds = hand_epochs(
+        model, xs, y, F.cross_entropy, opt, sched, batch, steps, epochs, SEED, DEVICE,
+        validate=lambda m: hand_validate(m, xs_valid, y_valid))
+    return model, valid_loss, valid_acc, train_loss, seconds[-1]
 
 
 # Names: specc's nodes -> fastai's TabularModel attributes.

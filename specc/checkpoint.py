@@ -154,7 +154,7 @@ def _check_info(info: dict, tensors: dict, bad) -> None:
     """The checkpoint's JSON and tensors have every part, of the right kind (what `train` takes)."""
     from dataclasses import fields
 
-    from specc.train import EpochRecord
+    from specc.metrics import EpochRecord
 
     for key in ("epoch", "step", "stage"):
         if not _count(info.get(key, 0 if key == "stage" else None)):  # older checkpoints have no stage
@@ -213,8 +213,8 @@ def check_fits(path, state: TrainState, spec, prepared, plan, device) -> None:
     that changed since the run started, or a run resumed on another device, is caught here rather
     than as a crash inside torch."""
     from specc.lower import lower
-    from specc.plan import model_sizes
-    from specc.train import module_groups, stage_groups
+    from specc.optim import module_groups, stage_groups
+    from specc.sized import sized_model
 
     def bad(what: str):
         raise DataError(str(path), f"{what}; the run cannot go on from it", code="D120")
@@ -233,7 +233,7 @@ def check_fits(path, state: TrainState, spec, prepared, plan, device) -> None:
         bad(f"it holds {state.epoch_losses.numel()} losses of the epoch, but is at step {state.step}")
     # The shapes of the model the spec builds on this data, without building its weights.
     with torch.device("meta"):
-        model = lower(spec.model, model_sizes(spec, prepared), prepared.stats)
+        model = lower(sized_model(spec, prepared), prepared.stats)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for part, weights in (("model", state.model), ("best", state.best or None)):
         if weights is None:

@@ -143,20 +143,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(args) -> int:
+def _load(args):
+    """The spec that a command's SPEC and --set values give, its warnings printed to stderr."""
     from specc.run import load_spec
-    from specc.summary import summary
 
     spec, warnings = load_spec(args.spec, args.sets)
     for w in warnings:
         print(w.render(), file=sys.stderr)
+    return spec
+
+
+def _check(args) -> int:
+    from specc.summary import summary
+
+    spec = _load(args)
     print(summary(spec, read_data=not args.no_data))
     return 0
 
 
 def _show(args) -> int:
-    from specc.run import load_spec
-
     if args.stage == "ast":
         from specc import ast, overrides
         from specc.parse import parse, read_source
@@ -166,9 +171,7 @@ def _show(args) -> int:
             raise SpecError(errors)
         print(ast.dump(tree))
         return 0
-    spec, warnings = load_spec(args.spec, args.sets)
-    for w in warnings:
-        print(w.render(), file=sys.stderr)
+    spec = _load(args)
     if args.stage == "data":
         from specc.data.preview import preview
         from specc.runfolder import atomic_write
@@ -182,17 +185,18 @@ def _show(args) -> int:
     if args.stage == "code":
         from specc.data.prepare import prepare
         from specc.lower import lower
-        from specc.plan import model_sizes
+        from specc.sized import sized_model
 
         # The data decides embedding sizes in blocks such as tabular(...) and the procs' constants.
         prepared = prepare(spec.data, spec.model.inputs)
-        print(lower(spec.model, model_sizes(spec, prepared), prepared.stats).code.strip("\n"))
+        print(lower(sized_model(spec, prepared), prepared.stats).code.strip("\n"))
     else:
         from specc.data.prepare import prepare
-        from specc.plan import describe, make_plan
+        from specc.optim import simulate_schedules
+        from specc.plan import make_plan
+        from specc.summary import describe
         from specc.plot import schedule_png
         from specc.runfolder import atomic_write
-        from specc.train import simulate_schedules
 
         prepared = prepare(spec.data, spec.model.inputs)
         plan = make_plan(spec, prepared)
@@ -207,12 +211,10 @@ def _show(args) -> int:
 
 
 def _train(args) -> int:
-    from specc.run import load_spec, train_run
-    from specc.train import TrainingDiverged
+    from specc.run import train_run
+    from specc.steps import TrainingDiverged
 
-    spec, warnings = load_spec(args.spec, args.sets)
-    for w in warnings:
-        print(w.render(), file=sys.stderr)
+    spec = _load(args)
     if args.device == "cuda":
         import torch
 
@@ -270,21 +272,17 @@ def _train(args) -> int:
 def _lr_find(args) -> int:
     import time
 
-    import torch
-
     from specc.data.prepare import prepare
-    from specc.lrfind import FLAT_NOTE, lr_find, shown
+    from specc.lrfind import FLAT_NOTE, shown
     from specc.plan import make_plan
-    from specc.run import load_spec, write_lr_find
+    from specc.run import write_lr_find
     from specc.runfolder import RunFolder
+    from specc.steps import setup_stage
     from specc.train import (
-        _predict_column, build_model, default_threads, loss_fn, make_optimizer, module_groups, pick_device,
-        stage_groups, to_tensors, torch_threads,
+        batch_order, build_model, default_threads, find_lr, pick_device, torch_threads, training_batches,
     )
 
-    spec, warnings = load_spec(args.spec, args.sets)
-    for w in warnings:
-        print(w.render(), file=sys.stderr)
+    spec = _load(args)
     if not (0 < args.start < args.end) or args.steps < 2:
         raise UsageError("lr-find needs 0 < --start < --end and --steps of at least 2")
     folder = RunFolder(args.out or Path("runs") / spec.name)
@@ -294,24 +292,11 @@ def _lr_find(args) -> int:
     plan = make_plan(spec, prepared)
     device = pick_device(args.device)
     started = time.perf_counter()
-    model = build_model(spec, prepared).to(device).train()
-    owners = module_groups(model)
-    stage = plan.stages[0]  # the first stage's frozen groups stay frozen
-    groups = [(ps, 1e-3) for ps, _ in stage_groups(model, owners, plan, stage)]
-    params = [p for ps, _ in groups for p in ps]
-    optimizer = make_optimizer(spec.train.optimizer, groups)
-    tensors = to_tensors(prepared.train, device)
-    xs, y = [tensors[c] for c in spec.model.inputs], tensors[spec.data.target.name]
-    loss_of = loss_fn(spec)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(spec.train.seed)
-
-    def step_loss(idx):
-        return loss_of(_predict_column(spec, model(*[x[idx] for x in xs])), y[idx], params)
-
+    model = build_model(spec, prepared).to(device)
+    setup = setup_stage(spec, model, plan, plan.stages[0])  # the first stage's set-up: its frozen groups frozen
     with torch_threads(args.threads or default_threads(spec, prepared)):
-        result = lr_find(model, optimizer, step_loss, prepared.n_train, plan.batch, generator, args.start, args.end,
-                         args.steps, device=device)
+        result = find_lr(spec, setup, training_batches(spec, prepared, plan, device), batch_order(spec, device),
+                         device, args.start, args.end, args.steps)
     seconds = time.perf_counter() - started
     with folder.locked():
         folder.check_lr_find(spec.source.text, args.sets, args.force)

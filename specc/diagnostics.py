@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from specc.codes import Code
 from specc.source import TAB_SIZE, Span, display_width
 
 
@@ -12,7 +13,7 @@ from specc.source import TAB_SIZE, Span, display_width
 class Diagnostic:
     """One message about a span of spec text."""
 
-    code: str
+    code: Code  # specc.codes names them all
     message: str
     span: Span | None
     notes: tuple[str, ...] = ()

@@ -2,9 +2,10 @@
 
 The step makes no host decision and reads nothing back: the batch comes from a step counter kept
 on the device, the learning rate and momentum of every group from schedule tables kept on the
-device (computed beforehand from torch's own OneCycleLR, so the values are the same), and the loss
-goes into a buffer on the device that the loop reads once per epoch. On a CUDA device such a step
-is captured once per stage in a CUDA graph and replayed: one launch per step instead of a hundred.
+device (computed beforehand from torch's own OneCycleLR by specc.optim.schedule_tables, so the
+values are the same), and the loss goes into a buffer on the device that the loop reads once per
+epoch (specc.steps.DeviceSteps drives it). On a CUDA device such a step is captured once per
+stage in a CUDA graph and replayed: one launch per step instead of a hundred.
 
 It applies to specs trained with Adam (`graph_reason` says why not otherwise). On the CPU the same
 step runs uncaptured, with torch's AdamW (`specc train --device-step`: the plain loop's weights bit
@@ -36,27 +37,6 @@ def graph_reason(spec, device: torch.device) -> str | None:
         return (f"the optimizer is {type(spec.train.optimizer).__name__.lower()}; the captured step reads "
                 "Adam's learning rate and beta1 from device tables")
     return None
-
-
-def schedule_tables(fit, opt_spec, lrs: list[float], total_steps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each group's learning rate and momentum (Adam's beta1, or SGD's / RMSProp's momentum) at
-    every step of a stage ([steps, groups], float64), from torch's OneCycleLR stepped on stand-in
-    parameters: the values the plain loop would use."""
-    from specc.train import make_optimizer, make_scheduler
-
-    stand_ins = [[torch.nn.Parameter(torch.zeros(1))] for _ in lrs]
-    optimizer = make_optimizer(opt_spec, list(zip(stand_ins, lrs)))
-    scheduler = make_scheduler(fit, opt_spec, optimizer, total_steps)
-    groups = optimizer.param_groups
-    lr, beta1 = [], []
-    for _ in range(total_steps):
-        lr.append([group["lr"] for group in groups])
-        beta1.append([group["betas"][0] if "betas" in group else group.get("momentum", 0.0) for group in groups])
-        if scheduler is not None:
-            optimizer.step()  # no gradients: nothing moves, but the scheduler wants a step first
-            scheduler.step()
-    return (torch.tensor(lr, dtype=torch.float64).view(total_steps, len(lrs)).to(device),
-            torch.tensor(beta1, dtype=torch.float64).view(total_steps, len(lrs)).to(device))
 
 
 class FlatAdam:

@@ -1,22 +1,20 @@
-"""Lower: checked model -> torch.fx GraphModule whose node and submodule names are the spec's."""
+"""Lower: sized model (specc.sized) -> torch.fx GraphModule whose node and submodule names are the spec's.
+
+One entry of LOWERINGS per op of specc.ops, registered by name with `@lowers`: it adds the op's
+nodes (and its submodule, for an op with weights) to the graph."""
 
 from __future__ import annotations
 
 import operator
+from typing import Callable
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
-from specc.expand import expand
-from specc.spec import (
-    CLASSES, Activation, BatchNorm, Binary, Concat, Dot, Dropout, Embedding, Flatten, Input, Linear,
-    MissingIndicator, ModelSpec, SigmoidRange,
-)
-
-_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
-
-_BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+from specc.sized import SizedModel
+from specc.spec import Node
 
 
 def init_embedding(module: nn.Embedding) -> None:
@@ -25,100 +23,189 @@ def init_embedding(module: nn.Embedding) -> None:
     nn.init.trunc_normal_(module.weight, std=0.01, a=-0.02, b=0.02)
 
 
-def _size(dim, sizes: dict[str, int]) -> int:
-    return sizes[CLASSES] if dim == CLASSES else dim
+class Lowering:
+    """The graph being built: its submodules, and the fx node of every value made so far."""
+
+    def __init__(self, model: SizedModel, stats: dict | None):
+        self.model = model
+        self.stats = stats or {}  # column -> specc.data.prepare.ColumnStats, for the procs
+        self.root = nn.Module()
+        self.graph = fx.Graph()
+        self.raw: dict[str, fx.Node] = {col: self.graph.placeholder(col) for col in model.inputs}
+        self.env: dict[str, fx.Node] = dict(self.raw)
+
+    def call(self, target: Callable, args, name: str, **kwargs) -> fx.Node:
+        """A call_function node named `name`."""
+        return self.graph.create_node("call_function", target, tuple(args), kwargs, name=name)
+
+    def module(self, node: Node, module: nn.Module) -> fx.Node:
+        """`module` as the submodule named after the node, called on the node's (one) input."""
+        self.root.add_module(node.name, module)
+        return self.graph.create_node("call_module", node.name, (self.env[node.inputs[0]],), {}, name=node.name)
+
+    def width(self, node: Node) -> int:
+        """The feature count of the node's first input."""
+        return self.model.node(node.inputs[0]).shape[0]
+
+    def x(self, node: Node) -> fx.Node:
+        return self.env[node.inputs[0]]
 
 
-def lower(model: ModelSpec, vocab_sizes: dict[str, int], stats: dict | None = None,
-          class_name: str = "SpecModel") -> fx.GraphModule:
-    """Build the model as an fx graph. `vocab_sizes[column]` counts an input's unknown index 0 too;
-    `vocab_sizes["classes"]` is the number of target classes, where the model uses it. `stats`
-    holds each float column's training statistics (specc.data.prepare.ColumnStats) for the procs."""
-    model = expand(model, vocab_sizes)
-    root = nn.Module()
-    graph = fx.Graph()
-    raw: dict[str, fx.Node] = {col: graph.placeholder(col) for col in model.inputs}
-    env: dict[str, fx.Node] = dict(raw)
+Lower = Callable[[Lowering, Node], fx.Node]
+LOWERINGS: dict[str, Lower] = {}
 
-    def emit(kind: str, target, args, kwargs=None, name=None) -> fx.Node:
-        return graph.create_node(kind, target, tuple(args), kwargs or {}, name=name)
 
+def lowers(*names: str) -> Callable[[Lower], Lower]:
+    """Register the function as the lowering of the ops `names`."""
+    def register(fn: Lower) -> Lower:
+        for name in names:
+            LOWERINGS[name] = fn
+        return fn
+    return register
+
+
+def lower(model: SizedModel, stats: dict | None = None, class_name: str = "SpecModel") -> fx.GraphModule:
+    """Build the model as an fx graph. `stats` holds each float column's training statistics
+    (specc.data.prepare.ColumnStats) for the procs."""
+    g = Lowering(model, stats)
     for node in model.nodes:
-        op = node.op
-        if isinstance(op, Input):
-            result = raw[op.column]
-            if op.scale is not None:
-                result = emit("call_function", operator.mul, [result, op.scale], name=f"{node.name}_scaled")
-            if op.fill:  # fill_missing: NaN -> the training median
-                missing = emit("call_function", torch.isnan, [result], name=f"{node.name}_missing")
-                result = emit("call_function", torch.where, [missing, stats[op.column].median, result],
-                              name=f"{node.name}_filled")
-            if op.normalize:  # normalize: the training mean and standard deviation
-                centred = emit("call_function", operator.sub, [result, stats[op.column].mean],
-                               name=f"{node.name}_centred")
-                result = emit("call_function", operator.truediv, [centred, stats[op.column].std],
-                              name=f"{node.name}_normalized")
-            if op.scalar:
-                # one number per row arrives as (batch,); values are rows: (batch, 1)
-                result = emit("call_function", torch.unsqueeze, [result, -1], name=f"{node.name}_column")
-        elif isinstance(op, MissingIndicator):
-            missing = emit("call_function", torch.isnan, [raw[op.column]], name=f"{node.name}_missing")
-            result = emit("call_function", torch.where, [missing, 2, 1], name=node.name)
-        elif isinstance(op, Embedding):
-            module = nn.Embedding(vocab_sizes[op.column], op.dim)
-            init_embedding(module)
-            root.add_module(node.name, module)
-            result = emit("call_module", node.name, [env[op.column]], name=node.name)
-        elif isinstance(op, Dot):
-            a, b = (env[n] for n in node.inputs)
-            product = emit("call_function", operator.mul, [a, b], name=f"{node.name}_mul")
-            result = emit("call_function", torch.sum, [product], {"dim": -1, "keepdim": True}, name=node.name)
-        elif isinstance(op, Binary):
-            fn = _BINARY[op.op]
-            if op.constant is None:
-                args = [env[n] for n in node.inputs]
-            elif op.constant_first:
-                args = [op.constant, env[node.inputs[0]]]
-            else:
-                args = [env[node.inputs[0]], op.constant]
-            result = emit("call_function", fn, args, name=node.name)
-        elif isinstance(op, SigmoidRange):
-            squashed = emit("call_function", torch.sigmoid, [env[node.inputs[0]]], name=f"{node.name}_sigmoid")
-            scaled = emit("call_function", operator.mul, [squashed, op.high - op.low],
-                          name=node.name if op.low == 0 else f"{node.name}_scaled")
-            result = scaled if op.low == 0 else emit("call_function", operator.add, [scaled, op.low], name=node.name)
-        elif isinstance(op, Linear):
-            src = model.node(node.inputs[0])
-            root.add_module(node.name, nn.Linear(_size(src.shape[0], vocab_sizes), _size(op.out, vocab_sizes)))
-            result = emit("call_module", node.name, [env[node.inputs[0]]], name=node.name)
-        elif isinstance(op, BatchNorm):
-            src = model.node(node.inputs[0])
-            root.add_module(node.name, nn.BatchNorm1d(_size(src.shape[0], vocab_sizes)))
-            result = emit("call_module", node.name, [env[node.inputs[0]]], name=node.name)
-        elif isinstance(op, Dropout):
-            root.add_module(node.name, nn.Dropout(op.p))
-            result = emit("call_module", node.name, [env[node.inputs[0]]], name=node.name)
-        elif isinstance(op, Activation):
-            x = env[node.inputs[0]]
-            if op.kind in _ACTIVATIONS:
-                result = emit("call_function", _ACTIVATIONS[op.kind], [x], name=node.name)
-            else:
-                fn = torch.softmax if op.kind == "softmax" else torch.log_softmax
-                result = emit("call_function", fn, [x], {"dim": -1}, name=node.name)
-        elif isinstance(op, Flatten):
-            result = emit("call_function", torch.flatten, [env[node.inputs[0]]], {"start_dim": 1}, name=node.name)
-        elif isinstance(op, Concat):
-            parts = tuple(env[n] for n in node.inputs)
-            result = emit("call_function", torch.cat, [parts], {"dim": -1}, name=node.name)
-        else:
-            raise TypeError(f"no lowering for {op!r}")  # a checker/lowering mismatch: a bug
+        result = LOWERINGS[node.op.name](g, node)
         result.meta["span"] = (node.span.source.path, node.span.line, node.span.column)
-        result.meta["group"] = node.group
-        env[node.name] = result
-    graph.output(env[model.output])
-    graph.lint()
-    return fx.GraphModule(root, graph, class_name=class_name)
+        result.meta["group"] = node.group  # the layer group its weights train and freeze with
+        g.env[node.name] = result
+    g.graph.output(g.env[model.output])
+    g.graph.lint()
+    return fx.GraphModule(g.root, g.graph, class_name=class_name)
 
 
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+# ---------------------------------------------------------------- made by the checker
+
+
+@lowers("input")
+def _input(g: Lowering, node: Node) -> fx.Node:
+    op, name = node.op, node.name
+    result = g.raw[op.column]
+    if op.scale is not None:
+        result = g.call(operator.mul, [result, op.scale], f"{name}_scaled")
+    if op.fill:  # fill_missing: NaN -> the training median
+        missing = g.call(torch.isnan, [result], f"{name}_missing")
+        result = g.call(torch.where, [missing, g.stats[op.column].median, result], f"{name}_filled")
+    if op.normalize:  # normalize: the training mean and standard deviation
+        centred = g.call(operator.sub, [result, g.stats[op.column].mean], f"{name}_centred")
+        result = g.call(operator.truediv, [centred, g.stats[op.column].std], f"{name}_normalized")
+    if op.scalar:
+        # one number per row arrives as (batch,); values are rows: (batch, 1)
+        result = g.call(torch.unsqueeze, [result, -1], f"{name}_column")
+    return result
+
+
+@lowers("missing")
+def _missing(g: Lowering, node: Node) -> fx.Node:
+    missing = g.call(torch.isnan, [g.raw[node.op.column]], f"{node.name}_missing")
+    return g.call(torch.where, [missing, 2, 1], node.name)
+
+
+_ARITHMETIC = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
+
+
+@lowers(*_ARITHMETIC)
+def _arithmetic(g: Lowering, node: Node) -> fx.Node:
+    op = node.op
+    if op.constant is None:
+        args = [g.env[n] for n in node.inputs]
+    elif op.constant_first:
+        args = [op.constant, g.x(node)]
+    else:
+        args = [g.x(node), op.constant]
+    return g.call(_ARITHMETIC[op.name], args, node.name)
+
+
+# ---------------------------------------------------------------- layers
+
+
+@lowers("embedding")
+def _embedding(g: Lowering, node: Node) -> fx.Node:
+    module = nn.Embedding(node.op.rows, node.op.dim)
+    init_embedding(module)
+    g.root.add_module(node.name, module)
+    return g.graph.create_node("call_module", node.name, (g.env[node.op.column],), {}, name=node.name)
+
+
+@lowers("linear")
+def _linear(g: Lowering, node: Node) -> fx.Node:
+    return g.module(node, nn.Linear(g.width(node), node.shape[0]))
+
+
+@lowers("batchnorm")
+def _batchnorm(g: Lowering, node: Node) -> fx.Node:
+    return g.module(node, nn.BatchNorm1d(g.width(node)))
+
+
+@lowers("dropout")
+def _dropout(g: Lowering, node: Node) -> fx.Node:
+    return g.module(node, nn.Dropout(node.op.p))
+
+
+@lowers("dot")
+def _dot(g: Lowering, node: Node) -> fx.Node:
+    a, b = (g.env[n] for n in node.inputs)
+    product = g.call(operator.mul, [a, b], f"{node.name}_mul")
+    return g.call(torch.sum, [product], node.name, dim=-1, keepdim=True)
+
+
+@lowers("sigmoid_range")
+def _sigmoid_range(g: Lowering, node: Node) -> fx.Node:
+    op = node.op
+    squashed = g.call(torch.sigmoid, [g.x(node)], f"{node.name}_sigmoid")
+    scaled = g.call(operator.mul, [squashed, op.high - op.low], node.name if op.low == 0 else f"{node.name}_scaled")
+    return scaled if op.low == 0 else g.call(operator.add, [scaled, op.low], node.name)
+
+
+@lowers("relu")
+def _relu(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.relu, [g.x(node)], node.name)
+
+
+@lowers("sigmoid")
+def _sigmoid(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.sigmoid, [g.x(node)], node.name)
+
+
+@lowers("tanh")
+def _tanh(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.tanh, [g.x(node)], node.name)
+
+
+@lowers("gelu")
+def _gelu(g: Lowering, node: Node) -> fx.Node:
+    return g.call(F.gelu, [g.x(node)], node.name)
+
+
+@lowers("silu")
+def _silu(g: Lowering, node: Node) -> fx.Node:
+    return g.call(F.silu, [g.x(node)], node.name)
+
+
+@lowers("layer_norm")
+def _layer_norm(g: Lowering, node: Node) -> fx.Node:
+    return g.module(node, nn.LayerNorm(g.width(node)))
+
+
+@lowers("softmax")
+def _softmax(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.softmax, [g.x(node)], node.name, dim=-1)
+
+
+@lowers("log_softmax")
+def _log_softmax(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.log_softmax, [g.x(node)], node.name, dim=-1)
+
+
+@lowers("flatten")
+def _flatten(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.flatten, [g.x(node)], node.name, start_dim=1)
+
+
+@lowers("concat")
+def _concat(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.cat, [tuple(g.env[n] for n in node.inputs)], node.name, dim=-1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from specc.train import SMOOTH_BETA
+from specc.metrics import SMOOTH_BETA
 
 START, END, STEPS, STOP_FACTOR = 1e-7, 10.0, 100, 4.0
 # A curve is flat when its largest fall is within FLAT_NOISE standard deviations of the smoothed

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from specc import ast, params
+from specc import ast, codes, params
 from specc.check import DATA_SETTINGS, SIGNATURES, TRAIN_SETTINGS
 from specc.diagnostics import Diagnostic, SpecError, UsageError, suggest
 from specc.parse import parse_expr
@@ -49,7 +49,7 @@ def _apply_one(tree: ast.SpecFile, text: str) -> ast.SpecFile:
     source = Source(OVERRIDE_PATH, text)
     key_span = Span(source, 0, len(key))
     if not _KEY.fullmatch(key) or key.count(".") > 3:
-        raise SpecError([Diagnostic("E102", f"'{key}' is not a key", key_span,
+        raise SpecError([Diagnostic(codes.UNKNOWN_SETTING, f"'{key}' is not a key", key_span,
                                     ["keys look like data.batch, train.optimizer.wd, model.u.dim or a param's name"])])
     value = parse_expr(source, len(text) - len(text.partition("=")[2]))
     blocks = {b.name.id: b for b in tree.blocks}
@@ -60,7 +60,7 @@ def _apply_one(tree: ast.SpecFile, text: str) -> ast.SpecFile:
         return _set_param(tree, blocks.get(params.BLOCK), parts[1], value, source, key)
     block_name = parts[0]
     if block_name not in blocks:
-        raise SpecError([Diagnostic("E102", f"unknown key '{key}': the spec has no '{block_name}' block",
+        raise SpecError([Diagnostic(codes.UNKNOWN_SETTING, f"unknown key '{key}': the spec has no '{block_name}' block",
                                     Span(source, 0, len(block_name)), suggest(block_name, blocks))])
     block = blocks[block_name]
     new_block = _in_block(block, parts[1:], value, source, key)
@@ -78,7 +78,8 @@ def _set_param(tree: ast.SpecFile, block: ast.Block | None, name: str, value: as
             notes = ["the spec has no params block; keys with a dot, such as data.batch, set any other value"]
         else:
             notes = list(suggest(name, defined)) or [f"the spec's params: {', '.join(defined)}"]
-        raise SpecError([Diagnostic("E102", f"unknown param '{name}'", Span(source, 0, len(key)), notes)])
+        raise SpecError([Diagnostic(codes.UNKNOWN_SETTING, f"unknown param '{name}'", Span(source, 0, len(key)),
+                                    notes)])
     body = tuple(dataclasses.replace(s, value=value) if isinstance(s, ast.Assign) and s.target.id == name else s
                  for s in block.body)
     new_block = dataclasses.replace(block, body=body)
@@ -86,7 +87,7 @@ def _set_param(tree: ast.SpecFile, block: ast.Block | None, name: str, value: as
 
 
 def _unknown(key: str, source: Source, candidates) -> SpecError:
-    return SpecError([Diagnostic("E102", f"unknown key '{key}'", Span(source, 0, len(key)),
+    return SpecError([Diagnostic(codes.UNKNOWN_SETTING, f"unknown key '{key}'", Span(source, 0, len(key)),
                                  suggest(key, candidates) or ([f"keys here: {', '.join(sorted(candidates))}"]
                                                               if candidates else []))])
 
@@ -132,8 +133,8 @@ def _in_block(block: ast.Block, path: list[str], value: ast.Expr, source: Source
     if len(path) == 1 and block.name.id == "train" and name in ("fit", *SIGNATURES["fit"]):
         # the whole fit statement: train.fit=fit_one_cycle(epochs=1, lr=1e-3)
         if not isinstance(value, ast.Call) or value.func.id not in SIGNATURES["fit"]:
-            raise SpecError([Diagnostic("E301", f"'{key}' takes a fit statement, e.g. fit_one_cycle(epochs=1, lr=1e-3)",
-                                        value.span)])
+            raise SpecError([Diagnostic(codes.WRONG_KIND, f"'{key}' takes a fit statement, e.g. "
+                                        "fit_one_cycle(epochs=1, lr=1e-3)", value.span)])
         for k, stmt in enumerate(body):
             if isinstance(stmt, ast.CallStmt) and stmt.call.func.id in SIGNATURES["fit"]:
                 body[k] = ast.CallStmt(value, value.span)

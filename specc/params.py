@@ -9,7 +9,7 @@ import math
 import operator
 from dataclasses import dataclass, field
 
-from specc import ast
+from specc import ast, codes
 from specc.diagnostics import Diagnostic, suggest
 from specc.source import Span
 
@@ -58,21 +58,21 @@ def resolve(blocks: dict[str, ast.Block], reserved: frozenset[str], spec_source)
     later = {s.target.id: s.target.span.line for s in block.body if isinstance(s, ast.Assign)}
     for stmt in block.body:
         if not isinstance(stmt, ast.Assign):
-            result.errors.append(Diagnostic("E102", "a params block holds `name = value` lines", stmt.span,
-                                            ("e.g. factors = 40",)))
+            result.errors.append(Diagnostic(codes.MISPLACED_STATEMENT, "a params block holds `name = value` lines",
+                                            stmt.span, ("e.g. factors = 40",)))
             continue
         name = stmt.target.id
         if name in defs:
-            result.errors.append(Diagnostic("E103", f"param '{name}' is defined twice", stmt.target.span,
+            result.errors.append(Diagnostic(codes.DEFINED_TWICE, f"param '{name}' is defined twice", stmt.target.span,
                                             (f"first defined at line {defs[name].target.span.line}",)))
             continue
         defs[name] = stmt
         if name in reserved:
-            result.errors.append(Diagnostic("E103", f"'{name}' is a word of the language; give the param "
+            result.errors.append(Diagnostic(codes.DEFINED_TWICE, f"'{name}' is a word of the language; give the param "
                                             "another name", stmt.target.span))
             continue
         if name in taken:
-            result.errors.append(Diagnostic("E103", f"'{name}' is both a param and {taken[name]}",
+            result.errors.append(Diagnostic(codes.DEFINED_TWICE, f"'{name}' is both a param and {taken[name]}",
                                             stmt.target.span, ("give the param another name",)))
             continue
         before = len(result.errors)
@@ -90,7 +90,7 @@ def resolve(blocks: dict[str, ast.Block], reserved: frozenset[str], spec_source)
         stmt = defs[name]
         values.append(NamedValue(name, folded[name], stmt.value.span.source is not spec_source))
         if name not in used:
-            result.warnings.append(Diagnostic("W202", f"param '{name}' is not used", stmt.target.span,
+            result.warnings.append(Diagnostic(codes.UNUSED_PARAM, f"param '{name}' is not used", stmt.target.span,
                                               severity="warning"))
     result.values = tuple(values)
     return result
@@ -130,10 +130,11 @@ def _constant(expr: ast.Expr, known: dict[str, ast.Expr], later: dict[str, int],
         if expr.id in known:
             return _respan(known[expr.id], expr.span)
         if expr.id in later:
-            errors.append(Diagnostic("E201", f"param '{expr.id}' is used before it is defined (at line "
-                                     f"{later[expr.id]})", expr.span, ("define params before the lines that use them",)))
+            errors.append(Diagnostic(codes.UNKNOWN_NAME, f"param '{expr.id}' is used before it is defined (at "
+                                     f"line {later[expr.id]})", expr.span,
+                                     ("define params before the lines that use them",)))
         else:
-            errors.append(Diagnostic("E201", f"unknown name '{expr.id}' in a param", expr.span,
+            errors.append(Diagnostic(codes.UNKNOWN_NAME, f"unknown name '{expr.id}' in a param", expr.span,
                                      suggest(expr.id, known) or (WHAT_A_PARAM_IS,)))
         return expr
     if isinstance(expr, ast.Neg):
@@ -149,7 +150,7 @@ def _constant(expr: ast.Expr, known: dict[str, ast.Expr], later: dict[str, int],
             keywords=tuple(dataclasses.replace(k, value=_constant(k.value, known, later, errors))
                            for k in expr.keywords))
     kind = "a column declaration" if isinstance(expr, ast.Typed) else "a pipe"
-    errors.append(Diagnostic("E301", f"a param's value must be a constant, found {kind}", expr.span,
+    errors.append(Diagnostic(codes.WRONG_KIND, f"a param's value must be a constant, found {kind}", expr.span,
                              (WHAT_A_PARAM_IS,)))
     return expr
 
@@ -161,8 +162,8 @@ def fold_number(expr: ast.Expr, what: str, errors: list, other=None):
     prefix = f"{what}: " if what else ""
     if isinstance(expr, ast.Number):
         if isinstance(expr.value, float) and not math.isfinite(expr.value):
-            errors.append(Diagnostic("E302", f"{prefix}the number {short(expr.text)} is too large", expr.span,
-                                     (TOO_LARGE,)))
+            errors.append(Diagnostic(codes.OUT_OF_RANGE, f"{prefix}the number {short(expr.text)} is too large",
+                                     expr.span, (TOO_LARGE,)))
             return None
         return expr.value
     if isinstance(expr, ast.Neg):
@@ -176,7 +177,7 @@ def fold_number(expr: ast.Expr, what: str, errors: list, other=None):
     if left is None or right is None:
         return None
     if expr.op == "/" and right == 0:
-        errors.append(Diagnostic("E302", "division by zero", expr.span))
+        errors.append(Diagnostic(codes.OUT_OF_RANGE, "division by zero", expr.span))
         return None
     try:
         value = ARITHMETIC[expr.op](left, right)
@@ -184,7 +185,8 @@ def fold_number(expr: ast.Expr, what: str, errors: list, other=None):
     except OverflowError:  # whole numbers beyond float range
         finite = False
     if not finite:
-        errors.append(Diagnostic("E302", f"{prefix}{short(expr.span.text)} is too large", expr.span, (TOO_LARGE,)))
+        errors.append(Diagnostic(codes.OUT_OF_RANGE, f"{prefix}{short(expr.span.text)} is too large", expr.span,
+                                 (TOO_LARGE,)))
         return None
     return value
 

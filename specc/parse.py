@@ -9,7 +9,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from specc import ast
+from specc import ast, codes
 from specc.diagnostics import Diagnostic, SpecError, UsageError
 from specc.source import Source, Span
 
@@ -247,7 +247,7 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
         if ch == '"':
             end = text.find("\n", pos)
             end = len(text) if end < 0 else end
-            return Diagnostic("E004", "unterminated string", Span(source, pos, end),
+            return Diagnostic(codes.UNTERMINATED_STRING, "unterminated string", Span(source, pos, end),
                               ("a string ends with '\"' on the same line",))
         notes = ()
         if ch == "'":
@@ -256,7 +256,8 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
             notes = ("comments start with '#'",)
         shown = repr(ch)[1:-1] if not ch.isprintable() else ch
         quoted = f'"{shown}"' if ch == "'" else f"'{shown}'"
-        return Diagnostic("E001", f"unexpected character {quoted}", Span(source, pos, pos + 1), notes)
+        return Diagnostic(codes.UNEXPECTED_CHARACTER, f"unexpected character {quoted}", Span(source, pos, pos + 1),
+                          notes)
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     try:
@@ -271,7 +272,7 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
         at = prev.end_pos if prev is not None else 0
         notes = tuple(f"'{opener}' opened at line {source.line_of(opener.start_pos)} is not closed"
                       for opener in reversed(_unclosed(before)))
-        return Diagnostic("E003", f"unexpected end of input: expected {expected}",
+        return Diagnostic(codes.UNEXPECTED_END, f"unexpected end of input: expected {expected}",
                           Span(source, at, at), notes)
     found = _describe(tok)
     notes = []
@@ -279,19 +280,17 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
     if tok.type == "LBRACE" and prev is not None and prev.type == "NAME":
         if any(t.type == "LBRACE" for t in unclosed):
             opener = [t for t in unclosed if t.type == "LBRACE"][-1]
-            return Diagnostic("E002", f"unexpected '{{': the block opened at line {source.line_of(opener.start_pos)} "
-                              "is not closed", Span(source, tok.start_pos, tok.end_pos),
-                              ("close it with '}' before this one",))
+            return Diagnostic(codes.UNEXPECTED_TOKEN, f"unexpected '{{': the block opened at line "
+                              f"{source.line_of(opener.start_pos)} is not closed",
+                              Span(source, tok.start_pos, tok.end_pos), ("close it with '}' before this one",))
         if source.line_of(tok.start_pos) != source.line_of(prev.end_pos):
-            return Diagnostic("E002", f"'{{' must be on the same line as '{prev}'", Span(source, tok.start_pos,
-                                                                                       tok.end_pos),
-                              (f"write `{prev} {{`",))
+            return Diagnostic(codes.UNEXPECTED_TOKEN, f"'{{' must be on the same line as '{prev}'",
+                              Span(source, tok.start_pos, tok.end_pos), (f"write `{prev} {{`",))
     if "EQUAL" in accepts and tok.type in ("NUMBER", "LSQB", "MINUS") and prev is not None and \
             prev.type == "NAME" and source.line_of(tok.start_pos) == source.line_of(prev.end_pos):
         expected = "'='"  # `batch 64`: a setting without its '='
-        return Diagnostic("E002", f"expected '=' after '{prev}', found {found}", Span(source, tok.start_pos,
-                                                                                   tok.end_pos),
-                          (f"write `{prev} = {tok}`",))
+        return Diagnostic(codes.UNEXPECTED_TOKEN, f"expected '=' after '{prev}', found {found}",
+                          Span(source, tok.start_pos, tok.end_pos), (f"write `{prev} = {tok}`",))
     if unclosed and tok.type in ("LBRACE", "EQUAL", "COLON", "RBRACE") and unclosed[-1].type != "LBRACE":
         opener = unclosed[-1]
         notes.append(f"'{opener}' opened at line {source.line_of(opener.start_pos)}, column "
@@ -306,11 +305,11 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
     if prev is not None and (tok.type == "_NL" or (later_line and "NAME" not in accepts)):
         # A missing token: point just after what came before it, not at the next line.
         where = "" if tok.type == "_NL" else f" on line {source.line_of(tok.start_pos)}"
-        return Diagnostic("E002", f"expected {expected} after '{prev}', found {found}{where}",
+        return Diagnostic(codes.UNEXPECTED_TOKEN, f"expected {expected} after '{prev}', found {found}{where}",
                           Span(source, prev.end_pos, prev.end_pos), tuple(notes))
     end = tok.end_pos if tok.end_pos is not None else tok.start_pos + len(str(tok))
-    return Diagnostic("E002", f"unexpected {found}: expected {expected}", Span(source, tok.start_pos, end),
-                      tuple(notes))
+    return Diagnostic(codes.UNEXPECTED_TOKEN, f"unexpected {found}: expected {expected}",
+                      Span(source, tok.start_pos, end), tuple(notes))
 
 
 _CODE_OUTSIDE_STRINGS = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[^"#]+')
@@ -342,8 +341,8 @@ def parse(source: Source) -> ast.SpecFile:
                      "\u00a0": "a space", "\u00d7": "*"}.get(ch)
         if lookalike:
             notes.append(f"did you mean '{lookalike}'?" if len(lookalike) == 1 else f"did you mean {lookalike}?")
-        raise SpecError([Diagnostic("E001", f"unexpected character '{ch}'", Span(source, bad, bad + 1),
-                                    tuple(notes))])
+        raise SpecError([Diagnostic(codes.UNEXPECTED_CHARACTER, f"unexpected character '{ch}'",
+                                    Span(source, bad, bad + 1), tuple(notes))])
     parser = _parser()
     try:
         tree = parser.parse(source.text)
@@ -355,8 +354,9 @@ def parse(source: Source) -> ast.SpecFile:
         for stmt in block.body:
             if ast.depth(stmt) > MAX_DEPTH:
                 value = stmt.value if isinstance(stmt, ast.Assign) else getattr(stmt, "call", stmt)
-                raise SpecError([Diagnostic("E306", f"the expression is nested too deeply (more than {MAX_DEPTH} "
-                                            "levels)", value.span, ("give parts of it names of their own",))])
+                raise SpecError([Diagnostic(codes.TOO_DEEP, f"the expression is nested too deeply (more than "
+                                            f"{MAX_DEPTH} levels)", value.span,
+                                            ("give parts of it names of their own",))])
     return spec
 
 
@@ -380,7 +380,8 @@ def parse_expr(source: Source, start: int = 0) -> ast.Expr:
         raise SpecError(moved) from None
     body = tree.blocks[0].body
     if len(body) != 1 or not isinstance(body[0], ast.Assign):
-        raise SpecError([Diagnostic("E002", "expected one value", Span(source, start, len(source.text)))])
+        raise SpecError([Diagnostic(codes.UNEXPECTED_TOKEN, "expected one value",
+                                    Span(source, start, len(source.text)))])
     return _shift(body[0].value, source, delta)
 
 
@@ -412,12 +413,12 @@ def read_source(path: str | Path) -> Source:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         source = Source(str(path), data.decode("utf-8", errors="replace"))
-        raise SpecError([Diagnostic("E005", "the file is not UTF-8 text",
+        raise SpecError([Diagnostic(codes.NOT_TEXT, "the file is not UTF-8 text",
                                     Span(source, err.start, err.start + 1))]) from None
     if "\x00" in text:
         source = Source(str(path), text.replace("\x00", "?"))
         pos = text.index("\x00")
-        raise SpecError([Diagnostic("E005", "the file is not text (it holds a NUL byte)",
+        raise SpecError([Diagnostic(codes.NOT_TEXT, "the file is not text (it holds a NUL byte)",
                                     Span(source, pos, pos + 1))])
     # A byte-order mark is invisible in an editor: drop it. Old Mac line endings (a lone CR)
     # become newlines, one character for one, so that offsets stay put.

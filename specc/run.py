@@ -15,7 +15,7 @@ from specc.check import check
 from specc.diagnostics import Diagnostic, SpecError
 from specc.parse import parse, read_source
 from specc.runfolder import CHECKPOINT, RunFinished, RunFolder
-from specc.spec import Embedding, Spec
+from specc.spec import Spec
 
 
 def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagnostic]]:
@@ -37,7 +37,7 @@ def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagno
 
 
 def embedding_table(spec: Spec) -> dict[str, dict]:
-    return {n.name: {"column": n.op.column, "dim": n.op.dim} for n in spec.model.nodes if isinstance(n.op, Embedding)}
+    return {n.name: {"column": n.op.column, "dim": n.op.dim} for n in spec.model.nodes if n.op.name == "embedding"}
 
 
 def checkpoint_metadata(spec: Spec, vocabs, sets, epoch: int) -> dict[str, str]:
@@ -165,7 +165,6 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
 
     from specc.checkpoint import check_fits, to_safetensors
     from specc.data.prepare import prepare
-    from specc.export import ExportError, parity, parity_rows, to_onnx
     from specc.plan import make_plan
     from specc.plot import loss_png
     from specc.train import Interrupted, Progress, StopRequest, default_threads, pick_device, torch_threads, train
@@ -174,29 +173,14 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
     started = time.perf_counter()
     prepared = prepare(spec.data, spec.model.inputs)
     device = pick_device(device_name)
-    if graph is None:
-        from specc.fastpath import graph_reason
-
-        reason = graph_reason(spec, device)
-        graph = reason is None and not device_step
-        if reason is not None and device.type == "cuda" and not quiet:
-            print(f"specc: note: training with the plain loop, not the CUDA-graph step: {reason}", file=sys.stderr)
-    loop = "cuda-graph" if graph else "device-step" if device_step else "plain"
+    graph, loop = _loop(spec, device, device_step, graph, quiet)
     plan = make_plan(spec, prepared)
     threads = threads or default_threads(spec, prepared)
     if state is not None:
         check_fits(folder.file(CHECKPOINT), state, spec, prepared, plan, device)
     folder.write_text("spec.spec", spec.source.text)
     if not quiet:
-        where = ""
-        if state is not None and state.stage >= len(plan.stages):  # stopped after its last epoch
-            where = ", resuming after the last epoch: writing the model"
-        elif state is not None:
-            stage = f" of stage '{plan.stages[state.stage].name}'" if len(plan.stages) > 1 else ""
-            where = f", resuming at epoch {state.epoch} step {state.step}{stage}"
-        print(f"specc: training {spec.name} on {device.type} ({loop} loop, {threads} thread{'s' * (threads > 1)}): "
-              f"{prepared.n_train} training rows, "
-              f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch{where}", file=stdout)
+        print(_announcement(spec, prepared, plan, device, loop, threads, state), file=stdout)
 
     def meta(epoch: int) -> dict[str, str]:
         return checkpoint_metadata(spec, prepared.vocabs, sets, epoch)
@@ -247,13 +231,7 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
-    if not all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point()):
-        raise ExportError("the trained weights hold NaN or infinite values, so no model.onnx was written; "
-                          f"the last checkpoint is in {folder.path}/")
-    onnx_model = to_onnx(spec, model, prepared.vocabs)
-    onnx_bytes = onnx_model.SerializeToString()
-    diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared))
-    folder.write_bytes("model.onnx", onnx_bytes)
+    diff = _write_onnx(folder, spec, model, prepared)
     seconds = time.perf_counter() - started
     folder.write_json("run.json", {
         "status": "complete", "started": folder.record.get("started"),
@@ -270,6 +248,48 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
         print(f"specc: trained in {duration(seconds)}; wrote {folder.path}/ (model.onnx matches torch to {diff:.2g})",
               file=stdout)
     return RunResult(folder.path, history, diff, seconds)
+
+
+def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool) -> tuple[bool, str]:
+    """Whether to take the CUDA-graph step (None: wherever it applies, with a note on a CUDA device
+    where it does not) and the loop's name for run.json."""
+    if graph is None:
+        from specc.fastpath import graph_reason
+
+        reason = graph_reason(spec, device)
+        graph = reason is None and not device_step
+        if reason is not None and device.type == "cuda" and not quiet:
+            print(f"specc: note: training with the plain loop, not the CUDA-graph step: {reason}", file=sys.stderr)
+    return graph, "cuda-graph" if graph else "device-step" if device_step else "plain"
+
+
+def _announcement(spec: Spec, prepared, plan, device, loop: str, threads: int, state) -> str:
+    """The line that opens a run: what trains where, on how much data, and where a resumed run goes on."""
+    where = ""
+    if state is not None and state.stage >= len(plan.stages):  # stopped after its last epoch
+        where = ", resuming after the last epoch: writing the model"
+    elif state is not None:
+        stage = f" of stage '{plan.stages[state.stage].name}'" if len(plan.stages) > 1 else ""
+        where = f", resuming at epoch {state.epoch} step {state.step}{stage}"
+    return (f"specc: training {spec.name} on {device.type} ({loop} loop, {threads} thread{'s' * (threads > 1)}): "
+            f"{prepared.n_train} training rows, "
+            f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch{where}")
+
+
+def _write_onnx(folder: RunFolder, spec: Spec, model, prepared) -> float:
+    """Export the trained model to model.onnx, checked against torch on the parity rows first; the
+    largest difference. ExportError (and no model.onnx) when the weights hold NaN or infinity."""
+    import torch
+
+    from specc.export import ExportError, parity, parity_rows, to_onnx
+
+    if not all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point()):
+        raise ExportError("the trained weights hold NaN or infinite values, so no model.onnx was written; "
+                          f"the last checkpoint is in {folder.path}/")
+    onnx_bytes = to_onnx(spec, model, prepared.vocabs).SerializeToString()
+    diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared))
+    folder.write_bytes("model.onnx", onnx_bytes)
+    return diff
 
 
 def _main_thread() -> bool:

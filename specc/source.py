@@ -47,9 +47,6 @@ class Source:
         before = self.text[self._line_starts[line - 1]:offset]
         return display_width(before.expandtabs(TAB_SIZE)) + 1
 
-    def span(self, start: int, end: int) -> Span:
-        return Span(self, start, end)
-
     def end_span(self) -> Span:
         """A zero-width span just after the last non-blank character."""
         end = len(self.text.rstrip())

@@ -109,107 +109,31 @@ class DataSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Input:
-    """A float input column: its scale, then (with those procs) missing values filled with the
-    training median and the result normalised with the training mean and standard deviation."""
+class Op:
+    """One use of an op declared in specc.ops: its name and its checked constant arguments, read
+    as attributes (`op.out`, `op.p`). Values are rows; the op's declaration says what it does."""
 
-    column: str
-    scale: float | None = None
-    fill: bool = False
-    normalize: bool = False
-    scalar: bool = True  # one number per row: it arrives as (batch,) and becomes a (batch, 1) value
+    name: str
+    args: tuple[tuple[str, object], ...] = ()  # (name, value), sorted by name: equal ops compare equal
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(sorted(self.args, key=lambda item: item[0])))
 
-@dataclass(frozen=True, slots=True)
-class MissingIndicator:
-    """`<column>_na`: a category per row, index 1 where the value is there, 2 where it is missing."""
+    def __getattr__(self, key: str):
+        for name, value in object.__getattribute__(self, "args"):
+            if name == key:
+                return value
+        raise AttributeError(f"op '{object.__getattribute__(self, 'name')}' has no argument '{key}'")
 
-    column: str
-
-
-@dataclass(frozen=True, slots=True)
-class Tabular:
-    """fastai's tabular model, expanded into primitives once the data is read (specc.expand):
-    an embedding per category column (fastai's size rule unless given), embedding dropout,
-    batchnorm over the float columns, then per layer linear, ReLU, batchnorm, dropout, and a
-    final linear to `out` (classes, or 1)."""
-
-    cats: tuple[str, ...]
-    conts: tuple[str, ...]
-    layers: tuple[int, ...]
-    ps: tuple[float, ...]
-    emb_drop: float
-    emb_sizes: tuple[tuple[str, int], ...]
-    out: Dim
-
-@dataclass(frozen=True, slots=True)
-class Embedding:
-    """One learned row of `dim` numbers per category of `column` (index 0: unknown)."""
-
-    column: str
-    dim: int
+    def with_args(self, **changes) -> "Op":
+        """The same op with some arguments given or replaced."""
+        kept = tuple((k, v) for k, v in self.args if k not in changes)
+        return Op(self.name, kept + tuple(changes.items()))
 
 
-@dataclass(frozen=True, slots=True)
-class Dot:
-    """Row-wise dot product of two values of equal width -> width 1."""
-
-
-@dataclass(frozen=True, slots=True)
-class Binary:
-    """Element-wise `+ - * /`; a width-1 operand broadcasts. `constant` replaces one operand."""
-
-    op: str
-    constant: float | None = None
-    constant_first: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SigmoidRange:
-    """`sigmoid(x) * (high - low) + low`: squashes into (low, high)."""
-
-    low: float
-    high: float
-
-
-@dataclass(frozen=True, slots=True)
-class Linear:
-    """An affine layer `x @ W.T + b` to `out` features (the input width is inferred)."""
-
-    out: Dim
-
-
-@dataclass(frozen=True, slots=True)
-class Activation:
-    """An element-wise non-linearity, or softmax / log_softmax over the features."""
-
-    kind: str  # relu, sigmoid, tanh, softmax, log_softmax
-
-
-@dataclass(frozen=True, slots=True)
-class Dropout:
-    """Zeroes each feature with probability p while training (scaled by 1/(1-p)); identity in eval."""
-
-    p: float
-
-
-@dataclass(frozen=True, slots=True)
-class BatchNorm:
-    """Normalises each feature over the batch while training (running statistics in eval)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Flatten:
-    """All features of a row in one dimension."""
-
-
-@dataclass(frozen=True, slots=True)
-class Concat:
-    """Features of several values side by side."""
-
-
-Op = Union[Input, MissingIndicator, Embedding, Dot, Binary, SigmoidRange, Linear, Activation, Dropout, BatchNorm,
-           Flatten, Concat, Tabular]
+def op(name: str, **args) -> Op:
+    """An op with its arguments by name: op("linear", out=10)."""
+    return Op(name, tuple(args.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,16 +141,11 @@ class Node:
     """One value of the model: `name = op(inputs)`, a row of `shape` numbers per example."""
 
     name: str
-    op: Op
+    op: Op  # specc.ops names it
     inputs: tuple[str, ...]
     shape: tuple[Dim, ...]
     span: Span = field(compare=False, repr=False)
     group: str = "model"  # the layer group whose learning rate and freezing its weights follow
-
-    @property
-    def width(self) -> Dim:
-        """The size of a 1-D value (the feature count)."""
-        return self.shape[0] if len(self.shape) == 1 else "x".join(map(str, self.shape))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,13 @@
 """Train: lowered model + prepared data -> trained weights and per-epoch metrics.
 
-One explicit loop. The data lives in tensors on the training device; each epoch draws a fresh
-permutation and takes batches by index (no DataLoader, no sampling with replacement)."""
+One explicit loop, `train`. The data lives in tensors on the training device; each epoch draws a
+fresh permutation and takes batches by index (no DataLoader, no sampling with replacement). How a
+step is taken (plain, device-resident, CUDA graph) is specc.steps'; the optimizers are
+specc.optim's, the losses and metrics specc.metrics'."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import sys
 import time
@@ -14,15 +15,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from specc import codes
+from specc.checkpoint import TrainState
 from specc.data.prepare import Prepared
 from specc.lower import lower
-from specc.plan import TrainPlan, model_sizes, one_step_warmup
-from specc.spec import FLOAT, SGD, Adam, Fit, FitOneCycle, RMSProp, Spec
-
-SMOOTH_BETA = 0.98  # the seed's exponentially weighted moving average of the loss
-VALID_BATCH = 8192
+from specc.lrfind import END, START, STEPS, LRFindResult, lr_find
+from specc.metrics import EpochRecord, History, batch_loss, better, evaluate, fold, monitored, smooth
+from specc.optim import module_groups
+from specc.plan import TrainPlan
+from specc.sized import SizedModel, sized_model
+from specc.spec import EarlyStop, Spec
+from specc.steps import (
+    Batches, NanWatch, StageSetup, Steps, loop_kind, run_epoch, setup_stage, stage_steps, train_mode,
+)
 
 
 def pick_device(name: str) -> torch.device:
@@ -41,23 +47,16 @@ SMALL_STEP = 1 << 26
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (one per core), before anything sets it
 
 
-def step_multiply_adds(spec: Spec, sizes: dict[str, int], batch: int) -> int:
-    """Multiply-adds of one forward step in the linear layers, batch x their weights (embedding
-    lookups and elementwise operations are small beside them)."""
-    from specc.expand import expand
-    from specc.plan import resolve
-    from specc.spec import Linear
-
-    model = expand(spec.model, sizes)
-    weights = sum(resolve(model.node(n.inputs[0]).shape[0], sizes) * resolve(n.op.out, sizes)
-                  for n in model.nodes if isinstance(n.op, Linear))
-    return batch * weights
+def step_multiply_adds(model: SizedModel, batch: int) -> int:
+    """Multiply-adds of one forward step in the layers that have them (linear), batch x their
+    weights (embedding lookups and elementwise operations are small beside them)."""
+    return batch * model.multiply_adds()
 
 
 def default_threads(spec: Spec, prepared: Prepared) -> int:
     """One thread for a small model (under SMALL_STEP multiply-adds a step, as every example spec
     is), else torch's own default (one per core)."""
-    if step_multiply_adds(spec, model_sizes(spec, prepared), spec.data.batch) < SMALL_STEP:
+    if step_multiply_adds(sized_model(spec, prepared), spec.data.batch) < SMALL_STEP:
         return 1
     return TORCH_THREADS
 
@@ -72,158 +71,6 @@ def torch_threads(n: int):
         yield n
     finally:
         torch.set_num_threads(before)
-
-
-class _DecoupledWeightDecay:
-    """Weight decay that shrinks the weights directly (p -= lr * wd * p) before the update, as
-    AdamW does, instead of adding wd * p to the gradient (torch's SGD and RMSprop `weight_decay`
-    is that L2 form; the seed contrasts the two, and `l2` in a spec gives the other one)."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            wd = group["decoupled_wd"]
-            if wd:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.mul_(1.0 - group["lr"] * wd)
-        return super().step(closure)
-
-
-class DecoupledSGD(_DecoupledWeightDecay, torch.optim.SGD):
-    """torch's SGD (v = momentum*v + (1-dampening)*g, the first v = g; p -= lr*v), decoupled wd."""
-
-    def __init__(self, params, lr: float, momentum: float, nesterov: bool, wd: float, dampening: float = 0.0):
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening)
-        for group in self.param_groups:
-            group["decoupled_wd"] = wd
-
-
-class DecoupledRMSprop(_DecoupledWeightDecay, torch.optim.RMSprop):
-    """torch's RMSprop (s = alpha*s + (1-alpha)*g^2; p -= lr*g/(sqrt(s)+eps)), decoupled wd."""
-
-    def __init__(self, params, lr: float, alpha: float, eps: float, momentum: float, wd: float):
-        super().__init__(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
-        for group in self.param_groups:
-            group["decoupled_wd"] = wd
-
-
-def make_optimizer(opt, groups: list[tuple[list, float]]) -> torch.optim.Optimizer:
-    """The spec's optimizer over parameter groups, each [(params, lr)] with its own learning rate."""
-    params = [{"params": ps, "lr": lr} for ps, lr in groups]
-    lr = groups[-1][1]
-    if isinstance(opt, Adam):
-        # The fused kernel does the whole update in one pass over each tensor (on the CPU too,
-        # since torch 2.4): about 30% off a collab epoch on the CPU, more on the GPU.
-        return torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd, fused=True)
-    if isinstance(opt, RMSProp):
-        return DecoupledRMSprop(params, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, wd=opt.wd)
-    assert isinstance(opt, SGD)
-    return DecoupledSGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov, wd=opt.wd,
-                        dampening=opt.dampening)
-
-
-def make_scheduler(fit, opt, optimizer, total_steps: int):
-    """torch's OneCycleLR for fit_one_cycle, each group to its own peak; nothing for a constant lr."""
-    if isinstance(fit, Fit):
-        return None
-    assert isinstance(fit, FitOneCycle)
-    # Momentum cycles for Adam (beta1) and for SGD / RMSProp that use momentum at all.
-    cycle = isinstance(opt, Adam) or opt.momentum > 0
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
-        pct_start=fit.pct_start,
-        anneal_strategy="cos", div_factor=fit.div, final_div_factor=fit.final_div,
-        cycle_momentum=cycle, base_momentum=fit.moms[1], max_momentum=fit.moms[0])
-
-
-def smooth(losses: np.ndarray, beta: float = SMOOTH_BETA, start: tuple[float, int] = (0.0, 0)):
-    """Debiased EWMA: avg = beta*avg + (1-beta)*loss; shown = avg / (1 - beta**n).
-    Returns (smoothed values, (avg, n)) so that it can continue across epochs."""
-    avg, n = start
-    out = np.empty(len(losses))
-    for k, value in enumerate(losses):
-        avg = beta * avg + (1.0 - beta) * float(value)
-        n += 1
-        out[k] = avg / (1.0 - beta ** n)
-    return out, (avg, n)
-
-
-@dataclass
-class EpochRecord:
-    stage: str
-    epoch: int
-    train_loss: float
-    valid_loss: float
-    metrics: dict[str, float]
-    lr: float
-    seconds: float
-
-
-@dataclass
-class History:
-    records: list[EpochRecord] = field(default_factory=list)
-    step_loss: list[float] = field(default_factory=list)  # raw loss of each step
-    step_smooth: list[float] = field(default_factory=list)
-    step_lr: list[float] = field(default_factory=list)
-
-
-def _predict_column(spec: Spec, out: torch.Tensor) -> torch.Tensor:
-    """The model output compared with the target: one number per row for a float target, one
-    score per class (as the model gives them) for a category target."""
-    return out[:, 0] if spec.data.target.kind == FLOAT else out
-
-
-# Each loss as the seed describes it; cross_entropy takes logits (log-softmax inside), nll takes
-# log-probabilities (a model that ends in log_softmax), bce takes probabilities (ends in sigmoid).
-LOSS_FNS = {
-    "mse": F.mse_loss,
-    "l1": F.l1_loss,
-    "bce": F.binary_cross_entropy,
-    "bce_with_logits": F.binary_cross_entropy_with_logits,
-    "cross_entropy": F.cross_entropy,
-    "nll": F.nll_loss,
-}
-
-
-def loss_fn(spec: Spec):
-    """The training loss, with the seed's L2 penalty (l2 * sum of squared weights) when asked."""
-    base = LOSS_FNS[spec.train.loss]
-    l2 = spec.train.l2
-    if not l2:
-        return lambda out, y, params: base(out, y)
-
-    def with_penalty(out, y, params):
-        return base(out, y) + l2 * torch.stack([(p * p).sum() for p in params]).sum()
-    return with_penalty
-
-
-@torch.no_grad()
-def evaluate(spec: Spec, model, columns: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, float]:
-    """Loss (without the l2 penalty) and metrics over a whole split, in large batches."""
-    was_training = model.training
-    model.eval()
-    preds = []
-    n = len(target)
-    chunk = VALID_BATCH if target.device.type == "cpu" else 8 * VALID_BATCH  # fewer launches on a GPU
-    for s in range(0, n, chunk):
-        batch = [columns[c][s:s + chunk] for c in spec.model.inputs]
-        preds.append(_predict_column(spec, model(*batch)))
-    model.train(was_training)
-    pred = torch.cat(preds).double()
-    if spec.data.target.kind == FLOAT:
-        y = target.double()
-        values = {"loss": float(LOSS_FNS[spec.train.loss](pred, y))}
-        err = pred - y
-        mse = float((err * err).mean())
-        for metric in spec.train.metrics:
-            values[metric] = {"mse": mse, "rmse": math.sqrt(mse), "mae": float(err.abs().mean())}[metric]
-        return values
-    values = {"loss": float(LOSS_FNS[spec.train.loss](pred, target))}
-    accuracy = float((pred.argmax(dim=-1) == target).double().mean())
-    for metric in spec.train.metrics:
-        values[metric] = {"accuracy": accuracy, "error_rate": 1.0 - accuracy}[metric]
-    return values
 
 
 def duration(seconds: float) -> str:
@@ -291,41 +138,33 @@ class Progress:
         print("  ".join(cells), file=self.out, flush=True)
 
 
-def _fold(values: torch.Tensor, state: tuple[float, int]) -> tuple[float, tuple[float, int]]:
-    """The smoothed loss after `values` (the losses since the last look), from the EWMA `state`."""
-    smoothed, state = smooth(values.detach().double().cpu().numpy(), start=state)
-    return float(smoothed[-1]), state
-
-
 def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Each column as a tensor on the device (shared with the array on the CPU, not copied)."""
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
+
+
+def training_batches(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device) -> Batches:
+    """The training split's model inputs and target on the device, in the plan's batches."""
+    tensors = to_tensors(prepared.train, device)
+    return Batches([tensors[c] for c in spec.model.inputs], tensors[spec.data.target.name], plan.batch,
+                   plan.steps_per_epoch)
+
+
+def batch_order(spec: Spec, device: torch.device) -> torch.Generator:
+    """The generator that draws each epoch's order of the rows (and lr-find's batches), seeded."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(spec.train.seed)
+    return generator
 
 
 def build_model(spec: Spec, prepared: Prepared):
     """Seeded model construction (the same weights for the same spec and data), then the groups
     that `init GROUP from "RUN"` names take their weights from that run."""
     torch.manual_seed(spec.train.seed)
-    model = lower(spec.model, model_sizes(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
+    model = lower(sized_model(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
     for init in spec.inits:
         load_group(model, module_groups(model), init)
     return model
-
-
-def module_groups(model) -> dict[str, str]:
-    """Submodule name -> its layer group (lowering records it on each module's node)."""
-    return {n.target: n.meta.get("group", "model") for n in model.graph.nodes if n.op == "call_module"}
-
-
-def group_params(model, owners: dict[str, str], group: str) -> list:
-    """The parameters of one layer group's modules."""
-    return [p for name, m in model.named_children() if owners.get(name) == group for p in m.parameters()]
-
-
-def stage_groups(model, owners: dict[str, str], plan: TrainPlan, stage) -> list[tuple[list, float]]:
-    """A stage's optimizer parameter groups, in order: each layer group that trains in it (not
-    frozen, with parameters) and its peak learning rate (NaN where lr-find will pick it)."""
-    groups = [(group_params(model, owners, g.name), lr) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
-    return [(ps, lr) for ps, lr in groups if ps]
 
 
 def load_group(model, groups: dict[str, str], init) -> None:
@@ -337,13 +176,13 @@ def load_group(model, groups: dict[str, str], init) -> None:
     path = init.run / "model.safetensors"
     where = f"{init.run}"
     if not path.is_file():
-        raise SpecError([Diagnostic("E207", f"no model.safetensors in {where}", init.span,
+        raise SpecError([Diagnostic(codes.BAD_INIT_RUN, f"no model.safetensors in {where}", init.span,
                                     ("train that run first: its run folder holds the weights",))])
     try:
         with safe_open(str(path), framework="pt") as f:
             saved = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as err:  # a damaged or cut-short file
-        raise SpecError([Diagnostic("E207", f"cannot read {path}: {err}", init.span,
+        raise SpecError([Diagnostic(codes.BAD_INIT_RUN, f"cannot read {path}: {err}", init.span,
                                     ("train that run again, or init from another run",))]) from None
     state = model.state_dict()
     wanted = [k for k in state if groups.get(k.split(".")[0]) == init.group]
@@ -355,7 +194,8 @@ def load_group(model, groups: dict[str, str], init) -> None:
             problems.append(f"'{key}' is {tuple(saved[key].shape)} in the run but {tuple(state[key].shape)} here")
     if problems or not wanted:
         notes = tuple(problems[:5]) or (f"group '{init.group}' has no weights",)
-        raise SpecError([Diagnostic("E207", f"cannot take group '{init.group}' from {where}", init.span, notes)])
+        raise SpecError([Diagnostic(codes.BAD_INIT_RUN, f"cannot take group '{init.group}' from {where}", init.span,
+                                    notes)])
     with torch.no_grad():
         for key in wanted:
             state[key].copy_(saved[key])
@@ -381,20 +221,106 @@ class Interrupted(Exception):
         super().__init__(f"stopped in epoch {state.epoch} before step {state.step}")
 
 
-def _monitor_value(record: EpochRecord, monitor: str) -> float:
-    return record.valid_loss if monitor == "valid_loss" else record.metrics[monitor]
+def find_lr(spec: Spec, setup: StageSetup, batches: Batches, generator: torch.Generator, device,
+            start: float = START, end: float = END, steps: int = STEPS) -> LRFindResult:
+    """lr-find over the stage's optimizer and random batches of its training rows; the model,
+    optimizer and generators are left as they were."""
+    loss = batch_loss(spec, setup.model, setup.params)
+
+    def step_loss(idx):
+        return loss([x[idx] for x in batches.xs], batches.y[idx])
+
+    return lr_find(setup.model, setup.optimizer, step_loss, batches.rows, batches.size, generator, start, end,
+                   steps, device=device)
 
 
-def _better(monitor: str, new: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return new > best if monitor == "accuracy" else new < best
+@dataclass
+class EarlyStopping:
+    """A stage's early stopping (`rule`; None: the stage runs all its epochs): the best value of
+    the monitored number so far, its epoch, the epochs waited since, and with keep_best the best
+    epoch's weights."""
+
+    rule: EarlyStop | None
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    stopped: bool = False
+    weights: dict | None = None
+
+    @classmethod
+    def resumed(cls, rule: EarlyStop | None, state: TrainState) -> EarlyStopping:
+        """Where a stopped run's stage had got to (its checkpoint's `early` and `best`)."""
+        early = state.early
+        return cls(rule, early.get("best"), early.get("best_epoch"), early.get("wait", 0),
+                   bool(early.get("stopped", False)), state.best or None)
+
+    def after(self, record: EpochRecord, model) -> None:
+        """Take an epoch's record: a better value is the new best (its weights kept), else one more wait."""
+        if self.rule is None:
+            return
+        value = monitored(record, self.rule.monitor)
+        if better(self.rule.monitor, value, self.best):
+            self.best, self.best_epoch, self.wait = value, record.epoch, 0
+            if self.rule.keep_best:
+                self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.wait += 1
+            self.stopped = self.stopped or self.wait >= self.rule.patience
+
+    def restore_best(self, model) -> None:
+        """The stage ends with its best epoch's weights, when the rule keeps them."""
+        if self.rule is not None and self.rule.keep_best and self.weights is not None:
+            model.load_state_dict(self.weights)
+
+    def saved(self) -> dict:
+        """The checkpoint's `early`: best, best_epoch and wait once there is a best, and stopped."""
+        if self.best is None and not self.wait and not self.stopped:
+            return {}
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait} | (
+            {"stopped": True} if self.stopped else {})
+
+
+@dataclass
+class Position:
+    """What a run carries besides its weights, optimizer and place (stage, epoch): the epoch in
+    progress (the next step, its order of the rows, its losses, rates and seconds so far) and what
+    goes on from epoch to epoch (the smoothed loss's state, the rates lr-find found)."""
+
+    step: int = 0
+    perm: torch.Tensor | None = None  # None: the epoch's order is not drawn yet
+    losses: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    lrs: list = field(default_factory=list)
+    seconds: float = 0.0
+    ewma: tuple = (0.0, 0)
+    found_lrs: dict = field(default_factory=dict)
+
+    def next_epoch(self) -> None:
+        """The epoch is over: the next one starts at step 0, its order not drawn yet."""
+        self.step, self.perm, self.losses, self.lrs, self.seconds = 0, None, torch.zeros(0), [], 0.0
+
+
+class LiveLine:
+    """The live progress line within an epoch: the epoch's losses folded into the smoothed loss as
+    they are shown, a few times a second at most."""
+
+    def __init__(self, progress: Progress, stage: str, epoch: int, total: int, ewma: tuple, start: float):
+        self.progress, self.stage, self.epoch, self.total, self.ewma, self.start = (
+            progress, stage, epoch, total, ewma, start)
+        self.shown = 0  # steps folded in so far
+        progress.start_epoch()
+
+    def update(self, s: int, steps: Steps) -> None:
+        """After step `s`: rewrite the line when it is due."""
+        if self.progress.due(time.perf_counter() - self.start):
+            smoothed, self.ewma = fold(steps.losses(self.shown, s + 1), self.ewma)
+            self.shown = s + 1
+            self.progress.step(self.stage, self.epoch, s + 1, self.total, smoothed, time.perf_counter() - self.start)
 
 
 def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
-          progress: Progress | None = None, on_epoch=None, on_start=None, resume=None,
-          stop: StopRequest | None = None, found_lrs: dict | None = None,
-          on_lr_found=None, device_step: bool | str = False, graph: bool | None = None) -> tuple[torch.nn.Module, History]:
+          progress: Progress | None = None, on_epoch=None, on_start=None, resume: TrainState | None = None,
+          stop: StopRequest | None = None, found_lrs: dict | None = None, on_lr_found=None,
+          device_step: bool | str = False, graph: bool | None = None) -> tuple[torch.nn.Module, History]:
     """Train the spec's model, stage by stage. `on_start(model)` runs before the first step (not
     on resume); `on_epoch(model, record, history, state)` after each epoch, with the state to go on
     from. `resume` (a specc.checkpoint.TrainState) continues a run where it stopped, to the same
@@ -405,314 +331,98 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     CUDA device with Adam). `device_step` takes the same device-resident step uncaptured (Adam only;
     on the CPU it trains to the plain loop's weights bit for bit); "flat" makes it update with
     fastpath.FlatAdam, the update the captured step uses."""
-    from specc import fastpath
-    from specc.checkpoint import TrainState
-
-    reason = fastpath.graph_reason(spec, device)
-    if graph is None:
-        graph = reason is None and not device_step
-    elif graph and reason is not None:
-        raise ValueError(f"no CUDA-graph step: {reason}")  # a caller's mistake
+    loop = loop_kind(spec, device, device_step, graph)  # chosen once: every stage steps the same way
     model = build_model(spec, prepared).to(device)
     model.train()
     if on_start is not None and resume is None:
         on_start(model)
-    owners = module_groups(model)
-    loss_of = loss_fn(spec)
-    inputs, target = spec.model.inputs, spec.data.target.name
-    train_t = to_tensors(prepared.train, device)
-    valid_t = to_tensors(prepared.valid, device)
-    x_train = [train_t[c] for c in inputs]
-    y_train = train_t[target]
-    n, bs = prepared.n_train, plan.batch
-    steps = plan.steps_per_epoch
-    generator = torch.Generator(device=device)
-    generator.manual_seed(spec.train.seed)
-    history = History()
-    ewma = (0.0, 0)
-    found_lrs = dict(found_lrs or {})
-    first_stage, first_epoch, first_step, perm, losses, lrs, carried = 0, 0, 0, None, [], [], 0.0
-    early, best_state = {}, None
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        torch.set_rng_state(resume.torch_rng)
-        generator.set_state(resume.generator.to(generator.get_state().device))
-        first_stage, first_epoch, first_step = resume.stage, resume.epoch, resume.step
-        perm = resume.perm.to(device) if resume.perm.numel() else None  # empty: draw the epoch's own
-        losses = [v for v in resume.epoch_losses.to(device)]
-        lrs, ewma, carried = list(resume.epoch_lrs), tuple(resume.ewma), resume.epoch_seconds
-        history.records = [EpochRecord(**r) for r in resume.records]
-        history.step_loss = list(resume.history.get("step_loss", []))
-        history.step_smooth = list(resume.history.get("step_smooth", []))
-        history.step_lr = list(resume.history.get("step_lr", []))
-        early, found_lrs = dict(resume.early), {**found_lrs, **resume.found_lrs}
-        best_state = resume.best or None
-    check_every = 64  # steps between looks at the loss for NaN (one host sync each)
-    warned = False
-    optimizer = scheduler = fast = None
-
-    def optimizer_state() -> dict:
-        if fast is None:
-            return optimizer.state_dict()
-        # the device step keeps lr and betas as tensors; a checkpoint keeps the next step's numbers
-        from specc.fastpath import float_groups
-
-        saved = float_groups(optimizer.state_dict())
-        for group, shadow in zip(saved["param_groups"], fast[1].param_groups):
-            group["lr"], group["betas"] = shadow["lr"], (shadow["betas"][0], group["betas"][1])
-        return saved
-
-    def state(stage: int, epoch: int, step: int, seconds: float, next_stage: bool = False) -> TrainState:
-        # At the start of a new stage there is no optimizer, scheduler or early-stopping state yet:
-        # the stage makes its own, as a run that never stopped does.
-        sched = fast[2] if fast is not None else scheduler
-        return TrainState(
-            epoch=epoch, step=step, perm=perm, model=model.state_dict(),
-            optimizer={"state": {}, "param_groups": []} if next_stage or optimizer is None else optimizer_state(),
-            scheduler=None if next_stage or sched is None else sched.state_dict(),
-            torch_rng=torch.get_rng_state(), generator=generator.get_state(),
-            epoch_losses=_stacked(losses), epoch_lrs=list(lrs), ewma=ewma,
-            records=[r.__dict__ for r in history.records],
-            history={"step_loss": history.step_loss, "step_smooth": history.step_smooth,
-                     "step_lr": history.step_lr}, epoch_seconds=seconds, stage=stage,
-            early={} if next_stage else dict(early), best={} if next_stage else (best_state or {}),
-            found_lrs=dict(found_lrs))
-
-    for si in range(first_stage, len(plan.stages)):
-        stage = plan.stages[si]
-        resuming = resume is not None and si == first_stage
-        frozen = {g.name for g, lr in zip(plan.groups, stage.lrs) if lr is None}
-        frozen_modules = [m for name, m in model.named_children() if owners.get(name) in frozen]
-        for name, module in model.named_children():
-            module.requires_grad_(owners.get(name) not in frozen)
-        _train_mode(model, frozen_modules)
-        groups = stage_groups(model, owners, plan, stage)
-        params = [p for ps, _ in groups for p in ps]
-        find = any(lr != lr for _, lr in groups)  # lr = find: NaN until the finder has run
-        optimizer = make_optimizer(spec.train.optimizer, [(ps, 1e-3 if find else lr) for ps, lr in groups])
-        if find:
-            if stage.name not in found_lrs:
-                result = _find_lr(spec, model, optimizer, loss_of, x_train, y_train, params, n, bs, generator,
-                                  device)
-                found_lrs[stage.name] = result.suggestions["valley"]
+    batches, valid = training_batches(spec, prepared, plan, device), to_tensors(prepared.valid, device)
+    generator, history, watch = batch_order(spec, device), History(), NanWatch(spec.train.stop_on_nan)
+    at = Position(found_lrs=dict(found_lrs or {}))
+    if resume is not None:  # the weights, generators and history of the stopped run, its place in its epoch
+        at = restore(resume, model, generator, history, at.found_lrs, device)
+    for si in range(resume.stage if resume is not None else 0, len(plan.stages)):
+        stage, resuming = plan.stages[si], resume is not None and si == resume.stage
+        setup = setup_stage(spec, model, plan, stage)
+        if setup.find:  # lr = find: the finder's valley, found once (a rerun or a resume replays it)
+            if stage.name not in at.found_lrs:
+                result = find_lr(spec, setup, batches, generator, device)
+                at.found_lrs[stage.name] = result.suggestions["valley"]
                 if on_lr_found is not None:
-                    on_lr_found(stage.name, found_lrs[stage.name], result)
-            for group in optimizer.param_groups:
-                group["lr"] = found_lrs[stage.name]
-        stage_steps = steps * stage.epochs
-        peaks = [g["lr"] for g in optimizer.param_groups]
-        scheduler = make_scheduler(stage.fit, spec.train.optimizer, optimizer, stage_steps)
-        if resuming and resume.optimizer["param_groups"]:
-            # cloned: torch's load_state_dict keeps tensors that are already right, and the steps
-            # would then change the caller's TrainState in place
-            optimizer.load_state_dict({"state": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in st.items()}
-                                                 for k, st in resume.optimizer["state"].items()},
-                                       "param_groups": resume.optimizer["param_groups"]})
-            if scheduler is not None and resume.scheduler is not None:
-                scheduler.load_state_dict(resume.scheduler)
-        fast = None
-        if device_step or graph:
-            fast = _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs,
-                                stage_steps, device, resume.scheduler if resuming and resume.optimizer[
-                                    "param_groups"] else None, graph, device_step == "flat")
-        if not resuming:
-            early, best_state = {}, None
-        es = stage.early_stop
-        for epoch in range(first_epoch if resuming else 0, stage.epochs):
-            if es is not None and early.get("stopped"):
+                    on_lr_found(stage.name, at.found_lrs[stage.name], result)
+            for group in setup.optimizer.param_groups:
+                group["lr"] = at.found_lrs[stage.name]
+        # the schedule starts at the found rate; a stopped run's optimizer and schedule state are put back
+        steps = stage_steps(loop, spec, stage, setup, batches, watch, device, resume if resuming else None)
+        early = EarlyStopping.resumed(stage.early_stop, resume) if resuming else EarlyStopping(stage.early_stop)
+        for epoch in range(resume.epoch if resuming else 0, stage.epochs):
+            if early.stopped:
                 break
-            start = time.perf_counter() - (carried if resuming and epoch == first_epoch else 0.0)
-            if not (resuming and epoch == first_epoch) or perm is None or not perm.numel():
-                perm = torch.randperm(n, generator=generator, device=device)
-                losses, lrs = [], []  # detached loss tensors: no host synchronisation inside the epoch
-            lr_now = lrs[0] if lrs else (fast[1] if fast else optimizer).param_groups[-1]["lr"]
-            first_s = first_step if resuming and epoch == first_epoch else 0
-            # the live line's smoothed loss: the epoch's losses folded into the EWMA as they are shown
-            live, live_k, live_ewma = progress is not None and progress.live, 0, ewma
-            if live:
-                progress.start_epoch()
-            if fast is not None:
-                dstep, _, shadow_sched, lr_host = fast
-                row = epoch * steps + first_s
-                dstep.start_epoch(perm, row, first_s)
-                if len(losses):
-                    dstep.losses[:len(losses)].copy_(_stacked(losses))
-                done = steps
-                for s in range(first_s, steps):
-                    if stop is not None and stop.requested:
-                        done = s
-                        break
-                    dstep()  # queued: the host runs ahead of the device until the epoch's end
-                    if live and progress.due(time.perf_counter() - start):  # a few times a second at most
-                        shown, live_ewma = _fold(dstep.losses[live_k:s + 1], live_ewma)
-                        live_k = s + 1
-                        progress.step(stage.name, epoch, s + 1, steps, shown, time.perf_counter() - start)
-                lrs.extend(lr_host[row:row + done - first_s])
-                if shadow_sched is not None:  # the host's copy of the schedule, for checkpoints
-                    for _ in range(done - first_s):
-                        shadow_sched.step()
-                if done < steps:
-                    losses = dstep.losses[:done].clone()
-                    raise Interrupted(state(si, epoch, done, time.perf_counter() - start))
-                losses = dstep.losses.clone()  # one tensor: the epoch's losses, read once below
-                if spec.train.stop_on_nan and not bool(torch.isfinite(losses).all()):
-                    first = int((~torch.isfinite(losses)).nonzero()[0, 0])
-                    raise TrainingDiverged(stage.name, epoch, first, lrs[first])
-            else:
-                for s in range(first_s, steps):
-                    if stop is not None and stop.requested:
-                        raise Interrupted(state(si, epoch, s, time.perf_counter() - start))
-                    idx = perm[s * bs:(s + 1) * bs]
-                    out = model(*[x[idx] for x in x_train])
-                    loss = loss_of(_predict_column(spec, out), y_train[idx], params)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    lrs.append(optimizer.param_groups[-1]["lr"])
-                    if scheduler is not None:
-                        scheduler.step()
-                    losses.append(loss.detach())
-                    if (s % check_every == check_every - 1 or s == steps - 1) and not warned:
-                        recent = torch.stack(losses[-check_every:])
-                        if not bool(torch.isfinite(recent).all()):
-                            first = len(losses) - len(recent) + int((~torch.isfinite(recent)).nonzero()[0, 0])
-                            if spec.train.stop_on_nan:
-                                raise TrainingDiverged(stage.name, epoch, first, lrs[first])
-                            warned = True
-                            print(f"specc: warning: the loss became NaN or infinite in stage '{stage.name}', epoch "
-                                  f"{epoch}, step {first} (lr {lrs[first]:.3g}); going on because stop_on_nan = false",
-                                  file=sys.stderr)
-                    if live and progress.due(time.perf_counter() - start):  # a few times a second at most
-                        shown, live_ewma = _fold(torch.stack(losses[live_k:]), live_ewma)
-                        live_k = len(losses)
-                        progress.step(stage.name, epoch, s + 1, steps, shown, time.perf_counter() - start)
-            raw = _stacked(losses).double().cpu().numpy()
-            smoothed, ewma = smooth(raw, start=ewma)
-            scores = evaluate(spec, model, valid_t, valid_t[target])
-            _train_mode(model, frozen_modules)
-            seconds = time.perf_counter() - start
+            start = time.perf_counter() - at.seconds  # a resumed epoch's clock goes on where it stopped
+            if at.perm is None:  # each epoch its own order of the rows, from the seeded generator
+                at.perm = torch.randperm(batches.rows, generator=generator, device=device)
+                at.losses, at.lrs = torch.zeros(0), []
+            lr = at.lrs[0] if at.lrs else steps.lr()  # the rate of the epoch's first step, for its record
+            steps.start_epoch(epoch, at.perm, at.step, at.losses, at.lrs)
+            live = LiveLine(progress, stage.name, epoch, batches.steps, at.ewma, start) if (
+                progress is not None and progress.live) else None
+            done = run_epoch(steps, at.step, batches.steps, stop, live)
+            at.step, (at.losses, at.lrs) = done, steps.end_epoch(done)  # the losses' one read back
+            if done < batches.steps:  # stopped on request: the state to go on from this step
+                at.seconds = time.perf_counter() - start
+                raise Interrupted(checkpoint(model, si, epoch, at, steps, early, generator, history))
+            raw = at.losses.double().cpu().numpy()
+            smoothed, at.ewma = smooth(raw, start=at.ewma)
+            scores = evaluate(spec, model, valid, valid[spec.data.target.name])
+            train_mode(model, setup.frozen)  # evaluate left every module in training mode
             record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
-                                 {m: scores[m] for m in spec.train.metrics}, lr_now, seconds)
-            history.records.append(record)
-            history.step_loss.extend(raw.tolist())
-            history.step_smooth.extend(smoothed.tolist())
-            history.step_lr.extend(lrs)
+                                 {m: scores[m] for m in spec.train.metrics}, lr, time.perf_counter() - start)
+            history.add(record, raw, smoothed, at.lrs)
             if progress is not None:
                 progress.epoch(record)
-            if es is not None:
-                value = _monitor_value(record, es.monitor)
-                if _better(es.monitor, value, early.get("best")):
-                    early.update(best=value, best_epoch=epoch, wait=0)
-                    if es.keep_best:
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    early["wait"] = early.get("wait", 0) + 1
-                    if early["wait"] >= es.patience:
-                        early["stopped"] = True
-            last = epoch == stage.epochs - 1 or early.get("stopped", False)
-            if last and es is not None and es.keep_best and best_state is not None:
-                model.load_state_dict(best_state)  # the stage ends with its best epoch's weights
-            if on_epoch is not None:
-                # the state to go on from: the next epoch (or stage), its permutation not drawn yet
-                losses, lrs, perm = [], [], torch.zeros(0, dtype=torch.int64)
-                if last:
-                    on_epoch(model, record, history, state(si + 1, 0, 0, 0.0, next_stage=True))
-                else:
-                    on_epoch(model, record, history, state(si, epoch + 1, 0, 0.0))
-        first_epoch = first_step = 0
-        early, best_state = {}, None
+            early.after(record, model)
+            last = epoch == stage.epochs - 1 or early.stopped
+            if last:
+                early.restore_best(model)  # the stage ends with its best epoch's weights, if it keeps them
+            at.next_epoch()
+            if on_epoch is not None:  # the state to go on from: the next epoch, or the next stage's first
+                state = (checkpoint(model, si + 1, 0, at, None, None, generator, history) if last
+                         else checkpoint(model, si, epoch + 1, at, steps, early, generator, history))
+                on_epoch(model, record, history, state)
+        at.next_epoch()  # the next stage begins with a fresh epoch
     return model, history
 
 
-def _stacked(losses) -> torch.Tensor:
-    """An epoch's losses so far as one tensor (the plain loop keeps a list, the device step a tensor)."""
-    if torch.is_tensor(losses):
-        return losses
-    return torch.stack(losses) if losses else torch.zeros(0)
+def checkpoint(model, stage: int, epoch: int, at: Position, steps: Steps | None, early: EarlyStopping | None,
+               generator: torch.Generator, history: History) -> TrainState:
+    """The state to go on from: `at` in `epoch` of `stage`. Without `steps` and `early` (a stage not
+    begun) it holds no optimizer, schedule or early-stopping state: the stage makes its own, as a
+    run that never stopped does."""
+    return TrainState(
+        epoch=epoch, step=at.step, perm=torch.zeros(0, dtype=torch.int64) if at.perm is None else at.perm,
+        model=model.state_dict(),
+        optimizer={"state": {}, "param_groups": []} if steps is None else steps.optimizer_state(),
+        scheduler=None if steps is None else steps.scheduler_state(),
+        torch_rng=torch.get_rng_state(), generator=generator.get_state(),
+        epoch_losses=at.losses, epoch_lrs=list(at.lrs), ewma=at.ewma,
+        records=[r.__dict__ for r in history.records],
+        history={"step_loss": history.step_loss, "step_smooth": history.step_smooth, "step_lr": history.step_lr},
+        epoch_seconds=at.seconds, stage=stage, early={} if early is None else early.saved(),
+        best={} if early is None else (early.weights or {}), found_lrs=dict(at.found_lrs))
 
 
-def _device_step(spec, stage, model, optimizer, peaks, loss_of, params, x_train, y_train, steps, bs, stage_steps,
-                 device, scheduler_state, graph: bool, flat: bool = False):
-    """The device-resident step of a stage (captured in a CUDA graph if `graph`), with a shadow
-    schedule on the host for checkpoints and the host's copy of the last group's learning rates."""
-    from specc import fastpath
-
-    if not fastpath.applies(spec):
-        raise ValueError("the device step needs Adam")  # a caller's mistake, not a user's
-    lr_table, beta1_table = fastpath.schedule_tables(stage.fit, spec.train.optimizer, peaks, stage_steps, device)
-    stand_ins = [[torch.nn.Parameter(torch.zeros(1))] for _ in peaks]
-    shadow = make_optimizer(spec.train.optimizer, list(zip(stand_ins, peaks)))
-    shadow_sched = make_scheduler(stage.fit, spec.train.optimizer, shadow, stage_steps)
-    if shadow_sched is not None:
-        shadow.step()  # the scheduler wants an optimizer step before its own
-        if scheduler_state is not None:
-            shadow_sched.load_state_dict(scheduler_state)
-            for group, lr in zip(shadow.param_groups, shadow_sched.get_last_lr()):
-                group["lr"] = lr
-
-    lr_host = lr_table[:, -1].tolist()
-    forward = fastpath.gather_rows_graph(model) if graph and isinstance(model, torch.fx.GraphModule) else model
-
-    def forward_loss(xs, y):
-        return loss_of(_predict_column(spec, forward(*xs)), y, params)
-
-    step = fastpath.DeviceStep(model, optimizer, forward_loss, x_train, y_train, steps, bs, lr_table, beta1_table,
-                               device, update="flat" if graph or flat else "optimizer",
-                               compiled=graph and fastpath.can_compile())
-    return (fastpath.CapturedStep(step) if graph else step), shadow, shadow_sched, lr_host
-
-
-def _train_mode(model, frozen_modules) -> None:
-    """Training mode, except frozen groups: their batchnorm statistics and dropout stay as in eval."""
-    model.train()
-    for module in frozen_modules:
-        module.eval()
-
-
-def _find_lr(spec, model, optimizer, loss_of, x_train, y_train, params, n, bs, generator, device):
-    from specc.lrfind import lr_find
-
-    def step_loss(idx):
-        out = model(*[x[idx] for x in x_train])
-        return loss_of(_predict_column(spec, out), y_train[idx], params)
-
-    return lr_find(model, optimizer, step_loss, n, bs, generator, device=device)
-
-
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite."""
-
-    def __init__(self, stage: str, epoch: int, step: int, lr: float):
-        self.stage, self.epoch, self.step, self.lr = stage, epoch, step, lr
-        super().__init__(f"the loss became NaN or infinite in stage '{stage}', epoch {epoch}, step {step} "
-                         f"(lr {lr:.3g}); try a smaller learning rate, or set stop_on_nan = false to go on")
-
-
-def simulate_schedules(spec: Spec, plan: TrainPlan, max_steps: int | None = None) -> dict[str, tuple[list, list]]:
-    """Each group's learning rate and momentum at every step of every stage, from torch's own
-    schedulers (specc.fastpath.schedule_tables): what training will do, before any training.
-    A frozen group's rate is 0; a rate lr-find will pick is drawn at 1e-3 (a placeholder).
-    With `max_steps`, a longer plan is simulated with every stage shortened in proportion (the
-    one-cycle shape depends on the fraction of steps, not their number): enough to draw it."""
-    from specc.fastpath import schedule_tables
-
-    shrink = 1.0 if max_steps is None or plan.total_steps <= max_steps else max_steps / plan.total_steps
-    out = {g.name: ([], []) for g in plan.groups}
-    for stage in plan.stages:
-        live = [(g, lr) for g, lr in zip(plan.groups, stage.lrs) if lr is not None]
-        total = plan.steps_per_epoch * stage.epochs
-        if shrink < 1.0:
-            total = max(2, round(total * shrink))
-            total += one_step_warmup(stage.fit, total)  # which OneCycleLR cannot schedule: one step more
-        lr, mom = schedule_tables(stage.fit, spec.train.optimizer, [1e-3 if r != r else r for _, r in live], total,
-                                  "cpu")
-        index = {g.name: k for k, (g, _) in enumerate(live)}
-        for g in plan.groups:
-            lrs, moms = out[g.name]
-            if g.name in index:
-                lrs.extend(lr[:, index[g.name]].tolist())
-                moms.extend(mom[:, index[g.name]].tolist())
-            else:
-                lrs.extend([0.0] * total)
-                moms.extend([float("nan")] * total)
-    return out
+def restore(state: TrainState, model, generator: torch.Generator, history: History, found_lrs: dict,
+            device) -> Position:
+    """Put a stopped run's weights, random number generators and history back; its place in the
+    epoch it stopped in (its stage and epoch are the state's)."""
+    model.load_state_dict(state.model)
+    torch.set_rng_state(state.torch_rng)
+    generator.set_state(state.generator.to(generator.get_state().device))
+    history.records = [EpochRecord(**r) for r in state.records]
+    history.step_loss = list(state.history.get("step_loss", []))
+    history.step_smooth = list(state.history.get("step_smooth", []))
+    history.step_lr = list(state.history.get("step_lr", []))
+    return Position(state.step,
+                    state.perm.to(device) if state.perm.numel() else None,  # empty: draw the epoch's own
+                    state.epoch_losses.to(device), list(state.epoch_lrs), state.epoch_seconds, tuple(state.ewma),
+                    {**found_lrs, **state.found_lrs})

@@ -16,12 +16,12 @@ sys.path.insert(0, str(ROOT))
 def generated_code(spec_path: Path) -> str:
     from specc.data.prepare import prepare
     from specc.lower import lower
-    from specc.plan import model_sizes
+    from specc.sized import sized_model
     from specc.run import load_spec
 
     spec, _ = load_spec(spec_path)
     prepared = prepare(spec.data, spec.model.inputs)
-    return lower(spec.model, model_sizes(spec, prepared), prepared.stats).code.strip("\n") + "\n"
+    return lower(sized_model(spec, prepared), prepared.stats).code.strip("\n") + "\n"
 
 
 def main() -> int:

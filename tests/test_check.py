@@ -4,12 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
+from specc import codes
+from specc.check.data_block import check_data
+from specc.check.model_block import check_model
+from specc.check.values import Checker
 from specc.diagnostics import SpecError, UsageError
+from specc.parse import parse
 from specc.run import load_spec
-from specc.spec import (
-    Adam, Binary, Column, CsvSource, Dot, Embedding, FitOneCycle, Node, RandomSplit, RowSplit, SigmoidRange, SGD,
-)
+from specc.source import Source
+from specc.spec import SGD, Adam, Column, CsvSource, FitOneCycle, Node, RandomSplit, RowSplit, op
 
 COLLAB = ROOT / "specs" / "collab.spec"
 
@@ -25,14 +29,14 @@ def test_collab_spec_means_what_the_seed_says():
     m = spec.model
     assert m.inputs == ("user", "item") and m.output == "out"
     assert m.nodes == (
-        Node("u", Embedding("user", 40), (), (40,), None),
-        Node("i", Embedding("item", 40), (), (40,), None),
-        Node("ub", Embedding("user", 1), (), (1,), None),
-        Node("ib", Embedding("item", 1), (), (1,), None),
-        Node("dot", Dot(), ("u", "i"), (1,), None),
-        Node("add", Binary("+"), ("dot", "ub"), (1,), None),
-        Node("add_1", Binary("+"), ("add", "ib"), (1,), None),
-        Node("out", SigmoidRange(0.0, 5.5), ("add_1",), (1,), None),
+        Node("u", op("embedding", column="user", dim=40), (), (40,), None),
+        Node("i", op("embedding", column="item", dim=40), (), (40,), None),
+        Node("ub", op("embedding", column="user", dim=1), (), (1,), None),
+        Node("ib", op("embedding", column="item", dim=1), (), (1,), None),
+        Node("dot", op("dot"), ("u", "i"), (1,), None),
+        Node("add", op("add", constant=None, constant_first=False), ("dot", "ub"), (1,), None),
+        Node("add_1", op("add", constant=None, constant_first=False), ("add", "ib"), (1,), None),
+        Node("out", op("sigmoid_range", low=0.0, high=5.5), ("add_1",), (1,), None),
     )
     t = spec.train
     assert t.loss == "mse" and t.metrics == ("rmse",) and t.seed == 42
@@ -80,7 +84,7 @@ def test_unused_input_is_a_warning(tmp_path):
     path = tmp_path / "w.spec"
     path.write_text(text)
     spec, warnings = load_spec(path)
-    assert [w.code for w in warnings] == ["W201"] and "'age'" in warnings[0].message
+    assert [w.code for w in warnings] == [codes.UNUSED_INPUT] and "'age'" in warnings[0].message
     assert spec.model.inputs == ("user", "item")
 
 
@@ -95,8 +99,8 @@ def test_float_inputs_and_constants(tmp_path):
     assert warnings == []
     ops = {n.name: n.op for n in spec.model.nodes}
     assert ops["age"].column == "age"
-    assert ops["mul"] == Binary("*", 2.0, False) and ops["div"] == Binary("/", 10.0, False)
-    assert ops["out"] == SigmoidRange(0.0, 5.5)
+    assert ops["mul"] == op("mul", constant=2.0, constant_first=False) and ops["div"] == op("div", constant=10.0, constant_first=False)
+    assert ops["out"] == op("sigmoid_range", low=0.0, high=5.5)
     assert spec.model.inputs == ("user", "item", "age")
 
 
@@ -108,3 +112,32 @@ def test_paths_resolve_relative_to_the_spec_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec, _ = load_spec(Path("deep/s.spec"))
     assert spec.data.source.path == folder / "data" / "ratings.csv"
+
+
+_BROKEN_INPUT = """\
+data {
+    source = csv("data/ratings.csv")
+    inputs = [user: category, age: flaot, item: category]
+    target = rating: float
+    procs  = [fill_missing]
+}
+model {
+    u   = embedding(user, 4)
+    a   = age * 2
+    out = user + 1
+}
+"""
+
+
+def test_the_data_block_hands_the_model_block_the_columns_that_checked():
+    blocks = {b.name.id: b for b in parse(Source("broken.spec", _BROKEN_INPUT)).blocks}
+    c = Checker({})
+    data = check_data(c, blocks["data"])
+    assert data.spec is None and data.inputs_failed
+    assert [col.name for col in data.columns] == ["user", "item"]
+    assert data.target.name == "rating" and data.procs == ("fill_missing",)
+    assert [(d.code, d.span.line) for d in c.errors] == [(codes.BAD_COLUMN, 3)]
+    # `age` may be the input that did not check: its use is not reported again; a category
+    # column used as a value still is
+    assert check_model(c, blocks["model"], data) is None
+    assert [(d.code, d.span.line) for d in c.errors] == [(codes.BAD_COLUMN, 3), (codes.NOT_A_VALUE, 10)]

@@ -9,18 +9,16 @@ import torch
 from safetensors.numpy import load_file
 from torch import nn
 
-from conftest import ROOT
+from helpers import ROOT, mnist_subset, trained
 from specc.cli import main
 from specc.data.prepare import prepare
 from specc.diagnostics import DataError, SpecError
 from specc.export import PROBABILITIES, parity, parity_rows, to_onnx
 from specc.infer import Session
+from specc.optim import make_optimizer
 from specc.plan import make_plan
 from specc.run import load_spec
 from specc.spec import RMSProp, SGD
-from specc.train import make_optimizer, pick_device, train
-
-SAMPLE = ROOT / "specs" / "data" / "mnist_sample.npz"
 
 MLP = """\
 data {{
@@ -45,12 +43,7 @@ train {{
 @pytest.fixture
 def small_npz(tmp_path):
     """600 training and 200 validation rows of the shipped MNIST sample."""
-    with np.load(SAMPLE) as d:
-        arrays = {"x_train": d["x_train"][:600], "y_train": d["y_train"][:600],
-                  "x_valid": d["x_valid"][:200], "y_valid": d["y_valid"][:200]}
-    path = tmp_path / "digits.npz"
-    np.savez(path, **arrays)
-    return path
+    return mnist_subset(tmp_path / "digits.npz", 600, 200)
 
 
 def _spec(tmp_path, data, model="h = x |> linear(32) |> relu\n    out = h |> linear(classes)",
@@ -60,15 +53,8 @@ def _spec(tmp_path, data, model="h = x |> linear(32) |> relu\n    out = h |> lin
     return path
 
 
-def _train(spec_path, sets=()):
-    spec, _ = load_spec(spec_path, list(sets))
-    prepared = prepare(spec.data, spec.model.inputs)
-    model, history = train(spec, prepared, make_plan(spec, prepared), pick_device("cpu"))
-    return spec, prepared, model, history
-
-
 def test_mlp_learns_digits_and_exports_probabilities_and_labels(tmp_path, small_npz):
-    spec, prepared, model, history = _train(_spec(tmp_path, small_npz, epochs=5, lr="1e-2"))
+    spec, prepared, model, history = trained(_spec(tmp_path, small_npz, epochs=5, lr="1e-2"))
     assert prepared.vocabs["y"].values == tuple(str(d) for d in range(10)) and not prepared.vocabs["y"].unknown
     assert history.records[-1].metrics["accuracy"] > 0.7
     assert history.records[-1].metrics["error_rate"] == pytest.approx(1 - history.records[-1].metrics["accuracy"])
@@ -93,7 +79,7 @@ class HandMLP(nn.Module):
 
 
 def test_lowered_mlp_matches_a_hand_written_one(tmp_path, small_npz):
-    spec, prepared, model, _ = _train(_spec(tmp_path, small_npz, epochs=1))
+    spec, prepared, model, _ = trained(_spec(tmp_path, small_npz, epochs=1))
     ref = HandMLP()
     with torch.no_grad():
         ref.lin1.weight.copy_(model.linear.weight), ref.lin1.bias.copy_(model.linear.bias)
@@ -106,7 +92,7 @@ def test_every_layer_exports(tmp_path, small_npz):
     model = ("a = x |> linear(24) |> batchnorm |> tanh |> dropout(0.3)\n"
              "    b = x |> linear(8) |> sigmoid\n"
              "    out = concat(a, b) |> linear(classes) |> log_softmax")
-    spec, prepared, model, history = _train(_spec(tmp_path, small_npz, model=model, loss="nll"))
+    spec, prepared, model, history = trained(_spec(tmp_path, small_npz, model=model, loss="nll"))
     assert history.records[-1].valid_loss < history.records[0].valid_loss * 1.2
     proto = to_onnx(spec, model, prepared.vocabs)
     ops = {n.op_type for n in proto.graph.node}
@@ -150,7 +136,7 @@ def test_sgd_with_dampening_is_the_seeds_ewma_after_the_first_step():
 
 
 def test_l2_penalty_adds_the_sum_of_squared_weights(tmp_path, small_npz):
-    from specc.train import loss_fn
+    from specc.metrics import loss_fn
 
     spec, _ = load_spec(_spec(tmp_path, small_npz), ["train.l2=0.5"])
     plain, _ = load_spec(_spec(tmp_path, small_npz))
@@ -235,7 +221,7 @@ def test_collab_nn_example_composes_the_same_primitives(tmp_path, ratings_dir):
     text = (ROOT / "specs" / "collab_nn.spec").read_text().replace("data/ratings.csv", str(ratings_dir / "ratings.csv"))
     path = tmp_path / "collab_nn.spec"
     path.write_text(text)
-    spec, prepared, model, history = _train(path, ["train.fit.epochs=2"])
+    spec, prepared, model, history = trained(path, ["train.fit.epochs=2"])
     assert history.records[-1].valid_loss < history.records[0].valid_loss
     proto = to_onnx(spec, model, prepared.vocabs)
     assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from specc.cli import main
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_check_prints_a_summary(tiny, capsys):
@@ -139,3 +139,16 @@ def test_example_specs_check(tmp_path, capsys):
     for spec in sorted(copy.glob("*.spec")):
         assert main(["check", str(spec)]) == 0, spec
     capsys.readouterr()
+
+
+def test_every_command_that_reads_a_spec_prints_its_warnings_once(tiny, tmp_path, capsys):
+    tiny.write_text("params {\n    spare = 3\n}\n" + tiny.read_text())
+    warning = (f"{tiny}:2:5: warning[W202]: param 'spare' is not used\n"
+               "  2 |     spare = 3\n"
+               "    |     ^~~~~\n")
+    one = ["--set", "train.fit.epochs=1"]
+    for argv in (["check", "--no-data"], ["check"], ["show", "--stage", "code"], ["show", "--stage", "plan"],
+                 ["show", "--stage", "data"], ["train", "--quiet", "--out", str(tmp_path / "run"), *one],
+                 ["lr-find", "--steps", "20", "--out", str(tmp_path / "find")]):
+        assert main([argv[0], str(tiny), *argv[1:]]) == 0, argv
+        assert capsys.readouterr().err == warning, argv

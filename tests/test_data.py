@@ -7,7 +7,7 @@ from specc.data.prepare import Vocab, prepare, split_rows
 from specc.diagnostics import DataError, SpecError
 from specc.run import load_spec
 from specc.spec import RandomSplit, RowSplit
-from conftest import collab_spec
+from helpers import collab_over, collab_spec, ratings_rows
 
 
 def test_vocab_orders_integer_ids_numerically_and_maps_unseen_to_zero():
@@ -43,8 +43,7 @@ def test_row_split():
 
 
 def _spec_over(tmp_path, csv_text: str):
-    (tmp_path / "r.csv").write_text(csv_text)
-    spec, _ = load_spec(collab_spec(tmp_path, data="r.csv"))
+    spec, _ = load_spec(collab_over(tmp_path, csv_text))
     return spec
 
 
@@ -56,8 +55,7 @@ def _data_error(tmp_path, csv_text: str) -> str:
 
 
 def test_prepare_encodes_train_and_valid(tmp_path):
-    rows = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(1, 11) for i in range(1, 11))
-    spec = _spec_over(tmp_path, "user,item,rating\n" + rows)
+    spec = _spec_over(tmp_path, "user,item,rating\n" + ratings_rows(10, 10))
     p = prepare(spec.data, spec.model.inputs)
     assert p.n_train == 80 and p.n_valid == 20
     assert p.train["user"].dtype == np.int64 and p.train["rating"].dtype == np.float32

@@ -3,7 +3,8 @@
 text in <name>.txt on stderr and exit code 1.
 
 After a deliberate change to a message, regenerate with `python tests/regen_errors.py` and
-read the diff of every golden file it rewrote.
+read the diff of every golden file it rewrote. The codes themselves are named in specc.codes, and
+the docs' table of codes is that module's.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
 from regen_errors import check_argv
+from specc import codes
 from specc.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
 ERRORS = "tests/data/errors"
 
 # Relative to the repository root, as the golden files name them.
@@ -95,3 +97,49 @@ def test_a_very_deep_expression_is_a_diagnostic(tmp_path, capsys):
     err = capsys.readouterr().err
     line = _COLLAB[:_COLLAB.index("out = dot(u, i)")].count("\n") + 1
     assert f"{path}:{line}:11: error[E306]: the expression is nested too deeply (more than 200 levels)" in err
+
+
+# ---------------------------------------------------------------- the codes
+
+
+def _docs_table_of_codes() -> list[tuple[str, str]]:
+    """(code, meaning) of each row of the docs' table of spec diagnostics (E and W codes), in order."""
+    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    section = text.split("\n## Diagnostics\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([EW][^|]*?) \| (.*) \|$", section, re.M)
+    for code, _ in rows:
+        assert re.fullmatch(r"[EW]\d{3}", code), f"one code per row of the table, found {code!r}"
+    return rows
+
+
+def test_the_docs_table_of_codes_is_specc_codes():
+    expected = [(c.code, c.description) for c in codes.ALL]
+    table = "\n".join(f"| {code} | {meaning} |" for code, meaning in expected)
+    assert _docs_table_of_codes() == expected, f"docs/language.md's table of codes should read:\n{table}"
+
+
+def test_each_code_is_named_once():
+    assert len(codes.ALL) >= 30
+    assert len(codes.BY_CODE) == len(codes.ALL), "two names for one code"
+    for code in codes.ALL:
+        assert re.fullmatch(r"[EW]\d{3}", code.code), code
+        assert code.description and code.description == code.description.strip(), code
+        assert str(code) == code.code  # what `error[...]` shows
+    assert [c.code for c in codes.ALL] == sorted(c.code for c in codes.ALL)
+
+
+def _sources() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8")
+            for p in sorted((ROOT / "specc").rglob("*.py")) if p.name != "codes.py"}
+
+
+def test_diagnostics_use_the_named_codes():
+    bare = [(path, m) for path, text in _sources().items() for m in re.findall(r"[\"'][EW]\d{3}[\"']", text)]
+    assert not bare, f"codes written as strings instead of specc.codes' names: {bare}"
+
+
+def test_every_named_code_is_used():
+    text = "\n".join(_sources().values())
+    names = [name for name, value in vars(codes).items() if isinstance(value, codes.Code)]
+    unused = [name for name in names if not re.search(rf"\bcodes\.{name}\b", text)]
+    assert not unused, f"codes no diagnostic uses: {unused}"

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from specc import ast
 from specc.check import DATA_SETTINGS, LOSSES, METRICS, SIGNATURES, TRAIN_SETTINGS
 from specc.spec import PROCS

@@ -9,20 +9,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import collab_spec, trained
 
-from specc.data.prepare import prepare
 from specc.export import ExportError, parity, parity_rows, to_onnx
-from specc.plan import make_plan
-from specc.run import load_spec
-from specc.train import pick_device, train
-from conftest import collab_spec
 
 
 def _trained(spec_path, sets=("train.fit.epochs=1",)):
-    spec, _ = load_spec(spec_path, list(sets))
-    prepared = prepare(spec.data, spec.model.inputs)
-    plan = make_plan(spec, prepared)
-    model, _ = train(spec, prepared, plan, pick_device("cpu"))
+    spec, prepared, model, _ = trained(spec_path, sets)
     return spec, prepared, model
 
 
@@ -118,10 +111,11 @@ def _lookup_model(vocab):
     """An ONNX model of nothing but the export's lookup of one int64 column."""
     from onnx import TensorProto, helper
 
-    from specc.export import _dense_ids, _Emitter, _lookup
+    from specc.export.emitter import Emitter
+    from specc.export.ids import dense_ids, lookup
 
-    em = _Emitter()
-    em.node("Identity", [_lookup(em, "id", vocab, _dense_ids(em, "id", vocab))], "index")
+    em = Emitter()
+    em.node("Identity", [lookup(em, "id", vocab, dense_ids(em, "id", vocab))], "index")
     graph = helper.make_graph(em.nodes, "lookup", [helper.make_tensor_value_info("id", TensorProto.INT64, ["N"])],
                               [helper.make_tensor_value_info("index", TensorProto.INT64, ["N"])], em.initializers)
     model = helper.make_model(graph, opset_imports=em.opset_imports())
@@ -180,9 +174,9 @@ def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, t
 def test_embedding_too_large_to_index_by_raw_id_looks_the_id_up_first(tiny, tmp_path, monkeypatch):
     """Ids 3 apart: a table of three entries per user, more than twice the user embedding's rows.
     With no extra numbers allowed, the embedding keeps its own rows and the id is looked up."""
-    import specc.export
+    import specc.export.ids
 
-    monkeypatch.setattr(specc.export, "COMPOSE_EXTRA", 0)
+    monkeypatch.setattr(specc.export.ids, "COMPOSE_EXTRA", 0)
     spec, prepared, model = _trained(_collab_with_ids(tiny.parent, tmp_path / "spread", user=lambda u: int(u) * 3))
     proto = to_onnx(spec, model, prepared.vocabs)
     readers = {n.name: list(n.input) for n in proto.graph.node}

@@ -3,9 +3,9 @@ plain loop, on the CPU: same batches, same schedules (from device-side tables), 
 
 import pytest
 import torch
-from conftest import prepared_spec
+from helpers import StopAt, prepared_spec, roundtrip
 
-from specc.fastpath import schedule_tables
+from specc.optim import schedule_tables
 from specc.run import load_spec
 from specc.spec import Adam, FitOneCycle
 from specc.train import Interrupted, pick_device, train
@@ -35,16 +35,11 @@ def test_device_step_trains_to_the_same_weights(tiny, sets):
 
 @pytest.mark.parametrize("kind", [True, "flat"])
 def test_device_step_stops_and_resumes_into_the_plain_loop(tiny, tmp_path, kind):
-    from test_resume import StopAt
-
-    from specc.checkpoint import from_safetensors, to_safetensors
-
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=2"])
     plain, _ = train(spec, prepared, plan, pick_device("cpu"))
     with pytest.raises(Interrupted) as stopped:
         train(spec, prepared, plan, pick_device("cpu"), device_step=kind, stop=StopAt(90))
-    (tmp_path / "c.safetensors").write_bytes(to_safetensors(stopped.value.state, {}))
-    state = from_safetensors(tmp_path / "c.safetensors")[0]
+    state = roundtrip(stopped.value.state, tmp_path)
     resumed, _ = train(spec, prepared, plan, pick_device("cpu"), resume=state)
     again, _ = train(spec, prepared, plan, pick_device("cpu"), device_step=kind, resume=state)
     for (name, a), b, c in zip(plain.state_dict().items(), resumed.state_dict().values(), again.state_dict().values()):

@@ -6,15 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, prepared_spec
+from helpers import StopAt, mnist_subset, prepared_spec, roundtrip
 
 from specc.cli import main
 from specc.diagnostics import SpecError
 from specc.lrfind import lr_find, valley
 from specc.plan import group_lrs
 from specc.run import load_spec
+from specc.optim import make_optimizer, make_scheduler
 from specc.spec import LRSlice
-from specc.train import build_model, make_optimizer, make_scheduler, pick_device, train
+from specc.train import build_model, pick_device, train
 
 SPEC = """\
 data {{
@@ -41,10 +42,7 @@ TWO_STAGES = """stage head { freeze body middle; fit_one_cycle(epochs=2, lr=1e-2
 
 @pytest.fixture
 def digits(tmp_path):
-    with np.load(ROOT / "specs" / "data" / "mnist_sample.npz") as d:
-        np.savez(tmp_path / "digits.npz", x_train=d["x_train"][:500], y_train=d["y_train"][:500],
-                 x_valid=d["x_valid"][:200], y_valid=d["y_valid"][:200])
-    return tmp_path / "digits.npz"
+    return mnist_subset(tmp_path / "digits.npz", 500, 200)
 
 
 def _spec(tmp_path, data, stages=TWO_STAGES, init="", name="ft"):
@@ -170,6 +168,18 @@ def test_lr_find_in_a_stage_is_recorded_and_replayed(tmp_path, digits, capsys):
     assert "lr-find suggests" not in capsys.readouterr().out  # the recorded rate is used again
 
 
+def test_the_lr_find_command_sweeps_as_training_does(tmp_path, digits):
+    """`specc lr-find` takes the first stage's own set-up (its frozen groups frozen, their
+    batchnorm as in eval): the same curve as `lr = find` sweeps when that stage trains."""
+    stages = """stage head { freeze body middle; fit_one_cycle(epochs=1, lr=find) }
+    stage all { unfreeze; fit(epochs=1, lr=1e-3) }"""
+    path = _spec(tmp_path, digits, stages=stages)
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["lr-find", str(path), "--out", str(tmp_path / "sweep")]) == 0
+    curve = (tmp_path / "sweep" / "lr_find.csv").read_text()
+    assert curve.count("\n") > 20 and curve == (tmp_path / "run" / "lr_find_head.csv").read_text()
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path, digits):
     stages = "stage s { fit(epochs=12, lr=0.5); early_stop(monitor=valid_loss, patience=2) }"
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits, stages=stages), ["train.optimizer=sgd()"])
@@ -177,16 +187,14 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, digits):
     losses = [r.valid_loss for r in history.records]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert len(losses) < 12 and len(losses) == best + 3  # two epochs without improvement, then stop
-    from specc.train import evaluate, to_tensors
+    from specc.metrics import evaluate
+    from specc.train import to_tensors
 
     valid = to_tensors(prepared.valid, torch.device("cpu"))
     assert evaluate(spec, model, valid, valid["y"])["loss"] == pytest.approx(losses[best], rel=1e-6)
 
 
 def test_stages_resume_bit_identically(tmp_path, digits):
-    from test_resume import StopAt
-
-    from specc.checkpoint import from_safetensors, to_safetensors
     from specc.train import Interrupted
 
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
@@ -194,8 +202,7 @@ def test_stages_resume_bit_identically(tmp_path, digits):
     with pytest.raises(Interrupted) as stopped:
         train(spec, prepared, plan, pick_device("cpu"), stop=StopAt(25))  # in the second stage
     assert stopped.value.state.stage == 1
-    (tmp_path / "c.safetensors").write_bytes(to_safetensors(stopped.value.state, {}))
-    state = from_safetensors(tmp_path / "c.safetensors")[0]
+    state = roundtrip(stopped.value.state, tmp_path)
     resumed, _ = train(spec, prepared, plan, pick_device("cpu"), resume=state)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import EXAMPLES, ROOT
 from specc.data.prepare import prepare
 from specc.run import load_spec
 
-SPECS = sorted((ROOT / "specs").glob("*.spec"))
 SAMPLE = ROOT / "specs" / "data" / "adult_sample.data"
 SHARED_ADULT = ROOT.parent / "shared" / "data" / "adult" / "adult.data"  # README: ../shared beside the clone
 needs_shared_adult = pytest.mark.skipif(not SHARED_ADULT.is_file(),
@@ -23,7 +22,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-@pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
+@pytest.mark.parametrize("spec_path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_spec_reads_only_files_in_the_repository(spec_path):
     spec, _ = load_spec(spec_path)
     assert _inside(spec.data.source.path, ROOT), spec.data.source.path

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import prepared_spec
+from helpers import StopAt, prepared_spec, roundtrip
 
 from specc.train import Interrupted, pick_device, train
 
@@ -39,17 +39,12 @@ def test_graph_step_replays_the_uncaptured_step():
 
 
 def test_graph_step_stops_and_resumes(tmp_path):
-    from test_resume import StopAt
-
-    from specc.checkpoint import from_safetensors, to_safetensors
-
     spec, prepared, plan = prepared_spec("specs/collab.spec", ["train.fit.epochs=2"])
     cuda = pick_device("cuda")
     whole, whole_history = train(spec, prepared, plan, cuda)
     with pytest.raises(Interrupted) as stopped:
         train(spec, prepared, plan, cuda, stop=StopAt(2000))
-    (tmp_path / "c.safetensors").write_bytes(to_safetensors(stopped.value.state, {}))
-    state = from_safetensors(tmp_path / "c.safetensors")[0]
+    state = roundtrip(stopped.value.state, tmp_path)
     resumed, resumed_history = train(spec, prepared, plan, cuda, resume=state)
     assert resumed_history.records[-1].valid_loss == pytest.approx(whole_history.records[-1].valid_loss, rel=2e-3)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import ROOT, collab_spec
+from helpers import MNIST_SAMPLE, collab_over, collab_spec, copy_ratings, mnist_subset, ratings_rows
 from specc.cli import main
 from specc.data.prepare import prepare, Vocab
 from specc.diagnostics import SpecError
@@ -69,7 +69,7 @@ def _train(spec: Path) -> Path:
 def collab(ratings_dir, tmp_path_factory):
     """A collab model trained on a CSV with a header (user,item,rating)."""
     folder = tmp_path_factory.mktemp("collab")
-    (folder / "ratings.csv").write_bytes((ratings_dir / "ratings.csv").read_bytes())
+    copy_ratings(ratings_dir, folder)
     return _train(collab_spec(folder, fit="fit_one_cycle(epochs=1, lr=1e-2)"))
 
 
@@ -111,9 +111,8 @@ def people(tmp_path_factory):
 def digits(tmp_path_factory):
     """MNIST logistic regression on 600 + 200 rows of the shipped sample (x_train / x_valid arrays)."""
     folder = tmp_path_factory.mktemp("digits")
-    with np.load(ROOT / "specs" / "data" / "mnist_sample.npz") as d:
-        np.savez(folder / "digits.npz", x_train=d["x_train"][:600], y_train=d["y_train"][:600],
-                 x_valid=d["x_valid"][:200], y_valid=d["y_valid"][:200])
+    mnist_subset(folder / "digits.npz", 600, 200)
+    with np.load(MNIST_SAMPLE) as d:
         test = {"x": d["x_valid"][200:300], "y": d["y_valid"][200:300]}
     np.savez(folder / "test.npz", x_test=test["x"], y_test=test["y"])
     (folder / "digits.spec").write_text(DIGITS)
@@ -276,9 +275,7 @@ def test_ids_past_int64_are_unknown_ids_with_a_note(collab, tmp_path, capsys):
 
 
 def test_training_ids_past_int64_are_read_as_text(tmp_path):
-    rows = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(1, 11) for i in range(1, 11))
-    (tmp_path / "r.csv").write_text(f"user,item,rating\n{2 ** 63},1,3\n" + rows)
-    spec, _ = load_spec(collab_spec(tmp_path, data="r.csv"))
+    spec, _ = load_spec(collab_over(tmp_path, f"user,item,rating\n{2 ** 63},1,3\n" + ratings_rows(10, 10)))
     prepared = prepare(spec.data, spec.model.inputs)
     assert not prepared.vocabs["user"].integer and prepared.vocabs["item"].integer
     assert str(2 ** 63) in prepared.vocabs["user"].values + tuple(prepared.raw_valid["user"])
@@ -374,9 +371,8 @@ def test_a_bad_byte_is_reported_at_its_line(collab, tmp_path, capsys):
 
 
 def test_a_bad_byte_in_a_specs_data_is_reported_at_its_line(tmp_path, capsys):
-    body = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(1, 21) for i in range(1, 16))
-    (tmp_path / "r.csv").write_bytes(b"user,item,rating\n" + body.encode() + b"3,4,\xff\n" + body.encode())
-    spec = collab_spec(tmp_path, data="r.csv")
+    body = ratings_rows(20, 15)
+    spec = collab_over(tmp_path, b"user,item,rating\n" + body.encode() + b"3,4,\xff\n" + body.encode())
     assert main(["check", str(spec)]) == 1
     assert capsys.readouterr().err == (f"{tmp_path / 'r.csv'}:302: error[D102]: column 'rating': byte 0xff is not "
                                        "UTF-8 text; specc reads text files as UTF-8: convert it (e.g. iconv -f latin1 "
@@ -392,9 +388,8 @@ def test_a_byte_order_mark_is_not_part_of_the_first_name(collab, tmp_path, capsy
     rows.write_bytes(b"\xef\xbb\xbfuser,item\n1,2\n")
     assert _predict(capsys, collab / "model.onnx", rows)[:2] == (0, f"user,item,rating\n1,2,"
                                                                     f"{_session_ratings(collab, [1], [2])[0]}\n")
-    body = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(1, 11) for i in range(1, 11))
-    (tmp_path / "r.csv").write_bytes(b"\xef\xbb\xbfuser,item,rating\n" + body.encode())
-    spec, _ = load_spec(collab_spec(tmp_path, data="r.csv"))
+    body = ratings_rows(10, 10)
+    spec, _ = load_spec(collab_over(tmp_path, b"\xef\xbb\xbfuser,item,rating\n" + body.encode()))
     assert prepare(spec.data, spec.model.inputs).n_train == 80
     # a file without a header: the mark is not part of the first id either
     (tmp_path / "u.data").write_bytes(b"\xef\xbb\xbf" + body.replace(",", "\t").encode())
@@ -581,8 +576,7 @@ def _names_shown(out: str) -> set[str]:
 
 def test_e205_notes_show_parsed_names_never_the_raw_line(tmp_path):
     def rendered(first_line: str) -> str:
-        (tmp_path / "r.csv").write_text(first_line + "\n1,2,3\n")
-        spec, _ = load_spec(collab_spec(tmp_path, data="r.csv"))
+        spec, _ = load_spec(collab_over(tmp_path, first_line + "\n1,2,3\n"))
         with pytest.raises(SpecError) as err:
             prepare(spec.data, spec.model.inputs)
         return err.value.render()

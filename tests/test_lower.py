@@ -4,29 +4,27 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT
+from helpers import EXAMPLES, ROOT
 from specc.lower import lower
+from specc.sized import Sizes, size_model
 from specc.run import load_spec
 
 COLLAB = ROOT / "specs" / "collab.spec"
 
 
-SPECS = sorted((ROOT / "specs").glob("*.spec"))
-
-
-@pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
+@pytest.mark.parametrize("spec_path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_generated_code_is_golden(spec_path):
     # Regenerate with: python tests/regen_code.py (then read the diff)
     from regen_code import generated_code
 
-    assert len(SPECS) >= 7
+    assert len(EXAMPLES) >= 7
     golden = ROOT / "tests" / "data" / "golden" / f"{spec_path.stem}.code"
     assert generated_code(spec_path) == golden.read_text()
 
 
 def test_names_are_the_specs_and_spans_are_kept():
     spec, _ = load_spec(COLLAB)
-    gm = lower(spec.model, {"user": 10, "item": 12})
+    gm = lower(size_model(spec.model, Sizes({"user": 10, "item": 12})))
     assert [n for n, _ in gm.named_children()] == ["u", "i", "ub", "ib"]
     nodes = {n.name: n for n in gm.graph.nodes}
     assert {"user", "item", "u", "i", "ub", "ib", "dot", "out"} <= set(nodes)
@@ -55,7 +53,7 @@ class EmbeddingDotBias(nn.Module):
 def test_lowered_model_matches_the_hand_written_one():
     spec, _ = load_spec(COLLAB)
     torch.manual_seed(0)
-    gm = lower(spec.model, {"user": 30, "item": 50})
+    gm = lower(size_model(spec.model, Sizes({"user": 30, "item": 50})))
     ref = EmbeddingDotBias(30, 50, 40, (0, 5.5))
     with torch.no_grad():
         for mine, theirs in [("u", "u_weight"), ("i", "i_weight"), ("ub", "u_bias"), ("ib", "i_bias")]:
@@ -76,6 +74,6 @@ def test_lowered_model_matches_the_hand_written_one():
 def test_embeddings_start_small():
     spec, _ = load_spec(COLLAB)
     torch.manual_seed(0)
-    gm = lower(spec.model, {"user": 300, "item": 500})
+    gm = lower(size_model(spec.model, Sizes({"user": 300, "item": 500})))
     w = gm.u.weight
     assert w.abs().max() <= 0.02 and 0.005 < w.std() < 0.012

@@ -62,7 +62,7 @@ def test_parse_expr_spans_point_into_the_override_text():
 
 
 def test_byte_order_mark_and_old_mac_line_endings_are_accepted():
-    from conftest import ROOT
+    from helpers import ROOT
     from specc.run import load_spec
 
     for name in ("utf8_bom.spec", "cr_line_endings.spec"):

@@ -9,30 +9,11 @@ import time
 
 import pytest
 import torch
-from conftest import prepared_spec
+from helpers import StopAt, prepared_spec, roundtrip
 from safetensors.numpy import load_file
 
-from specc.checkpoint import from_safetensors, to_safetensors
 from specc.runfolder import atomic_write
-from specc.train import Interrupted, StopRequest, pick_device, train
-
-
-class StopAt(StopRequest):
-    """Asks to stop before the k-th step from now (what Ctrl-C does, at a chosen moment)."""
-
-    def __init__(self, k: int):
-        self.k, self.calls = k, 0
-
-    @property
-    def requested(self) -> bool:
-        self.calls += 1
-        return self.calls > self.k
-
-
-def _roundtrip(state, tmp_path):
-    path = tmp_path / "checkpoint.safetensors"
-    path.write_bytes(to_safetensors(state, {"specc.spec": "x"}))
-    return from_safetensors(path)[0]
+from specc.train import Interrupted, pick_device, train
 
 
 @pytest.mark.parametrize("sets", [["train.fit.epochs=3"],
@@ -47,7 +28,7 @@ def test_stop_and_resume_gives_the_same_weights(tiny, tmp_path, sets, stop_at):
     whole, whole_history = train(spec, prepared, plan, device)
     with pytest.raises(Interrupted) as stopped:
         train(spec, prepared, plan, device, stop=StopAt(stop_at))
-    state = _roundtrip(stopped.value.state, tmp_path)
+    state = roundtrip(stopped.value.state, tmp_path)
     assert (state.epoch, state.step) == divmod(stop_at, 75)
     resumed, history = train(spec, prepared, plan, device, resume=state)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
@@ -61,7 +42,7 @@ def test_resume_from_an_epoch_checkpoint(tiny, tmp_path):
     device = pick_device("cpu")
     whole, _ = train(spec, prepared, plan, device)
     states = []
-    train(spec, prepared, plan, device, on_epoch=lambda m, r, h, s: states.append(_roundtrip(s, tmp_path)))
+    train(spec, prepared, plan, device, on_epoch=lambda m, r, h, s: states.append(roundtrip(s, tmp_path)))
     resumed, _ = train(spec, prepared, plan, device, resume=states[0])  # as if killed during epoch 1
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 

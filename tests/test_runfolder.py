@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import prepared_spec
+from helpers import StopAt, prepared_spec
 from safetensors.torch import load_file, save
 
 from specc.checkpoint import from_safetensors, to_safetensors
@@ -414,8 +414,6 @@ def test_the_undamaged_checkpoint_resumes(stopped_run, tiny):
 
 def test_a_checkpoint_of_other_data_is_an_error(tiny, tmp_path, capsys):
     # stopped inside its first epoch, so the checkpoint holds that epoch's order of the rows
-    from test_resume import StopAt
-
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=1"])
     with pytest.raises(Interrupted) as stopped:
         train(spec, prepared, plan, pick_device("cpu"), stop=StopAt(5))

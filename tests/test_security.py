@@ -11,7 +11,7 @@ import sysconfig
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from specc.cli import main
 from specc.check import check
 from specc.diagnostics import SpecError

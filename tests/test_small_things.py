@@ -13,10 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import ROOT, collab_spec, mnist_spec, prepared_spec
+from helpers import EXAMPLES, ROOT, collab_spec, copy_ratings, mnist_spec, prepared_spec
 from specc.train import Progress, torch_threads
-
-EXAMPLES = sorted((ROOT / "specs").glob("*.spec"))
 
 
 # --------------------------------------------------------------------------- exported models
@@ -48,11 +46,11 @@ def test_every_initializer_of_an_exported_example_is_read_by_a_node(path, tmp_pa
 
     from specc.export import to_onnx
     from specc.lower import lower
-    from specc.plan import model_sizes
+    from specc.sized import sized_model
 
     spec, prepared, _ = prepared_spec(_example_path(path, tmp_path))
     torch.manual_seed(0)  # the graph is what is checked here, not the weights: no training needed
-    model = lower(spec.model, model_sizes(spec, prepared), prepared.stats).eval()
+    model = lower(sized_model(spec, prepared), prepared.stats).eval()
     graph = to_onnx(spec, model, prepared.vocabs).graph
     read = {name for node in graph.node for name in node.input}
     unused = [t.name for t in graph.initializer if t.name not in read]
@@ -67,11 +65,11 @@ def test_exported_tabular_model_loads_without_onnxruntime_warnings(tmp_path):
 
     from specc.export import to_onnx
     from specc.lower import lower
-    from specc.plan import model_sizes
+    from specc.sized import sized_model
 
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "adult.spec")
     torch.manual_seed(0)
-    model = lower(spec.model, model_sizes(spec, prepared), prepared.stats).eval()
+    model = lower(sized_model(spec, prepared), prepared.stats).eval()
     onnx_model = to_onnx(spec, model, prepared.vocabs)
     unsqueezes = [n for n in onnx_model.graph.node if n.op_type == "Unsqueeze"]
     assert len(unsqueezes) == 6  # one per float column
@@ -126,19 +124,19 @@ def _mnist_spec(tmp_path, width, batch):
 
 
 def test_multiply_adds_a_step_by_hand(tmp_path):
-    from specc.plan import model_sizes
+    from specc.sized import sized_model
     from specc.train import SMALL_STEP, default_threads, step_multiply_adds
 
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "mnist_mlp.spec")
     # 784 -> 100 -> 10 at batch 64: 64 * (784 * 100 + 100 * 10)
-    assert step_multiply_adds(spec, model_sizes(spec, prepared), 64) == 64 * 79_400 == 5_081_600
+    assert step_multiply_adds(sized_model(spec, prepared), 64) == 64 * 79_400 == 5_081_600
     assert default_threads(spec, prepared) == 1
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "collab.spec")
-    assert step_multiply_adds(spec, model_sizes(spec, prepared), 64) == 0  # lookups and a dot product
+    assert step_multiply_adds(sized_model(spec, prepared), 64) == 0  # lookups and a dot product
     assert default_threads(spec, prepared) == 1
     # 784 -> 1000 -> 10 at batch 1024: 1024 * 794,000 = 813,056,000, over 2**26 = 67,108,864
     spec, prepared, _ = prepared_spec(_mnist_spec(tmp_path, 1000, 1024))
-    assert step_multiply_adds(spec, model_sizes(spec, prepared), 1024) == 813_056_000 > SMALL_STEP
+    assert step_multiply_adds(sized_model(spec, prepared), 1024) == 813_056_000 > SMALL_STEP
     import os
 
     import torch
@@ -224,7 +222,8 @@ def test_duration_by_hand():
 
 
 def test_live_line_waits_two_seconds_then_updates_a_few_times_a_second():
-    from specc.train import EpochRecord, Progress
+    from specc.metrics import EpochRecord
+    from specc.train import Progress
 
     out = Terminal()
     progress = Progress(("rmse",), out=out)
@@ -302,7 +301,7 @@ def test_a_log_gets_the_table_and_the_total_time_and_nothing_else(tiny, tmp_path
 
 def test_smoothing_noise_is_the_root_of_the_summed_squared_weights():
     from specc.lrfind import smoothing_noise
-    from specc.train import SMOOTH_BETA
+    from specc.metrics import SMOOTH_BETA
 
     for n in (1, 2, 10, 100, 1000):
         weights = [(1 - SMOOTH_BETA) * SMOOTH_BETA ** (n - i) / (1 - SMOOTH_BETA ** n) for i in range(1, n + 1)]
@@ -312,7 +311,7 @@ def test_smoothing_noise_is_the_root_of_the_summed_squared_weights():
 
 
 def _curve(raw):
-    from specc.train import smooth
+    from specc.metrics import smooth
 
     return list(raw), smooth(np.asarray(raw, dtype=float))[0].tolist()
 
@@ -364,7 +363,7 @@ def test_lr_find_on_real_curves(tmp_path, capsys):
 def test_lr_find_stage_note_says_when_the_curve_is_flat(ratings_dir, tmp_path, capsys):
     from specc.cli import main
 
-    (tmp_path / "ratings.csv").write_bytes((ratings_dir / "ratings.csv").read_bytes())
+    copy_ratings(ratings_dir, tmp_path)
     # the small ratings set at batch 32: 100 single batches barely move the loss
     flat = collab_spec(tmp_path, fit="fit_one_cycle(epochs=1, lr=find)", name="flat")
     assert main(["train", str(flat), "--out", str(tmp_path / "flat_run"), "--device", "cpu"]) == 0

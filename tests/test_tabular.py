@@ -10,10 +10,11 @@ from specc.cli import main
 from specc.data.prepare import column_stats, prepare
 from specc.data.table import read_table
 from specc.diagnostics import DataError, SpecError
-from specc.expand import emb_size, expand
+from specc.ops.blocks import emb_size
 from specc.export import parity, parity_rows, to_onnx
 from specc.infer import Session
-from specc.plan import make_plan, model_sizes
+from specc.plan import make_plan
+from specc.sized import model_sizes, size_model
 from specc.run import load_spec
 from specc.spec import Column, CsvSource
 from specc.train import pick_device, train
@@ -103,16 +104,17 @@ def test_tabular_expands_into_primitives(tmp_path):
                                                 "emb_sizes=[(job, 4)])"))
     prepared = prepare(spec.data, spec.model.inputs)
     sizes = model_sizes(spec, prepared)
-    names = [n.name for n in expand(spec.model, sizes).nodes]
+    names = [n.name for n in size_model(spec.model, sizes).nodes]
     # fastai's TabularModel, in order: embeddings, their dropout, batchnorm of the floats, then per layer
     # linear, ReLU, batchnorm, dropout, and the output layer under the value's own name
     assert names[-14:] == ["embeds", "emb_drop", "conts", "bn_conts", "features", "layer1", "layer1_relu",
                            "layer1_bn", "layer1_drop", "layer2", "layer2_relu", "layer2_bn", "layer2_drop", "out"]
-    nodes = {n.name: n for n in expand(spec.model, sizes).nodes}
+    nodes = {n.name: n for n in size_model(spec.model, sizes).nodes}
     assert nodes["emb_job"].op.dim == 4  # given
-    assert nodes["emb_city"].op.dim == emb_size(sizes["city"])  # fastai's rule
+    assert nodes["emb_city"].op.dim == emb_size(sizes.vocab["city"])  # fastai's rule
     assert {"emb_age_na", "emb_hours_na"} <= set(nodes)  # fill_missing's indicators are embedded too
-    assert nodes["out"].shape == ("classes",)
+    # the output layer is linear(classes) as written; sized, its width is the number of classes
+    assert nodes["out"].op.out == "classes" and nodes["out"].shape == (sizes.classes,)
 
 
 def test_missing_values_need_fill_missing(tmp_path):

@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import trained
 
-from specc.data.prepare import prepare
-from specc.plan import make_plan
+from specc.metrics import smooth
+from specc.optim import DecoupledSGD, make_optimizer, make_scheduler
 from specc.run import load_spec
 from specc.spec import SGD, Adam
-from specc.train import DecoupledSGD, make_optimizer, make_scheduler, pick_device, smooth, train
 
 
 def test_smoothed_loss_is_the_debiased_ewma():
@@ -85,29 +85,21 @@ def test_one_cycle_follows_the_seed_schedule(tiny):
     assert (moms[0], moms[29], moms[64], moms[99]) == pytest.approx((0.95, 0.85, 0.90, 0.95))
 
 
-def _run(spec_path, sets=()):
-    spec, _ = load_spec(spec_path, list(sets))
-    prepared = prepare(spec.data, spec.model.inputs)
-    plan = make_plan(spec, prepared)
-    model, history = train(spec, prepared, plan, pick_device("cpu"))
-    return spec, prepared, model, history
-
-
 def test_a_short_run_learns_and_is_deterministic(tiny):
-    spec, prepared, model, history = _run(tiny)
+    spec, prepared, model, history = trained(tiny)
     valid = [r.valid_loss for r in history.records]
     baseline = float(np.mean((prepared.valid["rating"] - prepared.train["rating"].mean()) ** 2))
     assert valid[-1] < valid[0] and valid[-1] < baseline
     assert history.records[-1].metrics["rmse"] == pytest.approx(math.sqrt(valid[-1]))
     assert len(history.step_loss) == 3 * (prepared.n_train // 32)  # the last incomplete batch is dropped
-    _, _, again, history2 = _run(tiny)
+    _, _, again, history2 = trained(tiny)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     assert [r.valid_loss for r in history2.records] == valid
 
 
 def test_constant_lr_fit_and_sgd(tiny):
-    spec, _, _, history = _run(tiny, ["train.fit=fit(epochs=2, lr=0.5)", "train.optimizer=sgd(momentum=0.9)"])
+    spec, _, _, history = trained(tiny, ["train.fit=fit(epochs=2, lr=0.5)", "train.optimizer=sgd(momentum=0.9)"])
     assert [r.lr for r in history.records] == [0.5, 0.5]
     assert set(history.step_lr) == {0.5}
     assert history.records[-1].valid_loss < history.records[0].valid_loss * 1.05

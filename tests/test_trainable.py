@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from conftest import collab_spec, mnist_spec
+from helpers import collab_spec, mnist_spec
 from specc.cli import main
 from specc.diagnostics import Diagnostic, SpecError
 from specc.plan import machine_memory, make_plan, training_bytes
@@ -114,7 +114,7 @@ def test_show_plan_of_two_billion_epochs_draws_a_shortened_simulation(tiny, tmp_
                  "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from specc.data.prepare import prepare
-    from specc.train import simulate_schedules
+    from specc.optim import simulate_schedules
 
     spec, _ = load_spec(tiny, ["train.fit.epochs=2147483647"])
     plan = make_plan(spec, prepare(spec.data, spec.model.inputs))
@@ -168,6 +168,7 @@ def test_init_from_a_damaged_run_is_reported_at_the_init_line_by_check_and_train
         assert f"{spec}:{line}:1: error[E207]: cannot read {weights}: " in err and reason in err, err
         assert "Traceback" not in err
     # training reads the weights with safetensors itself: a damaged file is the same positioned error
+    from specc.source import Span
     from specc.spec import InitFrom
     from specc.train import build_model
 
@@ -176,6 +177,6 @@ def test_init_from_a_damaged_run_is_reported_at_the_init_line_by_check_and_train
 
     prepared = prepare(loaded.data, loaded.model.inputs)
     model_spec = loaded.__class__(loaded.name, loaded.data, loaded.model, loaded.train, loaded.source,
-                                  (InitFrom("model", tmp_path / "pre", loaded.source.span(0, 4)),))
+                                  (InitFrom("model", tmp_path / "pre", Span(loaded.source, 0, 4)),))
     with pytest.raises(SpecError, match=r"error\[E207\]: cannot read .*model.safetensors"):
         build_model(model_spec, prepared)

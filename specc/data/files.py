@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from specc import codes
 from specc.diagnostics import DataError, Diagnostic, SpecError
 
 NOT_FOUND_NOTE = "a path in a spec is relative to the spec's folder; one given with --set, to the working folder"
@@ -48,13 +49,13 @@ def check_regular(path: Path, span=None) -> None:
     if span is None:
         raise DataError(str(path), message, code="D101")
     if message == "file not found":
-        raise SpecError([Diagnostic("E208", f"data file not found: {path}", span, (NOT_FOUND_NOTE,))])
+        raise SpecError([Diagnostic(codes.DATA_FILE, f"data file not found: {path}", span, (NOT_FOUND_NOTE,))])
     if message == "is a symbolic link loop":
-        raise SpecError([Diagnostic("E208", f"data file is a symbolic link loop: {path}", span,
+        raise SpecError([Diagnostic(codes.DATA_FILE, f"data file is a symbolic link loop: {path}", span,
                                     ("its links lead back to themselves and never to a file",))])
     if message.startswith("cannot be read"):
-        raise SpecError([Diagnostic("E208", f"data file cannot be read: {path}", span, (kind,))])
-    raise SpecError([Diagnostic("E208", f"data file is not a regular file: {path}", span,
+        raise SpecError([Diagnostic(codes.DATA_FILE, f"data file cannot be read: {path}", span, (kind,))])
+    raise SpecError([Diagnostic(codes.DATA_FILE, f"data file is not a regular file: {path}", span,
                                 (f"it is {kind}; specc reads data from regular files only",))])
 
 
@@ -66,7 +67,7 @@ def open_binary(path: Path, span=None):
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as err:
         if span is not None:
-            raise SpecError([Diagnostic("E208", f"data file cannot be read: {path}", span,
+            raise SpecError([Diagnostic(codes.DATA_FILE, f"data file cannot be read: {path}", span,
                                         ((err.strerror or str(err)).lower(),))]) from None
         raise DataError(str(path), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specc import codes
 from specc.data.files import describe_array, load_npz, npz_array
 from specc.data.table import Table, check_finite, read_table
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
@@ -263,14 +264,15 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
         for col in wanted:
             if not paired and col.name not in names:
                 listed = ", ".join(sorted(names))
-                errors.append(Diagnostic("E205", f"array '{col.name}' is not in {source.path.name}", col.span,
-                                         suggest(col.name, {n.rsplit("_", 1)[0] for n in names}) +
+                errors.append(Diagnostic(codes.NOT_IN_DATA, f"array '{col.name}' is not in {source.path.name}",
+                                         col.span, suggest(col.name, {n.rsplit("_", 1)[0] for n in names}) +
                                          (f"{source.path.name} holds: {listed}; a column reads the array of its "
                                           "name, or <name>_train and <name>_valid",)))
         if errors:
             raise SpecError(errors)
         if paired and split is not None:
-            raise SpecError([Diagnostic("E206", f"{source.path.name} has its own validation arrays", split.span,
+            raise SpecError([Diagnostic(codes.SPLIT_IN_DATA, f"{source.path.name} has its own validation arrays",
+                                        split.span,
                                         ("remove `valid = ...`: the *_valid arrays are the validation set",))])
 
         def load(name: str, col) -> np.ndarray:
@@ -299,9 +301,9 @@ def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
     want = tuple(col.shape)
     if rows != want and not (want == () and rows == (1,)):
         shown = "one value" if want == () else f"shape {want}"
-        raise SpecError([Diagnostic("E303", f"array '{name}' has rows of shape {rows}, but the spec declares "
-                                    f"{shown}", col.span, (f"e.g. {col.name}: float{rows}" if rows else
-                                                           f"e.g. {col.name}: {col.kind}",))])
+        raise SpecError([Diagnostic(codes.ARRAY_SHAPE, f"array '{name}' has rows of shape {rows}, but the spec "
+                                    f"declares {shown}", col.span, (f"e.g. {col.name}: float{rows}" if rows else
+                                                                    f"e.g. {col.name}: {col.kind}",))])
     if want == () and rows == (1,):
         arr = arr[:, 0]
     if col.kind == CATEGORY:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specc import codes
 from specc.data.files import bad_byte, has_surrogates, not_utf8, open_text
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
 from specc.spec import CATEGORY, Column, CsvSource
@@ -207,7 +208,8 @@ def _check_header(source: CsvSource, names: list[str], wanted) -> None:
     for col in wanted:
         if col.name not in names:
             notes = suggest(col.name, close) + hint + listed
-            errors.append(Diagnostic("E205", f"column '{col.name}' is not in {source.path.name}", col.span, notes))
+            errors.append(Diagnostic(codes.NOT_IN_DATA, f"column '{col.name}' is not in {source.path.name}", col.span,
+                                     notes))
     if errors:
         raise SpecError(errors)
 

@@ -1,0 +1,258 @@
+"""Check the data block: its syntax tree -> DataSpec (specc.spec), and a DataResult that tells the
+model and train blocks which columns and target did check, even when the rest did not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from specc import ast, codes
+from specc.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, shown
+from specc.data.files import resolved as resolved_path
+from specc.diagnostics import suggest
+from specc.spec import (
+    CATEGORY, FLOAT, PROCS, Column, CsvSource, DataSpec, LastSplit, NpzSource, RandomSplit, RowSplit,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DataResult:
+    """What the data block hands on. The model block is checked against the columns that did
+    check, so one typo in `inputs` is reported once and not again at every use."""
+
+    spec: DataSpec | None  # None: the data block has an error (or is missing)
+    columns: tuple[Column, ...] = ()  # the input columns that checked (all of them, when inputs did)
+    inputs_failed: bool = False  # some input did not check: an unknown name may be one of them
+    target: Column | None = None
+    procs: tuple[str, ...] = ()
+
+
+NO_DATA = DataResult(None)  # a spec without a data block
+
+
+_EXAMPLES = {"source": 'e.g. source = csv("data/ratings.csv")',
+             "inputs": "e.g. inputs = [user: category, item: category]",
+             "target": "e.g. target = rating: float"}
+
+
+def check_data(c: Checker, block: ast.Block) -> DataResult:
+    """The data block's settings, each checked; the DataSpec when all of them are right."""
+    found = c.settings(block, DATA_SETTINGS).found
+    ok = True
+    for key in ("source", "inputs", "target"):
+        if key not in found:
+            c.error(codes.MISSING, f"the data block has no '{key}'", block.name.span, [_EXAMPLES[key]])
+            ok = False
+    source = _source(c, found["source"].value) if "source" in found else None
+    inputs, partial, inputs_failed = _inputs(c, found["inputs"].value) if "inputs" in found else (None, (), True)
+    target = _column(c, found["target"].value, "target") if "target" in found else None
+    valid = _split(c, found["valid"].value) if "valid" in found else None
+    batch = c.integer(found["batch"].value, "batch", low=1) if "batch" in found else 64
+    procs = _procs(c, found["procs"].value) if "procs" in found else ()
+    keep = _keep_classes(c, found["keep_classes"], target) if "keep_classes" in found else ()
+    train_rows = c.integer(found["train_rows"].value, "train_rows", low=1) if "train_rows" in found else 0
+    # The model block is checked against these even when other data settings are wrong.
+    result = DataResult(None, inputs if inputs is not None else partial, inputs_failed, target, procs or ())
+    if inputs is not None and target is not None:
+        for col in inputs:
+            if col.name == target.name:
+                c.error(codes.DEFINED_TWICE, f"column '{col.name}' is both an input and the target", target.span)
+    if target is not None and target.kind == CATEGORY and target.shape:
+        c.error(codes.BAD_COLUMN, "a category target holds one value per row", target.span)
+        return result
+    if isinstance(source, CsvSource) and inputs is not None and target is not None:
+        _csv_columns(c, source, (*inputs, target))
+    if not ok or None in (source, inputs, target, batch, procs, keep, train_rows) or \
+            ("valid" in found and valid is None):
+        return result
+    spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None)
+    return DataResult(spec, inputs, inputs_failed, target, procs)
+
+
+def _csv_columns(c: Checker, source: CsvSource, columns: tuple[Column, ...]) -> None:
+    """A CSV column holds one value per row, and is one of the columns the source names."""
+    for col in columns:
+        if col.shape:
+            c.error(codes.BAD_COLUMN, f"column '{col.name}': a CSV column holds one value per row", col.span,
+                    ["arrays per row come from npz(...) sources"])
+    if source.columns is not None:
+        for col in columns:
+            if col.name not in source.columns:
+                c.error(codes.UNKNOWN_NAME, f"unknown column '{col.name}'", col.span,
+                        suggest(col.name, source.columns) or
+                        [f"the source's columns are {', '.join(source.columns)}"])
+
+
+def _keep_classes(c: Checker, stmt: ast.Assign, target: Column | None) -> tuple[str, ...] | None:
+    """`keep_classes = [0, 1, 2]`: the class values to keep, as the data file writes them."""
+    value = stmt.value
+    items = value.items if isinstance(value, ast.ListExpr) else ()
+    keep: tuple | None
+    if not items:
+        c.error(codes.WRONG_KIND, "keep_classes: expected a list of class values, e.g. [0, 1, 2]", value.span)
+        keep = None
+    else:
+        keep = tuple(str(i.value) if isinstance(i, (ast.Number, ast.String)) else None for i in items)
+        if None in keep:
+            c.error(codes.WRONG_KIND, "keep_classes: expected numbers or strings", value.span)
+            keep = None
+    if target is not None and target.kind != CATEGORY:
+        c.error(codes.TARGET_KIND, "keep_classes needs a category target", stmt.target.span)
+        keep = None
+    return keep
+
+
+def _procs(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:
+    items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, ast.Name) or item.id not in PROCS:
+            name = item.id if isinstance(item, ast.Name) else shown(item)
+            c.error(codes.UNKNOWN_FUNCTION, f"unknown proc '{name}'", item.span,
+                    suggest(name, PROCS) or [f"procs: {', '.join(PROCS)}"])
+            return None
+        if item.id in names:
+            c.error(codes.DEFINED_TWICE, f"proc '{item.id}' is listed twice", item.span)
+            return None
+        names.append(item.id)
+    return tuple(names)
+
+
+def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | None:
+    """csv(...), tsv(...) or npz(...), its path resolved against the spec's folder."""
+    bound = c.bind(expr, "source", "source")
+    if bound is None:
+        return None
+    func, args, call = bound
+    path_text = c.string(args["path"], "path")
+    span = args["path"].span
+    if path_text is not None and ("\x00" in path_text or not path_text.strip()):
+        c.error(codes.BAD_TEXT, "path: expected a file name", span)
+        return None
+    base = c.base_dir(span)
+    if func == "npz":
+        return None if path_text is None else NpzSource(resolved_path(base / path_text), span)
+    delimiter = "\t" if func == "tsv" else ","
+    if "delimiter" in args:
+        delimiter = c.string(args["delimiter"], "delimiter")
+        if delimiter is not None and len(delimiter) != 1:
+            c.error(codes.BAD_TEXT, f"delimiter must be one character, found {len(delimiter)}",
+                    args["delimiter"].span, ['write a tab as "\\t"'])
+            delimiter = None
+    columns = _column_names(c, args["columns"]) if "columns" in args else None
+    header = columns is None
+    if "header" in args:
+        header = c.boolean(args["header"], "header")
+    if header is False and "columns" not in args:
+        c.error(codes.BAD_ARGUMENTS, "a source without a header needs columns=[...]", call.span,
+                ["e.g. csv(\"u.data\", delimiter=\"\\t\", header=false, columns=[user, item, rating, time])"])
+        return None
+    missing: tuple[str, ...] | None = ()
+    if "missing" in args:
+        value = args["missing"]
+        items = value.items if isinstance(value, ast.ListExpr) else (value,)
+        texts = [c.string(item, "missing") for item in items]
+        missing = None if None in texts else tuple(texts)
+    strip = c.boolean(args["strip"], "strip") if "strip" in args else False
+    if path_text is None or delimiter is None or header is None or ("columns" in args and columns is None) \
+            or missing is None or strip is None:
+        return None
+    return CsvSource(resolved_path(base / path_text), delimiter, header, columns, span, missing, strip)
+
+
+def _column_names(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:
+    if not isinstance(expr, ast.ListExpr) or not expr.items:
+        c.error(codes.WRONG_KIND, f"columns: expected a list of column names, found {shown(expr)}", expr.span)
+        return None
+    names: list[str] = []
+    for item in expr.items:
+        if isinstance(item, (ast.Name, ast.String)):
+            name = item.id if isinstance(item, ast.Name) else item.value
+            if name in names:
+                c.error(codes.DEFINED_TWICE, f"column '{name}' is named twice", item.span)
+            names.append(name)
+        else:
+            c.error(codes.WRONG_KIND, f"columns: expected a column name, found {kind_of(item)}", item.span)
+            return None
+    return tuple(names)
+
+
+def _column(c: Checker, expr: ast.Expr, what: str) -> Column | None:
+    """`name: type`, `pixels: float(28, 28)`, optionally scaled: `pixels: float(784) / 255`."""
+    scale = None
+    if isinstance(expr, ast.BinOp) and isinstance(expr.left, ast.Typed) and expr.op in ("*", "/"):
+        factor = c.real(expr.right, "scale", 0.0, low_open=True)
+        if factor is None:
+            return None
+        scale = factor if expr.op == "*" else 1.0 / factor
+        whole, expr = expr, expr.left
+    else:
+        whole = expr
+    if not isinstance(expr, ast.Typed):
+        example = "rating: float" if what == "target" else "user: category"
+        name = f"{expr.id}: ..." if isinstance(expr, ast.Name) else example
+        c.error(codes.BAD_COLUMN, f"{what}: expected `column: type`, found {kind_of(expr)}", expr.span,
+                [f"e.g. {name}; the types are {', '.join(COLUMN_TYPES)}"])
+        return None
+    type_name = expr.type if isinstance(expr.type, ast.Name) else expr.type.func
+    kind = type_name.id
+    if kind not in COLUMN_TYPES:
+        c.error(codes.BAD_COLUMN, f"unknown column type '{kind}'", type_name.span,
+                suggest(kind, COLUMN_TYPES) or [f"the types are {', '.join(COLUMN_TYPES)}"])
+        return None
+    shape: tuple[int, ...] = ()
+    if isinstance(expr.type, ast.Call):
+        call = expr.type
+        if kind != FLOAT or call.keywords or not call.args:
+            c.error(codes.BAD_COLUMN, "only float columns take a shape, as in float(784) or float(28, 28)",
+                    call.span)
+            return None
+        dims = [c.integer(a, "a column's size", low=1, high=2**24) for a in call.args]
+        if None in dims:
+            return None
+        shape = tuple(dims)
+    if scale is not None and kind != FLOAT:
+        c.error(codes.BAD_COLUMN, "only float columns can be scaled", whole.span)
+        return None
+    return Column(expr.name.id, kind, whole.span, shape, scale)
+
+
+def _inputs(c: Checker, expr: ast.Expr) -> tuple[tuple[Column, ...] | None, tuple[Column, ...], bool]:
+    """`inputs = [...]`: (the columns or None, the columns that did check, whether one failed)."""
+    if not isinstance(expr, ast.ListExpr) or not expr.items:
+        c.error(codes.BAD_COLUMN, f"inputs: expected a list of `column: type`, found {shown(expr)}", expr.span,
+                ["e.g. inputs = [user: category, item: category]"])
+        return None, (), False
+    cols = [_column(c, item, "inputs") for item in expr.items]
+    good = tuple(col for col in cols if col is not None)
+    if len(good) != len(cols):
+        return None, good, True
+    seen: dict[str, Column] = {}
+    for col in good:
+        if col.name in seen:
+            first = seen[col.name].span
+            where = "earlier on this line" if first.line == col.span.line else f"at line {first.line}"
+            c.error(codes.DEFINED_TWICE, f"input column '{col.name}' is declared twice", col.span,
+                    [f"first declared {where}"])
+        seen[col.name] = col
+    return good, good, False
+
+
+def _split(c: Checker, expr: ast.Expr):
+    """The validation split: random(fraction, seed), rows(start, end) or last(fraction)."""
+    bound = c.bind(expr, "valid", "validation split")
+    if bound is None:
+        return None
+    func, args, _ = bound
+    if func == "last":
+        fraction = c.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
+        return None if fraction is None else LastSplit(fraction, expr.span)
+    if func == "random":
+        fraction = c.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
+        seed = c.integer(args["seed"], "seed") if "seed" in args else 0
+        return None if fraction is None or seed is None else RandomSplit(fraction, seed, expr.span)
+    start = c.integer(args["start"], "first validation row")
+    end = c.integer(args["end"], "end row", low=1) if "end" in args else None
+    if start is not None and end is not None and end <= start:
+        c.error(codes.CONFLICT, f"rows({start}, {end}): the end must come after the start", expr.span)
+        return None
+    return None if start is None or ("end" in args and end is None) else RowSplit(start, end, expr.span)

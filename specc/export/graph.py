@@ -1,0 +1,114 @@
+"""Export: trained fx GraphModule -> a self-contained ONNX model.
+
+The ONNX graph takes the raw input columns (ids as they appear in the data, as strings or int64)
+and maps them to vocabulary indices (specc.export.ids); then it runs the model, translated node by
+node from the fx graph through the op table (specc.export.ops), so that its node names are the
+spec's; the output is named after the target."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import torch
+import torch.fx as fx
+from onnx import TensorProto, helper
+
+from specc.data.prepare import Vocab, split_to_json, vocabs_to_json
+from specc.export.ops import function as translate_function, module as translate_module
+from specc.export.emitter import Emitter
+from specc.export.ids import DenseIds, composes, dense_ids, lookup
+from specc.spec import CATEGORY, FLOAT, CsvSource, Spec
+
+PROBABILITIES = "probabilities"
+
+
+def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx.ModelProto:
+    """Translate the lowered model, with input lookups and output naming, into ONNX."""
+    em = Emitter()
+    inputs = []
+    names: dict[str, str] = {}
+    dense: dict[str, DenseIds | None] = {}  # category placeholders -> their ids clipped for a table
+    columns = {c.name: c for c in spec.data.inputs}
+    modules = dict(model.named_modules())
+    result = None
+    for fnode in model.graph.nodes:
+        if fnode.op == "placeholder":
+            col = columns[fnode.target]
+            if col.kind == CATEGORY:
+                vocab = vocabs[col.name]
+                dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
+                inputs.append(helper.make_tensor_value_info(col.name, dtype, ["N"]))
+                dense[fnode.name] = ids = dense_ids(em, col.name, vocab)
+                if not ids or not all(composes(modules.get(u.target), ids) for u in fnode.users):
+                    # something other than a small embedding reads the index: look it up once
+                    names[fnode.name] = lookup(em, col.name, vocab, ids)
+            elif col.shape:
+                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape]))
+                names[fnode.name] = col.name
+            else:
+                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N"]))
+                names[fnode.name] = col.name
+        elif fnode.op == "call_module":
+            module, source = modules[fnode.target], dense.get(fnode.args[0].name)
+            if source and composes(module, source):  # the embedding's rows in raw-id order
+                rows = module.weight.detach().cpu()[torch.from_numpy(source.table)]
+                names[fnode.name] = em.node("Gather", [em.weight(f"{fnode.target}.weight_by_id", rows),
+                                                       source.clipped], fnode.name, axis=0)
+            else:
+                names[fnode.name] = translate_module(em, fnode, module, names[fnode.args[0].name])
+        elif fnode.op == "call_function":
+            names[fnode.name] = translate_function(em, fnode, names)
+        elif fnode.op == "output":
+            result = names[fnode.args[0].name]
+    outputs = _outputs(em, spec, vocabs, result)
+    graph = helper.make_graph(em.nodes, spec.name, inputs, outputs, em.initializers)
+    onnx_model = helper.make_model(graph, producer_name="specc", opset_imports=em.opset_imports())
+    onnx_model.ir_version = 8  # readable by onnxruntime 1.14 and later
+    source = spec.data.source
+    meta = {
+        "specc.spec": spec.source.text,
+        "specc.target": spec.data.target.name,
+        "specc.target_kind": spec.data.target.kind,
+        "specc.split": json.dumps(split_to_json(spec.data.valid)),
+        "specc.loss": spec.train.loss,
+        "specc.metrics": json.dumps(list(spec.train.metrics)),
+        "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind, "shape": list(c.shape)}
+                                    for c in spec.data.inputs if c.name in spec.model.inputs]),
+        "specc.vocabs": vocabs_to_json(vocabs),
+        "specc.reading": json.dumps({"format": "csv", "delimiter": source.delimiter, "header": source.header,
+                                     "columns": list(source.columns) if source.columns else None,
+                                     "missing": list(source.missing), "strip": source.strip}
+                                    if isinstance(source, CsvSource) else {"format": "npz"}),
+    }
+    helper.set_model_props(onnx_model, meta)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    return onnx_model
+
+
+def _outputs(em: Emitter, spec: Spec, vocabs: dict[str, Vocab], result: str) -> list:
+    """What a person wants back: the number for a float target; for classes, the probabilities
+    (softmax applied where the loss took logits) and the label as the user's class value."""
+    target = spec.data.target
+    if target.kind == FLOAT:
+        value = result
+        if spec.train.loss == "bce_with_logits":  # trained on logits: give the probability
+            value = em.node("Sigmoid", [result], f"{target.name}_probability")
+        em.node("Reshape", [value, em.const([-1], np.int64)], target.name)
+        return [helper.make_tensor_value_info(target.name, TensorProto.FLOAT, ["N"])]
+    vocab = vocabs[target.name]
+    if spec.train.loss == "nll":  # the model gives log-probabilities
+        em.node("Exp", [result], PROBABILITIES)
+    else:  # cross_entropy takes logits
+        em.node("Softmax", [result], PROBABILITIES, axis=-1)
+    index = em.node("ArgMax", [result], f"{target.name}_index", axis=1, keepdims=0)
+    if vocab.integer:
+        classes = em.const([int(v) for v in vocab.values], np.int64)
+        label_type = TensorProto.INT64
+    else:
+        classes = em.const(np.array(vocab.values, dtype=object), object)
+        label_type = TensorProto.STRING
+    em.node("Gather", [classes, index], target.name, axis=0)
+    return [helper.make_tensor_value_info(target.name, label_type, ["N"]),
+            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", vocab.size])]

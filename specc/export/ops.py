@@ -1,0 +1,155 @@
+"""The export op table: each fx call target or module type the lowering makes, as ONNX nodes.
+
+One short function per entry, registered with `@translates(target, ...)`; it gets the emitter,
+the fx node and its operands (ONNX value names) and returns the name of the value it made. The
+coverage test (tests/test_ops.py) fails when an op of specc.ops lowers to something not here."""
+
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from specc.export.emitter import Emitter
+
+Translate = Callable[..., str]
+FUNCTIONS: dict[object, Translate] = {}  # call_function target -> (em, fnode, operands) -> value
+MODULES: dict[type, Translate] = {}  # call_module type -> (em, fnode, module, x) -> value
+
+
+def translates(*targets) -> Callable[[Translate], Translate]:
+    """Register the function as the translation of fx call targets (functions) or module types."""
+    def register(fn: Translate) -> Translate:
+        for target in targets:
+            (MODULES if isinstance(target, type) and issubclass(target, nn.Module) else FUNCTIONS)[target] = fn
+        return fn
+    return register
+
+
+def operand(em: Emitter, arg, names: dict) -> str:
+    """An fx argument as an ONNX value: a node's output, or a constant."""
+    if isinstance(arg, fx.Node):
+        return names[arg.name]
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return em.const(arg, np.int64)  # e.g. the indices torch.where picks between
+    return em.const(float(arg))
+
+
+def operands(em: Emitter, args, names: dict) -> list:
+    return [[operand(em, x, names) for x in a] if isinstance(a, (tuple, list)) else operand(em, a, names)
+            for a in args]
+
+
+def function(em: Emitter, fnode: fx.Node, names: dict) -> str:
+    """One call_function node as ONNX."""
+    if fnode.target not in FUNCTIONS:
+        raise TypeError(f"no ONNX translation for {fnode.target}")  # a lowering without an export entry
+    if fnode.target is torch.unsqueeze:
+        # The dim is a number, not an operand: it becomes the axes input, and turning it into an
+        # operand as well would leave an initializer no node reads (onnxruntime warns on load).
+        return FUNCTIONS[fnode.target](em, fnode, [operand(em, fnode.args[0], names)])
+    return FUNCTIONS[fnode.target](em, fnode, operands(em, fnode.args, names))
+
+
+def module(em: Emitter, fnode: fx.Node, mod: nn.Module, x: str) -> str:
+    """One call_module node as ONNX (modules in eval mode: dropout is the identity)."""
+    if type(mod) not in MODULES:
+        raise TypeError(f"no ONNX translation for module {type(mod).__name__}")  # lower/export mismatch
+    return MODULES[type(mod)](em, fnode, mod, x)
+
+
+def _simple(onnx_op: str) -> Translate:
+    def translate(em: Emitter, fnode: fx.Node, args: list) -> str:
+        return em.node(onnx_op, args, fnode.name)
+    return translate
+
+
+for _target, _op in ((operator.add, "Add"), (operator.sub, "Sub"), (operator.mul, "Mul"), (operator.truediv, "Div"),
+                     (torch.sigmoid, "Sigmoid"), (torch.relu, "Relu"), (torch.tanh, "Tanh"),
+                     (torch.isnan, "IsNaN"), (torch.where, "Where")):
+    FUNCTIONS[_target] = _simple(_op)
+
+
+# ---------------------------------------------------------------- functions
+
+
+@translates(torch.unsqueeze)
+def _unsqueeze(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("Unsqueeze", [args[0], em.const([fnode.args[1]], np.int64)], fnode.name)
+
+
+@translates(torch.sum)
+def _sum(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("ReduceSum", [args[0], em.const([fnode.kwargs["dim"]], np.int64)], fnode.name,
+                   keepdims=int(fnode.kwargs["keepdim"]))
+
+
+@translates(torch.softmax)
+def _softmax(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("Softmax", args, fnode.name, axis=fnode.kwargs["dim"])
+
+
+@translates(torch.log_softmax)
+def _log_softmax(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("LogSoftmax", args, fnode.name, axis=fnode.kwargs["dim"])
+
+
+@translates(torch.flatten)
+def _flatten(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("Flatten", args, fnode.name, axis=fnode.kwargs["start_dim"])
+
+
+@translates(torch.cat)
+def _cat(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("Concat", args[0], fnode.name, axis=fnode.kwargs["dim"])
+
+
+@translates(F.gelu)
+def _gelu(em: Emitter, fnode: fx.Node, args: list) -> str:
+    # opset 17 has no Gelu: x * (1 + erf(x / sqrt(2))) / 2, torch's exact form
+    x, name = args[0], fnode.name
+    erf = em.node("Erf", [em.node("Div", [x, em.const(2 ** 0.5)], f"{name}_scaled")], f"{name}_erf")
+    half = em.node("Mul", [em.node("Add", [erf, em.const(1.0)], f"{name}_cdf2"), em.const(0.5)], f"{name}_cdf")
+    return em.node("Mul", [x, half], name)
+
+
+@translates(F.silu)
+def _silu(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("Mul", [args[0], em.node("Sigmoid", args, f"{fnode.name}_sigmoid")], fnode.name)
+
+
+# ---------------------------------------------------------------- modules
+
+
+@translates(nn.Embedding)
+def _embedding(em: Emitter, fnode: fx.Node, mod: nn.Embedding, x: str) -> str:
+    return em.node("Gather", [em.weight(f"{fnode.target}.weight", mod.weight), x], fnode.name, axis=0)
+
+
+@translates(nn.Linear)
+def _linear(em: Emitter, fnode: fx.Node, mod: nn.Linear, x: str) -> str:
+    name = fnode.target
+    return em.node("Gemm", [x, em.weight(f"{name}.weight", mod.weight), em.weight(f"{name}.bias", mod.bias)],
+                   fnode.name, transB=1)
+
+
+@translates(nn.BatchNorm1d)
+def _batchnorm(em: Emitter, fnode: fx.Node, mod: nn.BatchNorm1d, x: str) -> str:
+    params = [em.weight(f"{fnode.target}.{k}", getattr(mod, k)) for k in ("weight", "bias", "running_mean",
+                                                                          "running_var")]
+    return em.node("BatchNormalization", [x, *params], fnode.name, epsilon=float(mod.eps))
+
+
+@translates(nn.LayerNorm)
+def _layer_norm(em: Emitter, fnode: fx.Node, mod: nn.LayerNorm, x: str) -> str:
+    scale, shift = (em.weight(f"{fnode.target}.{k}", getattr(mod, k)) for k in ("weight", "bias"))
+    return em.node("LayerNormalization", [x, scale, shift], fnode.name, axis=-1, epsilon=float(mod.eps))
+
+
+@translates(nn.Dropout)
+def _dropout(em: Emitter, fnode: fx.Node, mod: nn.Dropout, x: str) -> str:
+    return em.node("Identity", [x], fnode.name)

@@ -1,0 +1,104 @@
+"""The parity check: the exported model, run by onnxruntime on raw rows, against torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from specc.data.prepare import Prepared, Vocab
+from specc.export.graph import PROBABILITIES
+from specc.export.ids import unseen_ids
+from specc.spec import FLOAT, Spec
+
+PARITY_TOLERANCE = 1e-4
+PARITY_ROWS = 2048
+
+
+class ExportError(Exception):
+    """The exported model does not reproduce torch's outputs."""
+
+
+def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: slice) -> dict[str, np.ndarray]:
+    """Raw column values shaped as the ONNX model's inputs."""
+    feed = {}
+    for col in spec.model.inputs:
+        values = raw[col][rows]
+        if col in vocabs:
+            vocab = vocabs[col]
+            if vocab.integer:
+                feed[col] = np.array([int(v) for v in values], dtype=np.int64)
+            else:
+                feed[col] = np.array([str(v) for v in values], dtype=object)
+        else:
+            feed[col] = np.asarray(values, dtype=np.float32)
+    return feed
+
+
+def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
+    """Validation rows as read, plus rows whose ids were never seen in training."""
+    rows = min(PARITY_ROWS, prepared.n_valid)
+    raw = {c: list(prepared.raw_valid[c][:rows]) for c in spec.model.inputs}
+    for col in spec.model.inputs:
+        vocab = prepared.vocabs.get(col)
+        if vocab is None:
+            continue
+        for unseen in unseen_ids(vocab):
+            for other in spec.model.inputs:  # one row with just this id unseen
+                raw[other].append(unseen if other == col else raw[other][0])
+    if "fill_missing" in spec.data.procs:
+        for col in spec.model.inputs:
+            if col in (prepared.stats or {}):
+                for other in spec.model.inputs:  # one row with just this value missing
+                    raw[other].append(float("nan") if other == col else raw[other][0])
+    return raw
+
+
+def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list]) -> dict:
+    """What the exported model should return, computed by torch from the same raw rows."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        args = []
+        for col in spec.model.inputs:
+            if col in vocabs:
+                args.append(torch.from_numpy(vocabs[col].lookup(raw[col])))
+            else:
+                args.append(torch.tensor(np.asarray(raw[col], dtype=np.float32)))
+        out = model(*args)
+    target = spec.data.target
+    if target.kind == FLOAT:
+        value = torch.sigmoid(out) if spec.train.loss == "bce_with_logits" else out
+        return {target.name: value[:, 0].numpy()}
+    probs = out.exp() if spec.train.loss == "nll" else torch.softmax(out, dim=-1)
+    values = vocabs[target.name].values
+    labels = [values[k] for k in out.argmax(dim=-1).tolist()]
+    if vocabs[target.name].integer:
+        labels = [int(v) for v in labels]
+    return {PROBABILITIES: probs.numpy(), target.name: np.array(labels, dtype=object)}
+
+
+def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[str, Vocab],
+           raw: dict[str, list]) -> float:
+    """Max |onnxruntime - torch| over the numeric outputs on raw rows (labels must agree where the
+    top class is clear); raises ExportError above the tolerance."""
+    from specc.infer import Session
+
+    n = len(next(iter(raw.values())))
+    feed = raw_feed(spec, vocabs, raw, slice(0, n))
+    got = Session(onnx_bytes, device="cpu").run(feed)
+    want = reference_outputs(spec, model, vocabs, raw)
+    target = spec.data.target.name
+    numeric = target if spec.data.target.kind == FLOAT else PROBABILITIES
+    diff = float(np.max(np.abs(got[numeric] - want[numeric]))) if n else 0.0
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"onnxruntime and torch differ by {diff:.3g} on {n} rows "
+                          f"(tolerance {PARITY_TOLERANCE:g})")
+    if numeric == PROBABILITIES:
+        top2 = np.sort(want[PROBABILITIES], axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 10 * PARITY_TOLERANCE  # ties may break either way
+        mismatched = [k for k in np.flatnonzero(clear) if got[target][k] != want[target][k]]
+        if mismatched:
+            k = mismatched[0]
+            raise ExportError(f"onnxruntime predicts '{got[target][k]}' where torch predicts '{want[target][k]}' "
+                              f"(row {k})")
+    return diff

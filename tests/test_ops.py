@@ -1,0 +1,85 @@
+"""The op registry's coverage: every op of specc.ops has a lowering and an export translation, and
+one spec that uses every op (built from each op's own example line) lowers, exports at its
+initial weights and runs through onnxruntime as torch does. A missing translation fails here,
+not after a training run."""
+
+import numpy as np
+import pytest
+import torch
+
+from specc import ops
+from specc.data.prepare import prepare
+from specc.export import parity, parity_rows, to_onnx
+from specc.export import ops as export_ops
+from specc.lower import LOWERINGS
+from specc.run import load_spec
+from specc.sized import sized_model
+from specc.train import build_model
+
+# The context every example may read (see specc/ops/layers.py): c, a, img and h; the last line
+# uses the arithmetic ops, and fill_missing and normalize make the input and missing ops' procs
+# (the parity rows hold a missing `a`: an npz file cannot).
+COVERAGE = """\
+data {{
+    source = npz("cover.npz")
+    inputs = [c: category, a: float, img: float(2, 3) / 255]
+    target = y: float
+    procs  = [fill_missing, normalize]
+    valid  = random(0.25, seed=1)
+    batch  = 16
+}}
+model {{
+    h = flatten(img) |> linear(4)
+{examples}
+    ar  = (a + 1) * h - h / 2 + (1 - a) + -h
+    out = concat({values}, ar) |> linear(1)
+}}
+train {{
+    loss = mse
+    fit(epochs=1, lr=1e-3)
+}}
+"""
+
+
+def _examples() -> list[str]:
+    return [d.example for d in ops.OPS.values() if d.callable]
+
+
+def coverage_spec(folder) -> str:
+    """Write the coverage spec and its data into `folder`; return the spec's path."""
+    rng = np.random.default_rng(0)
+    n = 80
+    a = rng.normal(40, 10, n).astype(np.float32)
+    np.savez(folder / "cover.npz", c=rng.integers(1, 6, n), a=a, img=rng.uniform(0, 255, (n, 2, 3)).astype(np.float32),
+             y=rng.normal(0, 1, n).astype(np.float32))
+    examples = _examples()
+    names = [line.split("=")[0].strip() for line in examples]
+    text = COVERAGE.format(examples="\n".join(f"    {line}" for line in examples), values=", ".join(names))
+    path = folder / "cover.spec"
+    path.write_text(text)
+    return path
+
+
+def test_every_callable_op_has_an_example_and_every_op_a_lowering():
+    assert all(_examples()), [d.name for d in ops.OPS.values() if d.callable and not d.example]
+    assert set(ops.OPS) - {d.name for d in ops.OPS.values() if d.expand} == set(LOWERINGS)
+
+
+def test_one_spec_with_every_op_exports_and_matches_torch(tmp_path):
+    spec, _ = load_spec(coverage_spec(tmp_path))
+    prepared = prepare(spec.data, spec.model.inputs)
+    used = {n.op.name for n in spec.model.nodes} | {n.op.name for n in sized_model(spec, prepared).nodes}
+    assert used == set(ops.OPS)  # every op, the blocks before they expand, the internal ones too
+    model = build_model(spec, prepared).eval()
+    proto = to_onnx(spec, model, prepared.vocabs)
+    raw = parity_rows(spec, prepared)
+    assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, raw) < 1e-5
+
+
+def test_a_missing_export_translation_fails_here(tmp_path, monkeypatch):
+    spec, _ = load_spec(coverage_spec(tmp_path))
+    prepared = prepare(spec.data, spec.model.inputs)
+    model = build_model(spec, prepared).eval()
+    monkeypatch.delitem(export_ops.FUNCTIONS, torch.tanh)
+    with pytest.raises(TypeError, match="no ONNX translation"):
+        to_onnx(spec, model, prepared.vocabs)
