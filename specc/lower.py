@@ -176,6 +176,11 @@ def _tanh(g: Lowering, node: Node) -> fx.Node:
     return g.call(torch.tanh, [g.x(node)], node.name)
 
 
+@lowers("leaky_relu")
+def _leaky_relu(g: Lowering, node: Node) -> fx.Node:
+    return g.call(F.leaky_relu, [g.x(node)], node.name, negative_slope=node.op.slope)
+
+
 @lowers("gelu")
 def _gelu(g: Lowering, node: Node) -> fx.Node:
     return g.call(F.gelu, [g.x(node)], node.name)

@@ -83,3 +83,52 @@ def test_a_missing_export_translation_fails_here(tmp_path, monkeypatch):
     monkeypatch.delitem(export_ops.FUNCTIONS, torch.tanh)
     with pytest.raises(TypeError, match="no ONNX translation"):
         to_onnx(spec, model, prepared.vocabs)
+
+
+LEAKY = """\
+data {
+    source = csv("ratings.csv")
+    inputs = [a: float, b: float]
+    target = y: float
+}
+model {
+    h   = concat(a, b)
+    low = h |> leaky_relu
+    out = h |> leaky_relu(0.25) |> linear(1)
+}
+train {
+    loss = mse
+    fit(epochs=1, lr=1e-3)
+}
+"""
+
+
+def test_leaky_relu_by_hand(tmp_path):
+    (tmp_path / "ratings.csv").write_text("a,b,y\n" + "".join(f"{k - 5},{2 * k - 7},{k}\n" for k in range(10)))
+    path = tmp_path / "leaky.spec"
+    path.write_text(LEAKY)
+    spec, warnings = load_spec(path)
+    assert [n.op.slope for n in spec.model.nodes if n.op.name == "leaky_relu"] == [0.01, 0.25]  # default, given
+    prepared = prepare(spec.data, spec.model.inputs)
+    model = build_model(spec, prepared).eval()
+    sub = torch.fx.GraphModule(model, model.graph)
+    values = {}
+    for node in sub.graph.nodes:  # run it node by node to read the two leaky values
+        if node.op == "placeholder":
+            values[node.name] = torch.tensor([-4.0, 3.0]) if node.name == "a" else torch.tensor([-2.0, -0.5])
+        elif node.op == "call_function":
+            args = torch.fx.node.map_arg(node.args, lambda n: values[n.name])
+            values[node.name] = node.target(*args, **node.kwargs)
+    assert torch.equal(values["low"], torch.tensor([[-0.04, -0.02], [3.0, -0.005]]))
+    leaky = [n.name for n in sub.graph.nodes if n.target is torch.nn.functional.leaky_relu]
+    assert torch.equal(values[leaky[1]], torch.tensor([[-1.0, -0.5], [3.0, -0.125]]))
+
+
+def test_leaky_relu_slope_out_of_range(tmp_path):
+    path = tmp_path / "bad.spec"
+    path.write_text(LEAKY.replace("leaky_relu(0.25)", "leaky_relu(1.5)"))
+    from specc.diagnostics import SpecError
+
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert "leaky_relu's slope must be in [0, 1), found 1.5" in str(err.value.diagnostics[0].message)

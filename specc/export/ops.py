@@ -108,6 +108,11 @@ def _cat(em: Emitter, fnode: fx.Node, args: list) -> str:
     return em.node("Concat", args[0], fnode.name, axis=fnode.kwargs["dim"])
 
 
+@translates(F.leaky_relu)
+def _leaky_relu(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("LeakyRelu", args, fnode.name, alpha=float(fnode.kwargs["negative_slope"]))
+
+
 @translates(F.gelu)
 def _gelu(em: Emitter, fnode: fx.Node, args: list) -> str:
     # opset 17 has no Gelu: x * (1 + erf(x / sqrt(2))) / 2, torch's exact form

@@ -101,6 +101,9 @@ OPS = (
     OpDef("relu", "max(x, 0), element-wise", (X,), example="rl = relu(h)"),
     OpDef("sigmoid", "1 / (1 + exp(-x)), element-wise", (X,), example="sg = sigmoid(h)"),
     OpDef("tanh", "the hyperbolic tangent, element-wise", (X,), example="th = tanh(h)"),
+    OpDef("leaky_relu", "x where x > 0, else slope * x, element-wise",
+          (X, Real("slope", 0.0, 1.0, high_open=True, default=0.01, what="leaky_relu's slope")),
+          example="lr = leaky_relu(h, 0.1)"),
     OpDef("gelu", "x * Phi(x), Phi the standard normal's distribution function (exact, not tanh's "
           "approximation), element-wise", (X,), example="ge = gelu(h)"),
     OpDef("silu", "x * sigmoid(x) (also called swish), element-wise", (X,), example="si = silu(h)"),
