@@ -70,12 +70,45 @@ def lower(model: SizedModel, stats: dict | None = None, class_name: str = "SpecM
     g = Lowering(model, stats)
     for node in model.nodes:
         result = LOWERINGS[node.op.name](g, node)
+        # where a runtime error in this value is reported (at_spec_line)
         result.meta["span"] = (node.span.source.path, node.span.line, node.span.column)
         result.meta["group"] = node.group  # the layer group its weights train and freeze with
         g.env[node.name] = result
     g.graph.output(g.env[model.output])
     g.graph.lint()
     return fx.GraphModule(g.root, g.graph, class_name=class_name)
+
+
+class _Failed(Exception):
+    def __init__(self, node: fx.Node):
+        self.node = node
+
+
+class _Locate(fx.Interpreter):
+    """Runs the graph node by node; the first node that raises is reported by name."""
+
+    def run_node(self, n: fx.Node):
+        try:
+            return super().run_node(n)
+        except Exception as err:
+            raise _Failed(n) from err
+
+
+def at_spec_line(model: fx.GraphModule, inputs, err: Exception) -> Exception:
+    """A forward pass of `model` on `inputs` raised `err`: the same error, its message prefixed
+    with the spec line (node.meta["span"]) of the value that failed, found by running the graph
+    again node by node. `err` itself where no node fails again (or the model is not lowered)."""
+    if not isinstance(model, fx.GraphModule):
+        return err
+    try:
+        with torch.no_grad():
+            _Locate(model).run(*inputs)
+    except _Failed as failed:
+        span = failed.node.meta.get("span")
+        if span is not None:
+            path, line, column = span
+            return RuntimeError(f"{path}:{line}:{column}: computing '{failed.node.name}': {err}")
+    return err
 
 
 # ---------------------------------------------------------------- made by the checker

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from specc.lower import at_spec_line
 from specc.spec import FLOAT, Spec
 
 SMOOTH_BETA = 0.98  # the seed's exponentially weighted moving average of the loss
@@ -50,7 +51,11 @@ def batch_loss(spec: Spec, forward, params: list):
     loss_of = loss_fn(spec)
 
     def loss(xs, y):
-        return loss_of(predict_column(spec, forward(*xs)), y, params)
+        try:
+            out = forward(*xs)
+        except RuntimeError as err:  # a bug, not a user's mistake: say which spec line it came from
+            raise at_spec_line(forward, xs, err) from err
+        return loss_of(predict_column(spec, out), y, params)
     return loss
 
 

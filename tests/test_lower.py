@@ -77,3 +77,15 @@ def test_embeddings_start_small():
     gm = lower(size_model(spec.model, Sizes({"user": 300, "item": 500})))
     w = gm.u.weight
     assert w.abs().max() <= 0.02 and 0.005 < w.std() < 0.012
+
+
+def test_a_runtime_error_names_the_spec_line_of_the_value_that_failed():
+    from specc.metrics import batch_loss
+
+    spec, _ = load_spec(ROOT / "specs" / "mnist_mlp.spec")
+    model = lower(size_model(spec.model, Sizes({}, classes=10)))
+    line = next(n.span.line for n in spec.model.nodes if n.op.name == "linear")
+    loss = batch_loss(spec, model, [])
+    wrong = torch.rand(4, 27, 28)  # one pixel row short: the first linear layer cannot take it
+    with pytest.raises(RuntimeError, match=rf"mnist_mlp.spec:{line}:\d+: computing 'linear': mat1 and mat2"):
+        loss([wrong], torch.zeros(4, dtype=torch.int64))
