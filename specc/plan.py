@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specc import codes
+from specc import ops
 from specc.diagnostics import Diagnostic, SpecError
 from specc.sized import SizedModel, Sizes, model_sizes, size_model
 from specc.spec import CATEGORY, CLASSES, Adam, FitOneCycle, LRFind, LRSlice, RMSProp, Spec
@@ -97,7 +98,7 @@ def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int) ->
     if rows < 2:
         # reported at the line that asked for it: the batchnorm, or the block that expands into one
         normed = [n for n in spec.model.nodes if any(model.origin.get(m.name, m.name) == n.name
-                                                     for m in model.nodes if m.op.name == "batchnorm")]
+                                                     for m in model.nodes if ops.get(m.op.name).batch_statistics)]
         if normed:
             errors.append(Diagnostic(
                 codes.DATA_SIZE, f"'{normed[0].name}' normalises over each batch, but every training batch here has "

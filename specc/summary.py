@@ -45,8 +45,8 @@ def _table(spec: Spec, nodes, counts: dict[str, int] | None) -> list[str]:
         params = "-"
         if counts is not None and node.name in counts:
             params = f"{counts[node.name]:,}"
-        elif counts is None and node.op.name == "embedding":
-            params = f"(n_{node.op.column} + 1) x {node.op.dim}"  # its rows are the column's categories
+        elif counts is None and ops.get(node.op.name).unsized_params:
+            params = ops.get(node.op.name).unsized_params(node.op)
         dims = [str(d) for d in node.shape]
         rows.append((node.name + (" (output)" if node.name == spec.model.output else ""),
                      ops.get(node.op.name).text(node), f"(batch, {', '.join(dims)})" if dims else "(batch) index",

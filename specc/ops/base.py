@@ -106,7 +106,7 @@ class CategoryColumn:
 
 @dataclass(frozen=True, slots=True)
 class Given:
-    """An argument the op's own `bind` reads (blocks such as tabular take lists and pairs)."""
+    """An argument a block checks itself (blocks such as tabular take lists and pairs)."""
 
     name: str
     required: bool = False
@@ -174,14 +174,21 @@ def numel(shape: tuple[int, ...]) -> int:
 class OpDef:
     """One op of the language, declared once.
 
-    name: what a spec calls it. doc: one line for the docs and `specc check`. params: its
-    arguments in order (a call binds them by position or keyword). infer: the output row shape
-    from the arguments, or a Problem. weights(op, input shapes, output shape): the shape of each
-    learned tensor (state-dict suffix -> shape) once every size is a number; "has weights" is
-    `weights(...) != {}`. multiply_adds (same arguments): per row, for the thread heuristics. describe: the summary's
-    text (default: the call as written). validate: a rule across constant arguments.
-    sized: the op with what only the data tells filled in (an embedding's row count).
-    bind: the op checks its own arguments (blocks, and ops that read columns)."""
+    name, doc        what a spec calls it; one line for the docs
+    params           its arguments in order (a call binds them by position or keyword)
+    infer            (op, args) -> the output row shape, or a Problem (E303 at the call)
+    weights          (op, input shapes, output shape) -> {state-dict suffix: shape} once every
+                     size is a number; the op "has weights" exactly when this is not empty
+    multiply_adds    (same arguments) -> per row of the batch, for the thread heuristics
+    describe         (op, node) -> the summary's text; default: the call as written
+    validate         (constant arguments) -> a Problem across them (E311 at the arguments it names)
+    sized            (op, Sizes) -> the op with what only the data tells (an embedding's rows)
+    expand           a block's expansion into primitives, once the data is read
+    callable         False for ops made by the syntax (`a + b`) or by the checker (input columns)
+    example          one model-block line using it (the coverage test builds a spec of them)
+    batch_statistics it normalises over the batch while training: a one-row batch cannot train it
+    unsized_params   (op) -> the summary's parameter count before the data is read
+    """
 
     name: str
     doc: str
@@ -192,10 +199,11 @@ class OpDef:
     describe: Callable | None = None
     validate: Callable | None = None
     sized: Callable | None = None
-    bind: Callable | None = None
     expand: Callable | None = None  # blocks: (node, sizes, taken names) -> primitive nodes
     callable: bool = True  # False: made by the syntax (a + b) or by the checker (input columns)
     example: str = ""  # a model-block line using it, for the docs and the coverage test
+    batch_statistics: bool = False
+    unsized_params: Callable | None = None  # op -> text, e.g. "(n_user + 1) x 40"
 
     def text(self, node: Node) -> str:
         """How `specc check` describes one node of this op."""

@@ -89,6 +89,7 @@ OPS = (
           (CategoryColumn("column"), Int("dim", what="embedding size")),
           infer=_embedding_shape, weights=_embedding_weights,
           sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.column]),
+          unsized_params=lambda op: f"(n_{op.column} + 1) x {op.dim}",  # its rows are the column's categories
           example="emb = embedding(c, 3)"),
     OpDef("dot", "row-wise dot product of two values of the same width", (Tensor("a"), Tensor("b")),
           infer=_dot_shape, example="dt = dot(h, h)"),
@@ -115,7 +116,7 @@ OPS = (
           (X, Real("p", 0.0, 1.0, high_open=True, what="dropout probability")), example="dr = dropout(h, 0.5)"),
     OpDef("batchnorm", "normalises each feature over the batch while training (nn.BatchNorm1d), with "
           "running statistics in evaluation and export", (FLAT_X,), weights=_per_feature_weights,
-          example="bn = batchnorm(h)"),
+          batch_statistics=True, example="bn = batchnorm(h)"),
     OpDef("layer_norm", "normalises each row over its features, then a learned scale and shift per "
           "feature (nn.LayerNorm, eps 1e-5); the same in training and evaluation", (FLAT_X,),
           weights=_per_feature_weights, example="ln = layer_norm(h)"),
