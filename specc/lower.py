@@ -13,6 +13,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from specc.ops.conv import padding_of
 from specc.sized import SizedModel
 from specc.spec import Node
 
@@ -171,7 +172,8 @@ def _linear(g: Lowering, node: Node) -> fx.Node:
 
 @lowers("batchnorm")
 def _batchnorm(g: Lowering, node: Node) -> fx.Node:
-    return g.module(node, nn.BatchNorm1d(g.width(node)))
+    image = len(node.shape) == 3  # per channel over the batch and the map
+    return g.module(node, (nn.BatchNorm2d if image else nn.BatchNorm1d)(g.width(node)))
 
 
 @lowers("dropout")
@@ -247,3 +249,35 @@ def _flatten(g: Lowering, node: Node) -> fx.Node:
 @lowers("concat")
 def _concat(g: Lowering, node: Node) -> fx.Node:
     return g.call(torch.cat, [tuple(g.env[n] for n in node.inputs)], node.name, dim=-1)
+
+
+# ---------------------------------------------------------------- images
+
+
+@lowers("conv2d")
+def _conv2d(g: Lowering, node: Node) -> fx.Node:
+    op = node.op
+    return g.module(node, nn.Conv2d(g.width(node), op.channels, op.kernel, stride=op.stride,
+                                    padding=padding_of(op), bias=op.bias))
+
+
+@lowers("max_pool")
+def _max_pool(g: Lowering, node: Node) -> fx.Node:
+    op = node.op
+    return g.module(node, nn.MaxPool2d(op.kernel, stride=op.stride, padding=op.padding))
+
+
+@lowers("avg_pool")
+def _avg_pool(g: Lowering, node: Node) -> fx.Node:
+    op = node.op
+    return g.module(node, nn.AvgPool2d(op.kernel, stride=op.stride, padding=op.padding))
+
+
+@lowers("global_avg_pool")
+def _global_avg_pool(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.mean, [g.x(node)], node.name, dim=(-2, -1))
+
+
+@lowers("reshape")
+def _reshape(g: Lowering, node: Node) -> fx.Node:
+    return g.call(torch.reshape, [g.x(node), (-1, *node.op.shape)], node.name)

@@ -61,9 +61,10 @@ def size_model(model: ModelSpec, sizes: Sizes) -> SizedModel:
     taken = {n.name for n in model.nodes} | set(model.inputs)
     nodes: list[Node] = []
     origin: dict[str, str] = {}
+    written = {n.name: n.shape for n in model.nodes}  # row shapes as checked (`classes` unresolved)
     for node in model.nodes:
         expand = ops.get(node.op.name).expand
-        made = expand(node, sizes, taken) if expand else [node]
+        made = expand(node, sizes, taken, written) if expand else [node]
         origin.update({m.name: node.name for m in made if m.name != node.name})
         nodes.extend(made)
     shapes: dict[str, tuple[int, ...]] = {}

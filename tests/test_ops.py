@@ -16,13 +16,13 @@ from specc.run import load_spec
 from specc.sized import sized_model
 from specc.train import build_model
 
-# The context every example may read (see specc/ops/layers.py): c, a, img and h; the last line
-# uses the arithmetic ops, and fill_missing and normalize make the input and missing ops' procs
+# The context every example may read (see specc/ops/layers.py): c, a, img and h; the last lines
+# use the arithmetic ops and a 2-d batchnorm, and fill_missing and normalize make the input and missing ops' procs
 # (the parity rows hold a missing `a`: an npz file cannot).
 COVERAGE = """\
 data {{
     source = npz("cover.npz")
-    inputs = [c: category, a: float, img: float(2, 3) / 255]
+    inputs = [c: category, a: float, img: float(1, 4, 4) / 255]
     target = y: float
     procs  = [fill_missing, normalize]
     valid  = random(0.25, seed=1)
@@ -32,7 +32,8 @@ model {{
     h = flatten(img) |> linear(4)
 {examples}
     ar  = (a + 1) * h - h / 2 + (1 - a) + -h
-    out = concat({values}, ar) |> linear(1)
+    im  = img |> conv2d(2, 1, bias=false) |> batchnorm |> flatten
+    out = concat({values}, ar, im) |> linear(1)
 }}
 train {{
     loss = mse
@@ -50,11 +51,12 @@ def coverage_spec(folder) -> str:
     rng = np.random.default_rng(0)
     n = 80
     a = rng.normal(40, 10, n).astype(np.float32)
-    np.savez(folder / "cover.npz", c=rng.integers(1, 6, n), a=a, img=rng.uniform(0, 255, (n, 2, 3)).astype(np.float32),
+    np.savez(folder / "cover.npz", c=rng.integers(1, 6, n), a=a, img=rng.uniform(0, 255, (n, 1, 4, 4)).astype(np.float32),
              y=rng.normal(0, 1, n).astype(np.float32))
     examples = _examples()
     names = [line.split("=")[0].strip() for line in examples]
-    text = COVERAGE.format(examples="\n".join(f"    {line}" for line in examples), values=", ".join(names))
+    text = COVERAGE.format(examples="\n".join(f"    {line}" for line in examples),
+                           values=", ".join(f"flatten({name})" for name in names))
     path = folder / "cover.spec"
     path.write_text(text)
     return path

@@ -8,7 +8,8 @@ from specc.check.data_block import DataResult
 from specc.check.values import SIGNATURES, Checker, bind_args, kind_of, shape_text, shown
 from specc.diagnostics import suggest
 from specc.source import Span
-from specc.ops.base import Arg, CategoryColumn, Int, Problem, Real, Size, Tensor
+from specc.ops.blocks import RESNET_WIDTHS, STEMS, resnet_nodes
+from specc.ops.base import Arg, Bool, CategoryColumn, Dims, Int, Problem, Real, Size, Tensor
 from specc.sized import with_weights
 from specc.spec import CATEGORY, CLASSES, FLOAT, Column, ModelSpec, Node, op
 
@@ -307,15 +308,17 @@ def call_function(b: _ModelBuilder, call: ast.Call, name: str | None):
     defn = ops.FUNCTIONS[func]
     values = _values(b, defn, args, func)  # each tensor argument: (param, its nodes, their expressions)
     consts = {f.name: _constant(b, f, args[f.name]) if f.name in args else f.default
-              for f in defn.params if isinstance(f, (Real, Int, Size))}
+              for f in defn.params if isinstance(f, (Real, Int, Dims, Bool, Size))}
+    unset = {f.name for f in defn.params if getattr(f, "optional", False) and f.name not in args}
     column = _column(b, args[defn.params[0].name]) if isinstance(defn.params[0], CategoryColumn) else None
-    if defn.validate is not None and None not in consts.values():
+    if defn.validate is not None and all(v is not None for k, v in consts.items() if k not in unset):
         problem = defn.validate(consts)
         if problem is not None:
             first, last = (args[p] for p in (problem.params[0], problem.params[-1]))
             b.c.error(codes.CONFLICT, problem.message, first.span.to(last.span), list(problem.notes))
             return None
-    if column is False or None in consts.values() or any(None in nodes for _, nodes, _ in values):
+    if column is False or any(v is None for k, v in consts.items() if k not in unset) or \
+            any(None in nodes for _, nodes, _ in values):
         return None
     if column is not None:
         consts[defn.params[0].name] = column
@@ -351,11 +354,22 @@ def _values(b: _ModelBuilder, defn, args: dict, func: str) -> list[tuple[Tensor,
 
 def _constant(b: _ModelBuilder, field, expr: ast.Expr):
     """A constant argument within its declared bounds (None after reporting why not)."""
-    what = field.what or field.name
+    what = getattr(field, "what", None) or field.name
     if isinstance(field, Size):
         return b.size(expr, what)
     if isinstance(field, Int):
+        if isinstance(expr, ast.Name) and expr.id in field.names:
+            return expr.id
         return b.c.integer(expr, what, low=field.low, high=field.high)
+    if isinstance(field, Bool):
+        return b.c.boolean(expr, what)
+    if isinstance(field, Dims):
+        if not isinstance(expr, ast.TupleExpr):
+            b.c.error(codes.WRONG_KIND, f"{what}: expected a tuple of sizes, e.g. (1, 28, 28), found {kind_of(expr)}",
+                      expr.span)
+            return None
+        dims = [b.c.integer(item, what, low=1, high=field.high) for item in expr.items]
+        return None if None in dims else tuple(dims)
     return b.c.real(expr, what, field.low, field.high, low_open=field.low_open, high_open=field.high_open)
 
 
@@ -468,4 +482,43 @@ def _tabular(b: _ModelBuilder, call: ast.Call, args: dict, name: str | None):
     return b.add(name, "tabular", made, (), (out,), call.span)
 
 
-BLOCKS = {"tabular": _tabular}  # blocks check their own arguments: lists and pairs
+def _sizes_list(b: _ModelBuilder, expr: ast.Expr, what: str, high: int) -> list | None:
+    """A list of whole numbers, e.g. layers=[3, 4, 6, 3] (None after reporting why not)."""
+    if not isinstance(expr, ast.ListExpr) or not expr.items:
+        b.c.error(codes.WRONG_KIND, f"{what}: expected a list of whole numbers, e.g. [3, 4, 6, 3], found "
+                  f"{shown(expr)}", expr.span)
+        return None
+    values = [b.c.integer(item, what, low=1, high=high) for item in expr.items]
+    return None if None in values else values
+
+
+def _resnet(b: _ModelBuilder, call: ast.Call, args: dict, name: str | None):
+    """ResNet's body as one node; specc.sized expands it into primitives (specc.ops.blocks)."""
+    x = b.tensor(args["x"], "resnet")
+    layers = _sizes_list(b, args["layers"], "layers", 2**10)
+    widths = _sizes_list(b, args["widths"], "widths", 2**16) if "widths" in args else \
+        list(RESNET_WIDTHS[:len(layers or ())])
+    stem = "imagenet"
+    if "stem" in args:
+        expr = args["stem"]
+        stem = expr.id if isinstance(expr, ast.Name) and expr.id in STEMS else None
+        if stem is None:
+            b.c.error(codes.WRONG_KIND, f"stem: expected one of {', '.join(STEMS)}, found {shown(expr)}", expr.span)
+    if layers is not None and widths is not None and len(widths) != len(layers):
+        b.c.error(codes.CONFLICT, f"resnet: one width per stage ({len(layers)}), found {len(widths)}",
+                  args["widths"].span if "widths" in args else call.span,
+                  [] if "widths" in args else [f"the default widths cover 4 stages: {list(RESNET_WIDTHS)}"])
+        return None
+    if None in (x, layers, widths, stem):
+        return None
+    made = op("resnet", layers=tuple(layers), widths=tuple(widths), stem=stem)
+    probe = Node(name or "resnet", made, (x,), (), call.span, b.group)
+    nodes = resnet_nodes(probe, b.shape(x), set())
+    if isinstance(nodes, Problem):
+        b.c.error(codes.SHAPE_MISMATCH, f"resnet: {nodes.message}", call.span,
+                  [*nodes.notes, f"'{shown(args['x'])}' has {shape_text(b.shape(x))}"])
+        return None
+    return b.add(name, "resnet", made, (x,), nodes[-1].shape, call.span)
+
+
+BLOCKS = {"tabular": _tabular, "resnet": _resnet}  # blocks check their own arguments: lists and pairs

@@ -44,15 +44,18 @@ def operands(em: Emitter, args, names: dict) -> list:
             for a in args]
 
 
+# Targets whose arguments after the first are settings, not operands (an axis, a shape): their
+# translation reads them from the fx node; made operands as well, they would leave initializers
+# no node reads (onnxruntime warns on load).
+SETTINGS_AFTER_FIRST = {torch.unsqueeze, torch.reshape}
+
+
 def function(em: Emitter, fnode: fx.Node, names: dict) -> str:
     """One call_function node as ONNX."""
     if fnode.target not in FUNCTIONS:
         raise TypeError(f"no ONNX translation for {fnode.target}")  # a lowering without an export entry
-    if fnode.target is torch.unsqueeze:
-        # The dim is a number, not an operand: it becomes the axes input, and turning it into an
-        # operand as well would leave an initializer no node reads (onnxruntime warns on load).
-        return FUNCTIONS[fnode.target](em, fnode, [operand(em, fnode.args[0], names)])
-    return FUNCTIONS[fnode.target](em, fnode, operands(em, fnode.args, names))
+    args = fnode.args[:1] if fnode.target in SETTINGS_AFTER_FIRST else fnode.args
+    return FUNCTIONS[fnode.target](em, fnode, operands(em, args, names))
 
 
 def module(em: Emitter, fnode: fx.Node, mod: nn.Module, x: str) -> str:
@@ -142,7 +145,7 @@ def _linear(em: Emitter, fnode: fx.Node, mod: nn.Linear, x: str) -> str:
                    fnode.name, transB=1)
 
 
-@translates(nn.BatchNorm1d)
+@translates(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batchnorm(em: Emitter, fnode: fx.Node, mod: nn.BatchNorm1d, x: str) -> str:
     params = [em.weight(f"{fnode.target}.{k}", getattr(mod, k)) for k in ("weight", "bias", "running_mean",
                                                                           "running_var")]
@@ -158,3 +161,42 @@ def _layer_norm(em: Emitter, fnode: fx.Node, mod: nn.LayerNorm, x: str) -> str:
 @translates(nn.Dropout)
 def _dropout(em: Emitter, fnode: fx.Node, mod: nn.Dropout, x: str) -> str:
     return em.node("Identity", [x], fnode.name)
+
+
+# ---------------------------------------------------------------- images
+
+
+@translates(nn.Conv2d)
+def _conv2d(em: Emitter, fnode: fx.Node, mod: nn.Conv2d, x: str) -> str:
+    name = fnode.target
+    inputs = [x, em.weight(f"{name}.weight", mod.weight)] + ([em.weight(f"{name}.bias", mod.bias)] if mod.bias is not
+                                                               None else [])
+    pad = list(mod.padding) * 2  # (top, left, bottom, right): the same on both sides
+    return em.node("Conv", inputs, fnode.name, kernel_shape=list(mod.kernel_size), strides=list(mod.stride), pads=pad)
+
+
+def _window(mod) -> dict:
+    """kernel, strides and pads of a pool module, as ONNX writes them."""
+    k, s, p = (v if isinstance(v, tuple) else (v, v) for v in (mod.kernel_size, mod.stride, mod.padding))
+    return {"kernel_shape": list(k), "strides": list(s), "pads": list(p) * 2}
+
+
+@translates(nn.MaxPool2d)
+def _max_pool(em: Emitter, fnode: fx.Node, mod: nn.MaxPool2d, x: str) -> str:
+    return em.node("MaxPool", [x], fnode.name, **_window(mod))
+
+
+@translates(nn.AvgPool2d)
+def _avg_pool(em: Emitter, fnode: fx.Node, mod: nn.AvgPool2d, x: str) -> str:
+    # torch divides by the whole window, the padded zeros counted (count_include_pad=True)
+    return em.node("AveragePool", [x], fnode.name, count_include_pad=1, **_window(mod))
+
+
+@translates(torch.mean)
+def _mean(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("ReduceMean", args, fnode.name, axes=list(fnode.kwargs["dim"]), keepdims=0)
+
+
+@translates(torch.reshape)
+def _reshape(em: Emitter, fnode: fx.Node, args: list) -> str:
+    return em.node("Reshape", [args[0], em.const(list(fnode.args[1]), np.int64)], fnode.name)

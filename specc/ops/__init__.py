@@ -6,10 +6,10 @@ says how to add one."""
 
 from __future__ import annotations
 
-from specc.ops import blocks, layers
+from specc.ops import blocks, conv, layers
 from specc.ops.base import OpDef
 
-OPS: dict[str, OpDef] = {d.name: d for d in (*layers.OPS, *blocks.OPS, *layers.INTERNAL)}
+OPS: dict[str, OpDef] = {d.name: d for d in (*layers.OPS, *conv.OPS, *blocks.OPS, *layers.INTERNAL)}
 FUNCTIONS: dict[str, OpDef] = {name: d for name, d in OPS.items() if d.callable}
 ARITHMETIC = layers.ARITHMETIC
 

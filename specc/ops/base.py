@@ -66,17 +66,47 @@ class Real:
 
 @dataclass(frozen=True, slots=True)
 class Int:
-    """A constant whole number in [low, high]."""
+    """A constant whole number in [low, high], or one of the bare `names` (conv2d's `same`).
+    `default` None makes it required; `optional` makes it optional with no value (None)."""
 
     name: str
     low: int = 1
     high: int = 2**24
     what: str | None = None
+    default: int | str | None = None
+    names: tuple[str, ...] = ()
+    optional: bool = False
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is None and not self.optional
+
+
+@dataclass(frozen=True, slots=True)
+class Dims:
+    """A tuple of whole numbers, each in [1, high]: a shape such as (1, 28, 28)."""
+
+    name: str
+    high: int = 2**24
     doc: str = ""
 
     @property
     def required(self) -> bool:
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class Bool:
+    """A constant `true` or `false`."""
+
+    name: str
+    default: bool = False
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +143,7 @@ class Given:
     doc: str = ""
 
 
-Field = Union[Tensor, Real, Int, Size, CategoryColumn, Given]
+Field = Union[Tensor, Real, Int, Dims, Bool, Size, CategoryColumn, Given]
 
 
 # ---------------------------------------------------------------- rules
@@ -199,7 +229,7 @@ class OpDef:
     describe: Callable | None = None
     validate: Callable | None = None
     sized: Callable | None = None
-    expand: Callable | None = None  # blocks: (node, sizes, taken names) -> primitive nodes
+    expand: Callable | None = None  # blocks: (node, sizes, taken names, row shapes) -> primitive nodes
     callable: bool = True  # False: made by the syntax (a + b) or by the checker (input columns)
     example: str = ""  # a model-block line using it, for the docs and the coverage test
     batch_statistics: bool = False

@@ -33,6 +33,15 @@ def _linear_shape(op: Op, args: tuple[Arg, ...]):
     return (op.out,)
 
 
+def _features_or_channels(op: Op, args: tuple[Arg, ...]):
+    """batchnorm: one row of features, or an image (channels, height, width), normalised per channel."""
+    x = args[0]
+    if len(x.shape) not in (1, 3):
+        return Problem(f"batchnorm needs one row of features, found {_shape_text(x.shape)}",
+                       (f"flatten it first: {x.node} |> flatten |> batchnorm(...)",))
+    return x.shape
+
+
 def _flatten_shape(op: Op, args: tuple[Arg, ...]):
     total = 1
     for d in args[0].shape:
@@ -77,7 +86,7 @@ def _per_feature_weights(op: Op, inputs, shape):
 # ---------------------------------------------------------------- the ops
 
 # Each op's `example` is one model-block line that may read `c` (a category input column), `a` (a
-# float input column), `img` (a float(2, 3) input column) and `h` (a value of width 4); it names a
+# float input column), `img` (a float(1, 4, 4) image column) and `h` (a value of width 4); it names a
 # value of its own. tests/test_ops.py puts every example in one spec.
 
 X = Tensor("x")
@@ -114,9 +123,10 @@ OPS = (
     OpDef("dropout", "zeroes each number with probability p while training, the rest scaled by 1/(1-p); "
           "nothing in evaluation or export",
           (X, Real("p", 0.0, 1.0, high_open=True, what="dropout probability")), example="dr = dropout(h, 0.5)"),
-    OpDef("batchnorm", "normalises each feature over the batch while training (nn.BatchNorm1d), with "
-          "running statistics in evaluation and export", (FLAT_X,), weights=_per_feature_weights,
-          batch_statistics=True, example="bn = batchnorm(h)"),
+    OpDef("batchnorm", "normalises each feature (or each channel of an image) over the batch while training "
+          "(nn.BatchNorm1d, nn.BatchNorm2d), with running statistics in evaluation and export", (X,),
+          infer=_features_or_channels, weights=_per_feature_weights, batch_statistics=True,
+          example="bn = batchnorm(h)"),
     OpDef("layer_norm", "normalises each row over its features, then a learned scale and shift per "
           "feature (nn.LayerNorm, eps 1e-5); the same in training and evaluation", (FLAT_X,),
           weights=_per_feature_weights, example="ln = layer_norm(h)"),
