@@ -25,7 +25,9 @@ from specc.source import Source  # noqa: E402
 TOKENS = ["{", "}", "(", ")", "[", "]", ",", "=", ":", ";", "|>", "+", "-", "*", "/", '"', "#", "\n", "\t",
           "data", "model", "train", "embedding", "linear", "relu", "classes", "out", "1e-3", "0", "-1", "1.5",
           "true", "false", "x", "é", "\u2212", "\x00", "'", "fit", "fit_one_cycle", "csv", "npz", "tabular",
-          "params", "n_factors", "params { n = 3 }\n", "1e400", "9" * 400]
+          "params", "n_factors", "params { n = 3 }\n", "1e400", "9" * 400, "conv2d(4, 3)", "max_pool(2)",
+          "reshape((1, 28, 28))", "|> reshape((4, 14, 14))", "resnet(layers=[1])", "global_avg_pool", "padding=same",
+          "stride=2", "leaky_relu(0.1)", "layer_norm"]
 
 
 def examples() -> list[tuple[str, str]]:
