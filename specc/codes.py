@@ -48,7 +48,8 @@ SPLIT_IN_DATA = Code("E206", "a validation split the data file already brings")
 BAD_INIT_RUN = Code("E207", "`init` cannot take a group's weights: no such run, a damaged `model.safetensors`, "
                             "or names and shapes that differ (`specc check` reads the run's header)")
 DATA_FILE = Code("E208", "a data file the spec names is not there, is not a regular file (a device, a FIFO, "
-                         "a folder, a link loop) or cannot be read (reported at the path in the spec)")
+                         "a folder, a link loop) or cannot be read; an images(...) folder that is not there or "
+                         "not a folder (reported at the path in the spec)")
 ARRAY_SHAPE = Code("E209", "an array in the data file whose rows have another shape than the spec declares")
 
 # ---------------------------------------------------------------- E3xx: values, shapes and sizes
@@ -69,12 +70,13 @@ TOO_LARGE = Code("E307", "a model whose training state (float32 weights, gradien
                          "whose sizes are known")
 NOT_WHOLE = Code("E308", "a number that must be whole is not")
 BAD_COLUMN = Code("E309", "a column declaration that is not `name: type`, has an unknown type, or has a shape "
-                          "or scale that its type or source cannot have")
+                          "or scale that its type or source cannot have (an images(...) source's `image` is an "
+                          "input of its shape, its `label` a category target)")
 NOT_A_VALUE = Code("E310", "a category column or `classes` used as a model value")
 CONFLICT = Code("E311", "values that contradict each other: a high not above its low, an end not after its "
                         "start, an argument that another excludes, a stage that freezes every group")
 BAD_TEXT = Code("E312", "a text that cannot be used: an empty path or one holding a NUL character, a "
-                        "delimiter of more than one character")
+                        "delimiter of more than one character, an image mode other than gray or rgb")
 OUTPUT_MISMATCH = Code("E313", "a model output that does not fit the target or the loss")
 
 # ---------------------------------------------------------------- W: warnings

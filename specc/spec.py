@@ -53,7 +53,28 @@ class NpzSource:
     span: Span = field(compare=False, repr=False)
 
 
-DataSource = Union[CsvSource, NpzSource]
+IMAGE_MODES = {"gray": 1, "rgb": 3}  # images(mode=...) -> channels (Pillow's "L" and "RGB")
+IMAGE_COLUMN, LABEL_COLUMN = "image", "label"  # the two columns an images(...) source gives
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesSource:
+    """A folder of images, one subfolder per class (or `train/` and `valid/` folders that bring
+    their own validation set, each so), every image decoded in `mode` and resized to `size`."""
+
+    path: Path
+    size: tuple[int, int]  # (height, width)
+    mode: str  # a key of IMAGE_MODES
+    span: Span = field(compare=False, repr=False)
+    skip_broken: bool = False  # an image that cannot be decoded is skipped (with a warning), not an error
+
+    @property
+    def row_shape(self) -> tuple[int, int, int]:
+        """The shape of one image as the model gets it: (channels, height, width)."""
+        return (IMAGE_MODES[self.mode], *self.size)
+
+
+DataSource = Union[CsvSource, NpzSource, ImagesSource]
 
 
 @dataclass(frozen=True, slots=True)

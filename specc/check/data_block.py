@@ -3,6 +3,7 @@ model and train blocks which columns and target did check, even when the rest di
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from specc import ast, codes
@@ -10,7 +11,8 @@ from specc.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, sh
 from specc.data.files import resolved as resolved_path
 from specc.diagnostics import suggest
 from specc.spec import (
-    CATEGORY, FLOAT, PROCS, Column, CsvSource, DataSpec, LastSplit, NpzSource, RandomSplit, RowSplit,
+    CATEGORY, FLOAT, IMAGE_COLUMN, IMAGE_MODES, LABEL_COLUMN, PROCS, Column, CsvSource, DataSpec, ImagesSource,
+    LastSplit, NpzSource, RandomSplit, RowSplit,
 )
 
 
@@ -61,6 +63,11 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
         return result
     if isinstance(source, CsvSource) and inputs is not None and target is not None:
         _csv_columns(c, source, (*inputs, target))
+    if isinstance(source, ImagesSource) and inputs is not None and target is not None:
+        before = len(c.errors)
+        fixed = _image_columns(c, source, inputs, target)
+        if len(c.errors) > before:  # the model block is checked against the image as the source gives it
+            return dataclasses.replace(result, columns=fixed)
     if not ok or None in (source, inputs, target, batch, procs, keep, train_rows) or \
             ("valid" in found and valid is None):
         return result
@@ -117,8 +124,8 @@ def _procs(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | None:
-    """csv(...), tsv(...) or npz(...), its path resolved against the spec's folder."""
+def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | ImagesSource | None:
+    """csv(...), tsv(...), npz(...) or images(...), its path resolved against the spec's folder."""
     bound = c.bind(expr, "source", "source")
     if bound is None:
         return None
@@ -131,6 +138,8 @@ def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | None:
     base = c.base_dir(span)
     if func == "npz":
         return None if path_text is None else NpzSource(resolved_path(base / path_text), span)
+    if func == "images":
+        return _images_source(c, args, None if path_text is None else resolved_path(base / path_text), span)
     delimiter = "\t" if func == "tsv" else ","
     if "delimiter" in args:
         delimiter = c.string(args["delimiter"], "delimiter")
@@ -157,6 +166,82 @@ def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | None:
             or missing is None or strip is None:
         return None
     return CsvSource(resolved_path(base / path_text), delimiter, header, columns, span, missing, strip)
+
+
+IMAGE_SIDE_MAX = 8192  # pixels: a larger image is surely a mistake in `size`
+
+
+def _images_source(c: Checker, args: dict[str, ast.Expr], path, span) -> ImagesSource | None:
+    """images(path, size, mode="rgb", skip_broken=false): RGB by default, as torchvision's and
+    fastai's image folders are."""
+    size = _image_size(c, args["size"])
+    mode: str | None = "rgb"
+    if "mode" in args:
+        mode = c.string(args["mode"], "mode")
+        if mode is not None and mode not in IMAGE_MODES:
+            lower = mode.lower()
+            notes = ([f"did you mean '{lower}'?"] if lower in IMAGE_MODES else
+                     ["did you mean 'gray'? (Pillow's \"L\")"] if lower == "l" else list(suggest(lower, IMAGE_MODES)))
+            c.error(codes.BAD_TEXT, f'mode must be "gray" or "rgb", found "{mode}"', args["mode"].span,
+                    notes or ['"gray": one channel (Pillow\'s "L"); "rgb": three channels'])
+            mode = None
+    skip = c.boolean(args["skip_broken"], "skip_broken") if "skip_broken" in args else False
+    if path is None or size is None or mode is None or skip is None:
+        return None
+    return ImagesSource(path, size, mode, span, skip)
+
+
+def _image_size(c: Checker, expr: ast.Expr) -> tuple[int, int] | None:
+    """`size=(height, width)`, or one number for a square."""
+    if isinstance(expr, ast.TupleExpr) and len(expr.items) == 2:
+        height, width = (c.integer(item, what, low=1, high=IMAGE_SIDE_MAX)
+                         for item, what in zip(expr.items, ("image height", "image width")))
+        return None if height is None or width is None else (height, width)
+    if isinstance(expr, (ast.TupleExpr, ast.ListExpr, ast.String)):
+        c.error(codes.WRONG_KIND, f"size: expected (height, width), found {shown(expr)}", expr.span,
+                ["e.g. size=(28, 28), or size=28 for 28 x 28"])
+        return None
+    side = c.integer(expr, "image size", low=1, high=IMAGE_SIDE_MAX)
+    return None if side is None else (side, side)
+
+
+def _image_columns(c: Checker, source: ImagesSource, inputs: tuple[Column, ...], target: Column) -> tuple[Column, ...]:
+    """An images(...) source gives two columns: `image`, the pixels (channels, height, width), an
+    input, and `label`, the class folder's name, the target. The inputs are returned with `image`
+    at the source's shape, for the model block to be checked against."""
+    shape = source.row_shape
+    image = f"{IMAGE_COLUMN}: float({', '.join(str(d) for d in shape)}) / 255"
+    label = f"{LABEL_COLUMN}: category"
+    declare = f"declare inputs = [{image}] and target = {label}"
+    gives = f"images(...) gives two columns: {IMAGE_COLUMN} (the pixels) and {LABEL_COLUMN} (the class folder's name)"
+    fixed = []
+    for col in inputs:
+        if col.name == IMAGE_COLUMN and (col.kind != FLOAT or col.shape != shape):
+            found = ("a category" if col.kind == CATEGORY else "one value per row" if not col.shape else
+                     f"shape ({', '.join(str(d) for d in col.shape)})")
+            channels = f"{shape[0]} channel{'s' if shape[0] > 1 else ''}"
+            c.error(codes.BAD_COLUMN, f"column '{IMAGE_COLUMN}' holds images of shape {shape} (mode=\"{source.mode}\": "
+                    f"{channels}; size={source.size}), but the spec declares {found}", col.span,
+                    [f"declare it as {image}"])
+            col = Column(col.name, FLOAT, col.span, shape, col.scale)
+        elif col.name == LABEL_COLUMN:
+            c.error(codes.BAD_COLUMN, f"column '{LABEL_COLUMN}' is each image's class: it is the target, not an input",
+                    col.span, [declare])
+        elif col.name != IMAGE_COLUMN:
+            c.error(codes.UNKNOWN_NAME, f"unknown column '{col.name}'", col.span,
+                    [*suggest(col.name, (IMAGE_COLUMN,)), gives, declare])
+        fixed.append(col)
+    if target.name == LABEL_COLUMN and target.kind != CATEGORY:
+        c.error(codes.BAD_COLUMN, f"column '{LABEL_COLUMN}' holds the class folder names: it is a category",
+                target.span, [f"declare it as target = {label}"])
+    elif target.name == IMAGE_COLUMN:
+        if all(col.name != IMAGE_COLUMN for col in inputs):  # else E103 says it is both
+            c.error(codes.BAD_COLUMN, f"column '{IMAGE_COLUMN}' holds the pixels: it is an input, not the target",
+                    target.span, [declare])
+    elif target.name != LABEL_COLUMN:
+        c.error(codes.UNKNOWN_NAME, f"unknown column '{target.name}'", target.span,
+                [*suggest(target.name, (LABEL_COLUMN,)), gives, declare])
+    return tuple(fixed)
 
 
 def _column_names(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:

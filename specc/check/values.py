@@ -41,6 +41,7 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "csv": _sig("path", "delimiter?", "header?", "columns?", "missing?", "strip?"),
         "tsv": _sig("path", "header?", "columns?", "missing?", "strip?"),
         "npz": _sig("path"),
+        "images": _sig("path", "size", "mode?", "skip_broken?"),
     },
     "valid": {
         "random": _sig("fraction", "seed?"),

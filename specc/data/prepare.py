@@ -9,9 +9,13 @@ import numpy as np
 
 from specc import codes
 from specc.data.files import describe_array, load_npz, npz_array
+from specc.data.images import load_images
 from specc.data.table import Table, check_finite, read_table
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, LastSplit, NpzSource, RandomSplit, RowSplit
+from specc.spec import (
+    CATEGORY, DEFAULT_SPLIT, IMAGE_COLUMN, LABEL_COLUMN, DataSpec, ImagesSource, LastSplit, NpzSource, RandomSplit,
+    RowSplit,
+)
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -199,6 +203,8 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     wanted = (*inputs, data.target)
     if isinstance(data.source, NpzSource):
         raw_train, raw_valid_cols, path = read_npz(data.source, wanted, data.valid)
+    elif isinstance(data.source, ImagesSource):
+        raw_train, raw_valid_cols, path = read_images(data.source, wanted, data.valid)
     else:
         table: Table = read_table(data.source, wanted)
         for col in wanted:
@@ -289,6 +295,19 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
         n = len(next(iter(whole.values())))
         train_idx, valid_idx = split_rows(n, split, path)
         return ({k: v[train_idx] for k, v in whole.items()}, {k: v[valid_idx] for k, v in whole.items()}, path)
+
+
+def read_images(source: ImagesSource, wanted, split) -> tuple[dict, dict, str]:
+    """Train and valid arrays of an image folder: `image` (uint8 pixels, as npz arrays are read) and
+    `label` (class folder names), divided by its train/ and valid/ folders or by the spec's split."""
+    folder = load_images(source, split)
+    columns = {IMAGE_COLUMN: folder.pixels, LABEL_COLUMN: folder.labels}
+    if folder.valid is not None:
+        train_idx, valid_idx = np.flatnonzero(~folder.valid), np.flatnonzero(folder.valid)
+    else:
+        train_idx, valid_idx = split_rows(len(folder.labels), split, folder.path)
+    return ({c.name: columns[c.name][train_idx] for c in wanted},
+            {c.name: columns[c.name][valid_idx] for c in wanted}, folder.path)
 
 
 def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:

@@ -8,9 +8,9 @@ import math
 import numpy as np
 
 from specc.data.files import bad_byte, has_surrogates, not_utf8
-from specc.data.prepare import read_npz
+from specc.data.prepare import read_images, read_npz
 from specc.data.table import _header, _open
-from specc.spec import CATEGORY, CsvSource, Spec
+from specc.spec import CATEGORY, CsvSource, ImagesSource, Spec
 
 ROWS = 8
 
@@ -42,9 +42,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def image_side(shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """How to draw one row as an image: (28, 28) as is, 784 numbers as 28 x 28."""
+    """How to draw one row as an image: (28, 28) as is, 784 numbers as 28 x 28, an image of one or
+    three channels (channels, height, width) as its height x width."""
     if len(shape) == 2:
         return shape
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return shape[1:]
     if len(shape) == 1 and shape[0] >= 16 and math.isqrt(shape[0]) ** 2 == shape[0]:
         return (math.isqrt(shape[0]),) * 2
     return None
@@ -57,7 +60,8 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
         rows = _csv_head(spec.data.source, columns, ROWS)
         text = f"{spec.data.source.path}: the first {len(rows)} rows of the columns the spec reads\n"
         return text + _table([c.name for c in columns], rows), None
-    train, valid, path = read_npz(spec.data.source, columns, spec.data.valid)
+    read = read_images if isinstance(spec.data.source, ImagesSource) else read_npz
+    train, valid, path = read(spec.data.source, columns, spec.data.valid)
     n_train, n_valid = len(train[spec.data.target.name]), len(valid[spec.data.target.name])
     lines = [f"{path}: {n_train} training and {n_valid} validation rows"]
     for col in columns:
@@ -73,7 +77,10 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
             from specc.plot import image_grid_png
 
             count = min(36, n_train)
-            images = train[col.name][:count].reshape(count, *side)
+            images = train[col.name][:count]
+            # colour images as matplotlib draws them, (height, width, 3); grey ones as (height, width)
+            images = images.transpose(0, 2, 3, 1) if col.shape[0] == 3 and len(col.shape) == 3 else \
+                images.reshape(count, *side)
             png = image_grid_png(images, [str(v) for v in train[spec.data.target.name][:count]],
                                  f"{spec.name}: {col.name} ({side[0]} x {side[1]}) with {spec.data.target.name}")
             lines.append(f"a grid of the first {count} '{col.name}' images with their labels"

@@ -3,6 +3,7 @@ sizes (`tabular(...)`, fastai's TabularModel). `specc check` and `specc show` pr
 
 from __future__ import annotations
 
+from specc.ops import conv, layers
 from specc.ops.base import Arg, Given, OpDef, Problem, Tensor
 from specc.spec import Node, Op, op
 
@@ -87,8 +88,6 @@ def resnet_nodes(node: Node, in_shape: tuple, taken: set[str]) -> list[Node] | P
     stage `layers[i]` blocks of two 3x3 convolutions with batchnorm, the block's input added back
     (through a 1x1 convolution of stride 2 where the first block of a stage halves the map), ReLU.
     No bias where a batchnorm follows. A Problem where the image is too small for it."""
-    from specc.ops import OPS
-
     r = node.op
     out: list[Node] = []
     shapes = {node.inputs[0]: in_shape}
@@ -98,7 +97,7 @@ def resnet_nodes(node: Node, in_shape: tuple, taken: set[str]) -> list[Node] | P
         while not final and name in taken:
             name, k = f"{node.name}_{base}_{k}", k + 1
         taken.add(name)
-        defn = OPS[made.name]
+        defn = _PRIMITIVES[made.name]
         shape = defn.infer(made, tuple(Arg(i, i, shapes[i]) for i in inputs)) if defn.infer else shapes[inputs[0]]
         if isinstance(shape, Problem):
             raise _TooSmall(shape)
@@ -136,6 +135,9 @@ def resnet_nodes(node: Node, in_shape: tuple, taken: set[str]) -> list[Node] | P
     except _TooSmall as small:
         return small.problem
     return out
+
+
+_PRIMITIVES = {d.name: d for d in (*layers.OPS, *conv.OPS, *layers.INTERNAL)}  # what a resnet is made of
 
 
 class _TooSmall(Exception):
