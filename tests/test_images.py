@@ -396,8 +396,12 @@ def test_a_spec_trains_from_an_image_folder(tmp_path, capsys):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
-    pixels = np.stack([pillow(root / c / "0.png", "RGB", (8, 8)) for c in ("x", "y", "z")]).astype(np.float32)
+    # the exported model takes the raw pixels as Pillow decodes them, uint8 (N, C, H, W), and scales them itself
+    pixels = np.stack([pillow(root / c / "0.png", "RGB", (8, 8)) for c in ("x", "y", "z")])
+    assert pixels.dtype == np.uint8 and session.get_inputs()[0].type == "tensor(uint8)"
     label, probabilities = session.run(["label", "probabilities"], {"image": pixels})
+    reading = json.loads(session.get_modelmeta().custom_metadata_map["specc.reading"])
+    assert reading == {"format": "images", "size": [8, 8], "mode": "rgb"}
     assert probabilities.shape == (3, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert set(label.tolist()) <= {"x", "y", "z"}
 

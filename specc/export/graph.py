@@ -19,7 +19,7 @@ from specc.data.prepare import Vocab, split_to_json, vocabs_to_json
 from specc.export.ops import function as translate_function, module as translate_module
 from specc.export.emitter import Emitter
 from specc.export.ids import DenseIds, composes, dense_ids, lookup
-from specc.spec import CATEGORY, FLOAT, CsvSource, Spec
+from specc.spec import CATEGORY, FLOAT, IMAGE_COLUMN, CsvSource, ImagesSource, Spec
 
 PROBABILITIES = "probabilities"
 
@@ -44,6 +44,9 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
                 if not ids or not all(composes(modules.get(u.target), ids) for u in fnode.users):
                     # something other than a small embedding reads the index: look it up once
                     names[fnode.name] = lookup(em, col.name, vocab, ids)
+            elif takes_pixels(spec, col.name):  # the raw uint8 batch (N, C, H, W): floats from here on
+                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.UINT8, ["N", *col.shape]))
+                names[fnode.name] = em.node("Cast", [col.name], f"{col.name}_pixels", to=TensorProto.FLOAT)
             elif col.shape:
                 inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape]))
                 names[fnode.name] = col.name
@@ -77,14 +80,27 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
         "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind, "shape": list(c.shape)}
                                     for c in spec.data.inputs if c.name in spec.model.inputs]),
         "specc.vocabs": vocabs_to_json(vocabs),
-        "specc.reading": json.dumps({"format": "csv", "delimiter": source.delimiter, "header": source.header,
-                                     "columns": list(source.columns) if source.columns else None,
-                                     "missing": list(source.missing), "strip": source.strip}
-                                    if isinstance(source, CsvSource) else {"format": "npz"}),
+        "specc.reading": json.dumps(_reading(source)),
     }
     helper.set_model_props(onnx_model, meta)
     onnx.checker.check_model(onnx_model, full_check=True)
     return onnx_model
+
+
+def takes_pixels(spec: Spec, column: str) -> bool:
+    """Whether the model's input `column` is an image folder's pixels: it takes them as uint8."""
+    return isinstance(spec.data.source, ImagesSource) and column == IMAGE_COLUMN
+
+
+def _reading(source) -> dict:
+    """How the training data was read, so that predict reads new files the same way."""
+    if isinstance(source, CsvSource):
+        return {"format": "csv", "delimiter": source.delimiter, "header": source.header,
+                "columns": list(source.columns) if source.columns else None, "missing": list(source.missing),
+                "strip": source.strip}
+    if isinstance(source, ImagesSource):  # decoded in `mode`, resized to `size` (height, width)
+        return {"format": "images", "size": list(source.size), "mode": source.mode}
+    return {"format": "npz"}
 
 
 def _outputs(em: Emitter, spec: Spec, vocabs: dict[str, Vocab], result: str) -> list:

@@ -7,7 +7,7 @@ import torch
 import torch.fx as fx
 
 from specc.data.prepare import Prepared, Vocab
-from specc.export.graph import PROBABILITIES
+from specc.export.graph import PROBABILITIES, takes_pixels
 from specc.export.ids import unseen_ids
 from specc.spec import FLOAT, Spec
 
@@ -31,7 +31,7 @@ def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: s
             else:
                 feed[col] = np.array([str(v) for v in values], dtype=object)
         else:
-            feed[col] = np.asarray(values, dtype=np.float32)
+            feed[col] = np.asarray(values, dtype=np.uint8 if takes_pixels(spec, col) else np.float32)
     return feed
 
 
