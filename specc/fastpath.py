@@ -33,6 +33,8 @@ def graph_reason(spec, device: torch.device) -> str | None:
     """Why a spec trains with the plain loop on `device` instead of the captured step (None: it does not)."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
+    if spec.data.augment is not None:
+        return "the spec augments its images, which the captured step does not do"
     if not applies(spec):
         return (f"the optimizer is {type(spec.train.optimizer).__name__.lower()}; the captured step reads "
                 "Adam's learning rate and beta1 from device tables")

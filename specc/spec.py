@@ -109,6 +109,17 @@ PROCS = ("fill_missing", "categorify", "normalize")
 
 
 @dataclass(frozen=True, slots=True)
+class Augment:
+    """Training-time changes to the image inputs, drawn anew for every batch on the device: a
+    horizontal flip of half the images (`flip`), and a crop back to the image's size from the
+    image padded with `crop` zeros on each side (0: none). Never at validation or in the export."""
+
+    flip: bool = False
+    crop: int = 0
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class DataSpec:
     source: DataSource
     inputs: tuple[Column, ...]
@@ -118,6 +129,7 @@ class DataSpec:
     procs: tuple[str, ...] = ()  # fitted on the training rows; applied inside the model
     keep_classes: tuple[str, ...] = ()  # only rows whose (category) target is one of these
     train_rows: int | None = None  # only the first N training rows (after keep_classes)
+    augment: Augment | None = None  # of the image inputs, while training
 
     def indicator_columns(self) -> tuple[str, ...]:
         """With fill_missing, each float input has a `<name>_na` category column: missing or not."""

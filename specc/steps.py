@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from specc import fastpath
+from specc.augment import augmenter
 from specc.metrics import batch_loss
 from specc.optim import make_optimizer, make_scheduler, module_groups, schedule_tables, stage_groups
 from specc.plan import TrainPlan
@@ -36,6 +37,8 @@ def loop_kind(spec, device: torch.device, device_step: bool | str, graph: bool |
         raise ValueError(f"no CUDA-graph step: {reason}")  # a caller's mistake
     if graph:
         return CUDA_GRAPH
+    if device_step and spec.data.augment is not None:
+        raise ValueError("no device step: the spec augments its images, which only the plain loop does")
     if device_step:
         return DEVICE_FLAT if device_step == "flat" else DEVICE
     return PLAIN
@@ -176,8 +179,9 @@ def stage_steps(loop: str, spec, stage, setup: StageSetup, batches: Batches, wat
         if scheduler is not None and resumed.scheduler is not None:
             scheduler.load_state_dict(resumed.scheduler)
     if loop == PLAIN:
+        index = [st.name for st in spec.train.stages].index(stage.name)
         return PlainSteps(optimizer, scheduler, batch_loss(spec, setup.model, setup.params), batches, watch,
-                          stage.name)
+                          stage.name, augment=augmenter(spec, index))
     return DeviceSteps.build(spec, stage, setup, peaks, batches, total, resumed.scheduler if saved else None, loop,
                              watch, device)
 
@@ -198,6 +202,7 @@ class PlainSteps:
     perm: torch.Tensor | None = None
     losses_: list = field(default_factory=list)  # the epoch's detached loss tensors
     lrs: list = field(default_factory=list)
+    augment: Callable | None = None  # (xs, epoch, step) -> xs with the images augmented (specc.augment)
 
     def start_epoch(self, epoch, perm, first, losses, lrs) -> None:
         self.epoch, self.perm, self.losses_, self.lrs = epoch, perm, list(losses), lrs
@@ -205,7 +210,10 @@ class PlainSteps:
     def step(self, s: int) -> None:
         bs = self.batches.size
         idx = self.perm[s * bs:(s + 1) * bs]
-        loss = self.loss([x[idx] for x in self.batches.xs], self.batches.y[idx])
+        xs = [x[idx] for x in self.batches.xs]
+        if self.augment is not None:
+            xs = self.augment(xs, self.epoch, s)
+        loss = self.loss(xs, self.batches.y[idx])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

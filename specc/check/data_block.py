@@ -11,7 +11,7 @@ from specc.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, sh
 from specc.data.files import resolved as resolved_path
 from specc.diagnostics import suggest
 from specc.spec import (
-    CATEGORY, FLOAT, IMAGE_COLUMN, IMAGE_MODES, LABEL_COLUMN, PROCS, Column, CsvSource, DataSpec, ImagesSource,
+    CATEGORY, FLOAT, Augment, IMAGE_COLUMN, IMAGE_MODES, LABEL_COLUMN, PROCS, Column, CsvSource, DataSpec, ImagesSource,
     LastSplit, NpzSource, RandomSplit, RowSplit,
 )
 
@@ -52,6 +52,7 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
     procs = _procs(c, found["procs"].value) if "procs" in found else ()
     keep = _keep_classes(c, found["keep_classes"], target) if "keep_classes" in found else ()
     train_rows = c.integer(found["train_rows"].value, "train_rows", low=1) if "train_rows" in found else 0
+    augment = _augment(c, found["augment"].value, inputs) if "augment" in found else None
     # The model block is checked against these even when other data settings are wrong.
     result = DataResult(None, inputs if inputs is not None else partial, inputs_failed, target, procs or ())
     if inputs is not None and target is not None:
@@ -69,9 +70,9 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
         if len(c.errors) > before:  # the model block is checked against the image as the source gives it
             return dataclasses.replace(result, columns=fixed)
     if not ok or None in (source, inputs, target, batch, procs, keep, train_rows) or \
-            ("valid" in found and valid is None):
+            ("valid" in found and valid is None) or augment is False:
         return result
-    spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None)
+    spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None, augment)
     return DataResult(spec, inputs, inputs_failed, target, procs)
 
 
@@ -87,6 +88,29 @@ def _csv_columns(c: Checker, source: CsvSource, columns: tuple[Column, ...]) -> 
                 c.error(codes.UNKNOWN_NAME, f"unknown column '{col.name}'", col.span,
                         suggest(col.name, source.columns) or
                         [f"the source's columns are {', '.join(source.columns)}"])
+
+
+def _augment(c: Checker, expr: ast.Expr, inputs) -> Augment | bool:
+    """`augment = [flip, crop(4)]`: the Augment, or False after reporting why not."""
+    items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
+    flip, crop, ok = False, 0, True
+    for item in items:
+        bound = c.bind(item, "augment", "augmentation")
+        if bound is None:
+            ok = False
+            continue
+        func, args, call = bound
+        if func == "flip":
+            flip = True
+        else:
+            padding = c.integer(args["padding"], "crop's padding", low=1, high=2**10)
+            ok, crop = ok and padding is not None, padding or 0
+    images = [col for col in inputs or () if len(col.shape) == 3]
+    if inputs is not None and not images:
+        c.error(codes.CONFLICT, "augment changes images, but no input is an image (channels, height, width)",
+                expr.span, ["declare the image column as float(C, H, W), e.g. float(1, 28, 28)"])
+        return False
+    return Augment(flip, crop, expr.span) if ok else False
 
 
 def _keep_classes(c: Checker, stmt: ast.Assign, target: Column | None) -> tuple[str, ...] | None:

@@ -15,7 +15,7 @@ from specc.spec import CATEGORY, CLASSES, FLOAT, PROCS
 
 BLOCKS = ("data", "model", "train")
 OPTIONAL_BLOCKS = (params.BLOCK,)
-DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs", "keep_classes", "train_rows")
+DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs", "keep_classes", "train_rows", "augment")
 TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan")
 COLUMN_TYPES = (CATEGORY, FLOAT)
 
@@ -42,6 +42,10 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "tsv": _sig("path", "header?", "columns?", "missing?", "strip?"),
         "npz": _sig("path"),
         "images": _sig("path", "size", "mode?", "skip_broken?"),
+    },
+    "augment": {
+        "flip": _sig(),
+        "crop": _sig("padding"),
     },
     "valid": {
         "random": _sig("fraction", "seed?"),
