@@ -39,7 +39,12 @@ def _check(rel_path: str, capsys) -> tuple[int, str]:
 
 
 def _header(rel_path: str) -> re.Pattern:
-    return re.compile(rf"^{re.escape(rel_path)}:\d+:\d+: error\[[EW]\d+\]: ")
+    """A spec error at the spec's line and column; with the data read, also a data error at the
+    data file (or folder, or image) it is about, under tests/data/."""
+    at_spec = rf"{re.escape(rel_path)}:\d+:\d+: error\[[EW]\d+\]"
+    if check_argv(rel_path)[1] == "--no-data":
+        return re.compile(rf"^{at_spec}: ")
+    return re.compile(rf"^(?:{at_spec}|tests/data/[^:]+(?::\d+)?: error\[D\d+\]): ")
 
 
 def test_corpus_is_there():

@@ -63,6 +63,14 @@ class ImageFolder:
     skipped: tuple[tuple[str, str], ...] = ()  # (relative path, Pillow's reason), with skip_broken
 
 
+def shown(path) -> str:
+    """A path as an error names it: relative to the working folder when it is below it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def cache_dir() -> Path:
     """Where decoded folders are kept: `$SPECC_CACHE/images`, else `$XDG_CACHE_HOME/specc/images`,
     else `~/.cache/specc/images`."""
@@ -115,7 +123,7 @@ def list_folder(source: ImagesSource) -> Listing:
     split_roots = [name for name in ("train", "valid") if name in folders and _subfolders(root / name)]
     if len(split_roots) == 1:
         there, missing = split_roots[0], ("valid" if split_roots[0] == "train" else "train")
-        raise DataError(str(root), f"has a {there}/ folder of class folders but no {missing}/ folder of them: give "
+        raise DataError(shown(root), f"has a {there}/ folder of class folders but no {missing}/ folder of them: give "
                         f"both, or point the source at {root.name}/{there}/ (the spec's valid split then divides "
                         "its images)", code="D111")
     own_split = len(split_roots) == 2
@@ -135,7 +143,7 @@ def list_folder(source: ImagesSource) -> Listing:
             by_class.append([ImageFile(relative, label, part == "valid", size, mtime)
                              for relative, size, mtime in found])
         if empty:
-            raise DataError(str(base / empty[0]) if len(empty) == 1 else str(base),
+            raise DataError(shown(base / empty[0]) if len(empty) == 1 else shown(base),
                             f"class folder{'s' if len(empty) > 1 else ''} {_quoted(empty)} "
                             f"{'hold' if len(empty) > 1 else 'holds'} no images (files ending {_suffixes()})",
                             code="D111")
@@ -167,7 +175,7 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         with os.scandir(folder) as it:
             return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as err:
-        raise DataError(str(folder), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
+        raise DataError(shown(folder), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -185,7 +193,7 @@ def _images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
         try:
             info = os.stat(d)
         except OSError as err:
-            raise DataError(str(d), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
+            raise DataError(shown(d), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
         if (info.st_dev, info.st_ino) in seen:  # a link back up the tree
             return
         seen.add((info.st_dev, info.st_ino))
@@ -208,14 +216,14 @@ def _no_classes(folder: Path) -> None:
     loose = sum(1 for e in _entries(folder) if e.is_file() and e.name.lower().endswith(SUFFIXES))
     held = f"holds {loose} image{'s' if loose != 1 else ''} but no class folders" if loose else \
         "holds no class folders"
-    raise DataError(str(folder), f"{held}: images(...) reads one subfolder of images per class, named after the "
+    raise DataError(shown(folder), f"{held}: images(...) reads one subfolder of images per class, named after the "
                     f"class (e.g. {folder.name}/cat/1.png)", code="D111")
 
 
 def _known_classes(valid: Path, classes: list[str], trained: list[str]) -> None:
     unknown = [c for c in classes if c not in trained]
     if unknown:
-        raise DataError(str(valid / unknown[0]), f"class {_quoted(unknown)} of valid/ has no folder in train/: the "
+        raise DataError(shown(valid / unknown[0]), f"class {_quoted(unknown)} of valid/ has no folder in train/: the "
                         "model can only learn the classes it trains on", code="D111")
 
 
@@ -229,7 +237,7 @@ def _distinct_classes(root: Path, labels: list[str]) -> None:
         except ValueError:
             return
         if number in numbers:
-            raise DataError(str(root), f"class folders '{numbers[number]}' and '{label}' are the same class "
+            raise DataError(shown(root), f"class folders '{numbers[number]}' and '{label}' are the same class "
                             f"({number}): rename one", code="D111")
         numbers[number] = label
 
@@ -292,7 +300,7 @@ def _decode_all(listing: Listing, source: ImagesSource) -> tuple[np.ndarray, tup
 
 
 def _broken(path: Path, reason: str) -> DataError:
-    return DataError(str(path), f"cannot be decoded as an image: {reason} ({SKIP_NOTE})", code="D110")
+    return DataError(shown(path), f"cannot be decoded as an image: {reason} ({SKIP_NOTE})", code="D110")
 
 
 def _every_class_kept(listing: Listing, kept: list[ImageFile], skipped) -> None:
@@ -302,7 +310,7 @@ def _every_class_kept(listing: Listing, kept: list[ImageFile], skipped) -> None:
         if (f.valid, f.label) not in left:
             part = ("valid" if f.valid else "train") if listing.own_split else ""
             count = sum(1 for g in listing.files if (g.valid, g.label) == (f.valid, f.label))
-            raise DataError(str(listing.root / part / f.label), f"class folder '{f.label}' holds no image that can "
+            raise DataError(shown(listing.root / part / f.label), f"class folder '{f.label}' holds no image that can "
                             f"be decoded ({count} skipped; the first: {f.relative}: {dict(skipped)[f.relative]})",
                             code="D111")
 
