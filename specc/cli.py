@@ -113,14 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("predict", help="predict with an exported model.onnx through onnxruntime")
     c.add_argument("model", type=Path)
     c.add_argument("rows", type=Path, help="a CSV with a header naming the model's input columns (or laid out as "
-                   "the training data was), or an .npz with an array per input")
+                   "the training data was), or an .npz with an array per input; for a model trained on an image "
+                   "folder, an image file or a folder (every image in it and below it, decoded as training did)")
     c.add_argument("--out", type=Path, help="write predictions here (default stdout)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     reading_options(c)
     c = sub.add_parser("evaluate", help="the spec's metrics of an exported model on a labelled file")
     c.add_argument("model", type=Path)
     c.add_argument("data", type=Path, help="a labelled CSV (read as the spec read its data, or with a header "
-                   "naming the model's columns), or an .npz with an array per column")
+                   "naming the model's columns), or an .npz with an array per column; for a model trained on an "
+                   "image folder, a folder with one subfolder of images per class (or train/ and valid/ of them)")
     c.add_argument("--split", choices=("all", "train", "valid"), default="all",
                    help="all rows, or the spec's training or validation rows (default all); for an .npz, "
                    "<column>_train / <column>_valid arrays where it has them")
@@ -238,6 +240,8 @@ def _train(args) -> int:
 
             if not applies(spec):
                 raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
+            if spec.data.augment is not None:
+                raise UsageError("--device-step does not augment images: drop it, or augment from the spec")
         train_run(spec, out, args.device, args.sets, quiet=args.quiet, resume=args.resume is not None,
                   device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
                   force=args.force, threads=args.threads)
@@ -454,7 +458,7 @@ def _evaluate(args) -> int:
     for note in notes:
         print(f"specc: note: {note}", file=sys.stderr)
     read = f"; arrays {', '.join(arrays.values())}" if arrays else ""
-    print(f"{args.data} ({args.split} rows: {rows}{read})")
+    print(f"{args.data} ({args.split} {'images' if args.data.is_dir() else 'rows'}: {rows}{read})")
     for name, value in result.items():
         print(f"  {name:<12} {value:.6f}")
     return 0

@@ -1,4 +1,5 @@
-"""Infer: ONNX model + raw rows -> predictions, through onnxruntime (CUDA provider when a GPU is there)."""
+"""Infer: ONNX model + raw rows (or image files) -> predictions, through onnxruntime (CUDA provider
+when a GPU is there)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import numpy as np
 
 from specc.data.files import bad_byte, check_regular, describe_array, has_surrogates, load_npz, not_utf8, \
     npz_array, open_binary, open_text
+from specc.data.images import SUFFIXES as IMAGE_SUFFIXES, _Broken, _images_below, decode
 from specc.data.prepare import INT64_MAX, INT64_MIN
 from specc.data.table import Table, header_problem, read_table, shown_names
 from specc.diagnostics import DataError, UsageError
-from specc.spec import CATEGORY, FLOAT, Column, CsvSource
+from specc.spec import CATEGORY, FLOAT, IMAGE_COLUMN, IMAGE_MODES, Column, CsvSource
 
 PROBABILITIES = "probabilities"  # the class probabilities output (specc.export, which imports torch)
 _NUMPY = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(string)": object,
-          "tensor(double)": np.float64, "tensor(int32)": np.int32}
+          "tensor(double)": np.float64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
+IMAGE_BATCH = 256  # images decoded and run at a time: a folder's pixels are never all held at once
 
 
 @functools.cache
@@ -343,6 +346,8 @@ def _typed(session: Session, name: str, values: np.ndarray, got: Inputs) -> np.n
         return _numbers(session, name, values, got, kind)
     if kind is np.int64:
         return _ids(session, name, values, got)
+    if kind is np.uint8:
+        return _pixels(name, values, got)
     if kind is object:
         return _texts(name, values, got)
     return values.astype(kind)
@@ -372,6 +377,23 @@ def _numbers(session: Session, name: str, values: np.ndarray, got: Inputs, dtype
     else:
         message = f"{value:g} is too large for the model's float32 input"
     raise got.error(index, name, message, code="D105")
+
+
+def _pixels(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
+    """An image model's pixels as uint8: whole numbers from 0 to 255 (of any numeric type), or an
+    error at the first that is not one."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype.kind not in "iuf":
+        raise got.error(0, name, f"holds {describe_array(values)}; the model's input '{name}' takes pixels "
+                        "(whole numbers from 0 to 255)", whole=True)
+    with np.errstate(invalid="ignore"):
+        bad = ~((values >= 0) & (values <= 255) & (values == np.floor(values)))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise got.error(index, name, f"expected a pixel (a whole number from 0 to 255), found {values[index]}",
+                        code="D105")
+    return values.astype(np.uint8)
 
 
 def _ids(session: Session, name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
@@ -571,6 +593,13 @@ def _columns(session: Session, got: Inputs, results: dict[str, np.ndarray]):
         if values.ndim == 1:
             names.append(name)
             columns.append(got.shown.get(name, values))
+    more_names, more = _output_columns(session, results)
+    return names + more_names, columns + more
+
+
+def _output_columns(session: Session, results: dict[str, np.ndarray]):
+    """CSV columns of the outputs: the value or label, and a probability per class apiece."""
+    names, columns = [], []
     target = session.metadata.get("specc.target")
     vocabs = json.loads(session.metadata.get("specc.vocabs", "{}"))
     classes = vocabs.get(target, {}).get("values")
@@ -587,11 +616,19 @@ def _columns(session: Session, got: Inputs, results: dict[str, np.ndarray]):
 
 
 def predict_file(model: Path, rows: Path, out, device: str = "auto", batch: int = 65536,
-                 delimiter: str | None = None, arrays: dict[str, str] | None = None) -> int:
+                 delimiter: str | None = None, arrays: dict[str, str] | None = None,
+                 image_batch: int = IMAGE_BATCH) -> int:
     """Write the inputs (one value per row) and the model's outputs as CSV; returns the row count.
-    `rows` is a CSV (see read_inputs) or an .npz with an array per input (see read_arrays); notes
-    (ids read as unknown) go to stderr."""
+    `rows` is a CSV (see read_inputs) or an .npz with an array per input (see read_arrays); for a
+    model trained on an image folder, an image file or a folder of them (see predict_images).
+    Notes (ids read as unknown) go to stderr."""
     session = load_session(model, device=device)
+    reading = image_reading(session, model)
+    if reading is not None and (rows.is_dir() or not is_npz(rows)):
+        if delimiter is not None or arrays:
+            raise UsageError(f"--{'delimiter' if delimiter is not None else 'array'}: the model reads images, "
+                             f"and {rows} is {'a folder of them' if rows.is_dir() else 'read as one'}")
+        return predict_images(session, reading, rows, out, image_batch)
     got = read_rows(rows, session, delimiter=delimiter, arrays=arrays)
     for note in got.notes:
         print(f"specc: note: {note}", file=sys.stderr)
@@ -604,14 +641,104 @@ def predict_file(model: Path, rows: Path, out, device: str = "auto", batch: int 
             parts[name].append(result[name])
     results = {name: np.concatenate(p) if p else np.zeros(0) for name, p in parts.items()}
     names, columns = _columns(session, got, results)
+    _write_csv(out, names, columns, n)
+    return n
+
+
+def _write_csv(out, names: list[str], columns: list, n: int) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(names)
     for k in range(n):
         writer.writerow([_cell(c[k]) for c in columns])
-    return n
 
 
 def _cell(value) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.6g}"
     return str(value)
+
+
+# ---------------------------------------------------------------- image files
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReading:
+    """How a model trained on an images(...) folder takes an image: as its input `column`, decoded
+    in `mode` and resized to `size` (height, width), as training decoded the folder."""
+
+    column: str
+    mode: str
+    size: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image as the model takes it: (channels, height, width)."""
+        return (IMAGE_MODES[self.mode], *self.size)
+
+
+def image_reading(session: Session, model: Path) -> ImageReading | None:
+    """How the model reads images (its metadata's specc.reading), or None for a model of rows."""
+    opts = json.loads(session.metadata.get("specc.reading", "{}"))
+    if opts.get("format") != "images":
+        return None
+    mode, size = opts.get("mode"), opts.get("size")
+    if mode not in IMAGE_MODES or not isinstance(size, list) or len(size) != 2 or \
+            not all(isinstance(d, int) and d > 0 for d in size):
+        raise DataError(str(model), f"its metadata specc.reading ({json.dumps(opts)}) has no image mode and size "
+                        "as specc writes them", code="D108")
+    reading = ImageReading(IMAGE_COLUMN, mode, (size[0], size[1]))
+    kind, shape = session.inputs.get(IMAGE_COLUMN), session.shapes.get(IMAGE_COLUMN, [])
+    if list(session.inputs) != [IMAGE_COLUMN] or kind != "tensor(uint8)" or shape[1:] != list(reading.shape):
+        got = ", ".join(f"'{n}': {t} {session.shapes[n]}" for n, t in session.inputs.items())
+        raise DataError(str(model), f"reads {mode} images of {size[0]}x{size[1]} by its metadata, but its inputs are "
+                        f"not one uint8 batch 'image' (N, {', '.join(map(str, reading.shape))}): {got}", code="D108")
+    return reading
+
+
+def image_files(path: Path) -> tuple[list[Path], list[str]]:
+    """The images `path` names, with each one's name for the output: the file itself (named as
+    given), or every image in a folder and the folders below it (named by their path below it),
+    sorted by that path; hidden files and folders are left out, a folder linked twice read once."""
+    if not path.is_dir():
+        check_regular(path)
+        return [path], [str(path)]
+    found = [relative for relative, _, _ in _images_below(path, path)]
+    if not found:
+        raise DataError(str(path), f"holds no images (files ending {', '.join(IMAGE_SUFFIXES)}, in it or in folders "
+                        "below it)", code="D111")
+    return [path / relative for relative in found], found
+
+
+def decode_images(paths: list[Path], reading: ImageReading) -> np.ndarray:
+    """Images decoded as training decoded its folder (Pillow, the model's mode and size): uint8
+    (N, C, H, W); one that cannot be decoded is an error naming it and Pillow's reason."""
+    batch = np.empty((len(paths), *reading.shape), dtype=np.uint8)
+    for k, path in enumerate(paths):
+        try:
+            batch[k] = decode(path, reading.mode, reading.size)
+        except _Broken as err:
+            raise DataError(str(path), f"cannot be decoded as an image: {err}", code="D110") from None
+    return batch
+
+
+def run_images(session: Session, reading: ImageReading, paths: list[Path],
+               batch: int = IMAGE_BATCH) -> dict[str, np.ndarray]:
+    """The model's outputs for image files, decoded and run `batch` images at a time (only the
+    outputs are kept, so a large folder never has all its pixels in memory)."""
+    run = session.run_bound if session.device == "cuda" else session.run  # IO binding on the GPU
+    parts: dict[str, list] = {name: [] for name in session.outputs}
+    for s in range(0, len(paths), batch):
+        result = run({reading.column: decode_images(paths[s:s + batch], reading)})
+        for name in session.outputs:
+            parts[name].append(result[name])
+    return {name: np.concatenate(p) for name, p in parts.items()}
+
+
+def predict_images(session: Session, reading: ImageReading, path: Path, out, batch: int = IMAGE_BATCH) -> int:
+    """Write each image's name (see image_files) and the model's outputs for it as CSV; returns the
+    image count. Nothing is written when an image cannot be decoded."""
+    paths, names = image_files(path)
+    results = run_images(session, reading, paths, batch)
+    out_names, columns = _output_columns(session, results)
+    _write_csv(out, ["file", *out_names], [names, *columns], len(paths))
+    return len(paths)
