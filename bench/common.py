@@ -1,5 +1,5 @@
-"""What the bench scripts share: the timing harness of bench/collab.py, bench/mnist.py and
-bench/tabular.py, and the hand-written PyTorch loop they (and bench/finetune_torch.py) time specc against."""
+"""What the bench scripts share: the timing harness of bench/collab.py, bench/mnist.py, bench/tabular.py
+and bench/cnn.py, and the hand-written PyTorch loop they (and bench/finetune_torch.py) time specc against."""
 
 from __future__ import annotations
 

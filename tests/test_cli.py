@@ -136,6 +136,8 @@ def test_example_specs_check(tmp_path, capsys):
     assert f"finetune.spec:26:1: error[E207]: no model.safetensors in {tmp_path / 'runs' / 'finetune_pretrain'}" in err
     assert main(["train", str(copy / "finetune_pretrain.spec"), "--quiet", "--set", "train.fit.epochs=1",
                  "--out", str(tmp_path / "runs" / "finetune_pretrain")]) == 0
+    assert main(["train", str(copy / "digits_pretrain.spec"), "--quiet", "--set", "train.fit.epochs=1",
+                 "--set", "data.train_rows=128", "--out", str(tmp_path / "runs" / "digits_pretrain")]) == 0
     for spec in sorted(copy.glob("*.spec")):
         assert main(["check", str(spec)]) == 0, spec
     capsys.readouterr()

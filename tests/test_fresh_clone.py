@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import EXAMPLES, ROOT
+from specc.spec import ImagesSource
 from specc.data.prepare import prepare
 from specc.run import load_spec
 
@@ -26,7 +27,9 @@ def _inside(path: Path, folder: Path) -> bool:
 def test_example_spec_reads_only_files_in_the_repository(spec_path):
     spec, _ = load_spec(spec_path)
     assert _inside(spec.data.source.path, ROOT), spec.data.source.path
-    assert spec.data.source.path.is_file(), spec.data.source.path
+    # a file, or the folder an images(...) source reads (its class folders, in the repository)
+    source = spec.data.source
+    assert source.path.is_file() or (isinstance(source, ImagesSource) and source.path.is_dir()), source.path
     for init in spec.inits:  # a pretrained run: trained first from another example (see finetune.spec)
         assert _inside(init.run, ROOT / "runs"), init.run
 
