@@ -20,18 +20,19 @@ from specc.train import Progress, torch_threads
 # --------------------------------------------------------------------------- exported models
 
 def _example_path(path: Path, tmp_path: Path) -> Path:
-    """The example spec to read: finetune.spec in a copy of specs/ beside the pretrain run its
-    `init` reads, trained for an epoch."""
+    """The example spec to read: a fine-tuning spec in a copy of specs/ beside the pretrain run its
+    `init` reads, trained for an epoch (on a few rows)."""
     from specc.cli import main
 
-    if path.name != "finetune.spec":
+    pretrain = {"finetune.spec": "finetune_pretrain", "digits_finetune.spec": "digits_pretrain"}.get(path.name)
+    if pretrain is None:
         return path
     specs = tmp_path / "specs"
     specs.mkdir()
     shutil.copy(path, specs / path.name)
     (specs / "data").symlink_to(ROOT / "specs" / "data")
-    assert main(["train", str(ROOT / "specs" / "finetune_pretrain.spec"), "--set", "train.fit.epochs=1", "--quiet",
-                 "--device", "cpu", "--out", str(tmp_path / "runs" / "finetune_pretrain")]) == 0
+    assert main(["train", str(ROOT / "specs" / f"{pretrain}.spec"), "--set", "train.fit.epochs=1", "--quiet",
+                 "--set", "data.train_rows=256", "--device", "cpu", "--out", str(tmp_path / "runs" / pretrain)]) == 0
     return specs / path.name
 
 
