@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (add_args, alternate, clone_state, hand_epochs, max_param_diff, one_cycle_adamw, predict,
-                    print_env, print_init_and_target, print_table, profile_runs, run_batches, set_threads,
-                    steps_per_epoch, timed, write_json)
+from common import (add_args, clone_state, hand_epochs, one_cycle_adamw, predict, print_env, print_init_and_target,
+                    print_table, profile_runs, run_batches, set_threads, steps_per_epoch, three_loops, timed,
+                    write_json)
 from specc.data.prepare import prepare
 from specc.plan import make_plan
 from specc.run import load_spec
@@ -157,9 +156,6 @@ def hand_epoch(prepared, init_state, batch, fused=False):
 
 # --------------------------------------------------------------------------- the benchmark
 
-SIDES = ("specc", "hand", "fused")
-
-
 def specc_start(spec, prepared) -> tuple[dict, torch.Tensor]:
     """specc's initial weights and the random generator's state after building them (what the
     first dropout mask is drawn from)."""
@@ -179,47 +175,9 @@ def bench_batch(batch: int, reps: int) -> dict:
     same_rng = torch.equal(torch.get_rng_state(), specc_rng)  # so the same dropout masks
     del own
 
-    # Warm-up (and correctness): one epoch of each.
-    s_model, s_loss, s_acc, *_ = specc_epoch(spec, prepared, plan)
-    h_model, h_loss, h_acc, *_ = hand_epoch(prepared, init_state, batch)
-    f_model, f_loss, f_acc, *_ = hand_epoch(prepared, init_state, batch, fused=True)
-    diff = max_param_diff(s_model, h_model)
-    diff_fused = max_param_diff(s_model, f_model)
-    del s_model, h_model, f_model
-
-    first = {"specc": (s_loss, s_acc), "hand": (h_loss, h_acc), "fused": (f_loss, f_acc)}
-
-    def run(side):
-        if side == "specc":
-            _, loss, acc, *t = specc_epoch(spec, prepared, plan)
-        else:
-            _, loss, acc, *t = hand_epoch(prepared, init_state, batch, fused=side == "fused")
-        assert (loss, acc) == first[side], (side, loss, acc, first[side])  # deterministic run to run
-        return t
-
-    times = alternate(reps, SIDES, run)
-    (s_wall, s_cpu, s_loop), (h_wall, h_cpu, h_loop), (f_wall, f_cpu, f_loop) = (times[s] for s in SIDES)
-
-    agree = all(abs(acc - s_acc) <= ACC_TOL and abs(loss - s_loss) <= LOSS_TOL * s_loss
-                for loss, acc in ((h_loss, h_acc), (f_loss, f_acc)))
-    med = statistics.median
-    return {
-        "batch": batch, "steps": plan.steps_per_epoch, "reps": reps,
-        "specc_s": med(s_wall), "hand_s": med(h_wall), "ratio": med(s_wall) / med(h_wall),
-        "specc_cpu_s": med(s_cpu), "hand_cpu_s": med(h_cpu), "cpu_ratio": med(s_cpu) / med(h_cpu),
-        "specc_loop_s": med(s_loop), "hand_loop_s": med(h_loop), "loop_ratio": med(s_loop) / med(h_loop),
-        "specc_min_s": min(s_wall), "hand_min_s": min(h_wall), "min_ratio": min(s_wall) / min(h_wall),
-        "fused_hand_s": med(f_wall), "fused_ratio": med(s_wall) / med(f_wall),
-        "fused_cpu_s": med(f_cpu), "fused_cpu_ratio": med(s_cpu) / med(f_cpu),
-        "fused_loop_s": med(f_loop), "fused_loop_ratio": med(s_loop) / med(f_loop),
-        "specc_valid_loss": s_loss, "hand_valid_loss": h_loss, "fused_valid_loss": f_loss,
-        "specc_valid_accuracy": s_acc, "hand_valid_accuracy": h_acc, "fused_valid_accuracy": f_acc,
-        "max_abs_param_diff": diff, "max_abs_param_diff_fused": diff_fused, "valid_numbers_agree": agree,
-        "hand_own_init_equals_specc": same_init, "same_dropout_generator": same_rng,
-        "specc_all_s": s_wall, "hand_all_s": h_wall, "fused_all_s": f_wall,
-        "specc_cpu_all_s": s_cpu, "hand_cpu_all_s": h_cpu, "fused_cpu_all_s": f_cpu,
-        "specc_loop_all_s": s_loop, "hand_loop_all_s": h_loop, "fused_loop_all_s": f_loop,
-    }
+    return {**three_loops(spec, prepared, plan, init_state, batch, reps, specc_epoch, hand_epoch, ACC_TOL,
+                          LOSS_TOL),
+            "hand_own_init_equals_specc": same_init, "same_dropout_generator": same_rng}
 
 
 def profile(batch: int, steps: int, top: int = 14) -> None:

@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -202,3 +203,53 @@ def write_json(json_path: Path, rows, **extra) -> None:
     }
     json_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {json_path}")
+
+
+THREE_SIDES = ("specc", "hand", "fused")  # specc, the everyday hand-written loop, the one with fused AdamW
+
+
+def three_loops(spec, prepared, plan, init_state: dict, batch: int, reps: int, specc_epoch, hand_epoch,
+                acc_tol: float, loss_tol: float) -> dict:
+    """specc's epoch against the everyday and the fused hand-written ones (`hand_epoch(prepared,
+    init_state, batch, fused=...)`): a warm-up epoch of each that also gives the validation numbers
+    and weight differences, then `reps` alternated timed epochs; the medians and their ratios."""
+    # Warm-up (and correctness): one epoch of each.
+    s_model, s_loss, s_acc, *_ = specc_epoch(spec, prepared, plan)
+    h_model, h_loss, h_acc, *_ = hand_epoch(prepared, init_state, batch)
+    f_model, f_loss, f_acc, *_ = hand_epoch(prepared, init_state, batch, fused=True)
+    diff = max_param_diff(s_model, h_model)
+    diff_fused = max_param_diff(s_model, f_model)
+    del s_model, h_model, f_model
+
+    first = {"specc": (s_loss, s_acc), "hand": (h_loss, h_acc), "fused": (f_loss, f_acc)}
+
+    def run(side):
+        if side == "specc":
+            _, loss, acc, *t = specc_epoch(spec, prepared, plan)
+        else:
+            _, loss, acc, *t = hand_epoch(prepared, init_state, batch, fused=side == "fused")
+        assert (loss, acc) == first[side], (side, loss, acc, first[side])  # deterministic run to run
+        return t
+
+    times = alternate(reps, THREE_SIDES, run)
+    (s_wall, s_cpu, s_loop), (h_wall, h_cpu, h_loop), (f_wall, f_cpu, f_loop) = (times[s] for s in THREE_SIDES)
+
+    agree = all(abs(acc - s_acc) <= acc_tol and abs(loss - s_loss) <= loss_tol * s_loss
+                for loss, acc in ((h_loss, h_acc), (f_loss, f_acc)))
+    med = statistics.median
+    return {
+        "batch": batch, "steps": plan.steps_per_epoch, "reps": reps,
+        "specc_s": med(s_wall), "hand_s": med(h_wall), "ratio": med(s_wall) / med(h_wall),
+        "specc_cpu_s": med(s_cpu), "hand_cpu_s": med(h_cpu), "cpu_ratio": med(s_cpu) / med(h_cpu),
+        "specc_loop_s": med(s_loop), "hand_loop_s": med(h_loop), "loop_ratio": med(s_loop) / med(h_loop),
+        "specc_min_s": min(s_wall), "hand_min_s": min(h_wall), "min_ratio": min(s_wall) / min(h_wall),
+        "fused_hand_s": med(f_wall), "fused_ratio": med(s_wall) / med(f_wall),
+        "fused_cpu_s": med(f_cpu), "fused_cpu_ratio": med(s_cpu) / med(f_cpu),
+        "fused_loop_s": med(f_loop), "fused_loop_ratio": med(s_loop) / med(f_loop),
+        "specc_valid_loss": s_loss, "hand_valid_loss": h_loss, "fused_valid_loss": f_loss,
+        "specc_valid_accuracy": s_acc, "hand_valid_accuracy": h_acc, "fused_valid_accuracy": f_acc,
+        "max_abs_param_diff": diff, "max_abs_param_diff_fused": diff_fused, "valid_numbers_agree": agree,
+        "specc_all_s": s_wall, "hand_all_s": h_wall, "fused_all_s": f_wall,
+        "specc_cpu_all_s": s_cpu, "hand_cpu_all_s": h_cpu, "fused_cpu_all_s": f_cpu,
+        "specc_loop_all_s": s_loop, "hand_loop_all_s": h_loop, "fused_loop_all_s": f_loop,
+    }
