@@ -75,18 +75,19 @@ def to_safetensors(state: TrainState, metadata: dict[str, str]) -> bytes:
     return save(tensors, metadata=meta)
 
 
-def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path, data: bytes | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A safetensors file's tensors and metadata (read whole, not memory-mapped: specc rewrites
     its files while a run goes on); DataError naming the file when it cannot be read, is cut
-    short, or is not safetensors at all."""
+    short, or is not safetensors at all. `data`: the file's bytes, read already (by rank 0)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     from specc.runfolder import os_reason
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as err:
         raise DataError(str(path), f"cannot be read: {os_reason(err)}", code="D108") from None
     try:
@@ -99,9 +100,9 @@ def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, header.get("__metadata__") or {}
 
 
-def from_safetensors(path) -> tuple[TrainState, dict[str, str]]:
-    """The training state in a checkpoint file, every part checked (DataError naming the file)."""
-    tensors, meta = read_safetensors(path)
+def from_safetensors(path, data: bytes | None = None) -> tuple[TrainState, dict[str, str]]:
+    """The training state in a checkpoint file (or its bytes), every part checked (DataError naming the file)."""
+    tensors, meta = read_safetensors(path, data)
 
     def bad(what: str):
         raise DataError(str(path), f"{what}; {AGAIN}", code="D120")

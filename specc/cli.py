@@ -145,12 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args):
-    """The spec that a command's SPEC and --set values give, its warnings printed to stderr."""
+def _load(args, warn: bool = True):
+    """The spec that a command's SPEC and --set values give, its warnings printed to stderr
+    (unless not `warn`: a rank other than 0 of a data-parallel run)."""
     from specc.run import load_spec
 
     spec, warnings = load_spec(args.spec, args.sets)
-    for w in warnings:
+    for w in warnings if warn else ():
         print(w.render(), file=sys.stderr)
     return spec
 
@@ -213,10 +214,11 @@ def _show(args) -> int:
 
 
 def _train(args) -> int:
-    from specc.run import train_run
-    from specc.steps import TrainingDiverged
+    from specc import distributed
+    from specc.run import check_parallel
 
-    spec = _load(args)
+    world = distributed.from_env()  # torchrun's RANK and WORLD_SIZE; one process without them
+    spec = _load(args, warn=world.writes)
     if args.device == "cuda":
         import torch
 
@@ -227,13 +229,38 @@ def _train(args) -> int:
         raise UsageError("--resume RUN writes into RUN; leave out --out")
     if args.resume and args.force:
         raise UsageError("--resume goes on with the run in RUN and --force replaces it: give one of them")
-    from specc.export import ExportError
-    from specc.runfolder import RunFinished, WriteError
-    from specc.train import Interrupted
-
     sets = "".join(f" --set '{s}'" for s in args.sets)
     resume_command = f"specc train {args.spec}{sets} --resume {out}"  # what the messages below suggest
+    if world.parallel:
+        check_parallel(spec, world)
+    try:
+        world = distributed.start(world, args.device)  # joins the other ranks' process group
+        return _train_as(args, spec, out, world, resume_command)
+    except distributed.LostRank as err:
+        from specc.runfolder import CHECKPOINT
 
+        again = ""
+        if world.writes and (Path(out) / CHECKPOINT).is_file():
+            again = f"; the last epoch's checkpoint is in {out}/: go on with: {resume_command} (under torchrun)"
+        print(f"specc: error: {err}{again}", file=sys.stderr)
+        return 1
+    except distributed.PeerFailed as err:
+        print(f"specc: rank {world.rank}: stopping: {err}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.finish(world)
+
+
+def _train_as(args, spec, out: Path, world, resume_command: str) -> int:
+    """specc train, as this rank of the run: exit codes and the messages of rank 0 (the others
+    end with the same codes, silently: rank 0 has said why)."""
+    from specc.export import ExportError
+    from specc.runfolder import RunFinished, WriteError
+    from specc.steps import TrainingDiverged
+    from specc.run import train_run
+    from specc.train import Interrupted
+
+    say = world.writes
     try:
         if args.device_step:
             from specc.fastpath import applies
@@ -242,9 +269,9 @@ def _train(args) -> int:
                 raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
             if spec.data.augment is not None:
                 raise UsageError("--device-step does not augment images: drop it, or augment from the spec")
-        train_run(spec, out, args.device, args.sets, quiet=args.quiet, resume=args.resume is not None,
+        train_run(spec, out, args.device, args.sets, quiet=args.quiet or not say, resume=args.resume is not None,
                   device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
-                  force=args.force, threads=args.threads)
+                  force=args.force, threads=args.threads, world=world)
     except RunFinished as done:
         # exit 0: what --resume is for, a finished run, is there (a loop that resumes until done stops)
         print(f"specc: {done}", file=sys.stderr)
@@ -261,11 +288,14 @@ def _train(args) -> int:
         print(f"specc: error: {err}{again}", file=sys.stderr)
         return 2
     except Interrupted as stopped:
+        if not say:
+            return 130
         print(f"\nspecc: interrupted in epoch {stopped.state.epoch} before step {stopped.state.step}; the "
               f"checkpoint is in {out}/. Go on with: {resume_command}", file=sys.stderr)
         return 130
     except TrainingDiverged as err:
-        print(f"specc: training stopped: {err}; the last good checkpoint is in {out}/", file=sys.stderr)
+        if say:
+            print(f"specc: training stopped: {err}; the last good checkpoint is in {out}/", file=sys.stderr)
         return 1
     except ExportError as err:
         print(f"specc: export failed: {err}", file=sys.stderr)

@@ -161,12 +161,15 @@ class DeviceStep:
     """One training step over static buffers, with no host synchronisation (see the module doc).
     `update` is "optimizer" (torch's own step, given tensor learning rates: exact on the CPU, but it
     reads beta1 back to the host) or "flat" (FlatAdam: nothing read back, so capturable;
-    `compiled` fuses it with torch.compile)."""
+    `compiled` fuses it with torch.compile). In data-parallel training (`sync`, a
+    specc.distributed.StepSync) each rank takes its `part` of every batch and the gradients are
+    averaged by the sync's all-reduce, which reads nothing back either."""
 
     def __init__(self, model, optimizer, forward_loss, x_train, y_train, steps: int, batch: int,
                  lr_table: torch.Tensor, beta1_table: torch.Tensor, device, update: str = "optimizer",
-                 compiled: bool = False):
+                 compiled: bool = False, sync=None, part: tuple[int, int] = (0, 1)):
         self.model, self.optimizer, self.forward_loss = model, optimizer, forward_loss
+        self.sync, self.part = sync, part
         self.x_train, self.y_train = x_train, y_train
         self.perm = torch.zeros(steps, batch, dtype=torch.int64, device=device)  # this epoch's batches
         self.losses = torch.zeros(steps, dtype=torch.float32, device=device)
@@ -189,14 +192,23 @@ class DeviceStep:
 
     def __call__(self) -> None:
         idx = self.perm.index_select(0, self.batch_step).view(-1)
+        rank, size = self.part
+        if size > 1:  # this rank's slice of the batch: a fixed slice, which a graph can hold
+            share = idx.numel() // size
+            idx = idx[rank * share:(rank + 1) * share]
         loss = self.forward_loss([x.index_select(0, idx) for x in self.x_train], self.y_train.index_select(0, idx))
         if self.flat is not None:
             self.flat.zero_grad()  # the gradients are views of flat buffers: zeroed, never dropped
             loss.backward()
+            if self.sync is not None:
+                loss = self.sync.reduce([grads for _, grads, *_ in self.flat.groups], loss)[0]
             self.flat.step(self.stage_step)
         else:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.sync is not None:
+                loss = self.sync.reduce([p.grad for group in self.optimizer.param_groups for p in group["params"]
+                                         if p.grad is not None], loss)[0]
             row_lr = self.lr_table.index_select(0, self.stage_step)[0]
             row_beta1 = self.beta1_table.index_select(0, self.stage_step)[0]
             for g, group in enumerate(self.optimizer.param_groups):

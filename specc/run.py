@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from specc import overrides as _overrides
 from specc.check import check
-from specc.diagnostics import Diagnostic, SpecError
+from specc.diagnostics import Diagnostic, SpecError, UsageError
 from specc.parse import parse, read_source
 from specc.runfolder import CHECKPOINT, RunFinished, RunFolder
 from specc.spec import Spec
+
+if TYPE_CHECKING:
+    from specc.distributed import World
 
 
 def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagnostic]]:
@@ -57,8 +62,9 @@ def checkpoint_metadata(spec: Spec, vocabs, sets, epoch: int) -> dict[str, str]:
 class RunResult:
     folder: Path
     history: object
-    parity: float
+    parity: float  # NaN on a rank other than 0, which exports nothing
     seconds: float
+    model: object = None  # the trained torch module
 
 
 LR_FIND = "lr_find.json"
@@ -123,48 +129,138 @@ def read_lr_find(path: Path, plan) -> dict[str, float]:
 
 def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
               stdout=None, resume: bool = False, device_step: bool = False, graph: bool | None = None,
-              force: bool = False, threads: int | None = None) -> RunResult:
+              force: bool = False, threads: int | None = None, world: World | None = None) -> RunResult:
     """Train a checked spec and write its run folder. Ctrl-C stops after the current step and
     leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set). `graph`:
     see specc.train.train (None: the CUDA-graph step wherever it applies). `threads`: torch's
     thread count while training (None: specc.train.default_threads). The folder is locked
     while the run writes it, and marked `running` in run.json until the run is complete; a folder
     that holds another run or files specc did not write is refused (UsageError), unless `force`
-    (specc.runfolder). RunFinished: `resume` of a run that has finished."""
+    (specc.runfolder). RunFinished: `resume` of a run that has finished. `world`: this process's
+    part of a data-parallel run (specc.distributed); only rank 0 writes the folder."""
+    from specc.distributed import ONE, agree, broadcast_bytes
     from specc.train import Interrupted
 
-    if resume and not (Path(out) / CHECKPOINT).is_file():
-        load_resume(Path(out), spec, list(sets))  # the error, before anything is created
+    world = world or ONE
+    if not world.writes:
+        return _train_beside(spec, out, resume, threads, world)
     folder = RunFolder(out)
-    with folder.locked():
-        state = None
-        if resume:
-            state = load_resume(folder.path, spec, list(sets))
-            if folder.contents().status == "complete":
-                raise RunFinished(f"{folder.path} holds a finished run: there is nothing to resume "
-                                  f"(its model is {folder.file('model.onnx')})")
-        folder.begin(spec.name, spec.source.text, list(sets), force=force, resume=resume)
+    with _starting(world):  # a failure before training stops the other ranks too
+        if resume and not (Path(out) / CHECKPOINT).is_file():
+            load_resume(Path(out), spec, list(sets))  # the error, before anything is created
+        folder.acquire()
+    try:
+        with _starting(world):
+            state = None
+            if resume:
+                state = load_resume(folder.path, spec, list(sets))
+                if folder.contents().status == "complete":
+                    raise RunFinished(f"{folder.path} holds a finished run: there is nothing to resume "
+                                      f"(its model is {folder.file('model.onnx')})")
+            folder.begin(spec.name, spec.source.text, list(sets), force=force, resume=resume)
+        agree(world, True)
+        # the others read nothing from the folder: the checkpoint travels to them from here
+        broadcast_bytes(world, folder.file(CHECKPOINT).read_bytes() if world.parallel and resume else None)
         try:
             return _train_into(folder, state, spec, device_name, sets, quiet, stdout, resume, device_step, graph,
-                               threads)
+                               threads, world)
         except (Interrupted, KeyboardInterrupt):
             folder.end("interrupted")
             raise
         except BaseException as err:
             folder.end("failed", f"{type(err).__name__}: {err}".splitlines()[0])
             raise
+    finally:
+        folder.release()
+
+
+@contextlib.contextmanager
+def _starting(world: World):
+    """Rank 0's steps before training: where one fails, the other ranks are told (they wait in
+    specc.distributed.agree) and stop, rather than wait for a run that never starts."""
+    try:
+        yield
+    except BaseException:
+        if world.parallel:
+            from specc.distributed import agree
+
+            with contextlib.suppress(Exception):
+                agree(world, False)
+        raise
+
+
+def check_parallel(spec: Spec, world: World, n_train: int | None = None) -> None:
+    """UsageError unless every rank can take an equal slice of every batch of `data.batch` rows."""
+    if not world.parallel:
+        return
+    batch = spec.data.batch
+    if batch % world.size:
+        below, above = batch - batch % world.size, batch + world.size - batch % world.size
+        raise UsageError(f"data.batch = {batch} does not divide among {world.size} processes: each takes an equal "
+                         f"slice of every batch; choose a multiple of {world.size} (such as "
+                         f"{below or above} or {above}) with --set data.batch=N, or another number of processes")
+    if n_train is not None and n_train < batch:
+        raise UsageError(f"data.batch = {batch} is more than the {n_train} training rows: in data-parallel training "
+                         "every batch is whole; choose a smaller batch")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop):
+    """Ctrl-C or a scheduler's SIGTERM: stop after the step in progress (a second one: now)."""
+    import signal
+
+    def on_signal(signum, frame):
+        if stop.signalled:
+            raise KeyboardInterrupt
+        stop.ask()
+
+    if not _main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, world: World) -> RunResult:
+    """A rank other than 0: train its slice of every batch beside rank 0, writing nothing and
+    printing nothing but errors."""
+    from specc.checkpoint import check_fits, from_safetensors
+    from specc.data.prepare import prepare
+    from specc.distributed import PeerFailed, agree, broadcast_bytes
+    from specc.plan import make_plan
+    from specc.train import StopRequest, default_threads, torch_threads, train
+
+    started = time.perf_counter()
+    if not agree(world, True):
+        raise PeerFailed("rank 0 could not start the run (its error says why)")
+    data = broadcast_bytes(world, None)
+    state = from_safetensors(Path(out) / CHECKPOINT, data)[0] if resume and data else None
+    prepared = prepare(spec.data, spec.model.inputs)
+    check_parallel(spec, world, prepared.n_train)
+    plan = make_plan(spec, prepared)
+    if state is not None:
+        check_fits(Path(out) / CHECKPOINT, state, spec, prepared, plan, world.device)
+    found = json.loads(broadcast_bytes(world, None) or b"{}")
+    stop = StopRequest(shared=True)
+    with _stop_on_signals(stop), torch_threads(threads or default_threads(spec, prepared)):
+        model, history = train(spec, prepared, plan, world.device, resume=state, stop=stop, found_lrs=found,
+                               world=world)
+    return RunResult(Path(out), history, float("nan"), time.perf_counter() - started, model)
 
 
 def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, quiet: bool, stdout, resume: bool,
-                device_step: bool, graph: bool | None, threads: int | None = None) -> RunResult:
+                device_step: bool, graph: bool | None, threads: int | None, world: World) -> RunResult:
     """train_run's work, in a folder it has locked and marked `running`."""
-    import signal
-
     import torch
     from safetensors.torch import save
 
     from specc.checkpoint import check_fits, to_safetensors
     from specc.data.prepare import prepare
+    from specc.distributed import broadcast_bytes
     from specc.plan import make_plan
     from specc.plot import loss_png
     from specc.train import Interrupted, Progress, StopRequest, default_threads, pick_device, torch_threads, train
@@ -172,7 +268,10 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
     stdout = stdout or sys.stdout
     started = time.perf_counter()
     prepared = prepare(spec.data, spec.model.inputs)
-    device = pick_device(device_name)
+    check_parallel(spec, world, prepared.n_train)
+    device = world.device if world.parallel else pick_device(device_name)
+    if world.parallel and graph is None:
+        graph = False  # the captured step's all-reduce is yet to be measured: the plain loop unless asked
     graph, loop = _loop(spec, device, device_step, graph, quiet)
     plan = make_plan(spec, prepared)
     threads = threads or default_threads(spec, prepared)
@@ -180,7 +279,7 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
         check_fits(folder.file(CHECKPOINT), state, spec, prepared, plan, device)
     folder.write_text("spec.spec", spec.source.text)
     if not quiet:
-        print(_announcement(spec, prepared, plan, device, loop, threads, state), file=stdout)
+        print(_announcement(spec, prepared, plan, device, loop, threads, state, world), file=stdout)
 
     def meta(epoch: int) -> dict[str, str]:
         return checkpoint_metadata(spec, prepared.vocabs, sets, epoch)
@@ -195,8 +294,9 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
         folder.write_metrics(history.records, spec.train.metrics)
 
     progress = None if quiet else Progress(spec.train.metrics, out=stdout, stages=len(plan.stages) > 1)
-    stop = StopRequest()
+    stop = StopRequest(shared=world.parallel)
     found = read_lr_find(folder.file(LR_FIND), plan)
+    broadcast_bytes(world, json.dumps(found).encode() if world.parallel else None)  # rank 0's rates for all
 
     def on_lr_found(stage: str, lr: float, result) -> None:
         # recorded, so that training this spec into this folder again takes the same rate
@@ -211,25 +311,16 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
 
                 print(f"specc: note: {FLAT_NOTE}", file=stdout)
 
-    def on_sigint(signum, frame):
-        if stop.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        stop.requested = True
-
-    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
         # The initial weights are the first checkpoint (epoch -1): a run that diverges in its first
         # epoch still leaves a loadable model.safetensors behind.
-        with torch_threads(threads):
+        with _stop_on_signals(stop), torch_threads(threads):
             model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
                                    on_start=lambda m: weights(m, -1), resume=state, stop=stop, found_lrs=found,
-                                   on_lr_found=on_lr_found, device_step=device_step, graph=graph)
+                                   on_lr_found=on_lr_found, device_step=device_step, graph=graph, world=world)
     except Interrupted as stopped:
         folder.write_bytes(CHECKPOINT, to_safetensors(stopped.state, meta(stopped.state.epoch)))
         raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
     diff = _write_onnx(folder, spec, model, prepared)
     seconds = time.perf_counter() - started
@@ -237,6 +328,7 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
         "status": "complete", "started": folder.record.get("started"),
         "spec": spec.name, "overrides": list(sets), "params": {p.name: p.value for p in spec.params},
         "device": device.type, "loop": loop, "threads": threads,
+        "world_size": world.size, "backend": world.backend,
         "seconds": round(seconds, 3),
         "onnx_parity_max_abs_diff": diff, "torch": torch.__version__, "python": platform.python_version(),
         "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs,
@@ -247,7 +339,7 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
 
         print(f"specc: trained in {duration(seconds)}; wrote {folder.path}/ (model.onnx matches torch to {diff:.2g})",
               file=stdout)
-    return RunResult(folder.path, history, diff, seconds)
+    return RunResult(folder.path, history, diff, seconds, model)
 
 
 def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool) -> tuple[bool, str]:
@@ -263,7 +355,7 @@ def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool
     return graph, "cuda-graph" if graph else "device-step" if device_step else "plain"
 
 
-def _announcement(spec: Spec, prepared, plan, device, loop: str, threads: int, state) -> str:
+def _announcement(spec: Spec, prepared, plan, device, loop: str, threads: int, state, world: World) -> str:
     """The line that opens a run: what trains where, on how much data, and where a resumed run goes on."""
     where = ""
     if state is not None and state.stage >= len(plan.stages):  # stopped after its last epoch
@@ -271,7 +363,9 @@ def _announcement(spec: Spec, prepared, plan, device, loop: str, threads: int, s
     elif state is not None:
         stage = f" of stage '{plan.stages[state.stage].name}'" if len(plan.stages) > 1 else ""
         where = f", resuming at epoch {state.epoch} step {state.step}{stage}"
-    return (f"specc: training {spec.name} on {device.type} ({loop} loop, {threads} thread{'s' * (threads > 1)}): "
+    on = f"{world.size} processes ({world.backend}, a slice of {plan.batch // world.size} rows of every batch each)" if (
+        world.parallel) else device.type
+    return (f"specc: training {spec.name} on {on} ({loop} loop, {threads} thread{'s' * (threads > 1)}): "
             f"{prepared.n_train} training rows, "
             f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch{where}")
 

@@ -28,11 +28,14 @@ CHECK_EVERY = 64  # steps between looks at the plain loop's losses for NaN (one 
 PLAIN, DEVICE, DEVICE_FLAT, CUDA_GRAPH = "plain", "device-step", "device-step-flat", "cuda-graph"
 
 
-def loop_kind(spec, device: torch.device, device_step: bool | str, graph: bool | None) -> str:
-    """The loop train() takes (see its docstring); ValueError for a CUDA graph where none can be."""
+def loop_kind(spec, device: torch.device, device_step: bool | str, graph: bool | None,
+              parallel: bool = False) -> str:
+    """The loop train() takes (see its docstring); ValueError for a CUDA graph where none can be.
+    Data-parallel training (`parallel`) takes the plain loop unless asked for another: its
+    captured step, with the all-reduce inside the graph, is still to be measured on a GPU."""
     reason = fastpath.graph_reason(spec, device)
     if graph is None:
-        graph = reason is None and not device_step
+        graph = reason is None and not device_step and not parallel
     elif graph and reason is not None:
         raise ValueError(f"no CUDA-graph step: {reason}")  # a caller's mistake
     if graph:
@@ -57,8 +60,8 @@ class NanWatch:
     """Looks at losses for NaN or infinity: stops the run (stop_on_nan), or warns (once per run:
     the plain loop looks no more after `warned`)."""
 
-    def __init__(self, stop_on_nan: bool):
-        self.stop_on_nan, self.warned = stop_on_nan, False
+    def __init__(self, stop_on_nan: bool, quiet: bool = False):
+        self.stop_on_nan, self.warned, self.quiet = stop_on_nan, False, quiet  # quiet: a rank other than 0
 
     def look(self, recent: torch.Tensor, offset: int, lrs: list, stage: str, epoch: int) -> None:
         """`recent` are the epoch's losses from step `offset` on; `lrs` the epoch's rates so far."""
@@ -68,8 +71,9 @@ class NanWatch:
         if self.stop_on_nan:
             raise TrainingDiverged(stage, epoch, first, lrs[first])
         self.warned = True
-        print(f"specc: warning: the loss became NaN or infinite in stage '{stage}', epoch {epoch}, step "
-              f"{first} (lr {lrs[first]:.3g}); going on because stop_on_nan = false", file=sys.stderr)
+        if not self.quiet:
+            print(f"specc: warning: the loss became NaN or infinite in stage '{stage}', epoch {epoch}, step "
+                  f"{first} (lr {lrs[first]:.3g}); going on because stop_on_nan = false", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,21 @@ class Batches:
 
     xs: list  # the model's input columns, in its order
     y: torch.Tensor
-    size: int
+    size: int  # the global batch (data.batch), whatever the number of processes
     steps: int
+    part: tuple[int, int] = (0, 1)  # (rank, size): each process trains on its slice of every batch
 
     @property
     def rows(self) -> int:
         return len(self.y)
+
+    def mine(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a whole batch's tensor (all of it in a single process)."""
+        rank, size = self.part
+        if size == 1:
+            return t
+        share = self.size // size
+        return t[rank * share:(rank + 1) * share]
 
 
 @dataclass(frozen=True)
@@ -161,10 +174,10 @@ def run_epoch(steps: Steps, first: int, total: int, stop, live) -> int:
 
 
 def stage_steps(loop: str, spec, stage, setup: StageSetup, batches: Batches, watch: NanWatch, device,
-                resumed=None) -> Steps:
+                resumed=None, sync=None) -> Steps:
     """The stage's steps, the `loop` way, with its schedule from the optimizer's rates on; `resumed`
     (a specc.checkpoint.TrainState stopped within this stage) puts the optimizer's and the
-    schedule's state back."""
+    schedule's state back; `sync` (specc.distributed.StepSync) averages the ranks' gradients."""
     optimizer = setup.optimizer
     peaks = [g["lr"] for g in optimizer.param_groups]
     total = batches.steps * stage.epochs
@@ -181,9 +194,9 @@ def stage_steps(loop: str, spec, stage, setup: StageSetup, batches: Batches, wat
     if loop == PLAIN:
         index = [st.name for st in spec.train.stages].index(stage.name)
         return PlainSteps(optimizer, scheduler, batch_loss(spec, setup.model, setup.params), batches, watch,
-                          stage.name, augment=augmenter(spec, index))
+                          stage.name, augment=augmenter(spec, index), sync=sync)
     return DeviceSteps.build(spec, stage, setup, peaks, batches, total, resumed.scheduler if saved else None, loop,
-                             watch, device)
+                             watch, device, sync)
 
 
 @dataclass
@@ -203,19 +216,25 @@ class PlainSteps:
     losses_: list = field(default_factory=list)  # the epoch's detached loss tensors
     lrs: list = field(default_factory=list)
     augment: Callable | None = None  # (xs, epoch, step) -> xs with the images augmented (specc.augment)
+    sync: Callable | None = None  # (optimizer, loss) -> the whole batch's loss, gradients averaged over the ranks
 
     def start_epoch(self, epoch, perm, first, losses, lrs) -> None:
         self.epoch, self.perm, self.losses_, self.lrs = epoch, perm, list(losses), lrs
 
     def step(self, s: int) -> None:
-        bs = self.batches.size
+        batches, bs = self.batches, self.batches.size
         idx = self.perm[s * bs:(s + 1) * bs]
-        xs = [x[idx] for x in self.batches.xs]
-        if self.augment is not None:
-            xs = self.augment(xs, self.epoch, s)
-        loss = self.loss(xs, self.batches.y[idx])
+        if self.augment is None:
+            idx = batches.mine(idx)  # in data-parallel training, only this rank's slice is read
+        xs, y = [x[idx] for x in batches.xs], batches.y[idx]
+        if self.augment is not None:  # the whole batch, as one process augments it; then this rank's slice
+            xs = [batches.mine(x) for x in self.augment(xs, self.epoch, s)]
+            y = batches.mine(y)
+        loss = self.loss(xs, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.sync is not None:
+            loss = self.sync(self.optimizer, loss)
         self.optimizer.step()
         self.lrs.append(self.optimizer.param_groups[-1]["lr"])
         if self.scheduler is not None:
@@ -259,10 +278,11 @@ class DeviceSteps:
     epoch: int = 0
     first: int = 0  # the epoch's first step (a resumed epoch's is where it stopped)
     lrs: list = field(default_factory=list)
+    sync: object = None  # specc.distributed.StepSync in data-parallel training
 
     @classmethod
     def build(cls, spec, stage, setup: StageSetup, peaks: list, batches: Batches, total: int,
-              scheduler_state: dict | None, loop: str, watch: NanWatch, device) -> DeviceSteps:
+              scheduler_state: dict | None, loop: str, watch: NanWatch, device, sync=None) -> DeviceSteps:
         """The stage's device step over schedule tables of its `total` steps, captured for CUDA_GRAPH."""
         if not fastpath.applies(spec):
             raise ValueError("the device step needs Adam")  # a caller's mistake, not a user's
@@ -282,9 +302,9 @@ class DeviceSteps:
         step = fastpath.DeviceStep(model, setup.optimizer, batch_loss(spec, forward, setup.params), batches.xs,
                                    batches.y, batches.steps, batches.size, lr_table, beta1_table, device,
                                    update="optimizer" if loop == DEVICE else "flat",
-                                   compiled=graph and fastpath.can_compile())
+                                   compiled=graph and fastpath.can_compile(), sync=sync, part=batches.part)
         return cls(fastpath.CapturedStep(step) if graph else step, setup.optimizer, shadow, shadow_sched,
-                   lr_table[:, -1].tolist(), batches, watch, stage.name)
+                   lr_table[:, -1].tolist(), batches, watch, stage.name, sync=sync)
 
     def start_epoch(self, epoch, perm, first, losses, lrs) -> None:
         self.epoch, self.first, self.lrs = epoch, first, lrs
@@ -294,6 +314,8 @@ class DeviceSteps:
 
     def step(self, s: int) -> None:
         self.device_step()  # queued: the host runs ahead of the device until the epoch's end
+        if self.sync is not None and s % CHECK_EVERY == CHECK_EVERY - 1:
+            self.sync.agree_stop()  # every rank at the same steps: a stop request reaches all alike
 
     def losses(self, start: int, stop: int) -> torch.Tensor:
         return self.device_step.losses[start:stop]

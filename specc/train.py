@@ -18,6 +18,9 @@ import torch
 
 from specc import codes
 from specc.checkpoint import TrainState
+from specc.distributed import (
+    ONE, StepSync, World, barrier, broadcast_floats, broadcast_model, slice_dropout, whole_batches,
+)
 from specc.data.prepare import Prepared
 from specc.lower import lower
 from specc.lrfind import END, START, STEPS, LRFindResult, lr_find
@@ -143,11 +146,13 @@ def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str,
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
 
 
-def training_batches(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device) -> Batches:
-    """The training split's model inputs and target on the device, in the plan's batches."""
+def training_batches(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> Batches:
+    """The training split's model inputs and target on the device, in the plan's batches (of
+    which this rank trains on its `part`)."""
     tensors = to_tensors(prepared.train, device)
     return Batches([tensors[c] for c in spec.model.inputs], tensors[spec.data.target.name], plan.batch,
-                   plan.steps_per_epoch)
+                   plan.steps_per_epoch, part)
 
 
 def batch_order(spec: Spec, device: torch.device) -> torch.Generator:
@@ -207,10 +212,19 @@ def _class_name(name: str) -> str:
 
 
 class StopRequest:
-    """Set by a signal handler (Ctrl-C): the loop stops after the step in progress."""
+    """Set by a signal handler (Ctrl-C, SIGTERM): the loop stops after the step in progress. In
+    data-parallel training (`shared`) the handler only marks this rank `signalled`; the step's
+    all-reduce then sets `requested` on every rank at once, so all stop before the same step."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         self.requested = False
+        self.signalled = False
+        self.shared = shared
+
+    def ask(self) -> None:
+        self.signalled = True
+        if not self.shared:
+            self.requested = True
 
 
 class Interrupted(Exception):
@@ -230,8 +244,19 @@ def find_lr(spec: Spec, setup: StageSetup, batches: Batches, generator: torch.Ge
     def step_loss(idx):
         return loss([x[idx] for x in batches.xs], batches.y[idx])
 
-    return lr_find(setup.model, setup.optimizer, step_loss, batches.rows, batches.size, generator, start, end,
-                   steps, device=device)
+    with whole_batches(setup.model):  # every rank runs the finder over whole batches, as one process does
+        return lr_find(setup.model, setup.optimizer, step_loss, batches.rows, batches.size, generator, start, end,
+                       steps, device=device)
+
+
+def validation(spec: Spec, model, valid: dict, world: World) -> dict[str, float]:
+    """The validation loss and metrics over the whole split, computed once: by rank 0 in
+    data-parallel training, its numbers shared with the others (so early stopping decides alike)."""
+    if not world.parallel:
+        return evaluate(spec, model, valid, valid[spec.data.target.name])
+    keys = ["loss", *spec.train.metrics]
+    scores = evaluate(spec, model, valid, valid[spec.data.target.name]) if world.writes else None
+    return dict(zip(keys, broadcast_floats(world, scores and [scores[k] for k in keys], len(keys))))
 
 
 @dataclass
@@ -320,7 +345,8 @@ class LiveLine:
 def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
           progress: Progress | None = None, on_epoch=None, on_start=None, resume: TrainState | None = None,
           stop: StopRequest | None = None, found_lrs: dict | None = None, on_lr_found=None,
-          device_step: bool | str = False, graph: bool | None = None) -> tuple[torch.nn.Module, History]:
+          device_step: bool | str = False, graph: bool | None = None,
+          world: World = ONE) -> tuple[torch.nn.Module, History]:
     """Train the spec's model, stage by stage. `on_start(model)` runs before the first step (not
     on resume); `on_epoch(model, record, history, state)` after each epoch, with the state to go on
     from. `resume` (a specc.checkpoint.TrainState) continues a run where it stopped, to the same
@@ -330,30 +356,36 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
     graph (specc.fastpath; None: wherever fastpath.graph_reason finds nothing against it, so on a
     CUDA device with Adam). `device_step` takes the same device-resident step uncaptured (Adam only;
     on the CPU it trains to the plain loop's weights bit for bit); "flat" makes it update with
-    fastpath.FlatAdam, the update the captured step uses."""
-    loop = loop_kind(spec, device, device_step, graph)  # chosen once: every stage steps the same way
+    fastpath.FlatAdam, the update the captured step uses. `world` (specc.distributed): this rank's
+    part of a data-parallel run, which takes the plain loop and its slice of every batch."""
+    loop = loop_kind(spec, device, device_step, graph, world.parallel)  # chosen once: every stage steps alike
     model = build_model(spec, prepared).to(device)
+    if world.parallel:
+        slice_dropout(model, world.part())  # each rank's rows of the mask one process draws
     model.train()
     if on_start is not None and resume is None:
         on_start(model)
-    batches, valid = training_batches(spec, prepared, plan, device), to_tensors(prepared.valid, device)
-    generator, history, watch = batch_order(spec, device), History(), NanWatch(spec.train.stop_on_nan)
+    batches, valid = training_batches(spec, prepared, plan, device, world.part()), to_tensors(prepared.valid, device)
+    generator, history = batch_order(spec, device), History()
+    watch = NanWatch(spec.train.stop_on_nan, quiet=not world.writes)
     at = Position(found_lrs=dict(found_lrs or {}))
     if resume is not None:  # the weights, generators and history of the stopped run, its place in its epoch
         at = restore(resume, model, generator, history, at.found_lrs, device)
+    broadcast_model(world, model)  # every rank starts from rank 0's numbers
+    sync = StepSync(world, stop, model) if world.parallel else None
     for si in range(resume.stage if resume is not None else 0, len(plan.stages)):
         stage, resuming = plan.stages[si], resume is not None and si == resume.stage
         setup = setup_stage(spec, model, plan, stage)
         if setup.find:  # lr = find: the finder's valley, found once (a rerun or a resume replays it)
             if stage.name not in at.found_lrs:
                 result = find_lr(spec, setup, batches, generator, device)
-                at.found_lrs[stage.name] = result.suggestions["valley"]
+                at.found_lrs[stage.name] = broadcast_floats(world, [result.suggestions["valley"]], 1)[0]
                 if on_lr_found is not None:
                     on_lr_found(stage.name, at.found_lrs[stage.name], result)
             for group in setup.optimizer.param_groups:
                 group["lr"] = at.found_lrs[stage.name]
         # the schedule starts at the found rate; a stopped run's optimizer and schedule state are put back
-        steps = stage_steps(loop, spec, stage, setup, batches, watch, device, resume if resuming else None)
+        steps = stage_steps(loop, spec, stage, setup, batches, watch, device, resume if resuming else None, sync)
         early = EarlyStopping.resumed(stage.early_stop, resume) if resuming else EarlyStopping(stage.early_stop)
         for epoch in range(resume.epoch if resuming else 0, stage.epochs):
             if early.stopped:
@@ -373,7 +405,7 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                 raise Interrupted(checkpoint(model, si, epoch, at, steps, early, generator, history))
             raw = at.losses.double().cpu().numpy()
             smoothed, at.ewma = smooth(raw, start=at.ewma)
-            scores = evaluate(spec, model, valid, valid[spec.data.target.name])
+            scores = validation(spec, model, valid, world)
             train_mode(model, setup.frozen)  # evaluate left every module in training mode
             record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
                                  {m: scores[m] for m in spec.train.metrics}, lr, time.perf_counter() - start)
@@ -390,6 +422,8 @@ def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
                          else checkpoint(model, si, epoch + 1, at, steps, early, generator, history))
                 on_epoch(model, record, history, state)
         at.next_epoch()  # the next stage begins with a fresh epoch
+    barrier(world, "waiting for every rank to finish")  # then rank 0 exports
+    slice_dropout(model, None)
     return model, history
 
 

@@ -1,0 +1,23 @@
+"""Run by torchrun from tests/test_distributed.py: the `specc train` pipeline as this rank
+(specc.run.train_run, rank 0 writing the run folder), then this rank's final weights saved by
+this script, not by specc, to WEIGHTS/rank<R>.safetensors, so the test can compare the ranks.
+
+usage: ddp_worker.py SPEC OUT WEIGHTS [--resume]"""
+
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from specc import distributed
+from specc.run import load_spec, train_run
+
+spec_path, out, weights = sys.argv[1:4]
+world = distributed.start(distributed.from_env(), "cpu")
+try:
+    spec, _ = load_spec(spec_path)
+    result = train_run(spec, Path(out), "cpu", quiet=True, resume="--resume" in sys.argv[4:], world=world)
+finally:
+    distributed.finish(world)
+save_file({k: v.detach().contiguous() for k, v in result.model.state_dict().items()},
+          str(Path(weights) / f"rank{world.rank}.safetensors"))
