@@ -17,6 +17,8 @@ any directory):
     python bench/load.py --threads 1      # pyarrow's thread pool size (default: every core)
     python bench/load.py --profile        # no reference readers: prepare()'s stages one by one, and
                                           # what the changes suggested in bench/README.md would give
+    python bench/load.py --parquet        # the same ratings as CSV against Parquet: prepare's (and the
+                                          # read's) time and peak memory, sides alternated (about 5 minutes)
 
 See bench/README.md for the method and the last measured table.
 """
@@ -111,8 +113,35 @@ def vmhwm_mb() -> float | None:
 def spec_for(path: Path):
     from specc.run import load_spec
 
-    spec, _ = load_spec(SPEC, [f'data.source.path="{path}"'])
+    if path.suffix == ".parquet":  # the spec's csv(...) source replaced by parquet(...) of the same ratings
+        spec, _ = load_spec(SPEC, [f'data.source=parquet("{path}")'])
+    else:
+        spec, _ = load_spec(SPEC, [f'data.source.path="{path}"'])
     return spec
+
+
+def parquet_path(csv: Path) -> Path:
+    return csv.with_suffix(".parquet")
+
+
+def ensure_parquet(csv: Path, rows: int) -> tuple[Path, float | None]:
+    """The ratings CSV as Parquet, converted (in a child process) with the README's one pyarrow line
+    if it is missing or has another number of rows: pyarrow's inferred types (int64, int64, int64),
+    its default compression (snappy) and row groups."""
+    path = parquet_path(csv)
+    if path.is_file():
+        import pyarrow.parquet as pq  # only the footer: the parent stays small
+
+        if pq.read_metadata(path).num_rows == rows:
+            print(f"reusing {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+            return path, None
+    print(f"converting {csv} to {path} (pyarrow.csv.read_csv, pyarrow.parquet.write_table) ...", flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sys, pyarrow.csv as c, pyarrow.parquet as q; "
+                    "q.write_table(c.read_csv(sys.argv[1]), sys.argv[2])", str(csv), str(path)], check=True)
+    total = time.perf_counter() - start
+    print(f"  converted in {total:.1f} s; {path.stat().st_size / 1e9:.2f} GB", flush=True)
+    return path, total
 
 
 def sums(user, item, rating, rows: int) -> list:
@@ -148,6 +177,20 @@ def read_specc_prepare(path: Path, limit: int | None):
              "unknown_valid_users": int((prepared.valid["user"] == 0).sum()),
              "unknown_valid_items": int((prepared.valid["item"] == 0).sum())}
     return seconds, prepared.n_train + prepared.n_valid, base, None, extra
+
+
+def read_specc_parquet(path: Path, limit: int | None):
+    from specc.data.parquet import read_parquet
+
+    spec = spec_for(path)
+    wanted = (*spec.data.inputs, spec.data.target)
+    base = maxrss_mb()
+    start = time.perf_counter()
+    table = read_parquet(spec.data.source, wanted)
+    seconds = time.perf_counter() - start
+    c = table.columns
+    return seconds, table.rows, base, (c["user"], c["item"], c["rating"]), {
+        "dtypes": [str(c[k].dtype) for k in ("user", "item", "rating")]}
 
 
 def read_pyarrow(path: Path, limit: int | None):
@@ -249,6 +292,7 @@ READERS = {
     "whatif_prepare": read_whatif_prepare,
     "specc_read_table": read_specc_table,
     "specc_prepare": read_specc_prepare,
+    "specc_read_parquet": read_specc_parquet,
     "pyarrow": read_pyarrow,
     "loadtxt": read_loadtxt,
     "csv": read_csv_module,
@@ -377,6 +421,52 @@ def profile_prepare(path: Path, threads: int | None) -> None:
     print(f"peak RSS of this process: {maxrss_mb():,.0f} MB")
 
 
+# --------------------------------------------------------------------------- CSV against Parquet
+
+def compare_parquet(csv: Path, n: int, reps: int, threads: int | None) -> dict:
+    """specc's read and prepare of the same ratings as CSV and as Parquet, each run in a fresh
+    process, the sides alternated (CSV first in even rounds, Parquet first in odd ones) so that a
+    change in the machine's other load falls on both; medians, peak RSS and the ratios."""
+    parquet, convert_s = ensure_parquet(csv, n)
+    sides = {"csv": csv, "parquet": parquet}
+    kinds = {("read", "csv"): "specc_read_table", ("read", "parquet"): "specc_read_parquet",
+             ("prepare", "csv"): "specc_prepare", ("prepare", "parquet"): "specc_prepare"}
+    runs: dict[tuple[str, str], list[dict]] = {key: [] for key in kinds}
+    print(f"\n{reps} rounds; each: read and prepare of both files, each call in a fresh process:", flush=True)
+    for k in range(reps):
+        order = ("csv", "parquet") if k % 2 == 0 else ("parquet", "csv")
+        for stage in ("read", "prepare"):
+            for side in order:
+                r = run_child(kinds[(stage, side)], sides[side], None, SUBSET, threads)
+                runs[(stage, side)].append(r)
+                print(f"  round {k + 1}, {stage:<7} {side:<7}: {r['seconds']:6.2f} s, "
+                      f"peak RSS {r['maxrss_mb']:7,.0f} MB", flush=True)
+    summary = {}
+    for (stage, side), rs in runs.items():
+        summary[f"{stage}_{side}"] = {
+            "seconds": statistics.median(r["seconds"] for r in rs), "all_s": [r["seconds"] for r in rs],
+            "cpu_s": statistics.median(r["cpu_s"] for r in rs), "maxrss_mb": max(r["maxrss_mb"] for r in rs),
+            "all_mb": [r["maxrss_mb"] for r in rs], "maxrss_before_mb": rs[0]["maxrss_before_mb"],
+            "rows": rs[0]["rows"]}
+    reads = [runs[("read", s)][0] for s in sides]
+    same = reads[0]["sums_all"] == reads[1]["sums_all"]
+    prepared_same = all(runs[("prepare", "csv")][0][key] == runs[("prepare", "parquet")][0][key]
+                        for key in ("n_train", "n_valid", "users", "items", "unknown_valid_users"))
+    print(f"\n{'':<9}{'CSV s':>8}{'Parquet s':>11}{'ratio':>8}{'CSV MB':>9}{'Parquet MB':>12}{'ratio':>8}")
+    for stage in ("read", "prepare"):
+        c, q = summary[f"{stage}_csv"], summary[f"{stage}_parquet"]
+        print(f"{stage:<9}{c['seconds']:>8.2f}{q['seconds']:>11.2f}{q['seconds'] / c['seconds']:>8.2f}"
+              f"{c['maxrss_mb']:>9,.0f}{q['maxrss_mb']:>12,.0f}{q['maxrss_mb'] / c['maxrss_mb']:>8.2f}")
+    print(f"files: {csv.stat().st_size / 1e9:.2f} GB CSV, {parquet.stat().st_size / 1e9:.2f} GB Parquet"
+          + (f" (converted in {convert_s:.1f} s)" if convert_s is not None else ""))
+    print("s: median seconds of the call alone; MB: the highest peak RSS of the child processes (interpreter and "
+          "imports included); ratio: Parquet / CSV")
+    print(f"both read the same numbers: {'yes' if same else 'NO'}; prepare made the same split and vocabularies: "
+          f"{'yes' if prepared_same else 'NO'}")
+    return {"parquet_file": str(parquet), "parquet_gb": parquet.stat().st_size / 1e9, "converted_s": convert_s,
+            "summary": summary, "same_numbers": same, "same_prepared": prepared_same}
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 def have_pandas() -> bool:
@@ -396,6 +486,9 @@ def main(argv=None) -> int:
                     " which take seconds and vary with the other load on the machine, run 2 * reps + 1 times."
                     " The median is reported. The slow reference readers run once.")
     ap.add_argument("--profile", action="store_true", help="instead of the benchmark, time prepare()'s stages and the suggested changes")
+    ap.add_argument("--parquet", action="store_true",
+                    help="instead of the benchmark, the same ratings as CSV against Parquet: read and prepare, "
+                    "time and peak memory (--reps rounds, default 3)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
@@ -414,7 +507,8 @@ def main(argv=None) -> int:
     from importlib.metadata import version
 
     pa_version = version("pyarrow")  # not imported here: this process stays small (see ensure_data)
-    print("loading a MovieLens-25M-shaped ratings CSV: specc against reference readers")
+    print("loading a MovieLens-25M-shaped ratings " + ("CSV and Parquet: specc's read and prepare" if args.parquet
+                                                       else "CSV: specc against reference readers"))
     print(f"python {platform.python_version()}, numpy {np.__version__}, pyarrow {pa_version}, "
           f"{os.cpu_count()} CPUs, pyarrow threads: {args.threads or f'its default ({os.cpu_count()})'}")
     path, gen_s = ensure_data(shape)
@@ -423,6 +517,16 @@ def main(argv=None) -> int:
     if args.profile:
         profile_prepare(path, args.threads)
         return 0
+    if args.parquet:
+        result = compare_parquet(path, n, reps, args.threads)
+        if json_path:
+            json_path.write_text(json.dumps({
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join([Path(sys.executable).name, *sys.argv]), "python": platform.python_version(),
+                "numpy": np.__version__, "pyarrow": pa_version, "cpus": os.cpu_count(), "file": str(path),
+                "shape": shape, **result}, indent=2) + "\n")
+            print(f"wrote {json_path}")
+        return 0 if result["same_numbers"] and result["same_prepared"] else 1
 
     results: dict[str, dict] = {}
 

@@ -99,6 +99,27 @@ class Assign:
 
 
 @dataclass(frozen=True, slots=True)
+class Key:
+    """A dotted key, `train.fit.lr`: the names of a `--set` key, as a search block writes them."""
+
+    parts: tuple[Name, ...]
+    span: Span = field(compare=False)
+
+    @property
+    def id(self) -> str:
+        return ".".join(p.id for p in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAssign:
+    """`train.fit.lr = log(1e-4, 1e-1)`: a line of a search block whose key has dots."""
+
+    target: Key
+    value: Expr
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class CallStmt:
     call: Call
     span: Span = field(compare=False)
@@ -123,7 +144,7 @@ class Section:
     span: Span = field(compare=False)
 
 
-Stmt = Union[Assign, CallStmt, Command, Section]
+Stmt = Union[Assign, KeyAssign, CallStmt, Command, Section]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ def _threads(text: str) -> int:
 
 THREADS_HELP = ("torch's threads (default: 1 for a small model, under 2**26 multiply-adds a step, as every example "
                 "is; else torch's default, one per core)")
+MLFLOW_HELP = ("also log the run to MLflow at this tracking URI (a server's http(s):// address, or a database such "
+               "as sqlite:///mlflow.db); needs pip install 'specc[mlflow]'")
 
 
 def version() -> str:
@@ -54,6 +56,28 @@ class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"specc {version()}")
         raise SystemExit(0)
+
+
+def _tune_options(c) -> None:
+    """specc tune's options (beside SPEC and --set): kept out of _parser, which would pass 100 lines."""
+    c.add_argument("--search", action="append", default=[], metavar="KEY=RANGE",
+                   help="a value to search, as in a search block: n_factors=int(10, 100), "
+                   "train.fit.lr=log(1e-4, 1e-1), train.optimizer.wd=float(0, 0.3), data.batch=choice(32, 64) "
+                   "(repeatable; replaces the block's line for the same key)")
+    c.add_argument("--trials", type=int, default=20, metavar="N",
+                   help="finish when the study has N finished trials, counting those it had (default 20)")
+    c.add_argument("--out", type=Path, help="where the trials and study.db go (default runs/<spec name>-tune)")
+    c.add_argument("--storage", metavar="URL", help="the study's database, any URL optuna takes, to share one study "
+                   "among processes or machines (default sqlite:///<out>/study.db)")
+    c.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the spec's name)")
+    c.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    c.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
+    c.add_argument("--startup-trials", type=int, default=5, metavar="N",
+                   help="prune nothing until N trials have finished (default 5)")
+    c.add_argument("--warmup-epochs", type=int, default=1, metavar="N",
+                   help="prune no trial in its first N epochs (default 1)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true",
                    help="replace the run already in the folder (files specc did not write are left alone)")
     c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
+    c.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
     c = spec_command("lr-find", "the learning-rate finder: an exponential sweep, a plot and suggestions")
     c.add_argument("--out", type=Path, help="where lr_find.csv and lr_find.png go (default runs/<spec name>)")
     c.add_argument("--force", action="store_true",
@@ -103,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace the runs of an earlier sweep into the same folder")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
+    c.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
+    _tune_options(spec_command("tune", "hyperparameter search with Optuna, each trial its own run "
+                               "(pip install 'specc[tune]')"))
     def reading_options(c):
         c.add_argument("--delimiter", metavar="CHAR", help="a CSV's delimiter (default: the training data's, or the "
                        "first of , tab ; | that splits the header into the model's columns); 'tab' or '\\t' for tab")
@@ -142,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
                    "with one of the model's ids)")
     c.add_argument("--top", type=int, default=1000, help="only the N most frequent ids (default 1000)")
     c.add_argument("--show", type=int, default=10, help="rows shown at each end (default 10)")
+    c = sub.add_parser("serve", help="an HTTP endpoint around an exported model.onnx (pip install 'specc[serve]')")
+    _serve_arguments(c)
     return p
 
 
@@ -271,7 +301,7 @@ def _train_as(args, spec, out: Path, world, resume_command: str) -> int:
                 raise UsageError("--device-step does not augment images: drop it, or augment from the spec")
         train_run(spec, out, args.device, args.sets, quiet=args.quiet or not say, resume=args.resume is not None,
                   device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
-                  force=args.force, threads=args.threads, world=world)
+                  force=args.force, threads=args.threads, world=world, mlflow=args.mlflow)
     except RunFinished as done:
         # exit 0: what --resume is for, a finished run, is there (a loop that resumes until done stops)
         print(f"specc: {done}", file=sys.stderr)
@@ -377,7 +407,8 @@ def _sweep(args) -> int:
     rows = []
     for k, (combo, sets, spec, name, folder) in enumerate(specs, start=1):
         print(f"[{k}/{len(specs)}] {name}", flush=True)
-        result = train_run(spec, folder, args.device, sets, quiet=True, force=args.force, threads=args.threads)
+        result = train_run(spec, folder, args.device, sets, quiet=True, force=args.force, threads=args.threads,
+                           mlflow=args.mlflow)
         last = result.history.records[-1]
         rows.append((name, last.valid_loss, last.metrics, folder))
     metrics = list(base_spec.train.metrics)
@@ -509,8 +540,37 @@ def _inspect(args) -> int:
     return 0
 
 
+def _serve_arguments(c) -> None:
+    """specc serve's MODEL and options: kept out of _parser, which would pass 100 lines."""
+    c.add_argument("model", type=Path)
+    c.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1, this machine "
+                   "only; 0.0.0.0 for every interface)")
+    c.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0: a free one, printed)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--max-batch", type=int, default=4096, metavar="ROWS", help="concurrent requests run together "
+                   "up to this many rows (default 4096); a larger request runs alone")
+    c.add_argument("--max-wait-ms", type=float, default=2.0, metavar="MS", help="how long a batch waits for "
+                   "requests still being read (default 2); with none on the way it runs at once")
+    c.add_argument("--max-rows", type=int, default=65536, metavar="ROWS",
+                   help="the most rows one request may hold (default 65536; more: 413)")
+    c.add_argument("--threads", type=_threads, default=16, metavar="N",
+                   help="the server's threads, each reading and answering one request at a time (default 16)")
+
+
+def _serve(args) -> int:
+    from specc.serve import serve_command
+
+    return serve_command(args)
+
+
+def _tune(args) -> int:
+    from specc.tune import tune_command
+
+    return tune_command(args)
+
+
 COMMANDS = {"check": _check, "show": _show, "train": _train, "lr-find": _lr_find, "sweep": _sweep,
-            "predict": _predict, "evaluate": _evaluate, "inspect": _inspect}
+            "predict": _predict, "evaluate": _evaluate, "inspect": _inspect, "serve": _serve, "tune": _tune}
 
 
 def main(argv: list[str] | None = None) -> int:

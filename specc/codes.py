@@ -51,6 +51,9 @@ DATA_FILE = Code("E208", "a data file the spec names is not there, is not a regu
                          "a folder, a link loop) or cannot be read; an images(...) folder that is not there or "
                          "not a folder (reported at the path in the spec)")
 ARRAY_SHAPE = Code("E209", "an array in the data file whose rows have another shape than the spec declares")
+COLUMN_TYPE = Code("E210", "a column whose type in the data file does not fit the spec's declaration (a Parquet "
+                           "string column declared float, a float column declared a category, a scalar declared "
+                           "float(784))")
 
 # ---------------------------------------------------------------- E3xx: values, shapes and sizes
 

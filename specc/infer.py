@@ -59,11 +59,13 @@ def providers(device: str = "auto") -> list[str]:
 class Session:
     """An onnxruntime session over a specc model, fed by column name."""
 
-    def __init__(self, model: bytes | str | Path, device: str = "auto"):
+    def __init__(self, model: bytes | str | Path, device: str = "auto", threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads is not None:  # a benchmark's pinned threads (default: onnxruntime's, one per core)
+            options.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=providers(device))
         self.inputs = {i.name: i.type for i in self.session.get_inputs()}
@@ -327,8 +329,7 @@ def _missing_columns(path: str, wanted: list[str], target: str | None, best: tup
     missing = f"{', '.join(repr(m) for m in absent)}"
     if training is None:
         what = "target" if absent == [target] else "input"
-        return DataError(path, f"missing {what} column{'s' if len(absent) > 1 else ''} {missing} ({has})",
-                         line=1, code="D107")
+        return DataError(path, f"{missing_text(absent, what)} ({has})", line=1, code="D107")
     fields = len(_split(first, training.delimiter))
     partial = not problem and len(absent) < len(wanted)  # a header, but short of some columns
     detail = f"; as a header it names {shown_names(names)}, not {missing}" if partial else ""
@@ -337,6 +338,11 @@ def _missing_columns(path: str, wanted: list[str], target: str | None, best: tup
                      f"{_shown_delimiter(training.delimiter)}-separated fields "
                      f"({shown_names(list(training.columns))}), no header; it has {fields} "
                      f"field{'s' if fields != 1 else ''}{detail}", line=1, code="D107")
+
+
+def missing_text(absent: list[str], what: str = "input") -> str:
+    """`missing input column 'item'`: the words for columns the model needs and was not given."""
+    return f"missing {what} column{'s' if len(absent) > 1 else ''} {', '.join(repr(m) for m in absent)}"
 
 
 def _typed(session: Session, name: str, values: np.ndarray, got: Inputs) -> np.ndarray:

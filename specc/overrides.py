@@ -18,7 +18,7 @@ import dataclasses
 import re
 
 from specc import ast, codes, params
-from specc.check import DATA_SETTINGS, SIGNATURES, TRAIN_SETTINGS
+from specc.check.values import DATA_SETTINGS, SIGNATURES, TRAIN_SETTINGS  # not specc.check: its search block uses this module
 from specc.diagnostics import Diagnostic, SpecError, UsageError, suggest
 from specc.parse import parse_expr
 from specc.source import Source, Span

@@ -154,6 +154,15 @@ class _ToAst(Transformer_NonRecursive):
         return ast.Assign(target, value, self._span(meta))
 
     @v_args(meta=True)
+    def key_assign(self, meta, children):
+        target, value = children
+        return ast.KeyAssign(target, value, self._span(meta))
+
+    @v_args(meta=True)
+    def key(self, meta, children):
+        return ast.Key(tuple(children), self._span(meta))
+
+    @v_args(meta=True)
     def call_stmt(self, meta, children):
         return ast.CallStmt(children[0], self._span(meta))
 

@@ -129,7 +129,8 @@ def read_lr_find(path: Path, plan) -> dict[str, float]:
 
 def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
               stdout=None, resume: bool = False, device_step: bool = False, graph: bool | None = None,
-              force: bool = False, threads: int | None = None, world: World | None = None) -> RunResult:
+              force: bool = False, threads: int | None = None, world: World | None = None,
+              on_record=None, mlflow: str | None = None) -> RunResult:
     """Train a checked spec and write its run folder. Ctrl-C stops after the current step and
     leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set). `graph`:
     see specc.train.train (None: the CUDA-graph step wherever it applies). `threads`: torch's
@@ -137,13 +138,15 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     while the run writes it, and marked `running` in run.json until the run is complete; a folder
     that holds another run or files specc did not write is refused (UsageError), unless `force`
     (specc.runfolder). RunFinished: `resume` of a run that has finished. `world`: this process's
-    part of a data-parallel run (specc.distributed); only rank 0 writes the folder."""
+    part of a data-parallel run (specc.distributed); only rank 0 writes the folder. `on_record(record)`
+    is called after each epoch's files are written (specc tune prunes a trial from it). Every run
+    writes TensorBoard event files into its folder; `mlflow` (a tracking URI) logs it there too."""
     from specc.distributed import ONE, agree, broadcast_bytes
     from specc.train import Interrupted
 
     world = world or ONE
     if not world.writes:
-        return _train_beside(spec, out, resume, threads, world)
+        return _train_beside(spec, out, resume, threads, world, device_step, graph)
     folder = RunFolder(out)
     with _starting(world):  # a failure before training stops the other ranks too
         if resume and not (Path(out) / CHECKPOINT).is_file():
@@ -163,12 +166,13 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
         broadcast_bytes(world, folder.file(CHECKPOINT).read_bytes() if world.parallel and resume else None)
         try:
             return _train_into(folder, state, spec, device_name, sets, quiet, stdout, resume, device_step, graph,
-                               threads, world)
+                               threads, world, on_record, mlflow)
         except (Interrupted, KeyboardInterrupt):
             folder.end("interrupted")
             raise
         except BaseException as err:
-            folder.end("failed", f"{type(err).__name__}: {err}".splitlines()[0])
+            # an error may name how the run ended: specc tune's pruned trial says "pruned"
+            folder.end(getattr(err, "run_status", "failed"), f"{type(err).__name__}: {err}".splitlines()[0])
             raise
     finally:
         folder.release()
@@ -225,9 +229,10 @@ def _stop_on_signals(stop):
             signal.signal(sig, handler)
 
 
-def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, world: World) -> RunResult:
-    """A rank other than 0: train its slice of every batch beside rank 0, writing nothing and
-    printing nothing but errors."""
+def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, world: World,
+                  device_step: bool | str = False, graph: bool | None = None) -> RunResult:
+    """A rank other than 0: train its slice of every batch beside rank 0, the same loop the same
+    way (rank 0's choice, made from the same arguments), writing nothing and printing nothing but errors."""
     from specc.checkpoint import check_fits, from_safetensors
     from specc.data.prepare import prepare
     from specc.distributed import PeerFailed, agree, broadcast_bytes
@@ -248,12 +253,13 @@ def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, worl
     stop = StopRequest(shared=True)
     with _stop_on_signals(stop), torch_threads(threads or default_threads(spec, prepared)):
         model, history = train(spec, prepared, plan, world.device, resume=state, stop=stop, found_lrs=found,
-                               world=world)
+                               device_step=device_step, graph=False if graph is None else graph, world=world)
     return RunResult(Path(out), history, float("nan"), time.perf_counter() - started, model)
 
 
 def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, quiet: bool, stdout, resume: bool,
-                device_step: bool, graph: bool | None, threads: int | None, world: World) -> RunResult:
+                device_step: bool, graph: bool | None, threads: int | None, world: World, on_record=None,
+                mlflow: str | None = None) -> RunResult:
     """train_run's work, in a folder it has locked and marked `running`."""
     import torch
     from safetensors.torch import save
@@ -262,7 +268,6 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
     from specc.data.prepare import prepare
     from specc.distributed import broadcast_bytes
     from specc.plan import make_plan
-    from specc.plot import loss_png
     from specc.train import Interrupted, Progress, StopRequest, default_threads, pick_device, torch_threads, train
 
     stdout = stdout or sys.stdout
@@ -292,6 +297,9 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
         weights(model, record.epoch)
         folder.write_bytes(CHECKPOINT, to_safetensors(train_state, meta(record.epoch)))
         folder.write_metrics(history.records, spec.train.metrics)
+        trackers.epoch(record, history, plan.steps_per_epoch)
+        if on_record is not None:
+            on_record(record)
 
     progress = None if quiet else Progress(spec.train.metrics, out=stdout, stages=len(plan.stages) > 1)
     stop = StopRequest(shared=world.parallel)
@@ -311,6 +319,7 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
 
                 print(f"specc: note: {FLAT_NOTE}", file=stdout)
 
+    trackers = _trackers(folder, spec, plan, sets, mlflow, resume)
     try:
         # The initial weights are the first checkpoint (epoch -1): a run that diverges in its first
         # epoch still leaves a loadable model.safetensors behind.
@@ -320,26 +329,55 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
                                    on_lr_found=on_lr_found, device_step=device_step, graph=graph, world=world)
     except Interrupted as stopped:
         folder.write_bytes(CHECKPOINT, to_safetensors(stopped.state, meta(stopped.state.epoch)))
+        trackers.close()
         raise
-    folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
-    diff = _write_onnx(folder, spec, model, prepared)
-    seconds = time.perf_counter() - started
-    folder.write_json("run.json", {
-        "status": "complete", "started": folder.record.get("started"),
-        "spec": spec.name, "overrides": list(sets), "params": {p.name: p.value for p in spec.params},
-        "device": device.type, "loop": loop, "threads": threads,
-        "world_size": world.size, "backend": world.backend,
-        "seconds": round(seconds, 3),
-        "onnx_parity_max_abs_diff": diff, "torch": torch.__version__, "python": platform.python_version(),
-        "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs,
-        "resumed": resume, "final": history.records[-1].__dict__ if history.records else None,
-    })
+    except BaseException:
+        trackers.close()
+        raise
+    record = {"spec": spec.name, "overrides": list(sets), "params": {p.name: p.value for p in spec.params},
+              "device": device.type, "loop": loop, "threads": threads, "world_size": world.size,
+              "backend": world.backend, "torch": torch.__version__, "python": platform.python_version(),
+              "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs, "resumed": resume}
+    try:
+        diff, seconds = _finish(folder, spec, model, history, prepared, plan, record, started)
+    except BaseException:
+        trackers.close()
+        raise
+    trackers.end(history.records[-1] if history.records else None)
     if not quiet:
         from specc.train import duration
 
         print(f"specc: trained in {duration(seconds)}; wrote {folder.path}/ (model.onnx matches torch to {diff:.2g})",
               file=stdout)
     return RunResult(folder.path, history, diff, seconds, model)
+
+
+def _finish(folder: RunFolder, spec: Spec, model, history, prepared, plan, record: dict,
+            started: float) -> tuple[float, float]:
+    """A trained run's last files: loss.png, model.onnx (checked against torch), and run.json
+    marked complete; (the ONNX parity figure, the run's seconds)."""
+    from specc.plot import loss_png
+
+    folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
+    diff = _write_onnx(folder, spec, model, prepared)
+    seconds = time.perf_counter() - started
+    folder.write_json("run.json", {
+        "status": "complete", "started": folder.record.get("started"), **record, "seconds": round(seconds, 3),
+        "onnx_parity_max_abs_diff": diff, "final": history.records[-1].__dict__ if history.records else None,
+    })
+    return diff, seconds
+
+
+def _trackers(folder: RunFolder, spec: Spec, plan, sets, mlflow: str | None, resumed: bool):
+    """The run's trackers: TensorBoard's event files in its folder, and MLflow at `mlflow` if given."""
+    from specc.summary import describe
+    from specc.tracking import MLflow, TensorBoard, Trackers, hparam_values
+
+    hparams = hparam_values({p.name: p.value for p in spec.params}, list(sets))
+    trackers = [TensorBoard(folder.path, spec.source.text, describe(spec, plan), hparams, resumed)]
+    if mlflow:
+        trackers.append(MLflow(mlflow, spec.name, folder.path, spec.source.text, hparams))
+    return Trackers(trackers)
 
 
 def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool) -> tuple[bool, str]:

@@ -29,11 +29,18 @@ RUN_FILES = frozenset({"spec.spec", "model.safetensors", CHECKPOINT, "metrics.cs
 _LR_FIND = re.compile(r"lr_find(_[A-Za-z_][A-Za-z0-9_]*)?\.(csv|png)|lr_find\.json")
 # Leftovers of a killed writer: atomic_write's temporary names of specc's files, the old write probe.
 _TEMP = re.compile(r"\.(.+)\.tmp[0-9]+|\.write-test[0-9]+")
-STATUSES = ("running", "interrupted", "failed", "complete")
+STATUSES = ("running", "interrupted", "failed", "pruned", "complete")  # pruned: a trial specc tune stopped
 
 _REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
             errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
             errno.EPERM: "operation not permitted"}
+
+
+def is_run_file(name: str) -> bool:
+    """One of the files `specc train` writes: RUN_FILES, and its TensorBoard event files."""
+    from specc.tracking import EVENTS
+
+    return name in RUN_FILES or EVENTS.fullmatch(name) is not None
 
 
 def _is_temp(name: str) -> bool:
@@ -123,7 +130,7 @@ def inspect_folder(path: Path) -> Contents:
     for name in entries:
         if name == LOCK or _is_temp(name):
             continue
-        (run_files if name in RUN_FILES else lr_find if _LR_FIND.fullmatch(name) else other).append(name)
+        (run_files if is_run_file(name) else lr_find if _LR_FIND.fullmatch(name) else other).append(name)
     # {}: no run.json; None: a run.json that is not specc's (or cannot be read); else specc's own
     record = _read_run_json(path / RUN_JSON) if RUN_JSON in run_files else {}
     # specc writes run.json first, so a run is a folder with specc's run.json; a checkpoint alone is

@@ -74,7 +74,17 @@ class ImagesSource:
         return (IMAGE_MODES[self.mode], *self.size)
 
 
-DataSource = Union[CsvSource, NpzSource, ImagesSource]
+@dataclass(frozen=True, slots=True)
+class ParquetSource:
+    """A Parquet file, or a folder of them read as one table (files in order of their path), each
+    column typed by the file's schema; `columns` is the selection the spec may read (None: all)."""
+
+    path: Path
+    columns: tuple[str, ...] | None
+    span: Span = field(compare=False, repr=False)
+
+
+DataSource = Union[CsvSource, NpzSource, ImagesSource, ParquetSource]
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +333,28 @@ class TrainSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchRange:
+    """One line of a `search { }` block, for `specc tune`: a `--set` key and the values to try.
+    kind: int (low..high, every `step`), float (uniform), log (log-uniform) or choice (`choices`, as
+    written in the spec)."""
+
+    key: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    step: int | None = None
+    choices: tuple[str, ...] = ()
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def text(self) -> str:
+        """The range as a spec writes it: `int(10, 100)`, `choice(32, 64)`."""
+        if self.kind == "choice":
+            return f"choice({', '.join(self.choices)})"
+        step = f", step={self.step}" if self.step is not None else ""
+        return f"{self.kind}({self.low:g}, {self.high:g}{step})"
+
+
+@dataclass(frozen=True, slots=True)
 class Spec:
     """A spec that has passed `check`: every later stage reads only this."""
 
@@ -333,3 +365,4 @@ class Spec:
     source: Source = field(compare=False, repr=False)
     inits: tuple[InitFrom, ...] = ()
     params: tuple = ()  # specc.params.NamedValue: the params block's values, as trained
+    search: tuple[SearchRange, ...] = ()  # the search block (specc tune); training ignores it

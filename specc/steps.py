@@ -314,7 +314,7 @@ class DeviceSteps:
 
     def step(self, s: int) -> None:
         self.device_step()  # queued: the host runs ahead of the device until the epoch's end
-        if self.sync is not None and s % CHECK_EVERY == CHECK_EVERY - 1:
+        if self.sync is not None and (s % CHECK_EVERY == CHECK_EVERY - 1 or s == self.batches.steps - 1):
             self.sync.agree_stop()  # every rank at the same steps: a stop request reaches all alike
 
     def losses(self, start: int, stop: int) -> torch.Tensor:

@@ -15,6 +15,8 @@ def summary(spec: Spec, read_data: bool = True) -> str:
     if spec.params:
         lines.append("params: " + ", ".join(f"{p.name} = {show_value(p.value)}" + (" (--set)" if p.overridden else "")
                                             for p in spec.params))
+    if spec.search:  # what `specc tune` tries; check and train use the values above
+        lines.append("search: " + ", ".join(f"{r.key} = {r.text()}" for r in spec.search))
     if not read_data:
         return "\n".join(lines + _table(spec, spec.model.nodes, None))
     from specc.data.prepare import prepare

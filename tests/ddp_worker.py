@@ -2,7 +2,8 @@
 (specc.run.train_run, rank 0 writing the run folder), then this rank's final weights saved by
 this script, not by specc, to WEIGHTS/rank<R>.safetensors, so the test can compare the ranks.
 
-usage: ddp_worker.py SPEC OUT WEIGHTS [--resume]"""
+usage: ddp_worker.py SPEC OUT WEIGHTS [--resume] [--flat]   (--flat: the device step with FlatAdam,
+the update the CUDA graph captures)"""
 
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ spec_path, out, weights = sys.argv[1:4]
 world = distributed.start(distributed.from_env(), "cpu")
 try:
     spec, _ = load_spec(spec_path)
-    result = train_run(spec, Path(out), "cpu", quiet=True, resume="--resume" in sys.argv[4:], world=world)
+    result = train_run(spec, Path(out), "cpu", quiet=True, resume="--resume" in sys.argv[4:], world=world,
+                       device_step="flat" if "--flat" in sys.argv[4:] else False)
 finally:
     distributed.finish(world)
 save_file({k: v.detach().contiguous() for k, v in result.model.state_dict().items()},

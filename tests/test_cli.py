@@ -75,8 +75,10 @@ def test_train_predict_inspect(tiny, tmp_path, capsys, ratings_dir):
     assert main(["train", str(tiny), "--out", str(run), "--set", "train.fit.epochs=2"]) == 0
     out = capsys.readouterr().out
     assert "epoch       train_loss  valid_loss  rmse        mae         time" in out
-    assert {p.name for p in run.iterdir()} == {"spec.spec", "model.safetensors", "metrics.csv", "loss.png",
-                                               "model.onnx", "run.json", "checkpoint.safetensors"}
+    names = {p.name for p in run.iterdir()}
+    events = {n for n in names if n.startswith("events.out.tfevents.")}  # TensorBoard's (tests/test_tracking.py)
+    assert len(events) == 1 and names - events == {"spec.spec", "model.safetensors", "metrics.csv", "loss.png",
+                                                   "model.onnx", "run.json", "checkpoint.safetensors"}
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"] and rows[0]["stage"] == "train"

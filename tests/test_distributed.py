@@ -195,6 +195,26 @@ def test_the_device_step_all_reduces_as_the_plain_loop_does(two):
     assert json.loads((two / "devstep" / "run.json").read_text())["loop"] == "device-step"
 
 
+def test_the_flat_update_of_the_captured_step_all_reduces_too(two):
+    """The device step with FlatAdam (what a CUDA graph captures, the all-reduce inside it), run
+    uncaptured on the CPU by 2 processes: the ranks agree bit for bit, and the run is within 1e-6
+    of the same step in one process."""
+    from specc.run import load_spec
+
+    (two / "flat_w").mkdir(exist_ok=True)
+    cmd = torchrun(2, str(ROOT / "tests" / "ddp_worker.py"), "ddp.spec", "flat", str(two / "flat_w"), "--flat",
+                   cwd=two)
+    done = subprocess.run(cmd, cwd=two, env=launch_env(), capture_output=True, text=True, timeout=LIMIT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    w0, w1 = (load_file(two / "flat_w" / f"rank{r}.safetensors") for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    from specc.run import train_run
+
+    spec, _ = load_spec(two / "ddp.spec")
+    one = train_run(spec, two / "flat_one", "cpu", quiet=True, threads=1, device_step="flat").model.state_dict()
+    assert max(float((w0[k] - one[k]).abs().max()) for k in one) <= 1e-6
+
+
 def test_torchrun_with_one_process_is_a_plain_run(folder):
     cmd = torchrun(1, "-m", "specc", "train", "ddp.spec", "--out", "single", "--quiet", cwd=folder)
     done = subprocess.run(cmd, cwd=folder, env=launch_env(), capture_output=True, text=True, timeout=LIMIT)
@@ -326,6 +346,22 @@ def test_a_killed_rank_makes_the_other_exit_with_a_message(folder):
     run = json.loads((folder / "killed" / "run.json").read_text())
     assert run["status"] == "failed"
     assert (folder / "killed" / "checkpoint.safetensors").is_file()  # --resume goes on from the last epoch
+
+
+def test_when_rank_0_cannot_start_the_others_stop_too(folder, tmp_path):
+    """A folder rank 0 refuses (it holds a file specc did not write): rank 0 says why and exits 2,
+    rank 1 stops at once instead of waiting for a run that never starts."""
+    (folder / "taken").mkdir(exist_ok=True)
+    (folder / "taken" / "notes.txt").write_text("mine\n")
+    logs = tmp_path / "logs"
+    cmd = torchrun(2, "--log-dir", str(logs), "--redirects", "3", "-m", "specc", "train", "ddp.spec", "--out", "taken",
+                   cwd=folder)
+    done = subprocess.run(cmd, cwd=folder, env=launch_env(), capture_output=True, text=True, timeout=LIMIT)
+    assert done.returncode != 0
+    err = {int(p.parent.name): p.read_text() for p in logs.rglob("stderr.log")}
+    assert "holds files specc did not write (notes.txt)" in err[0]
+    assert err[1].strip() == "specc: rank 1: stopping: rank 0 could not start the run (its error says why)"
+    assert sorted(p.name for p in (folder / "taken").iterdir()) == ["notes.txt"]
 
 
 # --------------------------------------------------------------------------- in-process parts

@@ -21,6 +21,7 @@ from specc.cli import main
 from specc.diagnostics import DataError, UsageError
 from specc.run import checkpoint_metadata
 from specc.runfolder import LOCK, RUN_FILES, RunFolder, WriteError, atomic_write, inspect_folder
+from specc.tracking import EVENTS
 from specc.train import Interrupted, pick_device, train
 
 ONE = ["--set", "train.fit.epochs=1"]
@@ -87,7 +88,9 @@ def test_a_finished_run_is_refused_and_force_replaces_it_whole(tiny, tmp_path, c
     assert (run / "metrics.csv").read_text().count("\n") == 3  # header and the new run's two epochs
     assert _status(run)["overrides"] == ["train.fit.epochs=2"] and _status(run)["status"] == "complete"
     # the old run's lr-find picture was of other --set values: it went with the rest
-    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+    files = sorted(p.name for p in run.iterdir())
+    events = [n for n in files if EVENTS.fullmatch(n)]
+    assert len(events) == 1 and sorted(set(files) - set(events)) == sorted(RUN_FILES)  # the new run's event file
 
 
 def test_the_default_folder_refuses_a_second_run(tiny, tmp_path, capsys, monkeypatch):

@@ -12,7 +12,7 @@ from specc.data.files import resolved as resolved_path
 from specc.diagnostics import suggest
 from specc.spec import (
     CATEGORY, FLOAT, Augment, IMAGE_COLUMN, IMAGE_MODES, LABEL_COLUMN, PROCS, Column, CsvSource, DataSpec, ImagesSource,
-    LastSplit, NpzSource, RandomSplit, RowSplit,
+    LastSplit, NpzSource, ParquetSource, RandomSplit, RowSplit,
 )
 
 
@@ -64,6 +64,8 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
         return result
     if isinstance(source, CsvSource) and inputs is not None and target is not None:
         _csv_columns(c, source, (*inputs, target))
+    if isinstance(source, ParquetSource) and source.columns is not None and inputs is not None and target is not None:
+        _selected(c, source.columns, (*inputs, target))
     if isinstance(source, ImagesSource) and inputs is not None and target is not None:
         before = len(c.errors)
         fixed = _image_columns(c, source, inputs, target)
@@ -81,13 +83,17 @@ def _csv_columns(c: Checker, source: CsvSource, columns: tuple[Column, ...]) -> 
     for col in columns:
         if col.shape:
             c.error(codes.BAD_COLUMN, f"column '{col.name}': a CSV column holds one value per row", col.span,
-                    ["arrays per row come from npz(...) sources"])
+                    ["arrays per row come from npz(...) and parquet(...) sources"])
     if source.columns is not None:
-        for col in columns:
-            if col.name not in source.columns:
-                c.error(codes.UNKNOWN_NAME, f"unknown column '{col.name}'", col.span,
-                        suggest(col.name, source.columns) or
-                        [f"the source's columns are {', '.join(source.columns)}"])
+        _selected(c, source.columns, columns)
+
+
+def _selected(c: Checker, names: tuple[str, ...], columns: tuple[Column, ...]) -> None:
+    """Every column the spec reads is one of the source's `columns=[...]`."""
+    for col in columns:
+        if col.name not in names:
+            c.error(codes.UNKNOWN_NAME, f"unknown column '{col.name}'", col.span,
+                    suggest(col.name, names) or [f"the source's columns are {', '.join(names)}"])
 
 
 def _augment(c: Checker, expr: ast.Expr, inputs) -> Augment | bool:
@@ -148,8 +154,8 @@ def _procs(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | ImagesSource | None:
-    """csv(...), tsv(...), npz(...) or images(...), its path resolved against the spec's folder."""
+def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | ImagesSource | ParquetSource | None:
+    """csv(...), tsv(...), npz(...), images(...) or parquet(...), its path resolved against the spec's folder."""
     bound = c.bind(expr, "source", "source")
     if bound is None:
         return None
@@ -164,6 +170,11 @@ def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | ImagesSource 
         return None if path_text is None else NpzSource(resolved_path(base / path_text), span)
     if func == "images":
         return _images_source(c, args, None if path_text is None else resolved_path(base / path_text), span)
+    if func == "parquet":  # a file, or a folder of files; columns=[...] selects, as pyarrow's and pandas' do
+        columns = _column_names(c, args["columns"]) if "columns" in args else None
+        if path_text is None or ("columns" in args and columns is None):
+            return None
+        return ParquetSource(resolved_path(base / path_text), columns, span)
     delimiter = "\t" if func == "tsv" else ","
     if "delimiter" in args:
         delimiter = c.string(args["delimiter"], "delimiter")

@@ -10,6 +10,7 @@ from pathlib import Path
 from specc import ast, codes, params
 from specc.check.data_block import NO_DATA, check_data
 from specc.check.model_block import check_model
+from specc.check.search_block import BLOCK as SEARCH, check_search
 from specc.check.train_block import check_train
 from specc.check.values import BLOCKS, OPTIONAL_BLOCKS, RESERVED, Checker
 from specc.data.files import resolved as resolved_path
@@ -42,6 +43,8 @@ def _check_file(c: Checker, tree: ast.SpecFile) -> tuple[Spec | None, params.Res
                                                           " see specs/collab.spec"])
         return None, params.Resolved({})
     blocks = _blocks(c, tree)
+    search_block = blocks.pop(SEARCH, None)  # what tune tries; training and the params never see it
+    blocks = {name: _without_keys(c, block) for name, block in blocks.items()}
     resolved = params.resolve(blocks, RESERVED, tree.source)
     c.errors += resolved.errors
     c.warnings += resolved.warnings
@@ -50,10 +53,40 @@ def _check_file(c: Checker, tree: ast.SpecFile) -> tuple[Spec | None, params.Res
     model = check_model(c, blocks["model"], data) if "model" in blocks else None
     train = check_train(c, blocks["train"], data.spec, model) if "train" in blocks else None
     inits = _inits(c, tree, model)
+    search = ()
+    if search_block is not None:
+        rest = dataclasses.replace(tree, blocks=tuple(b for b in tree.blocks if b is not search_block))
+        search = check_search(c, search_block, rest, lambda t: _errors_of(c.base_dirs, t))
     if c.errors or data.spec is None or model is None or train is None:
         return None, resolved
     name = Path(tree.source.path).stem
-    return Spec(name, data.spec, model, train, tree.source, inits, resolved.values), resolved
+    return Spec(name, data.spec, model, train, tree.source, inits, resolved.values, search), resolved
+
+
+def _errors_of(base_dirs: dict[str, Path], tree: ast.SpecFile) -> list[Diagnostic]:
+    """The errors of checking a spec (one without a search block: the search block tries its values so)."""
+    c = Checker(base_dirs)
+    _, resolved = _check_file(c, tree)
+    return _at_param_uses(c.errors, resolved) if resolved.uses else c.errors
+
+
+def _without_keys(c: Checker, block: ast.Block) -> ast.Block:
+    """A block other than search, its lines with a dotted key (`train.fit.lr = ...`) reported and left out."""
+    def keep(body: tuple) -> tuple:
+        out = []
+        for stmt in body:
+            if isinstance(stmt, ast.KeyAssign):
+                c.error(codes.MISPLACED_STATEMENT, f"a dotted key ('{stmt.target.id}') is written only in a search "
+                        "block", stmt.target.span, [f"in the {block.name.id} block, a line is `name = value`"])
+            elif isinstance(stmt, ast.Section):
+                out.append(dataclasses.replace(stmt, body=keep(stmt.body)))
+            else:
+                out.append(stmt)
+        return tuple(out)
+
+    if not any(isinstance(n, ast.KeyAssign) for n, _ in ast.walk(block)):
+        return block
+    return dataclasses.replace(block, body=keep(block.body))
 
 
 def _blocks(c: Checker, tree: ast.SpecFile) -> dict[str, ast.Block]:
@@ -62,8 +95,8 @@ def _blocks(c: Checker, tree: ast.SpecFile) -> dict[str, ast.Block]:
     misspelt: set[str] = set()
     for block in tree.blocks:
         name = block.name.id
-        if name not in BLOCKS + OPTIONAL_BLOCKS:
-            hint = suggest(name, BLOCKS + OPTIONAL_BLOCKS)
+        if name not in BLOCKS + OPTIONAL_BLOCKS + (SEARCH,):
+            hint = suggest(name, BLOCKS + OPTIONAL_BLOCKS + (SEARCH,))
             misspelt.update(b for b in BLOCKS if hint and f"'{b}'" in hint[0])
             c.error(codes.UNKNOWN_BLOCK, f"unknown block '{name}'", block.name.span,
                     hint or [f"a spec has the blocks {', '.join(BLOCKS)} (and may have {params.BLOCK})"])

@@ -42,6 +42,7 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "tsv": _sig("path", "header?", "columns?", "missing?", "strip?"),
         "npz": _sig("path"),
         "images": _sig("path", "size", "mode?", "skip_broken?"),
+        "parquet": _sig("path", "columns?"),
     },
     "augment": {
         "flip": _sig(),

@@ -8,6 +8,7 @@ opened. Bytes that are not UTF-8 are left for the readers, which know the line a
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import zipfile
@@ -78,13 +79,70 @@ def open_binary(path: Path, span=None):
     return os.fdopen(fd, "rb")
 
 
+# The endings pyarrow's CSV reader decompresses by (pyarrow.input_stream's `compression="detect"`,
+# which compares the name's end as it is, case and all): open_text decompresses the same files, so
+# that the fast reader and the Python reader behind it always read the same text.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".lz4": "lz4", ".zst": "zstd"}
+
+
+def compression(path: Path) -> str | None:
+    """The codec a file's name asks for (pyarrow's name for it), or None for plain text."""
+    return next((codec for end, codec in COMPRESSIONS.items() if str(path).endswith(end)), None)
+
+
 def open_text(path: Path, span=None, errors: str = "surrogateescape"):
-    """A regular file opened as UTF-8 text for the csv module, a leading byte-order mark skipped.
+    """A regular file opened as UTF-8 text for the csv module, a leading byte-order mark skipped;
+    a `.gz`, `.bz2`, `.lz4` or `.zst` file decompressed as it is read (see Decompressed).
     With the default `surrogateescape` a byte that is not UTF-8 reads as a lone surrogate, so the
     reader keeps going and the caller can say on which line and in which column it is (not_utf8)."""
     import io
 
-    return io.TextIOWrapper(open_binary(path, span), encoding="utf-8-sig", errors=errors, newline="")
+    raw = open_binary(path, span)
+    codec = compression(path)
+    if codec is not None:
+        raw = io.BufferedReader(Decompressed(raw, codec, str(path)), 1 << 16)
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors, newline="")
+
+
+class Decompressed(io.RawIOBase):
+    """The decompressed bytes of an open file, through pyarrow's codecs (pyarrow.CompressedInputStream,
+    the one the fast reader uses). Damaged or cut-short data is an error naming the file and the
+    line it reached, never a traceback from inside the codec."""
+
+    def __init__(self, raw, codec: str, path: str):
+        import pyarrow as pa  # here: only a compressed file needs it
+
+        super().__init__()
+        self._raw, self._codec, self._path, self._lines = raw, codec, path, 0
+        self._stream = pa.CompressedInputStream(raw, codec)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._stream.read(len(buffer))
+        except OSError as err:  # pyarrow's words for a damaged stream: "zlib inflate failed: ..."
+            shown = {"gzip": "gzip", "bz2": "bzip2", "lz4": "LZ4", "zstd": "Zstandard"}[self._codec]
+            raise DataError(self._path, f"cannot be decompressed as {shown}, as its name asks: the file is "
+                            f"damaged, cut short or not {shown} ({err})", line=self._lines + 1, code="D102") from None
+        buffer[:len(data)] = data
+        self._lines += data.count(b"\n")
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+            self._raw.close()
+        super().close()
+
+
+def shown_path(path) -> str:
+    """A path as a message shows it: relative to the working folder when it is below it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def has_surrogates(text: str) -> bool:

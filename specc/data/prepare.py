@@ -10,11 +10,12 @@ import numpy as np
 from specc import codes
 from specc.data.files import describe_array, load_npz, npz_array
 from specc.data.images import load_images
+from specc.data.parquet import ParquetTable, read_parquet
 from specc.data.table import Table, check_finite, read_table
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
 from specc.spec import (
-    CATEGORY, DEFAULT_SPLIT, IMAGE_COLUMN, LABEL_COLUMN, DataSpec, ImagesSource, LastSplit, NpzSource, RandomSplit,
-    RowSplit,
+    CATEGORY, DEFAULT_SPLIT, IMAGE_COLUMN, LABEL_COLUMN, DataSpec, ImagesSource, LastSplit, NpzSource, ParquetSource,
+    RandomSplit, RowSplit,
 )
 
 
@@ -206,21 +207,18 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     elif isinstance(data.source, ImagesSource):
         raw_train, raw_valid_cols, path = read_images(data.source, wanted, data.valid)
     else:
-        table: Table = read_table(data.source, wanted)
+        parquet = isinstance(data.source, ParquetSource)
+        table = read_parquet(data.source, wanted) if parquet else read_table(data.source, wanted)
         for col in wanted:
             if col.kind != CATEGORY:
                 # a missing value is allowed where fill_missing will fill it (float inputs)
                 is_target = col is data.target
-                check_finite(table, col.name, allow_nan=not is_target and "fill_missing" in data.procs,
-                             target=is_target)
-        train_idx, valid_idx = split_rows(table.rows, data.valid, table.path)
-        path = table.path
-        raw_train, raw_valid_cols = {}, {}
-        for col in wanted:
-            values = table.columns[col.name]
-            if col.kind == CATEGORY:
-                values = values if values.dtype.kind in "iu" else np.asarray(values, dtype=object)
-            raw_train[col.name], raw_valid_cols[col.name] = values[train_idx], values[valid_idx]
+                allow_nan = not is_target and "fill_missing" in data.procs
+                if parquet:
+                    table.check_finite(col.name, allow_nan=allow_nan, target=is_target)
+                else:
+                    check_finite(table, col.name, allow_nan=allow_nan, target=is_target)
+        raw_train, raw_valid_cols, path = _split_table(table, wanted, data.valid)
     if data.keep_classes:  # only rows of these classes, in both splits
         for part in (raw_train, raw_valid_cols):
             labels = part[data.target.name]
@@ -255,6 +253,23 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     raw_valid = raw_valid_cols  # arrays: parity takes a few rows of them
     stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind != CATEGORY and not c.shape}
     return Prepared(train, valid, vocabs, raw_valid, path, stats)
+
+
+def _split_table(table: Table | ParquetTable, wanted, split) -> tuple[dict, dict, str]:
+    """Train and valid arrays of a table's columns (category columns of text as object arrays)."""
+    train_idx, valid_idx = split_rows(table.rows, split, table.path)
+    raw_train, raw_valid = {}, {}
+    for col in wanted:
+        values = table.columns[col.name]
+        if col.kind == CATEGORY:
+            values = values if values.dtype.kind in "iu" else np.asarray(values, dtype=object)
+        raw_train[col.name], raw_valid[col.name] = values[train_idx], values[valid_idx]
+    return raw_train, raw_valid, table.path
+
+
+def read_parquet_split(source: ParquetSource, wanted, split) -> tuple[dict, dict, str]:
+    """Train and valid arrays of the wanted columns of a Parquet source, as read (specc show)."""
+    return _split_table(read_parquet(source, wanted), wanted, split)
 
 
 def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:

@@ -8,9 +8,9 @@ import math
 import numpy as np
 
 from specc.data.files import bad_byte, has_surrogates, not_utf8
-from specc.data.prepare import read_images, read_npz
+from specc.data.prepare import read_images, read_npz, read_parquet_split
 from specc.data.table import _header, _open
-from specc.spec import CATEGORY, CsvSource, ImagesSource, Spec
+from specc.spec import CATEGORY, CsvSource, ImagesSource, ParquetSource, Spec
 
 ROWS = 8
 
@@ -60,7 +60,8 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
         rows = _csv_head(spec.data.source, columns, ROWS)
         text = f"{spec.data.source.path}: the first {len(rows)} rows of the columns the spec reads\n"
         return text + _table([c.name for c in columns], rows), None
-    read = read_images if isinstance(spec.data.source, ImagesSource) else read_npz
+    read = read_images if isinstance(spec.data.source, ImagesSource) else \
+        read_parquet_split if isinstance(spec.data.source, ParquetSource) else read_npz
     train, valid, path = read(spec.data.source, columns, spec.data.valid)
     n_train, n_valid = len(train[spec.data.target.name]), len(valid[spec.data.target.name])
     lines = [f"{path}: {n_train} training and {n_valid} validation rows"]

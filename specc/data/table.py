@@ -97,7 +97,7 @@ def _arrow_read(source: CsvSource, wanted, names: list[str]):
                                    strings_can_be_null=False, quoted_strings_can_be_null=False)
     try:
         table = pacsv.read_csv(source.path, read, parse, convert)
-    except (pa.ArrowInvalid, UnicodeDecodeError):
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError):  # OSError: a damaged .gz or .zst, said where by the other
         raise _Fallback from None
     columns = {}
     for col in wanted:

@@ -1,0 +1,378 @@
+"""Reading Parquet: a parquet(...) source (a file, or a folder of files read as one table) -> the
+columns the spec names as arrays, typed by the files' schema, which is checked against the spec's
+declarations (E205, E210 at the spec's line) before a row is read."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from specc import codes
+from specc.data.files import check_regular, shown_path
+from specc.data.table import shown_names
+from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.spec import CATEGORY, Column, ParquetSource
+
+ENDINGS = (".parquet", ".parq", ".pq")  # the files of a folder that are read; others are left alone
+INT64_MAX = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetTable:
+    """Columns read from Parquet, as specc.data.table.Table's are: float columns as float64 arrays
+    (NaN where null), shaped ones (N, *shape); category columns as int64 arrays of whole-number ids,
+    else arrays of str (a null is the category '', as an empty CSV field is)."""
+
+    path: str
+    columns: dict
+    rows: int
+    files: tuple[str, ...]  # as messages show them, in the order their rows were read
+    ends: tuple[int, ...]  # the table's row count at the end of each file
+
+    def where(self, row: int) -> tuple[str, int]:
+        """The file that holds a row of the table (0-based), and the row's number in it (1-based)."""
+        k = bisect.bisect_right(self.ends, row)
+        return self.files[k], row - (self.ends[k - 1] if k else 0) + 1
+
+    def error(self, row: int, column: str, message: str, code: str) -> DataError:
+        file, at = self.where(row)
+        return DataError(file, f"row {at}: {message}", column=column, code=code)
+
+    def check_finite(self, column: str, allow_nan: bool = False, target: bool = False) -> None:
+        """NaN (a null) or inf where a number is needed: say which file and row, as CSV's check does."""
+        values = self.columns[column]
+        per = math.prod(values.shape[1:])
+        allow_nan = allow_nan and values.ndim == 1  # fill_missing fills one number a row, never a list
+        bad = (np.isinf(values) if allow_nan else ~np.isfinite(values)).reshape(-1)
+        if not bad.any():
+            return
+        k = int(np.argmax(bad))
+        value = values.reshape(-1)[k]
+        found = "a missing value (a null or NaN)" if np.isnan(value) else f"{value}"
+        hint = "; fill_missing in the data block's procs fills missing values" \
+            if np.isnan(value) and not target and values.ndim == 1 else ""
+        at = f" (value {k % per + 1} of {per})" if values.ndim > 1 else ""
+        raise self.error(k // per, column, f"expected a finite number{at}, found {found}{hint}", "D105")
+
+
+def parquet_files(source: ParquetSource) -> list[Path]:
+    """The source's file, or its folder's Parquet files (and those in folders below) in order of
+    their path; hidden files and those starting with '_' (Spark's _SUCCESS, _metadata) left out."""
+    path = source.path
+    if not path.is_dir():
+        check_regular(path, source.span)  # not there, a FIFO, a device: E208 at the spec's path
+        return [path]
+    found = []
+    for folder, subfolders, names in os.walk(path):
+        subfolders[:] = [s for s in subfolders if not s.startswith((".", "_"))]
+        found += [Path(folder) / n for n in names if n.lower().endswith(ENDINGS) and not n.startswith((".", "_"))]
+    if not found:
+        raise DataError(shown_path(path), f"holds no Parquet files: parquet(...) of a folder reads the files in it "
+                        f"whose names end {', '.join(ENDINGS)}", code="D112")
+    return sorted(found, key=lambda f: f.relative_to(path).as_posix())
+
+
+def _metadata(file: Path):
+    """A file's footer (schema and row count), or an error naming the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    check_regular(file)
+    try:
+        return pq.read_metadata(file)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(shown_path(file), f"is not a readable Parquet file: {err}", code="D102") from None
+
+
+def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTable:
+    """Read the `wanted` columns of a Parquet file or folder (through pyarrow.dataset)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    files = parquet_files(source)
+    footers = [_metadata(f) for f in files]
+    schemas = [m.schema.to_arrow_schema() for m in footers]
+    types = check_schema(source, wanted, files, schemas)
+    names = list(dict.fromkeys(c.name for c in wanted))
+    schema = pa.schema([pa.field(n, types[n]) for n in names])
+    ends = tuple(int(n) for n in np.cumsum([m.num_rows for m in footers]))
+    result = ParquetTable(str(source.path), {}, ends[-1], tuple(shown_path(f) for f in files), ends)
+    if ends[-1] == 0:
+        raise DataError(shown_path(source.path), "has no data rows", code="D102")
+    gathered = {c.name: _Gather(c, types[c.name], ends[-1]) for c in wanted}
+    at = 0
+    try:  # the fragments keep the order of the files, and to_batches (ordered) the order of the fragments
+        for batch in ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_batches(columns=names):
+            if at + batch.num_rows > ends[-1]:
+                at = -1
+                break
+            for name, column in gathered.items():
+                column.add(batch.column(name), at)
+            at += batch.num_rows
+    except (pa.ArrowException, OSError) as err:
+        _name_damaged(files, names)
+        raise DataError(shown_path(source.path), f"cannot be read as Parquet: {err}", code="D102") from None
+    if at != ends[-1]:  # the footers count other rows than the pages hold
+        _name_damaged(files, names)
+        raise DataError(shown_path(source.path), f"its footers count {ends[-1]} rows but the pages hold another "
+                        "number: a file is damaged", code="D102")
+    result.columns.update({c.name: gathered[c.name].finish(result) for c in wanted})
+    return result
+
+
+class _Gather:
+    """One column's values as the batches come: a number column (an id, a float) straight into its
+    numpy array, so that the table is never held in Arrow's memory as well; any other (text, lists,
+    uint64 ids) kept as Arrow chunks and converted at the end (see _values)."""
+
+    def __init__(self, col: Column, t, rows: int):
+        import pyarrow as pa
+
+        self.col, self.type = col, t
+        kind = _scalar(t)
+        number = col.kind != CATEGORY or (kind in ("int", "bool") and not pa.types.is_uint64(
+            t.value_type if pa.types.is_dictionary(t) else t))
+        self.out = np.empty(rows, np.float64 if col.kind != CATEGORY else np.int64) \
+            if number and not col.shape else None
+        self.nulls: np.ndarray | None = None  # an id column's null rows, once it has one
+        self.chunks: list = []
+
+    def add(self, values, at: int) -> None:
+        import pyarrow as pa
+
+        if self.out is None:
+            self.chunks.append(values)
+            return
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        end = at + len(values)
+        if self.col.kind != CATEGORY:
+            self.out[at:end] = values.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+            return
+        values = values.cast(pa.int64())
+        if values.null_count:
+            if self.nulls is None:
+                self.nulls = np.zeros(len(self.out), bool)
+            self.nulls[at:end] = values.is_null().to_numpy(zero_copy_only=False)
+            values = values.fill_null(0)
+        self.out[at:end] = values.to_numpy(zero_copy_only=False)
+
+    def finish(self, table: ParquetTable) -> np.ndarray:
+        import pyarrow as pa
+
+        if self.out is None:
+            return _values(pa.chunked_array(self.chunks, type=self.type), self.col, table)
+        if self.nulls is None:
+            return self.out
+        # ids with a null among them: text, the null the category '', as a CSV's empty field is
+        text = self.out.astype(str).astype(object)
+        text[self.nulls] = ""
+        return text
+
+
+def _name_damaged(files: list[Path], names: list[str]) -> None:
+    """pyarrow.dataset could not read the files: read each alone, to name the one that is damaged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in files:
+        try:
+            pq.read_table(file, columns=names)
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(shown_path(file), f"cannot be read as Parquet, it is damaged: {err}", code="D102") from None
+
+
+# ---------------------------------------------------------------- the schema against the spec
+
+
+def check_schema(source: ParquetSource, wanted, files: list[Path], schemas) -> dict:
+    """Each wanted column's Arrow type, the same in every file and fitting the spec's declaration;
+    else every column that is not there or does not fit, at its line in the spec (SpecError)."""
+    name = files[0].name if len(files) == 1 else f"{source.path.name}/"
+    for col in wanted:
+        _agree(source, col.name, files, schemas)
+    errors, types = [], {}
+    present = schemas[0].names
+    for selected in source.columns or ():  # pyarrow's and pandas' columns=[...] refuse a name not in the file
+        if selected not in present:
+            errors.append(Diagnostic(codes.NOT_IN_DATA, f"columns=[...] names '{selected}', which is not in {name}",
+                                     source.span, suggest(selected, present) +
+                                     (f"{name} has the columns: {shown_names(present)}",)))
+    for col in wanted:
+        if col.name not in present:
+            errors.append(Diagnostic(codes.NOT_IN_DATA, f"column '{col.name}' is not in {name}", col.span,
+                                     suggest(col.name, present) + (f"{name} has the columns: {shown_names(present)}",)))
+            continue
+        types[col.name] = schemas[0].field(col.name).type
+        problem = _misfit(col, types[col.name])
+        if problem is not None:
+            found, hint = problem
+            errors.append(Diagnostic(codes.COLUMN_TYPE, f"column '{col.name}' is declared {_declared(col)}, but {name} "
+                                     f"holds {found}", col.span,
+                                     (f"{shown_path(files[0])}: column '{col.name}' has the Parquet type "
+                                      f"{types[col.name]}", hint)))
+    if errors:
+        raise SpecError(errors)
+    return types
+
+
+def _agree(source: ParquetSource, column: str, files: list[Path], schemas) -> None:
+    """A column of a folder's files is in all of them or in none, with one type (D112)."""
+    if len(files) == 1:
+        if schemas[0].names.count(column) > 1:
+            raise DataError(shown_path(files[0]), f"has {schemas[0].names.count(column)} columns named '{column}'",
+                            code="D102")
+        return
+    have = [k for k, s in enumerate(schemas) if column in s.names]
+    if not have:
+        return  # in none: the spec's mistake, reported at its line
+    first = have[0]
+    for k, schema in enumerate(schemas):
+        if column not in schema.names:
+            raise DataError(shown_path(source.path), f"the files disagree: {files[k].name} has no column '{column}', "
+                            f"which {files[first].name} has; a folder's Parquet files are read as one table, so "
+                            "every file must have the columns the spec reads, with the same types", code="D112")
+        if schema.names.count(column) > 1:
+            raise DataError(shown_path(files[k]), f"has {schema.names.count(column)} columns named '{column}'",
+                            code="D102")
+        if schema.field(column).type != schemas[first].field(column).type:
+            raise DataError(shown_path(source.path), f"the files disagree: column '{column}' is "
+                            f"{schemas[first].field(column).type} in {files[first].name} but "
+                            f"{schema.field(column).type} in {files[k].name}; a folder's Parquet files are read "
+                            "as one table, so each column must have one type in every file", code="D112")
+
+
+_CATEGORY_HINT = "a category column reads integers, strings or booleans (dictionary-encoded too)"
+_FLOAT_HINT = "a float column reads integers, floating-point numbers, decimals or booleans"
+
+
+def _scalar(t) -> str | None:
+    """What one value of an Arrow type is, for the declarations: int, float, decimal, string, bool."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    for test, kind in ((pa.types.is_integer, "int"), (pa.types.is_floating, "float"), (pa.types.is_decimal, "decimal"),
+                       (pa.types.is_boolean, "bool"), (pa.types.is_string, "string"),
+                       (pa.types.is_large_string, "string"), (_is_string_view, "string")):
+        if test(t):
+            return kind
+    return None
+
+
+def _is_string_view(t) -> bool:
+    import pyarrow as pa
+
+    return hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t)
+
+
+def _lists(t) -> tuple[list[int | None], object]:
+    """A list type's levels (each its fixed size, or None) and the type of its values."""
+    import pyarrow as pa
+
+    sizes = []
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        sizes.append(t.list_size if pa.types.is_fixed_size_list(t) else None)
+        t = t.value_type
+    return sizes, t
+
+
+def _declared(col: Column) -> str:
+    return col.kind + (f"({', '.join(str(d) for d in col.shape)})" if col.shape else "")
+
+
+def _misfit(col: Column, t) -> tuple[str, str] | None:
+    """None when a column of Arrow type `t` can be read as the spec declares it; else what the file
+    holds, in words, and a note on what would fit."""
+    import pyarrow as pa
+
+    sizes, leaf = _lists(t)
+    kind = _scalar(leaf)
+    if sizes:
+        if not col.shape:
+            return (f"a list of values in each row ({t})", "declare it float(N), N the number of values in a row"
+                    if kind in ("int", "float") else "a list column is read as float(...) of numbers")
+        if kind not in ("int", "float") or pa.types.is_dictionary(leaf):
+            return f"lists of {leaf}", "float(...) reads lists of integers or floating-point numbers"
+        want = list(col.shape) if len(sizes) == len(col.shape) else [math.prod(col.shape)] if len(sizes) == 1 else None
+        if want is None:
+            return (f"lists nested {len(sizes)} deep", f"{_declared(col)} reads a list of {math.prod(col.shape)} "
+                    f"numbers a row, or lists nested {len(col.shape)} deep")
+        for size, need in zip(sizes, want):
+            if size is not None and size != need:
+                return f"lists of {size} values", f"{_declared(col)} needs {need} values there"
+        return None
+    if col.shape:
+        return (f"one value in each row ({t})", "float(...) reads a list column (list, large_list or "
+                "fixed_size_list of numbers), each row a list of the declared number of values")
+    if col.kind == CATEGORY:
+        if kind in ("int", "string", "bool"):
+            return None
+        return _words(kind, t), f"{_CATEGORY_HINT}: declare it `{col.name}: float`, or cast it to int64 or string"
+    if kind in ("int", "float", "decimal", "bool"):
+        return None
+    fix = (f": declare it `{col.name}: category`" if kind == "string" else
+           ": write the times as numbers (e.g. int64 seconds since 1970)" if pa.types.is_temporal(t) else "")
+    return _words(kind, t), _FLOAT_HINT + fix
+
+
+def _words(kind: str | None, t) -> str:
+    return {"float": "floating-point numbers", "decimal": "decimals", "string": "strings"}.get(kind, f"{t} values")
+
+
+# ---------------------------------------------------------------- values
+
+
+def _values(values, col: Column, table: ParquetTable) -> np.ndarray:
+    """One column as the CSV reader gives it (see ParquetTable)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if col.shape:
+        return _shaped(values, col, table)
+    if col.kind != CATEGORY:
+        return values.cast(pa.float64()).to_numpy()  # nulls become NaN
+    if pa.types.is_boolean(values.type):
+        values = values.cast(pa.int64())
+    if pa.types.is_integer(values.type):
+        too_large = pa.types.is_uint64(values.type) and (pc.max(values).as_py() or 0) > INT64_MAX
+        if values.null_count == 0 and not too_large:
+            return values.cast(pa.int64()).to_numpy()
+        values = values.cast(pa.string())  # ids past int64, or a null among them: text, as a CSV's would be
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = values.cast(pa.large_string())  # a string_view, which fill_null has no kernel for
+    return values.fill_null("").to_numpy()
+
+
+def _shaped(values, col: Column, table: ParquetTable) -> np.ndarray:
+    """A list column as (rows, *shape) float64: every row a list of the declared size (a flat one,
+    or one nested as deep as the shape), else an error at the row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = values.combine_chunks()
+    depth = len(_lists(arr.type)[0])
+    want = list(col.shape) if depth == len(col.shape) else [math.prod(col.shape)]
+    declared = _declared(col)
+    rows, per = len(arr), 1
+    for level, size in enumerate(want):
+        if arr.null_count:
+            k = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
+            raise table.error(k // per, col.name, f"a missing list (null) where the spec declares {declared}", "D105")
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != size)
+        if bad.size:
+            k = int(bad[0])
+            inner = f" at depth {level + 1}" if len(want) > 1 else ""
+            raise table.error(k // per, col.name, f"a list of {lengths[k]} values{inner}, but the spec declares "
+                              f"{declared}", "D103")
+        arr = arr.flatten()
+        per *= size
+    return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(rows, *col.shape)
