@@ -47,12 +47,20 @@ def loss_fn(spec: Spec):
 
 
 def batch_loss(spec: Spec, forward, params: list):
-    """loss(xs, y): the training loss of `forward(*xs)` against y, the l2 penalty over `params`."""
+    """loss(xs, y): the training loss of `forward(*xs)` against y, the l2 penalty over `params`.
+    With `precision = bf16` the forward pass runs under bfloat16 autocast (torch picks the
+    operations: matrix products and convolutions in bfloat16) and the loss is taken in float32."""
     loss_of = loss_fn(spec)
+    bf16 = spec.train.precision == "bf16"
 
     def loss(xs, y):
         try:
-            out = forward(*xs)
+            if bf16:  # no autocast cache: a CUDA graph captures this step
+                with torch.autocast(y.device.type, dtype=torch.bfloat16, cache_enabled=False):
+                    out = forward(*xs)
+                out = out.float()
+            else:
+                out = forward(*xs)
         except RuntimeError as err:  # a bug, not a user's mistake: say which spec line it came from
             raise at_spec_line(forward, xs, err) from err
         return loss_of(predict_column(spec, out), y, params)

@@ -325,6 +325,7 @@ class TrainSpec:
     seed: int
     l2: float = 0.0  # the seed's penalty: loss + l2 * sum(w^2) over every parameter
     stop_on_nan: bool = True
+    precision: str = "fp32"  # or "bf16": the training forward pass under bfloat16 autocast
 
     @property
     def fit(self) -> Schedule:

@@ -126,6 +126,8 @@ def describe(spec: Spec, plan: TrainPlan) -> str:
         f"loss: {spec.train.loss}{f' + {spec.train.l2:g} * sum(w^2)' if spec.train.l2 else ''}   "
         f"metrics: {', '.join(spec.train.metrics) or '-'}   seed: {spec.train.seed}",
         f"optimizer: {describe_optimizer(spec.train.optimizer)}",
+        *(["precision: bf16 (the forward pass under bfloat16 autocast; weights, loss and validation in float32)"]
+          if spec.train.precision == "bf16" else []),
         "parameter groups:",
     ]
     for g in plan.groups:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from specc import ast, codes
 from specc.check.values import (
-    LOSSES, METRICS, SIGNATURES, TRAIN_SETTINGS, Checker, bind_args, fmt, kind_of, shape_text, shown,
+    LOSSES, METRICS, PRECISIONS, SIGNATURES, TRAIN_SETTINGS, Checker, bind_args, fmt, kind_of, shape_text, shown,
 )
 from specc.diagnostics import suggest
 from specc.source import Span
@@ -35,6 +35,7 @@ def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: Mode
     seed = c.integer(found["seed"].value, "seed") if "seed" in found else 0
     l2 = c.real(found["l2"].value, "l2", 0.0) if "l2" in found else 0.0
     stop_on_nan = c.boolean(found["stop_on_nan"].value, "stop_on_nan") if "stop_on_nan" in found else True
+    precision = _precision(c, found["precision"].value) if "precision" in found else "fp32"
     groups = model.groups if model is not None else None
     monitors = ("valid_loss", *metrics)
     stages: list = []
@@ -63,9 +64,24 @@ def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: Mode
         _output_fits(c, model.node(model.output), data.target, loss)
     if model is not None and optimizer is not None:
         _fits_in_memory(c, model, optimizer)
-    if c.errors or None in (loss, optimizer, seed, l2, stop_on_nan) or not stages or None in stages:
+    if c.errors or None in (loss, optimizer, seed, l2, stop_on_nan, precision) or not stages or None in stages:
         return None
-    return TrainSpec(loss, tuple(metrics), optimizer, tuple(stages), seed, l2, stop_on_nan)
+    return TrainSpec(loss, tuple(metrics), optimizer, tuple(stages), seed, l2, stop_on_nan, precision)
+
+
+def _precision(c: Checker, expr: ast.Expr) -> str | None:
+    """fp32 or bf16."""
+    if isinstance(expr, ast.Name) and expr.id in PRECISIONS:
+        return expr.id
+    name = expr.id if isinstance(expr, ast.Name) else None
+    if name in ("fp16", "float16", "half"):
+        notes = ["fp16 needs the loss scaled to keep small gradients from vanishing, which specc does not do; "
+                 "bf16 has float32's range and needs none"]
+    else:
+        notes = (suggest(name, PRECISIONS) if name else None) or ["fp32: float32 throughout; bf16: the forward "
+                                                                  "pass in bfloat16, weights in float32"]
+    c.error(codes.WRONG_KIND, f"precision: expected fp32 or bf16, found {shown(expr)}", expr.span, notes)
+    return None
 
 
 def _calls_of(statements, names) -> list[ast.CallStmt]:

@@ -16,7 +16,10 @@ from specc.spec import CATEGORY, CLASSES, FLOAT, PROCS
 BLOCKS = ("data", "model", "train")
 OPTIONAL_BLOCKS = (params.BLOCK,)
 DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs", "keep_classes", "train_rows", "augment")
-TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan")
+TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan", "precision")
+# The arithmetic the forward pass is computed in while training: a named choice, since it changes the maths.
+PRECISIONS = {"fp32": "float32 throughout", "bf16": "the forward pass under bfloat16 autocast, weights and "
+              "loss in float32"}
 COLUMN_TYPES = (CATEGORY, FLOAT)
 
 
