@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool), from the repository root, after bench/gpu_prepare.sh here and
-# the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). About 3.5 minutes on an H200:
+# the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). About 3.5 minutes on an
+# H200 for parts 0-4 (measured); part 5 is new and unmeasured, up to 4 minutes more by its timeout:
 #   0. installs what the machine lacks (lark; onnxruntime-gpu, from the parts);
 #   1. checks: tests/test_gpu.py (the CUDA-graph step against the plain loop, stop and resume,
 #      onnxruntime's CUDA provider against its CPU one) and tests/test_fastpath.py, on the GPU;
@@ -10,7 +11,9 @@
 #   3. times the collab training epoch (bench/gpu_collab.py): specc's CUDA-graph step and plain
 #      loop against a hand-written eager loop, on the 100k set at batch 64 and a MovieLens-25M-shaped
 #      set at batch 65,536, 4,096 and 64;
-#   4. profiles the graph's kernels (100k at batch 64, 25M at 65,536).
+#   4. profiles the graph's kernels (100k at batch 64, 25M at 65,536);
+#   5. precision = bf16 against fp32 (bench/precision.py): s/epoch and the validation metric of the
+#      collab, MNIST MLP and MNIST convnet specs, each in specc's default GPU loop (the captured step).
 # Each part runs under its own timeout and a failing part does not stop the others. Results: $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +43,5 @@ part infer 80 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
 part lookup 60 python3 bench/lookup.py --device cuda
 part train 300 python3 bench/gpu_collab.py --json "$OUT/gpu_collab.json"
 part profile 60 python3 bench/gpu_collab.py --profile
+part precision 240 python3 bench/precision.py --device cuda --json "$OUT/precision.json"
 exit $status
