@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool), from the repository root, after bench/gpu_prepare.sh here and
 # the calls it prints (they leave onnxruntime-gpu's parts in /tmp/ort there). About 3.5 minutes on an
-# H200 for parts 0-4 (measured); part 5 is new and unmeasured, up to 4 minutes more by its timeout:
+# H200 for parts 0-4 (measured); parts 5 and 6 are new and unmeasured, up to 4 minutes more by their timeouts:
 #   0. installs what the machine lacks (lark; onnxruntime-gpu, from the parts);
 #   1. checks: tests/test_gpu.py (the CUDA-graph step against the plain loop, stop and resume,
 #      onnxruntime's CUDA provider against its CPU one) and tests/test_fastpath.py, on the GPU;
@@ -14,6 +14,8 @@
 #   4. profiles the graph's kernels (100k at batch 64, 25M at 65,536);
 #   5. precision = bf16 against fp32 (bench/precision.py): s/epoch and the validation metric of the
 #      collab, MNIST MLP and MNIST convnet specs, each in specc's default GPU loop (the captured step).
+#   6. sparse_adam against adam (bench/sparse.py) on the 100k ratings at batch 64 (the 25M set:
+#      bench/sparse.py --device cuda --data <a 25M ratings CSV> --batch 64 65536, minutes more).
 # Each part runs under its own timeout and a failing part does not stop the others. Results: $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,5 +45,6 @@ part infer 80 python3 bench/infer.py --device cuda --json "$OUT/infer.json"
 part lookup 60 python3 bench/lookup.py --device cuda
 part train 300 python3 bench/gpu_collab.py --json "$OUT/gpu_collab.json"
 part profile 60 python3 bench/gpu_collab.py --profile
-part precision 240 python3 bench/precision.py --device cuda --json "$OUT/precision.json"
+part precision 150 python3 bench/precision.py --device cuda --quick --json "$OUT/precision.json"
+part sparse 90 python3 bench/sparse.py --device cuda --batch 64 --rounds 1 --json "$OUT/sparse.json"
 exit $status

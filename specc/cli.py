@@ -262,6 +262,12 @@ def _train(args) -> int:
     sets = "".join(f" --set '{s}'" for s in args.sets)
     resume_command = f"specc train {args.spec}{sets} --resume {out}"  # what the messages below suggest
     if world.parallel:
+        from specc.spec import SparseAdam
+
+        if isinstance(spec.train.optimizer, SparseAdam):
+            raise UsageError("sparse_adam does not take part in data-parallel training: its gradients are the rows "
+                             "each process looked up, which the one all-reduce of dense gradients cannot sum; train "
+                             "it in one process, or with adam")
         check_parallel(spec, world)
     try:
         world = distributed.start(world, args.device)  # joins the other ranks' process group

@@ -21,7 +21,7 @@ import os
 import torch
 from torch import fx, nn
 
-from specc.spec import Adam
+from specc.spec import Adam, SparseAdam
 
 
 def applies(spec) -> bool:
@@ -35,6 +35,8 @@ def graph_reason(spec, device: torch.device) -> str | None:
         return "CUDA graphs need a CUDA device"
     if spec.data.augment is not None:
         return "the spec augments its images, which the captured step does not do"
+    if isinstance(spec.train.optimizer, SparseAdam):
+        return "sparse_adam's gradients are sparse (the rows a batch looked up), which the plain loop takes"
     if not applies(spec):
         return (f"the optimizer is {type(spec.train.optimizer).__name__.lower()}; the captured step reads "
                 "Adam's learning rate and beta1 from device tables")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from specc.plan import TrainPlan, one_step_warmup
-from specc.spec import SGD, Adam, Fit, FitOneCycle, RMSProp, Spec
+from specc.spec import SGD, Adam, Fit, FitOneCycle, RMSProp, SparseAdam, Spec
 
 
 class _DecoupledWeightDecay:
@@ -51,11 +51,57 @@ def make_optimizer(opt, groups: list[tuple[list, float]]) -> torch.optim.Optimiz
         # The fused kernel does the whole update in one pass over each tensor (on the CPU too,
         # since torch 2.4): about 30% off a collab epoch on the CPU, more on the GPU.
         return torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd, fused=True)
+    if isinstance(opt, SparseAdam):
+        return LazyAdam(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd)
     if isinstance(opt, RMSProp):
         return DecoupledRMSprop(params, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, wd=opt.wd)
     assert isinstance(opt, SGD)
     return DecoupledSGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov, wd=opt.wd,
                         dampening=opt.dampening)
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """`sparse_adam`: Adam whose moments and weights change only in the rows a sparse gradient
+    holds (an embedding table's, `nn.Embedding(sparse=True)`: the rows the batch looked up), as
+    torch's SparseAdam does, with AdamW's decoupled weight decay on those rows; a dense gradient
+    (every other weight, or a table whose gradient the l2 penalty made dense) takes AdamW's update.
+    The step count is per tensor, as in SparseAdam: a row seen for the first time at step t is
+    bias-corrected as at step t. torch's SparseAdam takes no dense gradient and no weight decay,
+    hence this one optimizer for both."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                step_size, root2 = lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5
+                m, v, grad = state["exp_avg"], state["exp_avg_sq"], p.grad
+                if grad.is_sparse:  # only the rows the batch touched: gathered, updated, put back
+                    grad = grad.coalesce()
+                    rows, g = grad.indices()[0], grad.values()
+                    m_rows = m[rows].lerp_(g, 1 - beta1)
+                    v_rows = v[rows].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    p_rows = p[rows].mul_(1 - lr * wd)
+                    p_rows.addcdiv_(m_rows, (v_rows.sqrt() / root2).add_(eps), value=-step_size)
+                    m[rows], v[rows], p[rows] = m_rows, v_rows, p_rows
+                else:
+                    p.mul_(1 - lr * wd)
+                    m.lerp_(grad, 1 - beta1)  # AdamW's own arithmetic, operation for operation
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    p.addcdiv_(m, (v.sqrt() / root2).add_(eps), value=-step_size)
+        return None
 
 
 def make_scheduler(fit, opt, optimizer, total_steps: int):
@@ -64,7 +110,7 @@ def make_scheduler(fit, opt, optimizer, total_steps: int):
         return None
     assert isinstance(fit, FitOneCycle)
     # Momentum cycles for Adam (beta1) and for SGD / RMSProp that use momentum at all.
-    cycle = isinstance(opt, Adam) or opt.momentum > 0
+    cycle = isinstance(opt, (Adam, SparseAdam)) or opt.momentum > 0
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
         pct_start=fit.pct_start,

@@ -13,7 +13,7 @@ from specc import codes
 from specc import ops
 from specc.diagnostics import Diagnostic, SpecError
 from specc.sized import SizedModel, Sizes, model_sizes, size_model
-from specc.spec import CATEGORY, CLASSES, Adam, FitOneCycle, LRFind, LRSlice, RMSProp, Spec
+from specc.spec import CATEGORY, CLASSES, Adam, FitOneCycle, LRFind, LRSlice, RMSProp, SparseAdam, Spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +165,7 @@ def _shown(path: Path) -> Path:
 
 def training_bytes(params: int, optimizer) -> int:
     """float32 weights, their gradients and the optimizer's state for each: what training holds."""
-    if isinstance(optimizer, Adam):
+    if isinstance(optimizer, (Adam, SparseAdam)):
         state = 2  # the two moments
     elif isinstance(optimizer, RMSProp):
         state = 1 + (optimizer.momentum > 0)

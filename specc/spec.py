@@ -238,7 +238,19 @@ class RMSProp:
     wd: float = 0.0
 
 
-Optimizer = Union[Adam, SGD, RMSProp]
+@dataclass(frozen=True, slots=True)
+class SparseAdam:
+    """Lazy Adam for embedding tables (`sparse_adam`): a table's gradient is sparse (only the rows
+    the batch looked up), and only those rows' moments and weights change, with decoupled weight
+    decay on them; every other weight as AdamW. Not Adam's maths: a row's moments decay only when
+    the row is seen, which is why it is a choice of its own and never what `adam` does."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    wd: float = 0.0
+
+
+Optimizer = Union[Adam, SGD, RMSProp, SparseAdam]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from specc import ops
 from specc.params import show_value
 from specc.plan import TrainPlan, make_plan
 from specc.sized import model_sizes, size_model
-from specc.spec import SGD, Adam, Fit, FitOneCycle, LRFind, LRSlice, RMSProp, Spec
+from specc.spec import SGD, Adam, Fit, FitOneCycle, LRFind, LRSlice, RMSProp, SparseAdam, Spec
 
 
 def summary(spec: Spec, read_data: bool = True) -> str:
@@ -62,6 +62,9 @@ def describe_optimizer(opt) -> str:
     if isinstance(opt, Adam):
         return (f"AdamW (decoupled weight decay): betas=({opt.betas[0]:g}, {opt.betas[1]:g}) "
                 f"eps={opt.eps:g} wd={opt.wd:g}")
+    if isinstance(opt, SparseAdam):
+        return (f"sparse Adam (lazy: an embedding table's rows change only when a batch looks them up): "
+                f"betas=({opt.betas[0]:g}, {opt.betas[1]:g}) eps={opt.eps:g} wd={opt.wd:g}")
     if isinstance(opt, RMSProp):
         return f"RMSProp: alpha={opt.alpha:g} eps={opt.eps:g} momentum={opt.momentum:g} wd={opt.wd:g} (decoupled)"
     assert isinstance(opt, SGD)

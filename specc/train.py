@@ -28,7 +28,7 @@ from specc.metrics import EpochRecord, History, batch_loss, better, evaluate, fo
 from specc.optim import module_groups
 from specc.plan import TrainPlan
 from specc.sized import SizedModel, sized_model
-from specc.spec import EarlyStop, Spec
+from specc.spec import EarlyStop, SparseAdam, Spec
 from specc.steps import (
     Batches, NanWatch, StageSetup, Steps, loop_kind, run_epoch, setup_stage, stage_steps, train_mode,
 )
@@ -167,6 +167,10 @@ def build_model(spec: Spec, prepared: Prepared):
     that `init GROUP from "RUN"` names take their weights from that run."""
     torch.manual_seed(spec.train.seed)
     model = lower(sized_model(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
+    if isinstance(spec.train.optimizer, SparseAdam):  # the tables' gradients: the rows looked up, not the table
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.sparse = True
     for init in spec.inits:
         load_group(model, module_groups(model), init)
     return model

@@ -10,7 +10,7 @@ from specc.check.values import (
 from specc.diagnostics import suggest
 from specc.source import Span
 from specc.spec import (
-    FLOAT, SGD, Adam, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, RMSProp, Stage,
+    FLOAT, SGD, Adam, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, RMSProp, SparseAdam, Stage,
     TrainSpec,
 )
 
@@ -238,7 +238,7 @@ def _loss_name(c: Checker, expr: ast.Expr, table: dict[str, str], what: str, tar
 
 
 def _optimizer(c: Checker, expr: ast.Expr):
-    """adam(...), adamw(...), sgd(...) or rmsprop(...)."""
+    """adam(...), adamw(...), sgd(...), rmsprop(...) or sparse_adam(...)."""
     bound = c.bind(expr, "optimizer", "optimizer")
     if bound is None:
         return None
@@ -249,10 +249,11 @@ def _optimizer(c: Checker, expr: ast.Expr):
         alpha = c.real(args["alpha"], "alpha", 0.0, 1.0, high_open=True) if "alpha" in args else 0.99
         eps = c.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
         return None if None in (alpha, eps, momentum, wd) else RMSProp(alpha, eps, momentum, wd)
-    if func in ("adam", "adamw"):
+    if func in ("adam", "adamw", "sparse_adam"):
         betas = c.numbers(args["betas"], "betas", (0.9, 0.99), 0.0, 1.0) if "betas" in args else (0.9, 0.999)
         eps = c.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
-        return None if None in (betas, eps, wd) else Adam(betas, eps, wd)
+        kind = SparseAdam if func == "sparse_adam" else Adam
+        return None if None in (betas, eps, wd) else kind(betas, eps, wd)
     nesterov = c.boolean(args["nesterov"], "nesterov") if "nesterov" in args else False
     dampening = c.real(args["dampening"], "dampening", 0.0, 1.0, high_open=True) if "dampening" in args else 0.0
     if nesterov and (momentum == 0.0 or dampening):

@@ -64,6 +64,7 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "adamw": _sig("betas?", "eps?", "wd?"),
         "sgd": _sig("momentum?", "wd?", "nesterov?", "dampening?"),
         "rmsprop": _sig("alpha?", "eps?", "momentum?", "wd?"),
+        "sparse_adam": _sig("betas?", "eps?", "wd?"),
     },
     "fit": {
         "fit": _sig("epochs", "lr"),
