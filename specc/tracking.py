@@ -53,9 +53,10 @@ class TensorBoard:
     def __init__(self, folder: Path, spec_text: str, plan_text: str, hparams: dict, resumed: bool = False):
         from tensorboardX.event_file_writer import EventsWriter
 
-        # events.out.tfevents.<seconds>.<host><suffix>: the writer truncates an existing file, and a
-        # run resumed within the same second would have the first one's name without the suffix
-        self.events = EventsWriter(str(Path(folder) / "events"), f".{os.getpid()}.{time.time_ns() % 10**9}")
+        # events.out.tfevents.<seconds>.<host>.<nanoseconds, 20 digits>.<pid>: the writer truncates an
+        # existing file, and a run resumed within the same second would otherwise take the first one's
+        # name; zero-padded, so that the names sort as the runs came (TensorBoard reads them in that order)
+        self.events = EventsWriter(str(Path(folder) / "events"), f".{time.time_ns():020d}.{os.getpid()}")
         self.hparams = hparams
         if resumed:  # the texts are in the first run's file; step 0 again would read as a restart
             return
