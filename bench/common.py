@@ -144,6 +144,17 @@ def alternate(reps: int, sides, run) -> dict:
     return times
 
 
+def swapped_rounds(rounds: int, sides, run) -> dict:
+    """run(side) for every side, `rounds` times, each round in the other order than the one before
+    (AB BA AB ...), so that a slow spell of a shared machine falls on both sides; side -> [results]."""
+    results, order = {side: [] for side in sides}, list(sides)
+    for _ in range(rounds):
+        for side in order:
+            results[side].append(run(side))
+        order.reverse()
+    return results
+
+
 def run_batches(args, bench_batch, small: int, large: int, medians: dict, unit: str = "side",
                 extra=lambda row: "") -> list:
     """bench_batch over args.batches, counting each row's outliers and printing a progress line."""

@@ -153,11 +153,16 @@ def sums(user, item, rating, rows: int) -> list:
 def read_specc_table(path: Path, limit: int | None):
     from specc.data.table import read_table
 
+    return _timed_read(read_table, path)
+
+
+def _timed_read(reader, path: Path):
+    """specc's reader of the spec's source (read_table for a CSV, read_parquet for Parquet), timed."""
     spec = spec_for(path)
     wanted = (*spec.data.inputs, spec.data.target)
     base = maxrss_mb()
     start = time.perf_counter()
-    table = read_table(spec.data.source, wanted)
+    table = reader(spec.data.source, wanted)
     seconds = time.perf_counter() - start
     c = table.columns
     return seconds, table.rows, base, (c["user"], c["item"], c["rating"]), {
@@ -182,15 +187,7 @@ def read_specc_prepare(path: Path, limit: int | None):
 def read_specc_parquet(path: Path, limit: int | None):
     from specc.data.parquet import read_parquet
 
-    spec = spec_for(path)
-    wanted = (*spec.data.inputs, spec.data.target)
-    base = maxrss_mb()
-    start = time.perf_counter()
-    table = read_parquet(spec.data.source, wanted)
-    seconds = time.perf_counter() - start
-    c = table.columns
-    return seconds, table.rows, base, (c["user"], c["item"], c["rating"]), {
-        "dtypes": [str(c[k].dtype) for k in ("user", "item", "rating")]}
+    return _timed_read(read_parquet, path)
 
 
 def read_pyarrow(path: Path, limit: int | None):

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import swapped_rounds  # noqa: E402
+
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "mnist.npz"
 SPECS = {"collab": "collab.spec", "mnist_mlp": "mnist_mlp.spec", "mnist_cnn": "mnist_cnn.spec"}
 
@@ -58,11 +60,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.specs:
-            results = {"fp32": [], "bf16": []}
-            for r in range(rounds):  # alternated: the second round starts with the other side
-                for precision in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
-                    results[precision].append(side(name, precision, args.device, epochs,
-                                                   Path(tmp) / f"{name}-{precision}"))
+            results = swapped_rounds(rounds, ("fp32", "bf16"), lambda precision: side(
+                name, precision, args.device, epochs, Path(tmp) / f"{name}-{precision}"))
             row = {"spec": name}
             for precision, runs in results.items():
                 errors = [x for x in runs if "error" in x]

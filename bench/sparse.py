@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import swapped_rounds  # noqa: E402
+
 OPTIMIZERS = {"adam": "adam(betas=(0.9, 0.99), wd=0.1)", "sparse_adam": "sparse_adam(betas=(0.9, 0.99), wd=0.1)"}
 
 
@@ -48,10 +50,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for batch in args.batch:
-            runs = {name: [] for name in OPTIMIZERS}
-            for r in range(args.rounds):  # alternated: each round starts with the other side
-                for name in (list(OPTIMIZERS) if r % 2 == 0 else list(OPTIMIZERS)[::-1]):
-                    runs[name].append(side(name, batch, args.data, args.device, args.epochs, Path(tmp) / name))
+            runs = swapped_rounds(args.rounds, list(OPTIMIZERS), lambda name: side(
+                name, batch, args.data, args.device, args.epochs, Path(tmp) / name))
             row = {"batch": batch}
             for name, results in runs.items():
                 row[name] = {**results[-1], "seconds": statistics.median(x["seconds"] for x in results)}

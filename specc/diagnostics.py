@@ -67,6 +67,12 @@ class DataError(Exception):
         return str(self)
 
 
+def first_line(err: BaseException) -> str:
+    """An exception from a library, in a few words for a message: its first line (its type's name
+    when it says nothing)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 class UsageError(Exception):
     """A command-line mistake (exit 2)."""
 

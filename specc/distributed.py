@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from specc.diagnostics import UsageError
+from specc.diagnostics import UsageError, first_line
 
 TIMEOUT_ENV = "SPECC_DIST_TIMEOUT"  # seconds a collective waits for a rank before the run gives up
 DEFAULT_TIMEOUT = 600.0  # as long as rank 0 may take over an epoch's validation while the others wait
@@ -123,7 +123,7 @@ def start(world: World, device_name: str) -> World:
                                 timeout=timedelta(seconds=world.timeout))
     except (RuntimeError, ValueError) as err:
         raise LostRank(f"rank {world.rank} could not join the other {world.size - 1} processes at "
-                       f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {_first_line(err)}") from None
+                       f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: {_backend_error(err)}") from None
     return replace(world, backend=backend, device=device)
 
 
@@ -133,10 +133,9 @@ def finish(world: World) -> None:
         dist.destroy_process_group()
 
 
-def _first_line(err: BaseException) -> str:
+def _backend_error(err: BaseException) -> str:
     """A backend's error in a few words: its first sentence, without gloo's [source:line] prefix."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))
     return text.split(". ")[0].rstrip(".")
 
 
@@ -147,7 +146,7 @@ def collective(world: World, what: str):
         yield
     except RuntimeError as err:  # torch.distributed's DistError and the backends' errors are RuntimeErrors
         raise LostRank(f"rank {world.rank}: {what} failed: another process of the run has died or stopped "
-                       f"answering (waited at most {world.timeout:g} s: {_first_line(err)})") from None
+                       f"answering (waited at most {world.timeout:g} s: {_backend_error(err)})") from None
 
 
 def agree(world: World, ok: bool) -> bool:
@@ -218,14 +217,12 @@ class StepSync:
         # running statistics change in every rank's forward pass: averaged with the gradients they
         # stay equal on every rank (each rank normalises with its own slice's statistics, though)
         self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.bytes = 0  # of the last step's buffer
 
     def __call__(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
         """The plain loop's step: average the gradients of the optimizer's parameters over the
         ranks; returns the whole batch's loss, and sets the stop request when any rank asked."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         flag = bool(self.stop is not None and self.stop.signalled)
-        loss, anyone = self.reduce(grads, loss, flag)
+        loss, anyone = self.reduce(gradients(optimizer), loss, flag)
         if self.stop is not None and bool(anyone > 0):
             self.stop.requested = True
         return loss
@@ -238,7 +235,6 @@ class StepSync:
         tail = torch.stack([loss.detach().reshape(()).to(parts[0].dtype),
                             torch.full((), float(flag), dtype=parts[0].dtype, device=parts[0].device)])
         flat = torch.cat(parts + [tail])
-        self.bytes = flat.numel() * flat.element_size()
         with collective(self.world, "averaging the gradients"):
             dist.all_reduce(flat)
         flat.div_(self.world.size)
@@ -257,6 +253,11 @@ class StepSync:
             dist.all_reduce(flag)
         if self.stop is not None and int(flag.item()) > 0:
             self.stop.requested = True
+
+
+def gradients(optimizer: torch.optim.Optimizer) -> list:
+    """The optimizer's parameters' gradients, in its order (those that have one)."""
+    return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
 class SliceDropout(nn.Dropout):

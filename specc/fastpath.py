@@ -21,6 +21,7 @@ import os
 import torch
 from torch import fx, nn
 
+from specc.distributed import gradients
 from specc.spec import Adam, SparseAdam
 
 
@@ -209,8 +210,7 @@ class DeviceStep:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.sync is not None:
-                loss = self.sync.reduce([p.grad for group in self.optimizer.param_groups for p in group["params"]
-                                         if p.grad is not None], loss)[0]
+                loss = self.sync.reduce(gradients(self.optimizer), loss)[0]
             row_lr = self.lr_table.index_select(0, self.stage_step)[0]
             row_beta1 = self.beta1_table.index_select(0, self.stage_step)[0]
             for g, group in enumerate(self.optimizer.param_groups):

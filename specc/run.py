@@ -253,7 +253,7 @@ def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, worl
     stop = StopRequest(shared=True)
     with _stop_on_signals(stop), torch_threads(threads or default_threads(spec, prepared)):
         model, history = train(spec, prepared, plan, world.device, resume=state, stop=stop, found_lrs=found,
-                               device_step=device_step, graph=False if graph is None else graph, world=world)
+                               device_step=device_step, graph=graph, world=world)
     return RunResult(Path(out), history, float("nan"), time.perf_counter() - started, model)
 
 
@@ -275,9 +275,7 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
     prepared = prepare(spec.data, spec.model.inputs)
     check_parallel(spec, world, prepared.n_train)
     device = world.device if world.parallel else pick_device(device_name)
-    if world.parallel and graph is None:
-        graph = False  # the captured step's all-reduce is yet to be measured: the plain loop unless asked
-    graph, loop = _loop(spec, device, device_step, graph, quiet)
+    graph, loop = _loop(spec, device, device_step, graph, quiet, world.parallel)
     plan = make_plan(spec, prepared)
     threads = threads or default_threads(spec, prepared)
     if state is not None:
@@ -380,15 +378,17 @@ def _trackers(folder: RunFolder, spec: Spec, plan, sets, mlflow: str | None, res
     return Trackers(trackers)
 
 
-def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool) -> tuple[bool, str]:
+def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool,
+          parallel: bool = False) -> tuple[bool, str]:
     """Whether to take the CUDA-graph step (None: wherever it applies, with a note on a CUDA device
-    where it does not) and the loop's name for run.json."""
+    where it does not; never by default in data-parallel training, as specc.steps.loop_kind decides,
+    its captured all-reduce being yet to be measured) and the loop's name for run.json."""
     if graph is None:
         from specc.fastpath import graph_reason
 
         reason = graph_reason(spec, device)
-        graph = reason is None and not device_step
-        if reason is not None and device.type == "cuda" and not quiet:
+        graph = reason is None and not device_step and not parallel
+        if reason is not None and device.type == "cuda" and not quiet and not parallel:
             print(f"specc: note: training with the plain loop, not the CUDA-graph step: {reason}", file=sys.stderr)
     return graph, "cuda-graph" if graph else "device-step" if device_step else "plain"
 

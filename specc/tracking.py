@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from specc.diagnostics import first_line
+
 EVENTS = re.compile(r"events\.out\.tfevents\.[A-Za-z0-9._-]+")  # tensorboardX's event file names
 # Steps of an epoch written to TensorBoard at most: a step's event costs about 20 us to write, so
 # every step of a 351,562-step epoch (25M ratings at batch 64) would add seconds to it; TensorBoard's
@@ -131,7 +133,7 @@ class MLflow:
             mlflow.set_tags({"specc.run_folder": str(Path(folder).resolve()), "specc.spec": name})
             mlflow.log_text(spec_text, "spec.spec")
         except Exception as err:  # the server's or the store's error, whatever its kind: in words
-            raise UsageError(f"--mlflow {uri}: cannot start a run there: {_first_line(err)}") from None
+            raise UsageError(f"--mlflow {uri}: cannot start a run there: {first_line(err)}") from None
 
     def epoch(self, record, history, steps_per_epoch: int) -> None:
         step = len(history.records) * steps_per_epoch
@@ -156,12 +158,8 @@ class MLflow:
         except Exception as err:  # tracking is a side channel: warn once, train on
             if not self.warned:
                 self.warned = True
-                print(f"specc: warning: MLflow logging failed ({_first_line(err)}); training goes on",
+                print(f"specc: warning: MLflow logging failed ({first_line(err)}); training goes on",
                       file=sys.stderr)
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class Trackers:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from specc import ast, overrides
 from specc.check.search_block import BLOCK as SEARCH
-from specc.diagnostics import SpecError, UsageError
+from specc.diagnostics import SpecError, UsageError, first_line
 from specc.parse import parse, parse_expr, read_source
 from specc.source import Source, Span
 from specc.spec import SearchRange, Spec
@@ -236,7 +236,7 @@ def _study(args, spec: Spec, out: Path, direction: str):
         study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner,
                                     load_if_exists=True)
     except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise UsageError(f"--storage {_shown_storage(args, out)}: {str(err).splitlines()[0]}") from None
+        raise UsageError(f"--storage {_shown_storage(args, out)}: {first_line(err)}") from None
     if study.direction.name.lower() != direction:
         raise UsageError(f"study '{name}' in {_shown_storage(args, out)} is a study to {study.direction.name.lower()}"
                          f" and this one would {direction}: choose another --study")
@@ -330,7 +330,7 @@ def run_trial(trial, args, search: tuple[SearchRange, ...], out: Path, monitor: 
     except optuna.TrialPruned:
         raise
     except Exception as err:
-        trial.set_user_attr("error", str(err).splitlines()[0] if str(err) else type(err).__name__)
+        trial.set_user_attr("error", first_line(err))
         raise
     last = result.history.records[-1]
     trial.set_user_attr("valid_loss", last.valid_loss)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -298,7 +299,7 @@ def test_sigterm_to_one_rank_stops_both_and_resume_equals_an_uninterrupted_run(t
     assert proc.returncode != 0
     assert json.loads((folder / "stopped" / "run.json").read_text())["status"] == "interrupted", err[-2000:]
     assert not (folder / "stopped_w" / "rank0.safetensors").exists()  # neither rank finished
-    shutil_copy(folder / "stopped", folder / "stopped_one")
+    shutil.copytree(folder / "stopped", folder / "stopped_one")
 
     done = worker(folder, "stopped", folder / "stopped_w", resume=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -312,12 +313,6 @@ def test_sigterm_to_one_rank_stops_both_and_resume_equals_an_uninterrupted_run(t
     train_run(spec, folder / "stopped_one", "cpu", quiet=True, resume=True, threads=1)
     one = load_file(folder / "stopped_one" / "model.safetensors")
     assert max(float((one[k] - straight[k]).abs().max()) for k in straight) <= 1e-6
-
-
-def shutil_copy(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.copytree(src, dst)
 
 
 def test_a_killed_rank_makes_the_other_exit_with_a_message(folder):
