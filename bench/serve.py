@@ -12,6 +12,17 @@ the two sides alternates from one level to the next. Reports rows/s, requests/s 
 latency of a request, and for the server how many requests each session run held on average.
 
     python bench/serve.py [--seconds 5] [--sizes 1 256] [--clients 1 8 64] [--json PATH]
+
+With --slow N it measures instead what slow clients cost the others (issue 22's acceptance: valid
+requests answered within 1 s while 300 connections trickle their headers): N connections each
+send a request line, then a header line every half second, never finishing, while one client
+POSTs a one-row request after another, each on a connection of its own (a new connection is what
+a connection limit holds back), for --seconds. Three servers, each in a process of its own: no
+slow clients, N slow clients (the CLI's defaults), and N slow clients under waitress's own
+default of 100 connections. Reports p50, p99 and the slowest answer, and how many requests had
+no answer within 5 s.
+
+    python bench/serve.py --slow 300 [--seconds 5] [--json PATH]
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +49,9 @@ from pathlib import Path
 from specc.infer import Session
 from specc.serve import App, Server
 model = Path(sys.argv[1])
+connections = int(sys.argv[2]) if len(sys.argv) > 2 else None
 app = App(Session(model, device="cpu", threads=1), model.name)
-server = Server(app, "127.0.0.1", 0, 16)
+server = Server(app, "127.0.0.1", 0, 16, connections)
 print(server.url, flush=True)
 try:
     server.run()
@@ -112,11 +125,99 @@ def health(url: str) -> dict:
         connection.close()
 
 
+def start_server(model: Path, connections: int | None = None) -> tuple[subprocess.Popen, str]:
+    """SERVER in a process of its own; (the process, its URL)."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(model), *([str(connections)] if connections else [])],
+                              stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return server, server.stdout.readline().strip()
+
+
+def slowloris(url: str, count: int):
+    """`count` connections that send a request line, then a header line every half second, never
+    finishing; returns what stops them."""
+    host, port = re.match(r"http://([\d.]+):(\d+)", url).groups()
+    sockets = []
+    for _ in range(count):  # the connections past a limit wait in the backlog: connect() still succeeds
+        sock = socket.create_connection((host, int(port)), timeout=60)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sockets.append(sock)
+    stop = threading.Event()
+
+    def trickle():
+        n = 0
+        while not stop.wait(0.5):
+            for sock in sockets:
+                sock.sendall(f"X-Slow-{n}: 1\r\n".encode())
+            n += 1
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+
+    def end():
+        stop.set()
+        thread.join(60)
+        for sock in sockets:
+            sock.close()
+    return end
+
+
+def fresh_clients(url: str, body: bytes, seconds: float, timeout: float = 5.0) -> dict:
+    """One request after another for `seconds`, each on a new connection: latencies, and how many
+    had no answer within `timeout`."""
+    host, port = re.match(r"http://([\d.]+):(\d+)", url).groups()
+    times, unanswered = [], 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        try:
+            connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            if answer.status != 200:
+                raise RuntimeError(answer.read().decode())
+            answer.read()
+            times.append(time.perf_counter() - t)
+        except TimeoutError:
+            unanswered += 1
+        finally:
+            connection.close()
+    return {"requests": len(times), "unanswered": unanswered, "p50_ms": 1e3 * percentile(times, 50),
+            "p99_ms": 1e3 * percentile(times, 99), "max_ms": 1e3 * max(times, default=float("nan"))}
+
+
+def slow_clients(model: Path, slow: int, seconds: float) -> list[dict]:
+    """Latency of fresh clients beside `slow` slow ones, under the CLI's defaults and waitress's limit."""
+    body = json.dumps({"user": [196], "item": [242]}).encode()
+    print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+    print("| slow connections | connection limit | requests | p50 ms | p99 ms | slowest ms | no answer in 5 s |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    table = []
+    for count, limit in ((0, None), (slow, None), (slow, 100)):
+        server, url = start_server(model, limit)
+        try:
+            fresh_clients(url, body, 0.2)  # warm up
+            end = slowloris(url, count)
+            try:
+                row = {"slow": count, "limit": limit or "default (1000)", **fresh_clients(url, body, seconds)}
+            finally:
+                end()
+        finally:
+            server.terminate()
+            server.wait(60)
+        table.append(row)
+        print(f"| {count} | {row['limit']} | {row['requests']:,} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+              f"{row['max_ms']:.2f} | {row['unanswered']} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return table
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="time at each level and side (default 5)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 256], help="rows a request (default 1 256)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64], help="concurrent clients (default 1 8 64)")
+    ap.add_argument("--slow", type=int, metavar="N", help="measure fresh clients beside N slow ones instead")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     os.chdir(ROOT)
@@ -128,10 +229,13 @@ def main(argv=None) -> int:
     run = Path(tempfile.mkdtemp(prefix="specc-serve-"))
     train_run(spec, run, "cpu", sets, quiet=True)
     model = run / "model.onnx"
+    if args.slow is not None:
+        table = slow_clients(model, args.slow, args.seconds)
+        if args.json:
+            args.json.write_text(json.dumps(table, indent=1))
+        return 0
     session = Session(model, device="cpu", threads=1)
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(model)], stdout=subprocess.PIPE, text=True,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    url = server.stdout.readline().strip()
+    server, url = start_server(model)
     rng = np.random.default_rng(0)
     print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; onnxruntime pinned to 1 thread")
     print("| rows/request | clients | side | requests | rows/s | requests/s | p50 ms | p99 ms | requests/run |")

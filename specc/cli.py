@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from specc.diagnostics import DataError, SpecError, UsageError
+from specc.diagnostics import DataError, SpecError, UsageError, printable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +26,8 @@ def _threads(text: str) -> int:
         n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of threads of at least 1, found '{text}'")
+    if n > 4096:  # torch takes a C int; no machine has more cores
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads of at most 4,096, found '{text}'")
     return n
 
 
@@ -58,24 +60,52 @@ class _Version(argparse.Action):
         raise SystemExit(0)
 
 
+def _whole(low: int, high: int):
+    """An argparse type: a whole number from low to high."""
+    def whole(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high:,}, found '{text}'")
+        return n
+    return whole
+
+
+def _seconds(text: str) -> float:
+    """--timeout S: a number of seconds above 0 and at most 1e9 (not inf, not nan)."""
+    try:
+        s = float(text)
+    except ValueError:
+        s = float("nan")
+    if not 0 < s <= 1e9:  # false for nan too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most 1e9, found '{text}'")
+    return s
+
+
 def _tune_options(c) -> None:
     """specc tune's options (beside SPEC and --set): kept out of _parser, which would pass 100 lines."""
     c.add_argument("--search", action="append", default=[], metavar="KEY=RANGE",
                    help="a value to search, as in a search block: n_factors=int(10, 100), "
                    "train.fit.lr=log(1e-4, 1e-1), train.optimizer.wd=float(0, 0.3), data.batch=choice(32, 64) "
                    "(repeatable; replaces the block's line for the same key)")
-    c.add_argument("--trials", type=int, default=20, metavar="N",
+    c.add_argument("--trials", type=_whole(1, 10**6), default=20, metavar="N",
                    help="finish when the study has N finished trials, counting those it had (default 20)")
     c.add_argument("--out", type=Path, help="where the trials and study.db go (default runs/<spec name>-tune)")
     c.add_argument("--storage", metavar="URL", help="the study's database, any URL optuna takes, to share one study "
                    "among processes or machines (default sqlite:///<out>/study.db)")
     c.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the spec's name)")
-    c.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
-    c.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
-    c.add_argument("--startup-trials", type=int, default=5, metavar="N",
-                   help="prune nothing until N trials have finished (default 5)")
-    c.add_argument("--warmup-epochs", type=int, default=1, metavar="N",
+    c.add_argument("--timeout", type=_seconds, metavar="S", help="start no trial after S seconds")
+    c.add_argument("--seed", type=_whole(0, 2**32 - 1), default=0, help="the TPE sampler's seed (default 0)")
+    c.add_argument("--repeats", type=_whole(1, 100), default=1, metavar="N",
+                   help="train each trial with N seeds (the spec's train.seed, then +1, +2, ...) and judge it by the "
+                   "mean of their figures (default 1)")
+    c.add_argument("--startup-trials", type=_whole(0, 10**6), default=5, metavar="N",
+                   help="prune nothing until N trials have completed (default 5)")
+    c.add_argument("--warmup-epochs", type=_whole(0, 10**6), default=1, metavar="N",
                    help="prune no trial in its first N epochs (default 1)")
+    c.add_argument("--no-prune", action="store_true", help="let every trial finish (no median pruning)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
 
@@ -243,22 +273,71 @@ def _show(args) -> int:
     return 0
 
 
-def _train(args) -> int:
-    from specc import distributed
-    from specc.run import check_parallel
-
-    world = distributed.from_env()  # torchrun's RANK and WORLD_SIZE; one process without them
-    spec = _load(args, warn=world.writes)
+def _train_options(args, spec) -> Path:
+    """The folder `specc train` writes, once its options are checked (UsageError); torch is
+    imported only for the options that need it (--device cuda, --device-step)."""
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: torch sees no CUDA device here")
-    out = args.resume or args.out or Path("runs") / spec.name
+    if args.device_step:
+        from specc.fastpath import applies
+
+        if not applies(spec):
+            raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
+        if spec.data.augment is not None:
+            raise UsageError("--device-step does not augment images: drop it, or augment from the spec")
     if args.resume and args.out and args.out != args.resume:
         raise UsageError("--resume RUN writes into RUN; leave out --out")
     if args.resume and args.force:
         raise UsageError("--resume goes on with the run in RUN and --force replaces it: give one of them")
+    return args.resume or args.out or Path("runs") / spec.name
+
+
+def _train_early(args):
+    """One process (no launcher): (spec, folder, data), after every refusal that needs no torch,
+    before torch is imported: the options, a folder that holds a run, the data and the plan."""
+    from specc.data.prepare import prepare
+    from specc.plan import make_plan
+    from specc.run import load_resume, out_of_memory
+    from specc.runfolder import CHECKPOINT, RunFolder
+
+    spec = _load(args)
+    out = _train_options(args, spec)
+    folder = RunFolder(out)
+    why = folder.busy() or (folder.refusal(args.force) if args.resume is None else None)
+    if why is not None:
+        raise UsageError(why)
+    if args.resume is not None and not (out / CHECKPOINT).is_file():
+        load_resume(out, spec, args.sets)  # its error
+    with out_of_memory(spec, folder):  # as train_run reads it
+        prepared = prepare(spec.data, spec.model.inputs)
+    make_plan(spec, prepared)  # what the data rules out, an init run that is not there
+    return spec, out, prepared
+
+
+def _train(args) -> int:
+    import os
+
+    # every refusal that needs no torch is answered before torch is imported (3 s or more); under
+    # a launcher, rank 0 answers them in train_run and tells the other ranks
+    from specc.run import OutOfMemory
+
+    try:
+        early = _train_early(args) if "WORLD_SIZE" not in os.environ else None
+    except OutOfMemory as err:
+        print(err, file=sys.stderr)
+        return 1
+    from specc import distributed
+    from specc.run import check_parallel
+
+    world = distributed.from_env()  # torchrun's RANK and WORLD_SIZE; one process without them
+    if early is None:
+        spec = _load(args, warn=world.writes)
+        out, prepared = _train_options(args, spec), None
+    else:
+        spec, out, prepared = early
     sets = "".join(f" --set '{s}'" for s in args.sets)
     resume_command = f"specc train {args.spec}{sets} --resume {out}"  # what the messages below suggest
     if world.parallel:
@@ -271,7 +350,7 @@ def _train(args) -> int:
         check_parallel(spec, world)
     try:
         world = distributed.start(world, args.device)  # joins the other ranks' process group
-        return _train_as(args, spec, out, world, resume_command)
+        return _train_as(args, spec, out, world, resume_command, prepared)
     except distributed.LostRank as err:
         from specc.runfolder import CHECKPOINT
 
@@ -283,31 +362,28 @@ def _train(args) -> int:
     except distributed.PeerFailed as err:
         print(f"specc: rank {world.rank}: stopping: {err}", file=sys.stderr)
         return 1
+    except distributed.Disagreement as err:  # every rank knows it; rank 0 says it, once
+        if world.writes:
+            print(f"specc: error: {err}", file=sys.stderr)
+        return 1
     finally:
         distributed.finish(world)
 
 
-def _train_as(args, spec, out: Path, world, resume_command: str) -> int:
+def _train_as(args, spec, out: Path, world, resume_command: str, prepared=None) -> int:
     """specc train, as this rank of the run: exit codes and the messages of rank 0 (the others
     end with the same codes, silently: rank 0 has said why)."""
     from specc.export import ExportError
     from specc.runfolder import RunFinished, WriteError
     from specc.steps import TrainingDiverged
-    from specc.run import train_run
+    from specc.run import OutOfMemory, train_run
     from specc.train import Interrupted
 
     say = world.writes
     try:
-        if args.device_step:
-            from specc.fastpath import applies
-
-            if not applies(spec):
-                raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
-            if spec.data.augment is not None:
-                raise UsageError("--device-step does not augment images: drop it, or augment from the spec")
         train_run(spec, out, args.device, args.sets, quiet=args.quiet or not say, resume=args.resume is not None,
                   device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
-                  force=args.force, threads=args.threads, world=world, mlflow=args.mlflow)
+                  force=args.force, threads=args.threads, world=world, mlflow=args.mlflow, prepared=prepared)
     except RunFinished as done:
         # exit 0: what --resume is for, a finished run, is there (a loop that resumes until done stops)
         print(f"specc: {done}", file=sys.stderr)
@@ -332,6 +408,9 @@ def _train_as(args, spec, out: Path, world, resume_command: str) -> int:
     except TrainingDiverged as err:
         if say:
             print(f"specc: training stopped: {err}; the last good checkpoint is in {out}/", file=sys.stderr)
+        return 1
+    except OutOfMemory as err:  # one line: the spec line, torch's words, what to change
+        print(err, file=sys.stderr)
         return 1
     except ExportError as err:
         print(f"specc: export failed: {err}", file=sys.stderr)
@@ -410,21 +489,59 @@ def _sweep(args) -> int:
         if why is not None:
             raise UsageError(why)
         specs.append((combo, sets, spec, name, folder))
-    rows = []
+    rows, failed = [], []
     for k, (combo, sets, spec, name, folder) in enumerate(specs, start=1):
         print(f"[{k}/{len(specs)}] {name}", flush=True)
-        result = train_run(spec, folder, args.device, sets, quiet=True, force=args.force, threads=args.threads,
-                           mlflow=args.mlflow)
+        try:
+            result = train_run(spec, folder, args.device, sets, quiet=True, force=args.force,
+                               threads=args.threads, mlflow=args.mlflow)
+        except _failures() as err:  # one variant's failure is its row; the others still train
+            print(f"specc: {name}: {_variant_failure(err)}; its folder is {folder}/", file=sys.stderr)
+            failed.append(name)
+            continue
+        except _interrupted() as stopped:  # (each `except` evaluated only when something is raised)
+            print(f"\nspecc: sweep interrupted in {name} (epoch {stopped.state.epoch}, step {stopped.state.step}); "
+                  f"the runs are in {out}/", file=sys.stderr)
+            return 130
         last = result.history.records[-1]
         rows.append((name, last.valid_loss, last.metrics, folder))
     metrics = list(base_spec.train.metrics)
     rows.sort(key=lambda r: r[1])
-    width = max(len(r[0]) for r in rows)
+    width = max([len(r[0]) for r in rows] + [len(name) for name in failed] + [len("variant")])
     print(f"\n{'variant':<{width}}  {'valid_loss':>10}  " + "  ".join(f"{m:>10}" for m in metrics))
     for name, loss, values, folder in rows:
         print(f"{name:<{width}}  {loss:>10.6f}  " + "  ".join(f"{values[m]:>10.6f}" for m in metrics))
+    for name in failed:
+        print(f"{name:<{width}}  {'failed':>10}")
     print(f"\nbest first; the runs are in {out}/")
-    return 0
+    return 1 if failed else 0
+
+
+def _failures() -> tuple[type, ...]:
+    """The ways one training run fails that end it but not a sweep (imported when one is raised)."""
+    from specc.export import ExportError
+    from specc.run import OutOfMemory
+    from specc.steps import TrainingDiverged
+
+    return TrainingDiverged, OutOfMemory, ExportError
+
+
+def _interrupted() -> type:
+    from specc.train import Interrupted
+
+    return Interrupted
+
+
+def _variant_failure(err: Exception) -> str:
+    """A sweep variant's failure in words, as `specc train` says it."""
+    from specc.export import ExportError
+    from specc.steps import TrainingDiverged
+
+    if isinstance(err, TrainingDiverged):
+        return f"training stopped: {err}"
+    if isinstance(err, ExportError):
+        return f"export failed: {err}"
+    return str(err)
 
 
 def _split_values(text: str) -> list[str]:
@@ -525,7 +642,7 @@ def _evaluate(args) -> int:
     for note in notes:
         print(f"specc: note: {note}", file=sys.stderr)
     read = f"; arrays {', '.join(arrays.values())}" if arrays else ""
-    print(f"{args.data} ({args.split} {'images' if args.data.is_dir() else 'rows'}: {rows}{read})")
+    print(f"{printable(str(args.data))} ({args.split} {'images' if args.data.is_dir() else 'rows'}: {rows}{read})")
     for name, value in result.items():
         print(f"  {name:<12} {value:.6f}")
     return 0
@@ -561,6 +678,15 @@ def _serve_arguments(c) -> None:
                    help="the most rows one request may hold (default 65536; more: 413)")
     c.add_argument("--threads", type=_threads, default=16, metavar="N",
                    help="the server's threads, each reading and answering one request at a time (default 16)")
+    c.add_argument("--max-body-mb", type=float, metavar="MB", help="the largest request body, in millions of "
+                   "bytes, refused by its Content-Length before it is read (default: what --max-rows rows of the "
+                   "model's inputs take in JSON, with room to spare; at most 1000)")
+    c.add_argument("--connection-limit", type=int, metavar="N", help="connections open at once, slow ones "
+                   "included; more wait in the backlog (default 1000, or what the open-file limit holds)")
+    c.add_argument("--channel-timeout", type=int, default=30, metavar="S",
+                   help="close a connection silent this many seconds (default 30)")
+    c.add_argument("--request-timeout", type=float, default=60.0, metavar="S", help="a request must arrive whole "
+                   "within this many seconds of its first byte, trickled or not (default 60; else 408)")
 
 
 def _serve(args) -> int:

@@ -67,10 +67,14 @@ TARGET_KIND = Code("E304", "a loss, metric or setting that needs another kind of
 DATA_SIZE = Code("E305", "what the data's size rules out, found once it is read: batchnorm on training batches "
                          "of one row, a one-cycle warm-up of exactly one step (which torch's OneCycleLR cannot "
                          "schedule)")
-TOO_DEEP = Code("E306", "an expression nested more than 200 levels deep")
-TOO_LARGE = Code("E307", "a model whose training state (float32 weights, gradients, the optimizer's state) is "
-                         "larger than this machine's memory; before the data is read, counted over the layers "
-                         "whose sizes are known")
+TOO_DEEP = Code("E306", "an expression nested more than 200 levels deep (see \"Values\"), as written or "
+                        "once the params and --set values it holds are put in")
+TOO_LARGE = Code("E307", "training that needs more memory than there is (SPECC_MEMORY, else the room under the "
+                         "cgroup's limit or MemAvailable): the weights, gradients and optimizer state, the values "
+                         "a step keeps at the batch size (or validation's), the data as prepared, an images(...) "
+                         "folder at its size (before an image is decoded); before the data is read, the weights "
+                         "of the layers whose sizes are known; while training, an allocation torch could not make, "
+                         "at the spec line it was computing")
 NOT_WHOLE = Code("E308", "a number that must be whole is not")
 BAD_COLUMN = Code("E309", "a column declaration that is not `name: type`, has an unknown type, or has a shape "
                           "or scale that its type or source cannot have (an images(...) source's `image` is an "

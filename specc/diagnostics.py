@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from specc.codes import Code
@@ -71,6 +72,22 @@ def first_line(err: BaseException) -> str:
     """An exception from a library, in a few words for a message: its first line (its type's name
     when it says nothing)."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # the lone surrogates that stand for bytes under surrogateescape
+
+
+def os_text(name: str) -> str:
+    """A name from the file system as UTF-8 text: each byte that is not UTF-8 (which os gives as a
+    lone surrogate, surrogateescape) written as \\xNN, so that it can go into a model, JSON or a CSV."""
+    return _NOT_UTF8.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", name)
+
+
+def printable(text: str) -> str:
+    """A user's name or path as one line of a message: bytes that are not UTF-8 as \\xNN (os_text),
+    a line break, tab or other control character escaped as Python writes it ('x\\ny')."""
+    text = os_text(text)
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class UsageError(Exception):

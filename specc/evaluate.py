@@ -19,7 +19,7 @@ from specc.data.files import describe_array
 from specc.data.images import Listing, list_folder
 from specc.data.prepare import INT64_MAX, INT64_MIN, split_from_json, split_rows
 from specc.data.table import shown_names
-from specc.diagnostics import DataError
+from specc.diagnostics import DataError, printable
 from specc.infer import IMAGE_BATCH, PROBABILITIES, ImageReading, Inputs, Session, image_reading, is_npz, \
     load_session, read_rows, run_images
 from specc.spec import CATEGORY, ImagesSource
@@ -96,16 +96,16 @@ def _known_classes(listing: Listing, vocab: dict) -> None:
     first = next(f for f in listing.files if f.label in unknown)
     part = ("valid" if first.valid else "train") if listing.own_split else ""
     where = listing.root / part / first.label if len(unknown) == 1 else listing.root
-    listed = ", ".join(f"'{c}' ({n} image{'s' if n > 1 else ''})" for c, n in sorted(unknown.items())[:5])
+    listed = ", ".join(f"'{printable(c)}' ({n} image{'s' if n > 1 else ''})" for c, n in sorted(unknown.items())[:5])
     if len(unknown) > 5:
         listed += f" and {len(unknown) - 5} more"
-    hints = [f"'{close[0]}' for '{label}'" for label in sorted(unknown)[:5]
+    hints = [f"'{printable(close[0])}' for '{printable(label)}'" for label in sorted(unknown)[:5]
              if (close := difflib.get_close_matches(label, [str(c) for c in classes], n=1, cutoff=0.75))]
     hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
     count = len(unknown)
-    raise DataError(str(where), f"class folder{'s' if count > 1 else ''} {listed} {'are' if count > 1 else 'is'} not "
-                    f"{'classes' if count > 1 else 'a class'} of the model: its classes are "
-                    f"{shown_names(list(classes))}{hint}", code="D109")
+    raise DataError(printable(str(where)), f"class folder{'s' if count > 1 else ''} {listed} "
+                    f"{'are' if count > 1 else 'is'} not {'classes' if count > 1 else 'a class'} of the model: its "
+                    f"classes are {shown_names([printable(str(c)) for c in classes])}{hint}", code="D109")
 
 
 def _class_key(value, integer: bool):

@@ -7,6 +7,7 @@ import csv
 import ctypes
 import functools
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from specc.data.files import bad_byte, check_regular, describe_array, has_surrogates, load_npz, not_utf8, \
-    npz_array, open_binary, open_text
-from specc.data.images import SUFFIXES as IMAGE_SUFFIXES, _Broken, _images_below, decode
+from specc.data.files import bad_byte, check_regular, describe_array, first_not_text, has_surrogates, load_npz, \
+    not_utf8, npz_array, open_binary, open_text
+from specc.data.images import SUFFIXES as IMAGE_SUFFIXES, BrokenImage, decode, images_below
 from specc.data.prepare import INT64_MAX, INT64_MIN
 from specc.data.table import Table, header_problem, read_table, shown_names
-from specc.diagnostics import DataError, UsageError
+from specc.diagnostics import DataError, UsageError, os_text, printable
 from specc.spec import CATEGORY, FLOAT, IMAGE_COLUMN, IMAGE_MODES, Column, CsvSource
 
 PROBABILITIES = "probabilities"  # the class probabilities output (specc.export, which imports torch)
@@ -47,9 +48,19 @@ def gpu_present() -> bool:
         return False
 
 
-def providers(device: str = "auto") -> list[str]:
-    import onnxruntime as ort
+def import_onnxruntime():
+    """onnxruntime, its telemetry off unless the user says otherwise: from 1.29 on Linux it writes a
+    device id and a SQLite file under ~/.cache/Microsoft/DeveloperTools/ from every process that
+    loads it, and may upload events. ORT_DISABLE_TELEMETRY=1, its switch, is read as it loads; a
+    user's own ORT_DISABLE_TELEMETRY is left as it is."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
 
+    return onnxruntime
+
+
+def providers(device: str = "auto") -> list[str]:
+    ort = import_onnxruntime()
     available = ort.get_available_providers()
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available and gpu_present():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -60,8 +71,7 @@ class Session:
     """An onnxruntime session over a specc model, fed by column name."""
 
     def __init__(self, model: bytes | str | Path, device: str = "auto", threads: int | None = None):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads is not None:  # a benchmark's pinned threads (default: onnxruntime's, one per core)
@@ -126,8 +136,7 @@ class Bound:
     vocabulary lookups read stay in host memory, where those lookups run."""
 
     def __init__(self, session: Session, feed: dict[str, np.ndarray]):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         self.session = session
         self.binding = session.session.io_binding()
         self.values = []  # the device copies must outlive the runs
@@ -152,8 +161,7 @@ class Bound:
 
 def load_session(model: Path, device: str = "auto") -> Session:
     """A session over a model file a user names, or an error that says why it cannot be one."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
+    state = import_onnxruntime().capi.onnxruntime_pybind11_state
     check_regular(model)
     try:
         return Session(model, device=device)
@@ -225,6 +233,7 @@ class Inputs:
     path: str = ""
     split_done: bool = False  # the arrays are already the rows of the split asked for (x_valid)
     order: np.ndarray | None = None  # after take(): the file's row of each row kept
+    kept: dict[str, np.ndarray] = field(default_factory=dict)  # a column predict writes back as given (the target's)
 
     def error(self, index, column: str, message: str, code: str = "D104", whole: bool = False) -> DataError:
         """An error about a value of a column (row `index`, or an element's index tuple): at its
@@ -255,12 +264,14 @@ class Inputs:
 DELIMITERS = (",", "\t", ";", "|")
 
 
-def read_inputs(path: Path, session: Session, target: str | None = None, delimiter: str | None = None) -> Inputs:
+def read_inputs(path: Path, session: Session, target: str | None = None, delimiter: str | None = None,
+                keep: str | None = None) -> Inputs:
     """The model's input columns (and `target`, if asked) from a CSV: one with a header naming them
     (the delimiter is `delimiter`, else the training data's or the first of , tab ; | that finds
     them all), or one laid out as the spec read its training data (no header, its `columns`). The
     training data's missing-value markers and stripping apply. Ids come as int64 or strings,
-    numbers as float32; NaN only where the model fills or flags it."""
+    numbers as float32; NaN only where the model fills or flags it. `keep`: a column read as
+    text, as given, where the file has one (predict writes the target's back beside the prediction)."""
     shown = str(path)
     training = reading_options(session, path)
     wanted = list(session.inputs) + ([target] if target else [])
@@ -285,12 +296,16 @@ def read_inputs(path: Path, session: Session, target: str | None = None, delimit
     kinds = {name: FLOAT if _NUMPY.get(kind) is np.float32 else CATEGORY for name, kind in session.inputs.items()}
     if target:
         kinds[target] = CATEGORY if session.metadata.get("specc.target_kind") == CATEGORY else FLOAT
-    table = read_table(source, tuple(Column(name, kinds[name], None) for name in wanted))
+    header = list(training.columns) if source is training else [n.strip() for n in _split(first, source.delimiter)]
+    kept = [keep] if keep and keep not in wanted and keep in header else []
+    kinds.update({name: CATEGORY for name in kept})  # as text: predict writes it back as given
+    table = read_table(source, tuple(Column(name, kinds[name], None) for name in wanted + kept))
     got = Inputs({}, table.rows, table=table, path=table.path)
     for name in session.inputs:
         got.feed[name] = _typed(session, name, table.columns[name], got)
     if target:
         got.target = table.columns[target]
+    got.kept = {name: table.columns[name] for name in kept}
     return got
 
 
@@ -472,6 +487,9 @@ def _texts(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
     """Category values as strings: text as it is, whole numbers written out."""
     kind = values.dtype.kind
     if kind in "OU":
+        if (k := first_not_text(values)) is not None:  # onnxruntime takes UTF-8 strings only
+            raise got.error(k, name, f"holds a string that is not UTF-8 text ('{printable(str(values[k]))}')",
+                            code="D102")
         return np.asarray([str(v) for v in values], dtype=object)
     if kind == "S":
         out = np.empty(len(values), dtype=object)
@@ -580,8 +598,8 @@ def is_npz(path: Path) -> bool:
 
 
 def read_rows(path: Path, session: Session, target: str | None = None, delimiter: str | None = None,
-              arrays: dict[str, str] | None = None, split: str = "all") -> Inputs:
-    """The inputs (and target) from a CSV or an .npz file, whichever `path` is."""
+              arrays: dict[str, str] | None = None, split: str = "all", keep: str | None = None) -> Inputs:
+    """The inputs (and target) from a CSV or an .npz file, whichever `path` is; `keep`: see read_inputs."""
     check_regular(path)
     if is_npz(path):
         if delimiter is not None:
@@ -589,18 +607,26 @@ def read_rows(path: Path, session: Session, target: str | None = None, delimiter
         return read_arrays(path, session, target, arrays, split)
     if arrays:
         raise UsageError(f"--array names arrays of an .npz archive; {path} is a CSV (its header names the columns)")
-    return read_inputs(path, session, target, delimiter)
+    return read_inputs(path, session, target, delimiter, keep)
 
 
 def _columns(session: Session, got: Inputs, results: dict[str, np.ndarray]):
-    """CSV columns: scalar inputs as given, then the outputs; a probability per class apiece."""
+    """CSV columns: scalar inputs as given, the target's column where the file has one, then the
+    outputs (a probability per class apiece); an output named as a column before it takes the
+    suffix `_pred`, as fastai's show_results names its predictions (`salary` beside `salary_pred`)."""
     names, columns = [], []
     for name, values in got.feed.items():
         if values.ndim == 1:
             names.append(name)
             columns.append(got.shown.get(name, values))
+    names += list(got.kept)
+    columns += list(got.kept.values())
     more_names, more = _output_columns(session, results)
-    return names + more_names, columns + more
+    for name in more_names:
+        while name in names:
+            name += "_pred"
+        names.append(name)
+    return names, columns + more
 
 
 def _output_columns(session: Session, results: dict[str, np.ndarray]):
@@ -635,7 +661,7 @@ def predict_file(model: Path, rows: Path, out, device: str = "auto", batch: int 
             raise UsageError(f"--{'delimiter' if delimiter is not None else 'array'}: the model reads images, "
                              f"and {rows} is {'a folder of them' if rows.is_dir() else 'read as one'}")
         return predict_images(session, reading, rows, out, image_batch)
-    got = read_rows(rows, session, delimiter=delimiter, arrays=arrays)
+    got = read_rows(rows, session, delimiter=delimiter, arrays=arrays, keep=session.metadata.get("specc.target"))
     for note in got.notes:
         print(f"specc: note: {note}", file=sys.stderr)
     feed, n = got.feed, got.rows
@@ -651,17 +677,24 @@ def predict_file(model: Path, rows: Path, out, device: str = "auto", batch: int 
     return n
 
 
+CSV_CHUNK = 65536  # rows turned into text at a time
+
+
 def _write_csv(out, names: list[str], columns: list, n: int) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(names)
-    for k in range(n):
-        writer.writerow([_cell(c[k]) for c in columns])
+    for s in range(0, n, CSV_CHUNK):
+        writer.writerows(zip(*(cell_texts(c[s:s + CSV_CHUNK]) for c in columns)))
 
 
-def _cell(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.6g}"
-    return str(value)
+def cell_texts(values) -> list[str]:
+    """Values as CSV or JSON text: a float as the shortest decimal that reads back as the same
+    float of its width (numpy's str: a float32 in at most 9 digits, as `specc serve` answers),
+    never rounded to fewer; anything else as str."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        return values.astype(str).tolist()
+    return [str(v) for v in values]
 
 
 # ---------------------------------------------------------------- image files
@@ -704,15 +737,17 @@ def image_reading(session: Session, model: Path) -> ImageReading | None:
 def image_files(path: Path) -> tuple[list[Path], list[str]]:
     """The images `path` names, with each one's name for the output: the file itself (named as
     given), or every image in a folder and the folders below it (named by their path below it),
-    sorted by that path; hidden files and folders are left out, a folder linked twice read once."""
+    sorted by that path; hidden files and folders are left out, a folder linked twice read once, and
+    links are followed only within the folder (see images_below). A name that is not UTF-8 is
+    written with \\xNN for each byte that is not (os_text)."""
     if not path.is_dir():
         check_regular(path)
-        return [path], [str(path)]
-    found = [relative for relative, _, _ in _images_below(path, path)]
+        return [path], [os_text(str(path))]
+    found = [relative for relative, _, _ in images_below(path, path)]
     if not found:
-        raise DataError(str(path), f"holds no images (files ending {', '.join(IMAGE_SUFFIXES)}, in it or in folders "
-                        "below it)", code="D111")
-    return [path / relative for relative in found], found
+        raise DataError(printable(str(path)), f"holds no images (files ending {', '.join(IMAGE_SUFFIXES)}, in it or "
+                        "in folders below it)", code="D111")
+    return [path / relative for relative in found], [os_text(relative) for relative in found]
 
 
 def decode_images(paths: list[Path], reading: ImageReading) -> np.ndarray:
@@ -722,8 +757,8 @@ def decode_images(paths: list[Path], reading: ImageReading) -> np.ndarray:
     for k, path in enumerate(paths):
         try:
             batch[k] = decode(path, reading.mode, reading.size)
-        except _Broken as err:
-            raise DataError(str(path), f"cannot be decoded as an image: {err}", code="D110") from None
+        except BrokenImage as err:
+            raise DataError(printable(str(path)), f"cannot be decoded as an image: {err}", code="D110") from None
     return batch
 
 

@@ -97,6 +97,8 @@ def _metadata(meta: dict[str, str], path: Path) -> tuple[dict[str, Vocab], dict[
             raise bad("specc.embeddings", f"the entry of '{name}' is not a column and a width")
         if e["column"] not in vocabs:
             raise bad("specc.embeddings", f"embedding '{name}' is over '{e['column']}', which has no vocabulary")
+        if not isinstance(e.setdefault("weight", f"{name}.weight"), str):  # older runs: the value's own name
+            raise bad("specc.embeddings", f"the table of '{name}' is not named by a string")
         embeddings[name] = e
     return vocabs, embeddings
 
@@ -200,7 +202,7 @@ def pca(factors: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
 def _table(weights, unreadable, path: Path, name: str, emb: dict, vocab: Vocab, chosen: np.ndarray) -> np.ndarray:
     """An embedding's rows for the chosen ids, checked: there, a 2-d float table with a row per id
     and the unknown row, as wide as the metadata says, and finite."""
-    key = f"{name}.weight"
+    key = emb["weight"]
 
     def bad(what: str) -> DataError:
         return DataError(str(path), f"tensor '{key}' (embedding '{name}' of '{vocab.column}') {what}", code="D108")

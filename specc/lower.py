@@ -5,6 +5,7 @@ nodes (and its submodule, for an op with weights) to the graph."""
 
 from __future__ import annotations
 
+import keyword
 import operator
 from typing import Callable
 
@@ -34,15 +35,19 @@ class Lowering:
         self.graph = fx.Graph()
         self.raw: dict[str, fx.Node] = {col: self.graph.placeholder(col) for col in model.inputs}
         self.env: dict[str, fx.Node] = dict(self.raw)
+        self.attributes = attribute_names(n.name for n in model.nodes)
 
     def call(self, target: Callable, args, name: str, **kwargs) -> fx.Node:
         """A call_function node named `name`."""
         return self.graph.create_node("call_function", target, tuple(args), kwargs, name=name)
 
-    def module(self, node: Node, module: nn.Module) -> fx.Node:
-        """`module` as the submodule named after the node, called on the node's (one) input."""
-        self.root.add_module(node.name, module)
-        return self.graph.create_node("call_module", node.name, (self.env[node.inputs[0]],), {}, name=node.name)
+    def module(self, node: Node, module: nn.Module, x: fx.Node | None = None) -> fx.Node:
+        """`module` as the submodule named after the node (attribute_names), called on `x`, by
+        default the node's (one) input."""
+        target = self.attributes[node.name]
+        self.root.add_module(target, module)
+        x = self.env[node.inputs[0]] if x is None else x
+        return self.graph.create_node("call_module", target, (x,), {}, name=node.name)
 
     def width(self, node: Node) -> int:
         """The feature count of the node's first input."""
@@ -50,6 +55,27 @@ class Lowering:
 
     def x(self, node: Node) -> fx.Node:
         return self.env[node.inputs[0]]
+
+
+_PROBE = fx.GraphModule(nn.Module(), fx.Graph())
+
+
+def attribute_names(names) -> dict[str, str]:
+    """The submodule attribute that holds the weights of each of the spec's values `names`: the
+    name itself, unless torch's module already has an attribute of that name (`half`, `train`,
+    `graph`, ...) or it is a Python keyword (`class`, which fx's code cannot write): then the name with `_` appended (as fx does for a keyword) until it is free,
+    taken by no other value either. A spec may name its values anything check accepts."""
+    names = list(names)
+    taken, out = set(names), {}
+    for name in names:
+        attribute = name
+        if hasattr(_PROBE, attribute) or keyword.iskeyword(attribute):
+            attribute += "_"
+            while hasattr(_PROBE, attribute) or attribute in taken:
+                attribute += "_"
+            taken.add(attribute)
+        out[name] = attribute
+    return out
 
 
 Lower = Callable[[Lowering, Node], fx.Node]
@@ -161,8 +187,7 @@ def _arithmetic(g: Lowering, node: Node) -> fx.Node:
 def _embedding(g: Lowering, node: Node) -> fx.Node:
     module = nn.Embedding(node.op.rows, node.op.dim)
     init_embedding(module)
-    g.root.add_module(node.name, module)
-    return g.graph.create_node("call_module", node.name, (g.env[node.op.column],), {}, name=node.name)
+    return g.module(node, module, g.env[node.op.column])
 
 
 @lowers("linear")

@@ -182,6 +182,9 @@ def _set_arg(call: ast.Call, params, param: str, value: ast.Expr, source: Source
         args = list(call.args)
         args[position] = value
         return dataclasses.replace(call, args=tuple(args))
+    # in the keyword's own place (new ones last), so that the tree is the spec's text with the value
+    # written in: specc tune writes best.spec that way and checks it parses to this tree
+    at = next((k for k, kw in enumerate(call.keywords) if kw.name.id == param), len(call.keywords))
     keywords = [kw for kw in call.keywords if kw.name.id != param]
-    keywords.append(ast.Keyword(ast.Name(param, value.span), value, value.span))
+    keywords.insert(at, ast.Keyword(ast.Name(param, value.span), value, value.span))
     return dataclasses.replace(call, keywords=tuple(keywords))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from specc import ast, codes
 from specc.diagnostics import Diagnostic, suggest
+from specc.parse import too_deep
 from specc.source import Span
 
 BLOCK = "params"
@@ -56,6 +57,7 @@ def resolve(blocks: dict[str, ast.Block], reserved: frozenset[str], spec_source)
     exprs: dict[str, ast.Expr] = {}
     defs: dict[str, ast.Assign] = {}
     later = {s.target.id: s.target.span.line for s in block.body if isinstance(s, ast.Assign)}
+    deep: set[str] = set()  # params nested too deeply
     for stmt in block.body:
         if not isinstance(stmt, ast.Assign):
             result.errors.append(Diagnostic(codes.MISPLACED_STATEMENT, "a params block holds `name = value` lines",
@@ -75,12 +77,7 @@ def resolve(blocks: dict[str, ast.Block], reserved: frozenset[str], spec_source)
             result.errors.append(Diagnostic(codes.DEFINED_TWICE, f"'{name}' is both a param and {taken[name]}",
                                             stmt.target.span, ("give the param another name",)))
             continue
-        before = len(result.errors)
-        exprs[name] = _constant(stmt.value, exprs, later, result.errors)
-        if len(result.errors) == before:
-            fold_number(exprs[name], "", result.errors)
-        if len(result.errors) != before:
-            result.failed.add(name)
+        exprs[name] = _param_value(stmt, exprs, later, result, deep)
     folded = {name: _fold(expr) for name, expr in exprs.items()}
     notes = {name: _note(name, folded[name], defs[name], spec_source) for name in exprs}
     used: set[str] = set()
@@ -94,6 +91,28 @@ def resolve(blocks: dict[str, ast.Block], reserved: frozenset[str], spec_source)
                                               severity="warning"))
     result.values = tuple(values)
     return result
+
+
+def _param_value(stmt: ast.Assign, exprs: dict[str, ast.Expr], later: dict[str, int], result: Resolved,
+                 deep: set[str]) -> ast.Expr:
+    """A param's value with the params above it put in, its errors reported; one nested too deeply
+    (E306: params built of params could nest without end) stands as 0, its uses not reported again."""
+    name, before = stmt.target.id, len(result.errors)
+    if any(isinstance(n, ast.Name) and n.id in deep for n, _ in ast.walk(stmt.value)):
+        value = None  # built of a param already reported as too deep: not reported again
+    else:
+        value = _constant(stmt.value, exprs, later, result.errors)
+        levels = ast.nesting(dataclasses.replace(stmt, value=value))
+        if levels > ast.MAX_DEPTH:
+            result.errors.append(too_deep(stmt, levels, " once the params it names are put in"))
+            value = None
+        elif len(result.errors) == before:
+            fold_number(value, "", result.errors)
+    if value is None:
+        deep.add(name)
+    if value is None or len(result.errors) != before:
+        result.failed.add(name)
+    return ast.Number(0, "0", stmt.value.span) if value is None else value
 
 
 def declared_names(blocks: dict[str, ast.Block]) -> dict[str, str]:
@@ -193,13 +212,7 @@ def fold_number(expr: ast.Expr, what: str, errors: list, other=None):
 
 def _respan(node, span: Span):
     """A copy of a syntax tree with every span set to `span` (the place that names the param)."""
-    if isinstance(node, tuple):
-        return tuple(_respan(n, span) for n in node)
-    if not hasattr(node, "__dataclass_fields__"):
-        return node
-    values = {name: span if name == "span" else _respan(getattr(node, name), span)
-              for name in node.__dataclass_fields__}
-    return type(node)(**values)
+    return ast.rebuild(node, respan=lambda _: span)
 
 
 # Fields that hold a name the user declares or calls, never a value: a param does not replace them.
@@ -217,23 +230,16 @@ def _note(name: str, value, stmt: ast.Assign, spec_source) -> str:
 
 def _substitute(node, exprs: dict[str, ast.Expr], notes: dict[str, str], used: set[str], uses: dict):
     """A copy of a block with every name of a param, where a value stands, replaced by its value."""
-    if isinstance(node, tuple):
-        return tuple(_substitute(n, exprs, notes, used, uses) for n in node)
-    if isinstance(node, ast.Name):
-        if node.id not in exprs:
-            return node
-        used.add(node.id)
-        uses[(node.span.source.path, node.span.start, node.span.end)] = (node.id, notes[node.id])
-        return _respan(exprs[node.id], node.span)
-    if isinstance(node, ast.Command) or not hasattr(node, "__dataclass_fields__"):
-        return node
-    values = {}
-    for name in node.__dataclass_fields__:
-        value = getattr(node, name)
-        if name != "span" and (type(node), name) not in _NOT_VALUES:
-            value = _substitute(value, exprs, notes, used, uses)
-        values[name] = value
-    return type(node)(**values)
+    def replace(item):
+        if isinstance(item, ast.Command):
+            return item
+        if not isinstance(item, ast.Name) or item.id not in exprs:
+            return None
+        used.add(item.id)
+        uses[(item.span.source.path, item.span.start, item.span.end)] = (item.id, notes[item.id])
+        return _respan(exprs[item.id], item.span)
+
+    return ast.rebuild(node, replace, keep=_NOT_VALUES)
 
 
 def short(text: str) -> str:

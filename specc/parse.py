@@ -358,18 +358,26 @@ def parse(source: Source) -> ast.SpecFile:
     except UnexpectedInput as err:
         raise SpecError([_syntax_error(err, source, parser)]) from None
     spec = _ToAst(source).transform(tree)
-    # Later stages walk expressions recursively: bound the nesting here, once.
+    # check walks expressions recursively, in the room made for this bound: bound the nesting here.
     for block in spec.blocks:
         for stmt in block.body:
-            if ast.depth(stmt) > MAX_DEPTH:
-                value = stmt.value if isinstance(stmt, ast.Assign) else getattr(stmt, "call", stmt)
-                raise SpecError([Diagnostic(codes.TOO_DEEP, f"the expression is nested too deeply (more than "
-                                            f"{MAX_DEPTH} levels)", value.span,
-                                            ("give parts of it names of their own",))])
+            levels = ast.nesting(stmt)
+            if levels > ast.MAX_DEPTH:
+                note = "give parts of it names of their own" if block.name.id == "model" else None
+                raise SpecError([too_deep(stmt, levels, note=note)])
     return spec
 
 
-MAX_DEPTH = 200
+PUT_IN = "a param is put in where it is named, so its levels add to those around it"
+
+
+def too_deep(stmt: ast.Stmt, levels: int, why: str = "", note: str | None = PUT_IN) -> Diagnostic:
+    """E306 at a statement's value (or at a section nested too deeply)."""
+    value = getattr(stmt, "value", None) or getattr(stmt, "call", stmt)
+    return Diagnostic(codes.TOO_DEEP, f"the expression is nested too deeply{why}: {levels} levels, at most "
+                      f"{ast.MAX_DEPTH}", value.span, (note,) if note else ())
+
+
 _WRAP = "_ {\n_ = "
 
 
@@ -396,19 +404,7 @@ def parse_expr(source: Source, start: int = 0) -> ast.Expr:
 
 def _shift(node, source: Source, delta: int):
     """A copy of a syntax tree with every span moved by `delta` into `source`."""
-    if isinstance(node, tuple):
-        return tuple(_shift(n, source, delta) for n in node)
-    if not hasattr(node, "__dataclass_fields__"):
-        return node
-    values = {}
-    for name in node.__dataclass_fields__:
-        value = getattr(node, name)
-        if name == "span":
-            value = Span(source, value.start + delta, value.end + delta)
-        else:
-            value = _shift(value, source, delta)
-        values[name] = value
-    return type(node)(**values)
+    return ast.rebuild(node, respan=lambda span: Span(source, span.start + delta, span.end + delta))
 
 
 def read_source(path: str | Path) -> Source:

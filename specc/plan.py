@@ -5,13 +5,16 @@ Torch-free, so `specc show --stage plan` and `specc check` stay fast."""
 from __future__ import annotations
 
 import math
-import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from specc import codes
 from specc import ops
-from specc.diagnostics import Diagnostic, SpecError
+from specc.diagnostics import Diagnostic, SpecError, first_line
+from specc.memory import BUDGET_NOTE, OBJECT_BYTES, budget, physical_memory, shown_bytes
+from specc.ops.base import numel
 from specc.sized import SizedModel, Sizes, model_sizes, size_model
 from specc.spec import CATEGORY, CLASSES, Adam, FitOneCycle, LRFind, LRSlice, RMSProp, SparseAdam, Spec
 
@@ -90,7 +93,8 @@ def one_step_warmup(fit, total_steps: int) -> bool:
     return isinstance(fit, FitOneCycle) and float(fit.pct_start * total_steps) - 1 == 0
 
 
-def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int) -> list[Diagnostic]:
+def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int, n_valid: int = 0,
+                     held: int = 0) -> list[Diagnostic]:
     """What the data's size decides and torch would otherwise fail on part-way: batchnorm on
     one-row batches, a one-cycle warm-up torch cannot schedule, a model too large for memory."""
     errors = []
@@ -113,7 +117,8 @@ def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int) ->
                 "warm-up of exactly one step, which torch's OneCycleLR cannot schedule", fit.span,
                 (f"{steps} steps per epoch ({n_train} training rows, batch {spec.data.batch}); choose another "
                  "pct_start or more epochs",)))
-    memory = memory_error(spec.model, spec.train.optimizer, model.params())
+    need = memory_need(model, spec.train.optimizer, min(spec.data.batch, n_train), n_valid, held)
+    memory = training_memory_error(spec, model, need)
     if memory is not None:
         errors.append(memory)
     return errors
@@ -165,47 +170,183 @@ def _shown(path: Path) -> Path:
 
 def training_bytes(params: int, optimizer) -> int:
     """float32 weights, their gradients and the optimizer's state for each: what training holds."""
+    return params * 4 * (2 + optimizer_state(optimizer))
+
+
+def optimizer_state(optimizer) -> int:
+    """float32 numbers the optimizer keeps per parameter (Adam's two moments, a momentum buffer)."""
     if isinstance(optimizer, (Adam, SparseAdam)):
-        state = 2  # the two moments
-    elif isinstance(optimizer, RMSProp):
-        state = 1 + (optimizer.momentum > 0)
-    else:
-        state = int(optimizer.momentum > 0)
-    return params * 4 * (2 + state)
+        return 2
+    if isinstance(optimizer, RMSProp):
+        return 1 + (optimizer.momentum > 0)
+    return int(optimizer.momentum > 0)
 
 
-def machine_memory() -> int | None:
-    """This machine's physical memory in bytes (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+machine_memory = physical_memory  # this machine's physical memory (None where the system does not say)
+
+# The memory estimate (docs/language.md, "Memory"), each part in bytes:
+VALID_ROWS = 8192  # rows a validation pass takes at once on the CPU (specc.metrics.VALID_BATCH)
+SAVED_COPIES = 3  # float32 copies of the weights that saving holds: the checkpoint's serialized
+#                   weights and optimizer state, or export's ONNX initialisers, bytes and onnxruntime's
+RUNTIME = 512 << 20  # torch, onnxruntime and Python themselves (350 MB measured on the CPU)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryNeed:
+    """What training holds at its peak, by part (bytes): the state, always; the larger of a step's
+    values (or a validation pass's) and saving's copies, which never meet; the data; the runtime."""
+
+    params: int
+    state: int  # weights, gradients and the optimizer's state (training_bytes)
+    saving: int  # the checkpoint and the exported model, between the steps
+    values: int  # the larger of a training step's and a validation pass's values
+    data: int  # the data as prepared, held through training
+    runtime: int  # torch and Python, not yet loaded (0 once they are: they count in what specc holds)
+    batch: int  # rows a step takes
+    rows: int  # rows the largest values are counted at: the batch, or a validation pass's chunk
+    largest: str  # the node that holds the most of `values`
+    largest_bytes: int
+
+    @property
+    def total(self) -> int:
+        return self.state + max(self.saving, self.values) + self.data + self.runtime
+
+
+def memory_need(model: SizedModel, optimizer, batch: int, n_valid: int, held: int) -> MemoryNeed:
+    """The memory estimate of training `model` (see MemoryNeed): a training step at `batch` rows
+    keeps what each op declares it keeps (OpDef.kept) until the backward pass, whose gradients
+    take twice the widest value besides; a validation pass (no gradients) holds three values at
+    a time of VALID_ROWS rows, and every prediction. `held`: the data's bytes (data_bytes)."""
+    params = sum(model.params().values())
+    kept = model.kept_numbers()
+    learned, widest = model.widest(learned=True), model.widest()
+    step = 4 * batch * (sum(kept.values()) + 2 * (numel(learned.shape) if learned else 0))
+    chunk = min(n_valid, VALID_ROWS)
+    out = numel(model.node(model.output).shape)
+    # three values at a time; the predictions as float32, joined into one, and as float64 for the metrics
+    valid = 4 * chunk * 3 * (numel(widest.shape) if widest else 0) + 16 * n_valid * out
+    rows = batch if step >= valid else chunk
+    largest = max(kept, key=kept.get) if step >= valid else widest.name
+    largest_bytes = int(4 * rows * (kept[largest] if step >= valid else numel(widest.shape)))
+    runtime = 0 if "torch" in sys.modules else RUNTIME
+    return MemoryNeed(params, training_bytes(params, optimizer), params * 4 * SAVED_COPIES, int(max(step, valid)),
+                      held, runtime, batch, rows, largest, largest_bytes)
+
+
+def data_bytes(prepared) -> int:
+    """The bytes of the prepared data (specc.data.prepare.Prepared), held through training: the
+    encoded splits and the validation rows as read (a text value counted as OBJECT_BYTES)."""
+    total = 0
+    for part in (prepared.train, prepared.valid, prepared.raw_valid):
+        for values in part.values():
+            total += values.nbytes + (OBJECT_BYTES * values.size if values.dtype.kind == "O" else 0)
+    return total
 
 
 def memory_error(model, optimizer, counts: dict[str, int], lower_bound: bool = False) -> Diagnostic | None:
-    """A model (specc.spec.ModelSpec) whose training state cannot fit in this machine's memory,
-    reported at its largest layer."""
+    """A model (specc.spec.ModelSpec) whose training state alone cannot fit in the memory
+    available, reported at its largest layer: before the data is read, `counts` being the layers
+    whose sizes are known (`lower_bound`)."""
     total = sum(counts.values())
-    available = machine_memory()
+    available = budget()
     needed = training_bytes(total, optimizer)
-    if available is None or needed <= available or not counts:
+    if needed <= available.bytes or not counts:
         return None
     largest = max(counts, key=counts.get)
     node = next((n for n in model.nodes if n.name == largest), None)
     span = node.span if node is not None else model.node(model.output).span
     at_least = "at least " if lower_bound else ""
     return Diagnostic(
-        codes.TOO_LARGE, f"the model has {at_least}{total:,} parameters: training needs {at_least}{_bytes(needed)}, "
-        f"more than this machine's {_bytes(available)} of memory", span,
+        codes.TOO_LARGE, f"the model has {at_least}{total:,} parameters: training needs {at_least}"
+        f"{shown_bytes(needed)}, more than {available}", span,
         (f"'{largest}' alone has {counts[largest]:,} parameters",
-         "the count is of float32 weights, their gradients and the optimizer's state"))
+         "the count is of float32 weights, their gradients and the optimizer's state", BUDGET_NOTE))
 
 
-def _bytes(n: int) -> str:
-    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:,} bytes"
+def training_memory_error(spec: Spec, model: SizedModel, need: MemoryNeed) -> Diagnostic | None:
+    """E307 when the estimate of training (MemoryNeed) is more than the memory available: at the
+    line of its largest part (the largest layer, the largest value, or the data source)."""
+    available = budget()
+    if need.total <= available.bytes:
+        return None
+    span, what, fix = culprit(spec, model, need)
+    return Diagnostic(codes.TOO_LARGE, f"the model has {need.params:,} parameters{what}: training needs "
+                      f"{shown_bytes(need.total)}, more than {available}", span, (fix, _parts(need), BUDGET_NOTE))
+
+
+def culprit(spec: Spec, model: SizedModel, need: MemoryNeed) -> tuple:
+    """The largest part of the estimate: its line in the spec, a clause on it for the message
+    (after "the model has N parameters"), and what to change."""
+    weights = need.state + (need.saving if need.saving >= need.values else 0)
+    values = need.values if need.values > need.saving else 0
+    counts = model.params()
+    if weights >= max(values, need.data) and counts:
+        largest = max(counts, key=counts.get)
+        return model.node(largest).span, "", f"'{largest}' alone has {counts[largest]:,} parameters: make it smaller"
+    if values >= need.data:
+        node = model.node(need.largest)
+        step = need.rows == need.batch
+        where = f"a training step at batch {need.batch}" if step else f"validation, {need.rows:,} rows at a time,"
+        shape = " x ".join(str(d) for d in node.shape)
+        return (node.span, f", and {where} holds {shown_bytes(need.values)} of values, '{node.name}' ({shape} numbers "
+                f"a row) {shown_bytes(need.largest_bytes)} of them",
+                f"lower data.batch, or make '{node.name}' smaller" if step else f"make '{node.name}' smaller")
+    return (spec.data.source.span, f", and its data takes {shown_bytes(need.data)} in memory",
+            "train on a smaller file, or on a machine with more memory")
+
+
+def _parts(need: MemoryNeed) -> str:
+    """The estimate's parts, for a note."""
+    values = f"batch {need.batch}" if need.rows == need.batch else f"validation's {need.rows:,} rows"
+    runtime = f", torch and Python {shown_bytes(need.runtime)}" if need.runtime else ""
+    return (f"the estimate: weights, gradients and the optimizer's state {shown_bytes(need.state)} "
+            f"({need.params:,} parameters); values at {values} {shown_bytes(need.values)} (or saving the model, "
+            f"between steps, {shown_bytes(need.saving)}); the data {shown_bytes(need.data)}{runtime}")
+
+
+def memory_estimate(spec: Spec, prepared) -> tuple[SizedModel, MemoryNeed]:
+    """The sized model, and the memory estimate of training it on its prepared data."""
+    model = size_model(spec.model, model_sizes(spec, prepared))
+    return model, memory_need(model, spec.train.optimizer, min(spec.data.batch, prepared.n_train), prepared.n_valid,
+                              data_bytes(prepared))
+
+
+_LOCATED = re.compile(r"(.+):(\d+):(\d+): computing '([^']*)': ")  # specc.lower.at_spec_line's prefix
+
+
+def allocation_report(spec: Spec, prepared, err: BaseException) -> str:
+    """The one line for an allocation that failed while training (E307, see memory.allocation_failed):
+    at the spec line of the value being computed, where specc.lower.at_spec_line found it, else at
+    the largest part of the memory estimate (or the data source, before the data is prepared);
+    torch's (or numpy's) words; what to change."""
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    words = _allocator_words(first_line(chain[-1]))
+    found = next((m for m in (_LOCATED.match(str(e)) for e in chain) if m), None)
+    if found is not None:
+        path, line, column, name = found.groups()
+        return (f"{path}:{line}:{column}: error[{codes.TOO_LARGE}]: out of memory computing '{name}' at batch "
+                f"{spec.data.batch} ({words}): lower data.batch, or make '{name}' smaller")
+    if prepared is None:
+        span, what = spec.data.source.span, f"out of memory reading the data ({words})"
+    else:
+        model, need = memory_estimate(spec, prepared)
+        span, clause, fix = culprit(spec, model, need)
+        what = f"out of memory while training ({words}); the model has {need.params:,} parameters{clause}: {fix}"
+    return f"{span.source.path}:{span.line}:{span.column}: error[{codes.TOO_LARGE}]: {what}"
+
+
+def _allocator_words(text: str) -> str:
+    """torch's allocator's message, shorter: the CPU's without its source location and with the
+    bytes in words, CUDA's without its notes on fragmentation."""
+    text = text.split(" Of the allocated memory")[0]
+
+    def in_words(found) -> str:
+        n = int(found.group(1))
+        return f"allocate {n:,} bytes ({shown_bytes(n)})"
+
+    return re.sub(r"allocate (\d+) bytes", in_words, re.sub(r"^\[enforce fail at [^\]]*\] err == 0\. ", "", text))
 
 
 def make_plan(spec: Spec, prepared) -> TrainPlan:
@@ -218,7 +359,7 @@ def make_plan(spec: Spec, prepared) -> TrainPlan:
     steps = max(1, n_train // spec.data.batch)
     model = size_model(spec.model, sizes)
     counts = model.params()
-    errors = trainable_errors(spec, model, n_train, steps) + init_errors(spec, model)
+    errors = trainable_errors(spec, model, n_train, steps, n_valid, data_bytes(prepared)) + init_errors(spec, model)
     if errors:
         raise SpecError(sorted(errors, key=lambda d: (d.span is None, d.span is not None and d.span.source is not
                                                       spec.source, d.span.start if d.span else 0)))

@@ -42,7 +42,12 @@ def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagno
 
 
 def embedding_table(spec: Spec) -> dict[str, dict]:
-    return {n.name: {"column": n.op.column, "dim": n.op.dim} for n in spec.model.nodes if n.op.name == "embedding"}
+    """Each embedding of the spec's model: its column, width and the state-dict key of its table."""
+    from specc.lower import attribute_names
+
+    attributes = attribute_names(n.name for n in spec.model.nodes)
+    return {n.name: {"column": n.op.column, "dim": n.op.dim, "weight": f"{attributes[n.name]}.weight"}
+            for n in spec.model.nodes if n.op.name == "embedding"}
 
 
 def checkpoint_metadata(spec: Spec, vocabs, sets, epoch: int) -> dict[str, str]:
@@ -82,12 +87,11 @@ def write_lr_find(folder: RunFolder, result, title: str, prefix: str = "lr_find"
 
 def load_resume(run: Path, spec: Spec, sets: list[str]):
     """The training state a stopped run left in its folder, if it is a run of this same spec."""
-    from specc.checkpoint import from_safetensors
-    from specc.diagnostics import UsageError
-
     path = Path(run) / CHECKPOINT
-    if not path.is_file():
+    if not path.is_file():  # said before torch is imported (specc.checkpoint imports it)
         raise UsageError(f"--resume {run}: there is no {CHECKPOINT} to resume from")
+    from specc.checkpoint import from_safetensors
+
     state, meta = from_safetensors(path)
     if meta.get("specc.spec") != spec.source.text or json.loads(meta.get("specc.overrides", "[]")) != list(sets):
         raise UsageError(f"--resume {run}: the run was started from another spec or other --set values; "
@@ -130,7 +134,7 @@ def read_lr_find(path: Path, plan) -> dict[str, float]:
 def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
               stdout=None, resume: bool = False, device_step: bool = False, graph: bool | None = None,
               force: bool = False, threads: int | None = None, world: World | None = None,
-              on_record=None, mlflow: str | None = None) -> RunResult:
+              on_record=None, mlflow: str | None = None, prepared=None) -> RunResult:
     """Train a checked spec and write its run folder. Ctrl-C stops after the current step and
     leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set). `graph`:
     see specc.train.train (None: the CUDA-graph step wherever it applies). `threads`: torch's
@@ -140,33 +144,34 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
     (specc.runfolder). RunFinished: `resume` of a run that has finished. `world`: this process's
     part of a data-parallel run (specc.distributed); only rank 0 writes the folder. `on_record(record)`
     is called after each epoch's files are written (specc tune prunes a trial from it). Every run
-    writes TensorBoard event files into its folder; `mlflow` (a tracking URI) logs it there too."""
+    writes TensorBoard event files into its folder; `mlflow` (a tracking URI) logs it there too.
+    `prepared`: the spec's data, where the caller has read it already. Nothing is written into the
+    folder before the data is read and the plan made, so a data or spec error leaves it as it was."""
     from specc.distributed import ONE, agree, broadcast_bytes
     from specc.train import Interrupted
 
     world = world or ONE
     if not world.writes:
-        return _train_beside(spec, out, resume, threads, world, device_step, graph)
+        return _train_beside(spec, out, resume, threads, world, device_step, graph, sets)
+    started = time.perf_counter()
     folder = RunFolder(out)
     with _starting(world):  # a failure before training stops the other ranks too
         if resume and not (Path(out) / CHECKPOINT).is_file():
             load_resume(Path(out), spec, list(sets))  # the error, before anything is created
         folder.acquire()
     try:
-        with _starting(world):
-            state = None
-            if resume:
-                state = load_resume(folder.path, spec, list(sets))
-                if folder.contents().status == "complete":
-                    raise RunFinished(f"{folder.path} holds a finished run: there is nothing to resume "
-                                      f"(its model is {folder.file('model.onnx')})")
-            folder.begin(spec.name, spec.source.text, list(sets), force=force, resume=resume)
+        with _starting(world), out_of_memory(spec, folder):
+            ready = _ready(folder, spec, sets, resume, force, world, prepared, started)
+            replaced = folder.begin(spec.name, spec.source.text, list(sets), force=force, resume=resume)
+        if replaced is not None and not quiet:
+            print(f"specc: note: {folder.path} held {replaced}; replacing it", file=sys.stderr)
         agree(world, True)
         # the others read nothing from the folder: the checkpoint travels to them from here
         broadcast_bytes(world, folder.file(CHECKPOINT).read_bytes() if world.parallel and resume else None)
         try:
-            return _train_into(folder, state, spec, device_name, sets, quiet, stdout, resume, device_step, graph,
-                               threads, world, on_record, mlflow)
+            with out_of_memory(spec, folder, ready.prepared):
+                return _train_into(folder, ready, spec, device_name, sets, quiet, stdout, resume, device_step, graph,
+                                   threads, world, on_record, mlflow)
         except (Interrupted, KeyboardInterrupt):
             folder.end("interrupted")
             raise
@@ -176,6 +181,61 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
             raise
     finally:
         folder.release()
+
+
+@dataclass
+class _Ready:
+    """What train_run settles under the lock before it writes anything: the checkpoint a resumed
+    run goes on from, the data, the plan, and when the run started."""
+
+    state: object
+    prepared: object
+    plan: object
+    started: float
+
+
+def _ready(folder: RunFolder, spec: Spec, sets, resume: bool, force: bool, world: World, prepared,
+           started: float) -> _Ready:
+    """Every check that needs no write, before the folder is marked `running`: the folder is ours
+    to write (or the run to resume is this spec's and not finished), the data reads, the plan fits."""
+    from specc.data.prepare import prepare
+    from specc.plan import make_plan
+
+    state = None
+    if resume:
+        state = load_resume(folder.path, spec, list(sets))
+        if folder.contents().status == "complete":
+            raise RunFinished(f"{folder.path} holds a finished run: there is nothing to resume "
+                              f"(its model is {folder.file('model.onnx')})")
+    else:
+        why = folder.refusal(force)
+        if why is not None:  # before the data is read: a refusal is instant
+            raise UsageError(why)
+    if prepared is None:
+        prepared = prepare(spec.data, spec.model.inputs)
+    check_parallel(spec, world, prepared.n_train)
+    return _Ready(state, prepared, make_plan(spec, prepared), started)
+
+
+class OutOfMemory(Exception):
+    """An allocation failed while training: the one line that says where (specc.plan.allocation_report)."""
+
+
+@contextlib.contextmanager
+def out_of_memory(spec: Spec, folder: RunFolder, prepared=None):
+    """torch's or numpy's failed allocation (specc.memory.allocation_failed) as OutOfMemory, whose
+    line names the spec line and what to change, and where the run's last checkpoint is kept."""
+    from specc.memory import allocation_failed
+
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if not allocation_failed(err):
+            raise
+        from specc.plan import allocation_report
+
+        kept = f"; {folder.path}/ keeps its last checkpoint" if folder.file(CHECKPOINT).is_file() else ""
+        raise OutOfMemory(allocation_report(spec, prepared, err) + kept) from None
 
 
 @contextlib.contextmanager
@@ -230,12 +290,12 @@ def _stop_on_signals(stop):
 
 
 def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, world: World,
-                  device_step: bool | str = False, graph: bool | None = None) -> RunResult:
+                  device_step: bool | str = False, graph: bool | None = None, sets=()) -> RunResult:
     """A rank other than 0: train its slice of every batch beside rank 0, the same loop the same
     way (rank 0's choice, made from the same arguments), writing nothing and printing nothing but errors."""
     from specc.checkpoint import check_fits, from_safetensors
     from specc.data.prepare import prepare
-    from specc.distributed import PeerFailed, agree, broadcast_bytes
+    from specc.distributed import PeerFailed, agree, broadcast_bytes, same_run, wait_for_rank_0
     from specc.plan import make_plan
     from specc.train import StopRequest, default_threads, torch_threads, train
 
@@ -245,6 +305,7 @@ def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, worl
     data = broadcast_bytes(world, None)
     state = from_safetensors(Path(out) / CHECKPOINT, data)[0] if resume and data else None
     prepared = prepare(spec.data, spec.model.inputs)
+    same_run(world, spec, sets, prepared, resume=resume, device_step=device_step)  # as rank 0 does
     check_parallel(spec, world, prepared.n_train)
     plan = make_plan(spec, prepared)
     if state is not None:
@@ -254,29 +315,26 @@ def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, worl
     with _stop_on_signals(stop), torch_threads(threads or default_threads(spec, prepared)):
         model, history = train(spec, prepared, plan, world.device, resume=state, stop=stop, found_lrs=found,
                                device_step=device_step, graph=graph, world=world)
+    wait_for_rank_0(world)  # leaving while rank 0 exports could cost the model (specc.distributed.rank_0_writes)
     return RunResult(Path(out), history, float("nan"), time.perf_counter() - started, model)
 
 
-def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, quiet: bool, stdout, resume: bool,
-                device_step: bool, graph: bool | None, threads: int | None, world: World, on_record=None,
-                mlflow: str | None = None) -> RunResult:
+def _train_into(folder: RunFolder, ready: _Ready, spec: Spec, device_name: str, sets, quiet: bool, stdout,
+                resume: bool, device_step: bool, graph: bool | None, threads: int | None, world: World,
+                on_record=None, mlflow: str | None = None) -> RunResult:
     """train_run's work, in a folder it has locked and marked `running`."""
     import torch
     from safetensors.torch import save
 
     from specc.checkpoint import check_fits, to_safetensors
-    from specc.data.prepare import prepare
-    from specc.distributed import broadcast_bytes
-    from specc.plan import make_plan
+    from specc.distributed import broadcast_bytes, rank_0_writes, same_run
     from specc.train import Interrupted, Progress, StopRequest, default_threads, pick_device, torch_threads, train
 
     stdout = stdout or sys.stdout
-    started = time.perf_counter()
-    prepared = prepare(spec.data, spec.model.inputs)
-    check_parallel(spec, world, prepared.n_train)
+    state, prepared, plan, started = ready.state, ready.prepared, ready.plan, ready.started
+    same_run(world, spec, sets, prepared, resume=resume, device_step=device_step)  # every rank trains the same
     device = world.device if world.parallel else pick_device(device_name)
     graph, loop = _loop(spec, device, device_step, graph, quiet, world.parallel)
-    plan = make_plan(spec, prepared)
     threads = threads or default_threads(spec, prepared)
     if state is not None:
         check_fits(folder.file(CHECKPOINT), state, spec, prepared, plan, device)
@@ -337,7 +395,8 @@ def _train_into(folder: RunFolder, state, spec: Spec, device_name: str, sets, qu
               "backend": world.backend, "torch": torch.__version__, "python": platform.python_version(),
               "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs, "resumed": resume}
     try:
-        diff, seconds = _finish(folder, spec, model, history, prepared, plan, record, started)
+        with rank_0_writes(world):  # the other ranks wait for it (specc.distributed.wait_for_rank_0)
+            diff, seconds = _finish(folder, spec, model, history, prepared, plan, record, started)
     except BaseException:
         trackers.close()
         raise

@@ -90,6 +90,13 @@ class Contents:
     run_files: tuple[str, ...]  # the run's own files
     lr_find: tuple[str, ...]  # the learning-rate finder's files
     record: dict  # run.json, when it is specc's
+    trained: bool = True  # it got past its first epoch: a checkpoint, an epoch's weights, metrics or a model
+
+    @property
+    def replaceable(self) -> bool:
+        """A run that stopped before its first epoch (a data error, a failed start, a kill): it has
+        nothing to resume or keep, so the next run may replace it without --force."""
+        return self.status in ("running", "interrupted", "failed") and not self.trained
 
     def describe(self) -> str:
         """`a finished run of 'collab'`, `a run that did not finish (interrupted)`..."""
@@ -144,7 +151,30 @@ def inspect_folder(path: Path) -> Contents:
     else:
         status = record.get("status", "complete")  # older specc wrote run.json only at the end
         status = status if status in STATUSES else "unknown"
-    return Contents(status, CHECKPOINT in run_files, tuple(other), tuple(run_files), tuple(lr_find), record or {})
+    return Contents(status, CHECKPOINT in run_files, tuple(other), tuple(run_files), tuple(lr_find), record or {},
+                    _trained(path, run_files))
+
+
+def _trained(path: Path, run_files: list[str]) -> bool:
+    """Whether a run got past its first epoch: specc writes the initial weights (epoch -1) before
+    training, then after each epoch the weights, the checkpoint and metrics.csv, at the end model.onnx."""
+    if {CHECKPOINT, "metrics.csv", "model.onnx"} & set(run_files):
+        return True
+    return "model.safetensors" in run_files and _weights_epoch(path / "model.safetensors") != -1
+
+
+def _weights_epoch(path: Path) -> int | None:
+    """The epoch model.safetensors' metadata records (-1: the initial weights); None where it cannot be read."""
+    if not path.is_file():  # a FIFO under that name would block the read
+        return None
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size <= 1 << 26 else None
+        epoch = header["__metadata__"]["specc.epoch"]
+        return int(epoch)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 class RunFolder:
@@ -153,6 +183,7 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock: int | None = None
+        self._created: list[Path] = []  # the folders acquire made, deepest first: removed again if left empty
         self.record: dict = {}
 
     # -- the lock --------------------------------------------------------------------------------
@@ -160,15 +191,15 @@ class RunFolder:
     def acquire(self) -> None:
         """Create the folder and lock it; UsageError when another specc command holds the lock."""
         if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"cannot write the run folder {self.path}: it is a file, not a folder")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise WriteError(f"cannot write the run folder {self.path}: {os_reason(err)}") from None
+            raise UsageError(self._not_a_folder())
+        self._made()
         lock = self.path / LOCK
         while True:
             try:
                 fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # another command removed the folder it made and left empty
+                self._made()
+                continue
             except OSError as err:
                 raise WriteError(f"cannot write the run folder {self.path}: {os_reason(err)}") from None
             try:
@@ -176,11 +207,9 @@ class RunFolder:
                 # dies, however it dies, so a killed run never leaves a stale lock behind
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                why = self._in_use(fd)
                 os.close(fd)
-                who = f" (pid {pid})" if pid.isdigit() else ""
-                raise UsageError(f"{self.path} is in use by another specc command{who}; wait for it to "
-                                 "finish, or choose another --out") from None
+                raise UsageError(why) from None
             except OSError as err:
                 os.close(fd)
                 raise WriteError(f"cannot lock the run folder {self.path}: {os_reason(err)}") from None
@@ -201,8 +230,43 @@ class RunFolder:
             self.release()
             raise WriteError(f"cannot write {lock}: {os_reason(err)}") from None
 
+    def _not_a_folder(self) -> str:
+        return f"cannot write the run folder {self.path}: it is a file, not a folder"
+
+    def _in_use(self, fd: int) -> str:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        who = f" (pid {pid})" if pid.isdigit() else ""
+        return f"{self.path} is in use by another specc command{who}; wait for it to finish, or choose another --out"
+
+    def busy(self) -> str | None:
+        """Why the folder cannot be had now: another specc command holds its lock (None: none
+        does). Found without creating anything, for a refusal before any write."""
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file: no holder (one keeps its file until it lets go)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._in_use(fd)
+        except OSError:
+            return None  # acquire says why, if it cannot lock it either
+        finally:
+            os.close(fd)  # and with it the lock, if this took it
+        return None
+
+    def _made(self) -> None:
+        """Make the folder (and its parents), noting which of them did not exist before."""
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise WriteError(f"cannot write the run folder {self.path}: {os_reason(err)}") from None
+        self._created += [p for p in missing if p not in self._created]
+
     def release(self) -> None:
-        """Let go of the lock (and remove the lock file, so a finished run folder holds none)."""
+        """Let go of the lock (and remove the lock file, so a finished run folder holds none); the
+        folders acquire made go again if nothing was written in them (a refusal writes nothing)."""
         fd, self._lock = self._lock, None
         if fd is None:
             return
@@ -212,6 +276,12 @@ class RunFolder:
             pass  # a lock file left behind is harmless: the lock is the flock, gone with the fd
         finally:
             os.close(fd)
+        created, self._created = self._created, []
+        for folder in created:
+            try:
+                folder.rmdir()  # only an empty one: another command's lock file or a run keeps it
+            except OSError:
+                break
 
     @contextlib.contextmanager
     def locked(self):
@@ -230,9 +300,11 @@ class RunFolder:
     def refusal(self, force: bool = False, c: Contents | None = None) -> str | None:
         """Why `specc train` must not start a new run here (None: it may), as a one-line message.
         `c`: what the folder holds, when the caller has already looked."""
+        if self.path.exists() and not self.path.is_dir():
+            return self._not_a_folder()  # --force or not
         c = c or self.contents()
         if c.status is not None:
-            if force:
+            if force or c.replaceable:
                 return None
             if c.resumable and c.status != "complete":
                 return (f"{self.path} holds {c.describe()}; go on with it with --resume {self.path}, replace it "
@@ -246,11 +318,13 @@ class RunFolder:
         return None
 
     def begin(self, spec_name: str, spec_text: str, sets: list[str], force: bool = False,
-              resume: bool = False) -> None:
+              resume: bool = False) -> str | None:
         """Under the lock: refuse a folder that is not ours to write (see `refusal`), clear the
-        previous run on --force, and mark the folder `running` until `end` or the final run.json."""
+        previous run on --force or where it stopped before its first epoch, and mark the folder
+        `running` until `end` or the final run.json. Returns what it replaced without --force, in words."""
         if self._lock is None:
             raise RuntimeError("RunFolder.begin needs the lock")  # a caller's mistake
+        replaced = None
         if not resume:
             c = self.contents()
             why = self.refusal(force, c)
@@ -258,9 +332,15 @@ class RunFolder:
                 raise UsageError(why)
             if c.status is not None:
                 self._clear(c, spec_text, sets)
+            if c.replaceable and not force:
+                error = c.record.get("error")
+                if isinstance(error, str) and len(error) > 160:
+                    error = error[:157] + "..."
+                replaced = f"{c.describe()} before its first epoch" + (f" ({error})" if isinstance(error, str) else "")
         self.record = {"status": "running", "spec": spec_name, "overrides": list(sets), "pid": os.getpid(),
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resume}
         self.write_json(RUN_JSON, self.record)
+        return replaced
 
     def _clear(self, c: Contents, spec_text: str, sets: list[str]) -> None:
         """--force: remove the previous run's files (never the user's). Its lr-find results stay

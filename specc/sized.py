@@ -49,6 +49,21 @@ class SizedModel:
         """The shape of every learned tensor, by state-dict key (`linear.weight`)."""
         return {f"{name}.{key}": shape for name, shapes in self.weights.items() for key, shape in shapes.items()}
 
+    def kept_numbers(self) -> dict[str, float]:
+        """Numbers per row of the batch that a training step holds of each node until the backward
+        pass (its output times its op's declared `kept`), in model order."""
+        return {n.name: ops.get(n.op.name).kept * numel(n.shape) for n in self.nodes}
+
+    def widest(self, learned: bool = False) -> Node | None:
+        """The node whose output has the most numbers a row (None for a model without nodes);
+        `learned`: of those computed from weights, which alone have gradients in the backward pass."""
+        below = set(self.weights)
+        for node in self.nodes:  # in model order: a node's inputs come before it
+            if any(i in below for i in node.inputs):
+                below.add(node.name)
+        nodes = [n for n in self.nodes if not learned or n.name in below]
+        return max(nodes, key=lambda n: numel(n.shape), default=None)
+
     def multiply_adds(self) -> int:
         """Multiply-adds of one row's forward pass in the layers that have them."""
         shapes = {n.name: n.shape for n in self.nodes}

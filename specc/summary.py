@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from specc import ops
+from specc.diagnostics import printable
 from specc.params import show_value
 from specc.plan import TrainPlan, make_plan
 from specc.sized import model_sizes, size_model
@@ -25,10 +26,12 @@ def summary(spec: Spec, read_data: bool = True) -> str:
     cats = [f"{c} {v.size - 1} (+1 unknown)" for c, v in prepared.vocabs.items() if v.unknown]
     target = prepared.vocabs.get(spec.data.target.name)
     if target is not None:
-        shown = ", ".join(target.values[:12]) + (", ..." if len(target.values) > 12 else "")
+        # a class name may hold a line break or a byte that is not UTF-8: escaped, so the summary keeps its lines
+        shown = ", ".join(printable(str(v)) for v in target.values[:12]) + \
+            (", ..." if len(target.values) > 12 else "")
         cats.append(f"target {spec.data.target.name}: {target.size} classes ({shown})")
-    lines.append(f"data: {prepared.path}: {prepared.n_train} training + {prepared.n_valid} validation rows"
-                 f"{'; ' + '; '.join(cats) if cats else ''}")
+    lines.append(f"data: {printable(str(prepared.path))}: {prepared.n_train} training + {prepared.n_valid} "
+                 f"validation rows{'; ' + '; '.join(cats) if cats else ''}")
     plan = make_plan(spec, prepared)  # also checks the output against the number of classes
     # with the data read, blocks such as tabular(...) are shown expanded into their primitives
     model = size_model(spec.model, model_sizes(spec, prepared))

@@ -9,6 +9,7 @@ and `specc tune` runs are told apart in TensorBoard's HParams tab)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -113,25 +114,35 @@ def _code(text: str) -> str:
 
 
 class MLflow:
-    """One MLflow run per specc run, on the tracking server (or database) at `uri`: params, per
-    epoch metrics, the spec and, at the end, metrics.csv and model.onnx as artifacts. A failure
-    to log after the start is a warning, once: tracking never stops a training run."""
+    """One MLflow run per specc run, on the tracking server (or database) at `uri`, in the
+    experiment named after the spec (or $MLFLOW_EXPERIMENT_NAME / _ID): params, per epoch metrics,
+    the spec and, at the end, metrics.csv and model.onnx as artifacts. A failure to log after the
+    start is a warning, once: tracking never stops a training run. MLflow's INFO lines and the
+    lines it prints are kept off stdout, where the epoch table is."""
 
     def __init__(self, uri: str, name: str, folder: Path, spec_text: str, hparams: dict):
         from specc.diagnostics import UsageError
 
+        if uri.startswith(("file:", "/", "./", "../")) and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
+            # MLflow 3 refuses its file store (a file: URI or a folder) unless this is set: the user named one
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
         try:
             import mlflow
         except ImportError:
             raise UsageError("--mlflow needs the MLflow client: pip install 'specc[mlflow]'") from None
+        if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # its INFO lines would interleave with the table
+            import logging
+
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.mlflow, self.folder, self.warned = mlflow, folder, False
         try:
-            mlflow.set_tracking_uri(uri)
-            self.run = mlflow.start_run(run_name=name)
-            if hparams:
-                mlflow.log_params(hparams)
-            mlflow.set_tags({"specc.run_folder": str(Path(folder).resolve()), "specc.spec": name})
-            mlflow.log_text(spec_text, "spec.spec")
+            with contextlib.redirect_stdout(sys.stderr):
+                mlflow.set_tracking_uri(uri)
+                self.run = mlflow.start_run(run_name=name, experiment_id=_experiment(mlflow, uri, name))
+                if hparams:
+                    mlflow.log_params(hparams)
+                mlflow.set_tags({"specc.run_folder": str(Path(folder).resolve()), "specc.spec": name})
+                mlflow.log_text(spec_text, "spec.spec")
         except Exception as err:  # the server's or the store's error, whatever its kind: in words
             raise UsageError(f"--mlflow {uri}: cannot start a run there: {first_line(err)}") from None
 
@@ -154,12 +165,44 @@ class MLflow:
 
     def _try(self, log) -> None:
         try:
-            log()
+            with contextlib.redirect_stdout(sys.stderr):  # end_run prints a server's link to stdout
+                log()
         except Exception as err:  # tracking is a side channel: warn once, train on
             if not self.warned:
                 self.warned = True
                 print(f"specc: warning: MLflow logging failed ({first_line(err)}); training goes on",
                       file=sys.stderr)
+
+
+def _experiment(mlflow, uri: str, name: str) -> str | None:
+    """The id of the experiment a run of spec `name` goes into: None where the user named one in
+    MLflow's environment variables (start_run takes it); else the spec's own, made where it is
+    not there yet, its artifacts beside a SQLite database (MLflow would put them in ./mlruns of
+    whatever folder the command runs in); a server or a file store keeps them where it does."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return None
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except Exception:
+        found = client.get_experiment_by_name(name)  # another run made it at the same moment
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where the artifacts of a new experiment go: `mlartifacts/` beside a SQLite database file
+    (as `mlflow server` names its own folder); None (MLflow's choice) for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return (Path(path).resolve().parent / "mlartifacts").as_uri()
 
 
 class Trackers:

@@ -1,5 +1,5 @@
-"""`specc tune`: a spec and its search space -> an Optuna study (TPE, median pruning on the monitored
-validation figure), each trial a run folder, the best trials' table and the best values as a spec file."""
+"""`specc tune`: a spec and its search space -> an Optuna study (TPE; median pruning, trials compared at the
+same fraction of their schedules), each trial a run folder, the best trials' table and best.spec."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import hashlib
 import json
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 
 from specc import ast, overrides
+from specc import tune_storage as storage
 from specc.check.search_block import BLOCK as SEARCH
 from specc.diagnostics import SpecError, UsageError, first_line
 from specc.parse import parse, parse_expr, read_source
@@ -20,6 +22,8 @@ from specc.spec import SearchRange, Spec
 SEARCH_PATH = "--search"
 _KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*=")
 SHOWN = 10  # rows of the table of best trials
+SCHEDULE_STEPS = 1_000_000  # a trial reports at millionths of its schedule (schedule_step)
+SEEDS = 2**31  # train.seed is below this: a repeat's seed wraps around to 0
 
 
 def tune_command(args) -> int:
@@ -29,8 +33,6 @@ def tune_command(args) -> int:
         import optuna
     except ImportError:
         raise UsageError("specc tune needs optuna: pip install 'specc[tune]'") from None
-    if args.trials < 1:
-        raise UsageError(f"--trials {args.trials}: expected at least 1")
     spec = _load(args)
     if spec is None:
         return 2
@@ -38,21 +40,14 @@ def tune_command(args) -> int:
         raise UsageError(f"{args.spec}: nothing to search: add a search {{ }} block to the spec or give "
                          "--search KEY=RANGE, e.g. --search 'n_factors=int(10, 100)'")
     out = args.out or Path("runs") / f"{spec.name}-tune"
-    _check_out(out)
     monitor, direction = monitored(spec)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial of our own instead
-    study = _study(args, spec, out, direction)
-    if not study.trials:
-        # the first trial is the spec as written: the baseline in the table, and a study that
-        # can only find values at least as good as the spec's own
-        baseline = spec_values(args, spec.search)
-        if baseline:
-            study.enqueue_trial(baseline, user_attrs={"specc.baseline": True}, skip_if_exists=True)
+    # specc prints a line per trial, failed ones too: Optuna's own warning would add a traceback to it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, where = _study(args, spec, out, direction)
     done = _finished(study)
     todo = args.trials - len(done)
     print(f"specc: tuning {spec.name}: {len(spec.search)} keys, {monitor} ({direction}), study '{study.study_name}' "
-          f"in {_shown_storage(args, out)}; {len(done)} trial{'s' * (len(done) != 1)} done, "
-          f"{max(todo, 0)} to go", flush=True)
+          f"in {where}; {len(done)} trial{'s' * (len(done) != 1)} done, {max(todo, 0)} to go", flush=True)
     if todo > 0:
         from specc.train import Interrupted
 
@@ -69,8 +64,8 @@ def tune_command(args) -> int:
     print_table(rows, spec, monitor, direction)
     best = rows[0]
     path = write_best(args.spec, best.user_attrs["sets"], out)
-    print(f"\nbest first; the trials are in {out}/; the best (trial {best.number}, {monitor} "
-          f"{best.value:.6f}) is written out as {path}")
+    print(f"\nbest first; the trials are in {storage.named(out)}/; the best (trial {best.number}, {monitor} "
+          f"{best.value:.6f}) is written out as {storage.named(path)}")
     return 0
 
 
@@ -203,20 +198,6 @@ def spec_values(args, search: tuple[SearchRange, ...]) -> dict[str, object]:
 # ---------------------------------------------------------------- the study
 
 
-def _check_out(out: Path) -> None:
-    from specc.runfolder import RunFolder
-
-    if RunFolder(out).contents().status is not None:
-        raise UsageError(f"{out} holds a run of its own; a study's trials go into a folder of their own: choose "
-                         "another --out")
-
-
-def _shown_storage(args, out: Path) -> str:
-    if args.storage:
-        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", args.storage)  # never print a password
-    return str(out / "study.db")
-
-
 def _fingerprint(args) -> str:
     """What a study is of: the spec's text and the --set values (its ranges may change between runs)."""
     text = Path(args.spec).read_text(encoding="utf-8", errors="replace")
@@ -224,33 +205,93 @@ def _fingerprint(args) -> str:
 
 
 def _study(args, spec: Spec, out: Path, direction: str):
-    """The study: created, or loaded to resume (the same spec and --set values only)."""
+    """The study, created or loaded to resume (the same spec, --set values and --repeats only), and how
+    to name its storage. Under a lock on a SQLite file's folder: processes starting one new study share it."""
     import optuna
     import sqlalchemy.exc
 
-    out.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    url = storage.storage_url(args.storage, out)
+    database = storage.sqlite_file(url)
+    where = f"--storage {storage.shown(url)}" if args.storage else storage.named(out / storage.DEFAULT)
+    storage.check_out(out)
+    if args.storage is None:
+        storage.make_out(out)  # the study's file goes into it; else --out waits until the storage has opened
+    if database is not None:
+        storage.check_sqlite(database, where)
     name = args.study or spec.name
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs)
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner,
-                                    load_if_exists=True)
-    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise UsageError(f"--storage {_shown_storage(args, out)}: {first_line(err)}") from None
+    with storage.creation_lock(database) as locked:
+        opened = storage.open_storage(url, database is not None, locked, where)
+        storage.make_out(out)
+        try:
+            study = optuna.create_study(storage=opened, study_name=name, direction=direction, pruner=make_pruner(args),
+                                        load_if_exists=True)
+        except (ValueError, sqlalchemy.exc.SQLAlchemyError) as err:
+            raise UsageError(f"{where}: {first_line(err)}") from None
+        _same_study(study, args, spec, where, direction)
+        trials = len(study.trials)
+        joined = study.user_attrs.get("specc.processes", 0)
+        study.set_user_attr("specc.processes", joined + 1)
+        if not trials:
+            # the first trial is the spec as written: the baseline in the table, and a study that
+            # can only find values at least as good as the spec's own
+            baseline = spec_values(args, spec.search)
+            if baseline:
+                study.enqueue_trial(baseline, user_attrs={"specc.baseline": True}, skip_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(args.seed, trials, joined))
+    return study, where
+
+
+def _same_study(study, args, spec: Spec, where: str, direction: str) -> None:
+    """Refuse to go on with a study of another direction, spec, --set values or --repeats; mark a new one."""
+    name = study.study_name
     if study.direction.name.lower() != direction:
-        raise UsageError(f"study '{name}' in {_shown_storage(args, out)} is a study to {study.direction.name.lower()}"
-                         f" and this one would {direction}: choose another --study")
+        raise UsageError(f"study '{name}' in {where} is a study to {study.direction.name.lower()} and this one "
+                         f"would {direction}: choose another --study")
     mine = _fingerprint(args)
     theirs = study.user_attrs.get("specc.fingerprint")
     if theirs is None:
         study.set_user_attr("specc.fingerprint", mine)
         study.set_user_attr("specc.spec", spec.name)
+        study.set_user_attr("specc.repeats", args.repeats)
     elif theirs != mine:
-        raise UsageError(f"study '{name}' in {_shown_storage(args, out)} was started from another spec or other --set "
-                         "values: resume it with the same ones, or choose another --study or --out")
-    # Seeded by how far the study has got, so that a resumed study does not draw its first values again.
-    study.sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials))
-    return study
+        raise UsageError(f"study '{name}' in {where} was started from another spec or other --set values: resume it "
+                         "with the same ones, or choose another --study or --out")
+    repeats = study.user_attrs.get("specc.repeats", 1)  # a study of an older specc: one seed a trial
+    if repeats != args.repeats:
+        raise UsageError(f"study '{name}' in {where} judges a trial by the mean of {repeats} seed"
+                         f"{'s' * (repeats != 1)}, and --repeats {args.repeats} would mix other means into it: give "
+                         f"--repeats {repeats}, or choose another --study or --out")
+
+
+def sampler_seed(seed: int, trials: int, joined: int) -> int:
+    """The TPE sampler's seed: --seed, mixed with how far the study has got and how many processes have
+    joined it, so that neither a resumed study nor a second process draws the same values again."""
+    digest = hashlib.sha256(f"{seed} {trials} {joined}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")  # numpy's seeds are below 2**32
+
+
+def make_pruner(args):
+    """Median pruning (Optuna's), on the steps schedule_step gives; none with --no-prune. A trial's
+    first --warmup-epochs are left alone by report_epoch."""
+    import optuna
+
+    if args.no_prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=0)
+
+
+def schedule_step(done: int, total: int) -> int:
+    """The step a trial reports after `done` of its `total` epochs: how far through its schedule it is,
+    in millionths. The median pruner compares trials at equal steps, so a 30-epoch trial's tenth
+    epoch meets a 3-epoch trial's first (both a third of a one-cycle schedule), never its third."""
+    return round(done * SCHEDULE_STEPS / total)
+
+
+def report_epoch(trial, value: float, done: int, total: int, warmup: int) -> bool:
+    """Report a trial's figure after `done` of its `total` epochs; whether the pruner stops it now
+    (never in its first `warmup` epochs, nor after its last, when stopping would save nothing)."""
+    trial.report(value, schedule_step(done, total))
+    return warmup < done < total and bool(trial.should_prune())
 
 
 def _finished(study, complete: bool = False) -> list:
@@ -294,36 +335,61 @@ def _optimize(study, args, search: tuple[SearchRange, ...], out: Path, monitor: 
                    callbacks=[stop, said], gc_after_trial=False)
 
 
+def seed_folder(out: Path, number: int, k: int, seed: int) -> Path:
+    """The run folder of a trial's k-th seed: trial-NNNN for the spec's own, trial-NNNN-seed-S for the others."""
+    return out / (f"trial-{number:04d}" if k == 0 else f"trial-{number:04d}-seed-{seed}")
+
+
 def run_trial(trial, args, search: tuple[SearchRange, ...], out: Path, monitor: str) -> float:
-    """One trial: its values as --set strings, trained into <out>/trial-NNNN, reported every epoch
-    (optuna.TrialPruned from the epoch's hook when the pruner says so, the run then marked `pruned`)."""
+    """One trial: its values as --set strings, trained with --repeats seeds (the spec's train.seed, then
+    that plus 1, 2, ...), each into its own run folder; its value the mean of their figures. The first
+    seed's run reports every epoch, and is stopped (marked `pruned`) when the pruner says so."""
     import optuna
 
     from specc.metrics import monitored as value_of
-    from specc.run import load_spec, train_run
+    from specc.run import load_spec
 
     values = {r.key: suggest(trial, r) for r in search}
     sets = trial_sets(args.sets, values)
-    folder = out / f"trial-{trial.number:04d}"
     trial.set_user_attr("sets", sets)
     trial.set_user_attr("values", {key: _literal(value) for key, value in values.items()})
-    trial.set_user_attr("run", str(folder))
+    trial.set_user_attr("run", str(seed_folder(out, trial.number, 0, 0)))
     spec, _ = load_spec(args.spec, sets)
-    epochs = sum(stage.fit.epochs for stage in spec.train.stages)
-    step = 0
+    total = sum(stage.fit.epochs for stage in spec.train.stages)
+    done = 0
 
     def on_record(record) -> None:
-        nonlocal step
+        nonlocal done
         value = value_of(record, monitor)
-        trial.report(value, step)
-        step += 1
-        if step < epochs and trial.should_prune():  # after the last epoch, stopping would save nothing
+        done += 1
+        if report_epoch(trial, value, done, total, args.warmup_epochs):
             trial.set_user_attr("epoch", record.epoch)
             trial.set_user_attr("last", value)
-            pruned = optuna.TrialPruned(f"pruned by specc tune after epoch {record.epoch}: {monitor} {value:.6f} "
-                                        "is worse than the median of the earlier trials at this epoch")
+            pruned = optuna.TrialPruned(f"pruned by specc tune after epoch {record.epoch} ({done} of {total}): "
+                                        f"{monitor} {value:.6f} is worse than the median of the completed trials "
+                                        "at this point of their schedules")
             pruned.run_status = "pruned"  # how specc.run.train_run marks the run folder
             raise pruned
+
+    records = []
+    for k in range(args.repeats):
+        seed = (spec.train.seed + k) % SEEDS
+        run_sets = sets if k == 0 else sets + [f"train.seed={seed}"]
+        run_spec = spec if k == 0 else load_spec(args.spec, run_sets)[0]
+        records.append(_train_seed(trial, run_spec, seed_folder(out, trial.number, k, seed), run_sets, args,
+                                   on_record if k == 0 else None))
+    figures = [value_of(r, monitor) for r in records]
+    trial.set_user_attr("figures", figures)
+    trial.set_user_attr("valid_loss", statistics.fmean(r.valid_loss for r in records))
+    trial.set_user_attr("metrics", {m: statistics.fmean(r.metrics[m] for r in records) for m in records[0].metrics})
+    return statistics.fmean(figures)
+
+
+def _train_seed(trial, spec: Spec, folder: Path, sets: list[str], args, on_record):
+    """Train one of a trial's runs; its last epoch's record (a failure's first line kept on the trial)."""
+    import optuna
+
+    from specc.run import train_run
 
     try:
         result = train_run(spec, folder, args.device, sets, quiet=True, threads=args.threads, on_record=on_record)
@@ -332,10 +398,7 @@ def run_trial(trial, args, search: tuple[SearchRange, ...], out: Path, monitor: 
     except Exception as err:
         trial.set_user_attr("error", first_line(err))
         raise
-    last = result.history.records[-1]
-    trial.set_user_attr("valid_loss", last.valid_loss)
-    trial.set_user_attr("metrics", dict(last.metrics))
-    return value_of(last, monitor)
+    return result.history.records[-1]
 
 
 # ---------------------------------------------------------------- the results
@@ -368,20 +431,25 @@ def write_best(spec_path: Path, sets: list[str], out: Path) -> Path:
 
     source = read_source(spec_path)
     tree = parse(source)
-    moved = _moved_paths(tree, Path(spec_path).resolve().parent, out.resolve())
+    # a path in the spec is relative to its folder; one a --set gave, to the working folder
+    bases = {source.path: Path(spec_path).resolve().parent, overrides.OVERRIDE_PATH: Path.cwd()}
+    moved = _moved_paths(overrides.apply(tree, list(sets))[0], bases, out.resolve())
     text = spec_text(tree, list(sets) + moved[0], moved[1])
     path = out / "best.spec"
     atomic_write(path, text.encode("utf-8"))
     return path
 
 
-def _moved_paths(tree: ast.SpecFile, base: Path, out: Path) -> tuple[list[str], list[tuple[ast.String, str]]]:
+def _moved_paths(tree: ast.SpecFile, bases: dict[str, Path], out: Path) \
+        -> tuple[list[str], list[tuple[ast.String, str]]]:
     """--set strings for a relative data path, and new texts for relative `init ... from "RUN"` paths, so
-    that they name the same files from `out`."""
-    def moved(text: str) -> str | None:
-        if os.path.isabs(text) or base == out:
+    that they name the same files from `out`. `tree`: the spec with its --set values; `bases`: the folder
+    each source's relative paths start from."""
+    def moved(node: ast.String) -> str | None:
+        base = bases[node.span.source.path]
+        if os.path.isabs(node.value) or base == out:
             return None
-        return json.dumps(os.path.relpath(base / text, out))
+        return json.dumps(os.path.relpath(base / node.value, out))
 
     sets = []
     for block in tree.blocks:
@@ -389,10 +457,10 @@ def _moved_paths(tree: ast.SpecFile, base: Path, out: Path) -> tuple[list[str], 
             if isinstance(stmt, ast.Assign) and stmt.target.id == "source" and isinstance(stmt.value, ast.Call):
                 path = next((a for a in stmt.value.args[:1]), None)
                 path = next((k.value for k in stmt.value.keywords if k.name.id == "path"), path)
-                if isinstance(path, ast.String) and moved(path.value):
-                    sets.append(f"data.source.path={moved(path.value)}")
-    inits = [(c.args[2], moved(c.args[2].value)) for c in tree.commands if c.name.id == "init" and len(c.args) == 3
-             and isinstance(c.args[2], ast.String) and moved(c.args[2].value)]
+                if isinstance(path, ast.String) and moved(path):
+                    sets.append(f"data.source.path={moved(path)}")
+    inits = [(c.args[2], moved(c.args[2])) for c in tree.commands if c.name.id == "init" and len(c.args) == 3
+             and isinstance(c.args[2], ast.String) and moved(c.args[2])]
     return sets, inits
 
 
@@ -448,26 +516,31 @@ def _diff(old, new, edits: list) -> None:
 
 
 def _diff_keywords(old: ast.Call, new: ast.Call, edits: list) -> None:
-    """A call's keywords: --set replaces one (moving it last) or adds one."""
+    """A call's keywords: --set replaces one in its place or adds one after the others."""
     before = {k.name.id: k for k in old.keywords}
+    added = []
     for kw in new.keywords:
         if kw.name.id in before:
             _diff(before[kw.name.id].value, kw.value, edits)
-        else:  # added before the closing parenthesis
-            end = old.span.end - 1
-            sep = ", " if old.args or old.keywords else ""
-            edits.append((end, end, f"{sep}{kw.name.id}={_text(kw.value)}"))
+        else:
+            added.append(f"{kw.name.id}={_text(kw.value)}")
+    if added:  # one edit, before the closing parenthesis, in the order --set added them
+        end = old.span.end - 1
+        sep = ", " if old.args or old.keywords else ""
+        edits.append((end, end, sep + ", ".join(added)))
 
 
 def _diff_body(old, new, edits: list) -> None:
     """A block's lines: --set replaces lines in place or adds one at the end (before the '}')."""
     for a, b in zip(old.body, new.body):
         _diff(a, b, edits)
-    for stmt in new.body[len(old.body):]:
-        end = old.span.end - 1  # the closing brace
+    added = new.body[len(old.body):]
+    if added:  # one edit, before the closing brace, in the order --set added them
+        end = old.span.end - 1
         line_start = old.span.source.text.rfind("\n", 0, end) + 1
-        at = line_start if not old.span.source.text[line_start:end].strip() else end
-        edits.append((at, at, f"    {_text(stmt)}\n"))
+        alone = not old.span.source.text[line_start:end].strip()  # the brace on a line of its own
+        at = line_start if alone else end
+        edits.append((at, at, ("" if alone else "\n") + "".join(f"    {_text(stmt)}\n" for stmt in added)))
 
 
 def _text(node) -> str:

@@ -27,7 +27,9 @@ TOKENS = ["{", "}", "(", ")", "[", "]", ",", "=", ":", ";", "|>", "+", "-", "*",
           "true", "false", "x", "é", "\u2212", "\x00", "'", "fit", "fit_one_cycle", "csv", "npz", "tabular",
           "params", "n_factors", "params { n = 3 }\n", "1e400", "9" * 400, "conv2d(4, 3)", "max_pool(2)",
           "reshape((1, 28, 28))", "|> reshape((4, 14, 14))", "resnet(layers=[1])", "global_avg_pool", "padding=same",
-          "stride=2", "leaky_relu(0.1)", "layer_norm"]
+          "stride=2", "leaky_relu(0.1)", "layer_norm",
+          # near the nesting bound (E306: 200 levels), so that one insertion or two cross it
+          " |> relu" * 150, "-" * 150, "(" * 150, "[" * 150, "relu(" * 150, " + 1" * 150, ")" * 150]
 
 
 def examples() -> list[tuple[str, str]]:

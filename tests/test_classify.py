@@ -225,3 +225,19 @@ def test_collab_nn_example_composes_the_same_primitives(tmp_path, ratings_dir):
     assert history.records[-1].valid_loss < history.records[0].valid_loss
     proto = to_onnx(spec, model, prepared.vocabs)
     assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5
+
+
+def test_a_sweep_variant_that_diverges_is_its_own_row_and_the_others_train(tiny, tmp_path, capsys):
+    # one lr overflows the plain-SGD model (as above), the other trains: no traceback, the sweep
+    # goes on, the table ranks what trained and names what failed, exit 1
+    sets = ["train.optimizer=sgd()", "train.fit=fit(epochs=1, lr=1e-3)", "model.out=dot(u, i) + ub + ib"]
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(tiny), "--out", str(out), "--grid", "train.fit.lr=1e4,1e-3",
+                 *[a for s in sets for a in ("--set", s)]])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    assert "specc: train.fit.lr=1e4: training stopped: the loss became NaN or infinite" in captured.err
+    table = captured.out[captured.out.index("variant"):].splitlines()
+    assert table[1].split()[0] == "train.fit.lr=1e-3" and float(table[1].split()[1]) > 0
+    assert table[2].split() == ["train.fit.lr=1e4", "failed"]
+    assert (out / "train.fit.lr=1e-3" / "model.onnx").is_file()

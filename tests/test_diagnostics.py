@@ -94,6 +94,46 @@ def test_whole_number_constants_next_to_a_tensor_check(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+_HEADERLESS = """\
+data {{
+    source = {source}("{path}", columns=[user, item, rating, timestamp])
+    inputs = [user: category, item: category]
+    target = rating: float
+}}
+model {{
+    out = dot(embedding(user, 8), embedding(item, 8))
+}}
+train {{
+    loss = mse
+    fit(epochs=1, lr=1e-2)
+}}
+"""
+
+
+@pytest.mark.parametrize("delimiter, source, hint", [
+    ("\t", "csv", "; the line looks '\\t'-separated: csv(..., delimiter=\"\\t\") or tsv(...)"),
+    (";", "csv", "; the line looks ';'-separated: csv(..., delimiter=\";\")"),
+    ("|", "tsv", "; the line looks '|'-separated: csv(..., delimiter=\"|\")"),
+    (",", "tsv", "; the line looks ','-separated: csv(..., delimiter=\",\")"),
+    (" ", "csv", ""),  # no delimiter specc knows splits it into 4: no guess
+])
+def test_a_headerless_file_with_another_delimiter_says_which(tmp_path, capsys, delimiter, source, hint):
+    # MovieLens' u.data (tab-separated, no header) read as csv(..., columns=[...])
+    lines = (ROOT / "tests" / "data" / "tables" / "u.data").read_text().replace("\t", delimiter)
+    data = tmp_path / "u.data"
+    data.write_text(lines)
+    spec = tmp_path / "s.spec"
+    spec.write_text(_HEADERLESS.format(source=source, path=data))
+    assert main(["check", str(spec)]) == 1
+    assert capsys.readouterr().err == f"{data}:1: error[D103]: expected 4 fields, found 1{hint}\n"
+
+
+def test_the_tab_separated_sample_reads_as_tsv(tmp_path, capsys):
+    spec = tmp_path / "s.spec"
+    spec.write_text(_HEADERLESS.format(source="tsv", path=ROOT / "tests" / "data" / "tables" / "u.data"))
+    assert main(["check", str(spec)]) == 0, capsys.readouterr().err
+
+
 def test_a_very_deep_expression_is_a_diagnostic(tmp_path, capsys):
     # once a RecursionError in lark's transformer
     path = tmp_path / "long_sum.spec"
@@ -101,7 +141,7 @@ def test_a_very_deep_expression_is_a_diagnostic(tmp_path, capsys):
     assert main(["check", "--no-data", str(path)]) == 1
     err = capsys.readouterr().err
     line = _COLLAB[:_COLLAB.index("out = dot(u, i)")].count("\n") + 1
-    assert f"{path}:{line}:11: error[E306]: the expression is nested too deeply (more than 200 levels)" in err
+    assert f"{path}:{line}:11: error[E306]: the expression is nested too deeply: 602 levels, at most 200" in err
 
 
 # ---------------------------------------------------------------- the codes

@@ -301,8 +301,8 @@ def test_an_image_that_cannot_be_decoded_names_the_file(tmp_path, capsys):
         "images(...) skips the images that cannot be decoded)\n")
     truncated.write_bytes((root / "b" / "0.png").read_bytes())
     assert check_err(spec_over(tmp_path, root), capsys) == (
-        f"{text}: error[D110]: cannot be decoded as an image: Pillow cannot identify it as an image "
-        "(skip_broken=true in images(...) skips the images that cannot be decoded)\n")
+        f"{text}: error[D110]: cannot be decoded as an image: not a PNG, JPEG, BMP, GIF or WebP image, the formats "
+        "specc reads (skip_broken=true in images(...) skips the images that cannot be decoded)\n")
 
 
 def test_skip_broken_leaves_them_out_with_a_warning(tmp_path, capsys, cache):
@@ -325,7 +325,7 @@ def test_skip_broken_leaves_them_out_with_a_warning(tmp_path, capsys, cache):
     (root / "b" / "0.png").write_text("no longer an image either")
     assert check_err(path, capsys).endswith(
         f"{root / 'b'}: error[D111]: class folder 'b' holds no image that can be decoded (3 skipped; the first: "
-        "b/0.png: Pillow cannot identify it as an image)\n")
+        "b/0.png: not a PNG, JPEG, BMP, GIF or WebP image, the formats specc reads)\n")
 
 
 def test_folder_layout_errors(tmp_path, capsys):

@@ -1,16 +1,21 @@
 """The inputs of predict, evaluate and inspect, and reading the files a spec names: real exported
 models (trained once per module), real onnxruntime, real files of every awkward kind."""
 
+import csv
+import io
+import json
 import os
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from helpers import MNIST_SAMPLE, collab_over, collab_spec, copy_ratings, mnist_subset, ratings_rows
+from helpers import MNIST_SAMPLE, ROOT, collab_over, collab_spec, copy_ratings, mnist_subset, ratings_rows
 from specc.cli import main
 from specc.data.prepare import prepare, Vocab
 from specc.diagnostics import SpecError
@@ -130,7 +135,7 @@ def _session_ratings(run, users, items) -> list[str]:
     """What onnxruntime itself gives for these ids, as predict writes it."""
     got = Session(run / "model.onnx", device="cpu").run({"user": np.array(users, dtype=np.int64),
                                                          "item": np.array(items, dtype=np.int64)})
-    return [f"{float(v):.6g}" for v in got["rating"]]
+    return [str(v) for v in got["rating"]]  # numpy's shortest text of each float32
 
 
 # --- point 7: predict and evaluate read the documented forms --------------------------------------------------
@@ -186,7 +191,7 @@ def test_predict_and_evaluate_read_npz_arrays_by_name(digits, tmp_path, capsys):
     code, out, err = _predict(capsys, run / "model.onnx", run.parent / "test.npz")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert len(lines) == 101 and lines[1].split(",")[1:] == [f"{p:.6g}" for p in probs[0]]
+    assert len(lines) == 101 and lines[1].split(",")[1:] == [str(p) for p in probs[0]]
     accuracy = float((probs.argmax(axis=1) == test["y"]).mean())
     loss = float(-np.log(probs[np.arange(100), test["y"]]).mean())
     assert main(["evaluate", str(run / "model.onnx"), str(run.parent / "test.npz")]) == 0
@@ -673,3 +678,91 @@ def test_unreadable_data_file(tmp_path, capsys):
         prepare(spec.data, spec.model.inputs)
     assert f"error[E208]: data file cannot be read: {data}" in err.value.render()
 
+
+
+# --- predict's numbers are the model's float32s; a column named as the target is kept ---------------------------
+
+
+def _wsgi_predict(model: Path, body: dict) -> dict:
+    """specc serve's answer to POST /predict, from its WSGI app in-process, its floats kept as the texts it wrote."""
+    from specc.serve import App
+
+    app = App(Session(model, device="cpu"), model.name)
+    data = json.dumps(body).encode()
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data)}
+    try:
+        answer = b"".join(app(environ, lambda status, headers: None))
+    finally:
+        app.close()
+    return json.loads(answer, parse_float=str)
+
+
+def test_predict_writes_the_float32_outputs_bit_for_bit_as_serve_answers(digits, collab, ratings_dir, capsys):
+    run, test = digits
+    probs = Session(run / "model.onnx", device="cpu").run({"x": test["x"].astype(np.float32)})["probabilities"]
+    code, out, err = _predict(capsys, run / "model.onnx", run.parent / "test.npz")
+    rows = list(csv.reader(io.StringIO(out)))
+    got = np.array([[np.float32(v) for v in row[1:]] for row in rows[1:]], dtype=np.float32)
+    assert (code, err) == (0, "") and got.tobytes() == probs.tobytes()  # every bit of every probability
+    assert any(np.float32(f"{p:.6g}") != p for p in probs.ravel())  # which 6 digits would not give
+    served = _wsgi_predict(run / "model.onnx", {"x": test["x"][:30].tolist()})
+    assert [[served[f"probability_{d}"][k] for d in range(10)] for k in range(30)] == [row[1:] for row in rows[1:31]]
+
+    ratings = ratings_dir / "ratings.csv"  # user,item,rating: its ratings kept, the predictions beside them
+    code, out, err = _predict(capsys, collab / "model.onnx", ratings)
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert (code, err) == (0, "") and list(table[0]) == ["user", "item", "rating", "rating_pred"]
+    given = list(csv.DictReader(io.StringIO(ratings.read_text())))
+    assert [r["rating"] for r in table] == [r["rating"] for r in given]
+    users, items = (np.array([int(r[c]) for r in given], dtype=np.int64) for c in ("user", "item"))
+    want = Session(collab / "model.onnx", device="cpu").run({"user": users, "item": items})["rating"]
+    assert np.array([np.float32(r["rating_pred"]) for r in table]).tobytes() == want.tobytes()
+    served = _wsgi_predict(collab / "model.onnx", {"user": users[:200].tolist(), "item": items[:200].tolist()})
+    assert served["rating"] == [r["rating_pred"] for r in table[:200]]
+
+
+def test_predict_keeps_a_column_named_as_the_target(people, tmp_path, capsys):
+    """UCI's adult.test has its label, with a '.' after it: predict writes it back as given."""
+    data = _people(30, seed=9).replace("K\n", "K.\n")
+    labels = [line.rsplit(",", 1)[1].strip() for line in data.splitlines()]
+    layouts = {"people.test": data,  # the training file's layout, no header
+               "with_header.csv": "label,hours,job,age\n" + "".join(
+                   f"{f[3]},{f[2]},{f[1]},{f[0]}\n" for f in (line.split(", ") for line in data.splitlines()))}
+    outputs = {}
+    for name, text in layouts.items():
+        (tmp_path / name).write_text(text)
+        code, out, err = _predict(capsys, people / "model.onnx", tmp_path / name)
+        assert (code, err) == (0, "")
+        table = list(csv.DictReader(io.StringIO(out)))
+        assert list(table[0]) == ["job", "age", "hours", "label", "label_pred", "probability_<=50K", "probability_>50K"]
+        assert [r["label"] for r in table] == labels and {r["label_pred"] for r in table} <= {"<=50K", ">50K"}
+        outputs[name] = [(r["label_pred"], r["probability_>50K"]) for r in table]
+    assert outputs["people.test"] == outputs["with_header.csv"]
+    (tmp_path / "no_label.csv").write_text("job,age,hours\nclerk,40,38.5\n")  # no such column: the name is free
+    code, out, err = _predict(capsys, people / "model.onnx", tmp_path / "no_label.csv")
+    assert (code, err) == (0, "") and out.splitlines()[0] == "job,age,hours,label,probability_<=50K,probability_>50K"
+
+
+def test_onnxruntime_writes_nothing_under_the_home_folder(collab, ratings_dir, tmp_path):
+    """onnxruntime (1.29 on) writes a device id and a SQLite file under ~/.cache/Microsoft/DeveloperTools
+    from a process that loads it, unless ORT_DISABLE_TELEMETRY=1: specc sets it, a user's own value wins."""
+    probe = ("import sys; from specc.cli import main; "
+             "sys.exit(main(['predict', sys.argv[1], sys.argv[2], '--out', 'p.csv']) "
+             "or main(['evaluate', sys.argv[1], sys.argv[2]]))")
+
+    def run(name: str, **env) -> list[str]:
+        home, cwd = tmp_path / name / "home", tmp_path / name / "cwd"
+        home.mkdir(parents=True)
+        cwd.mkdir()
+        clean = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+        done = subprocess.run([sys.executable, "-c", probe, str(collab / "model.onnx"), str(ratings_dir / "ratings.csv")],
+                              cwd=cwd, env=clean | {"HOME": str(home), "PYTHONPATH": str(ROOT)} | env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in cwd.iterdir()) == ["p.csv"]
+        return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+
+    assert run("specc") == []
+    if not run("opted-in", ORT_DISABLE_TELEMETRY="0"):
+        pytest.skip("this onnxruntime writes no telemetry files, so their absence above shows nothing")

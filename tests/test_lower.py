@@ -89,3 +89,26 @@ def test_a_runtime_error_names_the_spec_line_of_the_value_that_failed():
     wrong = torch.rand(4, 27, 28)  # one pixel row short: the first linear layer cannot take it
     with pytest.raises(RuntimeError, match=rf"mnist_mlp.spec:{line}:\d+: computing 'linear': mat1 and mat2"):
         loss([wrong], torch.zeros(4, dtype=torch.int64))
+
+
+def test_values_named_as_torch_module_attributes_or_keywords_train_export_and_inspect(tiny, capsys):
+    # A spec may name a value anything check accepts; torch's module has `half`, `train`, `graph`...
+    # and fx's code cannot write `self.class`: such a value's weights sit under the name with `_`
+    # appended, clear of a value the spec itself calls `half_`.
+    from specc.cli import main
+    from specc.lower import attribute_names
+
+    assert attribute_names(["half", "half_", "class", "u", "graph"]) == {
+        "half": "half__", "half_": "half_", "class": "class_", "u": "u", "graph": "graph_"}
+    spec, tmp = tiny, tiny.parent
+    text = spec.read_text().replace("u   = embedding(user, 8)", "half = embedding(user, 8)")
+    text = text.replace("i   = embedding(item, 8)", "class = embedding(item, 8)")
+    text = text.replace("ub  = embedding(user, 1)", "half_ = embedding(user, 1)")
+    text = text.replace("ib  = embedding(item, 1)", "train = embedding(item, 1)")
+    spec.write_text(text.replace("dot(u, i) + ub + ib", "dot(half, class) + half_ + train"))
+    assert main(["train", str(spec), "--out", str(tmp / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp / "run"), "--column", "user"]) == 0
+    assert "factors 'half' (8 wide)" in capsys.readouterr().out
+    gm = lower(size_model(load_spec(spec)[0].model, Sizes({"user": 10, "item": 12})))
+    assert [n for n, _ in gm.named_children()] == ["half__", "class_", "half_", "train_"]

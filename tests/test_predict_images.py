@@ -219,7 +219,8 @@ def test_an_image_that_cannot_be_decoded_is_named_and_nothing_is_written(models,
     (folder / "b.png").write_bytes(b"not a png at all")
     out = tmp_path / "p.csv"
     assert failed(capsys, ["predict", m["model"], folder, "--out", out]) == (
-        f"{folder / 'b.png'}: error[D110]: cannot be decoded as an image: Pillow cannot identify it as an image")
+        f"{folder / 'b.png'}: error[D110]: cannot be decoded as an image: not a PNG, JPEG, BMP, GIF or WebP image, "
+        "the formats specc reads")
     assert not out.exists()
     truncated = tmp_path / "cut.png"
     truncated.write_bytes((folder / "a.png").read_bytes()[:60])
@@ -323,7 +324,8 @@ def test_evaluate_errors_of_image_folders(models, tmp_path, capsys):
         "or .webp)")
     (folder / "7" / "0.png").write_bytes(b"")
     assert failed(capsys, ["evaluate", m["model"], folder]) == (
-        f"{folder / '7' / '0.png'}: error[D110]: cannot be decoded as an image: Pillow cannot identify it as an image")
+        f"{folder / '7' / '0.png'}: error[D110]: cannot be decoded as an image: not a PNG, JPEG, BMP, GIF or WebP "
+        "image, the formats specc reads")
     loose = tmp_path / "loose"
     write_png(loose / "0.png", 1, (10, 10))
     assert failed(capsys, ["evaluate", m["model"], loose]).startswith(

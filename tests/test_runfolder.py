@@ -54,7 +54,11 @@ def test_the_lock_is_exclusive_and_leaves_nothing_behind(tmp_path):
     assert not (tmp_path / "run" / LOCK).exists()
     with second.locked():
         pass
-    assert list((tmp_path / "run").iterdir()) == []
+    assert not (tmp_path / "run").exists()  # made by the lock and left empty: gone again
+    (tmp_path / "mine").mkdir()
+    with RunFolder(tmp_path / "mine" / "a" / "b").locked():
+        pass
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"]  # the user's folder stays, empty or not
 
 
 def test_a_lock_file_left_by_a_killed_process_does_not_block(tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import queue
 import re
 import signal
 import socket
@@ -20,22 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, collab_spec, copy_ratings
+from helpers import MNIST_SAMPLE, ROOT, collab_spec, copy_ratings, mnist_spec
 from test_tabular import SPEC as PEOPLE_SPEC, people
 
 from specc.cli import main
 from specc.infer import Session
-from specc.serve import App, Server
+from specc.serve import HTTP_CODES, App, Server
 
 pytest.importorskip("waitress")  # the `serve` extra; CI's `test` extra installs it
 
 LIMIT = 30  # seconds: every wait in this file is bounded
+STARTING = 300  # seconds for a process to start or stop: a bound a busy machine never reaches, not a wait
 
 
 @pytest.fixture(scope="module")
 def models(ratings_dir, tmp_path_factory) -> dict[str, Path]:
-    """model.onnx of a one-epoch collab run (int64 ids) and of a tabular classifier (text
-    categories, floats with missing values, string labels)."""
+    """model.onnx of a one-epoch collab run (int64 ids), of a tabular classifier (text categories,
+    floats with missing values, string labels) and of a digits classifier (784 floats a row)."""
     folder = tmp_path_factory.mktemp("serve")
     copy_ratings(ratings_dir, folder)
     assert main(["train", str(collab_spec(folder)), "--out", str(folder / "collab"), "--quiet",
@@ -45,16 +48,19 @@ def models(ratings_dir, tmp_path_factory) -> dict[str, Path]:
                                                            model="tabular(layers=[16], ps=[0.1])"))
     assert main(["train", str(folder / "people.spec"), "--out", str(folder / "people"), "--quiet",
                  "--set", "train.fit.epochs=1"]) == 0
-    return {"collab": folder / "collab" / "model.onnx", "people": folder / "people" / "model.onnx"}
+    assert main(["train", str(mnist_spec(folder, train_rows=256)), "--out", str(folder / "digits"), "--quiet"]) == 0
+    return {"collab": folder / "collab" / "model.onnx", "people": folder / "people" / "model.onnx",
+            "digits": folder / "digits" / "model.onnx"}
 
 
 @contextlib.contextmanager
-def served(model: Path, threads: int = 8, **limits):
-    """The model served on a free port of 127.0.0.1 on a thread; yields (app, base url)."""
+def served(model: Path, threads: int = 8, connections: int | None = None, channel_timeout: int = 30,
+           request_timeout: float = 60.0, **limits):
+    """The model served on a free port of 127.0.0.1 on a thread; yields (app, base url, server)."""
     app = App(Session(model, device="cpu"), model.name, **limits)
-    server = Server(app, "127.0.0.1", 0, threads).start()
+    server = Server(app, "127.0.0.1", 0, threads, connections, channel_timeout, request_timeout).start()
     try:
-        yield app, server.url
+        yield app, server.url, server
     finally:
         server.stop()
         app.close()
@@ -98,11 +104,16 @@ def predict_csv(model: Path, tmp_path: Path, text: str, capsys) -> tuple[int, st
     return code, out, err
 
 
+def six(number) -> str:
+    """A number (or predict's CSV text of one) to 6 digits, the least predict's CSV has written."""
+    return f"{float(number):.6g}"
+
+
 def test_collab_predictions_are_onnxruntimes_and_predicts(models, tmp_path, capsys):
     model = models["collab"]
     users, items = [1, 2, 60, 1, 9223372036854775807], [3, 4, 80, 99999, 5]  # an unseen id, int64's largest
     expected = Session(model, device="cpu").run({"user": np.array(users), "item": np.array(items)})["rating"]
-    with served(model) as (_, url):
+    with served(model) as (_, url, _):
         status, got, headers = call(url + "/predict", {"user": users, "item": items, "extra": ["x"]})
         assert status == 200 and headers["Content-Type"] == "application/json"
         assert list(got) == ["rating"]
@@ -115,7 +126,7 @@ def test_collab_predictions_are_onnxruntimes_and_predicts(models, tmp_path, caps
     code, out, _ = predict_csv(model, tmp_path, "user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(users, items)),
                                capsys)
     assert code == 0
-    assert [line.split(",")[2] for line in out.splitlines()[1:]] == [f"{v:.6g}" for v in got["rating"]]
+    assert [six(line.split(",")[2]) for line in out.splitlines()[1:]] == [six(v) for v in got["rating"]]
 
 
 def test_classifier_answers_labels_and_probabilities_as_predicts_columns(models, tmp_path, capsys):
@@ -127,7 +138,7 @@ def test_classifier_answers_labels_and_probabilities_as_predicts_columns(models,
                             "city": np.array(columns["city"], dtype=object),
                             "age": np.array([30, np.nan, 20.5, np.nan], dtype=np.float32),
                             "hours": np.array([40, 50, 1e3, 41.5], dtype=np.float32)})
-    with served(model) as (_, url):
+    with served(model) as (_, url, _):
         status, got, _ = call(url + "/predict", columns)
         assert status == 200
         assert list(got) == ["label", "probability_<=50K", "probability_>50K"]
@@ -139,12 +150,32 @@ def test_classifier_answers_labels_and_probabilities_as_predicts_columns(models,
     code, out, _ = predict_csv(model, tmp_path, "job,city,age,hours\nclerk,north,30,40\n?,south,?,50\n"
                                "astronaut,west,20.5,1000\n nurse ,east,?,41.5\n", capsys)
     assert code == 0
-    assert [line.split(",")[4:] for line in out.splitlines()[1:]] == \
-        [[label, f"{p:.6g}", f"{q:.6g}"] for label, p, q in zip(*got.values())]
+    assert [[label, six(p), six(q)] for label, p, q in (line.split(",")[4:] for line in out.splitlines()[1:])] == \
+        [[label, six(p), six(q)] for label, p, q in zip(*got.values())]
+
+
+def test_an_input_of_arrays_takes_a_nested_array_a_row(models):
+    model = models["digits"]
+    with np.load(MNIST_SAMPLE) as data:
+        pixels = data["x_valid"][:3].reshape(3, 784)
+    want = Session(model, device="cpu").run({"x": pixels.astype(np.float32)})
+    with served(model) as (app, url, _):
+        status, got, _ = call(url + "/predict", {"x": pixels.tolist()})
+        assert status == 200 and got["y"] == want["y"].tolist()  # the target's name, as predict's CSV column
+        assert np.array_equal(np.array([got[f"probability_{c}"] for c in range(10)], np.float32).T,
+                              want["probabilities"])
+        deep = f'{{"x": [{nested(70)}]}}'.encode()  # numpy takes 64 dimensions, then speaks of shapes
+        assert call(url + "/predict", deep)[:2] == (400, {
+            "error": "column 'x': its rows are arrays nested 70 levels deep; the model takes rows of shape (784,)",
+            "code": "D103"})
+        assert call(url + "/predict", {"x": [[0] * 783]})[:2] == (400, {
+            "error": "column 'x': rows of shape (783,), but the model's column 'x' takes rows of shape (784,)",
+            "code": "D103"})
+        assert app.max_body == 1000 * 10 ** 6  # 65,536 rows of 784 values would be 1.66 GB: the cap's own cap
 
 
 def test_health_and_schema(models):
-    with served(models["people"], max_rows=100) as (_, url):
+    with served(models["people"], max_rows=100) as (_, url, _):
         assert call(url + "/health")[:2] == (200, {"status": "ok", "model": "model.onnx",
                                                    "provider": "CPUExecutionProvider", "requests": 0, "runs": 0,
                                                    "largest_batch": 0})
@@ -157,7 +188,7 @@ def test_health_and_schema(models):
     assert schema["target"] == {"name": "label", "kind": "category"} and schema["classes"] == ["<=50K", ">50K"]
     assert schema["outputs"] == ["label", "probability_<=50K", "probability_>50K"]
     assert schema["limits"]["max_rows"] == 100
-    with served(models["collab"]) as (_, url):
+    with served(models["collab"]) as (_, url, _):
         status, schema, _ = call(url + "/schema")
     assert [(i["name"], i["type"]) for i in schema["inputs"]] == [("user", "int64"), ("item", "int64")]
     assert schema["target"] == {"name": "rating", "kind": "float"} and schema["classes"] is None
@@ -182,7 +213,7 @@ def _after_column(message: str) -> str:
 def test_a_wrong_value_is_a_400_in_predicts_words(models, tmp_path, capsys, model, csv_text, body):
     code, _, err = predict_csv(models[model], tmp_path, csv_text, capsys)
     assert code == 1
-    with served(models[model]) as (_, url):
+    with served(models[model]) as (_, url, _):
         status, got, _ = call(url + "/predict", body)
     assert status == 400 and got["error"].startswith("row 0: column '")
     assert _after_column(got["error"]) == _after_column(err.split("error[")[1])
@@ -192,7 +223,7 @@ def test_a_wrong_value_is_a_400_in_predicts_words(models, tmp_path, capsys, mode
 def test_a_missing_column_is_a_400_in_predicts_words(models, tmp_path, capsys):
     code, _, err = predict_csv(models["collab"], tmp_path, "user\n1\n", capsys)
     assert code == 1 and "missing input column 'item' (the header has: user)" in err
-    with served(models["collab"]) as (_, url):
+    with served(models["collab"]) as (_, url, _):
         assert call(url + "/predict", {"user": [1]})[:2] == \
             (400, {"error": "missing input column 'item' (the request has: user)", "code": "D107"})
         assert call(url + "/predict", {})[:2] == \
@@ -201,47 +232,83 @@ def test_a_missing_column_is_a_400_in_predicts_words(models, tmp_path, capsys):
             (400, {"error": "row 1: missing input column 'item' (the row has: user)", "code": "D107"})
 
 
-def test_malformed_requests_are_4xx_with_a_json_error(models, capsys):
-    with served(models["collab"], max_rows=3) as (app, url):
+def nested(depth: int) -> str:
+    """JSON text: 1 inside `depth` arrays (as text: json.dumps of it from a test's frame would go too deep)."""
+    return "[" * depth + "1" + "]" * depth
+
+
+def test_malformed_requests_are_4xx_with_a_json_error_and_code(models, capsys):
+    deep = b"[" * 100000 + b"]" * 100000
+    with served(models["collab"], max_rows=3, max_body=len(deep)) as (app, url, _):
         predict = url + "/predict"
+        whole = "row 0: column 'user': expected a whole number (the model's ids are integers), found "
         cases = [
-            (call(predict, b'{"user": [1], "item": [2]'), 400, "the request body is not valid JSON: "),
-            (call(predict, b"[" * 100000 + b"]" * 100000), 400, "the request body is not valid JSON: "),
-            (call(predict, b"\xff\xfe\x00"), 400, "the request body is not valid JSON: "),
-            (call(predict, b'{"user": [1], "item": [2]}', content_type="text/csv"), 415,
+            (call(predict, b'{"user": [1], "item": [2]'), 400, "H101", "the request body is not valid JSON: "),
+            (call(predict, deep), 400, "H101", "the request body is not valid JSON: "),
+            (call(predict, b"\xff\xfe\x00"), 400, "H101", "the request body is not valid JSON: "),
+            (call(predict, b'{"user": [' + b"1" * 5000 + b'], "item": [2]}'), 400, "H101",
+             "the request body is not valid JSON: "),
+            (call(predict, b""), 400, "H102", "the request body is empty; expected the inputs as JSON"),
+            (call(predict, b'{"user": [1], "item": [2]}', content_type="text/csv"), 415, "H107",
              "expected a JSON body (Content-Type: application/json), found 'text/csv'"),
-            (without_content_type(predict, b'{"user": [1], "item": [2]}'), 415,
+            (without_content_type(predict, b'{"user": [1], "item": [2]}'), 415, "H107",
              "expected a JSON body (Content-Type: application/json), found no Content-Type"),
-            (call(predict, 5), 400, 'expected the inputs as columns ({"name": [value, ...], ...}) or as rows '
-                                    '([{"name": value, ...}, ...]), found a number'),
-            (call(predict, [1]), 400, "row 0: expected an object of column values, found 1"),
-            (call(predict, {"user": 1, "item": [2]}), 400, "column 'user': expected an array of values, one a row, "
-                                                           "found 1"),
-            (call(predict, {"user": [1, 2], "item": [2]}), 400, "the columns have different numbers of rows "
-                                                                "(user: 2, item: 1)"),
-            (call(predict, {"user": [], "item": []}), 400, "the request has no rows"),
-            (call(predict, {"user": [None], "item": [2]}), 400, "row 0: column 'user': expected a whole number (the "
-                                                                "model's ids are integers), found null"),
-            (call(predict, {"user": [True], "item": [2]}), 400, "row 0: column 'user': expected a whole number (the "
-                                                                "model's ids are integers), found true"),
-            (call(predict, {"user": [1] * 4, "item": [2] * 4}), 413,
+            (call(predict, 5), 400, "H103", 'expected the inputs as columns ({"name": [value, ...], ...}) or as rows '
+                                            '([{"name": value, ...}, ...]), found a number'),
+            (call(predict, [1]), 400, "H103", "row 0: expected an object of column values, found 1"),
+            (call(predict, f"[{nested(900)}]".encode()), 400, "H103",
+             "row 0: expected an object of column values, found [[[[["),
+            (call(predict, {"user": 1, "item": [2]}), 400, "H103",
+             "column 'user': expected an array of values, one a row, found 1"),
+            (call(predict, {"user": [1, 2], "item": [2]}), 400, "D103",
+             "the columns have different numbers of rows (user: 2, item: 1)"),
+            (call(predict, {"user": [], "item": []}), 400, "D102", "the request has no rows"),
+            (call(predict, {"user": [None], "item": [2]}), 400, "D104", whole + "null"),
+            (call(predict, {"user": [True], "item": [2]}), 400, "D104", whole + "true"),
+            (call(predict, f'{{"user": [{nested(900)}], "item": [2]}}'.encode()), 400, "D104", whole + "[[[[["),
+            (call(predict, {"user": [1] * 4, "item": [2] * 4}), 413, "H104",
              "the request has 4 rows; this server takes at most 3 a request (--max-rows)"),
-            (call(predict, [{"user": 1, "item": 2}] * 4), 413,
+            (call(predict, [{"user": 1, "item": 2}] * 4), 413, "H104",
              "the request has 4 rows; this server takes at most 3 a request (--max-rows)"),
-            (call(url + "/nowhere"), 404, "no such path '/nowhere'; the paths are POST /predict, GET /health and "
-                                          "GET /schema"),
-            (call(url + "/health", b"{}"), 405, "/health takes GET or HEAD, not POST"),
+            (call(url + "/nowhere"), 404, "H201", "no such path '/nowhere'; the paths are POST /predict, GET /health "
+                                                  "and GET /schema"),
+            (call(url + "/health", b"{}"), 405, "H202", "/health takes GET or HEAD, not POST"),
         ]
-        for (status, got, _), want_status, want in cases:
-            assert (status, got["error"][:len(want)]) == (want_status, want)
+        for (status, got, headers), want_status, code, want in cases:
+            assert (status, got["code"], got["error"][:len(want)]) == (want_status, code, want)
+            assert set(got) == {"error", "code"} and headers["Content-Type"] == "application/json"
+        for depth in range(940, 1001):  # where json.loads still reads it but json.dumps, deeper down, would not
+            for text in (f"[{nested(depth)}]", f'{{"user": [{nested(depth)}], "item": [2]}}'):
+                status, got, _ = call(predict, text.encode())
+                assert status == 400 and got["code"] in ("H101", "H103", "D104")
         assert call(predict)[2]["Allow"] == "POST"
         assert call(predict, {"user": [1], "item": [2]})[0] == 200  # and it still answers
         assert app.batcher.worker.is_alive()
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("body, at", [
+    ({"user": [1.5], "item": [2]}, "row 0: column 'user'"),
+    ([{"user": 1, "item": 2}, {"user": 3, "item": 2.5}], "row 1: column 'item'"),
+    ({"user": [1, 2], "item": [-0.5, 3]}, "row 0: column 'item'"),
+])
+def test_a_fractional_id_is_refused_as_predict_refuses_one(models, tmp_path, capsys, body, at):
+    """Not cut to a whole id (1.5 read as 1): predict's D104 in its words; the value shown as the
+    JSON number it was (predict shows a CSV's cell as text: '1.5')."""
+    code, _, err = predict_csv(models["collab"], tmp_path, "user,item\n1.5,2\n", capsys)
+    assert code == 1 and "error[D104]: column 'user': expected a whole number (the model's ids are integers), " \
+                          "found '1.5'" in err
+    value = next(v for row in (body if isinstance(body, list) else [dict(zip(body, r)) for r in zip(*body.values())])
+                 for v in row.values() if v != int(v))
+    with served(models["collab"]) as (app, url, _):
+        assert call(url + "/predict", body)[:2] == \
+            (400, {"error": f"{at}: expected a whole number (the model's ids are integers), found {value}",
+                   "code": "D104"})
+        assert app.batcher.requests == 0  # nothing reached the model
+
+
 def test_a_bug_is_a_500_without_traceback_and_the_traceback_goes_to_the_log(models, capsys):
-    with served(models["collab"]) as (app, url):
+    with served(models["collab"]) as (app, url, _):
         def broken(feed):
             raise ZeroDivisionError("a bug")
 
@@ -257,7 +324,7 @@ def test_concurrent_clients_get_their_own_rows_and_are_batched(models):
     model = models["collab"]
     session = Session(model, device="cpu")
     clients = 12
-    with served(model, threads=clients, max_wait_ms=100) as (app, url):
+    with served(model, threads=clients, max_wait_ms=100) as (app, url, _):
         for _ in range(5):  # a round where no two requests meet in a batch is possible, but rare
             gate = threading.Barrier(clients, timeout=LIMIT)
             answers: dict[int, list] = {}
@@ -309,18 +376,226 @@ def test_the_batcher_joins_requests_up_to_max_batch_and_runs_a_larger_one_alone(
         assert np.array_equal(got[k], session.run(feeds[k])["rating"])
 
 
+# ---------------------------------------------------------------- hostile clients, on raw sockets
+
+SLOW = 300  # three times waitress's default connection limit, which let no other request in while they stayed
+HEAD = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+BODY = b'{"user": [1, 2], "item": [3, 4]}'
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = re.match(r"http://([\d.]+):(\d+)", url).groups()
+    return host, int(port)
+
+
+def answers(sock: socket.socket, count: int = 1) -> list[tuple[int, dict, dict]]:
+    """The next `count` answers on a raw connection: (status, JSON body, headers named in lowercase)."""
+    stream = sock.makefile("rb")
+    got = []
+    for _ in range(count):
+        line = stream.readline()
+        assert line, "the server closed the connection without an answer"
+        headers = {}
+        while (header := stream.readline()) not in (b"\r\n", b""):
+            name, _, value = header.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        got.append((int(line.split()[1]), json.loads(stream.read(int(headers["content-length"]))), headers))
+    return got
+
+
+def exchange(url: str, data: bytes) -> tuple[int, dict, dict]:
+    """Send raw bytes on a connection of their own; its first answer."""
+    with socket.create_connection(address(url), timeout=LIMIT) as sock:
+        sock.sendall(data)
+        return answers(sock)[0]
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closes this connection (reading until it does, for up to LIMIT seconds)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + LIMIT
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {LIMIT} s for {what}"
+        time.sleep(0.01)
+
+
+def test_slow_clients_do_not_keep_valid_requests_waiting(models):
+    """The acceptance test of issue 22: 300 connections trickling their headers (a slowloris), while
+    valid requests, one at a time and 32 at once, are answered. bench/serve.py --slow measures how fast."""
+    model = models["collab"]
+    want = Session(model, device="cpu").run({"user": np.array([1, 2]), "item": np.array([3, 4])})["rating"]
+    stop = threading.Event()
+    with served(model, threads=4, request_timeout=3600) as (_, url, server), contextlib.ExitStack() as stack:
+        slow = [stack.enter_context(socket.create_connection(address(url), timeout=LIMIT)) for _ in range(SLOW)]
+        for sock in slow:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+
+        def trickle():  # a header line on each, twice a second: never silent, never done
+            for n in range(10 ** 6):
+                if stop.wait(0.5):
+                    return
+                for sock in slow:
+                    sock.sendall(f"X-Slow-{n}: 1\r\n".encode())
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        try:
+            wait_for(lambda: len(server.server.active_channels) >= SLOW, f"the {SLOW} slow connections to be open")
+            for _ in range(20):
+                status, got, _ = call(url + "/predict", {"user": [1, 2], "item": [3, 4]})
+                assert status == 200 and np.array_equal(np.array(got["rating"], np.float32), want)
+            together: list[int] = []
+            clients = [threading.Thread(target=lambda: together.append(call(url + "/health")[0])) for _ in range(32)]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.join(LIMIT)
+            assert together == [200] * 32
+            assert len(server.server.active_channels) >= SLOW  # still open, still sending headers
+        finally:
+            stop.set()
+            trickler.join(LIMIT)
+
+
+@pytest.mark.parametrize("first, trickled", [
+    (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: 1\r\n"),  # headers, a line at a time
+    (HEAD + b"Content-Length: 100\r\n\r\n{", b" "),  # a body, a byte at a time
+    (HEAD + b"Content-Length: 100\r\n\r\n" + BODY, None),  # a Content-Length larger than what is sent
+])
+def test_a_request_that_does_not_arrive_whole_in_time_is_a_408(models, first, trickled):
+    with served(models["collab"], request_timeout=1) as (_, url, _), \
+            socket.create_connection(address(url), timeout=LIMIT) as sock:
+        sock.sendall(first)
+        stop = threading.Event()
+
+        def trickle():
+            while trickled and not stop.wait(0.1):
+                try:
+                    sock.sendall(trickled)
+                except OSError:  # closed by the server
+                    return
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        try:
+            status, got, headers = answers(sock)[0]
+        finally:
+            stop.set()
+            trickler.join(LIMIT)
+        assert (status, got) == (408, {"error": "the request did not arrive whole within 1 s of its first byte "
+                                                "(--request-timeout)", "code": "H302"})
+        assert headers["connection"] == "close" and closed_by_server(sock)
+        assert call(url + "/health")[0] == 200
+
+
+def test_a_silent_connection_is_closed_after_the_channel_timeout(models):
+    with served(models["collab"], channel_timeout=1) as (_, url, _):
+        with socket.create_connection(address(url), timeout=LIMIT) as silent:
+            assert closed_by_server(silent)
+        with socket.create_connection(address(url), timeout=LIMIT) as kept_alive:
+            kept_alive.sendall(HEAD + f"Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY)
+            assert answers(kept_alive)[0][0] == 200
+            assert closed_by_server(kept_alive)  # idle after its answer
+
+
+def test_lying_and_oversized_requests_are_answered_in_json(models, capsys):
+    chunked = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+    with served(models["collab"], max_body=2000) as (app, url, _):
+        too_large = {"error": "the request body is larger than this server takes: at most 2,000 bytes (--max-body-mb)",
+                     "code": "H105"}
+        # refused by its Content-Length, before a byte of the body is sent (a 100 MB body was read whole)
+        assert exchange(url, HEAD + b"Content-Length: 100000000\r\n\r\n")[:2] == \
+            (413, {**too_large, "error": too_large["error"].replace("body is", "body of 100,000,000 bytes is")})
+        assert exchange(url, chunked + b"3e8\r\n" + b" " * 1000 + b"\r\n" + b"3e8\r\n" + b" " * 1000 + b"\r\n")[:2] == \
+            (413, too_large)
+        assert exchange(url, chunked + b"d\r\n" + BODY[:13] + b"\r\n" + hex(len(BODY) - 13)[2:].encode() + b"\r\n"
+                        + BODY[13:] + b"\r\n0\r\n\r\n")[0] == 200  # chunked, under the cap
+        with socket.create_connection(address(url), timeout=LIMIT) as sock:  # a Content-Length shorter than the body
+            sock.sendall(HEAD + b"Content-Length: 5\r\n\r\n" + BODY)
+            status, got, _ = answers(sock)[0]
+            assert (status, got["code"], got["error"][:35]) == (400, "H101", "the request body is not valid JSON:")
+        malformed = "a malformed HTTP request (waitress's parser: "
+        for data, status, code, error in [
+            (chunked + b"zz\r\n", 400, "H301", malformed + "Invalid chunk size)"),
+            (HEAD + b"Content-Length: abc\r\n\r\n", 400, "H301", malformed + "Content-Length is invalid)"),
+            (HEAD + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n", 400, "H301",
+             malformed + "Content-Length is invalid (too many digits))"),
+            (HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n", 400, "H301", malformed + "Content-Length is "
+                                                                                     "invalid)"),
+            (b"GET http://[::1/health HTTP/1.1\r\n\r\n", 400, "H301", malformed + "invalid request line or header "
+                                                                                  "(Invalid IPv6 URL))"),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "H301", malformed + "Start line is "
+                                                                                                "invalid)"),
+            (HEAD + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, "H303",
+             "the request line and headers are larger than this server takes: at most 65,536 bytes"),
+            (HEAD + b"Transfer-Encoding: gzip\r\n\r\n", 501, "H304",
+             "a Transfer-Encoding this server does not take: send the body as it is, or chunked"),
+            (HEAD + b"\r\n", 411, "H106", "the request has no body: send the inputs as JSON with a Content-Length "
+                                          "(or chunked)"),
+            (HEAD + b"Content-Length: 0\r\n\r\n", 400, "H102", "the request body is empty; expected the inputs as JSON"),
+        ]:
+            assert exchange(url, data)[:2] == (status, {"error": error, "code": code})
+        assert call(url + "/predict", {"user": [1], "item": [2]})[0] == 200  # and it still answers
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_body_cap_follows_max_rows_and_the_models_inputs(models):
+    with served(models["collab"], max_rows=10) as (app, url, _):  # 2 inputs: 256 + 2 * 32 bytes a row
+        assert app.max_body == 3200 and call(url + "/schema")[1]["limits"]["max_body_bytes"] == 3200
+    with served(models["people"]) as (app, _, _):  # 4 inputs, 65,536 rows
+        assert app.max_body == 65536 * (256 + 4 * 32)
+    body = json.dumps({"user": [1, 2], "item": [3, 4], "padding": "x" * 100}).encode()
+    with served(models["collab"], max_body=len(body)) as (_, url, _):  # a body of exactly the cap is taken
+        assert call(url + "/predict", body)[0] == 200
+        assert call(url + "/predict", body + b" ")[:2] == (413, {
+            "error": f"the request body of {len(body) + 1} bytes is larger than this server takes: at most "
+                     f"{len(body)} bytes (--max-body-mb)", "code": "H105"})
+
+
+def test_every_code_has_its_row_in_the_readme():
+    text = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(H\d+)` \| (\d+) \| (.*) \|$", text, re.M)
+    assert rows == [(c.code, str(c.status), c.meaning) for c in HTTP_CODES]
+    assert len({c.code for c in HTTP_CODES}) == len(HTTP_CODES)
+
+
 def _serve_process(model: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """`specc serve` in a process of its own on a free port; (the process, its URL from its first line)."""
+    """`specc serve` in a process of its own on a free port, once it has said where it listens;
+    (the process, its URL from that first line)."""
     proc = subprocess.Popen([sys.executable, "-m", "specc", "serve", str(model), "--port", "0", *options],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(LIMIT)
-    if not line or not line[0]:
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})  # a SyntaxWarning of a module
+    # compiled afresh (another change to the tree) is no word of the server's
+    first: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: first.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = first.get(timeout=STARTING)  # the line, or "" when the process ends without one
+    except queue.Empty:
+        line = ""
+    if not line:
         proc.kill()
-        raise AssertionError(f"specc serve did not start: {proc.communicate(timeout=LIMIT)[1]}")
-    return proc, re.search(r"on (http://127\.0\.0\.1:\d+) ", line[0])[1]
+        raise AssertionError(f"specc serve did not start: {proc.communicate(timeout=STARTING)[1]}")
+    return proc, re.search(r"on (http://127\.0\.0\.1:\d+) ", line)[1]
+
+
+def _stopped_by(proc: subprocess.Popen, signum: int) -> str:
+    """Send the signal; once the process has ended (a condition, bounded by STARTING), its stderr."""
+    proc.send_signal(signum)
+    try:
+        return proc.communicate(timeout=STARTING)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"specc serve did not stop on signal {signum}: {proc.communicate()[1]}") from None
 
 
 def test_the_command_serves_until_ctrl_c(models):
@@ -333,25 +608,60 @@ def test_the_command_serves_until_ctrl_c(models):
                                                    "largest_batch": 1})
         assert call(url + "/predict", {"user": [1, 2, 3], "item": [3, 4, 5]})[0] == 413
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=LIMIT)
-    assert proc.returncode == 0 and err == "specc: stopped\n"
+        err = _stopped_by(proc, signal.SIGINT)  # (after answers, so it lands in the serving loop)
+    assert (proc.returncode, err) == (0, "specc: stopped\n")
 
 
 def test_sigterm_stops_it_too(models):
     proc, url = _serve_process(models["collab"])
-    assert call(url + "/health")[0] == 200
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=LIMIT)
-    assert proc.returncode == 0 and err == "specc: stopped\n"
+    assert call(url + "/health")[0] == 200  # answered: the loop, and the SIGTERM handler set before it, are up
+    err = _stopped_by(proc, signal.SIGTERM)
+    assert (proc.returncode, err) == (0, "specc: stopped\n")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--max-rows", "0"], "--max-rows 0: expected a number of at least 1"),
+    (["--max-batch", "-" + "9" * 400], f"--max-batch -{'9' * 400}: expected a number of at least 1"),
+    (["--max-wait-ms", "nan"], "--max-wait-ms nan: expected a number from 0 to 60,000"),
+    (["--max-wait-ms", "-1"], "--max-wait-ms -1: expected a number from 0 to 60,000"),
+    (["--max-wait-ms", "1e13"], "--max-wait-ms 1e+13: expected a number from 0 to 60,000"),  # past threading's
+    (["--max-wait-ms", "inf"], "--max-wait-ms inf: expected a number from 0 to 60,000"),    # TIMEOUT_MAX
+    (["--threads", "2000"], "--threads 2000: expected a number from 1 to 1,024"),
+    (["--connection-limit", "0"], "--connection-limit 0: expected a number of at least 1"),
+    (["--channel-timeout", "0"], "--channel-timeout 0: expected a number from 1 to 86,400"),
+    (["--channel-timeout", "9" * 400], f"--channel-timeout {'9' * 400}: expected a number from 1 to 86,400"),
+    (["--request-timeout", "-5"], "--request-timeout -5: expected a number from 1 to 86,400"),
+    (["--request-timeout", "inf"], "--request-timeout inf: expected a number from 1 to 86,400"),
+    (["--request-timeout", "nan"], "--request-timeout nan: expected a number from 1 to 86,400"),
+    (["--max-body-mb", "0"], "--max-body-mb 0: expected a number from 0.001 to 1,000"),
+    (["--max-body-mb", "1e9"], "--max-body-mb 1e+09: expected a number from 0.001 to 1,000"),
+    (["--max-body-mb", "nan"], "--max-body-mb nan: expected a number from 0.001 to 1,000"),
+    (["--port", "70000"], "--port 70000: expected a port from 0 to 65535 (0: any free one)"),
+    (["--port", "-1"], "--port -1: expected a port from 0 to 65535 (0: any free one)"),
+])
+def test_absurd_options_are_usage_errors(models, capsys, options, message):
+    assert main(["serve", str(models["collab"]), *options]) == 2
+    assert capsys.readouterr().err == f"specc: error: {message}\n"
+
+
+def test_a_connection_limit_past_the_open_file_limit_is_a_usage_error(models, capsys):
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on open files here")
+    assert main(["serve", str(models["collab"]), "--connection-limit", str(hard)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"specc: error: --connection-limit {hard}: a connection may hold 3 open files and this "
+                          f"process may open {hard} (ulimit -n), room for ")
+    assert err.endswith(" connections beside 16 threads; lower --connection-limit or raise ulimit -n\n")
 
 
 def test_usage_errors(models, capsys, monkeypatch):
     model = str(models["collab"])
-    assert main(["serve", model, "--port", "70000"]) == 2
-    assert capsys.readouterr().err == "specc: error: --port 70000: expected a port from 0 to 65535 (0: any free one)\n"
-    assert main(["serve", model, "--max-batch", "0"]) == 2
-    assert capsys.readouterr().err == "specc: error: --max-batch 0: expected a number of at least 1\n"
+    for threads in ("0", "100000"):  # the CLI's own bounds on --threads (serve's: 1,024, above)
+        assert main(["serve", model, "--threads", threads]) == 2
+        assert "argument --threads: expected a whole number of threads of at " in capsys.readouterr().err
     assert main(["serve", "nowhere.onnx"]) == 2
     assert capsys.readouterr().err == "specc: error: nowhere.onnx: no such model file\n"
     with socket.socket() as taken:

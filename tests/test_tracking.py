@@ -1,14 +1,20 @@
 """Experiment tracking: the TensorBoard event files every run writes, read back with TensorBoard's
 own reader (EventAccumulator) against the run's history and metrics.csv; a sweep's runs tagged
-with their overrides; a resumed run's steps written once; MLflow against a local database."""
+with their overrides; a resumed run's steps written once; MLflow against a local database and a
+file store, its files where its URI points and its log lines out of the epoch table."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from specc.cli import main
@@ -100,22 +106,59 @@ def test_force_replaces_the_event_files_with_the_run(tiny, tmp_path):
     assert len([p for p in (tmp_path / "run").iterdir() if EVENTS.fullmatch(p.name)]) == 1
 
 
-def test_mlflow_logs_params_metrics_and_artifacts(tiny, tmp_path, monkeypatch):
+def test_mlflow_on_sqlite_keeps_its_files_beside_the_database_and_its_lines_out_of_the_table(tiny, tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.chdir(tmp_path)  # the database's default artifact store is ./mlruns
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["train", str(tiny), "--out", str(tmp_path / "run"), "--quiet", "--set", "train.fit.epochs=2",
-                 "--mlflow", uri]) == 0
+    cwd, db = tmp_path / "cwd", tmp_path / "db"
+    cwd.mkdir()
+    uri = f"sqlite:///{db / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"PYTHONPATH": str(ROOT)}
+    # a new database: MLflow logs INFO lines as it makes its tables, into the same terminal as the table
+    done = subprocess.run([sys.executable, "-m", "specc", "train", str(tiny), "--out", str(tmp_path / "run"),
+                           "--set", "train.fit.epochs=2", "--mlflow", uri], cwd=cwd, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    header = next(k for k, line in enumerate(lines) if line.startswith("epoch "))
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["0", "1"]
+    assert lines[header + 3].startswith("specc: trained in") and not any(" INFO " in line for line in lines)
+    assert list(cwd.iterdir()) == []  # no ./mlruns where the command ran
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    experiment = client.get_experiment_by_name("tiny")  # the spec's name
+    (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.params == {"train.fit.epochs": "2"}
     assert run.data.tags["specc.spec"] == "tiny" and run.info.status == "FINISHED"
     rows = metrics_csv(tmp_path / "run")
     history = client.get_metric_history(run.info.run_id, "valid_loss")
     assert [f"{m.value:.6g}" for m in history] == [r["valid_loss"] for r in rows]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"spec.spec", "metrics.csv", "model.onnx"}
+    stored = db / "mlartifacts" / run.info.run_id / "artifacts"
+    assert run.info.artifact_uri == stored.as_uri()
+    assert (stored / "model.onnx").read_bytes() == (tmp_path / "run" / "model.onnx").read_bytes()
+
+
+def test_mlflow_on_a_file_store_needs_no_environment_variable(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    for name in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)  # absent, and absent again after the test (specc sets the first)
+    cwd, store = tmp_path / "cwd", tmp_path / "store"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["train", str(tiny), "--out", str(tmp_path / "run"), "--quiet", "--set", "train.fit.epochs=1",
+                 "--mlflow", store.as_uri()]) == 0
+    assert list(cwd.iterdir()) == []
+    client = MlflowClient(store.as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FINISHED" and Path(run.info.artifact_uri[len("file://"):]).is_relative_to(store)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"spec.spec", "metrics.csv", "model.onnx"}
+    # a user who turned the file store off is heard: MLflow's refusal, in one line
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")
+    assert main(["train", str(tiny), "--out", str(tmp_path / "run2"), "--quiet", "--set", "train.fit.epochs=1",
+                 "--mlflow", (tmp_path / "store2").as_uri()]) == 2
 
 
 def test_mlflow_at_an_unknown_kind_of_uri_is_a_usage_error(tiny, tmp_path, capsys):

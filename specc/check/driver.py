@@ -15,6 +15,7 @@ from specc.check.train_block import check_train
 from specc.check.values import BLOCKS, OPTIONAL_BLOCKS, RESERVED, Checker
 from specc.data.files import resolved as resolved_path
 from specc.diagnostics import Diagnostic, SpecError, suggest
+from specc.parse import too_deep
 from specc.spec import InitFrom, ModelSpec, Spec
 
 
@@ -23,7 +24,8 @@ def check(tree: ast.SpecFile, base_dirs: dict[str, Path] | None = None) -> tuple
     if base_dirs is None:
         base_dirs = {tree.source.path: Path(tree.source.path).resolve().parent}
     c = Checker(base_dirs)
-    spec, resolved = _check_file(c, tree)
+    with ast.recursion_room():  # the checks below walk expressions recursively
+        spec, resolved = _check_file(c, tree)
     errors = _at_param_uses(c.errors, resolved) if resolved.uses else c.errors
     if errors:
         # In source order; diagnostics about `--set` values (another source) come last.
@@ -46,9 +48,17 @@ def _check_file(c: Checker, tree: ast.SpecFile) -> tuple[Spec | None, params.Res
     search_block = blocks.pop(SEARCH, None)  # what tune tries; training and the params never see it
     blocks = {name: _without_keys(c, block) for name, block in blocks.items()}
     resolved = params.resolve(blocks, RESERVED, tree.source)
+    c.params = tuple(v.name for v in resolved.values)
     c.errors += resolved.errors
     c.warnings += resolved.warnings
     blocks = resolved.blocks
+    deep = [(stmt, levels) for block in blocks.values() for stmt in block.body
+            if (levels := ast.nesting(stmt)) > ast.MAX_DEPTH]
+    if deep:  # each part within the bound as written, but not together: the walks below have no room
+        c.errors += [too_deep(stmt, levels, " once params and --set values are put in",
+                              "params and --set values are put in where they stand, so their levels add to "
+                              "those around them") for stmt, levels in deep]
+        return None, resolved
     data = check_data(c, blocks["data"]) if "data" in blocks else NO_DATA
     model = check_model(c, blocks["model"], data) if "model" in blocks else None
     train = check_train(c, blocks["train"], data.spec, model) if "train" in blocks else None

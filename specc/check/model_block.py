@@ -205,7 +205,8 @@ class _ModelBuilder:
             return None
         known = set(self.defined) | {c for c, col in self.columns.items() if col.kind != CATEGORY}
         self.c.error(codes.UNKNOWN_NAME, f"unknown name '{ident}'", expr.span,
-                     suggest(ident, known | set(self.columns)) or suggest(ident, SIGNATURES["model"]) or
+                     suggest(ident, known | set(self.columns) | set(self.c.params)) or
+                     suggest(ident, SIGNATURES["model"]) or
                      ([f"defined so far: {', '.join(sorted(known))}"] if known else []))
         return None
 
@@ -453,11 +454,13 @@ def _tabular(b: _ModelBuilder, call: ast.Call, args: dict, name: str | None):
     ps: list = [0.0] * len(layers)
     if "ps" in args:
         ps_expr = args["ps"]
-        items = ps_expr.items if isinstance(ps_expr, ast.ListExpr) else (ps_expr,) * len(layers)
-        if len(items) != len(layers):
-            b.c.error(codes.CONFLICT, f"ps: one dropout probability per layer ({len(layers)}), found {len(items)}",
-                      ps_expr.span)
-        ps = [b.c.real(i, "dropout probability", 0.0, 1.0, high_open=True) for i in items]
+        if isinstance(ps_expr, ast.ListExpr):
+            if len(ps_expr.items) != len(layers):
+                b.c.error(codes.CONFLICT, f"ps: one dropout probability per layer ({len(layers)}), found "
+                          f"{len(ps_expr.items)}", ps_expr.span)
+            ps = [b.c.real(i, "dropout probability", 0.0, 1.0, high_open=True) for i in ps_expr.items]
+        else:  # one for every layer, checked (and reported) once
+            ps = [b.c.real(ps_expr, "dropout probability", 0.0, 1.0, high_open=True)] * len(layers)
     emb_drop = b.c.real(args["emb_drop"], "emb_drop", 0.0, 1.0, high_open=True) if "emb_drop" in args else 0.0
     sizes = _emb_sizes(b, args["emb_sizes"], cats) if "emb_sizes" in args else []
     default_out = CLASSES if b.target is not None and b.target.kind == CATEGORY else 1

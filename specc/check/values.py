@@ -105,6 +105,7 @@ class Checker:
         self.base_dirs = base_dirs  # source path -> folder its relative paths resolve against
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
+        self.params: tuple[str, ...] = ()  # the params block's names, for `did you mean` at a misspelt one
 
     # ------------------------------------------------------------ reporting
 
@@ -123,7 +124,11 @@ class Checker:
     def number(self, expr: ast.Expr, what: str) -> float | None:
         """A constant number (literals, unary minus, + - * / of constants)."""
         def not_a_number(other: ast.Expr) -> None:
-            self.error(codes.WRONG_KIND, f"{what}: expected a number, found {kind_of(other)}", other.span)
+            if isinstance(other, ast.Name):  # a param's name would have been put in: a misspelt one?
+                self.error(codes.WRONG_KIND, f"{what}: expected a number, found the name '{other.id}'", other.span,
+                           suggest(other.id, self.params))
+            else:
+                self.error(codes.WRONG_KIND, f"{what}: expected a number, found {kind_of(other)}", other.span)
 
         return params.fold_number(expr, what, self.errors, not_a_number)
 
@@ -199,7 +204,8 @@ class Checker:
             expr = ast.Call(expr, (), (), expr.span)
         if not isinstance(expr, ast.Call):
             names = ", ".join(f"{f}(...)" for f in funcs)
-            self.error(codes.WRONG_KIND, f"{what}: expected one of {names}, found {shown(expr)}", expr.span)
+            self.error(codes.WRONG_KIND, f"{what}: expected one of {names}, found {shown(expr)}", expr.span,
+                       suggest(expr.id, self.params) if isinstance(expr, ast.Name) else ())
             return None
         name = expr.func.id
         if name not in funcs:

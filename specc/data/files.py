@@ -36,8 +36,13 @@ def _problem(path: Path) -> tuple[str, str] | None:
         return f"cannot be read: {(err.strerror or str(err)).lower()}", (err.strerror or str(err)).lower()
     if stat.S_ISREG(mode):
         return None
-    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    kind = file_kind(mode)
     return f"is {kind}, not a regular file", kind
+
+
+def file_kind(mode: int) -> str:
+    """What a path whose stat mode is not a regular file's is, in words: 'a FIFO (named pipe)'."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def check_regular(path: Path, span=None) -> None:
@@ -152,6 +157,26 @@ def has_surrogates(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def first_not_text(values) -> int | None:
+    """The index of the first string of a 1-d array that holds a lone surrogate (a byte that was not
+    UTF-8, kept by surrogateescape: numpy stores it), which UTF-8, and so ONNX, cannot hold; None
+    when every one is text. A numpy string array is scanned by its code points, in pieces."""
+    import numpy as np
+
+    if values.dtype.kind != "U":
+        return next((k for k, v in enumerate(values) if isinstance(v, str) and has_surrogates(v)), None)
+    if not values.dtype.itemsize:
+        return None
+    step = max(1, (1 << 24) // values.dtype.itemsize)
+    for start in range(0, len(values), step):
+        part = np.ascontiguousarray(values[start:start + step])
+        codes = part.view(np.uint32).reshape(len(part), -1)
+        bad = ((codes >= 0xD800) & (codes <= 0xDFFF)).any(axis=1)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
 
 
 def bad_byte(text: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -13,20 +14,24 @@ import struct
 import sys
 import tempfile
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from specc import codes
-from specc.data.files import NOT_FOUND_NOTE, open_binary
-from specc.diagnostics import DataError, Diagnostic, SpecError
+from specc.data.files import NOT_FOUND_NOTE, file_kind
+from specc.diagnostics import DataError, Diagnostic, SpecError, os_text, printable
 from specc.spec import ImagesSource
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # compared in lower case
+# Pillow's names of the formats specc reads, the only plugins Image.open tries: never every plugin
+# Pillow has (its EPS plugin runs Ghostscript on a PostScript file, whatever the file's name).
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+_OPENED_AS = {*FORMATS, "MPO"}  # what their plugins open: JPEG's opens a multi-picture JPEG as MPO
+NOT_OURS = "not a PNG, JPEG, BMP, GIF or WebP image, the formats specc reads"
 PILLOW_MODES = {"gray": "L", "rgb": "RGB"}
-CACHE_VERSION = 1  # bump when the cache file's contents change
+CACHE_VERSION = 2  # bump when the cache file's contents change (2: decoded with FORMATS only)
 SKIP_NOTE = "skip_broken=true in images(...) skips the images that cannot be decoded"
 
 
@@ -35,8 +40,8 @@ class ImageFile:
     """One image of the folder: its path below the folder ('/'-separated), its class, and what
     the cache key takes of it (a changed file has another size or modification time)."""
 
-    relative: str
-    label: str
+    relative: str  # as os gives it (to open it), a byte that is not UTF-8 a lone surrogate
+    label: str  # the class folder's name as text (os_text)
     valid: bool  # under valid/, in a folder that brings its own split
     size: int
     mtime_ns: int
@@ -64,11 +69,12 @@ class ImageFolder:
 
 
 def shown(path) -> str:
-    """A path as an error names it: relative to the working folder when it is below it."""
+    """A path as an error names it, on one line (printable): relative to the working folder when it
+    is below it."""
     try:
-        return str(Path(path).relative_to(Path.cwd()))
+        return printable(str(Path(path).relative_to(Path.cwd())))
     except ValueError:
-        return str(path)
+        return printable(str(path))
 
 
 def cache_dir() -> Path:
@@ -86,8 +92,8 @@ def load_images(source: ImagesSource, split) -> ImageFolder:
     `valid` setting, which a folder with its own train/ and valid/ folders does not take."""
     listing = list_folder(source)
     if listing.own_split and split is not None:
-        raise SpecError([Diagnostic(codes.SPLIT_IN_DATA, f"{source.path.name}/ has its own train/ and valid/ "
-                                    "folders", split.span,
+        raise SpecError([Diagnostic(codes.SPLIT_IN_DATA, f"{printable(source.path.name)}/ has its own train/ and "
+                                    "valid/ folders", split.span,
                                     ("remove `valid = ...`: the images in valid/ are the validation set",))])
     cache = cache_dir() / cache_name(listing, source)
     found = _read_cache(cache, listing, source.row_shape)
@@ -105,7 +111,8 @@ def load_images(source: ImagesSource, split) -> ImageFolder:
     if skipped:
         relative, reason = skipped[0]
         print(f"specc: warning: skipped {len(skipped)} image{'s' if len(skipped) > 1 else ''} that cannot be "
-              f"decoded (skip_broken=true); the first: {listing.root / relative}: {reason}", file=sys.stderr)
+              f"decoded (skip_broken=true); the first: {printable(str(listing.root / relative))}: {reason}",
+              file=sys.stderr)
     labels = np.array([f.label for f in kept], dtype=str)
     valid = np.array([f.valid for f in kept], dtype=bool) if listing.own_split else None
     return ImageFolder(str(listing.root), pixels, labels, valid, skipped)
@@ -116,42 +123,56 @@ def load_images(source: ImagesSource, split) -> ImageFolder:
 
 def list_folder(source: ImagesSource) -> Listing:
     """The class folders and their images: one subfolder per class, or train/ and valid/ folders
-    that each hold one subfolder per class. Hidden files and folders are left out."""
+    that each hold one subfolder per class. Hidden files and folders are left out; a class is its
+    folder's name as text (os_text: a byte that is not UTF-8 reads as \\xNN)."""
     root = source.path
     _check_folder(root, source.span)
+    parts = _parts(root)
+    classes = {part: _subfolders(root / part) for part in parts}
+    for part in parts:
+        if not classes[part]:
+            _no_classes(root / part)
+        _one_class_a_name(root / part, classes[part])
+    if len(parts) == 2:
+        _known_classes(root / "valid", classes["valid"], classes["train"])
+    # before any image is listed: a class folder that holds the whole folder would list it all
+    _separate(root, [(f"{part}/{name}" if part else name, root / part / name) for part in parts
+                     for name in classes[part]])
+    files = [f for part in parts for f in _part_images(root, part, classes[part])]
+    _distinct_classes(root, sorted({f.label for f in files}))
+    return Listing(root, tuple(files), len(parts) == 2)
+
+
+def _parts(root: Path) -> tuple[str, ...]:
+    """("train", "valid") for a folder that brings its own split, else ("",): the folder itself."""
     folders = _subfolders(root)
     split_roots = [name for name in ("train", "valid") if name in folders and _subfolders(root / name)]
     if len(split_roots) == 1:
         there, missing = split_roots[0], ("valid" if split_roots[0] == "train" else "train")
         raise DataError(shown(root), f"has a {there}/ folder of class folders but no {missing}/ folder of them: give "
-                        f"both, or point the source at {root.name}/{there}/ (the spec's valid split then divides "
-                        "its images)", code="D111")
-    own_split = len(split_roots) == 2
-    files = []
-    for part in ("train", "valid") if own_split else ("",):
-        base = root / part if part else root
-        classes = _subfolders(base)
-        if not classes:
-            _no_classes(base)
-        if part == "valid":
-            _known_classes(base, classes, _subfolders(root / "train"))
-        empty, by_class = [], []
-        for label in classes:
-            found = _images_below(base / label, root)
-            if not found:
-                empty.append(label)
-            by_class.append([ImageFile(relative, label, part == "valid", size, mtime)
-                             for relative, size, mtime in found])
-        if empty:
-            raise DataError(shown(base / empty[0]) if len(empty) == 1 else shown(base),
-                            f"class folder{'s' if len(empty) > 1 else ''} {_quoted(empty)} "
-                            f"{'hold' if len(empty) > 1 else 'holds'} no images (files ending {_suffixes()})",
-                            code="D111")
-        # Round robin: the first image of every class, then the second of every class, ... so that
-        # train_rows, rows(...) and last(...) take every class, and the first rows show them all.
-        files += [images[k] for k in range(max(map(len, by_class))) for images in by_class if k < len(images)]
-    _distinct_classes(root, sorted({f.label for f in files}))
-    return Listing(root, tuple(files), own_split)
+                        f"both, or point the source at {printable(root.name)}/{there}/ (the spec's valid split then "
+                        "divides its images)", code="D111")
+    return ("train", "valid") if split_roots else ("",)
+
+
+def _part_images(root: Path, part: str, names: list[str]) -> list[ImageFile]:
+    """The images of one part's class folders (`names`), the classes taken in turn."""
+    base = root / part
+    empty, by_class = [], []
+    for name in names:
+        found = images_below(base / name, root)
+        if not found:
+            empty.append(name)
+        by_class.append([ImageFile(relative, os_text(name), part == "valid", size, mtime)
+                         for relative, size, mtime in found])
+    if empty:
+        raise DataError(shown(base / empty[0]) if len(empty) == 1 else shown(base),
+                        f"class folder{'s' if len(empty) > 1 else ''} {_quoted(empty)} "
+                        f"{'hold' if len(empty) > 1 else 'holds'} no images (files ending {_suffixes()})",
+                        code="D111")
+    # Round robin: the first image of every class, then the second of every class, ... so that
+    # train_rows, rows(...) and last(...) take every class, and the first rows show them all.
+    return [images[k] for k in range(max(map(len, by_class))) for images in by_class if k < len(images)]
 
 
 def _check_folder(root: Path, span) -> None:
@@ -160,13 +181,17 @@ def _check_folder(root: Path, span) -> None:
         mode = os.stat(root).st_mode
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise SpecError([Diagnostic(codes.DATA_FILE, f"data folder not found: {root}", span,
+            raise SpecError([Diagnostic(codes.DATA_FILE, f"data folder not found: {printable(str(root))}", span,
                                         (NOT_FOUND_NOTE,))]) from None
-        raise SpecError([Diagnostic(codes.DATA_FILE, f"data folder cannot be read: {root}", span,
-                                    ((err.strerror or str(err)).lower(),))]) from None
+        raise SpecError([Diagnostic(codes.DATA_FILE, f"data folder cannot be read: {printable(str(root))}", span,
+                                    (_reason(err),))]) from None
     if not stat.S_ISDIR(mode):
-        raise SpecError([Diagnostic(codes.DATA_FILE, f"data folder is not a folder: {root}", span,
+        raise SpecError([Diagnostic(codes.DATA_FILE, f"data folder is not a folder: {printable(str(root))}", span,
                                     ("images(...) reads a folder with one subfolder of images per class",))])
+
+
+def _reason(err: OSError) -> str:
+    return (err.strerror or str(err)).lower()
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
@@ -175,49 +200,134 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         with os.scandir(folder) as it:
             return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as err:
-        raise DataError(shown(folder), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
+        raise DataError(shown(folder), f"cannot be read: {_reason(err)}", code="D101") from None
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """What an entry leads to, through links: 'folder', 'file' (a regular one), 'other' (a FIFO, a
+    device, a socket), 'loop' (a symbolic link loop) or 'missing' (a link to nothing)."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "loop"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "missing"
+        raise DataError(shown(entry.path), f"cannot be read: {_reason(err)}", code="D101") from None
+    return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
+def _nowhere(path: str) -> str:
+    """Why a path that stat cannot follow leads nowhere, in words."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        try:
+            return f"is a symbolic link to '{printable(os.readlink(path))}', which is not there"
+        except OSError:
+            return f"cannot be read: {_reason(err)}"
+    return "is no longer there"
+
+
+def _leads_nowhere(entry: os.DirEntry) -> DataError:
+    """A link that leads nowhere where a folder of images may have been meant: an error, not a gap."""
+    why = _nowhere(entry.path)
+    if why == "is a symbolic link loop":
+        why += ": its links lead back to themselves, never to a file or folder"
+    return DataError(shown(entry.path), why, code="D101")
 
 
 def _subfolders(folder: Path) -> list[str]:
     """The names of a folder's subfolders (symbolic links to folders too), sorted."""
-    return [e.name for e in _entries(folder) if e.is_dir()]
+    names = []
+    for e in _entries(folder):
+        kind = _kind(e)
+        if kind in ("loop", "missing"):
+            raise _leads_nowhere(e)
+        if kind == "folder":
+            names.append(e.name)
+    return names
 
 
-def _images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
-    """(path relative to root, size, modification time) of every image in a class folder and the
-    folders below it, sorted by path. A folder reached twice through links is read once."""
+def images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
+    """(path relative to root, size, modification time) of every image in `folder` and the folders
+    below it, sorted by path. Symbolic links are followed only within `folder` (a link out of it
+    would read images twice, under another class or from elsewhere), a folder reached twice is read
+    once, and a link that leads nowhere is an error unless it has an image's name (decode says why)."""
+    inside = os.path.realpath(folder)
     found: list[tuple[str, int, int]] = []
     seen: set[tuple[int, int]] = set()
-
-    def walk(d: Path) -> None:
+    todo = [folder]  # depth first, in order of name; a stack, so that no tree is too deep for Python
+    while todo:
+        d = todo.pop()
         try:
             info = os.stat(d)
         except OSError as err:
-            raise DataError(shown(d), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
-        if (info.st_dev, info.st_ino) in seen:  # a link back up the tree
-            return
+            raise DataError(shown(d), f"cannot be read: {_reason(err)}", code="D101") from None
+        if (info.st_dev, info.st_ino) in seen:  # a link back up the tree, or a second link to a folder
+            continue
         seen.add((info.st_dev, info.st_ino))
+        below = []
         for e in _entries(d):
-            if e.is_dir():
-                walk(Path(e.path))
-            elif e.name.lower().endswith(SUFFIXES):
-                try:
-                    st = e.stat()
-                    size, mtime = st.st_size, st.st_mtime_ns
-                except OSError:  # a dangling link: decoding reports it (or skips it)
-                    size, mtime = -1, 0
-                found.append((Path(e.path).relative_to(root).as_posix(), size, mtime))
-
-    walk(folder)
+            kind, image = _kind(e), e.name.lower().endswith(SUFFIXES)
+            if kind in ("loop", "missing"):
+                if not image:  # with an image's name, decoding says why it cannot be read
+                    raise _leads_nowhere(e)
+            elif e.is_symlink() and (kind == "folder" or image):
+                _within(e.path, inside, folder)
+            if kind == "folder":
+                below.append(Path(e.path))
+            elif image:
+                st = e.stat() if kind == "file" else None  # one that is not a file: decoding says what it is
+                found.append((Path(e.path).relative_to(root).as_posix(), st.st_size if st else -1,
+                              st.st_mtime_ns if st else 0))
+        todo += reversed(below)
     return sorted(found)
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or below it (both real, absolute paths)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _within(link: str, inside: str, folder: Path) -> None:
+    """A link below `folder` (whose real path is `inside`) must lead to a place below it too."""
+    target = os.path.realpath(link)
+    if not _inside(target, inside):
+        raise DataError(shown(link), f"is a symbolic link out of {shown(folder)} (to {printable(target)}): links are "
+                        "followed only within the folder, so that no image is read twice, under another class or "
+                        "from elsewhere; link the class folder itself, or copy the images in", code="D111")
+
+
+def _separate(root: Path, folders: list[tuple[str, Path]]) -> None:
+    """Class folders (which may be links to folders anywhere) must be distinct folders, none inside
+    another nor holding the image folder: else an image would be in two classes, or in train/ and
+    valid/ both. Sorted by their real paths' parts, the folders inside one come right after it, so
+    comparing neighbours finds any."""
+    top = os.path.realpath(root)
+    real = sorted((Path(os.path.realpath(path)).parts, name, path) for name, path in folders)
+    why = "(through a symbolic link): an image can be in one class only"
+    for parts, name, path in real:
+        if _inside(top, str(Path(*parts))):
+            raise DataError(shown(path), f"class folder '{printable(name)}' holds the image folder {printable(top)} "
+                            f"{why}", code="D111")
+    for (parts, name, _), (other, other_name, path) in zip(real, real[1:]):
+        if other == parts:
+            raise DataError(shown(path), f"class folders '{printable(name)}' and '{printable(other_name)}' are the "
+                            f"same folder {why}", code="D111")
+        if other[:len(parts)] == parts:
+            raise DataError(shown(path), f"class folder '{printable(other_name)}' is inside class folder "
+                            f"'{printable(name)}' {why}", code="D111")
+
+
 def _no_classes(folder: Path) -> None:
-    loose = sum(1 for e in _entries(folder) if e.is_file() and e.name.lower().endswith(SUFFIXES))
+    loose = sum(1 for e in _entries(folder) if e.name.lower().endswith(SUFFIXES) and _kind(e) == "file")
     held = f"holds {loose} image{'s' if loose != 1 else ''} but no class folders" if loose else \
         "holds no class folders"
     raise DataError(shown(folder), f"{held}: images(...) reads one subfolder of images per class, named after the "
-                    f"class (e.g. {folder.name}/cat/1.png)", code="D111")
+                    f"class (e.g. {printable(folder.name)}/cat/1.png)", code="D111")
 
 
 def _known_classes(valid: Path, classes: list[str], trained: list[str]) -> None:
@@ -225,6 +335,18 @@ def _known_classes(valid: Path, classes: list[str], trained: list[str]) -> None:
     if unknown:
         raise DataError(shown(valid / unknown[0]), f"class {_quoted(unknown)} of valid/ has no folder in train/: the "
                         "model can only learn the classes it trains on", code="D111")
+
+
+def _one_class_a_name(base: Path, names: list[str]) -> None:
+    """Two folder names must not read as one class (a byte that is not UTF-8, and its \\xNN written out)."""
+    labels: dict[str, str] = {}
+    for name in names:
+        label = os_text(name)
+        if label in labels:
+            raise DataError(shown(base), f"class folders '{printable(labels[label])}' and '{printable(name)}' are the "
+                            f"same class ('{printable(label)}'): rename one (a byte that is not UTF-8 is read as "
+                            "\\xNN)", code="D111")
+        labels[label] = name
 
 
 def _distinct_classes(root: Path, labels: list[str]) -> None:
@@ -243,7 +365,8 @@ def _distinct_classes(root: Path, labels: list[str]) -> None:
 
 
 def _quoted(names: list[str]) -> str:
-    return ", ".join(f"'{n}'" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return ", ".join(f"'{printable(n)}'" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5
+                                                                 else "")
 
 
 def _suffixes() -> str:
@@ -253,34 +376,60 @@ def _suffixes() -> str:
 # ---------------------------------------------------------------- decoding
 
 
-class _Broken(Exception):
-    """An image that cannot be decoded, and why (Pillow's words)."""
+class BrokenImage(Exception):
+    """An image that cannot be decoded, and why (Pillow's words, or what the path is instead)."""
 
 
 def decode(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     """One image as Pillow decodes it, converted to `mode` ("gray": Pillow's "L", "rgb": "RGB") and
-    resized to `size` (height, width, bilinear): uint8 (channels, height, width)."""
-    from PIL import Image, UnidentifiedImageError
+    resized to `size` (height, width, bilinear): uint8 (channels, height, width). Only the plugins
+    of FORMATS are tried, whatever the file's name or first bytes."""
+    from PIL import UnidentifiedImageError
 
-    try:
-        info = os.stat(path)
-    except OSError as err:
-        raise _Broken((err.strerror or str(err)).lower()) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise _Broken("not a regular file")
+    image = _pillow()
     height, width = size
-    with open_binary(path) as f:
+    with _open_file(path) as f:
         try:
-            with Image.open(f) as img:
+            with image.open(f, formats=FORMATS) as img:
+                if img.format not in _OPENED_AS:  # so that the decoder is the one of a format specc reads
+                    raise BrokenImage(f"Pillow opened it as {img.format}, which specc does not read")
                 img = img.convert(PILLOW_MODES[mode])  # decodes the whole image: a damaged one fails here
                 if img.size != (width, height):
-                    img = img.resize((width, height), Image.Resampling.BILINEAR)
+                    img = img.resize((width, height), image.Resampling.BILINEAR)
                 pixels = np.asarray(img, dtype=np.uint8)
         except UnidentifiedImageError:
-            raise _Broken("Pillow cannot identify it as an image") from None
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as err:
-            raise _Broken(str(err) or type(err).__name__) from None
+            raise BrokenImage(NOT_OURS) from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, image.DecompressionBombError) as err:
+            raise BrokenImage(printable(str(err)) or type(err).__name__) from None
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _pillow():
+    """Pillow's Image module with the plugins of FORMATS registered, so that Image.open(formats=...)
+    finds them all without Image.init, which imports every plugin Pillow has."""
+    from PIL import (BmpImagePlugin, GifImagePlugin, Image, JpegImagePlugin,  # noqa: F401 (imported to register)
+                     PngImagePlugin, WebPImagePlugin)
+
+    return Image
+
+
+def _open_file(path: Path):
+    """An image file opened for reading bytes. Anything but a regular file is a BrokenImage saying
+    what it is: a device is never opened, and the file is opened without blocking and checked again,
+    so that a FIFO put in its place in between cannot hang the read."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode):
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+    except OSError as err:
+        raise BrokenImage(_nowhere(str(path)) if err.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR)
+                          else _reason(err)) from None
+    raise BrokenImage(f"is {file_kind(mode)}, not a regular file")
 
 
 def _decode_all(listing: Listing, source: ImagesSource) -> tuple[np.ndarray, tuple[tuple[str, str], ...]]:
@@ -291,7 +440,7 @@ def _decode_all(listing: Listing, source: ImagesSource) -> tuple[np.ndarray, tup
     for k, f in enumerate(listing.files):
         try:
             pixels[k] = decode(listing.root / f.relative, source.mode, source.size)
-        except _Broken as err:
+        except BrokenImage as err:
             if not source.skip_broken:
                 raise _broken(listing.root / f.relative, str(err)) from None
             keep[k] = False
@@ -310,9 +459,9 @@ def _every_class_kept(listing: Listing, kept: list[ImageFile], skipped) -> None:
         if (f.valid, f.label) not in left:
             part = ("valid" if f.valid else "train") if listing.own_split else ""
             count = sum(1 for g in listing.files if (g.valid, g.label) == (f.valid, f.label))
-            raise DataError(shown(listing.root / part / f.label), f"class folder '{f.label}' holds no image that can "
-                            f"be decoded ({count} skipped; the first: {f.relative}: {dict(skipped)[f.relative]})",
-                            code="D111")
+            raise DataError(shown(listing.root / part / f.label), f"class folder '{printable(f.label)}' holds no image "
+                            f"that can be decoded ({count} skipped; the first: {printable(f.relative)}: "
+                            f"{dict(skipped)[f.relative]})", code="D111")
 
 
 # ---------------------------------------------------------------- the cache
@@ -333,33 +482,77 @@ def cache_name(listing: Listing, source: ImagesSource) -> str:
 
 
 def _read_cache(path: Path, listing: Listing, shape) -> tuple[np.ndarray, tuple[tuple[str, str], ...]] | None:
-    """The pixels and skipped images a cache file holds, or None where it is missing, damaged or
-    not of this listing (it is then decoded again and rewritten). Never unpickles."""
+    """The pixels and skipped images a cache file holds, or None where it is missing, damaged, not a
+    regular file (a link is not followed, a FIFO not waited on) or not of this listing: it is then
+    decoded again and rewritten. Never unpickles, and allocates no more than the file holds."""
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return None
-    if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array
-        return None
-    try:
-        with z:
-            pixels, files, skipped, reasons = z["pixels"], z["files"], z["skipped"], z["reasons"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-        return None
-    if any(a.ndim != 1 or a.dtype.kind != "U" for a in (files, skipped, reasons)) or len(skipped) != len(reasons):
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        try:
+            with zipfile.ZipFile(f) as z:
+                return _cached(z, listing, shape, info.st_size)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, struct.error, NotImplementedError):
+            return None
+
+
+def _cached(z: zipfile.ZipFile, listing: Listing, shape,
+            limit: int) -> tuple[np.ndarray, tuple[tuple[str, str], ...]] | None:
+    """The arrays of an open cache file, each read only once its header matches this listing."""
+    skipped = _cached_array(z, "skipped", "U", None, limit)
+    reasons = _cached_array(z, "reasons", "U", skipped.shape, limit) if skipped is not None else None
+    if reasons is None:
         return None
     gone = set(skipped.tolist())
+    if len(gone) != len(skipped) or not gone <= {f.relative for f in listing.files}:
+        return None
     expect = [f.relative for f in listing.files if f.relative not in gone]
-    if pixels.dtype != np.uint8 or pixels.shape != (len(expect), *shape) or files.tolist() != expect \
-            or not gone <= {f.relative for f in listing.files}:
+    files = _cached_array(z, "files", "U", (len(expect),), limit)
+    if files is None or files.tolist() != expect:
+        return None
+    pixels = _cached_array(z, "pixels", "u", (len(expect), *shape), limit)
+    if pixels is None or pixels.dtype != np.uint8:
         return None
     return pixels, tuple(zip(skipped.tolist(), reasons.tolist()))
 
 
+def _cached_array(z: zipfile.ZipFile, name: str, kind: str, shape, limit: int) -> np.ndarray | None:
+    """One array of a cache file (np.savez's `<name>.npy`, stored uncompressed), or None unless its
+    header says an array of numpy kind `kind` (no objects) and `shape` (any 1-d one for None) that
+    the member holds exactly: the header is checked before the array is allocated."""
+    member = z.getinfo(f"{name}.npy")
+    if member.compress_type != zipfile.ZIP_STORED or member.flag_bits & 0x1 or member.file_size > limit:
+        return None  # compressed, encrypted (zipfile would ask for a password), or more than the file holds
+    with z.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            return None
+        got, fortran, dtype = read_header(f)
+        if fortran or dtype.hasobject or dtype.kind != kind or (got != shape if shape else len(got) != 1):
+            return None
+        if f.tell() + math.prod(got) * dtype.itemsize != member.file_size:  # claims more (or less) than it holds
+            return None
+        array = np.empty(got, dtype)
+        view, done = memoryview(array.reshape(-1).view(np.uint8)), 0
+        while done < len(view):  # in pieces: a read of the whole would hold a second copy
+            n = f.readinto(view[done:done + (1 << 24)])
+            if not n:
+                return None
+            done += n
+    return array
+
+
 def _write_cache(path: Path, pixels: np.ndarray, listing: Listing, skipped) -> None:
-    """Write the cache file under a temporary name and rename it into place (a reader never sees
-    half a file); remove the older caches of the same folder, size and mode. A cache that cannot
-    be written is a warning: training goes on, and the next run decodes again."""
+    """Write the cache file (np.savez: uncompressed, as _cached_array reads it) under a temporary
+    name and rename it into place (a reader never sees half a file); remove the older caches of the
+    same folder, size and mode. A cache that cannot be written is a warning: training goes on, and
+    the next run decodes again."""
     gone = {relative for relative, _ in skipped}
     files = np.array([f.relative for f in listing.files if f.relative not in gone], dtype=str)
     tmp = None
@@ -369,10 +562,12 @@ def _write_cache(path: Path, pixels: np.ndarray, listing: Listing, skipped) -> N
         with os.fdopen(fd, "wb") as f:
             np.savez(f, pixels=pixels, files=files, skipped=np.array([s for s, _ in skipped], dtype=str),
                      reasons=np.array([r for _, r in skipped], dtype=str))
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so that a crash leaves the old file or the new
+        os.replace(tmp, path)  # replaces whatever is at the name (a FIFO, a link), never what a link points to
         tmp = None
     except OSError as err:
-        print(f"specc: warning: cannot write the image cache {path}: {(err.strerror or str(err)).lower()}; set "
+        print(f"specc: warning: cannot write the image cache {printable(str(path))}: {_reason(err)}; set "
               "SPECC_CACHE to a folder that can be written", file=sys.stderr)
         return
     finally:

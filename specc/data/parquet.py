@@ -16,6 +16,7 @@ from specc import codes
 from specc.data.files import check_regular, shown_path
 from specc.data.table import shown_names
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 from specc.spec import CATEGORY, Column, ParquetSource
 
 ENDINGS = (".parquet", ".parq", ".pq")  # the files of a folder that are read; others are left alone
@@ -104,6 +105,8 @@ def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTa
     result = ParquetTable(str(source.path), {}, ends[-1], tuple(shown_path(f) for f in files), ends)
     if ends[-1] == 0:
         raise DataError(shown_path(source.path), "has no data rows", code="D102")
+    limit = data_limit()
+    _fits(source, wanted, types, files, footers, limit)  # before an array the footers size is made
     gathered = {c.name: _Gather(c, types[c.name], ends[-1]) for c in wanted}
     at = 0
     try:  # the fragments keep the order of the files, and to_batches (ordered) the order of the fragments
@@ -114,6 +117,10 @@ def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTa
             for name, column in gathered.items():
                 column.add(batch.column(name), at)
             at += batch.num_rows
+            held = sum(c.bytes for c in gathered.values())
+            if held > limit.bytes:  # values that decode to more than the footers said (long repeated texts)
+                raise too_much_data(shown_path(source.path), f"reading stopped at row {at:,}: the columns the spec "
+                                    f"reads already take {shown_bytes(held)}", limit)
     except (pa.ArrowException, OSError) as err:
         _name_damaged(files, names)
         raise DataError(shown_path(source.path), f"cannot be read as Parquet: {err}", code="D102") from None
@@ -125,28 +132,57 @@ def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTa
     return result
 
 
+def _numbers(col: Column, t) -> bool:
+    """Whether a column of Arrow type `t` is read straight into a numpy array of 8-byte numbers (a
+    float, an id), rather than kept as Arrow chunks and converted at the end (text, lists, uint64)."""
+    import pyarrow as pa
+
+    number = col.kind != CATEGORY or (_scalar(t) in ("int", "bool") and not pa.types.is_uint64(
+        t.value_type if pa.types.is_dictionary(t) else t))
+    return number and not col.shape
+
+
+def _fits(source: ParquetSource, wanted, types: dict, files: list[Path], footers, limit) -> None:
+    """What the columns will take once read, from the footers (8 bytes a number; for text and
+    lists, their pages' uncompressed size and what they become), within the data limit (D113)."""
+    rows = sum(m.num_rows for m in footers)
+    kept = {c.name for c in wanted if not _numbers(c, types[c.name])}
+    need = 0
+    for col in wanted:
+        per = 8 if _numbers(col, types[col.name]) else 8 * math.prod(col.shape) if col.shape else OBJECT_BYTES
+        need += rows * per
+    for m in footers:
+        for g in range(m.num_row_groups):
+            group = m.row_group(g)
+            need += sum(group.column(k).total_uncompressed_size for k in range(group.num_columns)
+                        if group.column(k).path_in_schema.split(".")[0] in kept)
+    if need > limit.bytes:
+        counts = "its footers count" if len(footers) > 1 else "its footer counts"
+        size = sum(f.stat().st_size for f in files)
+        raise too_much_data(shown_path(source.path), f"{counts} {rows:,} rows: the {len(wanted)} column"
+                            f"{'s' * (len(wanted) > 1)} the spec reads would take {shown_bytes(need)} (where "
+                            f"the {shown_bytes(size)} of Parquet hold fewer rows, a footer is damaged)", limit)
+
+
 class _Gather:
     """One column's values as the batches come: a number column (an id, a float) straight into its
     numpy array, so that the table is never held in Arrow's memory as well; any other (text, lists,
     uint64 ids) kept as Arrow chunks and converted at the end (see _values)."""
 
     def __init__(self, col: Column, t, rows: int):
-        import pyarrow as pa
-
         self.col, self.type = col, t
-        kind = _scalar(t)
-        number = col.kind != CATEGORY or (kind in ("int", "bool") and not pa.types.is_uint64(
-            t.value_type if pa.types.is_dictionary(t) else t))
-        self.out = np.empty(rows, np.float64 if col.kind != CATEGORY else np.int64) \
-            if number and not col.shape else None
+        self.out = np.empty(rows, np.float64 if col.kind != CATEGORY else np.int64) if _numbers(col, t) else None
         self.nulls: np.ndarray | None = None  # an id column's null rows, once it has one
         self.chunks: list = []
+        self.bytes = self.out.nbytes if self.out is not None else 0  # held, and to be held once converted
 
     def add(self, values, at: int) -> None:
         import pyarrow as pa
 
         if self.out is None:
             self.chunks.append(values)
+            per = 8 * math.prod(self.col.shape) if self.col.shape else OBJECT_BYTES
+            self.bytes += values.nbytes + per * len(values)
             return
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from specc import codes
-from specc.data.files import describe_array, load_npz, npz_array
-from specc.data.images import load_images
+from specc.data.files import describe_array, first_not_text, load_npz, npz_array
+from specc.data.images import list_folder, load_images
 from specc.data.parquet import ParquetTable, read_parquet
 from specc.data.table import Table, check_finite, read_table
-from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.diagnostics import DataError, Diagnostic, SpecError, printable, suggest
+from specc.memory import BUDGET_NOTE, budget, data_limit, shown_bytes, too_much_data
 from specc.spec import (
     CATEGORY, DEFAULT_SPLIT, IMAGE_COLUMN, LABEL_COLUMN, DataSpec, ImagesSource, LastSplit, NpzSource, ParquetSource,
     RandomSplit, RowSplit,
@@ -296,6 +298,9 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
                                         split.span,
                                         ("remove `valid = ...`: the *_valid arrays are the validation set",))])
 
+        _npz_fits(archive, [f"{c.name}{part}" for c in wanted for part in (("_train", "_valid") if paired else ("",))],
+                  path)
+
         def load(name: str, col) -> np.ndarray:
             return _check_array(npz_array(archive, name, path), col, path, name)
 
@@ -312,9 +317,37 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
         return ({k: v[train_idx] for k, v in whole.items()}, {k: v[valid_idx] for k, v in whole.items()}, path)
 
 
+def _npz_fits(archive, names: list[str], path: str) -> None:
+    """Before an array is read: what each header says it holds, against what its member of the
+    archive holds (D102 for a header that claims more) and, all together, the data limit (D113)."""
+    import zipfile
+
+    total, limit = 0, data_limit()
+    for name in names:
+        try:
+            member = archive.zip.getinfo(f"{name}.npy")
+            with archive.zip.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:  # a version numpy reads itself (3.0: field names in UTF-8)
+                    continue
+                shape, _, dtype = read_header(f)
+                claimed, holds = math.prod(shape) * dtype.itemsize, member.file_size - f.tell()
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(path, f"array '{name}' cannot be read ({err})", code="D102") from None
+        if not dtype.hasobject and claimed > holds:
+            raise DataError(path, f"array '{name}' is damaged: its header says shape {tuple(shape)} of {dtype} "
+                            f"({shown_bytes(claimed)}), but it holds {shown_bytes(max(holds, 0))}", code="D102")
+        total += claimed
+    if total > limit.bytes:
+        raise too_much_data(path, f"its arrays the spec reads hold {shown_bytes(total)}", limit)
+
+
 def read_images(source: ImagesSource, wanted, split) -> tuple[dict, dict, str]:
     """Train and valid arrays of an image folder: `image` (uint8 pixels, as npz arrays are read) and
     `label` (class folder names), divided by its train/ and valid/ folders or by the spec's split."""
+    _images_fit(source)
     folder = load_images(source, split)
     columns = {IMAGE_COLUMN: folder.pixels, LABEL_COLUMN: folder.labels}
     if folder.valid is not None:
@@ -323,6 +356,28 @@ def read_images(source: ImagesSource, wanted, split) -> tuple[dict, dict, str]:
         train_idx, valid_idx = split_rows(len(folder.labels), split, folder.path)
     return ({c.name: columns[c.name][train_idx] for c in wanted},
             {c.name: columns[c.name][valid_idx] for c in wanted}, folder.path)
+
+
+# bytes a pixel takes while the data is prepared: decoded (uint8), split into the training and
+# validation rows (a copy), and as the model's float32 input
+PIXEL_BYTES = 1 + 1 + 4
+
+
+def _images_fit(source: ImagesSource) -> None:
+    """Before an image is decoded: the folder's images at the spec's size must fit in memory, as
+    prepared (PIXEL_BYTES a number), else E307 at the source."""
+    count = len(list_folder(source).files)
+    per = math.prod(source.row_shape)
+    need, available = count * per * PIXEL_BYTES, budget()
+    if need <= available.bytes:
+        return
+    height, width = source.size
+    raise SpecError([Diagnostic(
+        codes.TOO_LARGE, f"the {count:,} images of {source.path.name}/ at {height}x{width} ({source.mode}) take "
+        f"{shown_bytes(need)} once decoded, more than {available}", source.span,
+        (f"{count:,} images of {per:,} numbers, {PIXEL_BYTES} bytes each: decoded (uint8), split into training "
+         "and validation rows, and as float32 for the model", "choose a smaller size=(height, width)",
+         BUDGET_NOTE))])
 
 
 def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
@@ -347,6 +402,9 @@ def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
         if arr.dtype.kind == "S":
             return _decoded(arr, path, name)
         if arr.dtype.kind == "U":
+            if (k := first_not_text(arr)) is not None:  # a class or id the exported model could not hold
+                raise DataError(path, f"array '{name}' holds a string that is not UTF-8 text at index {k} "
+                                f"('{printable(str(arr[k]))}')", code="D102")
             return arr.astype(str)
         if arr.dtype.kind == "u" and len(arr) and int(arr.max()) > INT64_MAX:
             return arr.astype(str)  # ids past int64: text, like a CSV's

@@ -10,6 +10,7 @@ import numpy as np
 from specc.data.files import bad_byte, has_surrogates, not_utf8
 from specc.data.prepare import read_images, read_npz, read_parquet_split
 from specc.data.table import _header, _open
+from specc.diagnostics import printable
 from specc.spec import CATEGORY, CsvSource, ImagesSource, ParquetSource, Spec
 
 ROWS = 8
@@ -64,13 +65,13 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
         read_parquet_split if isinstance(spec.data.source, ParquetSource) else read_npz
     train, valid, path = read(spec.data.source, columns, spec.data.valid)
     n_train, n_valid = len(train[spec.data.target.name]), len(valid[spec.data.target.name])
-    lines = [f"{path}: {n_train} training and {n_valid} validation rows"]
+    lines = [f"{printable(str(path))}: {n_train} training and {n_valid} validation rows"]
     for col in columns:
         arr = train[col.name]
         lines.append(f"  {col.name}: {col.kind}, rows of shape {arr.shape[1:] or '()'} ({arr.dtype}), "
                      f"values {_range(arr, col.kind)}")
     labels = train[spec.data.target.name][:ROWS * 2]
-    lines.append(f"first {spec.data.target.name}: {' '.join(str(v) for v in labels)}")
+    lines.append(f"first {spec.data.target.name}: {' '.join(printable(str(v)) for v in labels)}")
     png = None
     for col in columns:
         side = image_side(col.shape) if col.kind != CATEGORY else None
@@ -82,7 +83,7 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
             # colour images as matplotlib draws them, (height, width, 3); grey ones as (height, width)
             images = images.transpose(0, 2, 3, 1) if col.shape[0] == 3 and len(col.shape) == 3 else \
                 images.reshape(count, *side)
-            png = image_grid_png(images, [str(v) for v in train[spec.data.target.name][:count]],
+            png = image_grid_png(images, [printable(str(v)) for v in train[spec.data.target.name][:count]],
                                  f"{spec.name}: {col.name} ({side[0]} x {side[1]}) with {spec.data.target.name}")
             lines.append(f"a grid of the first {count} '{col.name}' images with their labels"
                          + (f" is in {png_path}" if png_path else " (--png FILE draws it)"))

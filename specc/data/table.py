@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from specc import codes
-from specc.data.files import bad_byte, has_surrogates, not_utf8, open_text
+from specc.data.files import bad_byte, compression, has_surrogates, not_utf8, open_text
 from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.memory import OBJECT_BYTES, TOO_MUCH_DATA, data_limit, shown_bytes, too_much_data
 from specc.spec import CATEGORY, Column, CsvSource
 
 
@@ -32,8 +33,21 @@ class Table:
     wanted: tuple
 
     def line(self, row: int) -> int:
-        """The file's line number of a data row (0-based), for messages."""
-        return _python_read(self.source, self.wanted, row_limit=row + 1).lines[row]
+        """The file's line number of a data row (0-based), for messages: the rows counted as the
+        Python reader counts them, none of them kept (the row may be the 20 millionth)."""
+        with _open(self.source) as f:
+            reader = csv.reader(_Lines(f, self.path), delimiter=self.source.delimiter, strict=True)
+            first = next(reader, None)
+            width = len(self.source.columns) if self.source.columns is not None else len(first or ())
+            pending = [first] if self.source.columns is not None and not self.source.header else []
+            count = 0
+            for fields in itertools.chain(pending, reader):
+                if len(fields) != width and (not fields or fields == [""]):
+                    continue  # a blank line
+                if count == row:
+                    return reader.line_num
+                count += 1
+        raise ValueError(f"{self.path} has no data row {row}")  # the table was read from it: a bug
 
 
 def _open(source: CsvSource):
@@ -70,7 +84,7 @@ def _header(source: CsvSource, wanted) -> list[str]:
 def file_names(source: CsvSource) -> list[str]:
     """The column names: the spec's `columns`, else the file's first line split at the delimiter."""
     with _open(source) as f:
-        reader = csv.reader(f, delimiter=source.delimiter)
+        reader = csv.reader(_Lines(f, str(source.path)), delimiter=source.delimiter)
         try:
             first = next(reader, None)
         except csv.Error as err:
@@ -85,47 +99,94 @@ def file_names(source: CsvSource) -> list[str]:
 
 
 def _arrow_read(source: CsvSource, wanted, names: list[str]):
+    """pyarrow's reader, BLOCK bytes of text at a time (decompressed as it goes): each block's
+    columns converted as they come, and the reading stopped (D113) once they take more than the
+    data limit, so that neither a large file nor a compression bomb is held whole in memory."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
     skip = 1 if source.header else 0
-    read = pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=1 << 24)
+    # one thread: with threads, pyarrow reads blocks ahead of the loop below, as many as a slow loop
+    # lets it (a 200 MB gzip bomb peaked at 1 GB on a busy machine, 0.5 GB on an idle one); alone,
+    # memory is bounded by the block whatever the load, and a 10M-row file reads as fast on 2 cores
+    read = pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=BLOCK, use_threads=False)
     parse = pacsv.ParseOptions(delimiter=source.delimiter, quote_char='"', ignore_empty_lines=True)
     convert = pacsv.ConvertOptions(include_columns=[c.name for c in wanted],
                                    column_types={c.name: pa.string() for c in wanted},
                                    strings_can_be_null=False, quoted_strings_can_be_null=False)
+    limit = data_limit()
+    gathered = {col.name: _Gathered(col, source) for col in wanted}
+    rows = 0
     try:
-        table = pacsv.read_csv(source.path, read, parse, convert)
+        with pacsv.open_csv(source.path, read, parse, convert) as reader:
+            for batch in reader:
+                for name, column in gathered.items():
+                    column.add(batch.column(name))
+                rows += batch.num_rows
+                held = sum(c.bytes for c in gathered.values())
+                if held > limit.bytes:
+                    raise too_much_data(str(source.path), f"reading stopped at row {rows:,}: the {len(wanted)} "
+                                        f"column{'s' * (len(wanted) > 1)} the spec reads already take "
+                                        f"{shown_bytes(held)}{_decompressed(source)}", limit)
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError):  # OSError: a damaged .gz or .zst, said where by the other
         raise _Fallback from None
-    columns = {}
-    for col in wanted:
-        values = table.column(col.name)
-        if source.strip:
+    return {name: column.finish() for name, column in gathered.items()}, rows
+
+
+BLOCK = 1 << 24  # bytes of text pyarrow parses at a time: a row must fit in one
+LINE_LIMIT = BLOCK  # the longest line either reader takes, in characters
+
+
+def _decompressed(source: CsvSource) -> str:
+    codec = compression(source.path)
+    return f" (decompressed from {codec})" if codec else ""
+
+
+class _Gathered:
+    """One column's values as pyarrow's blocks come: a float column's as float64 arrays (NaN where
+    missing); a category column's as pyarrow's text, and as int64 arrays while every value is a
+    whole number in int64's range, which it stays when every value is (else str values)."""
+
+    def __init__(self, col: Column, source: CsvSource):
+        self.col, self.source = col, source
+        self.chunks: list = []  # numpy arrays: floats, or int64 ids
+        self.text: list = []  # a category column's pyarrow arrays, as read
+        self.ints = col.kind == CATEGORY  # every value so far a whole number in int64's range
+        self.rows = 0
+        self.text_bytes = 0
+        self.bytes = 0  # what it holds, and will hold once finished (a text value as OBJECT_BYTES)
+
+    def add(self, values) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.source.strip:
             values = pc.utf8_trim_whitespace(values)
-        if col.kind == CATEGORY:
-            columns[col.name] = _category(values)
-            continue
-        if source.missing:
-            values = pc.if_else(pc.is_in(values, value_set=pa.array(list(source.missing))), None, values)
-        try:
-            floats = pc.cast(values, pa.float64())
-        except pa.ArrowInvalid:
-            raise _Fallback from None
-        columns[col.name] = floats.to_numpy(zero_copy_only=False)  # nulls become NaN
-    return columns, table.num_rows
+        self.rows += len(values)
+        if self.col.kind != CATEGORY:
+            if self.source.missing:
+                values = pc.if_else(pc.is_in(values, value_set=pa.array(list(self.source.missing))), None, values)
+            try:
+                floats = pc.cast(values, pa.float64())
+            except pa.ArrowInvalid:
+                raise _Fallback from None
+            self.chunks.append(floats.to_numpy(zero_copy_only=False))  # nulls become NaN
+            self.bytes += 8 * len(values)
+            return
+        self.text.append(values)
+        self.text_bytes += values.nbytes
+        if self.ints:
+            try:
+                self.chunks.append(pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                self.ints, self.chunks = False, []
+        self.bytes = self.text_bytes + (8 if self.ints else OBJECT_BYTES) * self.rows
 
-
-def _category(values) -> np.ndarray:
-    """Whole-number ids as int64 (fast to count and look up); anything else as str."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        return pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return np.asarray(values.to_pylist(), dtype=object)
+    def finish(self) -> np.ndarray:
+        """The whole column: float64 numbers, int64 ids, or str values in an object array."""
+        if self.col.kind != CATEGORY or self.ints:
+            return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int64 if self.ints else np.float64)
+        return np.asarray([v for t in self.text for v in t.to_pylist()], dtype=object)
 
 
 @dataclass
@@ -139,7 +200,8 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
     """The slow reader: every row's line number known, every problem reported where it is."""
     shown = str(source.path)
     with _open(source) as f:
-        reader = csv.reader(f, delimiter=source.delimiter, strict=True)
+        text = _Lines(f, shown)
+        reader = csv.reader(text, delimiter=source.delimiter, strict=True)
         try:
             first = next(reader, None)
         except csv.Error as err:
@@ -154,18 +216,22 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
         cols = [(values[col.name].append, index[col.name]) for col in wanted]
         lines: list[int] = []
         mark = lines.append
+        held = _Held(shown, values, text)
         try:
             for row in itertools.chain(pending, reader):
                 if len(row) != width:
                     if not row or row == [""]:
                         continue  # blank line
-                    raise DataError(shown, f"expected {width} fields, found {len(row)}", line=reader.line_num,
+                    raise DataError(shown, f"expected {width} fields, found {len(row)}"
+                                    f"{_other_delimiter(row, width, source.delimiter)}", line=reader.line_num,
                                     code="D103")
                 mark(reader.line_num)
                 for append, k in cols:
                     append(row[k])
                 if row_limit is not None and len(lines) >= row_limit:
                     break
+                if text.chars + len(lines) * held.per_row > held.due:  # a bound on what is held: look closer
+                    held.check(len(lines), reader.line_num)
         except csv.Error as err:
             raise DataError(shown, f"cannot be parsed: {err}", line=reader.line_num, code="D102") from None
     columns = {}
@@ -180,6 +246,64 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
         else:
             columns[col.name] = _floats(raw, shown, col.name, lines, missing)
     return _Rows(columns, len(lines), lines)
+
+
+class _Lines:
+    """A text file's lines, for the csv module: each of at most LINE_LIMIT characters, a longer one
+    being an error at its line (D113) before it is held whole."""
+
+    def __init__(self, f, path: str):
+        self.f, self.path, self.number, self.chars = f, path, 0, 0
+
+    def __iter__(self):
+        readline = self.f.readline
+        while True:
+            text = readline(LINE_LIMIT + 1)
+            if not text:
+                return
+            self.number += 1
+            if len(text) > LINE_LIMIT and text[-1] not in "\r\n":
+                raise DataError(self.path, f"the line is longer than {shown_bytes(LINE_LIMIT)}, the longest specc "
+                                "reads (a row must fit in the block of text pyarrow parses at once)", line=self.number,
+                                code=TOO_MUCH_DATA)
+            self.chars += len(text)
+            yield text
+
+
+class _Held:
+    """What the Python reader holds of the columns as text, checked against the data limit (D113)
+    each time a bound on it (the characters read, OBJECT_BYTES a value) has grown by EVERY bytes."""
+
+    EVERY = 1 << 20
+
+    def __init__(self, path: str, values: dict[str, list[str]], text: _Lines):
+        self.path, self.values, self.text, self.limit = path, values, text, data_limit()
+        self.per_row = len(values) * OBJECT_BYTES + 8  # and its line number
+        self.chars, self.counted, self.due = 0, 0, self.EVERY
+
+    def check(self, rows: int, line: int) -> None:
+        for column in self.values.values():
+            self.chars += sum(map(len, column[self.counted:]))
+        self.counted, self.due = rows, self.text.chars + rows * self.per_row + self.EVERY
+        held = self.chars + rows * len(self.values) * OBJECT_BYTES
+        if held > self.limit.bytes:
+            raise too_much_data(self.path, f"reading stopped at row {rows:,}: the {len(self.values)} column"
+                                f"{'s' * (len(self.values) > 1)} the spec reads already take {shown_bytes(held)} as "
+                                "Python text (reading line by line, to find where pyarrow could not read it)",
+                                self.limit, line=line)
+
+
+def _other_delimiter(row: list[str], width: int, delimiter: str) -> str:
+    """For a line read as one field where `width` were expected: a hint naming the delimiter that
+    splits it into `width` (a tab-separated file read as csv(...) without a header), else ''."""
+    if len(row) != 1 or width < 2:
+        return ""
+    for other in ("\t", ";", ",", "|"):
+        if other != delimiter and len(next(csv.reader([row[0]], delimiter=other))) == width:
+            shown = "\\t" if other == "\t" else other
+            also = " or tsv(...)" if other == "\t" else ""
+            return f"; the line looks '{shown}'-separated: csv(..., delimiter=\"{shown}\"){also}"
+    return ""
 
 
 def _check_utf8(raw: list[str], path: str, column: str, lines: list[int]) -> None:

@@ -218,6 +218,10 @@ class OpDef:
     example          one model-block line using it (the coverage test builds a spec of them)
     batch_statistics it normalises over the batch while training: a one-row batch cannot train it
     unsized_params   (op) -> the summary's parameter count before the data is read
+    kept             float32-sized numbers a training step holds per number of its output, until
+                     the backward pass has used them: 1, its output (kept by the op or the next);
+                     0 for a view of its input (flatten, reshape); more where the op keeps indices
+                     or masks besides (max_pool's int64 indices: 3); specc.plan's memory estimate
     """
 
     name: str
@@ -234,6 +238,7 @@ class OpDef:
     example: str = ""  # a model-block line using it, for the docs and the coverage test
     batch_statistics: bool = False
     unsized_params: Callable | None = None  # op -> text, e.g. "(n_user + 1) x 40"
+    kept: float = 1.0  # numbers held for the backward pass per number of its output (see above)
 
     def text(self, node: Node) -> str:
         """How `specc check` describes one node of this op."""

@@ -106,7 +106,8 @@ OPS = (
     OpDef("max_pool", "the largest value of each `kernel` x `kernel` window, every `stride` pixels (default: "
           "the kernel)", (X, Int("kernel", high=2**10, what="max_pool's kernel"),
                           Int("stride", high=2**10, optional=True, what="max_pool's stride"), POOL_PADDING),
-          infer=_window_shape("max_pool", None), describe=_window_text, example="mp = cv |> max_pool(2)"),
+          infer=_window_shape("max_pool", None), describe=_window_text, example="mp = cv |> max_pool(2)",
+          kept=3),  # and the int64 index of each maximum, for the backward pass
     OpDef("avg_pool", "the mean of each `kernel` x `kernel` window, every `stride` pixels (default: the kernel)",
           (X, Int("kernel", high=2**10, what="avg_pool's kernel"),
            Int("stride", high=2**10, optional=True, what="avg_pool's stride"), POOL_PADDING),
@@ -114,5 +115,5 @@ OPS = (
     OpDef("global_avg_pool", "the mean of each channel over the whole map: (channels, h, w) -> (channels)",
           (X,), infer=_global_pool_shape, example="gp = global_avg_pool(cv)"),
     OpDef("reshape", "the numbers of a row in another shape, e.g. 784 -> (1, 28, 28)", (X, Dims("shape")),
-          infer=_reshape_shape, example="rs = flatten(img) |> reshape((16, 1, 1))"),
+          infer=_reshape_shape, kept=0, example="rs = flatten(img) |> reshape((16, 1, 1))"),  # a view
 )

@@ -103,7 +103,8 @@ OPS = (
     OpDef("dot", "row-wise dot product of two values of the same width", (Tensor("a"), Tensor("b")),
           infer=_dot_shape, example="dt = dot(h, h)"),
     OpDef("sigmoid_range", "`sigmoid(x) * (high - low) + low`: squashes into (low, high)",
-          (X, Real("low"), Real("high")), validate=_sigmoid_range_rule, example="sr = sigmoid_range(h, 0, 5.5)"),
+          (X, Real("low"), Real("high")), validate=_sigmoid_range_rule, kept=2,  # the sigmoid, kept for backward
+          example="sr = sigmoid_range(h, 0, 5.5)"),
     OpDef("linear", "an affine layer `x W^T + b` to `out` features (torch's nn.Linear and its initialisation)",
           (FLAT_X, Size("out", what="linear's output size")),
           infer=_linear_shape, weights=_linear_weights, multiply_adds=_linear_multiply_adds,
@@ -122,7 +123,8 @@ OPS = (
           example="lsm = log_softmax(h)"),
     OpDef("dropout", "zeroes each number with probability p while training, the rest scaled by 1/(1-p); "
           "nothing in evaluation or export",
-          (X, Real("p", 0.0, 1.0, high_open=True, what="dropout probability")), example="dr = dropout(h, 0.5)"),
+          (X, Real("p", 0.0, 1.0, high_open=True, what="dropout probability")),
+          kept=1.25, example="dr = dropout(h, 0.5)"),  # and its mask, a byte a number
     OpDef("batchnorm", "normalises each feature (or each channel of an image) over the batch while training "
           "(nn.BatchNorm1d, nn.BatchNorm2d), with running statistics in evaluation and export", (X,),
           infer=_features_or_channels, weights=_per_feature_weights, batch_statistics=True,
@@ -131,7 +133,7 @@ OPS = (
           "feature (nn.LayerNorm, eps 1e-5); the same in training and evaluation", (FLAT_X,),
           weights=_per_feature_weights, example="ln = layer_norm(h)"),
     OpDef("flatten", "all the numbers of a row in one dimension: an image row (28, 28) becomes (784)", (X,),
-          infer=_flatten_shape, example="fl = flatten(img)"),
+          infer=_flatten_shape, kept=0, example="fl = flatten(img)"),  # a view of its input
     OpDef("concat", "features of several values side by side", (Tensor("values", flat=True, many=True),),
           infer=_concat_shape, example="cc = concat(h, a)"),
 )
@@ -161,10 +163,12 @@ INTERNAL = (
     # A float input column: its scale, then (with those procs) missing values filled with the
     # training median and the result normalised with the training mean and standard deviation.
     # `scalar`: one number per row arrives as (batch,) and becomes a (batch, 1) value.
-    OpDef("input", "a float input column", (), describe=_input_text, callable=False),
+    # kept: the batch as drawn from the data, and as scaled, filled and normalised.
+    OpDef("input", "a float input column", (), describe=_input_text, callable=False, kept=2),
     # `<column>_na`: a category per row, index 1 where the value is there, 2 where it is missing.
     OpDef("missing", "whether a float column's value is missing",
-          (), describe=lambda op, node: f"is {op.column} missing? (1 no, 2 yes)", callable=False),
+          (), describe=lambda op, node: f"is {op.column} missing? (1 no, 2 yes)", callable=False,
+          kept=2),  # an int64 index
     # `a + b` and the others; a width-1 operand broadcasts; `constant` replaces one operand
     # (`constant_first`: it is the left one, as in `1 - a`; `-a` is `0 - a`).
     *(OpDef(name, f"element-wise `{symbol}`", (), describe=_arithmetic_text, callable=False)
