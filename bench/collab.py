@@ -30,16 +30,16 @@ from common import (add_args, alternate, clone_state, hand_epochs, max_param_dif
                     print_env, print_init_and_target, print_table, profile_runs, run_batches, set_threads,
                     steps_per_epoch, timed, write_json)
 from specc.data.prepare import prepare
-from specc.plan import make_plan
-from specc.sized import sized_model
-from specc.run import load_spec
-from specc.spec import Adam, FitOneCycle
-from specc.train import build_model, default_threads, step_multiply_adds, torch_threads, train
+from specc.language.spec import Adam, FitOneCycle
+from specc.model.plan import make_plan
+from specc.model.sized import sized_model
+from specc.training.loop import build_model, default_threads, step_multiply_adds, torch_threads, train
+from specc.training.run import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/collab.spec"
 DEVICE = torch.device("cpu")
-DEVICE_STEP = False  # --device-step: specc's device-resident step (specc.fastpath) instead of the plain loop
+DEVICE_STEP = False  # --device-step: specc's device-resident step (specc.training.fastpath) instead of the plain loop
 
 # The hand-written loop's settings, written out as a person would; `check_settings` makes sure they
 # are the ones specc reads from the spec, so that the two loops do the same work.
@@ -139,7 +139,7 @@ def check_settings(spec, plan, batch: int) -> None:
 
 
 def specc_epoch(spec, prepared, plan):
-    """One call of specc.train.train: (model, valid MSE, wall s, CPU s of the call, loop+valid wall s)."""
+    """One call of specc.training.loop.train: (model, valid MSE, wall s, CPU s of the call, loop+valid wall s)."""
     (model, history), wall, cpu = timed(train, spec, prepared, plan, DEVICE, progress=None,
                                         device_step=DEVICE_STEP)
     rec = history.records[-1]
@@ -233,8 +233,8 @@ def start_burner() -> subprocess.Popen:
 
 
 def bench_threads(batch: int, reps: int, torch_default: int, spec_path: str, sets: list[str]) -> dict:
-    """One epoch of specc.train.train with torch's default thread count, with one thread and with
-    specc's default (specc.train.default_threads), alternating, first on the machine as it is,
+    """One epoch of specc.training.loop.train with torch's default thread count, with one thread and with
+    specc's default (specc.training.loop.default_threads), alternating, first on the machine as it is,
     then beside a process that keeps one core busy."""
     spec, prepared, plan = specc_setup(batch, spec_path, sets)
     counts = {"torch": torch_default, "one": 1, "specc": default_threads(spec, prepared)}
@@ -290,7 +290,7 @@ def busy_main(args, torch_default: int) -> int:
                   f"{v['quiet_s']:>8.3f}  {v['busy_s']:>8.3f}  {v['busy_over_quiet']:>10.2f}  "
                   f"{v['quiet_over_one']:>16.2f}  {v['busy_over_one']:>15.2f}")
     print()
-    print("quiet s, busy s: median wall seconds of one specc.train.train call (one epoch and validation),")
+    print("quiet s, busy s: median wall seconds of one specc.training.loop.train call (one epoch and validation),")
     print("  on the machine as it is and beside a process keeping one core busy; the sides alternate.")
     if args.json:
         write_json(Path(args.json).resolve(), rows, torch_default_threads=torch_default)
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
         f"{r['fused_hand_s']:>12.3f}  {r['fused_ratio']:>6.3f}  "
         f"{r['specc_valid_mse']:>15.6f}  {r['hand_valid_mse']:>14.6f}  {r['max_abs_param_diff']:>8.1e}"))
     print()
-    print("s/epoch: median wall time of one specc.train.train call (model build, optimizer, schedule, one")
+    print("s/epoch: median wall time of one specc.training.loop.train call (model build, optimizer, schedule, one")
     print("  epoch, validation) and of the hand-written equivalent. ratio: specc / hand of those medians.")
     print("CPU ratio: the same with process CPU time (robust to other load when threads=1).")
     print("loop ratio: wall medians of the epoch loop plus validation only (the span of specc's")

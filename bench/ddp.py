@@ -58,12 +58,12 @@ def run(spec: Path, sets: list[str], batch: int, procs: int, epochs: int, out: P
 
 
 def all_reduced_bytes(spec_path: Path, sets: list[str], batch: int) -> tuple[int, int]:
-    """(bytes, training rows): what specc.distributed.StepSync sums each step for this spec (every
+    """(bytes, training rows): what specc.training.distributed.StepSync sums each step for this spec (every
     trainable parameter's gradient, dense, in float32, plus the loss and the stop flag)."""
     from specc.data.prepare import prepare
-    from specc.plan import make_plan
-    from specc.run import load_spec
-    from specc.sized import sized_model
+    from specc.model.plan import make_plan
+    from specc.model.sized import sized_model
+    from specc.training.run import load_spec
 
     spec, _ = load_spec(spec_path, [f"data.batch={batch}", *sets])
     prepared = prepare(spec.data, spec.model.inputs)

@@ -30,7 +30,7 @@ def with_body_from(spec, run: Path):
 
 def from_scratch_whole(spec, epochs: int, lr: float):
     """The spec from scratch (no init), every group trained in one one-cycle stage of `epochs`."""
-    from specc.spec import FitOneCycle, Stage
+    from specc.language.spec import FitOneCycle, Stage
 
     return dataclasses.replace(spec, inits=(), train=dataclasses.replace(
         spec.train, stages=(Stage("all", FitOneCycle(epochs, lr)),)))
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     if not args.mnist.is_file():
         print(f"no MNIST at {args.mnist}", file=sys.stderr)
         return 2
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     data = f'data.source.path="{args.mnist.resolve()}"'
     work = Path(tempfile.mkdtemp(prefix="specc-finetune-"))

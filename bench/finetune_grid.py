@@ -40,8 +40,8 @@ def main(argv=None) -> int:
         print(f"no MNIST at {args.mnist}", file=sys.stderr)
         return 2
     from finetune import from_scratch_whole, with_body_from
-    from specc.run import load_spec, train_run
-    from specc.spec import FitOneCycle, LRSlice
+    from specc.language.spec import FitOneCycle, LRSlice
+    from specc.training.run import load_spec, train_run
 
     work = Path(tempfile.mkdtemp(prefix="specc-finetune-grid-"))
     specs = {}

@@ -3,8 +3,8 @@
 Three loops train specs/collab.spec's model (fastai's EmbeddingDotBias) from the same initial
 weights, on the same batches, with the same optimizer and one-cycle schedule:
   ref    the idiomatic eager loop: data on the GPU, batches by index, fused AdamW, OneCycleLR
-  plain  specc.train.train with graph=False (the same kind of loop, as specc writes it)
-  graph  specc.train.train as it runs by default on a GPU: the step replayed from a CUDA graph
+  plain  specc.training.loop.train with graph=False (the same kind of loop, as specc writes it)
+  graph  specc.training.loop.train as it runs by default on a GPU: the step replayed from a CUDA graph
          (graph-nc: the same with the optimizer update uncompiled, SPECC_COMPILE=0)
 on two data sets:
   100k   specs/data/ratings.csv (MovieLens-100k-sized: 100,000 ratings, 90,000 training rows)
@@ -40,9 +40,9 @@ from collab import hand_train
 from common import sync, write_json
 
 from specc.data.prepare import Prepared, Vocab, prepare
-from specc.plan import make_plan
-from specc.run import load_spec
-from specc.train import Interrupted, StopRequest, build_model, train
+from specc.model.plan import make_plan
+from specc.training.loop import Interrupted, StopRequest, build_model, train
+from specc.training.run import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs/collab.spec"

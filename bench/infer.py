@@ -86,9 +86,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.chdir(ROOT)
     from specc.data.prepare import prepare
-    from specc.infer import Session
-    from specc.run import load_spec, train_run
-    from specc.train import build_model, pick_device
+    from specc.inference.infer import Session
+    from specc.training.loop import build_model, pick_device
+    from specc.training.run import load_spec, train_run
 
     device = pick_device(args.device)
     sets = ["train.fit.epochs=1"]

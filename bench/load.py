@@ -111,7 +111,7 @@ def vmhwm_mb() -> float | None:
 
 
 def spec_for(path: Path):
-    from specc.run import load_spec
+    from specc.training.run import load_spec
 
     if path.suffix == ".parquet":  # the spec's csv(...) source replaced by parquet(...) of the same ratings
         spec, _ = load_spec(SPEC, [f'data.source=parquet("{path}")'])
@@ -349,7 +349,7 @@ def profile_prepare(path: Path, threads: int | None) -> None:
 
     from specc.data.prepare import Vocab, split_rows
     from specc.data.table import check_finite, read_table
-    from specc.spec import CATEGORY
+    from specc.language.spec import CATEGORY
 
     if threads:
         pa.set_cpu_count(threads)

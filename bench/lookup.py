@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     import specc.export as export
     import specc.export.ids  # noqa: F401 (export.ids below)
     from specc.data.prepare import prepare
-    from specc.infer import Session
-    from specc.plan import make_plan
-    from specc.run import load_spec
-    from specc.train import pick_device, train
+    from specc.inference.infer import Session
+    from specc.model.plan import make_plan
+    from specc.training.loop import pick_device, train
+    from specc.training.run import load_spec
 
     device = pick_device(args.device)
     spec, _ = load_spec("specs/collab.spec", ["train.fit.epochs=1"])

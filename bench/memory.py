@@ -1,10 +1,10 @@
-"""Benchmark: specc's memory estimate (specc.plan.memory_need) against the memory one training step
+"""Benchmark: specc's memory estimate (specc.model.plan.memory_need) against the memory one training step
 or one validation pass takes on the CPU.
 
 Each case runs in a fresh child process: it builds the model of an example spec (the shipped
 sample data), takes one small step to load torch's kernels, then measures the growth of its peak
 resident memory (getrusage ru_maxrss against the resident size just before) over one training step
-at the batch (forward, backward, AdamW's update) or one validation pass (specc.metrics.evaluate),
+at the batch (forward, backward, AdamW's update) or one validation pass (specc.training.metrics.evaluate),
 and prints it beside the estimate of the same part. Usage, from the repository root:
 
     python bench/memory.py            # every case, about a minute
@@ -38,11 +38,11 @@ CHILD = r"""
 import gc, json, resource, sys
 import torch
 from specc.data.prepare import prepare
-from specc.metrics import evaluate, loss_fn, predict_column
-from specc.plan import memory_need
-from specc.run import load_spec
-from specc.sized import sized_model
-from specc.train import build_model, to_tensors
+from specc.model.plan import memory_need
+from specc.model.sized import sized_model
+from specc.training.loop import build_model, to_tensors
+from specc.training.metrics import evaluate, loss_fn, predict_column
+from specc.training.run import load_spec
 
 torch.set_num_threads(1)
 path, batch, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -30,10 +30,10 @@ from common import (add_args, clone_state, hand_epochs, one_cycle_adamw, predict
                     print_table, profile_runs, run_batches, set_threads, steps_per_epoch, three_loops, timed,
                     write_json)
 from specc.data.prepare import prepare
-from specc.plan import make_plan
-from specc.run import load_spec
-from specc.spec import Adam, FitOneCycle
-from specc.train import build_model, train
+from specc.language.spec import Adam, FitOneCycle
+from specc.model.plan import make_plan
+from specc.training.loop import build_model, train
+from specc.training.run import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/mnist_mlp.spec"
@@ -127,7 +127,7 @@ def check_settings(spec, prepared, plan, batch: int) -> None:
 
 
 def specc_epoch(spec, prepared, plan):
-    """One call of specc.train.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
+    """One call of specc.training.loop.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
     loop+valid wall s)."""
     (model, history), wall, cpu = timed(train, spec, prepared, plan, DEVICE, progress=None)
     rec = history.records[-1]
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
         f"{r['fused_valid_loss']:>10.6f}  {r['max_abs_param_diff']:>8.1e}  "
         f"{r['max_abs_param_diff_fused']:>10.1e}  {'yes' if r['valid_numbers_agree'] else 'NO'}"))
     print()
-    print("s/epoch: median wall time of one specc.train.train call (model build, optimizer, schedule, one")
+    print("s/epoch: median wall time of one specc.training.loop.train call (model build, optimizer, schedule, one")
     print("  epoch, validation) and of the hand-written equivalent. ratio: specc / hand of those medians.")
     print("CPU ratio: the same with process CPU time (robust to other load when threads=1).")
     print("loop ratio: wall medians of the epoch loop plus validation only (the span of specc's")

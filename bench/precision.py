@@ -28,7 +28,7 @@ SPECS = {"collab": "collab.spec", "mnist_mlp": "mnist_mlp.spec", "mnist_cnn": "m
 
 def side(name: str, precision: str, device: str, epochs: int, out: Path) -> dict:
     """One training run: the median seconds of its epochs after the first, and its last metrics."""
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     sets = [f"train.precision={precision}", f"train.fit.epochs={epochs}"]
     if name != "collab" and MNIST.is_file():

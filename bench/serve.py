@@ -2,7 +2,7 @@
 
 Trains specs/collab.spec for one epoch into a temporary folder, then, for each request size (rows a
 request) and each number of concurrent clients (1, 8, 64), for a fixed time each (default 5 s):
-  - served: the model behind specc.serve's App on waitress, in a process of its own (the CLI's
+  - served: the model behind specc.inference.serve's App on waitress, in a process of its own (the CLI's
     defaults: 16 threads, batches of up to 4,096 rows, 2 ms wait), each client a thread of this
     process with its own keep-alive http.client connection, POSTing the same JSON body of random
     (user, item) ids in a loop;
@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = """
 import sys
 from pathlib import Path
-from specc.infer import Session
-from specc.serve import App, Server
+from specc.inference.infer import Session
+from specc.inference.serve import App, Server
 model = Path(sys.argv[1])
 connections = int(sys.argv[2]) if len(sys.argv) > 2 else None
 app = App(Session(model, device="cpu", threads=1), model.name)
@@ -221,8 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     os.chdir(ROOT)
-    from specc.infer import Session
-    from specc.run import load_spec, train_run
+    from specc.inference.infer import Session
+    from specc.training.run import load_spec, train_run
 
     sets = ["train.fit.epochs=1"]
     spec, _ = load_spec("specs/collab.spec", sets)

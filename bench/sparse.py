@@ -25,7 +25,7 @@ OPTIMIZERS = {"adam": "adam(betas=(0.9, 0.99), wd=0.1)", "sparse_adam": "sparse_
 
 def side(optimizer: str, batch: int, data: Path | None, device: str, epochs: int, out: Path) -> dict:
     """One run of specs/collab.spec with this optimizer: the median epoch after the first, the last valid MSE."""
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     sets = [f"train.optimizer={OPTIMIZERS[optimizer]}", f"data.batch={batch}", f"train.fit.epochs={epochs}"]
     if data is not None:

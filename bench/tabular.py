@@ -38,10 +38,10 @@ from common import (add_args, alternate, clone_state, hand_epochs, one_cycle_ada
                     print_init_and_target, print_table, profile_runs, run_batches, set_threads, steps_per_epoch,
                     timed, write_json)
 from specc.data.prepare import prepare
-from specc.plan import make_plan
-from specc.run import load_spec
-from specc.spec import Adam, FitOneCycle
-from specc.train import build_model, train
+from specc.language.spec import Adam, FitOneCycle
+from specc.model.plan import make_plan
+from specc.training.loop import build_model, train
+from specc.training.run import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/adult.spec"
@@ -251,7 +251,7 @@ def check_settings(spec, prepared, plan, batch: int, emb_szs, stats) -> None:
 
 
 def specc_epoch(spec, prepared, plan):
-    """One call of specc.train.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
+    """One call of specc.training.loop.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
     loop+valid wall s)."""
     (model, history), wall, cpu = timed(train, spec, prepared, plan, DEVICE, progress=None)
     rec = history.records[-1]
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
         f"{r['max_abs_param_diff_fused']:>10.1e}  {r['max_abs_param_diff_inside']:>11.1e}  "
         f"{'yes' if r['valid_numbers_agree'] else 'NO'}"))
     print()
-    print("specc s, hand s: median wall time of one specc.train.train call (model build, optimizer, schedule,")
+    print("specc s, hand s: median wall time of one specc.training.loop.train call (model build, optimizer, schedule,")
     print("  one epoch, validation) and of the everyday hand-written equivalent (which also applies the procs")
     print("  to both splits, once). ratio: specc / hand of those medians; the target is <= 1.10.")
     print("CPU ratio: the same with process CPU time (robust to other load when threads=1).")

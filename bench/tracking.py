@@ -1,4 +1,4 @@
-"""What TensorBoard logging costs a run: the time specc.tracking.TensorBoard takes to write an
+"""What TensorBoard logging costs a run: the time specc.training.tracking.TensorBoard takes to write an
 epoch (its steps, up to POINTS of them, and the validation numbers) against the time the epoch
 itself takes, for specs/collab.spec (1,406 steps an epoch) and for a long epoch of 351,562 steps
 (the 25M set at batch 64; the steps' numbers are made up, the writing is the same).
@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from specc.data.prepare import prepare  # noqa: E402
-from specc.metrics import EpochRecord, History  # noqa: E402
-from specc.plan import make_plan  # noqa: E402
-from specc.run import load_spec  # noqa: E402
-from specc.tracking import TensorBoard  # noqa: E402
-from specc.train import train  # noqa: E402
+from specc.model.plan import make_plan  # noqa: E402
+from specc.training.loop import train  # noqa: E402
+from specc.training.metrics import EpochRecord, History  # noqa: E402
+from specc.training.run import load_spec  # noqa: E402
+from specc.training.tracking import TensorBoard  # noqa: E402
 
 
 def write_seconds(history: History, steps: int, reps: int = 5) -> float:

@@ -2,6 +2,6 @@
 
 import sys
 
-from specc.cli import main
+from specc.commands.cli import main
 
 sys.exit(main())

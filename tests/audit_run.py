@@ -24,7 +24,7 @@ def hook(event, args):
 
 
 sys.addaudithook(hook)
-from specc.cli import main  # noqa: E402
+from specc.commands.cli import main  # noqa: E402
 
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, **{k: sorted(v) if isinstance(v, set) else v for k, v in events.items()}}))

@@ -1,5 +1,5 @@
 """Run by torchrun from tests/test_distributed.py: the `specc train` pipeline as this rank
-(specc.run.train_run, rank 0 writing the run folder), then this rank's final weights saved by
+(specc.training.run.train_run, rank 0 writing the run folder), then this rank's final weights saved by
 this script, not by specc, to WEIGHTS/rank<R>.safetensors, so the test can compare the ranks, and
 the names of the threads this process still runs once it has left the process group, to
 WEIGHTS/rank<R>.threads.json (Linux's /proc/self/task; an empty list elsewhere).
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from specc import distributed
-from specc.run import load_spec, train_run
+from specc.training import distributed
+from specc.training.run import load_spec, train_run
 
 spec_path, out, weights = sys.argv[1:4]
 world = distributed.start(distributed.from_env(), "cpu")

@@ -16,11 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from specc import overrides  # noqa: E402
-from specc.check import check  # noqa: E402
-from specc.diagnostics import SpecError  # noqa: E402
-from specc.parse import parse  # noqa: E402
-from specc.source import Source  # noqa: E402
+from specc.language import overrides  # noqa: E402
+from specc.language.check import check  # noqa: E402
+from specc.language.diagnostics import SpecError  # noqa: E402
+from specc.language.parse import parse  # noqa: E402
+from specc.language.source import Source  # noqa: E402
 
 TOKENS = ["{", "}", "(", ")", "[", "]", ",", "=", ":", ";", "|>", "+", "-", "*", "/", '"', "#", "\n", "\t",
           "data", "model", "train", "embedding", "linear", "relu", "classes", "out", "1e-3", "0", "-1", "1.5",

@@ -110,10 +110,10 @@ def mnist_subset(path: Path, n_train: int, n_valid: int) -> Path:
 
 def prepared_spec(path, sets=()):
     """A spec file read with its --set overrides, its data prepared and its plan made:
-    (spec, prepared, plan), what specc.train.train takes."""
+    (spec, prepared, plan), what specc.training.loop.train takes."""
     from specc.data.prepare import prepare
-    from specc.plan import make_plan
-    from specc.run import load_spec
+    from specc.model.plan import make_plan
+    from specc.training.run import load_spec
 
     spec, _ = load_spec(path, list(sets))
     prepared = prepare(spec.data, spec.model.inputs)
@@ -122,7 +122,7 @@ def prepared_spec(path, sets=()):
 
 def trained(path, sets=()):
     """A spec file trained on the CPU with its --set overrides: (spec, prepared, model, history)."""
-    from specc.train import pick_device, train
+    from specc.training.loop import pick_device, train
 
     spec, prepared, plan = prepared_spec(path, sets)
     model, history = train(spec, prepared, plan, pick_device("cpu"))
@@ -144,7 +144,7 @@ class StopAt:
 
 def roundtrip(state, folder: Path):
     """A training state written to a checkpoint file and read back, as --resume reads it."""
-    from specc.checkpoint import from_safetensors, to_safetensors
+    from specc.training.checkpoint import from_safetensors, to_safetensors
 
     path = folder / "c.safetensors"
     path.write_bytes(to_safetensors(state, {}))

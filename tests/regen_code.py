@@ -15,9 +15,9 @@ sys.path.insert(0, str(ROOT))
 
 def generated_code(spec_path: Path) -> str:
     from specc.data.prepare import prepare
-    from specc.lower import lower
-    from specc.sized import sized_model
-    from specc.run import load_spec
+    from specc.model.lower import lower
+    from specc.model.sized import sized_model
+    from specc.training.run import load_spec
 
     spec, _ = load_spec(spec_path)
     prepared = prepare(spec.data, spec.model.inputs)

@@ -33,7 +33,7 @@ def check_argv(rel_path: str) -> list[str]:
 
 def render(rel_path: str) -> tuple[int, str]:
     """Exit code and stderr of `specc check --no-data rel_path`, run from the repository root."""
-    from specc.cli import main
+    from specc.commands.cli import main
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from specc.augment import augment_images, batch_generator
-from specc.cli import main
-from specc.spec import Augment
+from specc.commands.cli import main
+from specc.data.augment import augment_images, batch_generator
+from specc.language.spec import Augment
 
 
 def test_flip_and_crop_by_hand():
@@ -65,10 +65,10 @@ def _folder(tmp_path, augment="[flip, crop(padding=1)]"):
 def test_a_stopped_and_resumed_run_augments_as_one_that_never_stopped(tmp_path):
     from helpers import StopAt, trained
 
-    from specc.train import Interrupted, train
     from specc.data.prepare import prepare
-    from specc.plan import make_plan
-    from specc.run import load_spec
+    from specc.model.plan import make_plan
+    from specc.training.loop import Interrupted, train
+    from specc.training.run import load_spec
 
     path = _folder(tmp_path)
     whole = trained(path)[2]

@@ -5,15 +5,15 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from specc import codes
-from specc.check.data_block import check_data
-from specc.check.model_block import check_model
-from specc.check.values import Checker
-from specc.diagnostics import SpecError, UsageError
-from specc.parse import parse
-from specc.run import load_spec
-from specc.source import Source
-from specc.spec import SGD, Adam, Column, CsvSource, FitOneCycle, Node, RandomSplit, RowSplit, op
+from specc.language import codes
+from specc.language.check.data_block import check_data
+from specc.language.check.model_block import check_model
+from specc.language.check.values import Checker
+from specc.language.diagnostics import SpecError, UsageError
+from specc.language.parse import parse
+from specc.language.source import Source
+from specc.language.spec import SGD, Adam, Column, CsvSource, FitOneCycle, Node, RandomSplit, RowSplit, op
+from specc.training.run import load_spec
 
 COLLAB = ROOT / "specs" / "collab.spec"
 
@@ -148,7 +148,7 @@ def test_the_data_block_hands_the_model_block_the_columns_that_checked():
 # MAX_DEPTH levels (ast.recursion_room), so the documented bound holds whatever the form, and one
 # level more is an E306 diagnostic, never a RecursionError.
 
-from specc import ast  # noqa: E402
+from specc.language import ast  # noqa: E402
 from helpers import mnist_spec  # noqa: E402
 
 _LEVELS = ast.MAX_DEPTH
@@ -258,7 +258,7 @@ def test_the_bound_holds_deep_inside_a_program_and_the_recursion_limit_is_put_ba
 
 
 def test_a_chain_of_200_steps_trains_and_exports(tmp_path):
-    from specc.run import train_run
+    from specc.training.run import train_run
 
     body = _chain(_LEVELS).removeprefix("x |> ")
     path = mnist_spec(tmp_path, body=body, train_rows=256, fit="fit(epochs=1, lr=1e-3)")

@@ -10,15 +10,15 @@ from safetensors.numpy import load_file
 from torch import nn
 
 from helpers import ROOT, mnist_subset, trained
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.prepare import prepare
-from specc.diagnostics import DataError, SpecError
 from specc.export import PROBABILITIES, parity, parity_rows, to_onnx
-from specc.infer import Session
-from specc.optim import make_optimizer
-from specc.plan import make_plan
-from specc.run import load_spec
-from specc.spec import RMSProp, SGD
+from specc.inference.infer import Session
+from specc.language.diagnostics import DataError, SpecError
+from specc.language.spec import RMSProp, SGD
+from specc.model.plan import make_plan
+from specc.training.optim import make_optimizer
+from specc.training.run import load_spec
 
 MLP = """\
 data {{
@@ -136,7 +136,7 @@ def test_sgd_with_dampening_is_the_seeds_ewma_after_the_first_step():
 
 
 def test_l2_penalty_adds_the_sum_of_squared_weights(tmp_path, small_npz):
-    from specc.metrics import loss_fn
+    from specc.training.metrics import loss_fn
 
     spec, _ = load_spec(_spec(tmp_path, small_npz), ["train.l2=0.5"])
     plain, _ = load_spec(_spec(tmp_path, small_npz))

@@ -8,7 +8,7 @@ import sys
 import pytest
 from safetensors.numpy import load_file
 
-from specc.cli import main
+from specc.commands.cli import main
 from helpers import ROOT
 
 
@@ -22,7 +22,7 @@ def test_check_prints_a_summary(tiny, capsys):
 
 
 def test_check_does_not_import_torch(tiny):
-    code = ("import sys; from specc.cli import main; rc = main(['check', sys.argv[1]]); "
+    code = ("import sys; from specc.commands.cli import main; rc = main(['check', sys.argv[1]]); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
     result = subprocess.run([sys.executable, "-c", code, str(tiny)], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith("NO-TORCH 0")

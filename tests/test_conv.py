@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from specc.lower import lower
-from specc.run import load_spec
-from specc.sized import Sizes, size_model
+from specc.model.lower import lower
+from specc.model.sized import Sizes, size_model
+from specc.training.run import load_spec
 
 RESNET34 = """\
 data {{
@@ -112,7 +112,7 @@ def test_resnet34_computes_what_the_hand_written_module_does(tmp_path):
      "padding=same needs stride 1 and an odd kernel"),
 ])
 def test_image_shapes_are_checked_before_the_data(tmp_path, model, message):
-    from specc.diagnostics import SpecError
+    from specc.language.diagnostics import SpecError
 
     path = tmp_path / "bad.spec"
     path.write_text('data {\n    source = npz("m.npz")\n    inputs = [x: float(784) / 255]\n    target = y: float\n}\n'

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from specc.data.prepare import Vocab, prepare, split_rows
-from specc.diagnostics import DataError, SpecError
-from specc.run import load_spec
-from specc.spec import RandomSplit, RowSplit
+from specc.language.diagnostics import DataError, SpecError
+from specc.language.spec import RandomSplit, RowSplit
+from specc.training.run import load_spec
 from helpers import collab_over, collab_spec, ratings_rows
 
 

@@ -3,7 +3,7 @@
 text in <name>.txt on stderr and exit code 1.
 
 After a deliberate change to a message, regenerate with `python tests/regen_errors.py` and
-read the diff of every golden file it rewrote. The codes themselves are named in specc.codes, and
+read the diff of every golden file it rewrote. The codes themselves are named in specc.language.codes, and
 the docs' table of codes is that module's.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 from helpers import ROOT
 from regen_errors import check_argv
-from specc import codes
-from specc.cli import main
+from specc.commands.cli import main
+from specc.language import codes
 
 ERRORS = "tests/data/errors"
 
@@ -180,7 +180,7 @@ def _sources() -> dict[str, str]:
 
 def test_diagnostics_use_the_named_codes():
     bare = [(path, m) for path, text in _sources().items() for m in re.findall(r"[\"'][EW]\d{3}[\"']", text)]
-    assert not bare, f"codes written as strings instead of specc.codes' names: {bare}"
+    assert not bare, f"codes written as strings instead of specc.language.codes' names: {bare}"
 
 
 def test_every_named_code_is_used():

@@ -29,8 +29,8 @@ import torch
 from helpers import ROOT
 from safetensors.torch import load_file
 
-from specc.diagnostics import UsageError
-from specc.distributed import ONE, SliceDropout, World, from_env, slice_dropout
+from specc.language.diagnostics import UsageError
+from specc.training.distributed import ONE, SliceDropout, World, from_env, slice_dropout
 
 LIMIT = 120  # seconds any one launch may take: a hung collective fails the test, never the suite
 REPEAT = int(os.environ.get("SPECC_DDP_REPEAT", "3"))  # 2-process runs in a row (30 for the issue's soak)
@@ -121,7 +121,7 @@ def two(folder) -> Path:
 
 
 def plain_run(folder: Path, out: str):
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     spec, _ = load_spec(folder / "ddp.spec")
     return train_run(spec, folder / out, "cpu", quiet=True, threads=1)
@@ -166,10 +166,10 @@ def reference(folder: Path) -> dict:
     two and the division by 2 make them."""
     from helpers import prepared_spec
 
-    from specc.metrics import batch_loss
-    from specc.optim import make_scheduler
-    from specc.steps import setup_stage
-    from specc.train import batch_order, build_model, torch_threads, training_batches
+    from specc.training.loop import batch_order, build_model, torch_threads, training_batches
+    from specc.training.metrics import batch_loss
+    from specc.training.optim import make_scheduler
+    from specc.training.steps import setup_stage
 
     spec, prepared, plan = prepared_spec(folder / "ddp.spec")
     cpu = torch.device("cpu")
@@ -240,7 +240,7 @@ def test_the_flat_update_of_the_captured_step_all_reduces_too(two):
     """The device step with FlatAdam (what a CUDA graph captures, the all-reduce inside it), run
     uncaptured on the CPU by 2 processes: the ranks agree bit for bit, and the run is within 1e-6
     of the same step in one process."""
-    from specc.run import load_spec
+    from specc.training.run import load_spec
 
     (two / "flat_w").mkdir(exist_ok=True)
     cmd = torchrun(2, str(ROOT / "tests" / "ddp_worker.py"), "ddp.spec", "flat", str(two / "flat_w"), "--flat",
@@ -249,7 +249,7 @@ def test_the_flat_update_of_the_captured_step_all_reduces_too(two):
     assert done.returncode == 0, done.stderr[-3000:]
     w0, w1 = (load_file(two / "flat_w" / f"rank{r}.safetensors") for r in (0, 1))
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    from specc.run import train_run
+    from specc.training.run import train_run
 
     spec, _ = load_spec(two / "ddp.spec")
     one = train_run(spec, two / "flat_one", "cpu", quiet=True, threads=1, device_step="flat").model.state_dict()
@@ -347,7 +347,7 @@ def test_sigterm_to_one_rank_stops_both_and_resume_equals_an_uninterrupted_run(t
     assert all(torch.equal(final[k], straight[k]) for k in straight)
 
     # the same checkpoint resumed by one process: the same batches, so within 1e-6
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     spec, _ = load_spec(folder / "ddp.spec")
     train_run(spec, folder / "stopped_one", "cpu", quiet=True, resume=True, threads=1)
@@ -533,7 +533,7 @@ def test_a_collective_timeout_outside_its_range_is_a_usage_error(value, monkeypa
     shown = value if len(value) <= 40 else value[:37] + "..."
     words = f"SPECC_DIST_TIMEOUT={shown!r}: expected a number of seconds from 1 to 1e9 (unset: 600)"
     assert str(refused.value) == words
-    from specc.cli import main
+    from specc.commands.cli import main
 
     for k, v in {**LAUNCHED, "SPECC_DIST_TIMEOUT": value}.items():
         monkeypatch.setenv(k, v)
@@ -548,7 +548,7 @@ def test_a_collective_timeout_in_range_is_taken():
 
 
 def test_a_batch_that_does_not_divide_is_refused_with_the_numbers(folder, monkeypatch, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     monkeypatch.chdir(folder)
     for k, v in {"WORLD_SIZE": "3", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from helpers import ROOT
-from specc import ast
-from specc.check import DATA_SETTINGS, LOSSES, METRICS, SIGNATURES, TRAIN_SETTINGS
-from specc.spec import PROCS
-from specc.parse import parse, read_source
-from specc.run import load_spec
+from specc.language import ast
+from specc.language.check import DATA_SETTINGS, LOSSES, METRICS, SIGNATURES, TRAIN_SETTINGS
+from specc.language.parse import parse, read_source
+from specc.language.spec import PROCS
+from specc.training.run import load_spec
 
 DOCS = [ROOT / "docs" / "language.md", ROOT / "README.md"]
 

@@ -93,7 +93,7 @@ def test_model_runs_with_onnxruntime_and_numpy_alone(tiny, tmp_path):
 
 
 def test_io_binding_gives_the_same_outputs(tiny):
-    from specc.infer import Session
+    from specc.inference.infer import Session
 
     spec, prepared, model = _trained(tiny)
     session = Session(to_onnx(spec, model, prepared.vocabs).SerializeToString(), device="cpu")
@@ -132,7 +132,7 @@ def _lookup_model(vocab):
 ])
 def test_integer_lookup_maps_every_id_and_unseen_ones_to_zero(ids, table):
     from specc.data.prepare import Vocab
-    from specc.infer import Session
+    from specc.inference.infer import Session
 
     vocab = Vocab("id", ids, (1,) * len(ids), True)
     model = _lookup_model(vocab)
@@ -151,7 +151,7 @@ def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, t
     """Whole-number ids dense enough for a table are looked up by plain ops, so on the GPU they are
     bound on the device; the LabelEncoder (a CPU kernel whatever the provider) reads its ids from
     host memory, with no round trip."""
-    from specc.infer import _lookup_inputs
+    from specc.inference.infer import _lookup_inputs
 
     spec, prepared, model = _trained(tiny)
     proto = to_onnx(spec, model, prepared.vocabs)

@@ -4,8 +4,8 @@ fastai 2 recipe it names gives fastai 2's schedule."""
 import pytest
 
 from helpers import prepared_spec
-from specc.cli import main
-from specc.summary import describe
+from specc.commands.cli import main
+from specc.language.summary import describe
 
 FASTAI1 = ("defaults: fastai 1's, the seed's (torch's OneCycleLR and AdamW have the same): pct_start=0.3, "
            "final_div=1e4 (the lr ends at peak / 250000), adam eps=1e-8\n"
@@ -52,7 +52,7 @@ def test_the_note_names_only_the_defaults_in_use(tiny):
 
 def test_the_named_recipes_give_fastai_1s_and_fastai_2s_schedules(tiny):
     # fastai 2: combined_cos(0.25, lr_max/25, lr_max, lr_max/1e5); fastai 1: pct 0.3, end lr_max/(25*1e4).
-    from specc.optim import simulate_schedules
+    from specc.training.optim import simulate_schedules
 
     peak = 1e-2
     for sets, pct, end in (((), 0.3, peak / 25 / 1e4), (FASTAI2, 0.25, peak / 1e5)):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from helpers import StopAt, prepared_spec, roundtrip
 
-from specc.optim import schedule_tables
-from specc.run import load_spec
-from specc.spec import Adam, FitOneCycle
-from specc.train import Interrupted, pick_device, train
+from specc.language.spec import Adam, FitOneCycle
+from specc.training.loop import Interrupted, pick_device, train
+from specc.training.optim import schedule_tables
+from specc.training.run import load_spec
 
 
 def test_schedule_tables_are_torchs_one_cycle():
@@ -51,7 +51,7 @@ def test_device_step_stops_and_resumes_into_the_plain_loop(tiny, tmp_path, kind)
 
 
 def test_device_step_needs_adam(tiny, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     assert main(["train", str(tiny), "--device-step", "--set", "train.optimizer=sgd()"]) == 2
     assert capsys.readouterr().err == "specc: error: --device-step needs the Adam optimizer (adam or adamw)\n"
@@ -60,7 +60,7 @@ def test_device_step_needs_adam(tiny, capsys):
 def test_flat_adam_matches_torchs_adamw_with_a_moving_schedule():
     """FlatAdam (the captured step's update) against torch's fused AdamW, three groups, lr and
     beta1 changed at every step as one-cycle does; the state stays in torch's entries, as views."""
-    from specc.fastpath import FlatAdam
+    from specc.training.fastpath import FlatAdam
 
     gen = torch.Generator().manual_seed(0)
     shapes = [[(7, 3), (5,)], [(4, 4)], [(9, 2), (3,)]]
@@ -98,7 +98,7 @@ def test_flat_adam_one_step_by_hand():
     """One step on one weight, every number written out: w=1, g=0.5, lr=0.1, beta1=0.9, beta2=0.99,
     eps=1e-8, wd=0.1. Decay: 1 - 0.1*0.1 = 0.99. m = 0.05, v = 0.0025; corrected m^ = 0.5, v^ = 0.25;
     w = 0.99 - 0.1 * 0.5 / (0.5 + 1e-8) = 0.89 (to 1e-8)."""
-    from specc.fastpath import FlatAdam
+    from specc.training.fastpath import FlatAdam
 
     w = torch.nn.Parameter(torch.tensor([1.0]))
     opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, fused=True)
@@ -113,8 +113,8 @@ def test_flat_adam_one_step_by_hand():
 
 @pytest.mark.parametrize("spec_path", ["specs/collab.spec", "specs/collab_nn.spec"])
 def test_gather_rows_graph_gives_the_embeddings_values_and_gradients(spec_path):
-    from specc.fastpath import gather_rows_graph
-    from specc.train import build_model, to_tensors
+    from specc.training.fastpath import gather_rows_graph
+    from specc.training.loop import build_model, to_tensors
 
     spec, prepared, _ = prepared_spec(spec_path, [])
     model = build_model(spec, prepared)
@@ -148,7 +148,7 @@ def test_device_step_with_the_flat_update_trains_to_the_plain_loops_weights(tiny
 
 
 def test_graph_reason():
-    from specc.fastpath import graph_reason
+    from specc.training.fastpath import graph_reason
 
     spec, _ = load_spec("specs/collab.spec", [])
     assert graph_reason(spec, torch.device("cpu")) == "CUDA graphs need a CUDA device"
@@ -158,7 +158,7 @@ def test_graph_reason():
 
 
 def test_graph_is_refused_off_cuda_and_no_graph_trains_plain(tiny, tmp_path, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=1"])
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):

@@ -8,14 +8,14 @@ import pytest
 import torch
 from helpers import StopAt, mnist_subset, prepared_spec, roundtrip
 
-from specc.cli import main
-from specc.diagnostics import SpecError
-from specc.lrfind import lr_find, valley
-from specc.plan import group_lrs
-from specc.run import load_spec
-from specc.optim import make_optimizer, make_scheduler
-from specc.spec import LRSlice
-from specc.train import build_model, pick_device, train
+from specc.commands.cli import main
+from specc.language.diagnostics import SpecError
+from specc.language.spec import LRSlice
+from specc.model.plan import group_lrs
+from specc.training.loop import build_model, pick_device, train
+from specc.training.lrfind import lr_find, valley
+from specc.training.optim import make_optimizer, make_scheduler
+from specc.training.run import load_spec
 
 SPEC = """\
 data {{
@@ -72,7 +72,7 @@ def test_the_plan_gives_each_group_its_rate_and_freezes(tmp_path, digits):
 
 def test_one_cycle_gives_each_group_its_own_peak():
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
-    from specc.spec import Adam, FitOneCycle
+    from specc.language.spec import Adam, FitOneCycle
 
     fit = FitOneCycle(1, LRSlice(1e-4, 1e-2))
     opt = make_optimizer(Adam(), [([a], 1e-4), ([b], 1e-2)])
@@ -187,15 +187,15 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, digits):
     losses = [r.valid_loss for r in history.records]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert len(losses) < 12 and len(losses) == best + 3  # two epochs without improvement, then stop
-    from specc.metrics import evaluate
-    from specc.train import to_tensors
+    from specc.training.loop import to_tensors
+    from specc.training.metrics import evaluate
 
     valid = to_tensors(prepared.valid, torch.device("cpu"))
     assert evaluate(spec, model, valid, valid["y"])["loss"] == pytest.approx(losses[best], rel=1e-6)
 
 
 def test_stages_resume_bit_identically(tmp_path, digits):
-    from specc.train import Interrupted
+    from specc.training.loop import Interrupted
 
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
     whole, _ = train(spec, prepared, plan, pick_device("cpu"))
@@ -238,7 +238,7 @@ def test_a_stage_that_freezes_everything_or_unknown_groups(tmp_path, digits):
 
 
 def test_resume_at_a_stage_boundary(tmp_path, digits):
-    from specc.checkpoint import from_safetensors, to_safetensors
+    from specc.training.checkpoint import from_safetensors, to_safetensors
 
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
     whole, _ = train(spec, prepared, plan, pick_device("cpu"))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers import EXAMPLES, ROOT
-from specc.spec import ImagesSource
 from specc.data.prepare import prepare
-from specc.run import load_spec
+from specc.language.spec import ImagesSource
+from specc.training.run import load_spec
 
 SAMPLE = ROOT / "specs" / "data" / "adult_sample.data"
 SHARED_ADULT = ROOT.parent / "shared" / "data" / "adult" / "adult.data"  # README: ../shared beside the clone

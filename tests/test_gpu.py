@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import StopAt, prepared_spec, roundtrip
 
-from specc.train import Interrupted, pick_device, train
+from specc.training.loop import Interrupted, pick_device, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -56,7 +56,7 @@ FEED = {"user": np.arange(4096, dtype=np.int64) % 950, "item": (np.arange(4096, 
 @pytest.fixture(scope="module")
 def collab_run(tmp_path_factory):
     """specs/collab.spec trained on the GPU by the CLI, once for the tests below."""
-    from specc.cli import main
+    from specc.commands.cli import main
 
     out = tmp_path_factory.mktemp("collab") / "run"
     assert main(["train", "specs/collab.spec", "--device", "cuda", "--out", str(out), "--quiet"]) == 0
@@ -64,7 +64,7 @@ def collab_run(tmp_path_factory):
 
 
 def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(collab_run):
-    from specc.infer import Session
+    from specc.inference.infer import Session
 
     assert json.loads((collab_run / "run.json").read_text())["loop"] == "cuda-graph"
     gpu, cpu = Session(collab_run / "model.onnx", device="cuda"), Session(collab_run / "model.onnx", device="cpu")
@@ -80,7 +80,7 @@ def test_exported_collab_model_runs_wholly_on_the_cuda_provider(collab_run):
     fallback to the CPU provider turned off, the session still builds, and runs from device buffers."""
     import onnxruntime as ort
 
-    from specc.infer import Session
+    from specc.inference.infer import Session
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider")

@@ -20,9 +20,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.images import FORMATS, cache_dir, decode, list_folder, load_images
-from specc.run import load_spec
+from specc.training.run import load_spec
 
 SPEC = """\
 data {{
@@ -615,6 +615,12 @@ def test_a_tree_of_folders_deeper_than_pythons_recursion_is_listed(tmp_path, cap
         deep /= "d"
         deep.mkdir()
     write_png(deep / "9.png", 9)
-    source = load_spec(spec_over(tmp_path, root))[0].data.source
-    assert f"a/{'d/' * depth}9.png" in [f.relative for f in list_folder(source).files]
-    assert len(list(csv.DictReader(io.StringIO(passed(capsys, "predict", model, root))))) == 9
+    try:
+        source = load_spec(spec_over(tmp_path, root))[0].data.source
+        assert f"a/{'d/' * depth}9.png" in [f.relative for f in list_folder(source).files]
+        assert len(list(csv.DictReader(io.StringIO(passed(capsys, "predict", model, root))))) == 9
+    finally:  # bottom up, one folder at a time: pytest's clean-up (shutil.rmtree) recurses and would fail
+        (deep / "9.png").unlink()
+        while deep != root / "a":
+            deep.rmdir()
+            deep = deep.parent

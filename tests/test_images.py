@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.images import cache_dir, list_folder, load_images
 from specc.data.prepare import prepare
-from specc.diagnostics import DataError, SpecError
-from specc.run import load_spec
+from specc.language.diagnostics import DataError, SpecError
+from specc.training.run import load_spec
 
 SPEC = """\
 data {{

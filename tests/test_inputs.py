@@ -16,11 +16,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from helpers import MNIST_SAMPLE, ROOT, collab_over, collab_spec, copy_ratings, mnist_subset, ratings_rows
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.prepare import prepare, Vocab
-from specc.diagnostics import SpecError
-from specc.infer import Session
-from specc.run import load_spec
+from specc.inference.infer import Session
+from specc.language.diagnostics import SpecError
+from specc.training.run import load_spec
 
 HEADERLESS = ('csv("u.data", delimiter="\\t", header=false, columns=[user, item, rating, timestamp])')
 
@@ -685,7 +685,7 @@ def test_unreadable_data_file(tmp_path, capsys):
 
 def _wsgi_predict(model: Path, body: dict) -> dict:
     """specc serve's answer to POST /predict, from its WSGI app in-process, its floats kept as the texts it wrote."""
-    from specc.serve import App
+    from specc.inference.serve import App
 
     app = App(Session(model, device="cpu"), model.name)
     data = json.dumps(body).encode()
@@ -747,7 +747,7 @@ def test_predict_keeps_a_column_named_as_the_target(people, tmp_path, capsys):
 def test_onnxruntime_writes_nothing_under_the_home_folder(collab, ratings_dir, tmp_path):
     """onnxruntime (1.29 on) writes a device id and a SQLite file under ~/.cache/Microsoft/DeveloperTools
     from a process that loads it, unless ORT_DISABLE_TELEMETRY=1: specc sets it, a user's own value wins."""
-    probe = ("import sys; from specc.cli import main; "
+    probe = ("import sys; from specc.commands.cli import main; "
              "sys.exit(main(['predict', sys.argv[1], sys.argv[2], '--out', 'p.csv']) "
              "or main(['evaluate', sys.argv[1], sys.argv[2]]))")
 

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from helpers import EXAMPLES, ROOT
-from specc.lower import lower
-from specc.sized import Sizes, size_model
-from specc.run import load_spec
+from specc.model.lower import lower
+from specc.model.sized import Sizes, size_model
+from specc.training.run import load_spec
 
 COLLAB = ROOT / "specs" / "collab.spec"
 
@@ -80,7 +80,7 @@ def test_embeddings_start_small():
 
 
 def test_a_runtime_error_names_the_spec_line_of_the_value_that_failed():
-    from specc.metrics import batch_loss
+    from specc.training.metrics import batch_loss
 
     spec, _ = load_spec(ROOT / "specs" / "mnist_mlp.spec")
     model = lower(size_model(spec.model, Sizes({}, classes=10)))
@@ -95,8 +95,8 @@ def test_values_named_as_torch_module_attributes_or_keywords_train_export_and_in
     # A spec may name a value anything check accepts; torch's module has `half`, `train`, `graph`...
     # and fx's code cannot write `self.class`: such a value's weights sit under the name with `_`
     # appended, clear of a value the spec itself calls `half_`.
-    from specc.cli import main
-    from specc.lower import attribute_names
+    from specc.commands.cli import main
+    from specc.model.lower import attribute_names
 
     assert attribute_names(["half", "half_", "class", "u", "graph"]) == {
         "half": "half__", "half_": "half_", "class": "class_", "u": "u", "graph": "graph_"}

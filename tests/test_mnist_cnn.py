@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import MNIST_SAMPLE, ROOT
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.prepare import prepare
-from specc.evaluate import evaluate_file
-from specc.run import load_spec
-from specc.sized import sized_model
-from specc.train import build_model
+from specc.inference.evaluate import evaluate_file
+from specc.model.sized import sized_model
+from specc.training.loop import build_model
+from specc.training.run import load_spec
 
 SPEC = ROOT / "specs" / "mnist_cnn.spec"
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from helpers import ROOT, StopAt, collab_spec, copy_ratings, prepared_spec, roundtrip
 
-from specc.checkpoint import check_fits
-from specc.diagnostics import DataError, SpecError
-from specc.metrics import EpochRecord, better
-from specc.optim import make_optimizer, make_scheduler, schedule_tables
-from specc.run import load_spec
-from specc.train import EarlyStopping, Interrupted, pick_device, train
+from specc.language.diagnostics import DataError, SpecError
+from specc.training.checkpoint import check_fits
+from specc.training.loop import EarlyStopping, Interrupted, pick_device, train
+from specc.training.metrics import EpochRecord, better
+from specc.training.optim import make_optimizer, make_scheduler, schedule_tables
+from specc.training.run import load_spec
 
 
 def _quadratic_steps(optimizer, p, steps: int) -> list[float]:
@@ -93,7 +93,7 @@ def test_a_tie_in_early_stopping_is_not_an_improvement(monitor):
     """Mutant: a tie counted as an improvement (`<=` for `<`, `>=` for `>`). An epoch that only
     equals the best one waits; with patience 2, two ties stop the stage, and the weights kept are
     the first best epoch's."""
-    from specc.spec import EarlyStop
+    from specc.language.spec import EarlyStop
 
     higher = monitor == "accuracy"
     assert not better(monitor, 0.5, 0.5)
@@ -140,7 +140,7 @@ def test_avg_pool_with_padding_exports_as_torch_computes_it(tmp_path):
     is 4/9 by hand; onnxruntime must give what torch does."""
     from specc.data.prepare import prepare
     from specc.export import parity, parity_rows, to_onnx
-    from specc.train import build_model
+    from specc.training.loop import build_model
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "pool.npz", img=rng.uniform(0, 255, (40, 1, 5, 5)).astype(np.float32),
@@ -217,7 +217,7 @@ def test_tabular_dropout_is_below_one(tmp_path):
                                              ("rmsprop(momentum=0.5)", (0.95, 0.85, 0.95)),
                                              ("adam()", (0.95, 0.85, 0.95))])
 def test_the_schedule_tables_are_the_live_optimizer_s_rates_and_momenta(ratings_dir, tmp_path, optimizer, moms):
-    """Mutants left by a mutmut run over specc/optim.py: the tables the device step and `specc show
+    """Mutants left by a mutmut run over specc/training/optim.py: the tables the device step and `specc show
     --stage plan` read take SGD's and RMSProp's momentum (not only Adam's beta1), and hold the
     learning rates in float64, as torch's scheduler gives them to the plain loop."""
     copy_ratings(ratings_dir, tmp_path)

@@ -1,4 +1,4 @@
-"""The op registry's coverage: every op of specc.ops has a lowering and an export translation, and
+"""The op registry's coverage: every op of specc.model.ops has a lowering and an export translation, and
 one spec that uses every op (built from each op's own example line) lowers, exports at its
 initial weights and runs through onnxruntime as torch does. A missing translation fails here,
 not after a training run."""
@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from specc import ops
 from specc.data.prepare import prepare
 from specc.export import parity, parity_rows, to_onnx
 from specc.export import ops as export_ops
-from specc.lower import LOWERINGS
-from specc.run import load_spec
-from specc.sized import sized_model
-from specc.train import build_model
+from specc.model import ops
+from specc.model.lower import LOWERINGS
+from specc.model.sized import sized_model
+from specc.training.loop import build_model
+from specc.training.run import load_spec
 
-# The context every example may read (see specc/ops/layers.py): c, a, img and h; the last lines
+# The context every example may read (see specc/model/ops/layers.py): c, a, img and h; the last lines
 # use the arithmetic ops and a 2-d batchnorm, and fill_missing and normalize make the input and missing ops' procs
 # (the parity rows hold a missing `a`: an npz file cannot).
 COVERAGE = """\
@@ -129,7 +129,7 @@ def test_leaky_relu_by_hand(tmp_path):
 def test_leaky_relu_slope_out_of_range(tmp_path):
     path = tmp_path / "bad.spec"
     path.write_text(LEAKY.replace("leaky_relu(0.25)", "leaky_relu(1.5)"))
-    from specc.diagnostics import SpecError
+    from specc.language.diagnostics import SpecError
 
     with pytest.raises(SpecError) as err:
         load_spec(path)

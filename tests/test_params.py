@@ -6,9 +6,9 @@ import json
 import pytest
 
 from helpers import ROOT, copy_ratings
-from specc.cli import main
-from specc.diagnostics import SpecError
-from specc.run import load_spec
+from specc.commands.cli import main
+from specc.language.diagnostics import SpecError
+from specc.training.run import load_spec
 
 SPEC = """\
 params {{

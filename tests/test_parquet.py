@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT, collab_spec, trained
 
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.prepare import prepare
-from specc.diagnostics import DataError, SpecError
-from specc.run import load_spec
+from specc.language.diagnostics import DataError, SpecError
+from specc.training.run import load_spec
 
 FIXTURES = ROOT / "tests" / "data" / "parquet"
 
@@ -439,7 +439,7 @@ def test_check_reads_no_torch_and_show_data_reads_parquet(tmp_path):
     pq.write_table(pa.table({"user": [1, 2, 3, 4, 5], "item": [1, 2, 1, 2, 1], "rating": [1.0, 2, 3, 4, 5]}),
                    tmp_path / "t.parquet")
     path = spec_over(tmp_path, 'parquet("t.parquet")')
-    code = ("import sys; from specc.cli import main; rc = main(['check', sys.argv[1]]); "
+    code = ("import sys; from specc.commands.cli import main; rc = main(['check', sys.argv[1]]); "
             "print(rc, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.stdout.splitlines()[-1] == "0 False", done.stderr

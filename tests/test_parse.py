@@ -1,8 +1,8 @@
 """Parsing: text -> syntax tree, with spans."""
 
-from specc import ast
-from specc.parse import parse, parse_expr
-from specc.source import Source
+from specc.language import ast
+from specc.language.parse import parse, parse_expr
+from specc.language.source import Source
 
 
 def _one(text: str):
@@ -63,7 +63,7 @@ def test_parse_expr_spans_point_into_the_override_text():
 
 def test_byte_order_mark_and_old_mac_line_endings_are_accepted():
     from helpers import ROOT
-    from specc.run import load_spec
+    from specc.training.run import load_spec
 
     for name in ("utf8_bom.spec", "cr_line_endings.spec"):
         spec, _ = load_spec(ROOT / "tests" / "data" / name)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from helpers import mnist_spec, prepared_spec
 
-from specc.metrics import batch_loss
-from specc.run import load_spec, train_run
-from specc.train import build_model, pick_device, train
+from specc.training.loop import build_model, pick_device, train
+from specc.training.metrics import batch_loss
+from specc.training.run import load_spec, train_run
 
 
 def test_the_default_is_fp32_and_bf16_is_a_setting(tmp_path):

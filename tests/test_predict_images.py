@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.images import decode
-from specc.infer import predict_file
+from specc.inference.infer import predict_file
 
 SPEC = """\
 data {{

@@ -12,8 +12,8 @@ import torch
 from helpers import StopAt, prepared_spec, roundtrip
 from safetensors.numpy import load_file
 
-from specc.runfolder import atomic_write
-from specc.train import Interrupted, pick_device, train
+from specc.training.loop import Interrupted, pick_device, train
+from specc.training.runfolder import atomic_write
 
 
 @pytest.mark.parametrize("sets", [["train.fit.epochs=3"],
@@ -69,7 +69,7 @@ def test_ctrl_c_then_resume_from_the_command_line(tiny, tmp_path):
 
 
 def test_resume_refuses_another_spec(tiny, tmp_path, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     run = tmp_path / "run"
     assert main(["train", str(tiny), "--out", str(run), "--quiet", "--set", "train.fit.epochs=1"]) == 0
@@ -80,7 +80,7 @@ def test_resume_refuses_another_spec(tiny, tmp_path, capsys):
 WRITER = r"""
 import sys
 from pathlib import Path
-from specc.runfolder import atomic_write
+from specc.training.runfolder import atomic_write
 atomic_write(Path(sys.argv[1]), b"x" * (1 << 30))  # a gigabyte: killed long before it is done
 """
 

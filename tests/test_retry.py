@@ -14,11 +14,11 @@ import textwrap
 import pytest
 from helpers import ROOT
 
-from specc.cli import main
-from specc.diagnostics import DataError
-from specc.run import load_spec, train_run
-from specc.runfolder import CHECKPOINT, RunFolder, inspect_folder
-from specc.tracking import EVENTS
+from specc.commands.cli import main
+from specc.language.diagnostics import DataError
+from specc.training.run import load_spec, train_run
+from specc.training.runfolder import CHECKPOINT, RunFolder, inspect_folder
+from specc.training.tracking import EVENTS
 
 ONE = ["--set", "train.fit.epochs=1"]
 
@@ -199,7 +199,7 @@ def test_a_replaceable_run_in_use_by_another_command_is_refused(tiny, tmp_path, 
 
 PROBE = textwrap.dedent("""\
     import json, sys
-    from specc.cli import main
+    from specc.commands.cli import main
     codes = [main(argv) for argv in json.loads(sys.argv[1])]
     print(json.dumps({"codes": codes, "torch": "torch" in sys.modules}))
 """)

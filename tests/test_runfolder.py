@@ -16,13 +16,13 @@ import torch
 from helpers import StopAt, prepared_spec
 from safetensors.torch import load_file, save
 
-from specc.checkpoint import from_safetensors, to_safetensors
-from specc.cli import main
-from specc.diagnostics import DataError, UsageError
-from specc.run import checkpoint_metadata
-from specc.runfolder import LOCK, RUN_FILES, RunFolder, WriteError, atomic_write, inspect_folder
-from specc.tracking import EVENTS
-from specc.train import Interrupted, pick_device, train
+from specc.commands.cli import main
+from specc.language.diagnostics import DataError, UsageError
+from specc.training.checkpoint import from_safetensors, to_safetensors
+from specc.training.loop import Interrupted, pick_device, train
+from specc.training.run import checkpoint_metadata
+from specc.training.runfolder import LOCK, RUN_FILES, RunFolder, WriteError, atomic_write, inspect_folder
+from specc.training.tracking import EVENTS
 
 ONE = ["--set", "train.fit.epochs=1"]
 FIND = ["--set", "train.fit=fit_one_cycle(epochs=1, lr=find)"]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from helpers import ROOT
-from specc.cli import main
-from specc.check import check
-from specc.diagnostics import SpecError
-from specc.parse import parse
-from specc.source import Source
+from specc.commands.cli import main
+from specc.language.check import check
+from specc.language.diagnostics import SpecError
+from specc.language.parse import parse
+from specc.language.source import Source
 
 PACKAGE = ROOT / "specc"
 
@@ -98,7 +98,7 @@ def test_run_folder_holds_safetensors_not_pickles(tiny, tmp_path):
 
 def test_arrays_with_python_objects_are_refused(tmp_path):
     from specc.data.prepare import read_npz
-    from specc.spec import Column, NpzSource
+    from specc.language.spec import Column, NpzSource
 
     path = tmp_path / "evil.npz"
     np.savez(path, x=np.array([object(), object()], dtype=object), y=np.array([1, 2]))

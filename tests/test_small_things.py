@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from helpers import EXAMPLES, ROOT, collab_spec, copy_ratings, mnist_spec, prepared_spec
-from specc.train import Progress, torch_threads
+from specc.training.loop import Progress, torch_threads
 
 
 # --------------------------------------------------------------------------- exported models
@@ -22,7 +22,7 @@ from specc.train import Progress, torch_threads
 def _example_path(path: Path, tmp_path: Path) -> Path:
     """The example spec to read: a fine-tuning spec in a copy of specs/ beside the pretrain run its
     `init` reads, trained for an epoch (on a few rows)."""
-    from specc.cli import main
+    from specc.commands.cli import main
 
     pretrain = {"finetune.spec": "finetune_pretrain", "digits_finetune.spec": "digits_pretrain"}.get(path.name)
     if pretrain is None:
@@ -46,8 +46,8 @@ def test_every_initializer_of_an_exported_example_is_read_by_a_node(path, tmp_pa
     import torch
 
     from specc.export import to_onnx
-    from specc.lower import lower
-    from specc.sized import sized_model
+    from specc.model.lower import lower
+    from specc.model.sized import sized_model
 
     spec, prepared, _ = prepared_spec(_example_path(path, tmp_path))
     torch.manual_seed(0)  # the graph is what is checked here, not the weights: no training needed
@@ -65,8 +65,8 @@ def test_exported_tabular_model_loads_without_onnxruntime_warnings(tmp_path):
     import torch
 
     from specc.export import to_onnx
-    from specc.lower import lower
-    from specc.sized import sized_model
+    from specc.model.lower import lower
+    from specc.model.sized import sized_model
 
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "adult.spec")
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_version_prints_the_package_version(capsys):
     from importlib import metadata
 
     from specc import __version__
-    from specc.cli import main
+    from specc.commands.cli import main
 
     try:
         expected = metadata.version("specc")
@@ -108,7 +108,8 @@ def test_version_falls_back_to_the_source_tree_and_agrees_with_pyproject(monkeyp
     import tomllib
     from importlib import metadata
 
-    from specc import __version__, cli
+    from specc import __version__
+    from specc.commands import cli
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
@@ -125,8 +126,8 @@ def _mnist_spec(tmp_path, width, batch):
 
 
 def test_multiply_adds_a_step_by_hand(tmp_path):
-    from specc.sized import sized_model
-    from specc.train import SMALL_STEP, default_threads, step_multiply_adds
+    from specc.model.sized import sized_model
+    from specc.training.loop import SMALL_STEP, default_threads, step_multiply_adds
 
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "mnist_mlp.spec")
     # 784 -> 100 -> 10 at batch 64: 64 * (784 * 100 + 100 * 10)
@@ -142,7 +143,7 @@ def test_multiply_adds_a_step_by_hand(tmp_path):
 
     import torch
 
-    from specc.train import TORCH_THREADS
+    from specc.training.loop import TORCH_THREADS
 
     assert default_threads(spec, prepared) == TORCH_THREADS
     with torch_threads(1):  # what the process set since does not count
@@ -158,14 +159,14 @@ CONVNETS = {"digits_pretrain.spec", "digits_finetune.spec"}
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.name not in {"finetune.spec", *CONVNETS}],
                          ids=lambda p: p.stem)
 def test_every_example_is_small_enough_for_one_thread(path):
-    from specc.train import default_threads
+    from specc.training.loop import default_threads
 
     assert default_threads(*prepared_spec(path)[:2]) == 1
 
 
 def test_a_convnet_example_takes_torchs_threads():
-    from specc.sized import sized_model
-    from specc.train import SMALL_STEP, TORCH_THREADS, default_threads, step_multiply_adds
+    from specc.model.sized import sized_model
+    from specc.training.loop import SMALL_STEP, TORCH_THREADS, default_threads, step_multiply_adds
 
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "digits_pretrain.spec")
     # per image: 32 x 1 x 9 x 28 x 28 + 64 x 32 x 9 x 14 x 14 + 3136 x 128 + 128 x 10
@@ -193,7 +194,7 @@ class ThreadsSeen(io.StringIO):
 def test_training_runs_with_the_thread_count_and_records_it(tiny, tmp_path, given):
     import torch
 
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     before = torch.get_num_threads()
     out = ThreadsSeen()
@@ -209,7 +210,7 @@ def test_training_runs_with_the_thread_count_and_records_it(tiny, tmp_path, give
 
 
 def test_threads_on_the_command_line(tiny, tmp_path, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     for bad in ("0", "-1", "two", "1.5"):
         assert main(["train", str(tiny), "--threads", bad]) == 2
@@ -233,15 +234,15 @@ class Terminal(io.StringIO):
 
 
 def test_duration_by_hand():
-    from specc.train import duration
+    from specc.training.loop import duration
 
     assert [duration(s) for s in (0.04, 12.34, 59.94, 59.96, 245, 3599.4, 3725)] == [
         "0.0 s", "12.3 s", "59.9 s", "1 min 00 s", "4 min 05 s", "59 min 59 s", "1 h 02 min"]
 
 
 def test_live_line_waits_two_seconds_then_updates_a_few_times_a_second():
-    from specc.metrics import EpochRecord
-    from specc.train import Progress
+    from specc.training.loop import Progress
+    from specc.training.metrics import EpochRecord
 
     out = Terminal()
     progress = Progress(("rmse",), out=out)
@@ -264,7 +265,7 @@ def test_live_line_waits_two_seconds_then_updates_a_few_times_a_second():
 
 
 def test_no_live_line_when_the_output_is_not_a_terminal():
-    from specc.train import Progress, torch_threads
+    from specc.training.loop import Progress, torch_threads
 
     progress = Progress(("rmse",), out=io.StringIO())
     assert not progress.live and not progress.due(1e9)
@@ -282,7 +283,7 @@ def test_live_line_shows_the_smoothed_loss_of_each_step(tiny, device_step):
 
     import torch
 
-    from specc.train import train
+    from specc.training.loop import train
 
     spec, prepared, plan = prepared_spec(tiny)
     progress = EveryStep(spec.train.metrics, out=Terminal())
@@ -301,7 +302,7 @@ def test_live_line_shows_the_smoothed_loss_of_each_step(tiny, device_step):
 
 
 def test_a_log_gets_the_table_and_the_total_time_and_nothing_else(tiny, tmp_path):
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     out = io.StringIO()
     spec, _ = load_spec(tiny)
@@ -318,8 +319,8 @@ def test_a_log_gets_the_table_and_the_total_time_and_nothing_else(tiny, tmp_path
 # --------------------------------------------------------------------------- lr-find on a flat curve
 
 def test_smoothing_noise_is_the_root_of_the_summed_squared_weights():
-    from specc.lrfind import smoothing_noise
-    from specc.metrics import SMOOTH_BETA
+    from specc.training.lrfind import smoothing_noise
+    from specc.training.metrics import SMOOTH_BETA
 
     for n in (1, 2, 10, 100, 1000):
         weights = [(1 - SMOOTH_BETA) * SMOOTH_BETA ** (n - i) / (1 - SMOOTH_BETA ** n) for i in range(1, n + 1)]
@@ -329,13 +330,13 @@ def test_smoothing_noise_is_the_root_of_the_summed_squared_weights():
 
 
 def _curve(raw):
-    from specc.metrics import smooth
+    from specc.training.metrics import smooth
 
     return list(raw), smooth(np.asarray(raw, dtype=float))[0].tolist()
 
 
 def test_flat_and_falling_synthetic_curves():
-    from specc.lrfind import is_flat, suggest
+    from specc.training.lrfind import is_flat, suggest
 
     lrs = [1e-7 * 10 ** (k / 12.375) for k in range(100)]
     keep = range(10, 95)
@@ -361,7 +362,7 @@ def test_flat_and_falling_synthetic_curves():
 
 
 def test_lr_find_on_real_curves(tmp_path, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     spec = ROOT / "specs" / "mnist_logistic.spec"
     # the whole default range: the loss falls from 2.3 and then runs away
@@ -379,7 +380,7 @@ def test_lr_find_on_real_curves(tmp_path, capsys):
 
 
 def test_lr_find_stage_note_says_when_the_curve_is_flat(ratings_dir, tmp_path, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     copy_ratings(ratings_dir, tmp_path)
     # the small ratings set at batch 32: 100 single batches barely move the loss

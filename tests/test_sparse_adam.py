@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import StopAt, collab_spec, copy_ratings, prepared_spec, roundtrip
 
-from specc.optim import LazyAdam
-from specc.run import load_spec, train_run
-from specc.summary import describe
-from specc.train import Interrupted, build_model, pick_device, train
+from specc.language.summary import describe
+from specc.training.loop import Interrupted, build_model, pick_device, train
+from specc.training.optim import LazyAdam
+from specc.training.run import load_spec, train_run
 
 
 def test_a_dense_gradient_takes_adamw_s_update_bit_for_bit():
@@ -83,7 +83,7 @@ def test_sparse_adam_stops_and_resumes_to_the_same_weights(ratings_dir, tmp_path
 
 
 def test_sparse_adam_is_refused_in_data_parallel_training(ratings_dir, tmp_path, monkeypatch, capsys):
-    from specc.cli import main
+    from specc.commands.cli import main
 
     copy_ratings(ratings_dir, tmp_path)
     path = collab_spec(tmp_path, optimizer="sparse_adam()")

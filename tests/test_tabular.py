@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from specc.cli import main
+from specc.commands.cli import main
 from specc.data.prepare import column_stats, prepare
 from specc.data.table import read_table
-from specc.diagnostics import DataError, SpecError
-from specc.ops.blocks import emb_size
 from specc.export import parity, parity_rows, to_onnx
-from specc.infer import Session
-from specc.plan import make_plan
-from specc.sized import model_sizes, size_model
-from specc.run import load_spec
-from specc.spec import Column, CsvSource
-from specc.train import pick_device, train
+from specc.inference.infer import Session
+from specc.language.diagnostics import DataError, SpecError
+from specc.language.spec import Column, CsvSource
+from specc.model.ops.blocks import emb_size
+from specc.model.plan import make_plan
+from specc.model.sized import model_sizes, size_model
+from specc.training.loop import pick_device, train
+from specc.training.run import load_spec
 
 SPEC = """\
 data {{

@@ -17,9 +17,9 @@ import pytest
 from helpers import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from specc.cli import main
-from specc.run import load_spec, train_run
-from specc.tracking import EVENTS
+from specc.commands.cli import main
+from specc.training.run import load_spec, train_run
+from specc.training.tracking import EVENTS
 
 
 def events(folder):
@@ -56,7 +56,7 @@ def test_a_run_writes_its_steps_metrics_spec_and_plan(tiny, tmp_path):
 
 
 def test_long_epochs_write_every_kth_step(tiny, tmp_path, monkeypatch):
-    from specc import tracking
+    from specc.training import tracking
 
     monkeypatch.setattr(tracking, "POINTS", 10)  # 75 steps an epoch: every 8th
     spec, _ = load_spec(tiny)

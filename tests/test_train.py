@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import trained
 
-from specc.metrics import smooth
-from specc.optim import DecoupledSGD, make_optimizer, make_scheduler
-from specc.run import load_spec
-from specc.spec import SGD, Adam
+from specc.language.spec import SGD, Adam
+from specc.training.metrics import smooth
+from specc.training.optim import DecoupledSGD, make_optimizer, make_scheduler
+from specc.training.run import load_spec
 
 
 def test_smoothed_loss_is_the_debiased_ewma():

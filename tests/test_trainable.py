@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from helpers import collab_spec, mnist_spec
-from specc.cli import main
-from specc.diagnostics import Diagnostic, SpecError
-from specc.plan import machine_memory, make_plan, training_bytes
-from specc.run import load_spec
+from specc.commands.cli import main
+from specc.language.diagnostics import Diagnostic, SpecError
+from specc.model.plan import machine_memory, make_plan, training_bytes
+from specc.training.run import load_spec
 
 def _mnist(tmp_path, rows=200, batch=20, epochs=1, pct=0.3):
     return mnist_spec(tmp_path, body="linear(16) |> batchnorm |> relu", batch=batch, train_rows=rows,
@@ -114,7 +114,7 @@ def test_show_plan_of_two_billion_epochs_draws_a_shortened_simulation(tiny, tmp_
                  "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from specc.data.prepare import prepare
-    from specc.optim import simulate_schedules
+    from specc.training.optim import simulate_schedules
 
     spec, _ = load_spec(tiny, ["train.fit.epochs=2147483647"])
     plan = make_plan(spec, prepare(spec.data, spec.model.inputs))
@@ -168,9 +168,9 @@ def test_init_from_a_damaged_run_is_reported_at_the_init_line_by_check_and_train
         assert f"{spec}:{line}:1: error[E207]: cannot read {weights}: " in err and reason in err, err
         assert "Traceback" not in err
     # training reads the weights with safetensors itself: a damaged file is the same positioned error
-    from specc.source import Span
-    from specc.spec import InitFrom
-    from specc.train import build_model
+    from specc.language.source import Span
+    from specc.language.spec import InitFrom
+    from specc.training.loop import build_model
 
     loaded, _ = load_spec(_mnist(tmp_path, rows=40, batch=20))
     from specc.data.prepare import prepare

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from helpers import copy_ratings
-from specc import tune
-from specc.cli import main
+from specc.commands import tune
+from specc.commands.cli import main
 
 optuna = pytest.importorskip("optuna")
 
@@ -71,7 +71,7 @@ def _trials(out):
 
 
 def test_a_study_resumes_from_its_sqlite_file_and_writes_the_best_spec(spec, tmp_path, capsys):
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     out = tmp_path / "tune"
     # the command line's range for n_factors replaces the block's; wd is searched from the command line only
@@ -148,7 +148,7 @@ def _pruned_at(pruner, completed: dict[int, list[float]], epochs: int, values: l
                warmup: int = 0) -> list[bool]:
     """Whether `pruner` stops a trial of `epochs` epochs after each epoch, its figures `values`, reported
     at step(done, total), beside completed trials {epochs: [figure after each epoch]} reported the same way."""
-    from specc.tune import report_epoch
+    from specc.commands.tune import report_epoch
 
     study = optuna.create_study(pruner=pruner)  # in memory: the pruner sees only these trials
     for length, curve in completed.items():
@@ -490,7 +490,7 @@ def test_best_spec_checks_to_the_spec_the_set_values_give(tmp_path, ratings_dir,
     """best.spec: the --set values written into the spec's own text, in another folder. It parses to the
     tree --set gives (spec_text checks that), and checks to the very spec the --set values give, its
     relative paths moved (the spec's from the spec's folder, a --set one from the working folder)."""
-    from specc.run import load_spec
+    from specc.training.run import load_spec
 
     copy_ratings(ratings_dir, tmp_path)
     path = tmp_path / "tiny.spec"
@@ -511,7 +511,7 @@ def test_best_spec_checks_to_the_spec_the_set_values_give(tmp_path, ratings_dir,
 def test_best_spec_is_written_when_the_best_trial_set_the_epochs(spec, tmp_path, capsys, key):
     """Searching the fit's epochs (by either spelling, the spec's own value among the choices): best.spec
     is written, checks to the best trial's spec and trains to its figure."""
-    from specc.run import load_spec, train_run
+    from specc.training.run import load_spec, train_run
 
     out = tmp_path / "tune"
     assert main(["tune", str(spec), "--out", str(out), "--trials", "3", "--search", f"{key}=choice(1, 2)",
@@ -540,7 +540,7 @@ def test_an_out_whose_name_is_not_utf8(spec, tmp_path):
 OPEN_AT_ONCE = """\
 import sys, time
 from pathlib import Path
-from specc.tune_storage import open_storage
+from specc.commands.tune_storage import open_storage
 folder = Path(sys.argv[1])
 (folder / f"ready-{sys.argv[2]}").touch()
 while not (folder / "go").exists():

@@ -1,1 +1,2 @@
-"""Data: reading tables, splitting, vocabularies; numpy arrays that train and export consume."""
+"""Data: reading tables, splitting, vocabularies; numpy arrays that train and export consume, and the
+training batches' image augmentation (augment)."""

@@ -15,8 +15,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from specc import codes
-from specc.diagnostics import DataError, Diagnostic, SpecError
+from specc.language import codes
+from specc.language.diagnostics import DataError, Diagnostic, SpecError
 
 NOT_FOUND_NOTE = "a path in a spec is relative to the spec's folder; one given with --set, to the working folder"
 

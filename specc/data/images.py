@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from specc import codes
 from specc.data.files import NOT_FOUND_NOTE, file_kind
-from specc.diagnostics import DataError, Diagnostic, SpecError, os_text, printable
-from specc.spec import ImagesSource
+from specc.language import codes
+from specc.language.diagnostics import DataError, Diagnostic, SpecError, os_text, printable
+from specc.language.spec import ImagesSource
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # compared in lower case
 # Pillow's names of the formats specc reads, the only plugins Image.open tries: never every plugin

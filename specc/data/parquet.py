@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from specc import codes
 from specc.data.files import check_regular, shown_path
 from specc.data.table import shown_names
-from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
-from specc.spec import CATEGORY, Column, ParquetSource
+from specc.language import codes
+from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.language.spec import CATEGORY, Column, ParquetSource
+from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
 ENDINGS = (".parquet", ".parq", ".pq")  # the files of a folder that are read; others are left alone
 INT64_MAX = (1 << 63) - 1

@@ -8,17 +8,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specc import codes
 from specc.data.files import describe_array, first_not_text, load_npz, npz_array
 from specc.data.images import list_folder, load_images
 from specc.data.parquet import ParquetTable, read_parquet
 from specc.data.table import Table, check_finite, read_table
-from specc.diagnostics import DataError, Diagnostic, SpecError, printable, suggest
-from specc.memory import BUDGET_NOTE, budget, data_limit, shown_bytes, too_much_data
-from specc.spec import (
+from specc.language import codes
+from specc.language.diagnostics import DataError, Diagnostic, SpecError, printable, suggest
+from specc.language.spec import (
     CATEGORY, DEFAULT_SPLIT, IMAGE_COLUMN, LABEL_COLUMN, DataSpec, ImagesSource, LastSplit, NpzSource, ParquetSource,
     RandomSplit, RowSplit,
 )
+from specc.model.memory import BUDGET_NOTE, budget, data_limit, shown_bytes, too_much_data
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1

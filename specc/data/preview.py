@@ -10,8 +10,8 @@ import numpy as np
 from specc.data.files import bad_byte, has_surrogates, not_utf8
 from specc.data.prepare import read_images, read_npz, read_parquet_split
 from specc.data.table import _header, _open
-from specc.diagnostics import printable
-from specc.spec import CATEGORY, CsvSource, ImagesSource, ParquetSource, Spec
+from specc.language.diagnostics import printable
+from specc.language.spec import CATEGORY, CsvSource, ImagesSource, ParquetSource, Spec
 
 ROWS = 8
 
@@ -76,7 +76,7 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
     for col in columns:
         side = image_side(col.shape) if col.kind != CATEGORY else None
         if side is not None:
-            from specc.plot import image_grid_png
+            from specc.training.plot import image_grid_png
 
             count = min(36, n_train)
             images = train[col.name][:count]

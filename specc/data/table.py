@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specc import codes
 from specc.data.files import bad_byte, compression, has_surrogates, not_utf8, open_text
-from specc.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.memory import OBJECT_BYTES, TOO_MUCH_DATA, data_limit, shown_bytes, too_much_data
-from specc.spec import CATEGORY, Column, CsvSource
+from specc.language import codes
+from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.language.spec import CATEGORY, Column, CsvSource
+from specc.model.memory import OBJECT_BYTES, TOO_MUCH_DATA, data_limit, shown_bytes, too_much_data
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,10 @@ import torch.fx as fx
 from onnx import TensorProto, helper
 
 from specc.data.prepare import Vocab, split_to_json, vocabs_to_json
-from specc.export.ops import function as translate_function, module as translate_module
 from specc.export.emitter import Emitter
 from specc.export.ids import DenseIds, composes, dense_ids, lookup
-from specc.spec import CATEGORY, FLOAT, IMAGE_COLUMN, CsvSource, ImagesSource, Spec
+from specc.export.ops import function as translate_function, module as translate_module
+from specc.language.spec import CATEGORY, FLOAT, IMAGE_COLUMN, CsvSource, ImagesSource, Spec
 
 PROBABILITIES = "probabilities"
 

@@ -2,7 +2,7 @@
 
 One short function per entry, registered with `@translates(target, ...)`; it gets the emitter,
 the fx node and its operands (ONNX value names) and returns the name of the value it made. The
-coverage test (tests/test_ops.py) fails when an op of specc.ops lowers to something not here."""
+coverage test (tests/test_ops.py) fails when an op of specc.model.ops lowers to something not here."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import torch.fx as fx
 from specc.data.prepare import Prepared, Vocab
 from specc.export.graph import PROBABILITIES, takes_pixels
 from specc.export.ids import unseen_ids
-from specc.spec import FLOAT, Spec
+from specc.language.spec import FLOAT, Spec
 
 PARITY_TOLERANCE = 1e-4
 PARITY_ROWS = 2048
@@ -81,7 +81,7 @@ def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[st
            raw: dict[str, list]) -> float:
     """Max |onnxruntime - torch| over the numeric outputs on raw rows (labels must agree where the
     top class is clear); raises ExportError above the tolerance."""
-    from specc.infer import Session
+    from specc.inference.infer import Session
 
     n = len(next(iter(raw.values())))
     feed = raw_feed(spec, vocabs, raw, slice(0, n))

@@ -1,0 +1,737 @@
+"""The command line: check | show | train | predict | inspect.
+
+Exit codes: 0 success, 1 a spec or data error (diagnostics on stderr), 2 a usage error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from specc.language.diagnostics import DataError, SpecError, UsageError, printable
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 on usage errors; keep its message short
+        self.print_usage(sys.stderr)
+        print(f"specc: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _threads(text: str) -> int:
+    """--threads N: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads of at least 1, found '{text}'")
+    if n > 4096:  # torch takes a C int; no machine has more cores
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads of at most 4,096, found '{text}'")
+    return n
+
+
+THREADS_HELP = ("torch's threads (default: 1 for a small model, under 2**26 multiply-adds a step, as every example "
+                "is; else torch's default, one per core)")
+MLFLOW_HELP = ("also log the run to MLflow at this tracking URI (a server's http(s):// address, or a database such "
+               "as sqlite:///mlflow.db); needs pip install 'specc[mlflow]'")
+
+
+def version() -> str:
+    """specc's version: the installed package's, or specc.__version__ from a source tree."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("specc")
+    except metadata.PackageNotFoundError:
+        from specc import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """--version: looks the version up only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print specc's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"specc {version()}")
+        raise SystemExit(0)
+
+
+def _whole(low: int, high: int):
+    """An argparse type: a whole number from low to high."""
+    def whole(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high:,}, found '{text}'")
+        return n
+    return whole
+
+
+def _seconds(text: str) -> float:
+    """--timeout S: a number of seconds above 0 and at most 1e9 (not inf, not nan)."""
+    try:
+        s = float(text)
+    except ValueError:
+        s = float("nan")
+    if not 0 < s <= 1e9:  # false for nan too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most 1e9, found '{text}'")
+    return s
+
+
+def _tune_options(c) -> None:
+    """specc tune's options (beside SPEC and --set): kept out of _parser, which would pass 100 lines."""
+    c.add_argument("--search", action="append", default=[], metavar="KEY=RANGE",
+                   help="a value to search, as in a search block: n_factors=int(10, 100), "
+                   "train.fit.lr=log(1e-4, 1e-1), train.optimizer.wd=float(0, 0.3), data.batch=choice(32, 64) "
+                   "(repeatable; replaces the block's line for the same key)")
+    c.add_argument("--trials", type=_whole(1, 10**6), default=20, metavar="N",
+                   help="finish when the study has N finished trials, counting those it had (default 20)")
+    c.add_argument("--out", type=Path, help="where the trials and study.db go (default runs/<spec name>-tune)")
+    c.add_argument("--storage", metavar="URL", help="the study's database, any URL optuna takes, to share one study "
+                   "among processes or machines (default sqlite:///<out>/study.db)")
+    c.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the spec's name)")
+    c.add_argument("--timeout", type=_seconds, metavar="S", help="start no trial after S seconds")
+    c.add_argument("--seed", type=_whole(0, 2**32 - 1), default=0, help="the TPE sampler's seed (default 0)")
+    c.add_argument("--repeats", type=_whole(1, 100), default=1, metavar="N",
+                   help="train each trial with N seeds (the spec's train.seed, then +1, +2, ...) and judge it by the "
+                   "mean of their figures (default 1)")
+    c.add_argument("--startup-trials", type=_whole(0, 10**6), default=5, metavar="N",
+                   help="prune nothing until N trials have completed (default 5)")
+    c.add_argument("--warmup-epochs", type=_whole(0, 10**6), default=1, metavar="N",
+                   help="prune no trial in its first N epochs (default 1)")
+    c.add_argument("--no-prune", action="store_true", help="let every trial finish (no median pruning)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="specc", description="Compile a model spec into a trained, exported model.")
+    p.add_argument("--version", action=_Version)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def spec_command(name, help_text):
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        c.add_argument("spec", type=Path, help="the .spec file")
+        c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec value, e.g. data.batch=128 (repeatable)")
+        return c
+
+    c = spec_command("check", "check a spec (and its data) and print a model summary")
+    c.add_argument("--no-data", action="store_true", help="check the spec alone, without reading its data")
+    c = spec_command("show", "print a compiler stage: the syntax tree, the generated code, the plan, the data")
+    c.add_argument("--stage", choices=("ast", "code", "plan", "data"), default="code")
+    c.add_argument("--png", type=Path, help="--stage data / plan: write the picture (image samples, the "
+                   "schedule) to this file; without it, show prints text and writes nothing")
+    c = spec_command("train", "train a spec and write its run folder")
+    c.add_argument("--out", type=Path, help="run folder (default runs/<spec name>)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    c.add_argument("--device-step", action="store_true",
+                   help="take each step with the device-resident step, uncaptured (Adam; for checks on the CPU)")
+    c.add_argument("--no-graph", action="store_true",
+                   help="on a CUDA device, train with the plain loop instead of the CUDA-graph step")
+    c.add_argument("--resume", type=Path, metavar="RUN",
+                   help="go on from where the run in RUN stopped (Ctrl-C or a crash); writes into RUN")
+    c.add_argument("--force", action="store_true",
+                   help="replace the run already in the folder (files specc did not write are left alone)")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
+    c.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
+    c = spec_command("lr-find", "the learning-rate finder: an exponential sweep, a plot and suggestions")
+    c.add_argument("--out", type=Path, help="where lr_find.csv and lr_find.png go (default runs/<spec name>)")
+    c.add_argument("--force", action="store_true",
+                   help="write them even beside files specc did not write or a run of another spec")
+    c.add_argument("--start", type=float, default=1e-7)
+    c.add_argument("--end", type=float, default=10.0)
+    c.add_argument("--steps", type=int, default=100)
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
+    c = spec_command("sweep", "train every combination of --grid values, each in its own run folder")
+    c.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="a spec value and the values to try, e.g. n_factors=10,40,80 or data.batch=32,64 (repeatable)")
+    c.add_argument("--out", type=Path, help="where the runs go (default runs/<spec name>-sweep)")
+    c.add_argument("--force", action="store_true", help="replace the runs of an earlier sweep into the same folder")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
+    c.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
+    _tune_options(spec_command("tune", "hyperparameter search with Optuna, each trial its own run "
+                               "(pip install 'specc[tune]')"))
+    def reading_options(c):
+        c.add_argument("--delimiter", metavar="CHAR", help="a CSV's delimiter (default: the training data's, or the "
+                       "first of , tab ; | that splits the header into the model's columns); 'tab' or '\\t' for tab")
+        c.add_argument("--array", dest="arrays", action="append", default=[], metavar="COLUMN=NAME",
+                       help="an .npz's array for a column of the model (repeatable; default: the array named as the "
+                       "column, else <column>_test, else <column>_valid, the same for every column)")
+
+    c = sub.add_parser("predict", help="predict with an exported model.onnx through onnxruntime")
+    c.add_argument("model", type=Path)
+    c.add_argument("rows", type=Path, help="a CSV with a header naming the model's input columns (or laid out as "
+                   "the training data was), or an .npz with an array per input; for a model trained on an image "
+                   "folder, an image file or a folder (every image in it and below it, decoded as training did)")
+    c.add_argument("--out", type=Path, help="write predictions here (default stdout)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    reading_options(c)
+    c = sub.add_parser("evaluate", help="the spec's metrics of an exported model on a labelled file")
+    c.add_argument("model", type=Path)
+    c.add_argument("data", type=Path, help="a labelled CSV (read as the spec read its data, or with a header "
+                   "naming the model's columns), or an .npz with an array per column; for a model trained on an "
+                   "image folder, a folder with one subfolder of images per class (or train/ and valid/ of them)")
+    c.add_argument("--split", choices=("all", "train", "valid"), default="all",
+                   help="all rows, or the spec's training or validation rows (default all); for an .npz, "
+                   "<column>_train / <column>_valid arrays where it has them")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    reading_options(c)
+    c = sub.add_parser("inspect", help="learned biases and principal components of a run's embeddings")
+    c.add_argument("run", type=Path, help="a run folder of `specc train`")
+    c.add_argument("--column", help="which id column's embeddings (default: the last one)")
+    c.add_argument("--names", type=Path, help="a text file mapping ids to names: the id in the first field "
+                   "(or the one its header names as --column), the name in the next")
+    c.add_argument("--names-delimiter", metavar="CHAR",
+                   help="the names file's delimiter (default: the first line's most frequent of , tab ; |)")
+    c.add_argument("--names-encoding", default="utf-8", metavar="ENCODING",
+                   help="the names file's encoding (default utf-8; MovieLens' u.item is latin-1)")
+    c.add_argument("--names-header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the names file's first line is a header (default: it is, unless it starts "
+                   "with one of the model's ids)")
+    c.add_argument("--top", type=int, default=1000, help="only the N most frequent ids (default 1000)")
+    c.add_argument("--show", type=int, default=10, help="rows shown at each end (default 10)")
+    c = sub.add_parser("serve", help="an HTTP endpoint around an exported model.onnx (pip install 'specc[serve]')")
+    _serve_arguments(c)
+    return p
+
+
+def _load(args, warn: bool = True):
+    """The spec that a command's SPEC and --set values give, its warnings printed to stderr
+    (unless not `warn`: a rank other than 0 of a data-parallel run)."""
+    from specc.training.run import load_spec
+
+    spec, warnings = load_spec(args.spec, args.sets)
+    for w in warnings if warn else ():
+        print(w.render(), file=sys.stderr)
+    return spec
+
+
+def _check(args) -> int:
+    from specc.language.summary import summary
+
+    spec = _load(args)
+    print(summary(spec, read_data=not args.no_data))
+    return 0
+
+
+def _show(args) -> int:
+    if args.stage == "ast":
+        from specc.language import ast, overrides
+        from specc.language.parse import parse, read_source
+
+        tree, errors = overrides.apply(parse(read_source(args.spec)), args.sets)
+        if errors:
+            raise SpecError(errors)
+        print(ast.dump(tree))
+        return 0
+    spec = _load(args)
+    if args.stage == "data":
+        from specc.data.preview import preview
+        from specc.training.runfolder import atomic_write
+
+        # pictures go only where the user says: specc writes nothing else outside a run folder
+        text, png = preview(spec, args.png)
+        if png is not None and args.png is not None:
+            atomic_write(args.png, png)
+        print(text)
+        return 0
+    if args.stage == "code":
+        from specc.data.prepare import prepare
+        from specc.model.lower import lower
+        from specc.model.sized import sized_model
+
+        # The data decides embedding sizes in blocks such as tabular(...) and the procs' constants.
+        prepared = prepare(spec.data, spec.model.inputs)
+        print(lower(sized_model(spec, prepared), prepared.stats).code.strip("\n"))
+    else:
+        from specc.data.prepare import prepare
+        from specc.language.summary import describe
+        from specc.model.plan import make_plan
+        from specc.training.optim import simulate_schedules
+        from specc.training.plot import schedule_png
+        from specc.training.runfolder import atomic_write
+
+        prepared = prepare(spec.data, spec.model.inputs)
+        plan = make_plan(spec, prepared)
+        print(describe(spec, plan))
+        if args.png is not None:
+            atomic_write(args.png, schedule_png(plan, simulate_schedules(spec, plan, max_steps=20_000),
+                                                    f"{spec.name}: the plan"))
+            print(f"the learning rate and momentum of every group at every step: {args.png}")
+        else:
+            print("(--png FILE draws the learning rate and momentum of every group at every step)")
+    return 0
+
+
+def _train_options(args, spec) -> Path:
+    """The folder `specc train` writes, once its options are checked (UsageError); torch is
+    imported only for the options that need it (--device cuda, --device-step)."""
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: torch sees no CUDA device here")
+    if args.device_step:
+        from specc.training.fastpath import applies
+
+        if not applies(spec):
+            raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
+        if spec.data.augment is not None:
+            raise UsageError("--device-step does not augment images: drop it, or augment from the spec")
+    if args.resume and args.out and args.out != args.resume:
+        raise UsageError("--resume RUN writes into RUN; leave out --out")
+    if args.resume and args.force:
+        raise UsageError("--resume goes on with the run in RUN and --force replaces it: give one of them")
+    return args.resume or args.out or Path("runs") / spec.name
+
+
+def _train_early(args):
+    """One process (no launcher): (spec, folder, data), after every refusal that needs no torch,
+    before torch is imported: the options, a folder that holds a run, the data and the plan."""
+    from specc.data.prepare import prepare
+    from specc.model.plan import make_plan
+    from specc.training.run import load_resume, out_of_memory
+    from specc.training.runfolder import CHECKPOINT, RunFolder
+
+    spec = _load(args)
+    out = _train_options(args, spec)
+    folder = RunFolder(out)
+    why = folder.busy() or (folder.refusal(args.force) if args.resume is None else None)
+    if why is not None:
+        raise UsageError(why)
+    if args.resume is not None and not (out / CHECKPOINT).is_file():
+        load_resume(out, spec, args.sets)  # its error
+    with out_of_memory(spec, folder):  # as train_run reads it
+        prepared = prepare(spec.data, spec.model.inputs)
+    make_plan(spec, prepared)  # what the data rules out, an init run that is not there
+    return spec, out, prepared
+
+
+def _train(args) -> int:
+    import os
+
+    # every refusal that needs no torch is answered before torch is imported (3 s or more); under
+    # a launcher, rank 0 answers them in train_run and tells the other ranks
+    from specc.training.run import OutOfMemory
+
+    try:
+        early = _train_early(args) if "WORLD_SIZE" not in os.environ else None
+    except OutOfMemory as err:
+        print(err, file=sys.stderr)
+        return 1
+    from specc.training import distributed
+    from specc.training.run import check_parallel
+
+    world = distributed.from_env()  # torchrun's RANK and WORLD_SIZE; one process without them
+    if early is None:
+        spec = _load(args, warn=world.writes)
+        out, prepared = _train_options(args, spec), None
+    else:
+        spec, out, prepared = early
+    sets = "".join(f" --set '{s}'" for s in args.sets)
+    resume_command = f"specc train {args.spec}{sets} --resume {out}"  # what the messages below suggest
+    if world.parallel:
+        from specc.language.spec import SparseAdam
+
+        if isinstance(spec.train.optimizer, SparseAdam):
+            raise UsageError("sparse_adam does not take part in data-parallel training: its gradients are the rows "
+                             "each process looked up, which the one all-reduce of dense gradients cannot sum; train "
+                             "it in one process, or with adam")
+        check_parallel(spec, world)
+    try:
+        world = distributed.start(world, args.device)  # joins the other ranks' process group
+        return _train_as(args, spec, out, world, resume_command, prepared)
+    except distributed.LostRank as err:
+        from specc.training.runfolder import CHECKPOINT
+
+        again = ""
+        if world.writes and (Path(out) / CHECKPOINT).is_file():
+            again = f"; the last epoch's checkpoint is in {out}/: go on with: {resume_command} (under torchrun)"
+        print(f"specc: error: {err}{again}", file=sys.stderr)
+        return 1
+    except distributed.PeerFailed as err:
+        print(f"specc: rank {world.rank}: stopping: {err}", file=sys.stderr)
+        return 1
+    except distributed.Disagreement as err:  # every rank knows it; rank 0 says it, once
+        if world.writes:
+            print(f"specc: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.finish(world)
+
+
+def _train_as(args, spec, out: Path, world, resume_command: str, prepared=None) -> int:
+    """specc train, as this rank of the run: exit codes and the messages of rank 0 (the others
+    end with the same codes, silently: rank 0 has said why)."""
+    from specc.export import ExportError
+    from specc.training.loop import Interrupted
+    from specc.training.run import OutOfMemory, train_run
+    from specc.training.runfolder import RunFinished, WriteError
+    from specc.training.steps import TrainingDiverged
+
+    say = world.writes
+    try:
+        train_run(spec, out, args.device, args.sets, quiet=args.quiet or not say, resume=args.resume is not None,
+                  device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
+                  force=args.force, threads=args.threads, world=world, mlflow=args.mlflow, prepared=prepared)
+    except RunFinished as done:
+        # exit 0: what --resume is for, a finished run, is there (a loop that resumes until done stops)
+        print(f"specc: {done}", file=sys.stderr)
+        return 0
+    except WriteError as err:
+        import os
+
+        from specc.training.runfolder import inspect_folder
+
+        # the hint only for this command's own run, stopped with a checkpoint to go on from
+        run = inspect_folder(Path(out))
+        ours = run.resumable and run.status in ("running", "failed") and run.record.get("pid") == os.getpid()
+        again = f"; once it can be written, go on with: {resume_command}" if ours else ""
+        print(f"specc: error: {err}{again}", file=sys.stderr)
+        return 2
+    except Interrupted as stopped:
+        if not say:
+            return 130
+        print(f"\nspecc: interrupted in epoch {stopped.state.epoch} before step {stopped.state.step}; the "
+              f"checkpoint is in {out}/. Go on with: {resume_command}", file=sys.stderr)
+        return 130
+    except TrainingDiverged as err:
+        if say:
+            print(f"specc: training stopped: {err}; the last good checkpoint is in {out}/", file=sys.stderr)
+        return 1
+    except OutOfMemory as err:  # one line: the spec line, torch's words, what to change
+        print(err, file=sys.stderr)
+        return 1
+    except ExportError as err:
+        print(f"specc: export failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _lr_find(args) -> int:
+    import time
+
+    from specc.data.prepare import prepare
+    from specc.model.plan import make_plan
+    from specc.training.loop import (
+        batch_order, build_model, default_threads, find_lr, pick_device, torch_threads, training_batches,
+    )
+    from specc.training.lrfind import FLAT_NOTE, shown
+    from specc.training.run import write_lr_find
+    from specc.training.runfolder import RunFolder
+    from specc.training.steps import setup_stage
+
+    spec = _load(args)
+    if not (0 < args.start < args.end) or args.steps < 2:
+        raise UsageError("lr-find needs 0 < --start < --end and --steps of at least 2")
+    folder = RunFolder(args.out or Path("runs") / spec.name)
+    with folder.locked():  # refused now rather than after the sweep; checked again when writing
+        folder.check_lr_find(spec.source.text, args.sets, args.force)
+    prepared = prepare(spec.data, spec.model.inputs)
+    plan = make_plan(spec, prepared)
+    device = pick_device(args.device)
+    started = time.perf_counter()
+    model = build_model(spec, prepared).to(device)
+    setup = setup_stage(spec, model, plan, plan.stages[0])  # the first stage's set-up: its frozen groups frozen
+    with torch_threads(args.threads or default_threads(spec, prepared)):
+        result = find_lr(spec, setup, training_batches(spec, prepared, plan, device), batch_order(spec, device),
+                         device, args.start, args.end, args.steps)
+    seconds = time.perf_counter() - started
+    with folder.locked():
+        folder.check_lr_find(spec.source.text, args.sets, args.force)
+        write_lr_find(folder, result, f"{spec.name}: lr-find")
+    print(f"lr-find on {spec.name}: {len(result.lrs)} steps from {args.start:g}"
+          f"{' (stopped: the loss ran away)' if result.stopped_early else ''} in {seconds:.2f} s")
+    for name, lr in result.suggestions.items():
+        print(f"  {name:<11} {shown(lr)}")
+    if result.flat:
+        print(f"  note: {FLAT_NOTE}; a wider range (--start, --end), more --steps or a larger batch may show one")
+    print(f"wrote {folder.path}/lr_find.csv and lr_find.png")
+    return 0
+
+
+def _sweep(args) -> int:
+    import itertools
+
+    from specc.training.run import load_spec, train_run
+    from specc.training.runfolder import RunFolder
+
+    axes = []
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        choices = [v.strip() for v in _split_values(values)]
+        if not sep or not key.strip() or not all(choices):
+            raise UsageError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. n_factors=10,40,80")
+        axes.append((key.strip(), choices))
+    base_spec, _ = load_spec(args.spec, args.sets)
+    out = args.out or Path("runs") / f"{base_spec.name}-sweep"
+    combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes]))
+    if RunFolder(out).contents().status is not None:
+        raise UsageError(f"{out} holds a run of its own; a sweep's runs go into a folder of their own: choose "
+                         "another --out")
+    specs = []
+    for combo in combos:  # check every variant, and every variant's folder, before training any
+        sets = list(args.sets) + [f"{k}={v}" for k, v in combo]
+        spec, _ = load_spec(args.spec, sets)
+        name = ",".join(f"{key}={value}" for key, value in combo)
+        folder = out / "".join(ch if ch.isalnum() or ch in "=,._-" else "_" for ch in name)
+        why = RunFolder(folder).refusal(args.force)
+        if why is not None:
+            raise UsageError(why)
+        specs.append((combo, sets, spec, name, folder))
+    rows, failed = [], []
+    for k, (combo, sets, spec, name, folder) in enumerate(specs, start=1):
+        print(f"[{k}/{len(specs)}] {name}", flush=True)
+        try:
+            result = train_run(spec, folder, args.device, sets, quiet=True, force=args.force,
+                               threads=args.threads, mlflow=args.mlflow)
+        except _failures() as err:  # one variant's failure is its row; the others still train
+            print(f"specc: {name}: {_variant_failure(err)}; its folder is {folder}/", file=sys.stderr)
+            failed.append(name)
+            continue
+        except _interrupted() as stopped:  # (each `except` evaluated only when something is raised)
+            print(f"\nspecc: sweep interrupted in {name} (epoch {stopped.state.epoch}, step {stopped.state.step}); "
+                  f"the runs are in {out}/", file=sys.stderr)
+            return 130
+        last = result.history.records[-1]
+        rows.append((name, last.valid_loss, last.metrics, folder))
+    metrics = list(base_spec.train.metrics)
+    rows.sort(key=lambda r: r[1])
+    width = max([len(r[0]) for r in rows] + [len(name) for name in failed] + [len("variant")])
+    print(f"\n{'variant':<{width}}  {'valid_loss':>10}  " + "  ".join(f"{m:>10}" for m in metrics))
+    for name, loss, values, folder in rows:
+        print(f"{name:<{width}}  {loss:>10.6f}  " + "  ".join(f"{values[m]:>10.6f}" for m in metrics))
+    for name in failed:
+        print(f"{name:<{width}}  {'failed':>10}")
+    print(f"\nbest first; the runs are in {out}/")
+    return 1 if failed else 0
+
+
+def _failures() -> tuple[type, ...]:
+    """The ways one training run fails that end it but not a sweep (imported when one is raised)."""
+    from specc.export import ExportError
+    from specc.training.run import OutOfMemory
+    from specc.training.steps import TrainingDiverged
+
+    return TrainingDiverged, OutOfMemory, ExportError
+
+
+def _interrupted() -> type:
+    from specc.training.loop import Interrupted
+
+    return Interrupted
+
+
+def _variant_failure(err: Exception) -> str:
+    """A sweep variant's failure in words, as `specc train` says it."""
+    from specc.export import ExportError
+    from specc.training.steps import TrainingDiverged
+
+    if isinstance(err, TrainingDiverged):
+        return f"training stopped: {err}"
+    if isinstance(err, ExportError):
+        return f"export failed: {err}"
+    return str(err)
+
+
+def _split_values(text: str) -> list[str]:
+    """Split V1,V2,... at the commas outside brackets and quotes: (0.9, 0.99),(0.9, 0.999) is two."""
+    parts, depth, quote, current = [], 0, False, ""
+    for ch in text:
+        if ch == '"':
+            quote = not quote
+        elif not quote and ch in "([":
+            depth += 1
+        elif not quote and ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0 and not quote:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
+def _model_path(model: Path) -> None:
+    import os
+
+    if not os.path.lexists(model):  # a link that leads nowhere (or in a loop) is reported by the reader
+        raise UsageError(f"{model}: no such model file")
+
+
+def _delimiter(text: str | None, option: str = "--delimiter") -> str | None:
+    """--delimiter: one character; 'tab' or a typed backslash-t for a tab."""
+    if text is None:
+        return None
+    text = {"tab": "\t", "\\t": "\t"}.get(text, text)
+    if len(text) != 1 or text in "\"\r\n":
+        raise UsageError(f"{option} {text!r}: expected one character, e.g. ';' or tab")
+    return text
+
+
+def _arrays(items: list[str]) -> dict[str, str]:
+    """--array COLUMN=NAME (repeatable) as {column: array name}."""
+    arrays = {}
+    for item in items:
+        column, sep, name = item.partition("=")
+        if not sep or not column.strip() or not name.strip():
+            raise UsageError(f"--array {item!r}: expected COLUMN=NAME, e.g. x=x_test")
+        if column.strip() in arrays:
+            raise UsageError(f"--array: column {column.strip()!r} given twice")
+        arrays[column.strip()] = name.strip()
+    return arrays
+
+
+def _out_path(out: Path, *inputs: Path) -> None:
+    """--out must be a file in a folder that is there, and none of the files being read."""
+    import os
+
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name, e.g. {out / 'predictions.csv'}")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "does not exist" if not os.path.lexists(folder) else "is not a folder"
+        raise UsageError(f"--out {out}: the folder {folder} {what}")
+    if os.path.lexists(out) and not out.is_file():
+        raise UsageError(f"--out {out}: is not a regular file")
+    for path in inputs:
+        if out.exists() and path.exists() and os.path.samefile(out, path):
+            raise UsageError(f"--out {out}: is the file being read; the predictions would replace it")
+
+
+def _predict(args) -> int:
+    from specc.inference.infer import predict_file
+
+    _model_path(args.model)
+    delimiter, arrays = _delimiter(args.delimiter), _arrays(args.arrays)
+    if args.out:
+        import io
+
+        from specc.training.runfolder import atomic_write
+
+        _out_path(args.out, args.model, args.rows)
+        buf = io.StringIO()
+        predict_file(args.model, args.rows, buf, device=args.device, delimiter=delimiter, arrays=arrays)
+        try:
+            atomic_write(args.out, buf.getvalue().encode("utf-8"))
+        except OSError as err:
+            raise UsageError(f"--out {args.out}: cannot be written: {(err.strerror or str(err)).lower()}") from None
+    else:
+        predict_file(args.model, args.rows, sys.stdout, device=args.device, delimiter=delimiter, arrays=arrays)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from specc.inference.evaluate import evaluate_file
+
+    _model_path(args.model)
+    result = evaluate_file(args.model, args.data, args.split, args.device, delimiter=_delimiter(args.delimiter),
+                           arrays=_arrays(args.arrays))
+    rows, arrays, notes = result.pop("rows"), result.pop("arrays"), result.pop("notes")
+    for note in notes:
+        print(f"specc: note: {note}", file=sys.stderr)
+    read = f"; arrays {', '.join(arrays.values())}" if arrays else ""
+    print(f"{printable(str(args.data))} ({args.split} {'images' if args.data.is_dir() else 'rows'}: {rows}{read})")
+    for name, value in result.items():
+        print(f"  {name:<12} {value:.6f}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from specc.inference.inspect import NamesFile, report
+
+    if args.top < 1 or args.show < 1:
+        raise UsageError("--top and --show take a number of at least 1")
+    names = None
+    if args.names is not None:
+        names = NamesFile(args.names, _delimiter(args.names_delimiter, "--names-delimiter"), args.names_encoding,
+                          args.names_header)
+    elif args.names_delimiter or args.names_header is not None or args.names_encoding != "utf-8":
+        raise UsageError("--names-delimiter, --names-encoding and --names-header describe a --names file")
+    print(report(args.run, args.column, names, args.top, args.show))
+    return 0
+
+
+def _serve_arguments(c) -> None:
+    """specc serve's MODEL and options: kept out of _parser, which would pass 100 lines."""
+    c.add_argument("model", type=Path)
+    c.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1, this machine "
+                   "only; 0.0.0.0 for every interface)")
+    c.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0: a free one, printed)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--max-batch", type=int, default=4096, metavar="ROWS", help="concurrent requests run together "
+                   "up to this many rows (default 4096); a larger request runs alone")
+    c.add_argument("--max-wait-ms", type=float, default=2.0, metavar="MS", help="how long a batch waits for "
+                   "requests still being read (default 2); with none on the way it runs at once")
+    c.add_argument("--max-rows", type=int, default=65536, metavar="ROWS",
+                   help="the most rows one request may hold (default 65536; more: 413)")
+    c.add_argument("--threads", type=_threads, default=16, metavar="N",
+                   help="the server's threads, each reading and answering one request at a time (default 16)")
+    c.add_argument("--max-body-mb", type=float, metavar="MB", help="the largest request body, in millions of "
+                   "bytes, refused by its Content-Length before it is read (default: what --max-rows rows of the "
+                   "model's inputs take in JSON, with room to spare; at most 1000)")
+    c.add_argument("--connection-limit", type=int, metavar="N", help="connections open at once, slow ones "
+                   "included; more wait in the backlog (default 1000, or what the open-file limit holds)")
+    c.add_argument("--channel-timeout", type=int, default=30, metavar="S",
+                   help="close a connection silent this many seconds (default 30)")
+    c.add_argument("--request-timeout", type=float, default=60.0, metavar="S", help="a request must arrive whole "
+                   "within this many seconds of its first byte, trickled or not (default 60; else 408)")
+
+
+def _serve(args) -> int:
+    from specc.inference.serve import serve_command
+
+    return serve_command(args)
+
+
+def _tune(args) -> int:
+    from specc.commands.tune import tune_command
+
+    return tune_command(args)
+
+
+COMMANDS = {"check": _check, "show": _show, "train": _train, "lr-find": _lr_find, "sweep": _sweep,
+            "predict": _predict, "evaluate": _evaluate, "inspect": _inspect, "serve": _serve, "tune": _tune}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code. User mistakes never show a traceback."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    spec_path = getattr(args, "spec", None)
+    if spec_path is not None and not spec_path.is_file():
+        what = "not a regular file" if spec_path.exists() else "no such spec file"
+        print(f"specc: error: {spec_path}: {what}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except DataError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except UsageError as err:
+        print(f"specc: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `specc predict ... | head`: the reader has gone, which is fine
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,286 @@
+"""Check the train block: its syntax tree, the checked data and model -> TrainSpec (specc.language.spec): the
+loss and metrics, the optimizer, the fit or the stages (freeze, fit, early_stop)."""
+
+from __future__ import annotations
+
+from specc.language import ast, codes
+from specc.language.check.values import (
+    LOSSES, METRICS, PRECISIONS, SIGNATURES, TRAIN_SETTINGS, Checker, bind_args, fmt, kind_of, shape_text, shown,
+)
+from specc.language.diagnostics import suggest
+from specc.language.source import Span
+from specc.language.spec import (
+    FLOAT, SGD, Adam, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, RMSProp, SparseAdam, Stage,
+    TrainSpec,
+)
+
+_CALLS = tuple(SIGNATURES["fit"]) + tuple(SIGNATURES["stage"])
+
+
+def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: ModelSpec | None) -> TrainSpec | None:
+    """The train block's settings and its stages (one, named 'train', without `stage` sections)."""
+    settings = c.settings(block, TRAIN_SETTINGS, calls=_CALLS, sections=("stage",))
+    found = settings.found
+    sections = [s for s in settings.statements if isinstance(s, ast.Section)]
+    fits = _calls_of(settings.statements, SIGNATURES["fit"])
+    stops = _calls_of(settings.statements, ("early_stop",))
+    target_kind = data.target.kind if data is not None else None
+    loss = None
+    if "loss" not in found:
+        c.error(codes.MISSING, "the train block has no 'loss'", block.name.span, ["e.g. loss = mse"])
+    else:
+        loss = _loss_name(c, found["loss"].value, LOSSES, "loss", target_kind)
+    metrics = _metrics(c, found["metrics"].value, target_kind) if "metrics" in found else []
+    optimizer = _optimizer(c, found["optimizer"].value) if "optimizer" in found else Adam()
+    seed = c.integer(found["seed"].value, "seed") if "seed" in found else 0
+    l2 = c.real(found["l2"].value, "l2", 0.0) if "l2" in found else 0.0
+    stop_on_nan = c.boolean(found["stop_on_nan"].value, "stop_on_nan") if "stop_on_nan" in found else True
+    precision = _precision(c, found["precision"].value) if "precision" in found else "fp32"
+    groups = model.groups if model is not None else None
+    monitors = ("valid_loss", *metrics)
+    stages: list = []
+    if sections:
+        for extra in fits + stops:
+            c.error(codes.MISPLACED_STATEMENT, "with stages, fit and early_stop go inside a stage", extra.span)
+        names: set[str] = set()
+        for section in sections:
+            if section.name.id in names:
+                c.error(codes.DEFINED_TWICE, f"stage '{section.name.id}' is defined twice", section.name.span)
+            names.add(section.name.id)
+            stages.append(_stage(c, block, section.name.id, section.body, section.kind.span, groups, monitors))
+    else:
+        if not fits and not settings.unknown_call:
+            c.error(codes.MISSING, "the train block has no fit statement", block.name.span,
+                    ["e.g. fit_one_cycle(epochs=5, lr=5e-3)"])
+        for extra in fits[1:]:
+            c.error(codes.DEFINED_TWICE, "a train block has one fit statement", extra.span,
+                    [f"the first is at line {fits[0].span.line}; several fits are stages: "
+                     "stage NAME { ... }"])
+        if fits:
+            stop = _early_stop(c, stops, monitors)
+            fit = _fit(c, fits[0].call)
+            stages.append(None if fit is None or stop is False else Stage("train", fit, (), stop))
+    if model is not None and data is not None and loss is not None:
+        _output_fits(c, model.node(model.output), data.target, loss)
+    if model is not None and optimizer is not None:
+        _fits_in_memory(c, model, optimizer)
+    if c.errors or None in (loss, optimizer, seed, l2, stop_on_nan, precision) or not stages or None in stages:
+        return None
+    return TrainSpec(loss, tuple(metrics), optimizer, tuple(stages), seed, l2, stop_on_nan, precision)
+
+
+def _precision(c: Checker, expr: ast.Expr) -> str | None:
+    """fp32 or bf16."""
+    if isinstance(expr, ast.Name) and expr.id in PRECISIONS:
+        return expr.id
+    name = expr.id if isinstance(expr, ast.Name) else None
+    if name in ("fp16", "float16", "half"):
+        notes = ["fp16 needs the loss scaled to keep small gradients from vanishing, which specc does not do; "
+                 "bf16 has float32's range and needs none"]
+    else:
+        notes = (suggest(name, PRECISIONS) if name else None) or ["fp32: float32 throughout; bf16: the forward "
+                                                                  "pass in bfloat16, weights in float32"]
+    c.error(codes.WRONG_KIND, f"precision: expected fp32 or bf16, found {shown(expr)}", expr.span, notes)
+    return None
+
+
+def _calls_of(statements, names) -> list[ast.CallStmt]:
+    return [s for s in statements if isinstance(s, ast.CallStmt) and s.call.func.id in names]
+
+
+def _metrics(c: Checker, expr: ast.Expr, target_kind: str | None) -> list[str]:
+    items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
+    metrics: list[str] = []
+    for item in items:
+        metric = _loss_name(c, item, METRICS, "metric", target_kind)
+        if metric is not None and metric in metrics:
+            c.error(codes.DEFINED_TWICE, f"metric '{metric}' is listed twice", item.span)
+        elif metric is not None:
+            metrics.append(metric)
+    return metrics
+
+
+def _fits_in_memory(c: Checker, model: ModelSpec, optimizer) -> None:
+    """Before the data is read, the layers between known widths already give a lower bound."""
+    from specc.model.plan import memory_error
+    from specc.model.sized import known_params
+
+    known = known_params(model)
+    too_big = memory_error(model, optimizer, known, lower_bound=True)
+    if too_big is not None:
+        c.errors.append(too_big)
+
+
+def _stage(c: Checker, block: ast.Block, name: str, body, span: Span, groups, monitors):
+    """One `stage NAME { ... }`: freeze / unfreeze, one fit statement, an optional early_stop."""
+    commands = [s for s in body if isinstance(s, ast.Command)]
+    rest = [s for s in body if not isinstance(s, ast.Command)]
+    statements = c.settings(block, (), calls=_CALLS, body=rest).statements
+    fits = _calls_of(statements, SIGNATURES["fit"])
+    stops = _calls_of(statements, ("early_stop",))
+    frozen = _frozen(c, commands, groups)
+    if groups is not None and frozen and set(frozen) >= set(groups):
+        c.error(codes.CONFLICT, f"stage '{name}' freezes every group: nothing would train", span)
+    if not fits:
+        c.error(codes.MISSING, f"stage '{name}' has no fit statement", span, ["e.g. fit_one_cycle(epochs=1, lr=1e-3)"])
+        return None
+    for extra in fits[1:]:
+        c.error(codes.DEFINED_TWICE, "a stage has one fit statement", extra.span, ["give each fit a stage of its own"])
+    stop = _early_stop(c, stops, monitors)
+    fit = _fit(c, fits[0].call)
+    if fit is None or stop is False:
+        return None
+    return Stage(name, fit, tuple(frozen), stop)
+
+
+def _frozen(c: Checker, commands: list[ast.Command], groups) -> list[str]:
+    """The groups a stage's freeze and unfreeze lines leave frozen, in order."""
+    frozen: list[str] = []
+    for command in commands:
+        word = command.name.id
+        if word not in ("freeze", "unfreeze"):
+            c.error(codes.UNKNOWN_SETTING, f"unknown statement '{word}' in a stage", command.name.span,
+                    suggest(word, ("freeze", "unfreeze")) or ["a stage holds freeze, unfreeze and a fit"])
+            continue
+        if word == "freeze" and not command.args:
+            c.error(codes.BAD_ARGUMENTS, "freeze needs the groups to freeze", command.span, ["e.g. freeze body"])
+        for arg in command.args:
+            if not isinstance(arg, ast.Name):
+                c.error(codes.WRONG_KIND, f"{word}: expected a group name", arg.span)
+            elif groups is not None and arg.id not in groups:
+                c.error(codes.UNKNOWN_NAME, f"unknown group '{arg.id}'", arg.span,
+                        suggest(arg.id, groups) or [f"the groups are {', '.join(groups)}"])
+            elif word == "freeze":
+                frozen.append(arg.id)
+            elif arg.id in frozen:
+                frozen.remove(arg.id)
+        if word == "unfreeze" and not command.args:
+            frozen.clear()
+    return frozen
+
+
+def _early_stop(c: Checker, stops, monitors):
+    """The early_stop(...) statement, if any: EarlyStop, None, or False on an error."""
+    if not stops:
+        return None
+    for extra in stops[1:]:
+        c.error(codes.DEFINED_TWICE, "early_stop is given twice", extra.span)
+    bound = c.bind(stops[0].call, "stage", "statement")
+    if bound is None:
+        return False
+    _, args, _ = bound
+    monitor = "valid_loss"
+    if "monitor" in args:
+        expr = args["monitor"]
+        if not isinstance(expr, ast.Name) or expr.id not in monitors:
+            name = expr.id if isinstance(expr, ast.Name) else shown(expr)
+            c.error(codes.UNKNOWN_NAME, f"early_stop can watch {', '.join(monitors)}, not '{name}'", expr.span,
+                    suggest(name, monitors) or ["a metric must be in the train block's metrics"])
+            return False
+        monitor = expr.id
+    patience = c.integer(args["patience"], "patience", low=1) if "patience" in args else 3
+    keep = c.boolean(args["keep_best"], "keep_best") if "keep_best" in args else True
+    if patience is None or keep is None:
+        return False
+    return EarlyStop(monitor, patience, keep)
+
+
+def _lr(c: Checker, expr: ast.Expr):
+    """A learning rate: a number, slice(high), slice(low, high), slice(high, div=10), or find."""
+    if isinstance(expr, ast.Name) and expr.id == "find":
+        return LRFind()
+    if isinstance(expr, ast.Call) and expr.func.id == "slice":
+        if not c.args_ok(expr, SIGNATURES["lr"]["slice"]):
+            return None
+        args = bind_args(expr, SIGNATURES["lr"]["slice"])
+        first = c.real(args["low"], "lr", 0.0, low_open=True)
+        second = c.real(args["high"], "lr", 0.0, low_open=True) if "high" in args else None
+        div = c.real(args["div"], "div", 0.0, low_open=True) if "div" in args else 3.0
+        if first is None or div is None or ("high" in args and second is None):
+            return None
+        if "div" in args and second is not None:
+            c.error(codes.CONFLICT, "div applies to slice(high) alone: slice(1e-3, div=10)", args["div"].span)
+            return None
+        return LRSlice(first, second, div) if second is not None else LRSlice(None, first, div)
+    return c.real(expr, "lr", 0.0, low_open=True)
+
+
+def _output_fits(c: Checker, out, target, loss: str) -> None:
+    """The model's output must be what the loss compares with the target."""
+    if target.kind == FLOAT:
+        if out.shape != (1,):
+            c.error(codes.OUTPUT_MISMATCH, f"the model's output 'out' has {shape_text(out.shape)}, but the target "
+                    f"'{target.name}' is one number per row", out.span,
+                    ["reduce it to width 1, e.g. with dot(a, b) or linear(1)"])
+    elif len(out.shape) != 1 or out.shape[0] == 1:
+        c.error(codes.OUTPUT_MISMATCH, f"'{loss}' needs one output per class, but 'out' has "
+                f"{shape_text(out.shape)}", out.span,
+                ["end the model with linear(classes): 'classes' is the number of target classes"])
+
+
+def _loss_name(c: Checker, expr: ast.Expr, table: dict[str, str], what: str, target_kind: str | None) -> str | None:
+    """A loss or metric by name, one that fits the target's kind."""
+    if isinstance(expr, ast.Call) and not expr.args and not expr.keywords:
+        expr = expr.func
+    if not isinstance(expr, ast.Name):
+        c.error(codes.WRONG_KIND, f"{what}: expected a name such as {next(iter(table))}, found {kind_of(expr)}",
+                expr.span)
+        return None
+    if expr.id not in table:
+        c.error(codes.UNKNOWN_FUNCTION, f"unknown {what} '{expr.id}'", expr.span,
+                suggest(expr.id, table) or [f"known: {', '.join(table)}"])
+        return None
+    if target_kind is not None and table[expr.id] != target_kind:
+        c.error(codes.TARGET_KIND, f"{what} '{expr.id}' needs a {table[expr.id]} target, but the target is a "
+                f"{target_kind}", expr.span)
+        return None
+    return expr.id
+
+
+def _optimizer(c: Checker, expr: ast.Expr):
+    """adam(...), adamw(...), sgd(...), rmsprop(...) or sparse_adam(...)."""
+    bound = c.bind(expr, "optimizer", "optimizer")
+    if bound is None:
+        return None
+    func, args, _ = bound
+    wd = c.real(args["wd"], "wd", 0.0) if "wd" in args else 0.0
+    momentum = c.real(args["momentum"], "momentum", 0.0, 1.0, high_open=True) if "momentum" in args else 0.0
+    if func == "rmsprop":
+        alpha = c.real(args["alpha"], "alpha", 0.0, 1.0, high_open=True) if "alpha" in args else 0.99
+        eps = c.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
+        return None if None in (alpha, eps, momentum, wd) else RMSProp(alpha, eps, momentum, wd)
+    if func in ("adam", "adamw", "sparse_adam"):
+        betas = c.numbers(args["betas"], "betas", (0.9, 0.99), 0.0, 1.0) if "betas" in args else (0.9, 0.999)
+        eps = c.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
+        kind = SparseAdam if func == "sparse_adam" else Adam
+        return None if None in (betas, eps, wd) else kind(betas, eps, wd)
+    nesterov = c.boolean(args["nesterov"], "nesterov") if "nesterov" in args else False
+    dampening = c.real(args["dampening"], "dampening", 0.0, 1.0, high_open=True) if "dampening" in args else 0.0
+    if nesterov and (momentum == 0.0 or dampening):
+        c.error(codes.CONFLICT, "nesterov needs a momentum above 0 and no dampening", args["nesterov"].span)
+        return None
+    return None if None in (momentum, wd, nesterov, dampening) else SGD(momentum, wd, nesterov, dampening)
+
+
+def _fit(c: Checker, call: ast.Call):
+    """fit(epochs, lr) or fit_one_cycle(epochs, lr, ...)."""
+    bound = c.bind(call, "fit", "fit")
+    if bound is None:
+        return None
+    func, args, _ = bound
+    epochs = c.integer(args["epochs"], "epochs", low=1)
+    lr = _lr(c, args["lr"])
+    if func == "fit":
+        return None if None in (epochs, lr) else Fit(epochs, lr, call.span)
+    pct = c.real(args["pct_start"], "pct_start", 0.0, 1.0, True, True) if "pct_start" in args else 0.3
+    div = c.real(args["div"], "div", 0.0, low_open=True) if "div" in args else 25.0
+    final_div = c.real(args["final_div"], "final_div", 0.0, low_open=True) if "final_div" in args else 1e4
+    moms = c.numbers(args["moms"], "moms", (0.95, 0.85, 0.95), 0.0, 1.0) if "moms" in args else (0.95, 0.85, 0.95)
+    if moms is not None and moms[0] != moms[2]:
+        c.error(codes.CONFLICT, f"moms: the cycle ends where it starts (torch's OneCycleLR), found "
+                f"{fmt(moms[0])} and {fmt(moms[2])}", args["moms"].span,
+                [f"e.g. moms=({fmt(moms[0])}, {fmt(moms[1])}, {fmt(moms[0])})"])
+        return None
+    if None in (epochs, lr, pct, div, final_div, moms):
+        return None
+    return FitOneCycle(epochs, lr, pct, div, final_div, moms, call.span)

@@ -1,0 +1,381 @@
+"""The checked spec: normalised, typed, frozen; what every stage after `check` consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from specc.language.source import Source, Span
+
+CATEGORY, FLOAT = "category", "float"
+CLASSES = "classes"  # a symbolic size: the number of classes of a category target
+
+Dim = Union[int, str]  # a size, or CLASSES until the data is read
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column the spec reads: its name in the file and how its values are read.
+    A float column may hold an array per row (`pixels: float(28, 28)`) and a scale (`/ 255`),
+    which the model applies (so that the exported model takes the values as they are)."""
+
+    name: str
+    kind: str  # CATEGORY or FLOAT
+    span: Span = field(compare=False, repr=False)
+    shape: tuple[int, ...] = ()  # per row; () is one number
+    scale: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CsvSource:
+    """A delimited text file; `columns` names the fields when the file has no header. Values equal
+    to one of `missing` (after stripping spaces, when `strip`) are missing."""
+
+    path: Path
+    delimiter: str
+    header: bool
+    columns: tuple[str, ...] | None
+    span: Span = field(compare=False, repr=False)
+    missing: tuple[str, ...] = ()
+    strip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NpzSource:
+    """Named arrays in a numpy .npz file (read without pickle): one array per column, or
+    `<column>_train` and `<column>_valid` arrays when the file brings its own validation set."""
+
+    path: Path
+    span: Span = field(compare=False, repr=False)
+
+
+IMAGE_MODES = {"gray": 1, "rgb": 3}  # images(mode=...) -> channels (Pillow's "L" and "RGB")
+IMAGE_COLUMN, LABEL_COLUMN = "image", "label"  # the two columns an images(...) source gives
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesSource:
+    """A folder of images, one subfolder per class (or `train/` and `valid/` folders that bring
+    their own validation set, each so), every image decoded in `mode` and resized to `size`."""
+
+    path: Path
+    size: tuple[int, int]  # (height, width)
+    mode: str  # a key of IMAGE_MODES
+    span: Span = field(compare=False, repr=False)
+    skip_broken: bool = False  # an image that cannot be decoded is skipped (with a warning), not an error
+
+    @property
+    def row_shape(self) -> tuple[int, int, int]:
+        """The shape of one image as the model gets it: (channels, height, width)."""
+        return (IMAGE_MODES[self.mode], *self.size)
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetSource:
+    """A Parquet file, or a folder of them read as one table (files in order of their path), each
+    column typed by the file's schema; `columns` is the selection the spec may read (None: all)."""
+
+    path: Path
+    columns: tuple[str, ...] | None
+    span: Span = field(compare=False, repr=False)
+
+
+DataSource = Union[CsvSource, NpzSource, ImagesSource, ParquetSource]
+
+
+@dataclass(frozen=True, slots=True)
+class RandomSplit:
+    """A random `fraction` of the rows is the validation set, drawn with `seed`."""
+
+    fraction: float
+    seed: int
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RowSplit:
+    """Rows `start` to `end` (0-based, end excluded; None = to the end) are the validation set."""
+
+    start: int
+    end: int | None
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LastSplit:
+    """The last `fraction` of the rows is the validation set (for data in time order)."""
+
+    fraction: float
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+Split = Union[RandomSplit, RowSplit, LastSplit]
+DEFAULT_SPLIT = RandomSplit(0.2, 0)
+PROCS = ("fill_missing", "categorify", "normalize")
+
+
+@dataclass(frozen=True, slots=True)
+class Augment:
+    """Training-time changes to the image inputs, drawn anew for every batch on the device: a
+    horizontal flip of half the images (`flip`), and a crop back to the image's size from the
+    image padded with `crop` zeros on each side (0: none). Never at validation or in the export."""
+
+    flip: bool = False
+    crop: int = 0
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    source: DataSource
+    inputs: tuple[Column, ...]
+    target: Column
+    valid: Split | None  # None: the file's own validation arrays, else random(0.2, seed=0)
+    batch: int
+    procs: tuple[str, ...] = ()  # fitted on the training rows; applied inside the model
+    keep_classes: tuple[str, ...] = ()  # only rows whose (category) target is one of these
+    train_rows: int | None = None  # only the first N training rows (after keep_classes)
+    augment: Augment | None = None  # of the image inputs, while training
+
+    def indicator_columns(self) -> tuple[str, ...]:
+        """With fill_missing, each float input has a `<name>_na` category column: missing or not."""
+        if "fill_missing" not in self.procs:
+            return ()
+        return tuple(f"{c.name}_na" for c in self.inputs if c.kind == FLOAT and not c.shape)
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One use of an op declared in specc.model.ops: its name and its checked constant arguments, read
+    as attributes (`op.out`, `op.p`). Values are rows; the op's declaration says what it does."""
+
+    name: str
+    args: tuple[tuple[str, object], ...] = ()  # (name, value), sorted by name: equal ops compare equal
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(sorted(self.args, key=lambda item: item[0])))
+
+    def __getattr__(self, key: str):
+        for name, value in object.__getattribute__(self, "args"):
+            if name == key:
+                return value
+        raise AttributeError(f"op '{object.__getattribute__(self, 'name')}' has no argument '{key}'")
+
+    def with_args(self, **changes) -> "Op":
+        """The same op with some arguments given or replaced."""
+        kept = tuple((k, v) for k, v in self.args if k not in changes)
+        return Op(self.name, kept + tuple(changes.items()))
+
+
+def op(name: str, **args) -> Op:
+    """An op with its arguments by name: op("linear", out=10)."""
+    return Op(name, tuple(args.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One value of the model: `name = op(inputs)`, a row of `shape` numbers per example."""
+
+    name: str
+    op: Op  # specc.model.ops names it
+    inputs: tuple[str, ...]
+    shape: tuple[Dim, ...]
+    span: Span = field(compare=False, repr=False)
+    group: str = "model"  # the layer group whose learning rate and freezing its weights follow
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    nodes: tuple[Node, ...]
+    output: str
+    inputs: tuple[str, ...]  # the input columns the model reads, in the data block's order
+    groups: tuple[str, ...] = ("model",)  # layer groups, first to last
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------- train
+
+
+@dataclass(frozen=True, slots=True)
+class Adam:
+    """Adam with decoupled weight decay (AdamW, fastai's default); `adamw` is the same."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    wd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SGD:
+    """SGD with torch's momentum form (v = m*v + (1 - dampening)*g, the first v = g; p -= lr*v)
+    and decoupled weight decay. dampening = momentum is the seed's EWMA of gradients."""
+
+    momentum: float = 0.0
+    wd: float = 0.0
+    nesterov: bool = False
+    dampening: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RMSProp:
+    """RMSProp: s = alpha*s + (1-alpha)*g^2; p -= lr * g / (sqrt(s) + eps); decoupled weight decay."""
+
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    wd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SparseAdam:
+    """Lazy Adam for embedding tables (`sparse_adam`): a table's gradient is sparse (only the rows
+    the batch looked up), and only those rows' moments and weights change, with decoupled weight
+    decay on them; every other weight as AdamW. Not Adam's maths: a row's moments decay only when
+    the row is seen, which is why it is a choice of its own and never what `adam` does."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    wd: float = 0.0
+
+
+Optimizer = Union[Adam, SGD, RMSProp, SparseAdam]
+
+
+@dataclass(frozen=True, slots=True)
+class LRSlice:
+    """Discriminative learning rates over the layer groups, as the seed's `slice`:
+    slice(low, high) spreads them geometrically from the first group (low) to the last (high);
+    slice(high) gives the last group `high` and every other group high / div."""
+
+    low: float | None
+    high: float
+    div: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class LRFind:
+    """`lr = find`: run the learning-rate finder before the stage and take its suggestion."""
+
+    suggestion: str = "valley"
+
+
+LR = Union[float, LRSlice, LRFind]
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """A constant learning rate for `epochs` epochs."""
+
+    epochs: int
+    lr: LR
+    span: Span | None = field(default=None, compare=False, repr=False)  # the fit statement
+
+
+@dataclass(frozen=True, slots=True)
+class FitOneCycle:
+    """Leslie Smith's one cycle, as torch's OneCycleLR: lr up then annealed, momentum opposite."""
+
+    epochs: int
+    lr: LR
+    pct_start: float = 0.3
+    div: float = 25.0
+    final_div: float = 1e4
+    moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
+    span: Span | None = field(default=None, compare=False, repr=False)  # the fit statement
+
+
+Schedule = Union[Fit, FitOneCycle]
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyStop:
+    """Stop the stage when `monitor` has not improved for `patience` epochs; with `keep_best`,
+    end it with the best epoch's weights."""
+
+    monitor: str
+    patience: int
+    keep_best: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of a training plan: which groups are frozen, how long and how fast to train."""
+
+    name: str
+    fit: Schedule
+    frozen: tuple[str, ...] = ()
+    early_stop: EarlyStop | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InitFrom:
+    """`init GROUP from "RUN"`: the group's weights come from an earlier run's model.safetensors."""
+
+    group: str
+    run: Path
+    span: Span = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSpec:
+    loss: str
+    metrics: tuple[str, ...]
+    optimizer: Optimizer
+    stages: tuple[Stage, ...]
+    seed: int
+    l2: float = 0.0  # the seed's penalty: loss + l2 * sum(w^2) over every parameter
+    stop_on_nan: bool = True
+    precision: str = "fp32"  # or "bf16": the training forward pass under bfloat16 autocast
+
+    @property
+    def fit(self) -> Schedule:
+        """The first stage's schedule (the only one of a plan without stages)."""
+        return self.stages[0].fit
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRange:
+    """One line of a `search { }` block, for `specc tune`: a `--set` key and the values to try.
+    kind: int (low..high, every `step`), float (uniform), log (log-uniform) or choice (`choices`, as
+    written in the spec)."""
+
+    key: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    step: int | None = None
+    choices: tuple[str, ...] = ()
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def text(self) -> str:
+        """The range as a spec writes it: `int(10, 100)`, `choice(32, 64)`."""
+        if self.kind == "choice":
+            return f"choice({', '.join(self.choices)})"
+        step = f", step={self.step}" if self.step is not None else ""
+        return f"{self.kind}({self.low:g}, {self.high:g}{step})"
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A spec that has passed `check`: every later stage reads only this."""
+
+    name: str
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    source: Source = field(compare=False, repr=False)
+    inits: tuple[InitFrom, ...] = ()
+    params: tuple = ()  # specc.language.params.NamedValue: the params block's values, as trained
+    search: tuple[SearchRange, ...] = ()  # the search block (specc tune); training ignores it

@@ -1,0 +1,466 @@
+"""Train: lowered model + prepared data -> trained weights and per-epoch metrics.
+
+One explicit loop, `train`. The data lives in tensors on the training device; each epoch draws a
+fresh permutation and takes batches by index (no DataLoader, no sampling with replacement). How a
+step is taken (plain, device-resident, CUDA graph) is specc.training.steps'; the optimizers are
+specc.training.optim's, the losses and metrics specc.training.metrics'."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from specc.data.prepare import Prepared
+from specc.language import codes
+from specc.language.spec import EarlyStop, SparseAdam, Spec
+from specc.model.lower import lower
+from specc.model.plan import TrainPlan
+from specc.model.sized import SizedModel, sized_model
+from specc.training.checkpoint import TrainState
+from specc.training.distributed import (
+    ONE, StepSync, World, barrier, broadcast_floats, broadcast_model, slice_dropout, whole_batches,
+)
+from specc.training.lrfind import END, START, STEPS, LRFindResult, lr_find
+from specc.training.metrics import EpochRecord, History, batch_loss, better, evaluate, fold, monitored, smooth
+from specc.training.optim import module_groups
+from specc.training.steps import (
+    Batches, NanWatch, StageSetup, Steps, loop_kind, run_epoch, setup_stage, stage_steps, train_mode,
+)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is cuda when torch sees a GPU, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# torch's threads wait for each other at the end of every operation, so an operation lasts as long
+# as its slowest thread: when another process holds a core, the thread that lost it stalls every
+# step. A small model's operations are too short for a second thread to gain much (bench/README.md,
+# "Threads": at most about 1.6 times on an idle 2-core machine, against 3.6 to 21 times slower
+# beside one busy process), so below SMALL_STEP multiply-adds a step the default is one thread.
+SMALL_STEP = 1 << 26
+TORCH_THREADS = torch.get_num_threads()  # torch's own default (one per core), before anything sets it
+
+
+def step_multiply_adds(model: SizedModel, batch: int) -> int:
+    """Multiply-adds of one forward step in the layers that have them (linear), batch x their
+    weights (embedding lookups and elementwise operations are small beside them)."""
+    return batch * model.multiply_adds()
+
+
+def default_threads(spec: Spec, prepared: Prepared) -> int:
+    """One thread for a small model (under SMALL_STEP multiply-adds a step, as every example spec
+    is), else torch's own default (one per core)."""
+    if step_multiply_adds(sized_model(spec, prepared), spec.data.batch) < SMALL_STEP:
+        return 1
+    return TORCH_THREADS
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch.set_num_threads(n) for the block, then the count from before (a sweep, or a caller
+    of train_run, keeps its own)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def duration(seconds: float) -> str:
+    """A time for people: `12.3 s`, `4 min 05 s`, `1 h 02 min`."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class Progress:
+    """The per-epoch table, and on a terminal a line within a long epoch that is rewritten in
+    place (step, elapsed, eta, smoothed loss); nothing but the table when the output is a file or
+    a pipe, so that logs stay clean."""
+
+    LIVE_AFTER = 2.0  # seconds into an epoch before the line appears: a short epoch shows just its row
+    LIVE_EVERY = 0.25  # seconds between two updates at least
+
+    def __init__(self, metrics: tuple[str, ...], out=None, live: bool | None = None, stages: bool = False):
+        self.out = out or sys.stdout
+        self.metrics = metrics
+        self.live = self.out.isatty() if live is None else live
+        self.header_done = False
+        self.stages = stages  # a column for the stage when the plan has several
+        self.columns = ["stage"] * stages + ["epoch", "train_loss", "valid_loss", *metrics, "time"]
+        self._next = self.LIVE_AFTER  # seconds into the epoch of the next update
+        self._shown = 0  # length of the live line on the screen, 0 when there is none
+
+    def header(self) -> None:
+        print("  ".join(f"{c:<10}" for c in self.columns).rstrip(), file=self.out, flush=True)
+        self.header_done = True
+
+    def start_epoch(self) -> None:
+        """A new epoch: the live line waits LIVE_AFTER seconds again."""
+        self._next = self.LIVE_AFTER
+
+    def due(self, elapsed: float) -> bool:
+        """Whether the live line wants an update, `elapsed` seconds into the epoch."""
+        return self.live and elapsed >= self._next
+
+    def step(self, stage: str, epoch: int, done: int, total: int, smoothed: float, elapsed: float) -> None:
+        """Rewrite the live line: `done` of `total` steps taken in `elapsed` seconds."""
+        self._next = elapsed + self.LIVE_EVERY
+        eta = elapsed / done * (total - done) if done else 0.0
+        where = f"stage {stage}  epoch {epoch}" if self.stages else f"epoch {epoch}"
+        line = f"{where}  step {done}/{total}  {duration(elapsed)} elapsed  eta {duration(eta)}  loss {smoothed:.6f}"
+        line = line[:shutil.get_terminal_size().columns - 1]  # a line that wrapped could not be rewritten
+        self.out.write("\r" + line.ljust(self._shown))  # the padding covers a longer line before it
+        self.out.flush()
+        self._shown = len(line)
+
+    def epoch(self, record: EpochRecord) -> None:
+        if self._shown:  # the table's row takes the live line's place
+            self.out.write("\r" + " " * self._shown + "\r")
+            self._shown = 0
+        if not self.header_done:
+            self.header()
+        mins, secs = divmod(int(round(record.seconds)), 60)
+        cells = [f"{record.stage:<10}"] * self.stages + [
+                 f"{record.epoch:<10}", f"{record.train_loss:<10.6f}", f"{record.valid_loss:<10.6f}",
+                 *(f"{record.metrics[m]:<10.6f}" for m in self.metrics), f"{mins:02d}:{secs:02d}"]
+        print("  ".join(cells), file=self.out, flush=True)
+
+
+def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Each column as a tensor on the device (shared with the array on the CPU, not copied)."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
+
+
+def training_batches(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
+                     part: tuple[int, int] = (0, 1)) -> Batches:
+    """The training split's model inputs and target on the device, in the plan's batches (of
+    which this rank trains on its `part`)."""
+    tensors = to_tensors(prepared.train, device)
+    return Batches([tensors[c] for c in spec.model.inputs], tensors[spec.data.target.name], plan.batch,
+                   plan.steps_per_epoch, part)
+
+
+def batch_order(spec: Spec, device: torch.device) -> torch.Generator:
+    """The generator that draws each epoch's order of the rows (and lr-find's batches), seeded."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(spec.train.seed)
+    return generator
+
+
+def build_model(spec: Spec, prepared: Prepared):
+    """Seeded model construction (the same weights for the same spec and data), then the groups
+    that `init GROUP from "RUN"` names take their weights from that run."""
+    torch.manual_seed(spec.train.seed)
+    model = lower(sized_model(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
+    if isinstance(spec.train.optimizer, SparseAdam):  # the tables' gradients: the rows looked up, not the table
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.sparse = True
+    for init in spec.inits:
+        load_group(model, module_groups(model), init)
+    return model
+
+
+def load_group(model, groups: dict[str, str], init) -> None:
+    """Copy a group's weights from an earlier run's model.safetensors, checking names and shapes."""
+    from safetensors import SafetensorError, safe_open
+
+    from specc.language.diagnostics import Diagnostic, SpecError
+
+    path = init.run / "model.safetensors"
+    where = f"{init.run}"
+    if not path.is_file():
+        raise SpecError([Diagnostic(codes.BAD_INIT_RUN, f"no model.safetensors in {where}", init.span,
+                                    ("train that run first: its run folder holds the weights",))])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:  # a damaged or cut-short file
+        raise SpecError([Diagnostic(codes.BAD_INIT_RUN, f"cannot read {path}: {err}", init.span,
+                                    ("train that run again, or init from another run",))]) from None
+    state = model.state_dict()
+    wanted = [k for k in state if groups.get(k.split(".")[0]) == init.group]
+    problems = []
+    for key in wanted:
+        if key not in saved:
+            problems.append(f"the run has no '{key}'")
+        elif saved[key].shape != state[key].shape:
+            problems.append(f"'{key}' is {tuple(saved[key].shape)} in the run but {tuple(state[key].shape)} here")
+    if problems or not wanted:
+        notes = tuple(problems[:5]) or (f"group '{init.group}' has no weights",)
+        raise SpecError([Diagnostic(codes.BAD_INIT_RUN, f"cannot take group '{init.group}' from {where}", init.span,
+                                    notes)])
+    with torch.no_grad():
+        for key in wanted:
+            state[key].copy_(saved[key])
+
+
+def _class_name(name: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() else "_" for ch in name.title())
+    return cleaned if cleaned[:1].isalpha() else "Spec" + cleaned
+
+
+class StopRequest:
+    """Set by a signal handler (Ctrl-C, SIGTERM): the loop stops after the step in progress. In
+    data-parallel training (`shared`) the handler only marks this rank `signalled`; the step's
+    all-reduce then sets `requested` on every rank at once, so all stop before the same step."""
+
+    def __init__(self, shared: bool = False) -> None:
+        self.requested = False
+        self.signalled = False
+        self.shared = shared
+
+    def ask(self) -> None:
+        self.signalled = True
+        if not self.shared:
+            self.requested = True
+
+
+class Interrupted(Exception):
+    """Training stopped on request; `state` continues it (specc.training.checkpoint)."""
+
+    def __init__(self, state):
+        self.state = state
+        super().__init__(f"stopped in epoch {state.epoch} before step {state.step}")
+
+
+def find_lr(spec: Spec, setup: StageSetup, batches: Batches, generator: torch.Generator, device,
+            start: float = START, end: float = END, steps: int = STEPS) -> LRFindResult:
+    """lr-find over the stage's optimizer and random batches of its training rows; the model,
+    optimizer and generators are left as they were."""
+    loss = batch_loss(spec, setup.model, setup.params)
+
+    def step_loss(idx):
+        return loss([x[idx] for x in batches.xs], batches.y[idx])
+
+    with whole_batches(setup.model):  # every rank runs the finder over whole batches, as one process does
+        return lr_find(setup.model, setup.optimizer, step_loss, batches.rows, batches.size, generator, start, end,
+                       steps, device=device)
+
+
+def validation(spec: Spec, model, valid: dict, world: World) -> dict[str, float]:
+    """The validation loss and metrics over the whole split, computed once: by rank 0 in
+    data-parallel training, its numbers shared with the others (so early stopping decides alike)."""
+    if not world.parallel:
+        return evaluate(spec, model, valid, valid[spec.data.target.name])
+    keys = ["loss", *spec.train.metrics]
+    scores = evaluate(spec, model, valid, valid[spec.data.target.name]) if world.writes else None
+    return dict(zip(keys, broadcast_floats(world, scores and [scores[k] for k in keys], len(keys))))
+
+
+@dataclass
+class EarlyStopping:
+    """A stage's early stopping (`rule`; None: the stage runs all its epochs): the best value of
+    the monitored number so far, its epoch, the epochs waited since, and with keep_best the best
+    epoch's weights."""
+
+    rule: EarlyStop | None
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    stopped: bool = False
+    weights: dict | None = None
+
+    @classmethod
+    def resumed(cls, rule: EarlyStop | None, state: TrainState) -> EarlyStopping:
+        """Where a stopped run's stage had got to (its checkpoint's `early` and `best`)."""
+        early = state.early
+        return cls(rule, early.get("best"), early.get("best_epoch"), early.get("wait", 0),
+                   bool(early.get("stopped", False)), state.best or None)
+
+    def after(self, record: EpochRecord, model) -> None:
+        """Take an epoch's record: a better value is the new best (its weights kept), else one more wait."""
+        if self.rule is None:
+            return
+        value = monitored(record, self.rule.monitor)
+        if better(self.rule.monitor, value, self.best):
+            self.best, self.best_epoch, self.wait = value, record.epoch, 0
+            if self.rule.keep_best:
+                self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.wait += 1
+            self.stopped = self.stopped or self.wait >= self.rule.patience
+
+    def restore_best(self, model) -> None:
+        """The stage ends with its best epoch's weights, when the rule keeps them."""
+        if self.rule is not None and self.rule.keep_best and self.weights is not None:
+            model.load_state_dict(self.weights)
+
+    def saved(self) -> dict:
+        """The checkpoint's `early`: best, best_epoch and wait once there is a best, and stopped."""
+        if self.best is None and not self.wait and not self.stopped:
+            return {}
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait} | (
+            {"stopped": True} if self.stopped else {})
+
+
+@dataclass
+class Position:
+    """What a run carries besides its weights, optimizer and place (stage, epoch): the epoch in
+    progress (the next step, its order of the rows, its losses, rates and seconds so far) and what
+    goes on from epoch to epoch (the smoothed loss's state, the rates lr-find found)."""
+
+    step: int = 0
+    perm: torch.Tensor | None = None  # None: the epoch's order is not drawn yet
+    losses: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    lrs: list = field(default_factory=list)
+    seconds: float = 0.0
+    ewma: tuple = (0.0, 0)
+    found_lrs: dict = field(default_factory=dict)
+
+    def next_epoch(self) -> None:
+        """The epoch is over: the next one starts at step 0, its order not drawn yet."""
+        self.step, self.perm, self.losses, self.lrs, self.seconds = 0, None, torch.zeros(0), [], 0.0
+
+
+class LiveLine:
+    """The live progress line within an epoch: the epoch's losses folded into the smoothed loss as
+    they are shown, a few times a second at most."""
+
+    def __init__(self, progress: Progress, stage: str, epoch: int, total: int, ewma: tuple, start: float):
+        self.progress, self.stage, self.epoch, self.total, self.ewma, self.start = (
+            progress, stage, epoch, total, ewma, start)
+        self.shown = 0  # steps folded in so far
+        progress.start_epoch()
+
+    def update(self, s: int, steps: Steps) -> None:
+        """After step `s`: rewrite the line when it is due."""
+        if self.progress.due(time.perf_counter() - self.start):
+            smoothed, self.ewma = fold(steps.losses(self.shown, s + 1), self.ewma)
+            self.shown = s + 1
+            self.progress.step(self.stage, self.epoch, s + 1, self.total, smoothed, time.perf_counter() - self.start)
+
+
+def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
+          progress: Progress | None = None, on_epoch=None, on_start=None, resume: TrainState | None = None,
+          stop: StopRequest | None = None, found_lrs: dict | None = None, on_lr_found=None,
+          device_step: bool | str = False, graph: bool | None = None,
+          world: World = ONE) -> tuple[torch.nn.Module, History]:
+    """Train the spec's model, stage by stage. `on_start(model)` runs before the first step (not
+    on resume); `on_epoch(model, record, history, state)` after each epoch, with the state to go on
+    from. `resume` (a specc.training.checkpoint.TrainState) continues a run where it stopped, to the same
+    weights as a run that never stopped; `stop.requested` stops it after the current step.
+    `found_lrs[stage]` replays a learning rate lr-find found before (`lr = find`), and
+    `on_lr_found(stage, lr, result)` is told of a new one. `graph` replays each step from a CUDA
+    graph (specc.training.fastpath; None: wherever fastpath.graph_reason finds nothing against it, so on a
+    CUDA device with Adam). `device_step` takes the same device-resident step uncaptured (Adam only;
+    on the CPU it trains to the plain loop's weights bit for bit); "flat" makes it update with
+    fastpath.FlatAdam, the update the captured step uses. `world` (specc.training.distributed): this rank's
+    part of a data-parallel run, which takes the plain loop and its slice of every batch."""
+    loop = loop_kind(spec, device, device_step, graph, world.parallel)  # chosen once: every stage steps alike
+    model = build_model(spec, prepared).to(device)
+    if world.parallel:
+        slice_dropout(model, world.part())  # each rank's rows of the mask one process draws
+    model.train()
+    if on_start is not None and resume is None:
+        on_start(model)
+    batches, valid = training_batches(spec, prepared, plan, device, world.part()), to_tensors(prepared.valid, device)
+    generator, history = batch_order(spec, device), History()
+    watch = NanWatch(spec.train.stop_on_nan, quiet=not world.writes)
+    at = Position(found_lrs=dict(found_lrs or {}))
+    if resume is not None:  # the weights, generators and history of the stopped run, its place in its epoch
+        at = restore(resume, model, generator, history, at.found_lrs, device)
+    broadcast_model(world, model)  # every rank starts from rank 0's numbers
+    sync = StepSync(world, stop, model) if world.parallel else None
+    for si in range(resume.stage if resume is not None else 0, len(plan.stages)):
+        stage, resuming = plan.stages[si], resume is not None and si == resume.stage
+        setup = setup_stage(spec, model, plan, stage)
+        if setup.find:  # lr = find: the finder's valley, found once (a rerun or a resume replays it)
+            if stage.name not in at.found_lrs:
+                result = find_lr(spec, setup, batches, generator, device)
+                at.found_lrs[stage.name] = broadcast_floats(world, [result.suggestions["valley"]], 1)[0]
+                if on_lr_found is not None:
+                    on_lr_found(stage.name, at.found_lrs[stage.name], result)
+            for group in setup.optimizer.param_groups:
+                group["lr"] = at.found_lrs[stage.name]
+        # the schedule starts at the found rate; a stopped run's optimizer and schedule state are put back
+        steps = stage_steps(loop, spec, stage, setup, batches, watch, device, resume if resuming else None, sync)
+        early = EarlyStopping.resumed(stage.early_stop, resume) if resuming else EarlyStopping(stage.early_stop)
+        for epoch in range(resume.epoch if resuming else 0, stage.epochs):
+            if early.stopped:
+                break
+            start = time.perf_counter() - at.seconds  # a resumed epoch's clock goes on where it stopped
+            if at.perm is None:  # each epoch its own order of the rows, from the seeded generator
+                at.perm = torch.randperm(batches.rows, generator=generator, device=device)
+                at.losses, at.lrs = torch.zeros(0), []
+            lr = at.lrs[0] if at.lrs else steps.lr()  # the rate of the epoch's first step, for its record
+            steps.start_epoch(epoch, at.perm, at.step, at.losses, at.lrs)
+            live = LiveLine(progress, stage.name, epoch, batches.steps, at.ewma, start) if (
+                progress is not None and progress.live) else None
+            done = run_epoch(steps, at.step, batches.steps, stop, live)
+            at.step, (at.losses, at.lrs) = done, steps.end_epoch(done)  # the losses' one read back
+            if done < batches.steps:  # stopped on request: the state to go on from this step
+                at.seconds = time.perf_counter() - start
+                raise Interrupted(checkpoint(model, si, epoch, at, steps, early, generator, history))
+            raw = at.losses.double().cpu().numpy()
+            smoothed, at.ewma = smooth(raw, start=at.ewma)
+            scores = validation(spec, model, valid, world)
+            train_mode(model, setup.frozen)  # evaluate left every module in training mode
+            record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
+                                 {m: scores[m] for m in spec.train.metrics}, lr, time.perf_counter() - start)
+            history.add(record, raw, smoothed, at.lrs)
+            if progress is not None:
+                progress.epoch(record)
+            early.after(record, model)
+            last = epoch == stage.epochs - 1 or early.stopped
+            if last:
+                early.restore_best(model)  # the stage ends with its best epoch's weights, if it keeps them
+            at.next_epoch()
+            if on_epoch is not None:  # the state to go on from: the next epoch, or the next stage's first
+                state = (checkpoint(model, si + 1, 0, at, None, None, generator, history) if last
+                         else checkpoint(model, si, epoch + 1, at, steps, early, generator, history))
+                on_epoch(model, record, history, state)
+        at.next_epoch()  # the next stage begins with a fresh epoch
+    barrier(world, "waiting for every rank to finish")  # then rank 0 exports
+    slice_dropout(model, None)
+    return model, history
+
+
+def checkpoint(model, stage: int, epoch: int, at: Position, steps: Steps | None, early: EarlyStopping | None,
+               generator: torch.Generator, history: History) -> TrainState:
+    """The state to go on from: `at` in `epoch` of `stage`. Without `steps` and `early` (a stage not
+    begun) it holds no optimizer, schedule or early-stopping state: the stage makes its own, as a
+    run that never stopped does."""
+    return TrainState(
+        epoch=epoch, step=at.step, perm=torch.zeros(0, dtype=torch.int64) if at.perm is None else at.perm,
+        model=model.state_dict(),
+        optimizer={"state": {}, "param_groups": []} if steps is None else steps.optimizer_state(),
+        scheduler=None if steps is None else steps.scheduler_state(),
+        torch_rng=torch.get_rng_state(), generator=generator.get_state(),
+        epoch_losses=at.losses, epoch_lrs=list(at.lrs), ewma=at.ewma,
+        records=[r.__dict__ for r in history.records],
+        history={"step_loss": history.step_loss, "step_smooth": history.step_smooth, "step_lr": history.step_lr},
+        epoch_seconds=at.seconds, stage=stage, early={} if early is None else early.saved(),
+        best={} if early is None else (early.weights or {}), found_lrs=dict(at.found_lrs))
+
+
+def restore(state: TrainState, model, generator: torch.Generator, history: History, found_lrs: dict,
+            device) -> Position:
+    """Put a stopped run's weights, random number generators and history back; its place in the
+    epoch it stopped in (its stage and epoch are the state's)."""
+    model.load_state_dict(state.model)
+    torch.set_rng_state(state.torch_rng)
+    generator.set_state(state.generator.to(generator.get_state().device))
+    history.records = [EpochRecord(**r) for r in state.records]
+    history.step_loss = list(state.history.get("step_loss", []))
+    history.step_smooth = list(state.history.get("step_smooth", []))
+    history.step_lr = list(state.history.get("step_lr", []))
+    return Position(state.step,
+                    state.perm.to(device) if state.perm.numel() else None,  # empty: draw the epoch's own
+                    state.epoch_losses.to(device), list(state.epoch_lrs), state.epoch_seconds, tuple(state.ewma),
+                    {**found_lrs, **state.found_lrs})
