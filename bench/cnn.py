@@ -33,9 +33,10 @@ from common import (add_args, clone_state, hand_epochs, one_cycle_adamw, predict
                     print_table, profile_runs, run_batches, set_threads, steps_per_epoch, three_loops, timed,
                     write_json)
 from specc.data.prepare import prepare
-from specc.language.spec import Adam, FitOneCycle
+from specc.language.spec import FitOneCycle
 from specc.model.plan import make_plan
 from specc.training.loop import build_model, train
+from specc.training.options import RunOptions
 from specc.training.run import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ def specc_setup(batch: int):
 def check_settings(spec, prepared, plan, batch: int) -> None:
     """The hand-written constants must be what specc trains with, on the spec's own sample."""
     opt, fit = spec.train.optimizer, spec.train.fit
-    assert isinstance(opt, Adam) and isinstance(fit, FitOneCycle), (opt, fit)
+    assert opt.kind == "adam" and isinstance(fit, FitOneCycle), (opt, fit)
     assert (opt.betas, opt.eps, opt.wd) == (BETAS, EPS, WD), opt
     assert (fit.lr, fit.pct_start, fit.div, fit.final_div) == (LR, PCT_START, DIV, FINAL_DIV), fit
     assert fit.moms[:2] == MOMS, fit.moms
@@ -143,7 +144,7 @@ def check_settings(spec, prepared, plan, batch: int) -> None:
 def specc_epoch(spec, prepared, plan):
     """One call of specc.training.loop.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
     loop+valid wall s)."""
-    (model, history), wall, cpu = timed(train, spec, prepared, plan, DEVICE, progress=None)
+    (model, history), wall, cpu = timed(train, spec, prepared, plan, RunOptions(str(DEVICE)))
     rec = history.records[-1]
     return model, rec.valid_loss, rec.metrics["accuracy"], wall, cpu, rec.seconds
 

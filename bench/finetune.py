@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     if not args.mnist.is_file():
         print(f"no MNIST at {args.mnist}", file=sys.stderr)
         return 2
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     data = f'data.source.path="{args.mnist.resolve()}"'
@@ -56,15 +57,16 @@ def main(argv=None) -> int:
         sets = [data, f"train.seed={seed}"]
         pre, _ = load_spec(args.pretrain_spec, sets)
         t = time.perf_counter()
-        pre_run = train_run(pre, work / f"pretrain{seed}", "cpu", sets, quiet=True)
+        pre_run = train_run(pre, work / f"pretrain{seed}", RunOptions("cpu", sets, quiet=True))
         pre_s = time.perf_counter() - t
         spec, _ = load_spec(args.spec, sets)
         spec = with_body_from(spec, work / f"pretrain{seed}")
-        tuned = train_run(spec, work / f"finetune{seed}", "cpu", sets, quiet=True)
-        scratch = train_run(dataclasses.replace(spec, inits=()), work / f"scratch{seed}", "cpu", sets, quiet=True)
+        tuned = train_run(spec, work / f"finetune{seed}", RunOptions("cpu", sets, quiet=True))
+        scratch = train_run(dataclasses.replace(spec, inits=()), work / f"scratch{seed}",
+                            RunOptions("cpu", sets, quiet=True))
         # and from scratch with every group trained from the start, the same number of epochs
         whole = from_scratch_whole(spec, sum(s.fit.epochs for s in spec.train.stages), 1e-2)
-        scratch_all = train_run(whole, work / f"scratch_all{seed}", "cpu", sets, quiet=True)
+        scratch_all = train_run(whole, work / f"scratch_all{seed}", RunOptions("cpu", sets, quiet=True))
         row = {"seed": seed, "pretrain_valid_accuracy": pre_run.history.records[-1].metrics["accuracy"],
                "pretrain_seconds": round(pre_s, 1),
                "finetuned": tuned.history.records[-1].metrics["accuracy"],

@@ -41,6 +41,7 @@ def main(argv=None) -> int:
         return 2
     from finetune import from_scratch_whole, with_body_from
     from specc.language.spec import FitOneCycle, LRSlice
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     work = Path(tempfile.mkdtemp(prefix="specc-finetune-grid-"))
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         sets = [data, f"train.seed={seed}"]
         pre, _ = load_spec(specs["finetune_pretrain"], sets + args.pretrain_set)
-        train_run(pre, work / f"pre{seed}", "cpu", sets + args.pretrain_set, quiet=True)
+        train_run(pre, work / f"pre{seed}", RunOptions("cpu", sets + args.pretrain_set, quiet=True))
         fine_sets = sets + [f"data.train_rows={args.rows}"]
         base, _ = load_spec(specs["finetune"], fine_sets)
         base = with_body_from(base, work / f"pre{seed}")
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
             tuned = dataclasses.replace(base, train=dataclasses.replace(base.train, stages=stages))
 
             def accuracy(spec, records_of_stage=None):
-                records = train_run(spec, work / "run", "cpu", fine_sets, quiet=True, force=True).history.records
+                options = RunOptions("cpu", fine_sets, quiet=True, force=True)
+                records = train_run(spec, work / "run", options).history.records
                 if records_of_stage:
                     records = [r for r in records if r.stage == records_of_stage]
                 return records[-1].metrics["accuracy"]

@@ -42,6 +42,7 @@ from common import sync, write_json
 from specc.data.prepare import Prepared, Vocab, prepare
 from specc.model.plan import make_plan
 from specc.training.loop import Interrupted, StopRequest, build_model, train
+from specc.training.options import RunOptions
 from specc.training.run import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,18 +159,19 @@ class PrefixTimer(StopRequest):
 def specc_loop(spec, prepared, plan, device, graph: bool, prefix: int = 0, compiled: bool = True) -> dict:
     os.environ["SPECC_COMPILE"] = "1" if compiled else "0"
     # On a CPU (a smoke run of this script) the graph's step runs uncaptured.
-    options = {"graph": graph} if device.type == "cuda" else {"graph": False, "device_step": "flat" if graph else False}
+    options = RunOptions(str(device), graph=graph) if device.type == "cuda" else RunOptions(
+        str(device), graph=False, device_step="flat" if graph else False)
     peak_reset(device)
     sync(device)
     start = time.perf_counter()
     if prefix:
         timer = PrefixTimer(prefix, device)
         try:
-            train(spec, prepared, plan, device, stop=timer, **options)
+            train(spec, prepared, plan, options, stop=timer)
         except Interrupted:
             pass
         return {"prefix_s": timer.seconds, "steps": plan.steps_per_epoch, "peak_mb": peak_mb(device)}
-    _, history = train(spec, prepared, plan, device, **options)
+    _, history = train(spec, prepared, plan, options)
     sync(device)
     total = time.perf_counter() - start
     epochs = [r.seconds for r in history.records]

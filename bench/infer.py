@@ -86,15 +86,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.chdir(ROOT)
     from specc.data.prepare import prepare
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
     from specc.training.loop import build_model, pick_device
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     device = pick_device(args.device)
     sets = ["train.fit.epochs=1"]
     spec, _ = load_spec("specs/collab.spec", sets)
     run = Path(tempfile.mkdtemp(prefix="specc-infer-"))
-    train_run(spec, run, device.type, sets, quiet=True)
+    train_run(spec, run, RunOptions(device.type, sets, quiet=True))
     session = Session(run / "model.onnx", device="cuda" if device.type == "cuda" else "cpu")
     prepared = prepare(spec.data, spec.model.inputs)
     model = build_model(spec, prepared)

@@ -251,7 +251,8 @@ def read_whatif_prepare(path: Path, limit: int | None):
     int64 category columns stay int64, so that Vocab.fit takes its integer path, and the lookup is
     np.searchsorted on the sorted vocabulary. Same vocabularies and indices as specc's prepare (the
     --profile stage run asserts it). For the csv, random-split, integer-id case of collab.spec only."""
-    from specc.data.prepare import Vocab, column_stats, split_rows
+    from specc.data.prepare import Vocab, column_stats
+    from specc.data.split import split_rows
     from specc.data.table import check_finite, read_table
 
     spec = spec_for(path)
@@ -347,7 +348,8 @@ def profile_prepare(path: Path, threads: int | None) -> None:
 
     import pyarrow as pa
 
-    from specc.data.prepare import Vocab, split_rows
+    from specc.data.prepare import Vocab
+    from specc.data.split import split_rows
     from specc.data.table import check_finite, read_table
     from specc.language.spec import CATEGORY
 

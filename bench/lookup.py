@@ -34,15 +34,16 @@ def main(argv=None) -> int:
     import specc.export as export
     import specc.export.ids  # noqa: F401 (export.ids below)
     from specc.data.prepare import prepare
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
     from specc.model.plan import make_plan
     from specc.training.loop import pick_device, train
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec
 
     device = pick_device(args.device)
     spec, _ = load_spec("specs/collab.spec", ["train.fit.epochs=1"])
     prepared = prepare(spec.data, spec.model.inputs)
-    model, _ = train(spec, prepared, make_plan(spec, prepared), device)
+    model, _ = train(spec, prepared, make_plan(spec, prepared), RunOptions(str(device)))
     where = "cuda" if device.type == "cuda" else "cpu"
     protos = {"table": export.to_onnx(spec, model, prepared.vocabs)}
     export.ids.DENSE_SPAN_RATIO, export.ids.DENSE_ANYWAY = 0, 0  # no id is dense enough: the LabelEncoder

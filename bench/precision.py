@@ -28,6 +28,7 @@ SPECS = {"collab": "collab.spec", "mnist_mlp": "mnist_mlp.spec", "mnist_cnn": "m
 
 def side(name: str, precision: str, device: str, epochs: int, out: Path) -> dict:
     """One training run: the median seconds of its epochs after the first, and its last metrics."""
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     sets = [f"train.precision={precision}", f"train.fit.epochs={epochs}"]
@@ -35,7 +36,7 @@ def side(name: str, precision: str, device: str, epochs: int, out: Path) -> dict
         sets.append(f'data.source.path="{MNIST}"')
     spec, _ = load_spec(ROOT / "specs" / SPECS[name], sets)
     try:
-        result = train_run(spec, out, device, sets, quiet=True, force=True)
+        result = train_run(spec, out, RunOptions(device, sets, quiet=True, force=True))
     except Exception as err:  # a side that cannot run (a capture that fails) is a row that says so
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:120]}
     records = result.history.records

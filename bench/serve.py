@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = """
 import sys
 from pathlib import Path
-from specc.inference.infer import Session
+from specc.inference.session import Session
 from specc.inference.serve import App, Server
 model = Path(sys.argv[1])
 connections = int(sys.argv[2]) if len(sys.argv) > 2 else None
@@ -221,13 +221,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     os.chdir(ROOT)
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     sets = ["train.fit.epochs=1"]
     spec, _ = load_spec("specs/collab.spec", sets)
     run = Path(tempfile.mkdtemp(prefix="specc-serve-"))
-    train_run(spec, run, "cpu", sets, quiet=True)
+    train_run(spec, run, RunOptions("cpu", sets, quiet=True))
     model = run / "model.onnx"
     if args.slow is not None:
         table = slow_clients(model, args.slow, args.seconds)

@@ -25,13 +25,15 @@ OPTIMIZERS = {"adam": "adam(betas=(0.9, 0.99), wd=0.1)", "sparse_adam": "sparse_
 
 def side(optimizer: str, batch: int, data: Path | None, device: str, epochs: int, out: Path) -> dict:
     """One run of specs/collab.spec with this optimizer: the median epoch after the first, the last valid MSE."""
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     sets = [f"train.optimizer={OPTIMIZERS[optimizer]}", f"data.batch={batch}", f"train.fit.epochs={epochs}"]
     if data is not None:
         sets.append(f'data.source.path="{data.resolve()}"')
     spec, _ = load_spec(ROOT / "specs" / "collab.spec", sets)
-    result = train_run(spec, out, device, sets, quiet=True, force=True, threads=1 if device == "cpu" else None)
+    options = RunOptions(device, sets, quiet=True, force=True, threads=1 if device == "cpu" else None)
+    result = train_run(spec, out, options)
     records = result.history.records
     loop = json.loads((out / "run.json").read_text())["loop"]
     return {"seconds": statistics.median(r.seconds for r in records[1:] or records), "valid_mse": records[-1].valid_loss,

@@ -38,9 +38,10 @@ from common import (add_args, alternate, clone_state, hand_epochs, one_cycle_ada
                     print_init_and_target, print_table, profile_runs, run_batches, set_threads, steps_per_epoch,
                     timed, write_json)
 from specc.data.prepare import prepare
-from specc.language.spec import Adam, FitOneCycle
+from specc.language.spec import FitOneCycle
 from specc.model.plan import make_plan
 from specc.training.loop import build_model, train
+from specc.training.options import RunOptions
 from specc.training.run import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ def specc_setup(batch: int):
 def check_settings(spec, prepared, plan, batch: int, emb_szs, stats) -> None:
     """The hand-written constants must be what specc trains with, on the whole Adult set."""
     opt, fit = spec.train.optimizer, spec.train.fit
-    assert isinstance(opt, Adam) and isinstance(fit, FitOneCycle), (opt, fit)
+    assert opt.kind == "adam" and isinstance(fit, FitOneCycle), (opt, fit)
     assert (opt.betas, opt.eps, opt.wd) == (BETAS, EPS, WD), opt
     assert (fit.lr, fit.pct_start, fit.div, fit.final_div) == (LR, PCT_START, DIV, FINAL_DIV), fit
     assert fit.moms[:2] == MOMS, fit.moms
@@ -253,7 +254,7 @@ def check_settings(spec, prepared, plan, batch: int, emb_szs, stats) -> None:
 def specc_epoch(spec, prepared, plan):
     """One call of specc.training.loop.train: (model, valid loss, valid accuracy, wall s, CPU s of the call,
     loop+valid wall s)."""
-    (model, history), wall, cpu = timed(train, spec, prepared, plan, DEVICE, progress=None)
+    (model, history), wall, cpu = timed(train, spec, prepared, plan, RunOptions(str(DEVICE)))
     rec = history.records[-1]
     return model, rec.valid_loss, rec.metrics["accuracy"], wall, cpu, rec.seconds
 

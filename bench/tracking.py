@@ -24,6 +24,7 @@ from specc.data.prepare import prepare  # noqa: E402
 from specc.model.plan import make_plan  # noqa: E402
 from specc.training.loop import train  # noqa: E402
 from specc.training.metrics import EpochRecord, History  # noqa: E402
+from specc.training.options import RunOptions  # noqa: E402
 from specc.training.run import load_spec  # noqa: E402
 from specc.training.tracking import TensorBoard  # noqa: E402
 
@@ -47,7 +48,7 @@ def main() -> None:
     prepared = prepare(spec.data, spec.model.inputs)
     plan = make_plan(spec, prepared)
     start = time.perf_counter()
-    _, history = train(spec, prepared, plan, torch.device("cpu"))
+    _, history = train(spec, prepared, plan, RunOptions("cpu"))
     epoch = time.perf_counter() - start
     short = write_seconds(history, plan.steps_per_epoch)
     long_steps = 351_562

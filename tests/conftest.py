@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import collab_spec, copy_ratings
 
 from specc.data import synth
+
+if os.environ.get("MUTANT_UNDER_TEST"):  # under mutmut (docs/mutation-testing.md): its configuration is read
+    from mutmut.configuration import config  # from the working folder, once: read it now, before a test's chdir
+
+    config()
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,16 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from specc.training import distributed
+from specc.training.options import RunOptions
 from specc.training.run import load_spec, train_run
+from specc.training.world import from_env
 
 spec_path, out, weights = sys.argv[1:4]
-world = distributed.start(distributed.from_env(), "cpu")
+world = distributed.start(from_env(), "cpu")
 try:
     spec, _ = load_spec(spec_path)
-    result = train_run(spec, Path(out), "cpu", quiet=True, resume="--resume" in sys.argv[4:], world=world,
-                       device_step="flat" if "--flat" in sys.argv[4:] else False)
+    result = train_run(spec, Path(out), RunOptions("cpu", quiet=True, resume="--resume" in sys.argv[4:], world=world,
+                                                   device_step="flat" if "--flat" in sys.argv[4:] else False))
 finally:
     distributed.finish(world)
 save_file({k: v.detach().contiguous() for k, v in result.model.state_dict().items()},

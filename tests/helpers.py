@@ -122,11 +122,24 @@ def prepared_spec(path, sets=()):
 
 def trained(path, sets=()):
     """A spec file trained on the CPU with its --set overrides: (spec, prepared, model, history)."""
-    from specc.training.loop import pick_device, train
+    from specc.training.loop import train
+    from specc.training.options import RunOptions
 
     spec, prepared, plan = prepared_spec(path, sets)
-    model, history = train(spec, prepared, plan, pick_device("cpu"))
+    model, history = train(spec, prepared, plan, RunOptions("cpu"))
     return spec, prepared, model, history
+
+
+def on_epoch(fn):
+    """A listener of specc.training.loop.train that calls fn(model, record, history, state) after
+    each epoch (`state`: the TrainState to go on from; it holds the live tensors, so keep a copy)."""
+    from specc.training.listeners import Listener
+
+    class OnEpoch(Listener):
+        def on_epoch(self, model, record, history, state):
+            fn(model, record, history, state)
+
+    return OnEpoch()
 
 
 class StopAt:

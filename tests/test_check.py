@@ -12,7 +12,8 @@ from specc.language.check.values import Checker
 from specc.language.diagnostics import SpecError, UsageError
 from specc.language.parse import parse
 from specc.language.source import Source
-from specc.language.spec import SGD, Adam, Column, CsvSource, FitOneCycle, Node, RandomSplit, RowSplit, op
+from specc.language.spec import Column, CsvSource, FitOneCycle, Node, RandomSplit, RowSplit, op
+from specc.training.optimizers import make as optimizer
 from specc.training.run import load_spec
 
 COLLAB = ROOT / "specs" / "collab.spec"
@@ -40,7 +41,7 @@ def test_collab_spec_means_what_the_seed_says():
     )
     t = spec.train
     assert t.loss == "mse" and t.metrics == ("rmse",) and t.seed == 42
-    assert t.optimizer == Adam((0.9, 0.99), 1e-8, 0.1)
+    assert t.optimizer == optimizer("adam", betas=(0.9, 0.99), eps=1e-8, wd=0.1)
     assert t.fit == FitOneCycle(5, 5e-3, 0.3, 25.0, 1e4, (0.95, 0.85, 0.95))
 
 
@@ -50,7 +51,7 @@ def test_overrides_replace_settings_arguments_and_definitions(tmp_path, monkeypa
                                  "model.u.dim=8", "model.i=embedding(item, 8)", "data.valid=rows(100, 200)",
                                  'data.source.path="elsewhere.csv"'])
     assert spec.data.batch == 128
-    assert spec.train.optimizer == SGD(0.9, 0.0, False)
+    assert spec.train.optimizer == optimizer("sgd", momentum=0.9, wd=0.0, nesterov=False)
     assert spec.train.fit.epochs == 2 and spec.train.fit.lr == 5e-3
     assert spec.model.node("u").shape == (8,) and spec.model.node("i").shape == (8,)
     assert spec.data.valid == RowSplit(100, 200)
@@ -258,12 +259,13 @@ def test_the_bound_holds_deep_inside_a_program_and_the_recursion_limit_is_put_ba
 
 
 def test_a_chain_of_200_steps_trains_and_exports(tmp_path):
+    from specc.training.options import RunOptions
     from specc.training.run import train_run
 
     body = _chain(_LEVELS).removeprefix("x |> ")
     path = mnist_spec(tmp_path, body=body, train_rows=256, fit="fit(epochs=1, lr=1e-3)")
     spec, _ = load_spec(path)
-    result = train_run(spec, tmp_path / "run", device_name="cpu", quiet=True)
+    result = train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True))
     assert result.parity < 1e-4
     assert (tmp_path / "run" / "model.onnx").stat().st_size > 0
     assert sum(isinstance(m, __import__("torch").nn.Linear) for m in result.model.modules()) == _LEVELS // 2 + 1

@@ -13,11 +13,11 @@ from helpers import ROOT, mnist_subset, trained
 from specc.commands.cli import main
 from specc.data.prepare import prepare
 from specc.export import PROBABILITIES, parity, parity_rows, to_onnx
-from specc.inference.infer import Session
+from specc.inference.session import Session
 from specc.language.diagnostics import DataError, SpecError
-from specc.language.spec import RMSProp, SGD
 from specc.model.plan import make_plan
 from specc.training.optim import make_optimizer
+from specc.training.optimizers import make as optimizer
 from specc.training.run import load_spec
 
 MLP = """\
@@ -114,7 +114,7 @@ def _one_param_steps(opt_spec, steps=3):
 
 def test_rmsprop_by_hand():
     # s = 0.9 s + 0.1 g^2; p -= 0.1 * g / (sqrt(s) + 1e-8); with decoupled wd 0.1 first
-    got = _one_param_steps(RMSProp(alpha=0.9, eps=1e-8, momentum=0.0, wd=0.1))
+    got = _one_param_steps(optimizer("rmsprop", alpha=0.9, eps=1e-8, momentum=0.0, wd=0.1))
     w, s, want = 1.0, 0.0, []
     for _ in range(3):
         g = w
@@ -129,7 +129,7 @@ def test_rmsprop_by_hand():
 
 def test_sgd_with_dampening_is_the_seeds_ewma_after_the_first_step():
     # torch: v1 = g1 (no dampening on the first step), then v = 0.9 v + 0.1 g
-    got = _one_param_steps(SGD(momentum=0.9, dampening=0.9))
+    got = _one_param_steps(optimizer("sgd", momentum=0.9, dampening=0.9))
     # step 1: g=1, v=1, p=0.9; step 2: g=0.9, v=0.9+0.09=0.99, p=0.801;
     # step 3: g=0.801, v=0.891+0.0801=0.9711, p=0.801-0.09711=0.70389
     assert got == pytest.approx([0.9, 0.801, 0.70389], rel=1e-12)

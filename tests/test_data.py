@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from specc.data.prepare import Vocab, prepare, split_rows
+from specc.data.prepare import Vocab, prepare
+from specc.data.split import split_rows
 from specc.language.diagnostics import DataError, SpecError
 from specc.language.spec import RandomSplit, RowSplit
 from specc.training.run import load_spec

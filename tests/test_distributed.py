@@ -30,7 +30,8 @@ from helpers import ROOT
 from safetensors.torch import load_file
 
 from specc.language.diagnostics import UsageError
-from specc.training.distributed import ONE, SliceDropout, World, from_env, slice_dropout
+from specc.training.distributed import RowSlices, data_parallel
+from specc.training.world import ONE, World, from_env
 
 LIMIT = 120  # seconds any one launch may take: a hung collective fails the test, never the suite
 REPEAT = int(os.environ.get("SPECC_DDP_REPEAT", "3"))  # 2-process runs in a row (30 for the issue's soak)
@@ -121,10 +122,11 @@ def two(folder) -> Path:
 
 
 def plain_run(folder: Path, out: str):
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     spec, _ = load_spec(folder / "ddp.spec")
-    return train_run(spec, folder / out, "cpu", quiet=True, threads=1)
+    return train_run(spec, folder / out, RunOptions("cpu", quiet=True, threads=1))
 
 
 def test_both_ranks_end_with_the_same_weights(two):
@@ -162,8 +164,8 @@ def test_batchnorm_running_statistics_are_the_same_on_every_rank(folder):
 
 def reference(folder: Path) -> dict:
     """One process, written out here: each global batch split in two halves, each half's gradient
-    taken with the dropout rows a rank takes, the two averaged as (g0 + g1) / 2, as gloo's sum of
-    two and the division by 2 make them."""
+    taken with the dropout rows a rank takes (each drawing the whole batch's mask), the two averaged
+    as (g0 + g1) / 2, as gloo's sum of two and the division by 2 make them."""
     from helpers import prepared_spec
 
     from specc.training.loop import batch_order, build_model, torch_threads, training_batches
@@ -175,9 +177,8 @@ def reference(folder: Path) -> dict:
     cpu = torch.device("cpu")
     with torch_threads(1):
         model = build_model(spec, prepared)
-        slice_dropout(model, (0, 2))
+        slices = RowSlices(model, (0, 2))
         model.train()
-        drops = [m for m in model.modules() if isinstance(m, SliceDropout)]
         batches, generator = training_batches(spec, prepared, plan, cpu), batch_order(spec, cpu)
         (stage,) = plan.stages
         setup = setup_stage(spec, model, plan, stage)
@@ -189,8 +190,7 @@ def reference(folder: Path) -> dict:
                 idx, rng, grads = perm[s * batches.size:(s + 1) * batches.size], torch.get_rng_state(), []
                 for r in (0, 1):
                     torch.set_rng_state(rng)  # each rank draws the whole batch's dropout mask
-                    for m in drops:
-                        m.part = (r, 2)
+                    slices.part = (r, 2)
                     rows = idx[r * half:(r + 1) * half]
                     setup.optimizer.zero_grad(set_to_none=True)
                     loss([x[rows] for x in batches.xs], batches.y[rows]).backward()
@@ -249,10 +249,12 @@ def test_the_flat_update_of_the_captured_step_all_reduces_too(two):
     assert done.returncode == 0, done.stderr[-3000:]
     w0, w1 = (load_file(two / "flat_w" / f"rank{r}.safetensors") for r in (0, 1))
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    from specc.training.options import RunOptions
     from specc.training.run import train_run
 
     spec, _ = load_spec(two / "ddp.spec")
-    one = train_run(spec, two / "flat_one", "cpu", quiet=True, threads=1, device_step="flat").model.state_dict()
+    one = train_run(spec, two / "flat_one", RunOptions("cpu", quiet=True, threads=1, device_step="flat")).model
+    one = one.state_dict()
     assert max(float((w0[k] - one[k]).abs().max()) for k in one) <= 1e-6
 
 
@@ -347,10 +349,11 @@ def test_sigterm_to_one_rank_stops_both_and_resume_equals_an_uninterrupted_run(t
     assert all(torch.equal(final[k], straight[k]) for k in straight)
 
     # the same checkpoint resumed by one process: the same batches, so within 1e-6
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     spec, _ = load_spec(folder / "ddp.spec")
-    train_run(spec, folder / "stopped_one", "cpu", quiet=True, resume=True, threads=1)
+    train_run(spec, folder / "stopped_one", RunOptions("cpu", quiet=True, resume=True, threads=1))
     one = load_file(folder / "stopped_one" / "model.safetensors")
     assert max(float((one[k] - straight[k]).abs().max()) for k in straight) <= 1e-6
 
@@ -559,22 +562,61 @@ def test_a_batch_that_does_not_divide_is_refused_with_the_numbers(folder, monkey
     assert not (folder / "never").exists()
 
 
-def test_slice_dropout_is_a_rank_s_rows_of_one_process_s_mask():
-    x = torch.randn(64, 12)
+def test_a_rank_drops_its_rows_of_one_process_s_mask(folder):
+    """Under RowSlices each rank's dropout, over its half of a batch, gives its rows of what
+    torch's own nn.Dropout gives over the whole batch from the same generator state, gradient
+    included; with one part, in evaluation mode, and once the slices are removed, it runs as it is."""
+    from helpers import prepared_spec
+
+    from specc.model.lower import declared_modules
+    from specc.training.loop import build_model
+
+    spec, prepared, _ = prepared_spec(folder / "ddp.spec")
+    model = build_model(spec, prepared).train()
+    (drop,) = declared_modules(model, "random_per_row")
+    x, grad = torch.randn(64, 16), torch.randn(64, 16)
     torch.manual_seed(9)
-    whole = torch.nn.Dropout(0.3)(x)
-    torch.manual_seed(9)
-    assert torch.equal(SliceDropout(0.3, (0, 1))(x), whole)  # one part: nn.Dropout, bit for bit
-    halves = []
+    xw = x.clone().requires_grad_()
+    whole = torch.nn.Dropout(0.25)(xw)  # a module of its own: one process, the whole batch
+    whole.backward(grad)
+    slices = RowSlices(model, (0, 2))
     for r in (0, 1):
+        slices.part = (r, 2)
         torch.manual_seed(9)
-        halves.append(SliceDropout(0.3, (r, 2))(x[r * 32:(r + 1) * 32]))
-    assert torch.equal(torch.cat(halves), whole)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5))
-    slice_dropout(model, (1, 2))
-    assert type(model[1]) is SliceDropout and model[1].part == (1, 2)
-    slice_dropout(model, None)
-    assert type(model[1]) is torch.nn.Dropout and model[1].p == 0.5
+        half = x[r * 32:(r + 1) * 32].clone().requires_grad_()
+        out = drop(half)
+        out.backward(grad[r * 32:(r + 1) * 32])
+        assert torch.equal(out, whole.detach()[r * 32:(r + 1) * 32])
+        assert torch.equal(half.grad, xw.grad[r * 32:(r + 1) * 32])
+    assert torch.equal(drop.eval()(x[:32]), x[:32])
+    slices.part = (0, 1)
+    torch.manual_seed(9)
+    assert torch.equal(drop.train()(x), whole.detach())
+    slices.part = (1, 2)
+    slices.remove()
+    torch.manual_seed(9)
+    assert torch.equal(drop(x), whole.detach())
+
+
+def test_data_parallel_slices_only_within_its_block_and_only_for_several_processes(folder):
+    from helpers import prepared_spec
+
+    from specc.model.lower import declared_modules
+    from specc.training.loop import build_model
+
+    spec, prepared, _ = prepared_spec(folder / "ddp.spec")
+    model = build_model(spec, prepared).train()
+    (drop,) = declared_modules(model, "random_per_row")
+    x = torch.randn(32, 16)
+    with data_parallel(ONE, model, None) as sync:
+        assert sync is None and drop(x).shape == (32, 16) and not drop._forward_pre_hooks
+    with data_parallel(World(1, 2), model, None) as sync:
+        assert sync.norms == [] and len(drop._forward_pre_hooks) == len(drop._forward_hooks) == 1
+        torch.manual_seed(4)
+        mine = drop(x)
+    torch.manual_seed(4)
+    assert torch.equal(mine, torch.nn.Dropout(0.25)(torch.cat([torch.zeros(32, 16), x]))[32:])
+    assert not drop._forward_pre_hooks and not drop._forward_hooks
 
 
 def test_world_defaults():

@@ -93,7 +93,7 @@ def test_model_runs_with_onnxruntime_and_numpy_alone(tiny, tmp_path):
 
 
 def test_io_binding_gives_the_same_outputs(tiny):
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
 
     spec, prepared, model = _trained(tiny)
     session = Session(to_onnx(spec, model, prepared.vocabs).SerializeToString(), device="cpu")
@@ -132,7 +132,7 @@ def _lookup_model(vocab):
 ])
 def test_integer_lookup_maps_every_id_and_unseen_ones_to_zero(ids, table):
     from specc.data.prepare import Vocab
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
 
     vocab = Vocab("id", ids, (1,) * len(ids), True)
     model = _lookup_model(vocab)
@@ -151,13 +151,13 @@ def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, t
     """Whole-number ids dense enough for a table are looked up by plain ops, so on the GPU they are
     bound on the device; the LabelEncoder (a CPU kernel whatever the provider) reads its ids from
     host memory, with no round trip."""
-    from specc.inference.infer import _lookup_inputs
+    from specc.inference.session import lookup_inputs
 
     spec, prepared, model = _trained(tiny)
     proto = to_onnx(spec, model, prepared.vocabs)
     assert "LabelEncoder" not in {n.op_type for n in proto.graph.node}
     assert [o.domain for o in proto.opset_import] == [""]
-    assert _lookup_inputs(proto.SerializeToString()) == set()
+    assert lookup_inputs(proto.SerializeToString()) == set()
     # the embeddings are indexed by the raw id itself: no lookup node of their own
     readers = {n.name: list(n.input) for n in proto.graph.node}
     assert readers["u"] == ["u.weight_by_id", "user_clipped"] and readers["ib"] == ["ib.weight_by_id", "item_clipped"]
@@ -167,7 +167,7 @@ def test_dense_ids_run_where_the_model_runs_sparse_ones_stay_on_the_host(tiny, t
     spec, prepared, model = _trained(sparse)
     proto = to_onnx(spec, model, prepared.vocabs)
     assert [n.op_type for n in proto.graph.node].count("LabelEncoder") == 1
-    assert _lookup_inputs(proto.SerializeToString()) == {"user"}
+    assert lookup_inputs(proto.SerializeToString()) == {"user"}
     assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5
 
 

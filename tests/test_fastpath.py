@@ -5,14 +5,16 @@ import pytest
 import torch
 from helpers import StopAt, prepared_spec, roundtrip
 
-from specc.language.spec import Adam, FitOneCycle
-from specc.training.loop import Interrupted, pick_device, train
+from specc.language.spec import FitOneCycle
+from specc.training.loop import Interrupted, train
 from specc.training.optim import schedule_tables
+from specc.training.optimizers import make as optimizer
+from specc.training.options import RunOptions
 from specc.training.run import load_spec
 
 
 def test_schedule_tables_are_torchs_one_cycle():
-    lr, beta1 = schedule_tables(FitOneCycle(1, 1e-2), Adam(), [1e-3, 1e-2], 100, "cpu")
+    lr, beta1 = schedule_tables(FitOneCycle(1, 1e-2), optimizer("adam"), [1e-3, 1e-2], 100, "cpu")
     assert lr.shape == (100, 2)
     assert lr[0].tolist() == pytest.approx([1e-3 / 25, 1e-2 / 25]) and lr[29].tolist() == pytest.approx([1e-3, 1e-2])
     assert lr[99, 1].item() == pytest.approx(1e-2 / 25 / 1e4)
@@ -25,8 +27,8 @@ def test_schedule_tables_are_torchs_one_cycle():
                          ids=["one-cycle", "constant-lr-l2-dropout"])
 def test_device_step_trains_to_the_same_weights(tiny, sets):
     spec, prepared, plan = prepared_spec(tiny, sets)
-    plain, plain_history = train(spec, prepared, plan, pick_device("cpu"))
-    fast, fast_history = train(spec, prepared, plan, pick_device("cpu"), device_step=True)
+    plain, plain_history = train(spec, prepared, plan, RunOptions("cpu"))
+    fast, fast_history = train(spec, prepared, plan, RunOptions("cpu", device_step=True))
     for (name, a), (_, b) in zip(plain.state_dict().items(), fast.state_dict().items()):
         assert torch.equal(a, b), name  # bit-identical on the CPU
     assert [r.valid_loss for r in fast_history.records] == [r.valid_loss for r in plain_history.records]
@@ -36,12 +38,12 @@ def test_device_step_trains_to_the_same_weights(tiny, sets):
 @pytest.mark.parametrize("kind", [True, "flat"])
 def test_device_step_stops_and_resumes_into_the_plain_loop(tiny, tmp_path, kind):
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=2"])
-    plain, _ = train(spec, prepared, plan, pick_device("cpu"))
+    plain, _ = train(spec, prepared, plan, RunOptions("cpu"))
     with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, pick_device("cpu"), device_step=kind, stop=StopAt(90))
+        train(spec, prepared, plan, RunOptions("cpu", device_step=kind), stop=StopAt(90))
     state = roundtrip(stopped.value.state, tmp_path)
-    resumed, _ = train(spec, prepared, plan, pick_device("cpu"), resume=state)
-    again, _ = train(spec, prepared, plan, pick_device("cpu"), device_step=kind, resume=state)
+    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=state)
+    again, _ = train(spec, prepared, plan, RunOptions("cpu", device_step=kind), resume=state)
     for (name, a), b, c in zip(plain.state_dict().items(), resumed.state_dict().values(), again.state_dict().values()):
         if kind is True:
             assert torch.equal(a, b) and torch.equal(a, c), name  # bit for bit
@@ -138,8 +140,8 @@ def test_device_step_with_the_flat_update_trains_to_the_plain_loops_weights(tiny
     """The update the CUDA graph holds, taken uncaptured on the CPU: the same weights as the plain
     loop to float rounding, over two one-cycle epochs."""
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=2"])
-    plain, plain_history = train(spec, prepared, plan, pick_device("cpu"))
-    fast, fast_history = train(spec, prepared, plan, pick_device("cpu"), device_step="flat")
+    plain, plain_history = train(spec, prepared, plan, RunOptions("cpu"))
+    fast, fast_history = train(spec, prepared, plan, RunOptions("cpu", device_step="flat"))
     for (name, a), (_, b) in zip(plain.state_dict().items(), fast.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
     assert [r.valid_loss for r in fast_history.records] == pytest.approx(
@@ -162,7 +164,7 @@ def test_graph_is_refused_off_cuda_and_no_graph_trains_plain(tiny, tmp_path, cap
 
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=1"])
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
-        train(spec, prepared, plan, pick_device("cpu"), graph=True)
+        train(spec, prepared, plan, RunOptions("cpu", graph=True))
     assert main(["train", str(tiny), "--device", "cpu", "--no-graph", "--quiet", "--out", str(tmp_path / "r"),
                  "--set", "train.fit.epochs=1"]) == 0
     assert (tmp_path / "r" / "model.onnx").exists()

@@ -6,15 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import StopAt, mnist_subset, prepared_spec, roundtrip
+from helpers import StopAt, mnist_subset, on_epoch, prepared_spec, roundtrip
 
 from specc.commands.cli import main
 from specc.language.diagnostics import SpecError
 from specc.language.spec import LRSlice
 from specc.model.plan import group_lrs
-from specc.training.loop import build_model, pick_device, train
+from specc.training.loop import build_model, train
 from specc.training.lrfind import lr_find, valley
 from specc.training.optim import make_optimizer, make_scheduler
+from specc.training.options import RunOptions
 from specc.training.run import load_spec
 
 SPEC = """\
@@ -72,11 +73,12 @@ def test_the_plan_gives_each_group_its_rate_and_freezes(tmp_path, digits):
 
 def test_one_cycle_gives_each_group_its_own_peak():
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
-    from specc.language.spec import Adam, FitOneCycle
+    from specc.language.spec import FitOneCycle
+    from specc.training.optimizers import make as optimizer
 
     fit = FitOneCycle(1, LRSlice(1e-4, 1e-2))
-    opt = make_optimizer(Adam(), [([a], 1e-4), ([b], 1e-2)])
-    sched = make_scheduler(fit, Adam(), opt, total_steps=100)
+    opt = make_optimizer(optimizer("adam"), [([a], 1e-4), ([b], 1e-2)])
+    sched = make_scheduler(fit, optimizer("adam"), opt, total_steps=100)
     seen = []
     for _ in range(100):
         seen.append([g["lr"] for g in opt.param_groups])
@@ -91,7 +93,7 @@ def test_one_cycle_gives_each_group_its_own_peak():
 def test_frozen_groups_do_not_change_at_all(tmp_path, digits):
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits, stages=TWO_STAGES.splitlines()[0]))
     before = {k: v.clone() for k, v in build_model(spec, prepared).state_dict().items()}
-    model, _ = train(spec, prepared, plan, pick_device("cpu"))
+    model, _ = train(spec, prepared, plan, RunOptions("cpu"))
     after = model.state_dict()
     for key in before:
         frozen = key.split(".")[0] in ("linear", "batchnorm", "linear_1")  # body and middle modules
@@ -183,7 +185,7 @@ def test_the_lr_find_command_sweeps_as_training_does(tmp_path, digits):
 def test_early_stopping_keeps_the_best_epoch(tmp_path, digits):
     stages = "stage s { fit(epochs=12, lr=0.5); early_stop(monitor=valid_loss, patience=2) }"
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits, stages=stages), ["train.optimizer=sgd()"])
-    model, history = train(spec, prepared, plan, pick_device("cpu"))
+    model, history = train(spec, prepared, plan, RunOptions("cpu"))
     losses = [r.valid_loss for r in history.records]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert len(losses) < 12 and len(losses) == best + 3  # two epochs without improvement, then stop
@@ -198,12 +200,12 @@ def test_stages_resume_bit_identically(tmp_path, digits):
     from specc.training.loop import Interrupted
 
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
-    whole, _ = train(spec, prepared, plan, pick_device("cpu"))
+    whole, _ = train(spec, prepared, plan, RunOptions("cpu"))
     with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, pick_device("cpu"), stop=StopAt(25))  # in the second stage
+        train(spec, prepared, plan, RunOptions("cpu"), stop=StopAt(25))  # in the second stage
     assert stopped.value.state.stage == 1
     state = roundtrip(stopped.value.state, tmp_path)
-    resumed, _ = train(spec, prepared, plan, pick_device("cpu"), resume=state)
+    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=state)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
@@ -241,7 +243,7 @@ def test_resume_at_a_stage_boundary(tmp_path, digits):
     from specc.training.checkpoint import from_safetensors, to_safetensors
 
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
-    whole, _ = train(spec, prepared, plan, pick_device("cpu"))
+    whole, _ = train(spec, prepared, plan, RunOptions("cpu"))
     saved = []  # serialised at once, as the run folder does: a state holds the live tensors
 
     def keep(model, record, history, state):
@@ -249,11 +251,11 @@ def test_resume_at_a_stage_boundary(tmp_path, digits):
         path.write_bytes(to_safetensors(state, {}))
         saved.append(path)
 
-    train(spec, prepared, plan, pick_device("cpu"), on_epoch=keep)
+    train(spec, prepared, plan, RunOptions("cpu"), listener=on_epoch(keep))
     boundary = from_safetensors(saved[1])[0]  # after the head stage's last epoch: the start of stage 'all'
     assert (boundary.stage, boundary.epoch, boundary.step) == (1, 0, 0)
     assert boundary.optimizer["param_groups"] == [] and boundary.scheduler is None
-    resumed, _ = train(spec, prepared, plan, pick_device("cpu"), resume=boundary)
+    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=boundary)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
@@ -261,8 +263,8 @@ def test_stages_with_the_flat_update_train_as_the_plain_loop(tmp_path, digits):
     """The GPU step's update over two stages (frozen groups, then three groups at slice rates, with
     batchnorm): each stage flattens its own groups; the frozen ones stay bit for bit."""
     spec, prepared, plan = prepared_spec(_spec(tmp_path, digits))
-    plain, plain_history = train(spec, prepared, plan, pick_device("cpu"))
-    flat, flat_history = train(spec, prepared, plan, pick_device("cpu"), device_step="flat")
+    plain, plain_history = train(spec, prepared, plan, RunOptions("cpu"))
+    flat, flat_history = train(spec, prepared, plan, RunOptions("cpu", device_step="flat"))
     for (name, a), (_, b) in zip(plain.state_dict().items(), flat.state_dict().items()):
         # The bias of the linear layer before batchnorm has a gradient of rounding noise only
         # (batchnorm takes the mean away), which Adam turns into steps of about lr: it and the
@@ -273,7 +275,7 @@ def test_stages_with_the_flat_update_train_as_the_plain_loop(tmp_path, digits):
         [r.valid_loss for r in plain_history.records], rel=1e-5)
     one = prepared_spec(_spec(tmp_path, digits, stages=TWO_STAGES.splitlines()[0], name="one"))
     before = {k: v.clone() for k, v in build_model(one[0], one[1]).state_dict().items()}
-    after, _ = train(*one, pick_device("cpu"), device_step="flat")
+    after, _ = train(*one, RunOptions("cpu", device_step="flat"))
     for key, value in after.state_dict().items():
         if key.split(".")[0] in ("linear", "batchnorm", "linear_1"):  # body and middle: frozen
             assert torch.equal(before[key], value), key

@@ -9,16 +9,16 @@ import pytest
 import torch
 from helpers import StopAt, prepared_spec, roundtrip
 
-from specc.training.loop import Interrupted, pick_device, train
+from specc.training.loop import Interrupted, train
+from specc.training.options import RunOptions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def test_graph_step_trains_as_the_plain_loop():
     spec, prepared, plan = prepared_spec("specs/collab.spec", ["train.fit.epochs=2"])
-    cuda = pick_device("cuda")
-    plain, plain_history = train(spec, prepared, plan, cuda, graph=False)
-    fast, fast_history = train(spec, prepared, plan, cuda)  # the default on CUDA: the graph
+    plain, plain_history = train(spec, prepared, plan, RunOptions("cuda", graph=False))
+    fast, fast_history = train(spec, prepared, plan, RunOptions("cuda"))  # the default on CUDA: the graph
     a = [r.valid_loss for r in plain_history.records]
     b = [r.valid_loss for r in fast_history.records]
     assert b == pytest.approx(a, rel=2e-3)
@@ -31,21 +31,19 @@ def test_graph_step_replays_the_uncaptured_step():
     """Capture leaves the weights as they were: the replayed run follows the same update taken
     uncaptured (same gather, same FlatAdam) to float rounding."""
     spec, prepared, plan = prepared_spec("specs/collab.spec", ["train.fit.epochs=1"])
-    cuda = pick_device("cuda")
-    eager, _ = train(spec, prepared, plan, cuda, device_step="flat")
-    captured, _ = train(spec, prepared, plan, cuda)
+    eager, _ = train(spec, prepared, plan, RunOptions("cuda", device_step="flat"))
+    captured, _ = train(spec, prepared, plan, RunOptions("cuda"))
     for (name, x), (_, y) in zip(eager.state_dict().items(), captured.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_graph_step_stops_and_resumes(tmp_path):
     spec, prepared, plan = prepared_spec("specs/collab.spec", ["train.fit.epochs=2"])
-    cuda = pick_device("cuda")
-    whole, whole_history = train(spec, prepared, plan, cuda)
+    whole, whole_history = train(spec, prepared, plan, RunOptions("cuda"))
     with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, cuda, stop=StopAt(2000))
+        train(spec, prepared, plan, RunOptions("cuda"), stop=StopAt(2000))
     state = roundtrip(stopped.value.state, tmp_path)
-    resumed, resumed_history = train(spec, prepared, plan, cuda, resume=state)
+    resumed, resumed_history = train(spec, prepared, plan, RunOptions("cuda"), resume=state)
     assert resumed_history.records[-1].valid_loss == pytest.approx(whole_history.records[-1].valid_loss, rel=2e-3)
 
 
@@ -64,7 +62,7 @@ def collab_run(tmp_path_factory):
 
 
 def test_cli_trains_on_cuda_and_onnxruntime_cuda_agrees_with_cpu(collab_run):
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
 
     assert json.loads((collab_run / "run.json").read_text())["loop"] == "cuda-graph"
     gpu, cpu = Session(collab_run / "model.onnx", device="cuda"), Session(collab_run / "model.onnx", device="cpu")
@@ -80,7 +78,7 @@ def test_exported_collab_model_runs_wholly_on_the_cuda_provider(collab_run):
     fallback to the CPU provider turned off, the session still builds, and runs from device buffers."""
     import onnxruntime as ort
 
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider")

@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from helpers import MNIST_SAMPLE, ROOT, collab_over, collab_spec, copy_ratings, mnist_subset, ratings_rows
 from specc.commands.cli import main
 from specc.data.prepare import prepare, Vocab
-from specc.inference.infer import Session
+from specc.inference.session import Session
 from specc.language.diagnostics import SpecError
 from specc.training.run import load_spec
 

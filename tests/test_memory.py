@@ -45,6 +45,21 @@ def test_a_memory_size_that_is_not_one_is_a_usage_error(text):
         parse_size(text)
 
 
+def test_a_memory_size_at_its_edges():
+    # from one byte up to just below 2^63 bytes (8 EiB, what an int64 holds): 8192P is 2^63 exactly
+    assert parse_size("1") == 1 and parse_size("8191P") == 8191 << 50
+    with pytest.raises(UsageError) as below:
+        parse_size("0.999")
+    with pytest.raises(UsageError) as above:
+        parse_size("8192P")
+    assert str(below.value) == str(above.value).replace("'8192P'", "'0.999'") == (
+        f"{MEMORY_ENV}='0.999': expected a positive size of memory below 8 EiB, such as 8G")
+    with pytest.raises(UsageError) as unread:
+        parse_size("8X")
+    assert str(unread.value) == (f"{MEMORY_ENV}='8X': expected a size of memory such as 8G or 512M (bytes, or K, M, "
+                                 "G, T in powers of 1024)")
+
+
 @pytest.mark.parametrize("text", ["-1", "0", "inf", "lots"])
 def test_a_bad_specc_memory_is_exit_2_for_check_and_train(tiny, tmp_path, monkeypatch, capsys, text):
     monkeypatch.setenv(MEMORY_ENV, text)
@@ -433,6 +448,8 @@ def test_torch_failing_to_allocate_in_the_forward_pass_is_one_line_at_the_spec_l
 
 
 def test_out_of_memory_in_validation_keeps_the_checkpoint_and_names_the_largest_value(tmp_path):
+    from specc.training.listeners import AfterEpoch
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     def arrays(n_valid: int) -> None:  # validation: the training rows over again, as many as asked
@@ -451,7 +468,7 @@ def test_out_of_memory_in_validation_keeps_the_checkpoint_and_names_the_largest_
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_run(load_spec(path)[0], run, "cpu", quiet=True, on_record=stop)
+        train_run(load_spec(path)[0], run, RunOptions("cpu", quiet=True), listeners=[AfterEpoch(stop)])
     checkpoint = (run / "checkpoint.safetensors").read_bytes()
     arrays(8192)  # validation now takes 8,192 rows at once: 6.6 GB of the convolution's output
     result = _train_limited(str(path), "--resume", str(run))

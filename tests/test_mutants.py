@@ -16,6 +16,7 @@ from specc.language.diagnostics import DataError, SpecError
 from specc.training.checkpoint import check_fits
 from specc.training.loop import EarlyStopping, Interrupted, pick_device, train
 from specc.training.metrics import EpochRecord, better
+from specc.training.options import RunOptions
 from specc.training.optim import make_optimizer, make_scheduler, schedule_tables
 from specc.training.run import load_spec
 
@@ -161,7 +162,7 @@ def _stopped(tiny) -> tuple:
     """(spec, prepared, plan, state) of a one-epoch run stopped before its 5th step."""
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=1"])
     with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, pick_device("cpu"), stop=StopAt(5))
+        train(spec, prepared, plan, RunOptions(device="cpu"), stop=StopAt(5))
     return spec, prepared, plan, stopped.value.state
 
 

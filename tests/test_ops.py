@@ -3,6 +3,9 @@ one spec that uses every op (built from each op's own example line) lowers, expo
 initial weights and runs through onnxruntime as torch does. A missing translation fails here,
 not after a training run."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +13,16 @@ import torch
 from specc.data.prepare import prepare
 from specc.export import parity, parity_rows, to_onnx
 from specc.export import ops as export_ops
+from specc.export.emitter import Emitter
+from specc.language.spec import Node, op
 from specc.model import ops
-from specc.model.lower import LOWERINGS
+from specc.model.lower import LOWERINGS, lower
+from specc.model.ops.base import OpDef, Tensor
 from specc.model.sized import sized_model
+from specc.training.distributed import data_parallel
 from specc.training.loop import build_model
 from specc.training.run import load_spec
+from specc.training.world import ONE, World
 
 # The context every example may read (see specc/model/ops/layers.py): c, a, img and h; the last lines
 # use the arithmetic ops and a 2-d batchnorm, and fill_missing and normalize make the input and missing ops' procs
@@ -134,3 +142,121 @@ def test_leaky_relu_slope_out_of_range(tmp_path):
     with pytest.raises(SpecError) as err:
         load_spec(path)
     assert "leaky_relu's slope must be in [0, 1), found 1.5" in str(err.value.diagnostics[0].message)
+
+
+# ---------------------------------------------------------------- declared facts, read by every stage
+
+
+def _coverage(tmp_path):
+    """The coverage spec, its data, its sized model and its lowered model."""
+    spec, _ = load_spec(coverage_spec(tmp_path))
+    prepared = prepare(spec.data, spec.model.inputs)
+    return spec, prepared, sized_model(spec, prepared), build_model(spec, prepared)
+
+
+def _halves(model, module, x, seed: int, parallel: bool = True) -> torch.Tensor:
+    """What two ranks give, each running `module` over its half of the batch `x` (from the same
+    generator state), inside the step factory's data parallelism (or not), rank 0's rows first."""
+    halves, size = [], len(x) // 2
+    for rank in (0, 1):
+        with data_parallel(World(rank, 2) if parallel else ONE, model, None):
+            torch.manual_seed(seed)
+            halves.append(module(x[rank * size:(rank + 1) * size]))
+    return torch.cat(halves)
+
+
+def _one_process(module, x, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return module(x)
+
+
+def test_every_op_that_draws_random_numbers_per_row_is_sliced_under_data_parallelism(tmp_path):
+    """Each op declaring OpDef.random_per_row, where the coverage spec uses it (its example, and
+    inside the blocks), is sliced by the step factory's data parallelism: the two ranks' halves are
+    one process's whole batch, bit for bit; no other module is touched."""
+    _, _, sized, model = _coverage(tmp_path)
+    random = {name for name, d in ops.OPS.items() if d.random_per_row}
+    assert random  # dropout, at least
+    made = {n.target: n.meta["op"] for n in model.graph.nodes if n.op == "call_module"}
+    assert random <= set(made.values())
+    shapes = {n.name: n.shape for n in sized.nodes}
+    model.train()
+    for k, fnode in enumerate(n for n in model.graph.nodes if n.op == "call_module" and made[n.target] in random):
+        module, x = model.get_submodule(fnode.target), torch.randn(8, *shapes[fnode.args[0].name])
+        assert torch.equal(_halves(model, module, x, seed=k), _one_process(module, x, seed=k)), fnode.name
+    with data_parallel(World(1, 2), model, None):
+        hooked = {t for t in made if model.get_submodule(t)._forward_pre_hooks}
+    assert hooked == {t for t, name in made.items() if name in random}
+
+
+def test_a_new_op_declaring_random_per_row_is_sliced_with_no_other_change(tmp_path, monkeypatch):
+    """A dropout-like op added as a declaration and a lowering, and nothing else (here torch's
+    Dropout2d, which drops whole channels of an image): data-parallel training slices it, as the
+    issue's `dropout2d` was not when slicing matched `type(module) is nn.Dropout`."""
+    _, prepared, sized, _ = _coverage(tmp_path)
+    declared = OpDef("channel_dropout", "zeroes whole channels", (Tensor("x"),), random_per_row=True)
+    monkeypatch.setitem(ops.OPS, "channel_dropout", declared)
+    monkeypatch.setitem(LOWERINGS, "channel_dropout", lambda g, node: g.module(node, torch.nn.Dropout2d(node.op.p)))
+    conv = sized.node("cv")
+    nodes = list(sized.nodes)
+    nodes.insert(nodes.index(conv) + 1, Node("cd", op("channel_dropout", p=0.5), ("cv",), conv.shape, conv.span))
+    model = lower(dataclasses.replace(sized, nodes=tuple(nodes)), prepared.stats).train()
+    module, x = model.get_submodule("cd"), torch.randn(8, *conv.shape)
+    assert type(module) is torch.nn.Dropout2d
+    assert torch.equal(_halves(model, module, x, seed=3), _one_process(module, x, seed=3))
+    # without the slicing each rank would draw its own channels: not one process's
+    assert not torch.equal(_halves(model, module, x, seed=3, parallel=False), _one_process(module, x, seed=3))
+
+
+def test_lookups_and_batch_statistics_are_the_declared_ops_modules(tmp_path):
+    """The modules the stages treat as lookup tables or as batch statistics are exactly those of
+    the ops declaring them: the fast path gathers the lookups' rows itself, the export indexes them
+    by raw id, data-parallel training averages the batch statistics' buffers."""
+    from specc.export.ids import composes, dense_ids
+    from specc.training.distributed import StepSync
+    from specc.training.fastpath import gather_rows_graph
+
+    _, prepared, _, model = _coverage(tmp_path)
+    made = {n.target: ops.get(n.meta["op"]) for n in model.graph.nodes if n.op == "call_module"}
+    lookups = {t for t, d in made.items() if d.lookup}
+    assert lookups and {n.target for n in gather_rows_graph(model).graph.nodes if n.op == "call_module"} == (
+        set(made) - lookups)
+    dense = dense_ids(Emitter(), "c", prepared.vocabs["c"])
+    assert {n.target for n in model.graph.nodes if n.op == "call_module" and
+            composes(n, model.get_submodule(n.target), dense)} == lookups
+    norms = StepSync(World(0, 2), None, model).norms
+    assert norms and norms == [model.get_submodule(t) for t, d in made.items() if d.batch_statistics]
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def test_every_block_is_declared_once_with_its_own_argument_check():
+    """A block (an op with an expansion) is one declaration, with one entry in the checker's
+    BLOCKS for its lists and pairs; no op name is declared twice."""
+    from specc.language.check.model_block import BLOCKS
+    from specc.model.ops import blocks, conv, layers
+
+    declared = [d.name for d in (*layers.OPS, *conv.OPS, *blocks.OPS, *layers.INTERNAL)]
+    assert len(declared) == len(set(declared)) == len(ops.OPS)
+    expanding = {d.name for d in ops.OPS.values() if d.expand}
+    assert expanding == {d.name for d in blocks.OPS} == set(BLOCKS) and all(ops.OPS[b].example for b in expanding)
+
+
+def test_show_prints_each_block_s_expansion(tmp_path, capsys):
+    """`specc show --stage code` prints every block of the coverage spec (each block's own example)
+    as the primitives it expands into, each a line of the generated code named after it, and no
+    call of the block itself."""
+    from specc.commands.cli import main
+
+    spec, _, sized, _ = _coverage(tmp_path)
+    blocks = {n.name: n.op.name for n in spec.model.nodes if ops.get(n.op.name).expand}
+    assert set(blocks.values()) == {d.name for d in ops.OPS.values() if d.expand}
+    assert main(["show", str(tmp_path / "cover.spec"), "--stage", "code"]) == 0
+    code = capsys.readouterr().out
+    for name, block in blocks.items():
+        expansion = [n for n in sized.nodes if sized.origin.get(n.name) == name or n.name == name]
+        assert len(expansion) > 2 and expansion[-1].name == name, block
+        for node in expansion:
+            assert re.search(rf"^    {node.name} = ", code, re.M), (block, node.name)
+        assert f"{block}(" not in code

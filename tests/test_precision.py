@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from helpers import mnist_spec, prepared_spec
 
-from specc.training.loop import build_model, pick_device, train
+from specc.training.loop import build_model, train
 from specc.training.metrics import batch_loss
+from specc.training.options import RunOptions
 from specc.training.run import load_spec, train_run
 
 
@@ -37,7 +38,7 @@ def test_bf16_trains_to_about_the_fp32_accuracy_and_exports_float32(tmp_path):
     runs = {}
     for precision in ("fp32", "bf16"):
         spec, _ = load_spec(path, [f"train.precision={precision}", "train.metrics=[accuracy]"])
-        runs[precision] = train_run(spec, tmp_path / precision, "cpu", quiet=True, threads=1)
+        runs[precision] = train_run(spec, tmp_path / precision, RunOptions("cpu", quiet=True, threads=1))
     fp32, bf16 = (runs[p].history.records[-1] for p in ("fp32", "bf16"))
     assert bf16.metrics["accuracy"] > 0.85
     assert abs(bf16.metrics["accuracy"] - fp32.metrics["accuracy"]) < 0.02
@@ -49,7 +50,7 @@ def test_bf16_trains_to_about_the_fp32_accuracy_and_exports_float32(tmp_path):
 
 def test_bf16_in_the_device_step_is_the_plain_loop_bit_for_bit(tmp_path):
     spec, prepared, plan = prepared_spec(mnist_spec(tmp_path, train_rows=640), ["train.precision=bf16"])
-    plain, _ = train(spec, prepared, plan, pick_device("cpu"))
-    device, _ = train(spec, prepared, plan, pick_device("cpu"), device_step=True)
+    plain, _ = train(spec, prepared, plan, RunOptions("cpu"))
+    device, _ = train(spec, prepared, plan, RunOptions("cpu", device_step=True))
     for (name, a), b in zip(plain.state_dict().items(), device.state_dict().values()):
         assert torch.equal(a, b), name

@@ -9,10 +9,11 @@ import time
 
 import pytest
 import torch
-from helpers import StopAt, prepared_spec, roundtrip
+from helpers import StopAt, on_epoch, prepared_spec, roundtrip
 from safetensors.numpy import load_file
 
-from specc.training.loop import Interrupted, pick_device, train
+from specc.training.loop import Interrupted, train
+from specc.training.options import RunOptions
 from specc.training.runfolder import atomic_write
 
 
@@ -24,13 +25,13 @@ from specc.training.runfolder import atomic_write
 def test_stop_and_resume_gives_the_same_weights(tiny, tmp_path, sets, stop_at):
     spec, prepared, plan = prepared_spec(tiny, sets)
     assert plan.steps_per_epoch == 75
-    device = pick_device("cpu")
-    whole, whole_history = train(spec, prepared, plan, device)
+    cpu = RunOptions("cpu")
+    whole, whole_history = train(spec, prepared, plan, cpu)
     with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, device, stop=StopAt(stop_at))
+        train(spec, prepared, plan, cpu, stop=StopAt(stop_at))
     state = roundtrip(stopped.value.state, tmp_path)
     assert (state.epoch, state.step) == divmod(stop_at, 75)
-    resumed, history = train(spec, prepared, plan, device, resume=state)
+    resumed, history = train(spec, prepared, plan, cpu, resume=state)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name  # bit-identical
     assert [r.valid_loss for r in history.records] == [r.valid_loss for r in whole_history.records]
@@ -39,11 +40,11 @@ def test_stop_and_resume_gives_the_same_weights(tiny, tmp_path, sets, stop_at):
 
 def test_resume_from_an_epoch_checkpoint(tiny, tmp_path):
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=3"])
-    device = pick_device("cpu")
-    whole, _ = train(spec, prepared, plan, device)
+    cpu = RunOptions("cpu")
+    whole, _ = train(spec, prepared, plan, cpu)
     states = []
-    train(spec, prepared, plan, device, on_epoch=lambda m, r, h, s: states.append(roundtrip(s, tmp_path)))
-    resumed, _ = train(spec, prepared, plan, device, resume=states[0])  # as if killed during epoch 1
+    train(spec, prepared, plan, cpu, listener=on_epoch(lambda m, r, h, s: states.append(roundtrip(s, tmp_path))))
+    resumed, _ = train(spec, prepared, plan, cpu, resume=states[0])  # as if killed during epoch 1
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 

@@ -16,6 +16,8 @@ from helpers import ROOT
 
 from specc.commands.cli import main
 from specc.language.diagnostics import DataError
+from specc.training.listeners import AfterEpoch
+from specc.training.options import RunOptions
 from specc.training.run import load_spec, train_run
 from specc.training.runfolder import CHECKPOINT, RunFolder, inspect_folder
 from specc.training.tracking import EVENTS
@@ -103,7 +105,7 @@ def test_the_api_path_leaves_no_folder_behind(tiny, tmp_path):
     _bad_data(tiny)
     spec, _ = load_spec(tiny, [f'data.source.path="{tiny.parent / "bad.csv"}"'])
     with pytest.raises(DataError):
-        train_run(spec, tmp_path / "deep" / "run", "cpu", quiet=True)
+        train_run(spec, tmp_path / "deep" / "run", RunOptions("cpu", quiet=True))
     assert not (tmp_path / "deep").exists()
 
 
@@ -143,7 +145,7 @@ def test_a_run_with_an_epoch_behind_it_is_still_refused(tiny, tmp_path, capsys):
         raise Crash()
 
     with pytest.raises(Crash):
-        train_run(spec, run, "cpu", quiet=True, on_record=crash)
+        train_run(spec, run, RunOptions("cpu", quiet=True), listeners=[AfterEpoch(crash)])
     assert _status(run)["status"] == "failed" and inspect_folder(run).trained
     before = _snapshot(run)
     assert main(["train", str(tiny), "--out", str(run), "--quiet"]) == 2

@@ -13,13 +13,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import StopAt, prepared_spec
+from helpers import StopAt, on_epoch, prepared_spec
 from safetensors.torch import load_file, save
 
 from specc.commands.cli import main
 from specc.language.diagnostics import DataError, UsageError
 from specc.training.checkpoint import from_safetensors, to_safetensors
-from specc.training.loop import Interrupted, pick_device, train
+from specc.training.loop import Interrupted, train
+from specc.training.options import RunOptions
 from specc.training.run import checkpoint_metadata
 from specc.training.runfolder import LOCK, RUN_FILES, RunFolder, WriteError, atomic_write, inspect_folder
 from specc.training.tracking import EVENTS
@@ -423,7 +424,7 @@ def test_a_checkpoint_of_other_data_is_an_error(tiny, tmp_path, capsys):
     # stopped inside its first epoch, so the checkpoint holds that epoch's order of the rows
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=1"])
     with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, pick_device("cpu"), stop=StopAt(5))
+        train(spec, prepared, plan, RunOptions("cpu"), stop=StopAt(5))
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.safetensors").write_bytes(to_safetensors(stopped.value.state, checkpoint_metadata(
@@ -440,7 +441,7 @@ def test_a_checkpoint_of_other_data_is_an_error(tiny, tmp_path, capsys):
 def test_from_safetensors_reads_what_to_safetensors_wrote(tiny, tmp_path):
     spec, prepared, plan = prepared_spec(tiny, ["train.fit.epochs=1"])
     states = []
-    train(spec, prepared, plan, pick_device("cpu"), on_epoch=lambda m, r, h, s: states.append(s))
+    train(spec, prepared, plan, RunOptions("cpu"), listener=on_epoch(lambda m, r, h, s: states.append(s)))
     path = tmp_path / "c.safetensors"
     path.write_bytes(to_safetensors(states[0], {}))
     state, meta = from_safetensors(path)

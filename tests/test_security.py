@@ -97,7 +97,7 @@ def test_run_folder_holds_safetensors_not_pickles(tiny, tmp_path):
 
 
 def test_arrays_with_python_objects_are_refused(tmp_path):
-    from specc.data.prepare import read_npz
+    from specc.data.arrays import read_npz
     from specc.language.spec import Column, NpzSource
 
     path = tmp_path / "evil.npz"

@@ -26,7 +26,7 @@ from helpers import MNIST_SAMPLE, ROOT, collab_spec, copy_ratings, mnist_spec
 from test_tabular import SPEC as PEOPLE_SPEC, people
 
 from specc.commands.cli import main
-from specc.inference.infer import Session
+from specc.inference.session import Session
 from specc.inference.serve import HTTP_CODES, App, Server
 
 pytest.importorskip("waitress")  # the `serve` extra; CI's `test` extra installs it

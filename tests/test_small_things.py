@@ -14,7 +14,8 @@ import onnx
 import pytest
 
 from helpers import EXAMPLES, ROOT, collab_spec, copy_ratings, mnist_spec, prepared_spec
-from specc.training.loop import Progress, torch_threads
+from specc.training.listeners import Progress
+from specc.training.loop import torch_threads
 
 
 # --------------------------------------------------------------------------- exported models
@@ -194,12 +195,13 @@ class ThreadsSeen(io.StringIO):
 def test_training_runs_with_the_thread_count_and_records_it(tiny, tmp_path, given):
     import torch
 
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     before = torch.get_num_threads()
     out = ThreadsSeen()
     spec, _ = load_spec(tiny)
-    train_run(spec, tmp_path / "run", "cpu", quiet=False, stdout=out, threads=given)
+    train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=False, stdout=out, threads=given))
     expected = given or 1  # the tiny collab model is small
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["threads"] == expected
@@ -234,14 +236,14 @@ class Terminal(io.StringIO):
 
 
 def test_duration_by_hand():
-    from specc.training.loop import duration
+    from specc.training.listeners import duration
 
     assert [duration(s) for s in (0.04, 12.34, 59.94, 59.96, 245, 3599.4, 3725)] == [
         "0.0 s", "12.3 s", "59.9 s", "1 min 00 s", "4 min 05 s", "59 min 59 s", "1 h 02 min"]
 
 
 def test_live_line_waits_two_seconds_then_updates_a_few_times_a_second():
-    from specc.training.loop import Progress
+    from specc.training.listeners import Progress
     from specc.training.metrics import EpochRecord
 
     out = Terminal()
@@ -265,7 +267,7 @@ def test_live_line_waits_two_seconds_then_updates_a_few_times_a_second():
 
 
 def test_no_live_line_when_the_output_is_not_a_terminal():
-    from specc.training.loop import Progress, torch_threads
+    from specc.training.listeners import Progress
 
     progress = Progress(("rmse",), out=io.StringIO())
     assert not progress.live and not progress.due(1e9)
@@ -284,10 +286,11 @@ def test_live_line_shows_the_smoothed_loss_of_each_step(tiny, device_step):
     import torch
 
     from specc.training.loop import train
+    from specc.training.options import RunOptions
 
     spec, prepared, plan = prepared_spec(tiny)
     progress = EveryStep(spec.train.metrics, out=Terminal())
-    _, history = train(spec, prepared, plan, torch.device("cpu"), progress=progress, device_step=device_step)
+    _, history = train(spec, prepared, plan, RunOptions("cpu", device_step=device_step), listener=progress)
     text = progress.out.getvalue()
     shown = re.findall(r"\repoch (\d+)  step (\d+)/(\d+)  [^\r]* loss (\S+)", text)
     steps = plan.steps_per_epoch
@@ -302,11 +305,12 @@ def test_live_line_shows_the_smoothed_loss_of_each_step(tiny, device_step):
 
 
 def test_a_log_gets_the_table_and_the_total_time_and_nothing_else(tiny, tmp_path):
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     out = io.StringIO()
     spec, _ = load_spec(tiny)
-    train_run(spec, tmp_path / "run", "cpu", stdout=out)
+    train_run(spec, tmp_path / "run", RunOptions("cpu", stdout=out))
     lines = out.getvalue().split("\n")
     assert "\r" not in out.getvalue()
     assert lines[0].startswith("specc: training tiny on cpu") and lines[1].startswith("epoch       train_loss")

@@ -11,8 +11,9 @@ import torch
 from helpers import StopAt, collab_spec, copy_ratings, prepared_spec, roundtrip
 
 from specc.language.summary import describe
-from specc.training.loop import Interrupted, build_model, pick_device, train
+from specc.training.loop import Interrupted, build_model, train
 from specc.training.optim import LazyAdam
+from specc.training.options import RunOptions
 from specc.training.run import load_spec, train_run
 
 
@@ -62,22 +63,22 @@ def test_a_spec_trains_with_sparse_adam(ratings_dir, tmp_path):
     assert "sparse Adam (lazy" in describe(spec, plan)
     model = build_model(spec, prepared)
     assert all(m.sparse for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    result = train_run(spec, tmp_path / "run", "cpu", quiet=True)
+    result = train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True))
     records = result.history.records
     assert records[-1].valid_loss < records[0].valid_loss and records[-1].metrics["rmse"] < 1.2
     assert result.parity < 1e-5  # the export knows no sparse flag: the tables are tables
     dense, _ = load_spec(collab_spec(tmp_path, name="dense"))
-    other = train_run(dense, tmp_path / "dense", "cpu", quiet=True)
+    other = train_run(dense, tmp_path / "dense", RunOptions("cpu", quiet=True))
     assert other.history.records[-1].valid_loss != records[-1].valid_loss  # another optimizer, another model
 
 
 def test_sparse_adam_stops_and_resumes_to_the_same_weights(ratings_dir, tmp_path):
     copy_ratings(ratings_dir, tmp_path)
     spec, prepared, plan = prepared_spec(collab_spec(tmp_path, optimizer="sparse_adam(wd=0.01)"))
-    whole, _ = train(spec, prepared, plan, pick_device("cpu"))
+    whole, _ = train(spec, prepared, plan, RunOptions("cpu"))
     with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, pick_device("cpu"), stop=StopAt(100))
-    resumed, _ = train(spec, prepared, plan, pick_device("cpu"), resume=roundtrip(stopped.value.state, tmp_path))
+        train(spec, prepared, plan, RunOptions("cpu"), stop=StopAt(100))
+    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=roundtrip(stopped.value.state, tmp_path))
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -1,5 +1,6 @@
 """The package's shape: no import circle among specc's modules (an import inside a function counts
-as much as one at the top), no function over 100 lines and no class over 300."""
+as much as one at the top), no module using another's private names, no function over 60 lines
+and no class over 300."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "specc"
-MAX_FUNCTION, MAX_CLASS = 100, 300
+MAX_FUNCTION, MAX_CLASS = 60, 300
 
 
 def module_names(root: Path) -> dict[str, Path]:
@@ -77,6 +78,41 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def is_private(name: str) -> bool:
+    """A leading underscore means "this file only"; a dunder (`__version__`) is public."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(root: Path) -> list[str]:
+    """Each use of another module's private name, as `path:line module._name`: imported from it
+    (`from pkg.a import _f`, relative imports too) or read off it (`import pkg.a as a` ... `a._f`)."""
+    modules = module_names(root)
+    found = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        aliases: dict[str, str] = {}  # a name in this module -> the package's module it is
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases.update({a.asname or a.name.partition(".")[0]: a.name if a.asname else a.name.partition(".")[0]
+                                for a in node.names if a.name in modules})
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                for a in node.names:
+                    if f"{base}.{a.name}" in modules:
+                        aliases[a.asname or a.name] = f"{base}.{a.name}"
+                    elif base in modules and base != name and is_private(a.name):
+                        found.append(f"{path.relative_to(root.parent)}:{node.lineno} {base}.{a.name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                    aliases.get(node.value.id, name) != name and is_private(node.attr):
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno} {aliases[node.value.id]}.{node.attr}")
+    return sorted(found)
+
+
 KINDS = {"function": ((ast.FunctionDef, ast.AsyncFunctionDef), MAX_FUNCTION), "class": ((ast.ClassDef,), MAX_CLASS)}
 
 
@@ -127,6 +163,25 @@ def test_the_size_check_counts_from_def_to_the_last_line(tmp_path):
     assert oversized(root, "class") == ["pkg/n.py:1 C (301 lines)"]
 
 
+def test_the_check_finds_private_names_imported_or_read_off_a_module(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "_hidden = 1\n__version__ = '1'\npublic = 2\n\ndef _f():\n    return _hidden\n",
+        "b.py": "from pkg.a import _f, public, __version__\n",
+        "c.py": "from . import a\nimport pkg.a\nimport pkg.a as alias\n\n"
+                "def g():\n    return a._hidden + pkg.a.public + alias._f() + a.__version__\n",
+        "sub/__init__.py": "",
+        "sub/d.py": "from ..a import _hidden\nfrom .e import _own\n",
+        "sub/e.py": "_own = 1\nx = _own\n",
+    })
+    assert private_uses(root) == ["pkg/b.py:1 pkg.a._f", "pkg/c.py:6 pkg.a._f", "pkg/c.py:6 pkg.a._hidden",
+                                  "pkg/sub/d.py:1 pkg.a._hidden", "pkg/sub/d.py:2 pkg.sub.e._own"]
+
+
+def test_no_module_of_specc_uses_another_modules_private_names():
+    assert private_uses(PACKAGE) == []
+
+
 def test_no_import_circle_in_specc():
     graph = import_graph(PACKAGE)
     training = {"specc.training.loop", "specc.training.fastpath", "specc.training.lrfind", "specc.training.steps"}
@@ -136,5 +191,5 @@ def test_no_import_circle_in_specc():
 
 
 @pytest.mark.parametrize("kind", ["function", "class"])
-def test_no_function_over_100_lines_and_no_class_over_300(kind):
+def test_no_function_over_60_lines_and_no_class_over_300(kind):
     assert oversized(PACKAGE, kind) == []

@@ -10,13 +10,14 @@ from specc.commands.cli import main
 from specc.data.prepare import column_stats, prepare
 from specc.data.table import read_table
 from specc.export import parity, parity_rows, to_onnx
-from specc.inference.infer import Session
+from specc.inference.session import Session
 from specc.language.diagnostics import DataError, SpecError
 from specc.language.spec import Column, CsvSource
 from specc.model.ops.blocks import emb_size
 from specc.model.plan import make_plan
 from specc.model.sized import model_sizes, size_model
-from specc.training.loop import pick_device, train
+from specc.training.loop import train
+from specc.training.options import RunOptions
 from specc.training.run import load_spec
 
 SPEC = """\
@@ -86,7 +87,7 @@ def test_filled_normalized_inputs_and_indicators_in_the_model(tmp_path):
     ages = prepared.train["age"]
     present = ages[~np.isnan(ages)]
     assert stats.median == float(np.median(present)) and stats.missing == int(np.isnan(ages).sum()) > 0
-    model = train(spec, prepared, make_plan(spec, prepared), pick_device("cpu"))[0].eval()
+    model = train(spec, prepared, make_plan(spec, prepared), RunOptions("cpu"))[0].eval()
     # run the model up to its inputs: the generated graph's own intermediate values
     x = torch.tensor([np.nan, 30.0])
     filled = torch.tensor([stats.median, 30.0])
@@ -128,7 +129,7 @@ def test_missing_values_need_fill_missing(tmp_path):
 def test_export_with_missing_values_and_unseen_categories(tmp_path):
     spec, _ = load_spec(_spec(tmp_path))
     prepared = prepare(spec.data, spec.model.inputs)
-    model, history = train(spec, prepared, make_plan(spec, prepared), pick_device("cpu"))
+    model, history = train(spec, prepared, make_plan(spec, prepared), RunOptions("cpu"))
     assert history.records[-1].metrics["accuracy"] > 0.75
     proto = to_onnx(spec, model, prepared.vocabs).SerializeToString()
     raw = parity_rows(spec, prepared)

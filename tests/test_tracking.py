@@ -18,6 +18,8 @@ from helpers import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from specc.commands.cli import main
+from specc.training.listeners import AfterEpoch
+from specc.training.options import RunOptions
 from specc.training.run import load_spec, train_run
 from specc.training.tracking import EVENTS
 
@@ -35,7 +37,7 @@ def metrics_csv(folder) -> list[dict]:
 
 def test_a_run_writes_its_steps_metrics_spec_and_plan(tiny, tmp_path):
     spec, _ = load_spec(tiny)
-    result = train_run(spec, tmp_path / "run", "cpu", quiet=True)
+    result = train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True))
     history = result.history
     acc = events(tmp_path / "run")
     raw, smooth, lr = (acc.Scalars(t) for t in ("loss/raw", "loss/smoothed", "lr"))
@@ -60,7 +62,7 @@ def test_long_epochs_write_every_kth_step(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tracking, "POINTS", 10)  # 75 steps an epoch: every 8th
     spec, _ = load_spec(tiny)
-    result = train_run(spec, tmp_path / "run", "cpu", quiet=True)
+    result = train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True))
     raw = events(tmp_path / "run").Scalars("loss/raw")
     assert [e.step for e in raw][:11] == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 75]
     assert [e.value for e in raw][1] == np.float32(result.history.step_loss[8])
@@ -80,7 +82,7 @@ def test_a_sweep_tags_each_run_with_its_overrides(tiny, tmp_path, capsys):
 
 def test_a_resumed_run_writes_each_step_once(tiny, tmp_path):
     spec, _ = load_spec(tiny)
-    whole = train_run(spec, tmp_path / "whole", "cpu", quiet=True)
+    whole = train_run(spec, tmp_path / "whole", RunOptions("cpu", quiet=True))
 
     class Crash(Exception):
         pass
@@ -89,9 +91,10 @@ def test_a_resumed_run_writes_each_step_once(tiny, tmp_path):
         raise Crash()
 
     with pytest.raises(Crash):
-        train_run(spec, tmp_path / "run", "cpu", quiet=True, on_record=crash_after_first_epoch)
+        train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True),
+                  listeners=[AfterEpoch(crash_after_first_epoch)])
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
-    train_run(spec, tmp_path / "run", "cpu", quiet=True, resume=True)
+    train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True, resume=True))
     files = sorted(p.name for p in (tmp_path / "run").iterdir() if EVENTS.fullmatch(p.name))
     assert len(files) == 2  # the first run's file and the resumed run's
     raw = events(tmp_path / "run").Scalars("loss/raw")
@@ -101,8 +104,8 @@ def test_a_resumed_run_writes_each_step_once(tiny, tmp_path):
 
 def test_force_replaces_the_event_files_with_the_run(tiny, tmp_path):
     spec, _ = load_spec(tiny, ["train.fit.epochs=1"])
-    train_run(spec, tmp_path / "run", "cpu", quiet=True)
-    train_run(spec, tmp_path / "run", "cpu", quiet=True, force=True)
+    train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True))
+    train_run(spec, tmp_path / "run", RunOptions("cpu", quiet=True, force=True))
     assert len([p for p in (tmp_path / "run").iterdir() if EVENTS.fullmatch(p.name)]) == 1
 
 

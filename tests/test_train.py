@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import trained
 
-from specc.language.spec import SGD, Adam
 from specc.training.metrics import smooth
 from specc.training.optim import DecoupledSGD, make_optimizer, make_scheduler
+from specc.training.optimizers import make as optimizer
 from specc.training.run import load_spec
 
 
@@ -38,7 +38,7 @@ def _quadratic_steps(optimizer, p, steps):
 def test_adam_with_decoupled_weight_decay_by_hand():
     lr, b1, b2, eps, wd = 0.1, 0.9, 0.99, 1e-8, 0.1
     p = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = make_optimizer(Adam((b1, b2), eps, wd), [([p], lr)])
+    opt = make_optimizer(optimizer("adam", betas=(b1, b2), eps=eps, wd=wd), [([p], lr)])
     got = _quadratic_steps(opt, p, 3)
     # by hand: decay first (p *= 1 - lr*wd), then the bias-corrected Adam step
     w, m, v, want = 1.0, 0.0, 0.0, []
@@ -55,7 +55,7 @@ def test_adam_with_decoupled_weight_decay_by_hand():
 
 def test_sgd_momentum_with_decoupled_weight_decay_by_hand():
     p = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = make_optimizer(SGD(0.9, 0.1, False), [([p], 0.1)])
+    opt = make_optimizer(optimizer("sgd", momentum=0.9, wd=0.1), [([p], 0.1)])
     assert isinstance(opt, DecoupledSGD)
     got = _quadratic_steps(opt, p, 3)
     # step 1: g=1, p=0.99-0.1*1=0.89; step 2: g=0.89, buf=0.9+0.89=1.79, p=0.8811-0.179=0.7021

@@ -71,6 +71,7 @@ def _trials(out):
 
 
 def test_a_study_resumes_from_its_sqlite_file_and_writes_the_best_spec(spec, tmp_path, capsys):
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     out = tmp_path / "tune"
@@ -115,7 +116,7 @@ def test_a_study_resumes_from_its_sqlite_file_and_writes_the_best_spec(spec, tmp
     assert best_spec.train.fit.lr == float(values["train.fit.lr"])
     assert best_spec.train.optimizer.wd == float(values["train.optimizer.wd"])
     assert "search {" in (out / "best.spec").read_text()  # the block stays; training ignores it
-    result = train_run(best_spec, tmp_path / "again", "cpu", quiet=True)
+    result = train_run(best_spec, tmp_path / "again", RunOptions("cpu", quiet=True))
     assert result.history.records[-1].valid_loss == pytest.approx(best.value, rel=1e-6)
 
 
@@ -511,6 +512,7 @@ def test_best_spec_checks_to_the_spec_the_set_values_give(tmp_path, ratings_dir,
 def test_best_spec_is_written_when_the_best_trial_set_the_epochs(spec, tmp_path, capsys, key):
     """Searching the fit's epochs (by either spelling, the spec's own value among the choices): best.spec
     is written, checks to the best trial's spec and trains to its figure."""
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
     out = tmp_path / "tune"
@@ -521,7 +523,7 @@ def test_best_spec_is_written_when_the_best_trial_set_the_epochs(spec, tmp_path,
     trial, _ = load_spec(spec, best.user_attrs["sets"])
     assert (written.data, written.model, written.train) == (trial.data, trial.model, trial.train)
     assert written.train.fit.epochs == int(best.params[key])
-    result = train_run(written, tmp_path / "again", "cpu", quiet=True)
+    result = train_run(written, tmp_path / "again", RunOptions("cpu", quiet=True))
     assert result.history.records[-1].valid_loss == pytest.approx(best.value, rel=1e-6)
     assert f"is written out as {out / 'best.spec'}" in capsys.readouterr().out
 

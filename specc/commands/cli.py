@@ -110,25 +110,34 @@ def _tune_options(c) -> None:
     c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="specc", description="Compile a model spec into a trained, exported model.")
-    p.add_argument("--version", action=_Version)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _spec_command(sub, name: str, help_text: str):
+    """A command that reads a spec: SPEC and --set."""
+    c = sub.add_parser(name, help=help_text, description=help_text)
+    c.add_argument("spec", type=Path, help="the .spec file")
+    c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. data.batch=128 (repeatable)")
+    return c
 
-    def spec_command(name, help_text):
-        c = sub.add_parser(name, help=help_text, description=help_text)
-        c.add_argument("spec", type=Path, help="the .spec file")
-        c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec value, e.g. data.batch=128 (repeatable)")
-        return c
 
-    c = spec_command("check", "check a spec (and its data) and print a model summary")
+def _spec_commands(sub) -> None:
+    """The commands that read a spec: check, show, train, lr-find, sweep, tune."""
+    c = _spec_command(sub, "check", "check a spec (and its data) and print a model summary")
     c.add_argument("--no-data", action="store_true", help="check the spec alone, without reading its data")
-    c = spec_command("show", "print a compiler stage: the syntax tree, the generated code, the plan, the data")
+    c = _spec_command(sub, "show", "print a compiler stage: the syntax tree, the generated code, the plan, the data")
     c.add_argument("--stage", choices=("ast", "code", "plan", "data"), default="code")
     c.add_argument("--png", type=Path, help="--stage data / plan: write the picture (image samples, the "
                    "schedule) to this file; without it, show prints text and writes nothing")
-    c = spec_command("train", "train a spec and write its run folder")
+    _train_arguments(_spec_command(sub, "train", "train a spec and write its run folder"))
+    _lr_find_arguments(_spec_command(sub, "lr-find", "the learning-rate finder: an exponential sweep, a plot and "
+                                     "suggestions"))
+    _sweep_arguments(_spec_command(sub, "sweep", "train every combination of --grid values, each in its own run "
+                                   "folder"))
+    _tune_options(_spec_command(sub, "tune", "hyperparameter search with Optuna, each trial its own run "
+                                "(pip install 'specc[tune]')"))
+
+
+def _train_arguments(c) -> None:
+    """specc train's options (beside SPEC and --set)."""
     c.add_argument("--out", type=Path, help="run folder (default runs/<spec name>)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -142,7 +151,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace the run already in the folder (files specc did not write are left alone)")
     c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
     c.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
-    c = spec_command("lr-find", "the learning-rate finder: an exponential sweep, a plot and suggestions")
+
+
+def _lr_find_arguments(c) -> None:
+    """specc lr-find's options (beside SPEC and --set)."""
     c.add_argument("--out", type=Path, help="where lr_find.csv and lr_find.png go (default runs/<spec name>)")
     c.add_argument("--force", action="store_true",
                    help="write them even beside files specc did not write or a run of another spec")
@@ -151,7 +163,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=100)
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
-    c = spec_command("sweep", "train every combination of --grid values, each in its own run folder")
+
+
+def _sweep_arguments(c) -> None:
+    """specc sweep's options (beside SPEC and --set)."""
     c.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
                    help="a spec value and the values to try, e.g. n_factors=10,40,80 or data.batch=32,64 (repeatable)")
     c.add_argument("--out", type=Path, help="where the runs go (default runs/<spec name>-sweep)")
@@ -159,15 +174,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--threads", type=_threads, metavar="N", help=THREADS_HELP)
     c.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
-    _tune_options(spec_command("tune", "hyperparameter search with Optuna, each trial its own run "
-                               "(pip install 'specc[tune]')"))
-    def reading_options(c):
-        c.add_argument("--delimiter", metavar="CHAR", help="a CSV's delimiter (default: the training data's, or the "
-                       "first of , tab ; | that splits the header into the model's columns); 'tab' or '\\t' for tab")
-        c.add_argument("--array", dest="arrays", action="append", default=[], metavar="COLUMN=NAME",
-                       help="an .npz's array for a column of the model (repeatable; default: the array named as the "
-                       "column, else <column>_test, else <column>_valid, the same for every column)")
 
+
+def _reading_options(c) -> None:
+    """How predict and evaluate read a CSV or an .npz."""
+    c.add_argument("--delimiter", metavar="CHAR", help="a CSV's delimiter (default: the training data's, or the "
+                   "first of , tab ; | that splits the header into the model's columns); 'tab' or '\\t' for tab")
+    c.add_argument("--array", dest="arrays", action="append", default=[], metavar="COLUMN=NAME",
+                   help="an .npz's array for a column of the model (repeatable; default: the array named as the "
+                   "column, else <column>_test, else <column>_valid, the same for every column)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="specc", description="Compile a model spec into a trained, exported model.")
+    p.add_argument("--version", action=_Version)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _spec_commands(sub)
     c = sub.add_parser("predict", help="predict with an exported model.onnx through onnxruntime")
     c.add_argument("model", type=Path)
     c.add_argument("rows", type=Path, help="a CSV with a header naming the model's input columns (or laid out as "
@@ -175,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
                    "folder, an image file or a folder (every image in it and below it, decoded as training did)")
     c.add_argument("--out", type=Path, help="write predictions here (default stdout)")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    reading_options(c)
+    _reading_options(c)
     c = sub.add_parser("evaluate", help="the spec's metrics of an exported model on a labelled file")
     c.add_argument("model", type=Path)
     c.add_argument("data", type=Path, help="a labelled CSV (read as the spec read its data, or with a header "
@@ -185,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="all rows, or the spec's training or validation rows (default all); for an .npz, "
                    "<column>_train / <column>_valid arrays where it has them")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    reading_options(c)
+    _reading_options(c)
     c = sub.add_parser("inspect", help="learned biases and principal components of a run's embeddings")
     c.add_argument("run", type=Path, help="a run folder of `specc train`")
     c.add_argument("--column", help="which id column's embeddings (default: the last one)")
@@ -275,17 +297,19 @@ def _show(args) -> int:
 
 def _train_options(args, spec) -> Path:
     """The folder `specc train` writes, once its options are checked (UsageError); torch is
-    imported only for the options that need it (--device cuda, --device-step)."""
+    imported only for the options that need it (--device cuda). Which options combine with the
+    spec's optimizer is its declaration's to say (specc.training.optimizers): asked here for
+    --device-step, and in _train_launched for data-parallel training."""
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: torch sees no CUDA device here")
     if args.device_step:
-        from specc.training.fastpath import applies
+        from specc.training.optimizers import device_step_refusal
 
-        if not applies(spec):
-            raise UsageError("--device-step needs the Adam optimizer (adam or adamw)")
+        if device_step_refusal(spec.train.optimizer):  # what the optimizer's declaration allows
+            raise UsageError(device_step_refusal(spec.train.optimizer))
         if spec.data.augment is not None:
             raise UsageError("--device-step does not augment images: drop it, or augment from the spec")
     if args.resume and args.out and args.out != args.resume:
@@ -330,27 +354,15 @@ def _train(args) -> int:
         print(err, file=sys.stderr)
         return 1
     from specc.training import distributed
-    from specc.training.run import check_parallel
+    from specc.training.world import from_env
 
-    world = distributed.from_env()  # torchrun's RANK and WORLD_SIZE; one process without them
-    if early is None:
-        spec = _load(args, warn=world.writes)
-        out, prepared = _train_options(args, spec), None
-    else:
-        spec, out, prepared = early
+    world = from_env()  # torchrun's RANK and WORLD_SIZE; one process without them
+    spec, out, prepared = early or _train_launched(args, world)
     sets = "".join(f" --set '{s}'" for s in args.sets)
     resume_command = f"specc train {args.spec}{sets} --resume {out}"  # what the messages below suggest
-    if world.parallel:
-        from specc.language.spec import SparseAdam
-
-        if isinstance(spec.train.optimizer, SparseAdam):
-            raise UsageError("sparse_adam does not take part in data-parallel training: its gradients are the rows "
-                             "each process looked up, which the one all-reduce of dense gradients cannot sum; train "
-                             "it in one process, or with adam")
-        check_parallel(spec, world)
     try:
         world = distributed.start(world, args.device)  # joins the other ranks' process group
-        return _train_as(args, spec, out, world, resume_command, prepared)
+        return _train_as(spec, out, _run_options(args, world), resume_command, prepared)
     except distributed.LostRank as err:
         from specc.training.runfolder import CHECKPOINT
 
@@ -370,20 +382,43 @@ def _train(args) -> int:
         distributed.finish(world)
 
 
-def _train_as(args, spec, out: Path, world, resume_command: str, prepared=None) -> int:
-    """specc train, as this rank of the run: exit codes and the messages of rank 0 (the others
-    end with the same codes, silently: rank 0 has said why)."""
+def _train_launched(args, world):
+    """Under a launcher: (spec, folder, None: each rank reads its data in train_run), the options
+    checked, and what data-parallel training rules out (rank 0 says it; the others see it too)."""
+    from specc.training.run import check_parallel
+
+    spec = _load(args, warn=world.writes)
+    out = _train_options(args, spec)
+    if world.parallel:
+        from specc.training.optimizers import parallel_refusal
+
+        if parallel_refusal(spec.train.optimizer):  # what the optimizer's declaration allows
+            raise UsageError(parallel_refusal(spec.train.optimizer))
+        check_parallel(spec, world)
+    return spec, out, None
+
+
+def _run_options(args, world):
+    """specc train's options as the one value train_run takes (specc.training.options.RunOptions)."""
+    from specc.training.options import RunOptions
+
+    return RunOptions(args.device, args.sets, quiet=args.quiet or not world.writes, resume=args.resume is not None,
+                      device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
+                      force=args.force, threads=args.threads, world=world, mlflow=args.mlflow)
+
+
+def _train_as(spec, out: Path, options, resume_command: str, prepared=None) -> int:
+    """specc train, as this rank of the run (`options.world`): exit codes and the messages of rank 0
+    (the others end with the same codes, silently: rank 0 has said why)."""
     from specc.export import ExportError
     from specc.training.loop import Interrupted
     from specc.training.run import OutOfMemory, train_run
     from specc.training.runfolder import RunFinished, WriteError
     from specc.training.steps import TrainingDiverged
 
-    say = world.writes
+    say = options.world.writes
     try:
-        train_run(spec, out, args.device, args.sets, quiet=args.quiet or not say, resume=args.resume is not None,
-                  device_step=args.device_step, graph=False if args.no_graph or args.device_step else None,
-                  force=args.force, threads=args.threads, world=world, mlflow=args.mlflow, prepared=prepared)
+        train_run(spec, out, options, prepared=prepared)
     except RunFinished as done:
         # exit 0: what --resume is for, a finished run, is there (a loop that resumes until done stops)
         print(f"specc: {done}", file=sys.stderr)
@@ -463,6 +498,7 @@ def _lr_find(args) -> int:
 def _sweep(args) -> int:
     import itertools
 
+    from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
     from specc.training.runfolder import RunFolder
 
@@ -493,8 +529,8 @@ def _sweep(args) -> int:
     for k, (combo, sets, spec, name, folder) in enumerate(specs, start=1):
         print(f"[{k}/{len(specs)}] {name}", flush=True)
         try:
-            result = train_run(spec, folder, args.device, sets, quiet=True, force=args.force,
-                               threads=args.threads, mlflow=args.mlflow)
+            result = train_run(spec, folder, RunOptions(args.device, sets, quiet=True, force=args.force,
+                                                        threads=args.threads, mlflow=args.mlflow))
         except _failures() as err:  # one variant's failure is its row; the others still train
             print(f"specc: {name}: {_variant_failure(err)}; its folder is {folder}/", file=sys.stderr)
             failed.append(name)

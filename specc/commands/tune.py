@@ -18,6 +18,7 @@ from specc.language.diagnostics import SpecError, UsageError, first_line
 from specc.language.parse import parse, parse_expr, read_source
 from specc.language.source import Source, Span
 from specc.language.spec import SearchRange, Spec
+from specc.training.losses import higher_is_better
 
 SEARCH_PATH = "--search"
 _KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*=")
@@ -141,7 +142,7 @@ def monitored(spec: Spec) -> tuple[str, str]:
     one (what the spec says it cares about), else valid_loss; and the direction that is better."""
     monitor = next((s.early_stop.monitor for s in reversed(spec.train.stages) if s.early_stop is not None),
                    "valid_loss")
-    return monitor, "maximize" if monitor == "accuracy" else "minimize"
+    return monitor, "maximize" if higher_is_better(monitor) else "minimize"
 
 
 def trial_sets(sets: list[str], values: dict[str, object]) -> list[str]:
@@ -389,10 +390,13 @@ def _train_seed(trial, spec: Spec, folder: Path, sets: list[str], args, on_recor
     """Train one of a trial's runs; its last epoch's record (a failure's first line kept on the trial)."""
     import optuna
 
+    from specc.training.listeners import AfterEpoch
+    from specc.training.options import RunOptions
     from specc.training.run import train_run
 
     try:
-        result = train_run(spec, folder, args.device, sets, quiet=True, threads=args.threads, on_record=on_record)
+        result = train_run(spec, folder, RunOptions(args.device, sets, quiet=True, threads=args.threads),
+                           listeners=[AfterEpoch(on_record)] if on_record is not None else [])
     except optuna.TrialPruned:
         raise
     except Exception as err:

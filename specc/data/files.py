@@ -235,6 +235,27 @@ def npz_array(archive, name: str, path: str):
         raise DataError(path, f"array '{name}' cannot be read: the archive is damaged ({err})", code="D102") from None
 
 
+def is_npz(path: Path) -> bool:
+    """Arrays, not a CSV: an .npz (or .npy) by its name, or by its first bytes (a zip file's, or
+    numpy's own) whatever its name; load_npz says what a file that is not an archive is."""
+    if path.suffix in (".npz", ".npy"):
+        return True
+    with open_binary(path) as f:
+        start = f.read(6)
+    return start == b"\x93NUMPY" or start[:4] == b"PK\x03\x04"
+
+
+PARQUET_ENDINGS = (".parquet", ".parq", ".pq")  # compared in lower case
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file by its name, or by its first bytes (`PAR1`, as every Parquet file starts)."""
+    if path.name.lower().endswith(PARQUET_ENDINGS):
+        return True
+    with open_binary(path) as f:
+        return f.read(4) == b"PAR1"
+
+
 def describe_array(arr) -> str:
     """What an array holds, in words: 'int64 numbers of shape (3, 2)'."""
     kind = arr.dtype.kind

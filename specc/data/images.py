@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from specc.data.files import NOT_FOUND_NOTE, file_kind
+from specc.data.split import split_rows
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, os_text, printable
-from specc.language.spec import ImagesSource
+from specc.language.spec import IMAGE_COLUMN, LABEL_COLUMN, ImagesSource
+from specc.model.memory import BUDGET_NOTE, budget, shown_bytes
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # compared in lower case
 # Pillow's names of the formats specc reads, the only plugins Image.open tries: never every plugin
@@ -580,3 +582,42 @@ def _write_cache(path: Path, pixels: np.ndarray, listing: Listing, skipped) -> N
                 old.unlink()
             except OSError:  # another run's, being replaced or removed: it is only a cache
                 pass
+
+
+# ---------------------------------------------------------------- reading a folder for training
+
+
+def read_images(source: ImagesSource, wanted, split) -> tuple[dict, dict, str]:
+    """Train and valid arrays of an image folder: `image` (uint8 pixels, as npz arrays are read) and
+    `label` (class folder names), divided by its train/ and valid/ folders or by the spec's split."""
+    _images_fit(source)
+    folder = load_images(source, split)
+    columns = {IMAGE_COLUMN: folder.pixels, LABEL_COLUMN: folder.labels}
+    if folder.valid is not None:
+        train_idx, valid_idx = np.flatnonzero(~folder.valid), np.flatnonzero(folder.valid)
+    else:
+        train_idx, valid_idx = split_rows(len(folder.labels), split, folder.path)
+    return ({c.name: columns[c.name][train_idx] for c in wanted},
+            {c.name: columns[c.name][valid_idx] for c in wanted}, folder.path)
+
+
+# bytes a pixel takes while the data is prepared: decoded (uint8), split into the training and
+# validation rows (a copy), and as the model's float32 input
+PIXEL_BYTES = 1 + 1 + 4
+
+
+def _images_fit(source: ImagesSource) -> None:
+    """Before an image is decoded: the folder's images at the spec's size must fit in memory, as
+    prepared (PIXEL_BYTES a number), else E307 at the source."""
+    count = len(list_folder(source).files)
+    per = math.prod(source.row_shape)
+    need, available = count * per * PIXEL_BYTES, budget()
+    if need <= available.bytes:
+        return
+    height, width = source.size
+    raise SpecError([Diagnostic(
+        codes.TOO_LARGE, f"the {count:,} images of {source.path.name}/ at {height}x{width} ({source.mode}) take "
+        f"{shown_bytes(need)} once decoded, more than {available}", source.span,
+        (f"{count:,} images of {per:,} numbers, {PIXEL_BYTES} bytes each: decoded (uint8), split into training "
+         "and validation rows, and as float32 for the model", "choose a smaller size=(height, width)",
+         BUDGET_NOTE))])

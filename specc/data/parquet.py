@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from specc.data.files import check_regular, shown_path
+from specc.data.files import PARQUET_ENDINGS, check_regular, shown_path
 from specc.data.table import shown_names
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
 from specc.language.spec import CATEGORY, Column, ParquetSource
 from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
-ENDINGS = (".parquet", ".parq", ".pq")  # the files of a folder that are read; others are left alone
 INT64_MAX = (1 << 63) - 1
 
 
@@ -71,10 +70,11 @@ def parquet_files(source: ParquetSource) -> list[Path]:
     found = []
     for folder, subfolders, names in os.walk(path):
         subfolders[:] = [s for s in subfolders if not s.startswith((".", "_"))]
-        found += [Path(folder) / n for n in names if n.lower().endswith(ENDINGS) and not n.startswith((".", "_"))]
+        found += [Path(folder) / n for n in names
+                  if n.lower().endswith(PARQUET_ENDINGS) and not n.startswith((".", "_"))]
     if not found:
         raise DataError(shown_path(path), f"holds no Parquet files: parquet(...) of a folder reads the files in it "
-                        f"whose names end {', '.join(ENDINGS)}", code="D112")
+                        f"whose names end {', '.join(PARQUET_ENDINGS)}", code="D112")
     return sorted(found, key=lambda f: f.relative_to(path).as_posix())
 
 
@@ -245,7 +245,7 @@ def check_schema(source: ParquetSource, wanted, files: list[Path], schemas) -> d
                                      suggest(col.name, present) + (f"{name} has the columns: {shown_names(present)}",)))
             continue
         types[col.name] = schemas[0].field(col.name).type
-        problem = _misfit(col, types[col.name])
+        problem = misfit(col, types[col.name])
         if problem is not None:
             found, hint = problem
             errors.append(Diagnostic(codes.COLUMN_TYPE, f"column '{col.name}' is declared {_declared(col)}, but {name} "
@@ -322,7 +322,7 @@ def _declared(col: Column) -> str:
     return col.kind + (f"({', '.join(str(d) for d in col.shape)})" if col.shape else "")
 
 
-def _misfit(col: Column, t) -> tuple[str, str] | None:
+def misfit(col: Column, t) -> tuple[str, str] | None:
     """None when a column of Arrow type `t` can be read as the spec declares it; else what the file
     holds, in words, and a note on what would fit."""
     import pyarrow as pa

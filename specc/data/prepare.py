@@ -1,27 +1,19 @@
-"""Prepare: checked data spec -> train / valid arrays (category columns as vocabulary indices)."""
+"""Prepare: checked data spec -> train / valid arrays (category columns as vocabulary indices).
+
+The source's declaration (specc.data.sources) reads and splits the rows; here they are filtered
+(keep_classes, train_rows) and encoded: vocabularies and statistics fitted on the training rows."""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from specc.data.files import describe_array, first_not_text, load_npz, npz_array
-from specc.data.images import list_folder, load_images
-from specc.data.parquet import ParquetTable, read_parquet
-from specc.data.table import Table, check_finite, read_table
-from specc.language import codes
-from specc.language.diagnostics import DataError, Diagnostic, SpecError, printable, suggest
-from specc.language.spec import (
-    CATEGORY, DEFAULT_SPLIT, IMAGE_COLUMN, LABEL_COLUMN, DataSpec, ImagesSource, LastSplit, NpzSource, ParquetSource,
-    RandomSplit, RowSplit,
-)
-from specc.model.memory import BUDGET_NOTE, budget, data_limit, shown_bytes, too_much_data
-
-
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+from specc.data.arrays import INT64_MAX, INT64_MIN
+from specc.data.sources import source_def
+from specc.language.diagnostics import DataError
+from specc.language.spec import CATEGORY, DataSpec
 
 
 def _as_int(text: str) -> int | None:
@@ -150,90 +142,16 @@ class Prepared:
         return len(next(iter(self.valid.values())))
 
 
-def split_rows(n: int, split, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Train and valid row indices (each sorted)."""
-    if split is None:
-        split = DEFAULT_SPLIT
-    if isinstance(split, LastSplit):
-        n_valid = int(round(n * split.fraction))
-        if n_valid == 0 or n_valid == n:
-            raise DataError(path, f"last({split.fraction:g}) of {n} rows leaves "
-                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code="D106")
-        return np.arange(0, n - n_valid), np.arange(n - n_valid, n)
-    if isinstance(split, RandomSplit):
-        order = np.random.default_rng(split.seed).permutation(n)
-        n_valid = int(round(n * split.fraction))
-        if n_valid == 0 or n_valid == n:
-            raise DataError(path, f"random({split.fraction:g}) of {n} rows leaves "
-                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code="D106")
-        return np.sort(order[n_valid:]), np.sort(order[:n_valid])
-    assert isinstance(split, RowSplit)
-    end = n if split.end is None else min(split.end, n)
-    if split.start >= n:
-        raise DataError(path, f"rows({split.start}, ...): the file has only {n} rows", code="D106")
-    valid = np.arange(split.start, end)
-    train = np.concatenate([np.arange(0, split.start), np.arange(end, n)])
-    if len(train) == 0:
-        raise DataError(path, f"rows({split.start}, {end}) leaves no training rows", code="D106")
-    return train, valid
-
-
-def split_to_json(split) -> dict | None:
-    """The validation split as JSON (an exported model records it for `evaluate --split`)."""
-    if isinstance(split, RandomSplit):
-        return {"kind": "random", "fraction": split.fraction, "seed": split.seed}
-    if isinstance(split, RowSplit):
-        return {"kind": "rows", "start": split.start, "end": split.end}
-    if isinstance(split, LastSplit):
-        return {"kind": "last", "fraction": split.fraction}
-    return None
-
-
-def split_from_json(d: dict | None):
-    """The split that split_to_json wrote."""
-    if d is None:
-        return None
-    if d["kind"] == "random":
-        return RandomSplit(d["fraction"], d["seed"])
-    if d["kind"] == "rows":
-        return RowSplit(d["start"], d["end"])
-    return LastSplit(d["fraction"])
-
-
 def prepare(data: DataSpec, columns=None) -> Prepared:
     """Read, split and encode the data a spec names. `columns`: the input columns to keep."""
     inputs = tuple(c for c in data.inputs if columns is None or c.name in columns)
     wanted = (*inputs, data.target)
-    if isinstance(data.source, NpzSource):
-        raw_train, raw_valid_cols, path = read_npz(data.source, wanted, data.valid)
-    elif isinstance(data.source, ImagesSource):
-        raw_train, raw_valid_cols, path = read_images(data.source, wanted, data.valid)
-    else:
-        parquet = isinstance(data.source, ParquetSource)
-        table = read_parquet(data.source, wanted) if parquet else read_table(data.source, wanted)
-        for col in wanted:
-            if col.kind != CATEGORY:
-                # a missing value is allowed where fill_missing will fill it (float inputs)
-                is_target = col is data.target
-                allow_nan = not is_target and "fill_missing" in data.procs
-                if parquet:
-                    table.check_finite(col.name, allow_nan=allow_nan, target=is_target)
-                else:
-                    check_finite(table, col.name, allow_nan=allow_nan, target=is_target)
-        raw_train, raw_valid_cols, path = _split_table(table, wanted, data.valid)
+    raw_train, raw_valid, path = source_def(data.source.kind).read(data, wanted)
     if data.keep_classes:  # only rows of these classes, in both splits
-        for part in (raw_train, raw_valid_cols):
-            labels = part[data.target.name]
-            texts = labels.astype(str) if labels.dtype.kind != "O" else np.array([str(v) for v in labels])
-            keep = np.isin(texts, np.array(data.keep_classes))
-            for name in list(part):
-                part[name] = part[name][keep]
-        if not len(raw_train[data.target.name]) or not len(raw_valid_cols[data.target.name]):
-            raise DataError(path, f"no rows of the classes {', '.join(data.keep_classes)} in "
-                            f"{'the training' if not len(raw_train[data.target.name]) else 'the validation'} rows",
-                            code="D106")
+        _keep_classes(data, raw_train, raw_valid, path)
     if data.train_rows is not None:  # only the first N training rows
         raw_train = {name: values[:data.train_rows] for name, values in raw_train.items()}
+    _some_rows(data, raw_train, raw_valid, path)
     vocabs: dict[str, Vocab] = {}
     train: dict[str, np.ndarray] = {}
     valid: dict[str, np.ndarray] = {}
@@ -243,195 +161,38 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
             vocab = Vocab.fit(col.name, raw_train[col.name], unknown=not is_target)
             vocabs[col.name] = vocab
             train[col.name] = vocab.lookup(raw_train[col.name])
-            valid[col.name] = vocab.lookup(raw_valid_cols[col.name])
+            valid[col.name] = vocab.lookup(raw_valid[col.name])
             if is_target and (valid[col.name] < 0).any():
                 k = int(np.argmax(valid[col.name] < 0))
-                raise DataError(path, f"validation row {k + 1}: class '{raw_valid_cols[col.name][k]}' never "
+                raise DataError(path, f"validation row {k + 1}: class '{raw_valid[col.name][k]}' never "
                                 f"appears in the training rows (classes: {', '.join(vocab.values[:20])})",
                                 column=col.name, code="D109")
         else:
             train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
-            valid[col.name] = np.ascontiguousarray(raw_valid_cols[col.name], dtype=np.float32)
-    raw_valid = raw_valid_cols  # arrays: parity takes a few rows of them
+            valid[col.name] = np.ascontiguousarray(raw_valid[col.name], dtype=np.float32)
     stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind != CATEGORY and not c.shape}
-    return Prepared(train, valid, vocabs, raw_valid, path, stats)
+    return Prepared(train, valid, vocabs, raw_valid, path, stats)  # raw_valid: export's parity takes a few rows
 
 
-def _split_table(table: Table | ParquetTable, wanted, split) -> tuple[dict, dict, str]:
-    """Train and valid arrays of a table's columns (category columns of text as object arrays)."""
-    train_idx, valid_idx = split_rows(table.rows, split, table.path)
-    raw_train, raw_valid = {}, {}
-    for col in wanted:
-        values = table.columns[col.name]
-        if col.kind == CATEGORY:
-            values = values if values.dtype.kind in "iu" else np.asarray(values, dtype=object)
-        raw_train[col.name], raw_valid[col.name] = values[train_idx], values[valid_idx]
-    return raw_train, raw_valid, table.path
+def _keep_classes(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -> None:
+    """Only the rows whose target is one of keep_classes, in both splits (in place)."""
+    for part in (raw_train, raw_valid):
+        labels = part[data.target.name]
+        texts = labels.astype(str) if labels.dtype.kind != "O" else np.array([str(v) for v in labels])
+        keep = np.isin(texts, np.array(data.keep_classes))
+        for name in list(part):
+            part[name] = part[name][keep]
+    if not len(raw_train[data.target.name]) or not len(raw_valid[data.target.name]):
+        raise DataError(path, f"no rows of the classes {', '.join(data.keep_classes)} in "
+                        f"{'the training' if not len(raw_train[data.target.name]) else 'the validation'} rows",
+                        code="D106")
 
 
-def read_parquet_split(source: ParquetSource, wanted, split) -> tuple[dict, dict, str]:
-    """Train and valid arrays of the wanted columns of a Parquet source, as read (specc show)."""
-    return _split_table(read_parquet(source, wanted), wanted, split)
-
-
-def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
-    """Train and valid arrays of the wanted columns from an .npz file (never unpickling).
-    The file either holds `<column>_train` and `<column>_valid` arrays, or one array per column
-    that the spec's `valid` split divides."""
-    path = str(source.path)
-    archive = load_npz(source.path, source.span)
-    with archive:
-        names = set(archive.files)
-        paired = all(f"{c.name}_train" in names and f"{c.name}_valid" in names for c in wanted)
-        errors = []
-        for col in wanted:
-            if not paired and col.name not in names:
-                listed = ", ".join(sorted(names))
-                errors.append(Diagnostic(codes.NOT_IN_DATA, f"array '{col.name}' is not in {source.path.name}",
-                                         col.span, suggest(col.name, {n.rsplit("_", 1)[0] for n in names}) +
-                                         (f"{source.path.name} holds: {listed}; a column reads the array of its "
-                                          "name, or <name>_train and <name>_valid",)))
-        if errors:
-            raise SpecError(errors)
-        if paired and split is not None:
-            raise SpecError([Diagnostic(codes.SPLIT_IN_DATA, f"{source.path.name} has its own validation arrays",
-                                        split.span,
-                                        ("remove `valid = ...`: the *_valid arrays are the validation set",))])
-
-        _npz_fits(archive, [f"{c.name}{part}" for c in wanted for part in (("_train", "_valid") if paired else ("",))],
-                  path)
-
-        def load(name: str, col) -> np.ndarray:
-            return _check_array(npz_array(archive, name, path), col, path, name)
-
-        if paired:
-            train = {c.name: load(f"{c.name}_train", c) for c in wanted}
-            valid = {c.name: load(f"{c.name}_valid", c) for c in wanted}
-            for part, arrays in (("_train", train), ("_valid", valid)):
-                _same_rows(arrays, path, part)
-            return train, valid, path
-        whole = {c.name: load(c.name, c) for c in wanted}
-        _same_rows(whole, path, "")
-        n = len(next(iter(whole.values())))
-        train_idx, valid_idx = split_rows(n, split, path)
-        return ({k: v[train_idx] for k, v in whole.items()}, {k: v[valid_idx] for k, v in whole.items()}, path)
-
-
-def _npz_fits(archive, names: list[str], path: str) -> None:
-    """Before an array is read: what each header says it holds, against what its member of the
-    archive holds (D102 for a header that claims more) and, all together, the data limit (D113)."""
-    import zipfile
-
-    total, limit = 0, data_limit()
-    for name in names:
-        try:
-            member = archive.zip.getinfo(f"{name}.npy")
-            with archive.zip.open(member) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                if read_header is None:  # a version numpy reads itself (3.0: field names in UTF-8)
-                    continue
-                shape, _, dtype = read_header(f)
-                claimed, holds = math.prod(shape) * dtype.itemsize, member.file_size - f.tell()
-        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise DataError(path, f"array '{name}' cannot be read ({err})", code="D102") from None
-        if not dtype.hasobject and claimed > holds:
-            raise DataError(path, f"array '{name}' is damaged: its header says shape {tuple(shape)} of {dtype} "
-                            f"({shown_bytes(claimed)}), but it holds {shown_bytes(max(holds, 0))}", code="D102")
-        total += claimed
-    if total > limit.bytes:
-        raise too_much_data(path, f"its arrays the spec reads hold {shown_bytes(total)}", limit)
-
-
-def read_images(source: ImagesSource, wanted, split) -> tuple[dict, dict, str]:
-    """Train and valid arrays of an image folder: `image` (uint8 pixels, as npz arrays are read) and
-    `label` (class folder names), divided by its train/ and valid/ folders or by the spec's split."""
-    _images_fit(source)
-    folder = load_images(source, split)
-    columns = {IMAGE_COLUMN: folder.pixels, LABEL_COLUMN: folder.labels}
-    if folder.valid is not None:
-        train_idx, valid_idx = np.flatnonzero(~folder.valid), np.flatnonzero(folder.valid)
-    else:
-        train_idx, valid_idx = split_rows(len(folder.labels), split, folder.path)
-    return ({c.name: columns[c.name][train_idx] for c in wanted},
-            {c.name: columns[c.name][valid_idx] for c in wanted}, folder.path)
-
-
-# bytes a pixel takes while the data is prepared: decoded (uint8), split into the training and
-# validation rows (a copy), and as the model's float32 input
-PIXEL_BYTES = 1 + 1 + 4
-
-
-def _images_fit(source: ImagesSource) -> None:
-    """Before an image is decoded: the folder's images at the spec's size must fit in memory, as
-    prepared (PIXEL_BYTES a number), else E307 at the source."""
-    count = len(list_folder(source).files)
-    per = math.prod(source.row_shape)
-    need, available = count * per * PIXEL_BYTES, budget()
-    if need <= available.bytes:
-        return
-    height, width = source.size
-    raise SpecError([Diagnostic(
-        codes.TOO_LARGE, f"the {count:,} images of {source.path.name}/ at {height}x{width} ({source.mode}) take "
-        f"{shown_bytes(need)} once decoded, more than {available}", source.span,
-        (f"{count:,} images of {per:,} numbers, {PIXEL_BYTES} bytes each: decoded (uint8), split into training "
-         "and validation rows, and as float32 for the model", "choose a smaller size=(height, width)",
-         BUDGET_NOTE))])
-
-
-def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
-    """An array's rows must have the column's declared shape; floats must be finite; ids must fit
-    int64 (larger ones are read as text, as a CSV's would be)."""
-    if arr.ndim == 0:
-        raise DataError(path, f"array '{name}' is a single value ({describe_array(arr)}); the column "
-                        f"'{col.name}' needs one row per example", code="D103")
-    rows = arr.shape[1:]
-    want = tuple(col.shape)
-    if rows != want and not (want == () and rows == (1,)):
-        shown = "one value" if want == () else f"shape {want}"
-        raise SpecError([Diagnostic(codes.ARRAY_SHAPE, f"array '{name}' has rows of shape {rows}, but the spec "
-                                    f"declares {shown}", col.span, (f"e.g. {col.name}: float{rows}" if rows else
-                                                                    f"e.g. {col.name}: {col.kind}",))])
-    if want == () and rows == (1,):
-        arr = arr[:, 0]
-    if col.kind == CATEGORY:
-        if arr.dtype.kind not in "iuUS":
-            raise DataError(path, f"array '{name}' holds {describe_array(arr)}; a category column wants integers "
-                            "or strings", code="D104")
-        if arr.dtype.kind == "S":
-            return _decoded(arr, path, name)
-        if arr.dtype.kind == "U":
-            if (k := first_not_text(arr)) is not None:  # a class or id the exported model could not hold
-                raise DataError(path, f"array '{name}' holds a string that is not UTF-8 text at index {k} "
-                                f"('{printable(str(arr[k]))}')", code="D102")
-            return arr.astype(str)
-        if arr.dtype.kind == "u" and len(arr) and int(arr.max()) > INT64_MAX:
-            return arr.astype(str)  # ids past int64: text, like a CSV's
-        return arr
-    if arr.dtype.kind not in "iuf":
-        raise DataError(path, f"array '{name}' holds {describe_array(arr)}; a float column wants numbers", code="D104")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise DataError(path, f"array '{name}' holds {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}",
-                        code="D105")
-    return arr
-
-
-def _decoded(arr: np.ndarray, path: str, name: str) -> np.ndarray:
-    """Byte strings as text: UTF-8, or an error at the first that is not."""
-    out = np.empty(arr.shape, dtype=object)
-    for k, raw in enumerate(arr):
-        try:
-            out[k] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(path, f"array '{name}' holds bytes that are not UTF-8 text at index {k}",
-                            code="D102") from None
-    return out.astype(str)
-
-
-def _same_rows(arrays: dict, path: str, part: str) -> None:
-    counts = {k: len(v) for k, v in arrays.items()}
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{k}{part}: {n}" for k, n in counts.items())
-        raise DataError(path, f"the arrays have different numbers of rows ({listed})", code="D103")
+def _some_rows(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -> None:
+    """Training rows and validation rows, whatever the source: without the first training could take
+    no step (its loss would be the mean of nothing), without the second give no validation loss.
+    Each source says where its rows went missing where it can (an .npz's empty x_train array);
+    this holds for every source, the next one too."""
+    for part, what in ((raw_train, "training"), (raw_valid, "validation")):
+        if not len(part[data.target.name]):
+            raise DataError(path, f"the data leaves no {what} rows", code="D106")

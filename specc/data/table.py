@@ -35,7 +35,7 @@ class Table:
     def line(self, row: int) -> int:
         """The file's line number of a data row (0-based), for messages: the rows counted as the
         Python reader counts them, none of them kept (the row may be the 20 millionth)."""
-        with _open(self.source) as f:
+        with open_source(self.source) as f:
             reader = csv.reader(_Lines(f, self.path), delimiter=self.source.delimiter, strict=True)
             first = next(reader, None)
             width = len(self.source.columns) if self.source.columns is not None else len(first or ())
@@ -49,8 +49,12 @@ class Table:
                 count += 1
         raise ValueError(f"{self.path} has no data row {row}")  # the table was read from it: a bug
 
+    def check_finite(self, column: str, allow_nan: bool = False, target: bool = False) -> None:
+        """NaN (a missing value) or inf where a number is needed: say which row (see check_finite)."""
+        check_finite(self, column, allow_nan, target)
 
-def _open(source: CsvSource):
+
+def open_source(source: CsvSource):
     """The file as text: a regular file only (else E208 at the spec's path, or D101), UTF-8 with a
     byte-order mark skipped; bytes that are not UTF-8 read as lone surrogates (see files.open_text),
     which the readers report at their line and column."""
@@ -59,7 +63,7 @@ def _open(source: CsvSource):
 
 def read_table(source: CsvSource, wanted: tuple[Column, ...]) -> Table:
     """Read the `wanted` columns of a delimited file."""
-    names = _header(source, wanted)
+    names = checked_names(source, wanted)
     try:
         columns, rows = _arrow_read(source, wanted, names)
     except _Fallback:
@@ -70,12 +74,33 @@ def read_table(source: CsvSource, wanted: tuple[Column, ...]) -> Table:
     return Table(str(source.path), columns, rows, source, tuple(wanted))
 
 
+def head(source: CsvSource, columns, n: int) -> list[list[str]]:
+    """The first n rows of the spec's columns, as they are in the file (`specc show --stage data`)."""
+    names = checked_names(source, columns)  # the file's or the spec's column names, checked against the spec
+    index = [names.index(c.name) for c in columns]
+    with open_source(source) as f:
+        reader = csv.reader(f, delimiter=source.delimiter)
+        first = next(reader, None)
+        rows = [] if source.header or source.columns is None else [first]
+        if rows and any(has_surrogates(first[k]) for k in index if k < len(first)):
+            raise not_utf8(str(source.path), 1, byte=bad_byte("".join(first[k] for k in index if k < len(first))))
+        for row in reader:
+            if len(rows) >= n:
+                break
+            if len(row) == len(names):
+                if any(has_surrogates(row[k]) for k in index):  # bytes that are not UTF-8
+                    raise not_utf8(str(source.path), reader.line_num, byte=bad_byte("".join(row[k] for k in index)))
+                rows.append(row)
+        return [[row[k] for k in index] for row in rows[:n]]
+
+
 class _Fallback(Exception):
     """pyarrow could not read it as asked: let the Python reader find and report the problem."""
 
 
-def _header(source: CsvSource, wanted) -> list[str]:
-    """The file's column names (its first line, or the spec's `columns`), checked against the spec."""
+def checked_names(source: CsvSource, wanted) -> list[str]:
+    """The file's column names (its first line, or the spec's `columns`), each wanted column among
+    them (else E205 at the column's line in the spec)."""
     names = file_names(source)
     _check_header(source, names, wanted)
     return names
@@ -83,7 +108,7 @@ def _header(source: CsvSource, wanted) -> list[str]:
 
 def file_names(source: CsvSource) -> list[str]:
     """The column names: the spec's `columns`, else the file's first line split at the delimiter."""
-    with _open(source) as f:
+    with open_source(source) as f:
         reader = csv.reader(_Lines(f, str(source.path)), delimiter=source.delimiter)
         try:
             first = next(reader, None)
@@ -199,7 +224,7 @@ class _Rows:
 def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Rows:
     """The slow reader: every row's line number known, every problem reported where it is."""
     shown = str(source.path)
-    with _open(source) as f:
+    with open_source(source) as f:
         text = _Lines(f, shown)
         reader = csv.reader(text, delimiter=source.delimiter, strict=True)
         try:

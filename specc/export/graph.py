@@ -15,13 +15,25 @@ import torch
 import torch.fx as fx
 from onnx import TensorProto, helper
 
-from specc.data.prepare import Vocab, split_to_json, vocabs_to_json
+from specc.data.prepare import Vocab, vocabs_to_json
+from specc.data.sources import source_def
+from specc.data.split import split_to_json
 from specc.export.emitter import Emitter
 from specc.export.ids import DenseIds, composes, dense_ids, lookup
 from specc.export.ops import function as translate_function, module as translate_module
-from specc.language.spec import CATEGORY, FLOAT, IMAGE_COLUMN, CsvSource, ImagesSource, Spec
+from specc.language.spec import CATEGORY, FLOAT, Spec
+from specc.training import losses
 
 PROBABILITIES = "probabilities"
+
+# What the exported model returns from the model's output, for each `returns` a loss declares
+# (specc.training.losses): (emitter, the output, the name to give) -> the value's name.
+RETURNS = {
+    "value": lambda em, out, name: out,
+    "sigmoid": lambda em, out, name: em.node("Sigmoid", [out], name),
+    "softmax": lambda em, out, name: em.node("Softmax", [out], name, axis=-1),
+    "exp": lambda em, out, name: em.node("Exp", [out], name),
+}
 
 
 def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx.ModelProto:
@@ -35,27 +47,10 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
     result = None
     for fnode in model.graph.nodes:
         if fnode.op == "placeholder":
-            col = columns[fnode.target]
-            if col.kind == CATEGORY:
-                vocab = vocabs[col.name]
-                dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
-                inputs.append(helper.make_tensor_value_info(col.name, dtype, ["N"]))
-                dense[fnode.name] = ids = dense_ids(em, col.name, vocab)
-                if not ids or not all(composes(modules.get(u.target), ids) for u in fnode.users):
-                    # something other than a small embedding reads the index: look it up once
-                    names[fnode.name] = lookup(em, col.name, vocab, ids)
-            elif takes_pixels(spec, col.name):  # the raw uint8 batch (N, C, H, W): floats from here on
-                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.UINT8, ["N", *col.shape]))
-                names[fnode.name] = em.node("Cast", [col.name], f"{col.name}_pixels", to=TensorProto.FLOAT)
-            elif col.shape:
-                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape]))
-                names[fnode.name] = col.name
-            else:
-                inputs.append(helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N"]))
-                names[fnode.name] = col.name
+            inputs.append(_input(em, spec, columns[fnode.target], fnode, vocabs, modules, names, dense))
         elif fnode.op == "call_module":
             module, source = modules[fnode.target], dense.get(fnode.args[0].name)
-            if source and composes(module, source):  # the embedding's rows in raw-id order
+            if source and composes(fnode, module, source):  # the embedding's rows in raw-id order
                 rows = module.weight.detach().cpu()[torch.from_numpy(source.table)]
                 names[fnode.name] = em.node("Gather", [em.weight(f"{fnode.target}.weight_by_id", rows),
                                                        source.clipped], fnode.name, axis=0)
@@ -69,8 +64,35 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
     graph = helper.make_graph(em.nodes, spec.name, inputs, outputs, em.initializers)
     onnx_model = helper.make_model(graph, producer_name="specc", opset_imports=em.opset_imports())
     onnx_model.ir_version = 8  # readable by onnxruntime 1.14 and later
-    source = spec.data.source
-    meta = {
+    helper.set_model_props(onnx_model, metadata(spec, vocabs))
+    onnx.checker.check_model(onnx_model, full_check=True)
+    return onnx_model
+
+
+def _input(em: Emitter, spec: Spec, col, fnode: fx.Node, vocabs: dict[str, Vocab], modules: dict,
+           names: dict[str, str], dense: dict) -> onnx.ValueInfoProto:
+    """The graph input of an input column, as the user has its values, and what the model reads of
+    it (`names`): a category's vocabulary index (or, where only small embeddings read it, its ids
+    clipped for tables in raw-id order: `dense`), an image's pixels as floats, a number as it is."""
+    if col.kind == CATEGORY:
+        vocab = vocabs[col.name]
+        dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
+        dense[fnode.name] = ids = dense_ids(em, col.name, vocab)
+        if not ids or not all(composes(u, modules.get(u.target), ids) for u in fnode.users):
+            # something other than a small embedding reads the index: look it up once
+            names[fnode.name] = lookup(em, col.name, vocab, ids)
+        return helper.make_tensor_value_info(col.name, dtype, ["N"])
+    if takes_pixels(spec, col.name):  # the raw uint8 batch (N, C, H, W): floats from here on
+        names[fnode.name] = em.node("Cast", [col.name], f"{col.name}_pixels", to=TensorProto.FLOAT)
+        return helper.make_tensor_value_info(col.name, TensorProto.UINT8, ["N", *col.shape])
+    names[fnode.name] = col.name
+    return helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape])
+
+
+def metadata(spec: Spec, vocabs: dict[str, Vocab]) -> dict[str, str]:
+    """What the exported model records for predict, evaluate and serve: the spec, the target, the
+    split, the loss and metrics, the inputs, the vocabularies, and how the data was read."""
+    return {
         "specc.spec": spec.source.text,
         "specc.target": spec.data.target.name,
         "specc.target_kind": spec.data.target.kind,
@@ -80,44 +102,27 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
         "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind, "shape": list(c.shape)}
                                     for c in spec.data.inputs if c.name in spec.model.inputs]),
         "specc.vocabs": vocabs_to_json(vocabs),
-        "specc.reading": json.dumps(_reading(source)),
+        "specc.reading": json.dumps(source_def(spec.data.source.kind).reading(spec.data.source)),
     }
-    helper.set_model_props(onnx_model, meta)
-    onnx.checker.check_model(onnx_model, full_check=True)
-    return onnx_model
 
 
 def takes_pixels(spec: Spec, column: str) -> bool:
-    """Whether the model's input `column` is an image folder's pixels: it takes them as uint8."""
-    return isinstance(spec.data.source, ImagesSource) and column == IMAGE_COLUMN
-
-
-def _reading(source) -> dict:
-    """How the training data was read, so that predict reads new files the same way."""
-    if isinstance(source, CsvSource):
-        return {"format": "csv", "delimiter": source.delimiter, "header": source.header,
-                "columns": list(source.columns) if source.columns else None, "missing": list(source.missing),
-                "strip": source.strip}
-    if isinstance(source, ImagesSource):  # decoded in `mode`, resized to `size` (height, width)
-        return {"format": "images", "size": list(source.size), "mode": source.mode}
-    return {"format": "npz"}
+    """Whether the model's input `column` is the pixels of the spec's source (an image folder's
+    `image`): it takes them as uint8."""
+    return source_def(spec.data.source.kind).pixels == column
 
 
 def _outputs(em: Emitter, spec: Spec, vocabs: dict[str, Vocab], result: str) -> list:
     """What a person wants back: the number for a float target; for classes, the probabilities
-    (softmax applied where the loss took logits) and the label as the user's class value."""
+    (as the loss declares: softmax applied where it took logits) and the label as the user's class value."""
     target = spec.data.target
+    returns = RETURNS[losses.loss(spec.train.loss).returns]
     if target.kind == FLOAT:
-        value = result
-        if spec.train.loss == "bce_with_logits":  # trained on logits: give the probability
-            value = em.node("Sigmoid", [result], f"{target.name}_probability")
+        value = returns(em, result, f"{target.name}_probability")  # bce_with_logits: the sigmoid of its logit
         em.node("Reshape", [value, em.const([-1], np.int64)], target.name)
         return [helper.make_tensor_value_info(target.name, TensorProto.FLOAT, ["N"])]
     vocab = vocabs[target.name]
-    if spec.train.loss == "nll":  # the model gives log-probabilities
-        em.node("Exp", [result], PROBABILITIES)
-    else:  # cross_entropy takes logits
-        em.node("Softmax", [result], PROBABILITIES, axis=-1)
+    returns(em, result, PROBABILITIES)
     index = em.node("ArgMax", [result], f"{target.name}_index", axis=1, keepdims=0)
     if vocab.integer:
         classes = em.const([int(v) for v in vocab.values], np.int64)

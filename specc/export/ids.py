@@ -7,9 +7,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import fx
 
 from specc.data.prepare import Vocab
 from specc.export.emitter import Emitter
+from specc.model.lower import op_of
 
 # Whole-number ids are looked up in a table of plain ops (Clip, Gather, and a Sub when the ids start
 # below 1) where the table is small: at most DENSE_SPAN_RATIO entries per id, or DENSE_ANYWAY in
@@ -53,12 +55,15 @@ def dense_ids(em: Emitter, col: str, vocab: Vocab) -> DenseIds | None:
     return DenseIds(clipped, table)
 
 
-def composes(module: torch.nn.Module, dense: DenseIds) -> bool:
-    """Whether this module is an embedding small enough to index by raw id (see COMPOSE_EXTRA)."""
-    if not isinstance(module, torch.nn.Embedding):
+def composes(fnode: fx.Node, module: torch.nn.Module | None, dense: DenseIds) -> bool:
+    """Whether `fnode` calls `module`, a lookup table (an op declaring OpDef.lookup: embedding)
+    small enough to index by raw id (see COMPOSE_EXTRA)."""
+    defn = op_of(fnode) if fnode.op == "call_module" else None
+    if defn is None or not defn.lookup:
         return False
-    extra = (len(dense.table) - module.num_embeddings) * module.embedding_dim
-    return len(dense.table) <= 2 * module.num_embeddings or extra <= COMPOSE_EXTRA
+    rows, width = module.weight.shape
+    extra = (len(dense.table) - rows) * width
+    return len(dense.table) <= 2 * rows or extra <= COMPOSE_EXTRA
 
 
 def lookup(em: Emitter, col: str, vocab: Vocab, dense: DenseIds | None) -> str:

@@ -10,6 +10,7 @@ from specc.data.prepare import Prepared, Vocab
 from specc.export.graph import PROBABILITIES, takes_pixels
 from specc.export.ids import unseen_ids
 from specc.language.spec import FLOAT, Spec
+from specc.training.metrics import returned_by_export
 
 PARITY_TOLERANCE = 1e-4
 PARITY_ROWS = 2048
@@ -66,22 +67,21 @@ def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Voca
                 args.append(torch.tensor(np.asarray(raw[col], dtype=np.float32)))
         out = model(*args)
     target = spec.data.target
+    returned = returned_by_export(spec.train.loss, out)
     if target.kind == FLOAT:
-        value = torch.sigmoid(out) if spec.train.loss == "bce_with_logits" else out
-        return {target.name: value[:, 0].numpy()}
-    probs = out.exp() if spec.train.loss == "nll" else torch.softmax(out, dim=-1)
+        return {target.name: returned[:, 0].numpy()}
     values = vocabs[target.name].values
     labels = [values[k] for k in out.argmax(dim=-1).tolist()]
     if vocabs[target.name].integer:
         labels = [int(v) for v in labels]
-    return {PROBABILITIES: probs.numpy(), target.name: np.array(labels, dtype=object)}
+    return {PROBABILITIES: returned.numpy(), target.name: np.array(labels, dtype=object)}
 
 
 def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[str, Vocab],
            raw: dict[str, list]) -> float:
     """Max |onnxruntime - torch| over the numeric outputs on raw rows (labels must agree where the
     top class is clear); raises ExportError above the tolerance."""
-    from specc.inference.infer import Session
+    from specc.inference.session import Session
 
     n = len(next(iter(raw.values())))
     feed = raw_feed(spec, vocabs, raw, slice(0, n))

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from specc.data.files import check_regular, describe_array, open_binary
-from specc.data.prepare import INT64_MAX, INT64_MIN, Vocab
+from specc.data.arrays import INT64_MAX, INT64_MIN
+from specc.data.prepare import Vocab
 from specc.language.diagnostics import DataError, UsageError
 
 DELIMITERS = (",", "\t", ";", "|")

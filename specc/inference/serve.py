@@ -21,9 +21,12 @@ import numpy as np
 
 from specc.data.files import describe_array
 from specc.data.table import shown_names
-from specc.inference.infer import _NUMPY, Inputs, Session, _output_columns, _row_shape, _typed, load_session, \
-    missing_text, reading_options
+from specc.inference.columns import Inputs, column_kind, missing_text, row_shape, shown_value, typed
+from specc.inference.infer import cell_texts, output_columns
+from specc.inference.read_text import text_options
+from specc.inference.session import Session, load_session
 from specc.language.diagnostics import UsageError
+from specc.language.spec import FLOAT
 
 ROUTES = {"/predict": ("POST",), "/health": ("GET", "HEAD"), "/schema": ("GET", "HEAD")}
 JSON_TYPES = ("application/json",)
@@ -87,21 +90,18 @@ class _Request(Inputs):
     """A request's inputs; a value the model cannot take is reported at its row (counted from 0, as
     JSON arrays are) and column, in predict's words."""
 
-    def error(self, index, column: str, message: str, code: str = "D104", whole: bool = False) -> Rejected:
-        at = f"column '{column}'"
+    def at(self, index, column: str, message: str, code: str, whole: bool) -> Rejected:
+        where = f"column '{column}'"
         if isinstance(index, tuple) and len(index) > 1:
-            at += f", element {list(index[1:])}"
+            where += f", element {list(index[1:])}"
         if not whole:
-            at = f"row {index[0] if isinstance(index, tuple) else index}: {at}"
-        return Rejected(f"{at}: {message}", code)
+            where = f"row {index[0] if isinstance(index, tuple) else index}: {where}"
+        return Rejected(f"{where}: {message}", code)
 
 
 def _shown(value) -> str:
     """A JSON value in a message: text quoted as predict quotes a cell, anything else as JSON, cut short."""
-    try:
-        text = f"'{value}'" if isinstance(value, str) else json.dumps(value)
-    except RecursionError:  # nested about as deep as json.loads allows, called from a deeper frame
-        return _kind(value)
+    text = shown_value(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -132,9 +132,9 @@ def read_request(session: Session, body: bytes, max_rows: int) -> tuple[_Request
     if rows == 0:
         raise Rejected("the request has no rows", "D102")
     got = _Request({}, rows, path="request")
-    reading = reading_options(session, Path("request"))
+    reading = text_options(session, Path("request"))
     for name in wanted:
-        got.feed[name] = _typed(session, name, _values(session, name, columns[name], reading), got)
+        got.feed[name] = typed(session, name, _values(session, name, columns[name], reading), got)
     return got, isinstance(data, list)
 
 
@@ -177,47 +177,29 @@ def _from_columns(data: dict, wanted: list[str], max_rows: int) -> dict[str, lis
 
 
 def _values(session: Session, name: str, values: list, reading) -> np.ndarray:
-    """One input's JSON values as the array a CSV's column would have given predict (ids as int64
-    or text, numbers as float64 with NaN for null), for predict's own checks and conversions."""
-    shape = _row_shape(session, name)
+    """One input's JSON values as the raw array a CSV's column would have given predict, for
+    predict's own typing (specc.inference.columns) to take or refuse: ids and categories as the
+    values they are (text stripped where the training data's was), numbers as float64 with NaN for
+    null and for the training data's missing-value markers, rows of arrays as one array."""
+    shape = row_shape(session, name)
     if shape != ():
         return _nested(name, values, shape)
-    kind = _NUMPY.get(session.inputs[name], object)
-    if kind is np.int64:
-        return _json_ids(name, values, reading.strip)
-    if kind is object:
-        return _json_categories(name, values, reading.strip)
-    return _json_numbers(name, values, reading)
+    if column_kind(session, name) == FLOAT:
+        return _json_numbers(name, values, reading)
+    return _json_cells(values, reading.strip)
 
 
-def _json_ids(name: str, values: list, strip: bool) -> np.ndarray:
+def _json_cells(values: list, strip: bool) -> np.ndarray:
+    """Ids or categories: int64 when every value is a JSON integer of int64's range, else the values
+    as they are, in an object array."""
     if all(type(v) is int for v in values):
         try:
             return np.array(values, dtype=np.int64)
-        except OverflowError:  # an id past int64: predict's own check reads it as an unknown id
+        except OverflowError:  # an id past int64: predict's typing reads it as an unknown id
             pass
     out = np.empty(len(values), dtype=object)
     for k, v in enumerate(values):
-        if type(v) is int or type(v) is float and v.is_integer():
-            out[k] = int(v)
-        elif type(v) is str:
-            out[k] = v.strip() if strip else v
-        else:
-            raise Rejected(f"row {k}: column '{name}': expected a whole number (the model's ids are "
-                           f"integers), found {_shown(v)}", "D104")
-    return out
-
-
-def _json_categories(name: str, values: list, strip: bool) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    for k, v in enumerate(values):
-        if type(v) is str:
-            out[k] = v.strip() if strip else v
-        elif type(v) in (int, float):
-            out[k] = str(v)
-        else:
-            raise Rejected(f"row {k}: column '{name}': expected a category (text or a whole number), "
-                           f"found {_shown(v)}", "D104")
+        out[k] = v.strip() if strip and type(v) is str else v
     return out
 
 
@@ -400,14 +382,14 @@ class Batcher:
 
 
 def _json_values(values: np.ndarray) -> list[str]:
-    """An output column as JSON texts: a float32 as the shortest decimal that reads back as the same
-    float32 (numpy's str), not as a float64's 17 digits; NaN and inf as null (JSON has neither)."""
-    if values.dtype.kind == "f":
-        texts = values.astype(str)
-        finite = np.isfinite(values)
-        return (texts if finite.all() else np.where(finite, texts, "null")).tolist()
-    if values.dtype.kind in "iu":
-        return values.astype(str).tolist()
+    """An output column as JSON texts: a number as predict's CSV writes it (cell_texts: a float32 as
+    the shortest decimal that reads back as the same float32, not as a float64's 17 digits); NaN and
+    inf as null (JSON has neither); a label as a JSON string."""
+    if values.dtype.kind in "iuf":
+        texts = cell_texts(values)
+        if values.dtype.kind == "f" and not (finite := np.isfinite(values)).all():
+            return [text if ok else "null" for text, ok in zip(texts, finite)]
+        return texts
     return [json.dumps(str(v)) for v in values]
 
 
@@ -433,14 +415,14 @@ def schema(session: Session, model: str) -> dict:
         dtype = kind.removeprefix("tensor(").removesuffix(")")
         given = declared.get(name, {})
         inputs.append({"name": name, "kind": given.get("kind", "float" if dtype.startswith("float") else "category"),
-                       "type": dtype, "shape": given.get("shape", _row_shape(session, name))})
+                       "type": dtype, "shape": given.get("shape", row_shape(session, name))})
     target, kind = meta.get("specc.target"), meta.get("specc.target_kind")
     classes = json.loads(meta.get("specc.vocabs", "{}")).get(target, {}).get("values") if kind == "category" else None
     shapes = {o.name: o.shape for o in session.session.get_outputs()}
     dummy = {name: np.zeros((0, *[d if isinstance(d, int) else len(classes or [0]) for d in shapes[name][1:]]))
              for name in session.outputs}
     return {"model": model, "inputs": inputs, "target": {"name": target, "kind": kind}, "classes": classes,
-            "outputs": _output_columns(session, dummy)[0]}
+            "outputs": output_columns(session, dummy)[0]}
 
 
 BYTES_A_ROW, BYTES_A_VALUE = 256, 32  # what a row may take in JSON: its braces, names and columns the model
@@ -455,7 +437,7 @@ def body_limit(session: Session, max_rows: int) -> int:
     take in JSON, with room to spare (BYTES_A_ROW, BYTES_A_VALUE), up to MAX_BODY."""
     values = 0
     for name in session.inputs:
-        shape = _row_shape(session, name)
+        shape = row_shape(session, name)
         values += UNKNOWN_ROW_VALUES if shape is None else math.prod(shape)
     return min(MAX_BODY, max_rows * (BYTES_A_ROW + BYTES_A_VALUE * values))
 
@@ -526,7 +508,7 @@ class App:
             self.batcher.unexpect()
             raise
         results = self.batcher.predict(got.feed, got.rows)
-        names, columns = _output_columns(self.session, results)
+        names, columns = output_columns(self.session, results)
         return answer(names, columns, rows_form)
 
     def body_length(self, environ) -> int:

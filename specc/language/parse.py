@@ -249,24 +249,10 @@ def _expected(names, parser: Lark) -> str:
 
 
 def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnostic:
-    text = source.text
+    """lark's error as the user's diagnostic: a character no token starts with, the end of input
+    inside something, or a token where another was expected (pointed at where it is missing)."""
     if isinstance(err, UnexpectedCharacters):
-        pos = err.pos_in_stream
-        ch = text[pos]
-        if ch == '"':
-            end = text.find("\n", pos)
-            end = len(text) if end < 0 else end
-            return Diagnostic(codes.UNTERMINATED_STRING, "unterminated string", Span(source, pos, end),
-                              ("a string ends with '\"' on the same line",))
-        notes = ()
-        if ch == "'":
-            notes = ('strings are written with double quotes: "..."',)
-        elif ch in "/":
-            notes = ("comments start with '#'",)
-        shown = repr(ch)[1:-1] if not ch.isprintable() else ch
-        quoted = f'"{shown}"' if ch == "'" else f"'{shown}'"
-        return Diagnostic(codes.UNEXPECTED_CHARACTER, f"unexpected character {quoted}", Span(source, pos, pos + 1),
-                          notes)
+        return _bad_character(source, err.pos_in_stream)
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     try:
@@ -275,16 +261,40 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
         accepts = err.expected
     expected = _expected(accepts, parser)
     at_end = tok.type == "$END"
-    before = _tokens_before(parser, text, len(text) if at_end else tok.start_pos)
-    prev = before[-1] if before else None
+    before = _tokens_before(parser, source.text, len(source.text) if at_end else tok.start_pos)
     if at_end:
-        at = prev.end_pos if prev is not None else 0
+        at = before[-1].end_pos if before else 0
         notes = tuple(f"'{opener}' opened at line {source.line_of(opener.start_pos)} is not closed"
                       for opener in reversed(_unclosed(before)))
         return Diagnostic(codes.UNEXPECTED_END, f"unexpected end of input: expected {expected}",
                           Span(source, at, at), notes)
+    return _bad_token(source, tok, accepts, expected, before)
+
+
+def _bad_character(source: Source, pos: int) -> Diagnostic:
+    """A character that cannot start any token (an opening '"' with no end: an unterminated string)."""
+    ch = source.text[pos]
+    if ch == '"':
+        end = source.text.find("\n", pos)
+        end = len(source.text) if end < 0 else end
+        return Diagnostic(codes.UNTERMINATED_STRING, "unterminated string", Span(source, pos, end),
+                          ("a string ends with '\"' on the same line",))
+    notes = ()
+    if ch == "'":
+        notes = ('strings are written with double quotes: "..."',)
+    elif ch in "/":
+        notes = ("comments start with '#'",)
+    shown = repr(ch)[1:-1] if not ch.isprintable() else ch
+    quoted = f'"{shown}"' if ch == "'" else f"'{shown}'"
+    return Diagnostic(codes.UNEXPECTED_CHARACTER, f"unexpected character {quoted}", Span(source, pos, pos + 1), notes)
+
+
+def _bad_token(source: Source, tok, accepts, expected: str, before: list) -> Diagnostic:
+    """An unexpected token, with the likely mistake named: a '{' on its own line or inside an unclosed
+    block, a setting without '=', an unclosed bracket, a missing token (shown after the one before)."""
     found = _describe(tok)
     notes = []
+    prev = before[-1] if before else None
     unclosed = _unclosed(before)
     if tok.type == "LBRACE" and prev is not None and prev.type == "NAME":
         if any(t.type == "LBRACE" for t in unclosed):
@@ -297,7 +307,7 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
                               Span(source, tok.start_pos, tok.end_pos), (f"write `{prev} {{`",))
     if "EQUAL" in accepts and tok.type in ("NUMBER", "LSQB", "MINUS") and prev is not None and \
             prev.type == "NAME" and source.line_of(tok.start_pos) == source.line_of(prev.end_pos):
-        expected = "'='"  # `batch 64`: a setting without its '='
+        # `batch 64`: a setting without its '='
         return Diagnostic(codes.UNEXPECTED_TOKEN, f"expected '=' after '{prev}', found {found}",
                           Span(source, tok.start_pos, tok.end_pos), (f"write `{prev} = {tok}`",))
     if unclosed and tok.type in ("LBRACE", "EQUAL", "COLON", "RBRACE") and unclosed[-1].type != "LBRACE":
@@ -305,8 +315,7 @@ def _syntax_error(err: UnexpectedInput, source: Source, parser: Lark) -> Diagnos
         notes.append(f"'{opener}' opened at line {source.line_of(opener.start_pos)}, column "
                      f"{source.column_of(opener.start_pos)} is not closed")
     elif unclosed and tok.type == "LBRACE":
-        opener = unclosed[-1]
-        notes.append(f"the block opened at line {source.line_of(opener.start_pos)} is not closed")
+        notes.append(f"the block opened at line {source.line_of(unclosed[-1].start_pos)} is not closed")
     if prev is not None and prev.type == "COLON" and len(before) > 1 and before[-2].type == "NAME" and \
             any(t.type == "LPAR" for t in unclosed):
         notes.append(f"arguments are written name=value: {before[-2]}=...")

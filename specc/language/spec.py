@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import ClassVar, Union
 
 from specc.language.source import Source, Span
 
@@ -35,6 +35,7 @@ class CsvSource:
     """A delimited text file; `columns` names the fields when the file has no header. Values equal
     to one of `missing` (after stripping spaces, when `strip`) are missing."""
 
+    kind: ClassVar[str] = "csv"  # its declaration in specc.data.sources (a tsv(...) is one too)
     path: Path
     delimiter: str
     header: bool
@@ -49,6 +50,7 @@ class NpzSource:
     """Named arrays in a numpy .npz file (read without pickle): one array per column, or
     `<column>_train` and `<column>_valid` arrays when the file brings its own validation set."""
 
+    kind: ClassVar[str] = "npz"
     path: Path
     span: Span = field(compare=False, repr=False)
 
@@ -62,6 +64,7 @@ class ImagesSource:
     """A folder of images, one subfolder per class (or `train/` and `valid/` folders that bring
     their own validation set, each so), every image decoded in `mode` and resized to `size`."""
 
+    kind: ClassVar[str] = "images"
     path: Path
     size: tuple[int, int]  # (height, width)
     mode: str  # a key of IMAGE_MODES
@@ -79,11 +82,14 @@ class ParquetSource:
     """A Parquet file, or a folder of them read as one table (files in order of their path), each
     column typed by the file's schema; `columns` is the selection the spec may read (None: all)."""
 
+    kind: ClassVar[str] = "parquet"
     path: Path
     columns: tuple[str, ...] | None
     span: Span = field(compare=False, repr=False)
 
 
+# A checked source: one of these, or another source's dataclass; each carries `kind` (the name of its
+# declaration in specc.data.sources, which every stage calls), `path` and `span`.
 DataSource = Union[CsvSource, NpzSource, ImagesSource, ParquetSource]
 
 
@@ -209,48 +215,21 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Adam:
-    """Adam with decoupled weight decay (AdamW, fastai's default); `adamw` is the same."""
+class Optimizer:
+    """The spec's optimizer: its kind (a name declared in specc.training.optimizers, which says what
+    it does) and every one of its arguments, defaults filled in, read as attributes (`opt.wd`)."""
 
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    wd: float = 0.0
+    kind: str
+    args: tuple[tuple[str, object], ...] = ()  # (name, value), sorted by name: equal optimizers compare equal
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(sorted(self.args, key=lambda item: item[0])))
 
-@dataclass(frozen=True, slots=True)
-class SGD:
-    """SGD with torch's momentum form (v = m*v + (1 - dampening)*g, the first v = g; p -= lr*v)
-    and decoupled weight decay. dampening = momentum is the seed's EWMA of gradients."""
-
-    momentum: float = 0.0
-    wd: float = 0.0
-    nesterov: bool = False
-    dampening: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RMSProp:
-    """RMSProp: s = alpha*s + (1-alpha)*g^2; p -= lr * g / (sqrt(s) + eps); decoupled weight decay."""
-
-    alpha: float = 0.99
-    eps: float = 1e-8
-    momentum: float = 0.0
-    wd: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class SparseAdam:
-    """Lazy Adam for embedding tables (`sparse_adam`): a table's gradient is sparse (only the rows
-    the batch looked up), and only those rows' moments and weights change, with decoupled weight
-    decay on them; every other weight as AdamW. Not Adam's maths: a row's moments decay only when
-    the row is seen, which is why it is a choice of its own and never what `adam` does."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    wd: float = 0.0
-
-
-Optimizer = Union[Adam, SGD, RMSProp, SparseAdam]
+    def __getattr__(self, key: str):
+        for name, value in object.__getattribute__(self, "args"):
+            if name == key:
+                return value
+        raise AttributeError(f"optimizer '{object.__getattribute__(self, 'kind')}' has no argument '{key}'")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from specc.language.diagnostics import printable
 from specc.language.params import show_value
-from specc.language.spec import SGD, Adam, Fit, FitOneCycle, LRFind, LRSlice, RMSProp, SparseAdam, Spec
+from specc.language.spec import Fit, FitOneCycle, LRFind, LRSlice, Spec
 from specc.model import ops
 from specc.model.plan import TrainPlan, make_plan
 from specc.model.sized import model_sizes, size_model
+from specc.training import optimizers
 
 
 def summary(spec: Spec, read_data: bool = True) -> str:
@@ -61,20 +62,6 @@ def _table(spec: Spec, nodes, counts: dict[str, int] | None) -> list[str]:
                              for k, (cell, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
 
 
-def describe_optimizer(opt) -> str:
-    if isinstance(opt, Adam):
-        return (f"AdamW (decoupled weight decay): betas=({opt.betas[0]:g}, {opt.betas[1]:g}) "
-                f"eps={opt.eps:g} wd={opt.wd:g}")
-    if isinstance(opt, SparseAdam):
-        return (f"sparse Adam (lazy: an embedding table's rows change only when a batch looks them up): "
-                f"betas=({opt.betas[0]:g}, {opt.betas[1]:g}) eps={opt.eps:g} wd={opt.wd:g}")
-    if isinstance(opt, RMSProp):
-        return f"RMSProp: alpha={opt.alpha:g} eps={opt.eps:g} momentum={opt.momentum:g} wd={opt.wd:g} (decoupled)"
-    assert isinstance(opt, SGD)
-    return (f"SGD: momentum={opt.momentum:g} dampening={opt.dampening:g} nesterov={str(opt.nesterov).lower()} "
-            f"wd={opt.wd:g} (decoupled)")
-
-
 def _lr_text(lr) -> str:
     if isinstance(lr, LRFind):
         return "found by lr-find before the stage"
@@ -101,7 +88,7 @@ def _fastai_defaults_note(spec: Spec, plan: TrainPlan) -> list[str]:
     """Which of fastai 1's defaults that fastai 2 changed this plan trains with, and how to get
     fastai 2's instead: a reader of the seed (fastai 1's era) may expect either."""
     cycles = [s.fit for s in plan.stages if isinstance(s.fit, FitOneCycle)]
-    adam_eps = isinstance(spec.train.optimizer, Adam) and spec.train.optimizer.eps == 1e-8
+    changed = _fastai2_arguments(spec.train.optimizer)
     used, fastai2 = [], []
     if any(f.pct_start == 0.3 for f in cycles):
         used.append("pct_start=0.3")
@@ -114,14 +101,21 @@ def _fastai_defaults_note(spec: Spec, plan: TrainPlan) -> list[str]:
         div = divs.pop() if len(divs) == 1 else None
         used.append(f"final_div=1e4 (the lr ends at peak / {f'{div * 1e4:g}' if div else '(div * 1e4)'})")
         fastai2.append(f"final_div={f'{1e5 / div:g}' if div else '1e5/div'}")
-    if adam_eps:
-        used.append("adam eps=1e-8")
+    opt = spec.train.optimizer
+    used += [f"{opt.kind} {name}={optimizers.written(getattr(opt, name))}" for name, _ in changed]
     if not used:
         return []
     how = [f"fit_one_cycle(..., {', '.join(fastai2)}){' (the lr ends at peak / 1e5)' if late else ''}"] if fastai2 else []
-    how += ["adam(eps=1e-5)"] if adam_eps else []
+    if changed:
+        how.append(f"{opt.kind}({', '.join(f'{name}={optimizers.written(value)}' for name, value in changed)})")
     return [f"defaults: fastai 1's, the seed's (torch's OneCycleLR and AdamW have the same): {', '.join(used)}",
             f"  for fastai 2's, write {' and '.join(how)}"]
+
+
+def _fastai2_arguments(opt) -> list[tuple[str, object]]:
+    """The optimizer's arguments left at a default that fastai 2 changed, with fastai 2's value."""
+    defaults = optimizers.get(opt.kind).defaults()
+    return [(name, value) for name, value in optimizers.get(opt.kind).fastai2 if getattr(opt, name) == defaults[name]]
 
 
 def describe(spec: Spec, plan: TrainPlan) -> str:
@@ -131,7 +125,7 @@ def describe(spec: Spec, plan: TrainPlan) -> str:
         f" -> {plan.steps_per_epoch} steps per epoch",
         f"loss: {spec.train.loss}{f' + {spec.train.l2:g} * sum(w^2)' if spec.train.l2 else ''}   "
         f"metrics: {', '.join(spec.train.metrics) or '-'}   seed: {spec.train.seed}",
-        f"optimizer: {describe_optimizer(spec.train.optimizer)}",
+        f"optimizer: {optimizers.get(spec.train.optimizer.kind).describe(spec.train.optimizer)}",
         *(["precision: bf16 (the forward pass under bfloat16 autocast; weights, loss and validation in float32)"]
           if spec.train.precision == "bf16" else []),
         "parameter groups:",

@@ -1,10 +1,14 @@
 """Lower: sized model (specc.model.sized) -> torch.fx GraphModule whose node and submodule names are the spec's.
 
 One entry of LOWERINGS per op of specc.model.ops, registered by name with `@lowers`: it adds the op's
-nodes (and its submodule, for an op with weights) to the graph."""
+nodes (and its submodule, for an op with weights) to the graph. Every fx node keeps the name of the
+op that made it (`node.meta["op"]`), so that later stages read the op's declared facts (`op_of`,
+`declared_modules`) rather than guess them from torch module types."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import keyword
 import operator
 from typing import Callable
@@ -15,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from specc.language.spec import Node
+from specc.model import ops
+from specc.model.ops.base import OpDef
 from specc.model.ops.conv import padding_of
 from specc.model.sized import SizedModel
 
@@ -96,7 +102,10 @@ def lower(model: SizedModel, stats: dict | None = None, class_name: str = "SpecM
     (specc.data.prepare.ColumnStats) for the procs."""
     g = Lowering(model, stats)
     for node in model.nodes:
+        before = len(g.graph.nodes)
         result = LOWERINGS[node.op.name](g, node)
+        for made in itertools.islice(reversed(g.graph.nodes), len(g.graph.nodes) - before):
+            made.meta["op"] = node.op.name  # the op whose declared facts hold for this node
         # where a runtime error in this value is reported (at_spec_line)
         result.meta["span"] = (node.span.source.path, node.span.line, node.span.column)
         result.meta["group"] = node.group  # the layer group its weights train and freeze with
@@ -104,6 +113,24 @@ def lower(model: SizedModel, stats: dict | None = None, class_name: str = "SpecM
     g.graph.output(g.env[model.output])
     g.graph.lint()
     return fx.GraphModule(g.root, g.graph, class_name=class_name)
+
+
+FACTS = frozenset(f.name for f in dataclasses.fields(OpDef) if isinstance(f.default, bool))  # OpDef's flags
+
+
+def op_of(fnode: fx.Node) -> OpDef | None:
+    """The declaration of the op whose lowering made `fnode` (None for an input or the output)."""
+    name = fnode.meta.get("op")
+    return None if name is None else ops.get(name)
+
+
+def declared_modules(model: fx.GraphModule, fact: str) -> list[nn.Module]:
+    """The submodules made by ops that declare `fact` (a flag of OpDef: "random_per_row",
+    "lookup", "batch_statistics"), in graph order."""
+    if fact not in FACTS:  # a misspelt fact would find nothing, quietly
+        raise KeyError(f"OpDef has no flag {fact!r}")
+    return [model.get_submodule(n.target) for n in model.graph.nodes
+            if n.op == "call_module" and getattr(op_of(n), fact, False)]
 
 
 class _Failed(Exception):

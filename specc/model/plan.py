@@ -12,11 +12,12 @@ from pathlib import Path
 
 from specc.language import codes
 from specc.language.diagnostics import Diagnostic, SpecError, first_line
-from specc.language.spec import CATEGORY, CLASSES, Adam, FitOneCycle, LRFind, LRSlice, RMSProp, SparseAdam, Spec
+from specc.language.spec import CATEGORY, CLASSES, FitOneCycle, LRFind, LRSlice, Spec
 from specc.model import ops
 from specc.model.memory import BUDGET_NOTE, OBJECT_BYTES, budget, physical_memory, shown_bytes
 from specc.model.ops.base import numel
 from specc.model.sized import SizedModel, Sizes, model_sizes, size_model
+from specc.training import optimizers
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +175,8 @@ def training_bytes(params: int, optimizer) -> int:
 
 
 def optimizer_state(optimizer) -> int:
-    """float32 numbers the optimizer keeps per parameter (Adam's two moments, a momentum buffer)."""
-    if isinstance(optimizer, (Adam, SparseAdam)):
-        return 2
-    if isinstance(optimizer, RMSProp):
-        return 1 + (optimizer.momentum > 0)
-    return int(optimizer.momentum > 0)
+    """float32 numbers the optimizer keeps per parameter (Adam's two moments, a momentum buffer), as declared."""
+    return optimizers.get(optimizer.kind).state(optimizer)
 
 
 machine_memory = physical_memory  # this machine's physical memory (None where the system does not say)

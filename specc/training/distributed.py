@@ -1,8 +1,7 @@
-"""Data-parallel training: the launcher's environment (torchrun's RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR/PORT) -> a World, and the few collectives a run makes through torch.distributed: one
-all-reduce a step (every gradient, the step's loss and the stop flag in one flat buffer), and
-broadcasts from rank 0 of what one rank decides for all (validation numbers, lr-find's rate, the
-checkpoint a run resumes from).
+"""Data-parallel training: this process's World (specc.training.world) -> its process group, and
+the few collectives a run makes through torch.distributed: one all-reduce a step (every gradient,
+the step's loss and the stop flag in one flat buffer), and broadcasts from rank 0 of what one rank
+decides for all (validation numbers, lr-find's rate, the checkpoint a run resumes from).
 
 The spec means the same on any number of processes: `data.batch` is the global batch, every rank
 draws the same seeded order of the rows and takes its slice of each batch, so the batches are a
@@ -15,11 +14,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,11 +26,8 @@ import torch.distributed as dist
 from torch import nn
 
 from specc.language.diagnostics import UsageError, first_line
-
-TIMEOUT_ENV = "SPECC_DIST_TIMEOUT"  # seconds a collective waits for a rank before the run gives up
-DEFAULT_TIMEOUT = 600.0  # as long as rank 0 may take over validation, or writing the model, while the others wait
-MAX_PROCESSES = 2**31 - 1  # torch.distributed takes the world size as a C int
-TIMEOUT_RANGE = (1.0, 1e9)  # below a second no run gets through its first validation; 1e9 s is 31 years
+from specc.model.lower import declared_modules
+from specc.training.world import TIMEOUT_ENV, World
 
 
 class LostRank(Exception):
@@ -46,93 +41,6 @@ class PeerFailed(Exception):
 class Disagreement(Exception):
     """The ranks are not about to train the same thing (other options, another spec, other data):
     every rank stops before training, and rank 0 alone says what differs (the message)."""
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place in the run: its rank of `size`, its local rank on its machine (its
-    GPU), the backend of the process group (None: one process, no group) and the device it trains on."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    backend: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    device: torch.device | None = None
-
-    @property
-    def parallel(self) -> bool:
-        return self.size > 1
-
-    @property
-    def writes(self) -> bool:
-        """Only rank 0 writes the run folder, and prints anything but errors."""
-        return self.rank == 0
-
-    def part(self) -> tuple[int, int]:
-        """(rank, size): which slice of each global batch is this rank's."""
-        return self.rank, self.size
-
-
-ONE = World()  # a plain run: no launcher, or a launcher's WORLD_SIZE=1
-
-
-def from_env(environ=None) -> World:
-    """The World torchrun describes in the environment; ONE without a launcher or with WORLD_SIZE=1
-    (exactly a plain run). UsageError for a malformed or incomplete launcher environment."""
-    env = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in env:
-        return ONE
-    size = _whole(env, "WORLD_SIZE")
-    timeout = _timeout(env)  # checked whenever a launcher started this process, though one process waits for none
-    if not 1 <= size <= MAX_PROCESSES:
-        raise UsageError(f"WORLD_SIZE={_shown(env['WORLD_SIZE'])}: expected from 1 to {MAX_PROCESSES:,} processes")
-    if size == 1:
-        return ONE
-    rank = _whole(env, "RANK")
-    if not 0 <= rank < size:
-        raise UsageError(f"RANK={rank}: expected a rank from 0 to {size - 1} (WORLD_SIZE={size})")
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
-    if missing:
-        raise UsageError(f"WORLD_SIZE={size} but {' and '.join(missing)} not set: launch with torchrun, which "
-                         "sets them, or set them as torchrun does")
-    local = _whole(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
-    if not 0 <= local < size:
-        raise UsageError(f"LOCAL_RANK={local}: expected a rank on this machine from 0 to {size - 1}")
-    return World(rank, size, local, None, timeout)
-
-
-def _timeout(env) -> float:
-    """SPECC_DIST_TIMEOUT in seconds (DEFAULT_TIMEOUT when unset or empty); UsageError outside
-    TIMEOUT_RANGE, for NaN, infinity and text (torch takes it as a timedelta, which overflows)."""
-    text = env.get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    low, high = TIMEOUT_RANGE
-    if not low <= seconds <= high:  # NaN fails both comparisons
-        most = f"{high:.0e}".replace("e+0", "e")  # 1e9
-        raise UsageError(f"{TIMEOUT_ENV}={_shown(env[TIMEOUT_ENV])}: expected a number of seconds from {low:g} to "
-                         f"{most} (unset: {DEFAULT_TIMEOUT:g})")
-    return seconds
-
-
-def _whole(env, name: str) -> int:
-    text = env.get(name)
-    if text is None:
-        raise UsageError(f"WORLD_SIZE is set but {name} is not: launch with torchrun, which sets both")
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"{name}={_shown(text)}: expected a whole number") from None
-
-
-def _shown(text: str) -> str:
-    """An environment variable's value as a message quotes it: at most 40 characters."""
-    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def start(world: World, device_name: str) -> World:
@@ -438,8 +346,9 @@ def _all_gather_text(world: World, text: str) -> list[str]:
 
 class StepSync:
     """After each rank's backward pass over its slice: one all-reduce (a sum, then / size) of a
-    flat buffer that holds every gradient, the batchnorm running statistics, the step's loss and
-    the stop flag. The gradients come back as the mean over the ranks' equal slices, which is the
+    flat buffer that holds every gradient, the running statistics of the ops that keep batch
+    statistics (OpDef.batch_statistics: batchnorm), the step's loss and the stop flag. The
+    gradients come back as the mean over the ranks' equal slices, which is the
     whole batch's mean gradient; the loss as the whole batch's; the stop flag set on every rank
     when any was asked to stop, so all stop before the same step. One flat buffer rather than
     DistributedDataParallel's buckets: the model stays the spec's own module (no `module.`
@@ -451,7 +360,7 @@ class StepSync:
         self.world, self.stop = world, stop
         # running statistics change in every rank's forward pass: averaged with the gradients they
         # stay equal on every rank (each rank normalises with its own slice's statistics, though)
-        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.norms = declared_modules(model, "batch_statistics")
 
     def __call__(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
         """The plain loop's step: average the gradients of the optimizer's parameters over the
@@ -465,7 +374,7 @@ class StepSync:
     def reduce(self, grads: list, loss: torch.Tensor, flag: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The all-reduce itself, reading nothing back (so a CUDA graph can hold it): `grads` and
         the running statistics averaged in place; (the batch's loss, the sum of the flags) as tensors."""
-        stats = [b for m in self.norms if m.training for b in (m.running_mean, m.running_var) if b is not None]
+        stats = [b for m in self.norms if m.training for b in m.buffers(recurse=False) if b.is_floating_point()]
         parts = [g.reshape(-1) for g in grads] + [b.reshape(-1) for b in stats]
         tail = torch.stack([loss.detach().reshape(()).to(parts[0].dtype),
                             torch.full((), float(flag), dtype=parts[0].dtype, device=parts[0].device)])
@@ -495,46 +404,57 @@ def gradients(optimizer: torch.optim.Optimizer) -> list:
     return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
-class SliceDropout(nn.Dropout):
-    """Dropout whose mask is this rank's rows of the mask one process would draw for the whole
-    batch: every rank draws the whole batch's mask from the seeded generator (which every rank
-    advances alike) and keeps its own rows, so a 2-process run drops what a 1-process run drops.
-    With one part it computes exactly what nn.Dropout does on the CPU (x * mask / (1 - p))."""
+class RowSlices:
+    """This rank's rows of what the ops that draw random numbers per row (OpDef.random_per_row:
+    dropout) draw for the whole batch. A hook before each such module gives it a batch of the whole
+    batch's shape (this rank's rows in their place, zeros in the others'), so that it draws its
+    numbers as one process does, from the seeded generator that every rank advances alike; a hook
+    after it keeps this rank's rows of its output. So N processes drop what one drops, bit for bit.
+    A module in evaluation mode, or one part (`part` = (rank, size)), runs as it is."""
 
-    def __init__(self, p: float, part: tuple[int, int]):
-        super().__init__(p)
+    def __init__(self, model: nn.Module, part: tuple[int, int]):
         self.part = part
+        self.handles = [handle for m in declared_modules(model, "random_per_row")
+                        for handle in (m.register_forward_pre_hook(self._whole), m.register_forward_hook(self._mine))]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
+    def _sliced(self, module: nn.Module) -> bool:
+        return module.training and self.part[1] > 1
+
+    def _whole(self, module: nn.Module, args: tuple):
+        if not self._sliced(module):
+            return None
         rank, size = self.part
-        rows = len(x)
-        noise = x.new_empty((rows * size, *x.shape[1:])).bernoulli_(1 - self.p)
-        return x * noise[rank * rows:(rank + 1) * rows].div_(1 - self.p)
+        return tuple(spread(a, rank, size) if torch.is_tensor(a) else a for a in args)
+
+    def _mine(self, module: nn.Module, args: tuple, out: torch.Tensor):
+        if not self._sliced(module):
+            return None
+        rank, size = self.part
+        rows = len(out) // size
+        return out[rank * rows:(rank + 1) * rows]
+
+    def remove(self) -> None:
+        """The modules run as they are again."""
+        for handle in self.handles:
+            handle.remove()
 
 
-def slice_dropout(model: nn.Module, part: tuple[int, int]) -> None:
-    """Each nn.Dropout of the model as a SliceDropout of the same p taking `part`'s rows; nn.Dropout
-    again with part None (for the export, which knows nn.Dropout)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if part is None and isinstance(child, SliceDropout):
-                setattr(parent, name, nn.Dropout(child.p))
-            elif part is not None and type(child) is nn.Dropout:
-                setattr(parent, name, SliceDropout(child.p, part))
+def spread(x: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """`x` as rank `rank`'s rows of a batch `size` times as long, zeros in the other ranks' rows."""
+    rows, shape = len(x), x.shape[1:]
+    return torch.cat([x.new_zeros((rank * rows, *shape)), x, x.new_zeros(((size - rank - 1) * rows, *shape))])
 
 
 @contextlib.contextmanager
-def whole_batches(model: nn.Module):
-    """Within the block each rank's dropout draws as one process does over a whole batch (lr-find,
-    which every rank runs whole)."""
-    drops = [m for m in model.modules() if isinstance(m, SliceDropout)]
-    parts = [m.part for m in drops]
-    for m in drops:
-        m.part = (0, 1)
+def data_parallel(world: World, model: nn.Module, stop):
+    """A stage's data parallelism: for the block, the model's random-per-row ops draw the whole
+    batch's numbers (RowSlices), and the StepSync it yields all-reduces each step; in one process
+    it yields None and changes nothing."""
+    if not world.parallel:
+        yield None
+        return
+    slices = RowSlices(model, world.part())
     try:
-        yield
+        yield StepSync(world, stop, model)
     finally:
-        for m, part in zip(drops, parts):
-            m.part = part
+        slices.remove()

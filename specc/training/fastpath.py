@@ -19,15 +19,17 @@ import functools
 import os
 
 import torch
-from torch import fx, nn
+from torch import fx
 
-from specc.language.spec import Adam, SparseAdam
+from specc.model.lower import op_of
+from specc.training import optimizers
 from specc.training.distributed import gradients
 
 
 def applies(spec) -> bool:
-    """The step reads Adam's learning rate and beta1 from device tensors; SGD and RMSProp take host numbers."""
-    return isinstance(spec.train.optimizer, Adam)
+    """The step reads Adam's learning rate and beta1 from device tensors: for the optimizers that declare
+    `device_step` (specc.training.optimizers); the others take host numbers."""
+    return optimizers.get(spec.train.optimizer.kind).device_step
 
 
 def graph_reason(spec, device: torch.device) -> str | None:
@@ -36,12 +38,7 @@ def graph_reason(spec, device: torch.device) -> str | None:
         return "CUDA graphs need a CUDA device"
     if spec.data.augment is not None:
         return "the spec augments its images, which the captured step does not do"
-    if isinstance(spec.train.optimizer, SparseAdam):
-        return "sparse_adam's gradients are sparse (the rows a batch looked up), which the plain loop takes"
-    if not applies(spec):
-        return (f"the optimizer is {type(spec.train.optimizer).__name__.lower()}; the captured step reads "
-                "Adam's learning rate and beta1 from device tables")
-    return None
+    return optimizers.graph_refusal(spec.train.optimizer)
 
 
 class FlatAdam:
@@ -139,15 +136,16 @@ def can_compile() -> bool:
 
 
 def gather_rows_graph(model: fx.GraphModule) -> fx.GraphModule:
-    """The model with each embedding lookup as a row gather (index_select) of its weight: the same
-    values, but the backward pass adds rows into the gradient with one kernel (atomic adds)
-    instead of sorting the indices first, as the embedding's backward does. The returned module
-    shares the model's parameters; export and evaluation keep using the model itself."""
+    """The model with each lookup (an op declaring OpDef.lookup: embedding) as a row gather
+    (index_select) of its weight: the same values, but the backward pass adds rows into the
+    gradient with one kernel (atomic adds) instead of sorting the indices first, as the embedding's
+    backward does. The returned module shares the model's parameters; export and evaluation keep
+    using the model itself."""
     graph = fx.Graph()
     env: dict = {}
     for node in model.graph.nodes:
-        module = model.get_submodule(node.target) if node.op == "call_module" else None
-        if isinstance(module, nn.Embedding) and module.padding_idx is None and module.max_norm is None:
+        defn = op_of(node) if node.op == "call_module" else None
+        if defn is not None and defn.lookup:  # its output: rows of its `weight`
             weight = graph.get_attr(f"{node.target}.weight")
             env[node] = graph.call_function(_gather_rows, (weight, env[node.args[0]]))
             env[node].name = node.name

@@ -1,15 +1,14 @@
 """Train: lowered model + prepared data -> trained weights and per-epoch metrics.
 
-One explicit loop, `train`. The data lives in tensors on the training device; each epoch draws a
-fresh permutation and takes batches by index (no DataLoader, no sampling with replacement). How a
-step is taken (plain, device-resident, CUDA graph) is specc.training.steps'; the optimizers are
-specc.training.optim's, the losses and metrics specc.training.metrics'."""
+One explicit loop, `train`: stage by stage, epoch by epoch. The data lives in tensors on the
+training device; each epoch draws a fresh permutation and takes batches by index (no DataLoader, no
+sampling with replacement). How a step is taken (plain, device-resident, CUDA graph; all-reduced in
+data-parallel training) is specc.training.steps'; the optimizers are specc.training.optim's, the
+losses and metrics specc.training.metrics'; who watches the run listens (specc.training.listeners)."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -18,20 +17,22 @@ import torch
 
 from specc.data.prepare import Prepared
 from specc.language import codes
-from specc.language.spec import EarlyStop, SparseAdam, Spec
-from specc.model.lower import lower
+from specc.language.spec import EarlyStop, Spec
+from specc.model.lower import declared_modules, lower
 from specc.model.plan import TrainPlan
 from specc.model.sized import SizedModel, sized_model
+from specc.training import optimizers
 from specc.training.checkpoint import TrainState
-from specc.training.distributed import (
-    ONE, StepSync, World, barrier, broadcast_floats, broadcast_model, slice_dropout, whole_batches,
-)
+from specc.training.distributed import broadcast_floats
+from specc.training.listeners import Listener
 from specc.training.lrfind import END, START, STEPS, LRFindResult, lr_find
-from specc.training.metrics import EpochRecord, History, batch_loss, better, evaluate, fold, monitored, smooth
+from specc.training.metrics import EpochRecord, History, batch_loss, better, evaluate, monitored, smooth
 from specc.training.optim import module_groups
+from specc.training.options import RunOptions
 from specc.training.steps import (
-    Batches, NanWatch, StageSetup, Steps, loop_kind, run_epoch, setup_stage, stage_steps, train_mode,
+    Batches, StageSetup, StepFactory, Steps, run_epoch, setup_stage, step_factory, train_mode,
 )
+from specc.training.world import World
 
 
 def pick_device(name: str) -> torch.device:
@@ -39,6 +40,11 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def training_device(options: RunOptions) -> torch.device:
+    """Where this process trains: its World's device in a data-parallel run, else options.device."""
+    return options.world.device if options.world.parallel else pick_device(options.device)
 
 
 # torch's threads wait for each other at the end of every operation, so an operation lasts as long
@@ -76,71 +82,6 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def duration(seconds: float) -> str:
-    """A time for people: `12.3 s`, `4 min 05 s`, `1 h 02 min`."""
-    if seconds < 59.95:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-class Progress:
-    """The per-epoch table, and on a terminal a line within a long epoch that is rewritten in
-    place (step, elapsed, eta, smoothed loss); nothing but the table when the output is a file or
-    a pipe, so that logs stay clean."""
-
-    LIVE_AFTER = 2.0  # seconds into an epoch before the line appears: a short epoch shows just its row
-    LIVE_EVERY = 0.25  # seconds between two updates at least
-
-    def __init__(self, metrics: tuple[str, ...], out=None, live: bool | None = None, stages: bool = False):
-        self.out = out or sys.stdout
-        self.metrics = metrics
-        self.live = self.out.isatty() if live is None else live
-        self.header_done = False
-        self.stages = stages  # a column for the stage when the plan has several
-        self.columns = ["stage"] * stages + ["epoch", "train_loss", "valid_loss", *metrics, "time"]
-        self._next = self.LIVE_AFTER  # seconds into the epoch of the next update
-        self._shown = 0  # length of the live line on the screen, 0 when there is none
-
-    def header(self) -> None:
-        print("  ".join(f"{c:<10}" for c in self.columns).rstrip(), file=self.out, flush=True)
-        self.header_done = True
-
-    def start_epoch(self) -> None:
-        """A new epoch: the live line waits LIVE_AFTER seconds again."""
-        self._next = self.LIVE_AFTER
-
-    def due(self, elapsed: float) -> bool:
-        """Whether the live line wants an update, `elapsed` seconds into the epoch."""
-        return self.live and elapsed >= self._next
-
-    def step(self, stage: str, epoch: int, done: int, total: int, smoothed: float, elapsed: float) -> None:
-        """Rewrite the live line: `done` of `total` steps taken in `elapsed` seconds."""
-        self._next = elapsed + self.LIVE_EVERY
-        eta = elapsed / done * (total - done) if done else 0.0
-        where = f"stage {stage}  epoch {epoch}" if self.stages else f"epoch {epoch}"
-        line = f"{where}  step {done}/{total}  {duration(elapsed)} elapsed  eta {duration(eta)}  loss {smoothed:.6f}"
-        line = line[:shutil.get_terminal_size().columns - 1]  # a line that wrapped could not be rewritten
-        self.out.write("\r" + line.ljust(self._shown))  # the padding covers a longer line before it
-        self.out.flush()
-        self._shown = len(line)
-
-    def epoch(self, record: EpochRecord) -> None:
-        if self._shown:  # the table's row takes the live line's place
-            self.out.write("\r" + " " * self._shown + "\r")
-            self._shown = 0
-        if not self.header_done:
-            self.header()
-        mins, secs = divmod(int(round(record.seconds)), 60)
-        cells = [f"{record.stage:<10}"] * self.stages + [
-                 f"{record.epoch:<10}", f"{record.train_loss:<10.6f}", f"{record.valid_loss:<10.6f}",
-                 *(f"{record.metrics[m]:<10.6f}" for m in self.metrics), f"{mins:02d}:{secs:02d}"]
-        print("  ".join(cells), file=self.out, flush=True)
-
-
 def to_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """Each column as a tensor on the device (shared with the array on the CPU, not copied)."""
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
@@ -167,10 +108,9 @@ def build_model(spec: Spec, prepared: Prepared):
     that `init GROUP from "RUN"` names take their weights from that run."""
     torch.manual_seed(spec.train.seed)
     model = lower(sized_model(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
-    if isinstance(spec.train.optimizer, SparseAdam):  # the tables' gradients: the rows looked up, not the table
-        for module in model.modules():
-            if isinstance(module, torch.nn.Embedding):
-                module.sparse = True
+    if optimizers.get(spec.train.optimizer.kind).sparse_tables:  # the tables' gradients: the rows looked up
+        for module in declared_modules(model, "lookup"):
+            module.sparse = True
     for init in spec.inits:
         load_group(model, module_groups(model), init)
     return model
@@ -241,16 +181,16 @@ class Interrupted(Exception):
 
 def find_lr(spec: Spec, setup: StageSetup, batches: Batches, generator: torch.Generator, device,
             start: float = START, end: float = END, steps: int = STEPS) -> LRFindResult:
-    """lr-find over the stage's optimizer and random batches of its training rows; the model,
-    optimizer and generators are left as they were."""
+    """lr-find over the stage's optimizer and random batches of its training rows (whole batches:
+    in data-parallel training every rank runs it as one process does); the model, optimizer and
+    generators are left as they were."""
     loss = batch_loss(spec, setup.model, setup.params)
 
     def step_loss(idx):
         return loss([x[idx] for x in batches.xs], batches.y[idx])
 
-    with whole_batches(setup.model):  # every rank runs the finder over whole batches, as one process does
-        return lr_find(setup.model, setup.optimizer, step_loss, batches.rows, batches.size, generator, start, end,
-                       steps, device=device)
+    return lr_find(setup.model, setup.optimizer, step_loss, batches.rows, batches.size, generator, start, end,
+                   steps, device=device)
 
 
 def validation(spec: Spec, model, valid: dict, world: World) -> dict[str, float]:
@@ -328,107 +268,117 @@ class Position:
         self.step, self.perm, self.losses, self.lrs, self.seconds = 0, None, torch.zeros(0), [], 0.0
 
 
-class LiveLine:
-    """The live progress line within an epoch: the epoch's losses folded into the smoothed loss as
-    they are shown, a few times a second at most."""
+@dataclass
+class _Run:
+    """What train() carries through a run: the model, its batches and validation split on the
+    device, the generator that orders the rows, the history, where the run is (`at`), and who
+    listens; `world` and `device` as specc.training.loop.training_device found them."""
 
-    def __init__(self, progress: Progress, stage: str, epoch: int, total: int, ewma: tuple, start: float):
-        self.progress, self.stage, self.epoch, self.total, self.ewma, self.start = (
-            progress, stage, epoch, total, ewma, start)
-        self.shown = 0  # steps folded in so far
-        progress.start_epoch()
+    spec: Spec
+    plan: TrainPlan
+    model: torch.nn.Module
+    batches: Batches
+    valid: dict
+    generator: torch.Generator
+    history: History
+    at: Position
+    listener: Listener
+    stop: StopRequest | None
+    world: World
+    device: torch.device
 
-    def update(self, s: int, steps: Steps) -> None:
-        """After step `s`: rewrite the line when it is due."""
-        if self.progress.due(time.perf_counter() - self.start):
-            smoothed, self.ewma = fold(steps.losses(self.shown, s + 1), self.ewma)
-            self.shown = s + 1
-            self.progress.step(self.stage, self.epoch, s + 1, self.total, smoothed, time.perf_counter() - self.start)
 
-
-def train(spec: Spec, prepared: Prepared, plan: TrainPlan, device: torch.device,
-          progress: Progress | None = None, on_epoch=None, on_start=None, resume: TrainState | None = None,
-          stop: StopRequest | None = None, found_lrs: dict | None = None, on_lr_found=None,
-          device_step: bool | str = False, graph: bool | None = None,
-          world: World = ONE) -> tuple[torch.nn.Module, History]:
-    """Train the spec's model, stage by stage. `on_start(model)` runs before the first step (not
-    on resume); `on_epoch(model, record, history, state)` after each epoch, with the state to go on
-    from. `resume` (a specc.training.checkpoint.TrainState) continues a run where it stopped, to the same
-    weights as a run that never stopped; `stop.requested` stops it after the current step.
-    `found_lrs[stage]` replays a learning rate lr-find found before (`lr = find`), and
-    `on_lr_found(stage, lr, result)` is told of a new one. `graph` replays each step from a CUDA
-    graph (specc.training.fastpath; None: wherever fastpath.graph_reason finds nothing against it, so on a
-    CUDA device with Adam). `device_step` takes the same device-resident step uncaptured (Adam only;
-    on the CPU it trains to the plain loop's weights bit for bit); "flat" makes it update with
-    fastpath.FlatAdam, the update the captured step uses. `world` (specc.training.distributed): this rank's
-    part of a data-parallel run, which takes the plain loop and its slice of every batch."""
-    loop = loop_kind(spec, device, device_step, graph, world.parallel)  # chosen once: every stage steps alike
+def train(spec: Spec, prepared: Prepared, plan: TrainPlan, options: RunOptions = RunOptions(),
+          listener: Listener | None = None, resume: TrainState | None = None, stop: StopRequest | None = None,
+          found_lrs: dict | None = None) -> tuple[torch.nn.Module, History]:
+    """Train the spec's model, stage by stage, as `options` say (its device, device_step, graph
+    and world: specc.training.options.RunOptions); `listener` (specc.training.listeners.Listener)
+    hears the run's start, each epoch and step, lr-find's rates and a stop. `resume` (a
+    specc.training.checkpoint.TrainState) continues a run where it stopped, to the same weights as a
+    run that never stopped; `stop.requested` stops it after the current step (Interrupted, with
+    the state to go on from). `found_lrs[stage]` replays a learning rate lr-find found before
+    (`lr = find`). How each step is taken, and all-reduced in data-parallel training, is the step
+    factory's (specc.training.steps.step_factory)."""
+    listener = listener or Listener()
+    device = training_device(options)
     model = build_model(spec, prepared).to(device)
-    if world.parallel:
-        slice_dropout(model, world.part())  # each rank's rows of the mask one process draws
     model.train()
-    if on_start is not None and resume is None:
-        on_start(model)
-    batches, valid = training_batches(spec, prepared, plan, device, world.part()), to_tensors(prepared.valid, device)
-    generator, history = batch_order(spec, device), History()
-    watch = NanWatch(spec.train.stop_on_nan, quiet=not world.writes)
-    at = Position(found_lrs=dict(found_lrs or {}))
+    if resume is None:
+        listener.on_start(model)
+    run = _Run(spec, plan, model, training_batches(spec, prepared, plan, device, options.world.part()),
+               to_tensors(prepared.valid, device), batch_order(spec, device), History(),
+               Position(found_lrs=dict(found_lrs or {})), listener, stop, options.world, device)
     if resume is not None:  # the weights, generators and history of the stopped run, its place in its epoch
-        at = restore(resume, model, generator, history, at.found_lrs, device)
-    broadcast_model(world, model)  # every rank starts from rank 0's numbers
-    sync = StepSync(world, stop, model) if world.parallel else None
-    for si in range(resume.stage if resume is not None else 0, len(plan.stages)):
-        stage, resuming = plan.stages[si], resume is not None and si == resume.stage
-        setup = setup_stage(spec, model, plan, stage)
-        if setup.find:  # lr = find: the finder's valley, found once (a rerun or a resume replays it)
-            if stage.name not in at.found_lrs:
-                result = find_lr(spec, setup, batches, generator, device)
-                at.found_lrs[stage.name] = broadcast_floats(world, [result.suggestions["valley"]], 1)[0]
-                if on_lr_found is not None:
-                    on_lr_found(stage.name, at.found_lrs[stage.name], result)
-            for group in setup.optimizer.param_groups:
-                group["lr"] = at.found_lrs[stage.name]
-        # the schedule starts at the found rate; a stopped run's optimizer and schedule state are put back
-        steps = stage_steps(loop, spec, stage, setup, batches, watch, device, resume if resuming else None, sync)
-        early = EarlyStopping.resumed(stage.early_stop, resume) if resuming else EarlyStopping(stage.early_stop)
-        for epoch in range(resume.epoch if resuming else 0, stage.epochs):
+        run.at = restore(resume, model, run.generator, run.history, run.at.found_lrs, device)
+    with step_factory(spec, model, device, options, stop) as factory:
+        for si in range(resume.stage if resume is not None else 0, len(plan.stages)):
+            train_stage(run, factory, si, resume if resume is not None and si == resume.stage else None)
+            run.at.next_epoch()  # the next stage begins with a fresh epoch
+    return model, run.history
+
+
+def train_stage(run: _Run, factory: StepFactory, si: int, resumed: TrainState | None) -> None:
+    """The plan's stage `si`: its set-up (frozen groups, optimizer), lr-find's rate where it asks
+    for one, then its epochs (from where `resumed`, a run stopped within this stage, stopped)."""
+    stage = run.plan.stages[si]
+    setup = setup_stage(run.spec, run.model, run.plan, stage)
+    if setup.find:  # lr = find: the finder's valley, found once (a rerun or a resume replays it)
+        found_rate(run, setup, stage.name)
+    early = EarlyStopping.resumed(stage.early_stop, resumed) if resumed is not None else EarlyStopping(
+        stage.early_stop)
+    # the schedule starts at the found rate; a stopped run's optimizer and schedule state are put back
+    with factory.steps(stage, setup, run.batches, resumed) as steps:
+        for epoch in range(resumed.epoch if resumed is not None else 0, stage.epochs):
             if early.stopped:
                 break
-            start = time.perf_counter() - at.seconds  # a resumed epoch's clock goes on where it stopped
-            if at.perm is None:  # each epoch its own order of the rows, from the seeded generator
-                at.perm = torch.randperm(batches.rows, generator=generator, device=device)
-                at.losses, at.lrs = torch.zeros(0), []
-            lr = at.lrs[0] if at.lrs else steps.lr()  # the rate of the epoch's first step, for its record
-            steps.start_epoch(epoch, at.perm, at.step, at.losses, at.lrs)
-            live = LiveLine(progress, stage.name, epoch, batches.steps, at.ewma, start) if (
-                progress is not None and progress.live) else None
-            done = run_epoch(steps, at.step, batches.steps, stop, live)
-            at.step, (at.losses, at.lrs) = done, steps.end_epoch(done)  # the losses' one read back
-            if done < batches.steps:  # stopped on request: the state to go on from this step
-                at.seconds = time.perf_counter() - start
-                raise Interrupted(checkpoint(model, si, epoch, at, steps, early, generator, history))
-            raw = at.losses.double().cpu().numpy()
-            smoothed, at.ewma = smooth(raw, start=at.ewma)
-            scores = validation(spec, model, valid, world)
-            train_mode(model, setup.frozen)  # evaluate left every module in training mode
-            record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
-                                 {m: scores[m] for m in spec.train.metrics}, lr, time.perf_counter() - start)
-            history.add(record, raw, smoothed, at.lrs)
-            if progress is not None:
-                progress.epoch(record)
-            early.after(record, model)
-            last = epoch == stage.epochs - 1 or early.stopped
-            if last:
-                early.restore_best(model)  # the stage ends with its best epoch's weights, if it keeps them
-            at.next_epoch()
-            if on_epoch is not None:  # the state to go on from: the next epoch, or the next stage's first
-                state = (checkpoint(model, si + 1, 0, at, None, None, generator, history) if last
-                         else checkpoint(model, si, epoch + 1, at, steps, early, generator, history))
-                on_epoch(model, record, history, state)
-        at.next_epoch()  # the next stage begins with a fresh epoch
-    barrier(world, "waiting for every rank to finish")  # then rank 0 exports
-    slice_dropout(model, None)
-    return model, history
+            train_epoch(run, si, epoch, setup, steps, early)
+
+
+def found_rate(run: _Run, setup: StageSetup, stage: str) -> None:
+    """The stage's optimizer at the rate lr-find finds (rank 0's, in data-parallel training), or
+    found before (a rerun, or a resumed run)."""
+    if stage not in run.at.found_lrs:
+        result = find_lr(run.spec, setup, run.batches, run.generator, run.device)
+        run.at.found_lrs[stage] = broadcast_floats(run.world, [result.suggestions["valley"]], 1)[0]
+        run.listener.on_lr_found(stage, run.at.found_lrs[stage], result)
+    for group in setup.optimizer.param_groups:
+        group["lr"] = run.at.found_lrs[stage]
+
+
+def train_epoch(run: _Run, si: int, epoch: int, setup: StageSetup, steps: Steps, early: EarlyStopping) -> None:
+    """One epoch of stage `si`: its steps (from where a stopped run stopped), then validation, its
+    record and the state to go on from for the listener; Interrupted on a stop request."""
+    at, stage, total = run.at, run.plan.stages[si], run.batches.steps
+    start = time.perf_counter() - at.seconds  # a resumed epoch's clock goes on where it stopped
+    if at.perm is None:  # each epoch its own order of the rows, from the seeded generator
+        at.perm = torch.randperm(run.batches.rows, generator=run.generator, device=run.device)
+        at.losses, at.lrs = torch.zeros(0), []
+    lr = at.lrs[0] if at.lrs else steps.lr()  # the rate of the epoch's first step, for its record
+    steps.start_epoch(epoch, at.perm, at.step, at.losses, at.lrs)
+    run.listener.on_epoch_start(stage.name, epoch, total, start, at.ewma, steps.losses)
+    done = run_epoch(steps, at.step, total, run.stop, run.listener)
+    at.step, (at.losses, at.lrs) = done, steps.end_epoch(done)  # the losses' one read back
+    if done < total:  # stopped on request: the state to go on from this step
+        at.seconds = time.perf_counter() - start
+        state = checkpoint(run.model, si, epoch, at, steps, early, run.generator, run.history)
+        run.listener.on_stop(state)
+        raise Interrupted(state)
+    raw = at.losses.double().cpu().numpy()
+    smoothed, at.ewma = smooth(raw, start=at.ewma)
+    scores = validation(run.spec, run.model, run.valid, run.world)
+    train_mode(run.model, setup.frozen)  # evaluate left every module in training mode
+    record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
+                         {m: scores[m] for m in run.spec.train.metrics}, lr, time.perf_counter() - start)
+    run.history.add(record, raw, smoothed, at.lrs)
+    early.after(record, run.model)
+    last = epoch == stage.epochs - 1 or early.stopped
+    if last:
+        early.restore_best(run.model)  # the stage ends with its best epoch's weights, if it keeps them
+    at.next_epoch()
+    # the state to go on from: the next epoch, or the next stage's first
+    state = (checkpoint(run.model, si + 1, 0, at, None, None, run.generator, run.history) if last
+             else checkpoint(run.model, si, epoch + 1, at, steps, early, run.generator, run.history))
+    run.listener.on_epoch(run.model, record, run.history, state)
 
 
 def checkpoint(model, stage: int, epoch: int, at: Position, steps: Steps | None, early: EarlyStopping | None,

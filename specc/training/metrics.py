@@ -1,5 +1,7 @@
 """Losses, metrics and smoothing: model outputs and targets -> the training loss, each epoch's
-validation numbers, and the smoothed loss a run shows (its EpochRecord and History)."""
+validation numbers, and the smoothed loss a run shows (its EpochRecord and History).
+
+LOSS_FNS and METRIC_FNS hold the torch side of every loss and metric of specc.training.losses, by name."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 
 from specc.language.spec import FLOAT, Spec
 from specc.model.lower import at_spec_line
+from specc.training import losses
 
 SMOOTH_BETA = 0.98  # the seed's exponentially weighted moving average of the loss
 VALID_BATCH = 8192
@@ -28,6 +31,58 @@ LOSS_FNS = {
 }
 
 
+def _mse(pred: torch.Tensor, y: torch.Tensor) -> float:
+    err = pred - y
+    return float((err * err).mean())
+
+
+def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return float((pred == y).double().mean())
+
+
+# Each metric over a whole split (float64): the values and the float target, or the predicted and the
+# true classes as indices.
+METRIC_FNS = {
+    "rmse": lambda pred, y: math.sqrt(_mse(pred, y)),
+    "mse": _mse,
+    "mae": lambda pred, y: float((pred - y).abs().mean()),
+    "accuracy": _accuracy,
+    "error_rate": lambda pred, y: 1.0 - _accuracy(pred, y),
+}
+
+
+# What the exported model returns from the model's output, for each `returns` a loss declares (as
+# specc.export.graph.RETURNS builds it in ONNX), computed by torch.
+RETURNED = {
+    "value": lambda out: out,
+    "sigmoid": torch.sigmoid,
+    "softmax": lambda out: torch.softmax(out, dim=-1),
+    "exp": torch.exp,
+}
+
+
+def returned_by_export(loss: str, out: torch.Tensor) -> torch.Tensor:
+    """What the exported model returns for the model's output `out`, as the loss declares it: the
+    value (a probability where the loss took a logit), or the probabilities of the classes."""
+    return RETURNED[losses.loss(loss).returns](out)
+
+
+def torch_loss(name: str):
+    """The torch function of a declared loss (KeyError for one never declared, or declared without one)."""
+    losses.loss(name)
+    if name not in LOSS_FNS:
+        raise KeyError(f"loss '{name}' is declared but has no torch function in specc.training.metrics")
+    return LOSS_FNS[name]
+
+
+def torch_metric(name: str):
+    """The torch function of a declared metric (KeyError for one never declared, or declared without one)."""
+    losses.metric(name)
+    if name not in METRIC_FNS:
+        raise KeyError(f"metric '{name}' is declared but has no torch function in specc.training.metrics")
+    return METRIC_FNS[name]
+
+
 def predict_column(spec: Spec, out: torch.Tensor) -> torch.Tensor:
     """The model output compared with the target: one number per row for a float target, one
     score per class (as the model gives them) for a category target."""
@@ -36,7 +91,7 @@ def predict_column(spec: Spec, out: torch.Tensor) -> torch.Tensor:
 
 def loss_fn(spec: Spec):
     """The training loss, with the seed's L2 penalty (l2 * sum of squared weights) when asked."""
-    base = LOSS_FNS[spec.train.loss]
+    base = torch_loss(spec.train.loss)
     l2 = spec.train.l2
     if not l2:
         return lambda out, y, params: base(out, y)
@@ -80,18 +135,13 @@ def evaluate(spec: Spec, model, columns: dict[str, torch.Tensor], target: torch.
         preds.append(predict_column(spec, model(*batch)))
     model.train(was_training)
     pred = torch.cat(preds).double()
-    if spec.data.target.kind == FLOAT:
-        y = target.double()
-        values = {"loss": float(LOSS_FNS[spec.train.loss](pred, y))}
-        err = pred - y
-        mse = float((err * err).mean())
-        for metric in spec.train.metrics:
-            values[metric] = {"mse": mse, "rmse": math.sqrt(mse), "mae": float(err.abs().mean())}[metric]
-        return values
-    values = {"loss": float(LOSS_FNS[spec.train.loss](pred, target))}
-    accuracy = float((pred.argmax(dim=-1) == target).double().mean())
+    y = target.double() if spec.data.target.kind == FLOAT else target
+    values = {"loss": float(torch_loss(spec.train.loss)(pred, y))}
+    # A metric compares what the model predicts with the target: the value the exported model returns
+    # (a probability where the loss took a logit), or the class with the highest score.
+    pred = returned_by_export(spec.train.loss, pred) if spec.data.target.kind == FLOAT else pred.argmax(dim=-1)
     for metric in spec.train.metrics:
-        values[metric] = {"accuracy": accuracy, "error_rate": 1.0 - accuracy}[metric]
+        values[metric] = torch_metric(metric)(pred, y)
     return values
 
 
@@ -145,10 +195,10 @@ class History:
 
 
 def better(monitor: str, new: float, best: float | None) -> bool:
-    """Whether `new` improves on `best` (None: nothing to beat): accuracy rises, the rest fall."""
+    """Whether `new` improves on `best` (None: nothing to beat), the way the monitor's declaration says."""
     if best is None:
         return True
-    return new > best if monitor == "accuracy" else new < best
+    return new > best if losses.higher_is_better(monitor) else new < best
 
 
 def monitored(record: EpochRecord, monitor: str) -> float:

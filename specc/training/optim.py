@@ -1,12 +1,17 @@
 """Optimizers and schedules: the spec's optimizer and fit statement + a stage's layer groups -> torch's
-optimizer over those groups, its learning-rate schedule, and the schedule's values at every step."""
+optimizer over those groups, its learning-rate schedule, and the schedule's values at every step.
+
+BUILDERS holds one builder per optimizer of specc.training.optimizers, registered by name with `@builds`."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from specc.language.spec import SGD, Adam, Fit, FitOneCycle, RMSProp, SparseAdam, Spec
+from specc.language.spec import Fit, FitOneCycle, Optimizer, Spec
 from specc.model.plan import TrainPlan, one_step_warmup
+from specc.training import optimizers
 
 
 class _DecoupledWeightDecay:
@@ -43,21 +48,48 @@ class DecoupledRMSprop(_DecoupledWeightDecay, torch.optim.RMSprop):
             group["decoupled_wd"] = wd
 
 
-def make_optimizer(opt, groups: list[tuple[list, float]]) -> torch.optim.Optimizer:
+# (the spec's optimizer, torch's parameter groups, the last group's learning rate) -> torch's optimizer
+Build = Callable[[Optimizer, list, float], torch.optim.Optimizer]
+BUILDERS: dict[str, Build] = {}
+
+
+def builds(kind: str) -> Callable[[Build], Build]:
+    """Register the builder of a declared optimizer (specc.training.optimizers) by its name."""
+    def register(fn: Build) -> Build:
+        BUILDERS[kind] = fn
+        return fn
+    return register
+
+
+def make_optimizer(opt: Optimizer, groups: list[tuple[list, float]]) -> torch.optim.Optimizer:
     """The spec's optimizer over parameter groups, each [(params, lr)] with its own learning rate."""
-    params = [{"params": ps, "lr": lr} for ps, lr in groups]
-    lr = groups[-1][1]
-    if isinstance(opt, Adam):
-        # The fused kernel does the whole update in one pass over each tensor (on the CPU too,
-        # since torch 2.4): about 30% off a collab epoch on the CPU, more on the GPU.
-        return torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd, fused=True)
-    if isinstance(opt, SparseAdam):
-        return LazyAdam(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd)
-    if isinstance(opt, RMSProp):
-        return DecoupledRMSprop(params, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, wd=opt.wd)
-    assert isinstance(opt, SGD)
+    optimizers.get(opt.kind)  # KeyError for a kind never declared
+    if opt.kind not in BUILDERS:
+        raise KeyError(f"optimizer '{opt.kind}' is declared but has no builder in specc.training.optim")
+    return BUILDERS[opt.kind](opt, [{"params": ps, "lr": lr} for ps, lr in groups], groups[-1][1])
+
+
+@builds("adam")
+def _adamw(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
+    # The fused kernel does the whole update in one pass over each tensor (on the CPU too,
+    # since torch 2.4): about 30% off a collab epoch on the CPU, more on the GPU.
+    return torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd, fused=True)
+
+
+@builds("sgd")
+def _sgd(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
     return DecoupledSGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov, wd=opt.wd,
                         dampening=opt.dampening)
+
+
+@builds("rmsprop")
+def _rmsprop(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
+    return DecoupledRMSprop(params, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, wd=opt.wd)
+
+
+@builds("sparse_adam")
+def _lazy_adam(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
+    return LazyAdam(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd)
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -104,13 +136,13 @@ class LazyAdam(torch.optim.Optimizer):
         return None
 
 
-def make_scheduler(fit, opt, optimizer, total_steps: int):
+def make_scheduler(fit, opt: Optimizer, optimizer, total_steps: int):
     """torch's OneCycleLR for fit_one_cycle, each group to its own peak; nothing for a constant lr."""
     if isinstance(fit, Fit):
         return None
     assert isinstance(fit, FitOneCycle)
-    # Momentum cycles for Adam (beta1) and for SGD / RMSProp that use momentum at all.
-    cycle = isinstance(opt, (Adam, SparseAdam)) or opt.momentum > 0
+    # Momentum cycles where the optimizer declares it (Adam's beta1; SGD's and RMSProp's momentum, if any).
+    cycle = optimizers.get(opt.kind).cycles(opt)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
         pct_start=fit.pct_start,

@@ -8,19 +8,22 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from specc.language import overrides as _overrides
 from specc.language.check import check
 from specc.language.diagnostics import Diagnostic, SpecError, UsageError
 from specc.language.parse import parse, read_source
 from specc.language.spec import Spec
+from specc.model import ops
+from specc.training.listeners import Listener, Listeners, Progress
+from specc.training.options import RunOptions
 from specc.training.runfolder import CHECKPOINT, RunFinished, RunFolder
 
 if TYPE_CHECKING:
-    from specc.training.distributed import World
+    from specc.training.world import World
 
 
 def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagnostic]]:
@@ -42,12 +45,13 @@ def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagno
 
 
 def embedding_table(spec: Spec) -> dict[str, dict]:
-    """Each embedding of the spec's model: its column, width and the state-dict key of its table."""
+    """Each lookup table of the spec's model (an op declaring OpDef.lookup: embedding): its
+    column, width and the state-dict key of its table."""
     from specc.model.lower import attribute_names
 
     attributes = attribute_names(n.name for n in spec.model.nodes)
     return {n.name: {"column": n.op.column, "dim": n.op.dim, "weight": f"{attributes[n.name]}.weight"}
-            for n in spec.model.nodes if n.op.name == "embedding"}
+            for n in spec.model.nodes if ops.get(n.op.name).lookup}
 
 
 def checkpoint_metadata(spec: Spec, vocabs, sets, epoch: int) -> dict[str, str]:
@@ -131,47 +135,43 @@ def read_lr_find(path: Path, plan) -> dict[str, float]:
     return {stage: float(lr) for stage, lr in found.items()}
 
 
-def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] = (), quiet: bool = False,
-              stdout=None, resume: bool = False, device_step: bool = False, graph: bool | None = None,
-              force: bool = False, threads: int | None = None, world: World | None = None,
-              on_record=None, mlflow: str | None = None, prepared=None) -> RunResult:
-    """Train a checked spec and write its run folder. Ctrl-C stops after the current step and
-    leaves checkpoint.safetensors; `resume=True` goes on from it (same spec, same --set). `graph`:
-    see specc.training.loop.train (None: the CUDA-graph step wherever it applies). `threads`: torch's
-    thread count while training (None: specc.training.loop.default_threads). The folder is locked
-    while the run writes it, and marked `running` in run.json until the run is complete; a folder
-    that holds another run or files specc did not write is refused (UsageError), unless `force`
-    (specc.training.runfolder). RunFinished: `resume` of a run that has finished. `world`: this process's
-    part of a data-parallel run (specc.training.distributed); only rank 0 writes the folder. `on_record(record)`
-    is called after each epoch's files are written (specc tune prunes a trial from it). Every run
-    writes TensorBoard event files into its folder; `mlflow` (a tracking URI) logs it there too.
+def train_run(spec: Spec, out: Path, options: RunOptions = RunOptions(), listeners=(), prepared=None) -> RunResult:
+    """Train a checked spec and write its run folder, as `options` say (specc.training.options.RunOptions).
+    Ctrl-C stops after the current step and leaves checkpoint.safetensors; `options.resume` goes
+    on from it (same spec, same --set). The folder is locked while the run writes it, and marked
+    `running` in run.json until the run is complete; a folder that holds another run or files specc
+    did not write is refused (UsageError), unless `options.force` (specc.training.runfolder).
+    RunFinished: a resume of a run that has finished. In data-parallel training (`options.world`)
+    only rank 0 writes the folder. The progress table, the folder's files and the trackers
+    (TensorBoard's event files always, MLflow with `options.mlflow`) listen to the loop, then
+    `listeners` (specc.training.listeners.Listener: specc tune prunes a trial from one).
     `prepared`: the spec's data, where the caller has read it already. Nothing is written into the
     folder before the data is read and the plan made, so a data or spec error leaves it as it was."""
-    from specc.training.distributed import ONE, agree, broadcast_bytes
+    from specc.training.distributed import agree, broadcast_bytes
     from specc.training.loop import Interrupted
 
-    world = world or ONE
+    world = options.world
     if not world.writes:
-        return _train_beside(spec, out, resume, threads, world, device_step, graph, sets)
+        return _train_beside(spec, out, options)
     started = time.perf_counter()
     folder = RunFolder(out)
     with _starting(world):  # a failure before training stops the other ranks too
-        if resume and not (Path(out) / CHECKPOINT).is_file():
-            load_resume(Path(out), spec, list(sets))  # the error, before anything is created
+        if options.resume and not (Path(out) / CHECKPOINT).is_file():
+            load_resume(Path(out), spec, list(options.sets))  # the error, before anything is created
         folder.acquire()
     try:
         with _starting(world), out_of_memory(spec, folder):
-            ready = _ready(folder, spec, sets, resume, force, world, prepared, started)
-            replaced = folder.begin(spec.name, spec.source.text, list(sets), force=force, resume=resume)
-        if replaced is not None and not quiet:
+            ready = _ready(folder, spec, options, prepared, started)
+            replaced = folder.begin(spec.name, spec.source.text, list(options.sets), force=options.force,
+                                    resume=options.resume)
+        if replaced is not None and not options.quiet:
             print(f"specc: note: {folder.path} held {replaced}; replacing it", file=sys.stderr)
         agree(world, True)
         # the others read nothing from the folder: the checkpoint travels to them from here
-        broadcast_bytes(world, folder.file(CHECKPOINT).read_bytes() if world.parallel and resume else None)
+        broadcast_bytes(world, folder.file(CHECKPOINT).read_bytes() if world.parallel and options.resume else None)
         try:
             with out_of_memory(spec, folder, ready.prepared):
-                return _train_into(folder, ready, spec, device_name, sets, quiet, stdout, resume, device_step, graph,
-                                   threads, world, on_record, mlflow)
+                return _train_into(folder, ready, spec, options, listeners)
         except (Interrupted, KeyboardInterrupt):
             folder.end("interrupted")
             raise
@@ -181,6 +181,47 @@ def train_run(spec: Spec, out: Path, device_name: str = "auto", sets: list[str] 
             raise
     finally:
         folder.release()
+
+
+class RunFiles(Listener):
+    """The run folder's side of a run: the initial weights before the first step (a run that
+    diverges in its first epoch still leaves a loadable model.safetensors), after each epoch the
+    weights, the checkpoint and metrics.csv, the checkpoint of a run that stopped, and the rates
+    lr-find found (lr_find.json, so that training this spec into this folder again takes the same
+    rate, and each stage's csv and plot)."""
+
+    def __init__(self, folder: RunFolder, spec: Spec, prepared, sets, found: dict):
+        self.folder, self.spec, self.vocabs, self.sets, self.found = folder, spec, prepared.vocabs, sets, found
+
+    def _meta(self, epoch: int) -> dict[str, str]:
+        return checkpoint_metadata(self.spec, self.vocabs, self.sets, epoch)
+
+    def _weights(self, model, epoch: int) -> None:
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        self.folder.write_bytes("model.safetensors", save(tensors, metadata=self._meta(epoch)))
+
+    def _checkpoint(self, state, epoch: int) -> None:
+        from specc.training.checkpoint import to_safetensors
+
+        self.folder.write_bytes(CHECKPOINT, to_safetensors(state, self._meta(epoch)))
+
+    def on_start(self, model) -> None:
+        self._weights(model, -1)  # epoch -1: the initial weights
+
+    def on_lr_found(self, stage: str, lr: float, result) -> None:
+        self.found[stage] = lr
+        self.folder.write_json(LR_FIND, self.found)
+        write_lr_find(self.folder, result, f"{self.spec.name}: stage {stage}", prefix=f"lr_find_{stage}")
+
+    def on_epoch(self, model, record, history, state) -> None:
+        self._weights(model, record.epoch)
+        self._checkpoint(state, record.epoch)
+        self.folder.write_metrics(history.records, self.spec.train.metrics)
+
+    def on_stop(self, state) -> None:
+        self._checkpoint(state, state.epoch)
 
 
 @dataclass
@@ -194,26 +235,25 @@ class _Ready:
     started: float
 
 
-def _ready(folder: RunFolder, spec: Spec, sets, resume: bool, force: bool, world: World, prepared,
-           started: float) -> _Ready:
+def _ready(folder: RunFolder, spec: Spec, options: RunOptions, prepared, started: float) -> _Ready:
     """Every check that needs no write, before the folder is marked `running`: the folder is ours
     to write (or the run to resume is this spec's and not finished), the data reads, the plan fits."""
     from specc.data.prepare import prepare
     from specc.model.plan import make_plan
 
     state = None
-    if resume:
-        state = load_resume(folder.path, spec, list(sets))
+    if options.resume:
+        state = load_resume(folder.path, spec, list(options.sets))
         if folder.contents().status == "complete":
             raise RunFinished(f"{folder.path} holds a finished run: there is nothing to resume "
                               f"(its model is {folder.file('model.onnx')})")
     else:
-        why = folder.refusal(force)
+        why = folder.refusal(options.force)
         if why is not None:  # before the data is read: a refusal is instant
             raise UsageError(why)
     if prepared is None:
         prepared = prepare(spec.data, spec.model.inputs)
-    check_parallel(spec, world, prepared.n_train)
+    check_parallel(spec, options.world, prepared.n_train)
     return _Ready(state, prepared, make_plan(spec, prepared), started)
 
 
@@ -289,138 +329,119 @@ def _stop_on_signals(stop):
             signal.signal(sig, handler)
 
 
-def _train_beside(spec: Spec, out: Path, resume: bool, threads: int | None, world: World,
-                  device_step: bool | str = False, graph: bool | None = None, sets=()) -> RunResult:
+def _train_beside(spec: Spec, out: Path, options: RunOptions) -> RunResult:
     """A rank other than 0: train its slice of every batch beside rank 0, the same loop the same
-    way (rank 0's choice, made from the same arguments), writing nothing and printing nothing but errors."""
+    way (rank 0's choice, made from the same options), writing nothing and printing nothing but errors."""
     from specc.data.prepare import prepare
     from specc.model.plan import make_plan
     from specc.training.checkpoint import check_fits, from_safetensors
     from specc.training.distributed import PeerFailed, agree, broadcast_bytes, same_run, wait_for_rank_0
     from specc.training.loop import StopRequest, default_threads, torch_threads, train
 
-    started = time.perf_counter()
+    world, started = options.world, time.perf_counter()
     if not agree(world, True):
         raise PeerFailed("rank 0 could not start the run (its error says why)")
     data = broadcast_bytes(world, None)
-    state = from_safetensors(Path(out) / CHECKPOINT, data)[0] if resume and data else None
+    state = from_safetensors(Path(out) / CHECKPOINT, data)[0] if options.resume and data else None
     prepared = prepare(spec.data, spec.model.inputs)
-    same_run(world, spec, sets, prepared, resume=resume, device_step=device_step)  # as rank 0 does
+    same_run(world, spec, options.sets, prepared, resume=options.resume, device_step=options.device_step)
     check_parallel(spec, world, prepared.n_train)
     plan = make_plan(spec, prepared)
     if state is not None:
         check_fits(Path(out) / CHECKPOINT, state, spec, prepared, plan, world.device)
     found = json.loads(broadcast_bytes(world, None) or b"{}")
     stop = StopRequest(shared=True)
-    with _stop_on_signals(stop), torch_threads(threads or default_threads(spec, prepared)):
-        model, history = train(spec, prepared, plan, world.device, resume=state, stop=stop, found_lrs=found,
-                               device_step=device_step, graph=graph, world=world)
+    with _stop_on_signals(stop), torch_threads(options.threads or default_threads(spec, prepared)):
+        model, history = train(spec, prepared, plan, options, resume=state, stop=stop, found_lrs=found)
     # leaving while rank 0 exports could cost the model (specc.training.distributed.rank_0_writes)
     wait_for_rank_0(world)
     return RunResult(Path(out), history, float("nan"), time.perf_counter() - started, model)
 
 
-def _train_into(folder: RunFolder, ready: _Ready, spec: Spec, device_name: str, sets, quiet: bool, stdout,
-                resume: bool, device_step: bool, graph: bool | None, threads: int | None, world: World,
-                on_record=None, mlflow: str | None = None) -> RunResult:
-    """train_run's work, in a folder it has locked and marked `running`."""
-    import torch
-    from safetensors.torch import save
+def _train_into(folder: RunFolder, ready: _Ready, spec: Spec, options: RunOptions, listeners) -> RunResult:
+    """train_run's work, in a folder it has locked and marked `running`: the loop, its listeners
+    (closed however it ends), then the model's files."""
+    from specc.training.distributed import rank_0_writes
+    from specc.training.loop import StopRequest, torch_threads, train
 
-    from specc.training.checkpoint import check_fits, to_safetensors
-    from specc.training.distributed import broadcast_bytes, rank_0_writes, same_run
-    from specc.training.loop import (
-        Interrupted, Progress, StopRequest, default_threads, pick_device, torch_threads, train,
-    )
-
-    stdout = stdout or sys.stdout
-    state, prepared, plan, started = ready.state, ready.prepared, ready.plan, ready.started
-    same_run(world, spec, sets, prepared, resume=resume, device_step=device_step)  # every rank trains the same
-    device = world.device if world.parallel else pick_device(device_name)
-    graph, loop = _loop(spec, device, device_step, graph, quiet, world.parallel)
-    threads = threads or default_threads(spec, prepared)
-    if state is not None:
-        check_fits(folder.file(CHECKPOINT), state, spec, prepared, plan, device)
-    folder.write_text("spec.spec", spec.source.text)
-    if not quiet:
-        print(_announcement(spec, prepared, plan, device, loop, threads, state, world), file=stdout)
-
-    def meta(epoch: int) -> dict[str, str]:
-        return checkpoint_metadata(spec, prepared.vocabs, sets, epoch)
-
-    def weights(model, epoch: int) -> None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        folder.write_bytes("model.safetensors", save(tensors, metadata=meta(epoch)))
-
-    def on_epoch(model, record, history, train_state):
-        weights(model, record.epoch)
-        folder.write_bytes(CHECKPOINT, to_safetensors(train_state, meta(record.epoch)))
-        folder.write_metrics(history.records, spec.train.metrics)
-        trackers.epoch(record, history, plan.steps_per_epoch)
-        if on_record is not None:
-            on_record(record)
-
-    progress = None if quiet else Progress(spec.train.metrics, out=stdout, stages=len(plan.stages) > 1)
-    stop = StopRequest(shared=world.parallel)
-    found = read_lr_find(folder.file(LR_FIND), plan)
-    broadcast_bytes(world, json.dumps(found).encode() if world.parallel else None)  # rank 0's rates for all
-
-    def on_lr_found(stage: str, lr: float, result) -> None:
-        # recorded, so that training this spec into this folder again takes the same rate
-        found[stage] = lr
-        folder.write_json(LR_FIND, found)
-        write_lr_find(folder, result, f"{spec.name}: stage {stage}", prefix=f"lr_find_{stage}")
-        if not quiet:
-            print(f"specc: stage {stage}: lr-find suggests {lr:.3g} (valley; {result.describe(('valley',))})",
-                  file=stdout)
-            if result.flat:
-                from specc.training.lrfind import FLAT_NOTE
-
-                print(f"specc: note: {FLAT_NOTE}", file=stdout)
-
-    trackers = _trackers(folder, spec, plan, sets, mlflow, resume)
-    try:
-        # The initial weights are the first checkpoint (epoch -1): a run that diverges in its first
-        # epoch still leaves a loadable model.safetensors behind.
-        with _stop_on_signals(stop), torch_threads(threads):
-            model, history = train(spec, prepared, plan, device, progress=progress, on_epoch=on_epoch,
-                                   on_start=lambda m: weights(m, -1), resume=state, stop=stop, found_lrs=found,
-                                   on_lr_found=on_lr_found, device_step=device_step, graph=graph, world=world)
-    except Interrupted as stopped:
-        folder.write_bytes(CHECKPOINT, to_safetensors(stopped.state, meta(stopped.state.epoch)))
-        trackers.close()
-        raise
-    except BaseException:
-        trackers.close()
-        raise
-    record = {"spec": spec.name, "overrides": list(sets), "params": {p.name: p.value for p in spec.params},
-              "device": device.type, "loop": loop, "threads": threads, "world_size": world.size,
-              "backend": world.backend, "torch": torch.__version__, "python": platform.python_version(),
-              "train_rows": prepared.n_train, "valid_rows": prepared.n_valid, "epochs": plan.epochs, "resumed": resume}
-    try:
-        with rank_0_writes(world):  # the other ranks wait for it (specc.training.distributed.wait_for_rank_0)
-            diff, seconds = _finish(folder, spec, model, history, prepared, plan, record, started)
-    except BaseException:
-        trackers.close()
-        raise
-    trackers.end(history.records[-1] if history.records else None)
-    if not quiet:
-        from specc.training.loop import duration
+    options, loop, device = _settled(folder, ready, spec, options)
+    found = _found_rates(folder, ready.plan, options.world)
+    stop = StopRequest(shared=options.world.parallel)
+    with contextlib.closing(_listeners(folder, ready, spec, options, found, listeners)) as listener:
+        with _stop_on_signals(stop), torch_threads(options.threads):
+            model, history = train(spec, ready.prepared, ready.plan, options, listener, resume=ready.state,
+                                   stop=stop, found_lrs=found)
+        with rank_0_writes(options.world):  # the other ranks wait for it (distributed.wait_for_rank_0)
+            diff, seconds = _finish(folder, spec, model, history, ready, _record(spec, ready, options, device, loop))
+        listener.on_finish(history)
+    if not options.quiet:
+        from specc.training.listeners import duration
 
         print(f"specc: trained in {duration(seconds)}; wrote {folder.path}/ (model.onnx matches torch to {diff:.2g})",
-              file=stdout)
+              file=options.stdout or sys.stdout)
     return RunResult(folder.path, history, diff, seconds, model)
 
 
-def _finish(folder: RunFolder, spec: Spec, model, history, prepared, plan, record: dict,
-            started: float) -> tuple[float, float]:
+def _settled(folder: RunFolder, ready: _Ready, spec: Spec, options: RunOptions):
+    """Before the first step: every rank about to train the same thing, the options with the
+    loop's step and the threads decided, the checkpoint checked against the spec, spec.spec
+    written and the opening line printed; (options, the loop's name, the device)."""
+    from specc.training.checkpoint import check_fits
+    from specc.training.distributed import same_run
+    from specc.training.loop import default_threads, training_device
+
+    world = options.world
+    same_run(world, spec, options.sets, ready.prepared, resume=options.resume, device_step=options.device_step)
+    device = training_device(options)
+    graph, loop = _loop(spec, device, options)
+    options = replace(options, graph=graph, threads=options.threads or default_threads(spec, ready.prepared))
+    if ready.state is not None:
+        check_fits(folder.file(CHECKPOINT), ready.state, spec, ready.prepared, ready.plan, device)
+    folder.write_text("spec.spec", spec.source.text)
+    if not options.quiet:
+        print(_announcement(spec, ready, device, loop, options.threads, world), file=options.stdout or sys.stdout)
+    return options, loop, device
+
+
+def _found_rates(folder: RunFolder, plan, world: World) -> dict[str, float]:
+    """The rates lr-find found before for this folder's stages (lr_find.json): rank 0's, for every rank."""
+    from specc.training.distributed import broadcast_bytes
+
+    found = read_lr_find(folder.file(LR_FIND), plan)
+    broadcast_bytes(world, json.dumps(found).encode() if world.parallel else None)  # rank 0's rates for all
+    return found
+
+
+def _listeners(folder: RunFolder, ready: _Ready, spec: Spec, options: RunOptions, found: dict,
+               extra) -> Listeners:
+    """Who listens to the loop, in order: the progress table (unless quiet), the run folder's
+    files, the trackers, then the caller's `extra`."""
+    progress = [] if options.quiet else [Progress(spec.train.metrics, out=options.stdout or sys.stdout,
+                                                  stages=len(ready.plan.stages) > 1)]
+    files = RunFiles(folder, spec, ready.prepared, options.sets, found)
+    return Listeners([*progress, files, _trackers(folder, spec, ready.plan, options), *extra])
+
+
+def _record(spec: Spec, ready: _Ready, options: RunOptions, device, loop: str) -> dict:
+    """What run.json records of how the run trained, beside its status and final numbers."""
+    import torch
+
+    world = options.world
+    return {"spec": spec.name, "overrides": list(options.sets), "params": {p.name: p.value for p in spec.params},
+            "device": device.type, "loop": loop, "threads": options.threads, "world_size": world.size,
+            "backend": world.backend, "torch": torch.__version__, "python": platform.python_version(),
+            "train_rows": ready.prepared.n_train, "valid_rows": ready.prepared.n_valid, "epochs": ready.plan.epochs,
+            "resumed": options.resume}
+
+
+def _finish(folder: RunFolder, spec: Spec, model, history, ready: _Ready, record: dict) -> tuple[float, float]:
     """A trained run's last files: loss.png, model.onnx (checked against torch), and run.json
     marked complete; (the ONNX parity figure, the run's seconds)."""
     from specc.training.plot import loss_png
 
-    folder.write_bytes("loss.png", loss_png(history, plan.steps_per_epoch, f"{spec.name}: loss"))
-    diff = _write_onnx(folder, spec, model, prepared)
-    seconds = time.perf_counter() - started
+    folder.write_bytes("loss.png", loss_png(history, ready.plan.steps_per_epoch, f"{spec.name}: loss"))
+    diff = _write_onnx(folder, spec, model, ready.prepared)
+    seconds = time.perf_counter() - ready.started
     folder.write_json("run.json", {
         "status": "complete", "started": folder.record.get("started"), **record, "seconds": round(seconds, 3),
         "onnx_parity_max_abs_diff": diff, "final": history.records[-1].__dict__ if history.records else None,
@@ -428,23 +449,24 @@ def _finish(folder: RunFolder, spec: Spec, model, history, prepared, plan, recor
     return diff, seconds
 
 
-def _trackers(folder: RunFolder, spec: Spec, plan, sets, mlflow: str | None, resumed: bool):
-    """The run's trackers: TensorBoard's event files in its folder, and MLflow at `mlflow` if given."""
+def _trackers(folder: RunFolder, spec: Spec, plan, options: RunOptions):
+    """The run's trackers: TensorBoard's event files in its folder, and MLflow at `options.mlflow` if given."""
     from specc.language.summary import describe
     from specc.training.tracking import MLflow, TensorBoard, Trackers, hparam_values
 
-    hparams = hparam_values({p.name: p.value for p in spec.params}, list(sets))
-    trackers = [TensorBoard(folder.path, spec.source.text, describe(spec, plan), hparams, resumed)]
-    if mlflow:
-        trackers.append(MLflow(mlflow, spec.name, folder.path, spec.source.text, hparams))
-    return Trackers(trackers)
+    hparams = hparam_values({p.name: p.value for p in spec.params}, list(options.sets))
+    trackers = [TensorBoard(folder.path, spec.source.text, describe(spec, plan), hparams, options.resume)]
+    if options.mlflow:
+        trackers.append(MLflow(options.mlflow, spec.name, folder.path, spec.source.text, hparams))
+    return Trackers(trackers, plan.steps_per_epoch)
 
 
-def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool,
-          parallel: bool = False) -> tuple[bool, str]:
-    """Whether to take the CUDA-graph step (None: wherever it applies, with a note on a CUDA device
-    where it does not; never by default in data-parallel training, as specc.training.steps.loop_kind decides,
-    its captured all-reduce being yet to be measured) and the loop's name for run.json."""
+def _loop(spec: Spec, device, options: RunOptions) -> tuple[bool, str]:
+    """Whether to take the CUDA-graph step (options.graph None: wherever it applies, with a note on a
+    CUDA device where it does not; never by default in data-parallel training, as
+    specc.training.steps.loop_kind decides, its captured all-reduce being yet to be measured) and
+    the loop's name for run.json."""
+    graph, device_step, quiet, parallel = options.graph, options.device_step, options.quiet, options.world.parallel
     if graph is None:
         from specc.training.fastpath import graph_reason
 
@@ -455,8 +477,9 @@ def _loop(spec: Spec, device, device_step: bool, graph: bool | None, quiet: bool
     return graph, "cuda-graph" if graph else "device-step" if device_step else "plain"
 
 
-def _announcement(spec: Spec, prepared, plan, device, loop: str, threads: int, state, world: World) -> str:
+def _announcement(spec: Spec, ready: _Ready, device, loop: str, threads: int, world: World) -> str:
     """The line that opens a run: what trains where, on how much data, and where a resumed run goes on."""
+    prepared, plan, state = ready.prepared, ready.plan, ready.state
     where = ""
     if state is not None and state.stage >= len(plan.stages):  # stopped after its last epoch
         where = ", resuming after the last epoch: writing the model"

@@ -1,14 +1,17 @@
 """Stages and steps: a stage of the plan + the model and its training batches -> the stage's set-up
 (frozen groups, optimizer) and the steps of each epoch, with the epoch's losses and learning rates.
 
-One interface (`Steps`) and three ways behind it, chosen once per stage: the plain loop
+One interface (`Steps`) and three ways behind it, chosen once per run: the plain loop
 (PlainSteps: index a batch, forward, backward, optimizer and scheduler step) and specc.training.fastpath's
-device-resident step (DeviceSteps), taken as it is or replayed from a CUDA graph."""
+device-resident step (DeviceSteps), taken as it is or replayed from a CUDA graph. The step factory
+(`step_factory`) makes them; in data-parallel training its steps all-reduce, which the loop never
+sees (specc.training.distributed.data_parallel), as nanoGPT's loop never sees DDP."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,8 +21,10 @@ from specc.data.augment import augmenter
 from specc.language.spec import Spec
 from specc.model.plan import TrainPlan
 from specc.training import fastpath
+from specc.training.distributed import barrier, broadcast_model, data_parallel
 from specc.training.metrics import batch_loss
 from specc.training.optim import make_optimizer, make_scheduler, module_groups, schedule_tables, stage_groups
+from specc.training.world import World
 
 CHECK_EVERY = 64  # steps between looks at the plain loop's losses for NaN (one host sync each)
 
@@ -161,16 +166,49 @@ class Steps(Protocol):
         """The schedule's state dict (None for a constant rate)."""
 
 
-def run_epoch(steps: Steps, first: int, total: int, stop, live) -> int:
-    """Steps `first`..total-1 of an epoch, the live line updated after each; returns the step a
-    stop request came before (`total` when none came)."""
+def run_epoch(steps: Steps, first: int, total: int, stop, listener) -> int:
+    """Steps `first`..total-1 of an epoch, the listener told after each (Listener.on_step); returns
+    the step a stop request came before (`total` when none came)."""
+    on_step = listener.on_step
     for s in range(first, total):
         if stop is not None and stop.requested:
             return s
         steps.step(s)
-        if live is not None:
-            live.update(s, steps)
+        on_step(s)
     return total
+
+
+@dataclass(frozen=True)
+class StepFactory:
+    """Every stage's steps, taken the run's one way (`loop`, chosen once). In data-parallel
+    training (`world`) a stage's steps all-reduce each step's gradients, loss and stop flag, and
+    the ops that draw random numbers per row draw the whole batch's, each rank keeping its rows
+    (specc.training.distributed.data_parallel): the loop that asks for the steps never sees it."""
+
+    spec: Spec
+    loop: str
+    device: torch.device
+    watch: NanWatch
+    world: World
+    stop: object  # the run's specc.training.loop.StopRequest, or None
+
+    @contextlib.contextmanager
+    def steps(self, stage, setup: StageSetup, batches: Batches, resumed=None) -> Iterator[Steps]:
+        """The stage's steps (see stage_steps), for the block."""
+        with data_parallel(self.world, setup.model, self.stop) as sync:
+            yield stage_steps(self.loop, self.spec, stage, setup, batches, self.watch, self.device, resumed, sync)
+
+
+@contextlib.contextmanager
+def step_factory(spec: Spec, model, device: torch.device, options, stop) -> Iterator[StepFactory]:
+    """The run's StepFactory for the block, its loop chosen from `options` (a
+    specc.training.options.RunOptions: device_step, graph, world). Every rank starts from rank 0's
+    weights; once every stage is done, each waits for the others (then rank 0 writes the model)."""
+    world = options.world
+    loop = loop_kind(spec, device, options.device_step, options.graph, world.parallel)
+    broadcast_model(world, model)  # every rank starts from rank 0's numbers
+    yield StepFactory(spec, loop, device, NanWatch(spec.train.stop_on_nan, quiet=not world.writes), world, stop)
+    barrier(world, "waiting for every rank to finish")
 
 
 def stage_steps(loop: str, spec, stage, setup: StageSetup, batches: Batches, watch: NanWatch, device,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from specc.language.diagnostics import first_line
+from specc.training.listeners import Listener
 
 EVENTS = re.compile(r"events\.out\.tfevents\.[A-Za-z0-9._-]+")  # tensorboardX's event file names
 # Steps of an epoch written to TensorBoard at most: a step's event costs about 20 us to write, so
@@ -205,22 +206,27 @@ def artifact_location(uri: str) -> str | None:
     return (Path(path).resolve().parent / "mlartifacts").as_uri()
 
 
-class Trackers:
-    """Every tracker of a run, told the same things."""
+class Trackers(Listener):
+    """Every tracker of a run, told the same things, as a listener of the loop: each epoch's
+    numbers; at the end (on_finish) the final ones, everything closed; close() after a run that
+    stopped (interrupted, failed) closes the files, keeping what was logged."""
 
-    def __init__(self, trackers: list):
-        self.trackers = trackers
+    def __init__(self, trackers: list, steps_per_epoch: int):
+        self.trackers, self.steps_per_epoch = trackers, steps_per_epoch
+        self.ended = False
 
-    def epoch(self, record, history, steps_per_epoch: int) -> None:
+    def on_epoch(self, model, record, history, state) -> None:
         for t in self.trackers:
-            t.epoch(record, history, steps_per_epoch)
+            t.epoch(record, history, self.steps_per_epoch)
 
-    def end(self, record) -> None:
+    def on_finish(self, history) -> None:
         """The run finished: final numbers logged, everything closed."""
+        self.ended = True
         for t in self.trackers:
-            t.end(record)
+            t.end(history.records[-1] if history.records else None)
 
     def close(self) -> None:
-        """The run stopped (interrupted, failed): what was logged stays, the files are closed."""
-        for t in self.trackers:
-            t.close()
+        if not self.ended:  # a finished run's trackers closed at its end
+            self.ended = True
+            for t in self.trackers:
+                t.close()

@@ -7,12 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from specc.data.files import resolved as resolved_path
+from specc.data.sources import source_def
+from specc.data.sources.base import Char, Choice, Flag, ImageSize, Names, Texts
 from specc.language import ast, codes
 from specc.language.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, shown
 from specc.language.diagnostics import suggest
 from specc.language.spec import (
-    CATEGORY, FLOAT, Augment, IMAGE_COLUMN, IMAGE_MODES, LABEL_COLUMN, PROCS, Column, CsvSource, DataSpec, ImagesSource,
-    LastSplit, NpzSource, ParquetSource, RandomSplit, RowSplit,
+    CATEGORY, FLOAT, Augment, PROCS, Column, DataSpec, LastSplit, RandomSplit, RowSplit,
 )
 
 
@@ -62,38 +63,16 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
     if target is not None and target.kind == CATEGORY and target.shape:
         c.error(codes.BAD_COLUMN, "a category target holds one value per row", target.span)
         return result
-    if isinstance(source, CsvSource) and inputs is not None and target is not None:
-        _csv_columns(c, source, (*inputs, target))
-    if isinstance(source, ParquetSource) and source.columns is not None and inputs is not None and target is not None:
-        _selected(c, source.columns, (*inputs, target))
-    if isinstance(source, ImagesSource) and inputs is not None and target is not None:
-        before = len(c.errors)
-        fixed = _image_columns(c, source, inputs, target)
-        if len(c.errors) > before:  # the model block is checked against the image as the source gives it
-            return dataclasses.replace(result, columns=fixed)
+    if source is not None and inputs is not None and target is not None:  # what only the source rules out
+        problems, given = source_def(source.kind).columns(source, inputs, target)
+        c.errors += problems
+        if problems and given is not None:  # the model block is checked against the columns the source gives
+            return dataclasses.replace(result, columns=given)
     if not ok or None in (source, inputs, target, batch, procs, keep, train_rows) or \
             ("valid" in found and valid is None) or augment is False:
         return result
     spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None, augment)
     return DataResult(spec, inputs, inputs_failed, target, procs)
-
-
-def _csv_columns(c: Checker, source: CsvSource, columns: tuple[Column, ...]) -> None:
-    """A CSV column holds one value per row, and is one of the columns the source names."""
-    for col in columns:
-        if col.shape:
-            c.error(codes.BAD_COLUMN, f"column '{col.name}': a CSV column holds one value per row", col.span,
-                    ["arrays per row come from npz(...) and parquet(...) sources"])
-    if source.columns is not None:
-        _selected(c, source.columns, columns)
-
-
-def _selected(c: Checker, names: tuple[str, ...], columns: tuple[Column, ...]) -> None:
-    """Every column the spec reads is one of the source's `columns=[...]`."""
-    for col in columns:
-        if col.name not in names:
-            c.error(codes.UNKNOWN_NAME, f"unknown column '{col.name}'", col.span,
-                    suggest(col.name, names) or [f"the source's columns are {', '.join(names)}"])
 
 
 def _augment(c: Checker, expr: ast.Expr, inputs) -> Augment | bool:
@@ -154,134 +133,84 @@ def _procs(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _source(c: Checker, expr: ast.Expr) -> CsvSource | NpzSource | ImagesSource | ParquetSource | None:
-    """csv(...), tsv(...), npz(...), images(...) or parquet(...), its path resolved against the spec's folder."""
+def _source(c: Checker, expr: ast.Expr):
+    """A source call bound against its declaration (specc.data.sources): each argument checked as its
+    field says, defaults filled in, the path resolved against the spec's folder; None on an error."""
     bound = c.bind(expr, "source", "source")
     if bound is None:
         return None
     func, args, call = bound
+    defn = source_def(func)
     path_text = c.string(args["path"], "path")
     span = args["path"].span
     if path_text is not None and ("\x00" in path_text or not path_text.strip()):
         c.error(codes.BAD_TEXT, "path: expected a file name", span)
+        return None  # nothing else is checked of a source with no file
+    before = len(c.errors)
+    values = {f.name: _argument(c, f, args[f.name]) if f.name in args else f.default for f in defn.params[1:]}
+    problem = defn.validate(values, set(args))
+    if problem is not None:
+        c.error(codes.BAD_ARGUMENTS, problem.message, call.span, problem.notes)
+    if path_text is None or len(c.errors) > before:
         return None
-    base = c.base_dir(span)
-    if func == "npz":
-        return None if path_text is None else NpzSource(resolved_path(base / path_text), span)
-    if func == "images":
-        return _images_source(c, args, None if path_text is None else resolved_path(base / path_text), span)
-    if func == "parquet":  # a file, or a folder of files; columns=[...] selects, as pyarrow's and pandas' do
-        columns = _column_names(c, args["columns"]) if "columns" in args else None
-        if path_text is None or ("columns" in args and columns is None):
+    return defn.make(resolved_path(c.base_dir(span) / path_text), values, span)
+
+
+def _argument(c: Checker, field, expr: ast.Expr):
+    """One argument of a source as its declared field reads it (None after reporting why not)."""
+    if isinstance(field, Char):
+        text = c.string(expr, field.name)
+        if text is not None and len(text) != 1:
+            c.error(codes.BAD_TEXT, f"{field.name} must be one character, found {len(text)}", expr.span,
+                    ['write a tab as "\\t"'])
             return None
-        return ParquetSource(resolved_path(base / path_text), columns, span)
-    delimiter = "\t" if func == "tsv" else ","
-    if "delimiter" in args:
-        delimiter = c.string(args["delimiter"], "delimiter")
-        if delimiter is not None and len(delimiter) != 1:
-            c.error(codes.BAD_TEXT, f"delimiter must be one character, found {len(delimiter)}",
-                    args["delimiter"].span, ['write a tab as "\\t"'])
-            delimiter = None
-    columns = _column_names(c, args["columns"]) if "columns" in args else None
-    header = columns is None
-    if "header" in args:
-        header = c.boolean(args["header"], "header")
-    if header is False and "columns" not in args:
-        c.error(codes.BAD_ARGUMENTS, "a source without a header needs columns=[...]", call.span,
-                ["e.g. csv(\"u.data\", delimiter=\"\\t\", header=false, columns=[user, item, rating, time])"])
-        return None
-    missing: tuple[str, ...] | None = ()
-    if "missing" in args:
-        value = args["missing"]
-        items = value.items if isinstance(value, ast.ListExpr) else (value,)
-        texts = [c.string(item, "missing") for item in items]
-        missing = None if None in texts else tuple(texts)
-    strip = c.boolean(args["strip"], "strip") if "strip" in args else False
-    if path_text is None or delimiter is None or header is None or ("columns" in args and columns is None) \
-            or missing is None or strip is None:
-        return None
-    return CsvSource(resolved_path(base / path_text), delimiter, header, columns, span, missing, strip)
+        return text
+    if isinstance(field, Flag):
+        return c.boolean(expr, field.name)
+    if isinstance(field, Names):
+        return _column_names(c, expr, field.name)
+    if isinstance(field, Texts):
+        texts = [c.string(item, field.name) for item in (expr.items if isinstance(expr, ast.ListExpr) else (expr,))]
+        return None if None in texts else tuple(texts)
+    if isinstance(field, Choice):
+        return _choice(c, field, expr)
+    if isinstance(field, ImageSize):
+        return _image_size(c, field, expr)
+    raise TypeError(f"no reader for the source field {field!r}")  # a bug: a field kind the checker lacks
 
 
-IMAGE_SIDE_MAX = 8192  # pixels: a larger image is surely a mistake in `size`
+def _choice(c: Checker, field: Choice, expr: ast.Expr) -> str | None:
+    """One of the field's choices, written as a string; a note for what was likely meant."""
+    value = c.string(expr, field.name)
+    if value is None or value in field.choices:
+        return value
+    lower = value.lower()
+    alias = field.aliases.get(lower)
+    notes = ([f"did you mean '{lower}'?"] if lower in field.choices else
+             [f"did you mean '{alias[0]}'? ({alias[1]})"] if alias else list(suggest(lower, field.choices)))
+    choices = " or ".join(f'"{k}"' for k in field.choices)
+    c.error(codes.BAD_TEXT, f'{field.name} must be {choices}, found "{value}"', expr.span,
+            notes or ["; ".join(f'"{k}": {v}' for k, v in field.choices.items())])
+    return None
 
 
-def _images_source(c: Checker, args: dict[str, ast.Expr], path, span) -> ImagesSource | None:
-    """images(path, size, mode="rgb", skip_broken=false): RGB by default, as torchvision's and
-    fastai's image folders are."""
-    size = _image_size(c, args["size"])
-    mode: str | None = "rgb"
-    if "mode" in args:
-        mode = c.string(args["mode"], "mode")
-        if mode is not None and mode not in IMAGE_MODES:
-            lower = mode.lower()
-            notes = ([f"did you mean '{lower}'?"] if lower in IMAGE_MODES else
-                     ["did you mean 'gray'? (Pillow's \"L\")"] if lower == "l" else list(suggest(lower, IMAGE_MODES)))
-            c.error(codes.BAD_TEXT, f'mode must be "gray" or "rgb", found "{mode}"', args["mode"].span,
-                    notes or ['"gray": one channel (Pillow\'s "L"); "rgb": three channels'])
-            mode = None
-    skip = c.boolean(args["skip_broken"], "skip_broken") if "skip_broken" in args else False
-    if path is None or size is None or mode is None or skip is None:
-        return None
-    return ImagesSource(path, size, mode, span, skip)
-
-
-def _image_size(c: Checker, expr: ast.Expr) -> tuple[int, int] | None:
+def _image_size(c: Checker, field: ImageSize, expr: ast.Expr) -> tuple[int, int] | None:
     """`size=(height, width)`, or one number for a square."""
     if isinstance(expr, ast.TupleExpr) and len(expr.items) == 2:
-        height, width = (c.integer(item, what, low=1, high=IMAGE_SIDE_MAX)
+        height, width = (c.integer(item, what, low=1, high=field.high)
                          for item, what in zip(expr.items, ("image height", "image width")))
         return None if height is None or width is None else (height, width)
     if isinstance(expr, (ast.TupleExpr, ast.ListExpr, ast.String)):
-        c.error(codes.WRONG_KIND, f"size: expected (height, width), found {shown(expr)}", expr.span,
-                ["e.g. size=(28, 28), or size=28 for 28 x 28"])
+        c.error(codes.WRONG_KIND, f"{field.name}: expected (height, width), found {shown(expr)}", expr.span,
+                [f"e.g. {field.name}=(28, 28), or {field.name}=28 for 28 x 28"])
         return None
-    side = c.integer(expr, "image size", low=1, high=IMAGE_SIDE_MAX)
+    side = c.integer(expr, "image size", low=1, high=field.high)
     return None if side is None else (side, side)
 
 
-def _image_columns(c: Checker, source: ImagesSource, inputs: tuple[Column, ...], target: Column) -> tuple[Column, ...]:
-    """An images(...) source gives two columns: `image`, the pixels (channels, height, width), an
-    input, and `label`, the class folder's name, the target. The inputs are returned with `image`
-    at the source's shape, for the model block to be checked against."""
-    shape = source.row_shape
-    image = f"{IMAGE_COLUMN}: float({', '.join(str(d) for d in shape)}) / 255"
-    label = f"{LABEL_COLUMN}: category"
-    declare = f"declare inputs = [{image}] and target = {label}"
-    gives = f"images(...) gives two columns: {IMAGE_COLUMN} (the pixels) and {LABEL_COLUMN} (the class folder's name)"
-    fixed = []
-    for col in inputs:
-        if col.name == IMAGE_COLUMN and (col.kind != FLOAT or col.shape != shape):
-            found = ("a category" if col.kind == CATEGORY else "one value per row" if not col.shape else
-                     f"shape ({', '.join(str(d) for d in col.shape)})")
-            channels = f"{shape[0]} channel{'s' if shape[0] > 1 else ''}"
-            c.error(codes.BAD_COLUMN, f"column '{IMAGE_COLUMN}' holds images of shape {shape} (mode=\"{source.mode}\": "
-                    f"{channels}; size={source.size}), but the spec declares {found}", col.span,
-                    [f"declare it as {image}"])
-            col = Column(col.name, FLOAT, col.span, shape, col.scale)
-        elif col.name == LABEL_COLUMN:
-            c.error(codes.BAD_COLUMN, f"column '{LABEL_COLUMN}' is each image's class: it is the target, not an input",
-                    col.span, [declare])
-        elif col.name != IMAGE_COLUMN:
-            c.error(codes.UNKNOWN_NAME, f"unknown column '{col.name}'", col.span,
-                    [*suggest(col.name, (IMAGE_COLUMN,)), gives, declare])
-        fixed.append(col)
-    if target.name == LABEL_COLUMN and target.kind != CATEGORY:
-        c.error(codes.BAD_COLUMN, f"column '{LABEL_COLUMN}' holds the class folder names: it is a category",
-                target.span, [f"declare it as target = {label}"])
-    elif target.name == IMAGE_COLUMN:
-        if all(col.name != IMAGE_COLUMN for col in inputs):  # else E103 says it is both
-            c.error(codes.BAD_COLUMN, f"column '{IMAGE_COLUMN}' holds the pixels: it is an input, not the target",
-                    target.span, [declare])
-    elif target.name != LABEL_COLUMN:
-        c.error(codes.UNKNOWN_NAME, f"unknown column '{target.name}'", target.span,
-                [*suggest(target.name, (LABEL_COLUMN,)), gives, declare])
-    return tuple(fixed)
-
-
-def _column_names(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:
+def _column_names(c: Checker, expr: ast.Expr, what: str) -> tuple[str, ...] | None:
     if not isinstance(expr, ast.ListExpr) or not expr.items:
-        c.error(codes.WRONG_KIND, f"columns: expected a list of column names, found {shown(expr)}", expr.span)
+        c.error(codes.WRONG_KIND, f"{what}: expected a list of column names, found {shown(expr)}", expr.span)
         return None
     names: list[str] = []
     for item in expr.items:
@@ -291,7 +220,7 @@ def _column_names(c: Checker, expr: ast.Expr) -> tuple[str, ...] | None:
                 c.error(codes.DEFINED_TWICE, f"column '{name}' is named twice", item.span)
             names.append(name)
         else:
-            c.error(codes.WRONG_KIND, f"columns: expected a column name, found {kind_of(item)}", item.span)
+            c.error(codes.WRONG_KIND, f"{what}: expected a column name, found {kind_of(item)}", item.span)
             return None
     return tuple(names)
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from specc.language import ast, codes
 from specc.language.check.values import (
-    LOSSES, METRICS, PRECISIONS, SIGNATURES, TRAIN_SETTINGS, Checker, bind_args, fmt, kind_of, shape_text, shown,
+    LOSSES, METRICS, PRECISIONS, SIGNATURES, TRAIN_SETTINGS, Checker, bind_args, constant, fmt, kind_of, shape_text,
+    shown,
 )
 from specc.language.diagnostics import suggest
 from specc.language.source import Span
 from specc.language.spec import (
-    FLOAT, SGD, Adam, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, RMSProp, SparseAdam, Stage,
-    TrainSpec,
+    FLOAT, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, Optimizer, Stage, TrainSpec,
 )
+from specc.training import optimizers
 
 _CALLS = tuple(SIGNATURES["fit"]) + tuple(SIGNATURES["stage"])
 
@@ -31,7 +32,7 @@ def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: Mode
     else:
         loss = _loss_name(c, found["loss"].value, LOSSES, "loss", target_kind)
     metrics = _metrics(c, found["metrics"].value, target_kind) if "metrics" in found else []
-    optimizer = _optimizer(c, found["optimizer"].value) if "optimizer" in found else Adam()
+    optimizer = _optimizer(c, found["optimizer"].value) if "optimizer" in found else optimizers.make(optimizers.DEFAULT)
     seed = c.integer(found["seed"].value, "seed") if "seed" in found else 0
     l2 = c.real(found["l2"].value, "l2", 0.0) if "l2" in found else 0.0
     stop_on_nan = c.boolean(found["stop_on_nan"].value, "stop_on_nan") if "stop_on_nan" in found else True
@@ -218,8 +219,8 @@ def _output_fits(c: Checker, out, target, loss: str) -> None:
                 ["end the model with linear(classes): 'classes' is the number of target classes"])
 
 
-def _loss_name(c: Checker, expr: ast.Expr, table: dict[str, str], what: str, target_kind: str | None) -> str | None:
-    """A loss or metric by name, one that fits the target's kind."""
+def _loss_name(c: Checker, expr: ast.Expr, table: dict, what: str, target_kind: str | None) -> str | None:
+    """A loss or metric by name (a key of `table`, LOSSES or METRICS), one that fits the target's kind."""
     if isinstance(expr, ast.Call) and not expr.args and not expr.keywords:
         expr = expr.func
     if not isinstance(expr, ast.Name):
@@ -230,36 +231,30 @@ def _loss_name(c: Checker, expr: ast.Expr, table: dict[str, str], what: str, tar
         c.error(codes.UNKNOWN_FUNCTION, f"unknown {what} '{expr.id}'", expr.span,
                 suggest(expr.id, table) or [f"known: {', '.join(table)}"])
         return None
-    if target_kind is not None and table[expr.id] != target_kind:
-        c.error(codes.TARGET_KIND, f"{what} '{expr.id}' needs a {table[expr.id]} target, but the target is a "
+    if target_kind is not None and table[expr.id].target != target_kind:
+        c.error(codes.TARGET_KIND, f"{what} '{expr.id}' needs a {table[expr.id].target} target, but the target is a "
                 f"{target_kind}", expr.span)
         return None
     return expr.id
 
 
-def _optimizer(c: Checker, expr: ast.Expr):
-    """adam(...), adamw(...), sgd(...), rmsprop(...) or sparse_adam(...)."""
+def _optimizer(c: Checker, expr: ast.Expr) -> Optimizer | None:
+    """An optimizer call, bound against its declaration (specc.training.optimizers): every argument
+    within its bounds, the others at their defaults, then the rule across them."""
     bound = c.bind(expr, "optimizer", "optimizer")
     if bound is None:
         return None
     func, args, _ = bound
-    wd = c.real(args["wd"], "wd", 0.0) if "wd" in args else 0.0
-    momentum = c.real(args["momentum"], "momentum", 0.0, 1.0, high_open=True) if "momentum" in args else 0.0
-    if func == "rmsprop":
-        alpha = c.real(args["alpha"], "alpha", 0.0, 1.0, high_open=True) if "alpha" in args else 0.99
-        eps = c.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
-        return None if None in (alpha, eps, momentum, wd) else RMSProp(alpha, eps, momentum, wd)
-    if func in ("adam", "adamw", "sparse_adam"):
-        betas = c.numbers(args["betas"], "betas", (0.9, 0.99), 0.0, 1.0) if "betas" in args else (0.9, 0.999)
-        eps = c.real(args["eps"], "eps", 0.0, low_open=True) if "eps" in args else 1e-8
-        kind = SparseAdam if func == "sparse_adam" else Adam
-        return None if None in (betas, eps, wd) else kind(betas, eps, wd)
-    nesterov = c.boolean(args["nesterov"], "nesterov") if "nesterov" in args else False
-    dampening = c.real(args["dampening"], "dampening", 0.0, 1.0, high_open=True) if "dampening" in args else 0.0
-    if nesterov and (momentum == 0.0 or dampening):
-        c.error(codes.CONFLICT, "nesterov needs a momentum above 0 and no dampening", args["nesterov"].span)
+    defn = optimizers.NAMES[func]
+    values = {f.name: constant(c, f, args[f.name]) if f.name in args else f.default for f in defn.params}
+    if None in values.values():
         return None
-    return None if None in (momentum, wd, nesterov, dampening) else SGD(momentum, wd, nesterov, dampening)
+    problem = defn.validate(values) if defn.validate is not None else None
+    if problem is not None:
+        first, last = (args[p] for p in (problem.params[0], problem.params[-1]))
+        c.error(codes.CONFLICT, problem.message, first.span.to(last.span), list(problem.notes))
+        return None
+    return defn.make(**values)
 
 
 def _fit(c: Checker, call: ast.Call):

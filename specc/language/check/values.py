@@ -7,12 +7,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from specc.data.sources import SOURCES
 from specc.language import ast, codes, params
 from specc.language.codes import Code
 from specc.language.diagnostics import Diagnostic, suggest
 from specc.language.source import Span
 from specc.language.spec import CATEGORY, CLASSES, FLOAT, PROCS
 from specc.model import ops
+from specc.model.ops.base import Bool, Int, Real, Reals
+from specc.training import losses, optimizers
 
 BLOCKS = ("data", "model", "train")
 OPTIONAL_BLOCKS = (params.BLOCK,)
@@ -41,13 +44,8 @@ def _sig(*names: str) -> tuple[Param, ...]:
 # Every function a spec may call, by where it may appear. `--set` uses these to map a
 # keyword onto a positional argument.
 SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
-    "source": {
-        "csv": _sig("path", "delimiter?", "header?", "columns?", "missing?", "strip?"),
-        "tsv": _sig("path", "header?", "columns?", "missing?", "strip?"),
-        "npz": _sig("path"),
-        "images": _sig("path", "size", "mode?", "skip_broken?"),
-        "parquet": _sig("path", "columns?"),
-    },
+    # the sources of specc.data.sources: each source's declaration gives its parameters
+    "source": {name: tuple(Param(f.name, f.required) for f in defn.params) for name, defn in SOURCES.items()},
     "augment": {
         "flip": _sig(),
         "crop": _sig("padding"),
@@ -60,13 +58,9 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
     # the ops of specc.model.ops: each op's declaration gives its parameters
     "model": {name: tuple(Param(f.name, f.required, getattr(f, "many", False)) for f in defn.params)
               for name, defn in ops.FUNCTIONS.items()},
-    "optimizer": {
-        "adam": _sig("betas?", "eps?", "wd?"),
-        "adamw": _sig("betas?", "eps?", "wd?"),
-        "sgd": _sig("momentum?", "wd?", "nesterov?", "dampening?"),
-        "rmsprop": _sig("alpha?", "eps?", "momentum?", "wd?"),
-        "sparse_adam": _sig("betas?", "eps?", "wd?"),
-    },
+    # the optimizers of specc.training.optimizers (aliases too): each declaration gives its parameters
+    "optimizer": {name: tuple(Param(f.name, f.required) for f in defn.params)
+                  for name, defn in optimizers.NAMES.items()},
     "fit": {
         "fit": _sig("epochs", "lr"),
         "fit_one_cycle": _sig("epochs", "lr", "pct_start?", "div?", "final_div?", "moms?"),
@@ -78,12 +72,9 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "early_stop": _sig("monitor?", "patience?", "keep_best?"),
     },
 }
-# loss -> (target kind, what the model's output must be)
-LOSSES = {
-    "mse": FLOAT, "l1": FLOAT, "bce": FLOAT, "bce_with_logits": FLOAT,
-    "cross_entropy": CATEGORY, "nll": CATEGORY,
-}
-METRICS = {"rmse": FLOAT, "mse": FLOAT, "mae": FLOAT, "accuracy": CATEGORY, "error_rate": CATEGORY}
+# the losses and metrics of specc.training.losses: name -> declaration (the target kind it needs, ...)
+LOSSES = losses.LOSSES
+METRICS = losses.METRICS
 # Words a spec uses as names (functions, losses, metrics, procs, types...): a param cannot take one.
 RESERVED = frozenset({"true", "false", CLASSES, "find", "valid_loss", *BLOCKS, *LOSSES, *METRICS, *PROCS,
                       *COLUMN_TYPES, *(f for table in SIGNATURES.values() for f in table)})
@@ -303,6 +294,21 @@ def bind_args(call: ast.Call, signature: tuple[Param, ...]) -> dict[str, ast.Exp
     bound = {p.name: arg for p, arg in zip(signature, call.args)}
     bound.update({kw.name.id: kw.value for kw in call.keywords})
     return bound
+
+
+def constant(c: Checker, field, expr: ast.Expr):
+    """A constant argument within its declared bounds (a field of specc.model.ops.base: Real, Int,
+    Bool, Reals), or None after reporting why not."""
+    what = getattr(field, "what", None) or field.name
+    if isinstance(field, Bool):
+        return c.boolean(expr, what)
+    if isinstance(field, Reals):
+        return c.numbers(expr, what, field.example or field.default, field.low, field.high, field.high_open)
+    if isinstance(field, Int):
+        return c.integer(expr, what, low=field.low, high=field.high)
+    if isinstance(field, Real):
+        return c.real(expr, what, field.low, field.high, low_open=field.low_open, high_open=field.high_open)
+    raise TypeError(f"no constant is read for a {type(field).__name__} field")  # a declaration's mistake
 
 
 # ---------------------------------------------------------------- how messages show things

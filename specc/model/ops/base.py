@@ -110,6 +110,24 @@ class Bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Reals:
+    """A tuple of as many constant numbers as `default` holds, each within [low, high] (`high_open`:
+    below high), such as Adam's betas; `example` is what the note of a wrong one shows (default: `default`)."""
+
+    name: str
+    default: tuple[float, ...]
+    low: float = 0.0
+    high: float = 1.0
+    high_open: bool = True
+    example: tuple[float, ...] = ()
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
 class Size:
     """A layer size: a whole number, or `classes` (the number of target classes)."""
 
@@ -143,7 +161,7 @@ class Given:
     doc: str = ""
 
 
-Field = Union[Tensor, Real, Int, Dims, Bool, Size, CategoryColumn, Given]
+Field = Union[Tensor, Real, Int, Dims, Bool, Reals, Size, CategoryColumn, Given]
 
 
 # ---------------------------------------------------------------- rules
@@ -216,7 +234,17 @@ class OpDef:
     expand           a block's expansion into primitives, once the data is read
     callable         False for ops made by the syntax (`a + b`) or by the checker (input columns)
     example          one model-block line using it (the coverage test builds a spec of them)
-    batch_statistics it normalises over the batch while training: a one-row batch cannot train it
+    batch_statistics it normalises over the batch while training, keeping running statistics (its
+                     module's floating-point buffers) for evaluation: a one-row batch cannot train
+                     it, and data-parallel training averages those buffers over the processes
+    random_per_row   it draws random numbers for each row of the batch while training (dropout), each
+                     row's output from its own row and numbers: data-parallel training runs it over
+                     the whole batch's shape on every process, each keeping its rows, so N processes
+                     draw what one does (specc.training.distributed.RowSlices)
+    lookup           its output rows are rows of its weight table (`weight`, rows x width) picked by
+                     a category column's indices (embedding): training may gather the rows itself
+                     (specc.training.fastpath), a sparse optimizer updates only the rows looked up,
+                     export may index the table by the raw id (specc.export.ids)
     unsized_params   (op) -> the summary's parameter count before the data is read
     kept             float32-sized numbers a training step holds per number of its output, until
                      the backward pass has used them: 1, its output (kept by the op or the next);
@@ -237,6 +265,8 @@ class OpDef:
     callable: bool = True  # False: made by the syntax (a + b) or by the checker (input columns)
     example: str = ""  # a model-block line using it, for the docs and the coverage test
     batch_statistics: bool = False
+    random_per_row: bool = False
+    lookup: bool = False
     unsized_params: Callable | None = None  # op -> text, e.g. "(n_user + 1) x 40"
     kept: float = 1.0  # numbers held for the backward pass per number of its output (see above)
 

@@ -99,7 +99,7 @@ OPS = (
           infer=_embedding_shape, weights=_embedding_weights,
           sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.column]),
           unsized_params=lambda op: f"(n_{op.column} + 1) x {op.dim}",  # its rows are the column's categories
-          example="emb = embedding(c, 3)"),
+          lookup=True, example="emb = embedding(c, 3)"),
     OpDef("dot", "row-wise dot product of two values of the same width", (Tensor("a"), Tensor("b")),
           infer=_dot_shape, example="dt = dot(h, h)"),
     OpDef("sigmoid_range", "`sigmoid(x) * (high - low) + low`: squashes into (low, high)",
@@ -124,7 +124,7 @@ OPS = (
     OpDef("dropout", "zeroes each number with probability p while training, the rest scaled by 1/(1-p); "
           "nothing in evaluation or export",
           (X, Real("p", 0.0, 1.0, high_open=True, what="dropout probability")),
-          kept=1.25, example="dr = dropout(h, 0.5)"),  # and its mask, a byte a number
+          random_per_row=True, kept=1.25, example="dr = dropout(h, 0.5)"),  # and its mask, a byte a number
     OpDef("batchnorm", "normalises each feature (or each channel of an image) over the batch while training "
           "(nn.BatchNorm1d, nn.BatchNorm2d), with running statistics in evaluation and export", (X,),
           infer=_features_or_channels, weights=_per_feature_weights, batch_statistics=True,
