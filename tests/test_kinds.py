@@ -63,6 +63,15 @@ def _rmsprop(a, groups):
     return _Decayed(torch.optim.RMSprop(groups, alpha=a["alpha"], eps=a["eps"], momentum=a["momentum"]), a["wd"])
 
 
+def _radam(a, groups):
+    return _Decayed(torch.optim.RAdam(groups, betas=a["betas"], eps=a["eps"], foreach=False), a["wd"])
+
+
+def _nadam(a, groups):
+    return _Decayed(torch.optim.NAdam(groups, betas=a["betas"], eps=a["eps"], momentum_decay=a["momentum_decay"],
+                                      foreach=False), a["wd"])
+
+
 # Each declared optimizer: arguments other than its defaults, and torch's own optimizer doing the same.
 # sparse_adam against AdamW over a dense table: the batch looks up the same rows at every step, and
 # without weight decay AdamW leaves the other rows as they are (zero moments), as the lazy rule does
@@ -72,6 +81,8 @@ REFERENCES = {
     "sgd": ({"momentum": 0.9, "wd": 0.1, "nesterov": True}, _sgd),
     "rmsprop": ({"alpha": 0.9, "eps": 1e-6, "momentum": 0.5, "wd": 0.1}, _rmsprop),
     "sparse_adam": ({"betas": (0.8, 0.95), "eps": 1e-6}, _adamw),
+    "radam": ({"betas": (0.8, 0.95), "eps": 1e-6, "wd": 0.1}, _radam),
+    "nadam": ({"betas": (0.8, 0.95), "eps": 1e-6, "wd": 0.1, "momentum_decay": 0.01}, _nadam),
 }
 
 

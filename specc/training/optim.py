@@ -87,6 +87,18 @@ def _rmsprop(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
     return DecoupledRMSprop(params, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, wd=opt.wd)
 
 
+@builds("radam")
+def _radam(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.RAdam(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd,
+                             decoupled_weight_decay=True)
+
+
+@builds("nadam")
+def _nadam(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.NAdam(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd,
+                             momentum_decay=opt.momentum_decay, decoupled_weight_decay=True)
+
+
 @builds("sparse_adam")
 def _lazy_adam(opt: Optimizer, params: list, lr: float) -> torch.optim.Optimizer:
     return LazyAdam(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.wd)
