@@ -49,7 +49,7 @@ def test_spec_error_exit_1_with_diagnostics(tiny, capsys):
     assert main(["check", str(tiny), "--set", "train.optimizer=adamm()"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("--set:1:17: error[E202]: unknown optimizer 'adamm'")
-    assert "did you mean 'adam', 'adamw'?" in err
+    assert "did you mean 'adam', 'radam', 'nadam'?" in err
 
 
 def test_data_error_exit_1_without_traceback(tiny, capsys):

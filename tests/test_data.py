@@ -65,14 +65,19 @@ def test_prepare_encodes_train_and_valid(tmp_path):
 
 
 def test_data_error_messages(tmp_path):
-    assert _data_error(tmp_path, "") == "TMP/r.csv: error[D102]: the file is empty"
-    assert _data_error(tmp_path, "user,item,rating\n") == "TMP/r.csv: error[D102]: the file has no data rows"
+    assert _data_error(tmp_path, "") == "TMP/r.csv: error[D122]: the file is empty"
+    assert _data_error(tmp_path, "user,item,rating\n") == "TMP/r.csv: error[D122]: the file has no data rows"
     assert _data_error(tmp_path, "user,item,rating\n1,2,3\n4,5\n") == \
         "TMP/r.csv:3: error[D103]: expected 3 fields, found 2"
     assert _data_error(tmp_path, "user,item,rating\n1,2,3\n4,5,x\n") == \
         "TMP/r.csv:3: error[D104]: column 'rating': expected a number, found 'x'"
     assert _data_error(tmp_path, "user,item,rating\n1,2,3\n4,5,nan\n") == \
         "TMP/r.csv:3: error[D105]: column 'rating': expected a finite number, found a missing value (NaN)"
+    # what Python's csv module cannot parse: a D123 (once a D102), in the header or a row
+    assert _data_error(tmp_path, "user,item," + "r" * 140_000 + "\n1,2,3\n") == \
+        "TMP/r.csv:1: error[D123]: cannot be parsed: field larger than field limit (131072)"
+    assert _data_error(tmp_path, 'user,item,rating\n1,"2,3\n4,5,6\n') == \
+        "TMP/r.csv:3: error[D123]: cannot be parsed: unexpected end of data"
 
 
 def test_missing_file_is_reported_at_the_line_that_names_it(tmp_path):

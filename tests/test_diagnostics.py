@@ -20,6 +20,7 @@ from helpers import ROOT
 from regen_errors import check_argv
 from specc.commands.cli import main
 from specc.language import codes
+from specc.language.diagnostics import DataError
 
 ERRORS = "tests/data/errors"
 
@@ -147,30 +148,68 @@ def test_a_very_deep_expression_is_a_diagnostic(tmp_path, capsys):
 # ---------------------------------------------------------------- the codes
 
 
+def _docs_section() -> str:
+    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    return text.split("\n## Diagnostics\n", 1)[1].split("\n## ", 1)[0]
+
+
 def _docs_table_of_codes() -> list[tuple[str, str]]:
     """(code, meaning) of each row of the docs' table of spec diagnostics (E and W codes), in order."""
-    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
-    section = text.split("\n## Diagnostics\n", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| ([EW][^|]*?) \| (.*) \|$", section, re.M)
+    rows = re.findall(r"^\| ([EW][^|]*?) \| (.*) \|$", _docs_section(), re.M)
     for code, _ in rows:
         assert re.fullmatch(r"[EW]\d{3}", code), f"one code per row of the table, found {code!r}"
     return rows
 
 
+def _docs_table_of_data_codes() -> list[tuple[str, str, str]]:
+    """(code, parent or "", meaning) of each row of the docs' table of data errors (D codes), in order."""
+    rows = re.findall(r"^\| (D[^|]*?) \| ([^|]*?) *\| (.*) \|$", _docs_section(), re.M)
+    for code, parent, _ in rows:
+        assert re.fullmatch(r"D\d{3}", code), f"one code per row of the table, found {code!r}"
+        assert re.fullmatch(r"(D\d{3})?", parent), f"{code}: a parent is one code, found {parent!r}"
+    return rows
+
+
 def test_the_docs_table_of_codes_is_specc_codes():
-    expected = [(c.code, c.description) for c in codes.ALL]
+    expected = [(c.code, c.description) for c in codes.ALL if c.code[0] in "EW"]
     table = "\n".join(f"| {code} | {meaning} |" for code, meaning in expected)
     assert _docs_table_of_codes() == expected, f"docs/language.md's table of codes should read:\n{table}"
 
 
+def test_the_docs_table_of_data_codes_is_specc_codes():
+    # Both ways: every D-code of codes.py has its row, with its parent and meaning, and no row is
+    # of a code codes.py lacks.
+    expected = [(c.code, c.parent.code if c.parent else "", c.description) for c in codes.ALL if c.code[0] == "D"]
+    table = "\n".join(f"| {code} | {parent} | {meaning} |" for code, parent, meaning in expected)
+    assert len(expected) >= 19
+    assert _docs_table_of_data_codes() == expected, f"docs/language.md's table of data codes should read:\n{table}"
+
+
 def test_each_code_is_named_once():
-    assert len(codes.ALL) >= 30
+    assert len(codes.ALL) >= 50
     assert len(codes.BY_CODE) == len(codes.ALL), "two names for one code"
     for code in codes.ALL:
-        assert re.fullmatch(r"[EW]\d{3}", code.code), code
+        assert re.fullmatch(r"[EWD]\d{3}", code.code), code
         assert code.description and code.description == code.description.strip(), code
         assert str(code) == code.code  # what `error[...]` shows
-    assert [c.code for c in codes.ALL] == sorted(c.code for c in codes.ALL)
+    # the spec's errors, its warnings, then the data's, each in order of their numbers
+    assert [c.code for c in codes.ALL] == sorted((c.code for c in codes.ALL), key=lambda c: ("EWD".index(c[0]), c))
+
+
+def test_a_sub_code_is_split_from_a_code_of_its_own_kind():
+    children = [c for c in codes.ALL if c.parent is not None]
+    assert {c.code for c in children} == {"D121", "D122", "D123", "D124", "D125", "D126"}
+    for child in children:
+        assert child.parent in codes.ALL and child.parent.parent is None, child  # one level, as mypy's
+        assert child.parent.code[0] == child.code[0] and child.parent.code < child.code, child
+    assert {c.parent for c in children} == {codes.DAMAGED_FILE}
+
+
+def test_a_data_error_shows_its_own_code_only():
+    # as mypy does: a sub-code's message names it, not its parent
+    err = DataError("f.csv", "byte 0xff is not UTF-8 text", line=3, column="x", code=codes.NOT_UTF8)
+    assert str(err) == "f.csv:3: error[D121]: column 'x': byte 0xff is not UTF-8 text"
+    assert err.code is codes.NOT_UTF8 and err.code.parent is codes.DAMAGED_FILE
 
 
 def _sources() -> dict[str, str]:
@@ -179,7 +218,8 @@ def _sources() -> dict[str, str]:
 
 
 def test_diagnostics_use_the_named_codes():
-    bare = [(path, m) for path, text in _sources().items() for m in re.findall(r"[\"'][EW]\d{3}[\"']", text)]
+    # D-codes too: no "D102" in specc/ outside codes.py, where each is named once with its meaning
+    bare = [(path, m) for path, text in _sources().items() for m in re.findall(r"[\"'][EWD]\d{3}[\"']", text)]
     assert not bare, f"codes written as strings instead of specc.language.codes' names: {bare}"
 
 

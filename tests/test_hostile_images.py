@@ -597,13 +597,13 @@ def test_strings_of_an_npz_that_are_not_utf8_are_named_not_exported(tmp_path, ca
     spec = tmp_path / "n.spec"
     spec.write_text(NPZ_SPEC.format(data="bad_y.npz"))
     assert failed(capsys, "check", spec) == (
-        f"{tmp_path / 'bad_y.npz'}: error[D102]: array 'y' holds a string that is not UTF-8 text at index 1 "
+        f"{tmp_path / 'bad_y.npz'}: error[D121]: array 'y' holds a string that is not UTF-8 text at index 1 "
         "('caf\\xe9')")
     spec.write_text(NPZ_SPEC.format(data="good.npz"))
     passed(capsys, "train", spec, "--out", tmp_path / "run", "--quiet")
     for command in ("predict", "evaluate"):
         assert failed(capsys, command, tmp_path / "run" / "model.onnx", tmp_path / "bad_c.npz") == (
-            f"{tmp_path / 'bad_c.npz'}: error[D102]: array 'c', index 1: holds a string that is not UTF-8 text "
+            f"{tmp_path / 'bad_c.npz'}: error[D121]: array 'c', index 1: holds a string that is not UTF-8 text "
             "('caf\\xe9')")
 
 

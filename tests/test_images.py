@@ -362,7 +362,7 @@ def test_split_folder_errors(tmp_path, capsys):
         "point the source at s/train/ (the spec's valid split then divides its images)\n")
     folder_of(root / "valid", {"a": 1, "zebra": 1})
     assert check_err(spec_over(tmp_path, root), capsys) == (
-        f"{root / 'valid' / 'zebra'}: error[D111]: class 'zebra' of valid/ has no folder in train/: the model can "
+        f"{root / 'valid' / 'zebra'}: error[D109]: class 'zebra' of valid/ has no folder in train/: the model can "
         "only learn the classes it trains on\n")
     numbers = folder_of(tmp_path / "numbers", {"07": 1, "7": 1, "8": 1})
     assert check_err(spec_over(tmp_path, numbers), capsys) == (

@@ -368,7 +368,7 @@ def test_a_bad_byte_is_reported_at_its_line(collab, tmp_path, capsys):
     body = "".join(f"{k % 50 + 1},{k % 70 + 1}\n" for k in range(299))
     rows.write_bytes(b"user,item\n" + body.encode() + b"3,\xe9\n")
     assert _predict(capsys, collab / "model.onnx", rows)[:3:2] == (1, (
-        f"{rows}:301: error[D102]: column 'item': byte 0xe9 is not UTF-8 text; specc reads text files as UTF-8: "
+        f"{rows}:301: error[D121]: column 'item': byte 0xe9 is not UTF-8 text; specc reads text files as UTF-8: "
         "convert it (e.g. iconv -f latin1 -t utf-8)\n"))
     # a column the model does not read may hold any bytes
     rows.write_bytes(b"user,item,note\n" + b"1,2,caf\xe9\n")
@@ -379,12 +379,12 @@ def test_a_bad_byte_in_a_specs_data_is_reported_at_its_line(tmp_path, capsys):
     body = ratings_rows(20, 15)
     spec = collab_over(tmp_path, b"user,item,rating\n" + body.encode() + b"3,4,\xff\n" + body.encode())
     assert main(["check", str(spec)]) == 1
-    assert capsys.readouterr().err == (f"{tmp_path / 'r.csv'}:302: error[D102]: column 'rating': byte 0xff is not "
+    assert capsys.readouterr().err == (f"{tmp_path / 'r.csv'}:302: error[D121]: column 'rating': byte 0xff is not "
                                        "UTF-8 text; specc reads text files as UTF-8: convert it (e.g. iconv -f latin1 "
                                        "-t utf-8)\n")
     (tmp_path / "r.csv").write_bytes(b"us\xe9r,item,rating\n" + body.encode())
     assert main(["check", str(spec)]) == 1
-    assert capsys.readouterr().err.endswith("r.csv:1: error[D102]: byte 0xe9 is not UTF-8 text; specc reads text "
+    assert capsys.readouterr().err.endswith("r.csv:1: error[D121]: byte 0xe9 is not UTF-8 text; specc reads text "
                                             "files as UTF-8: convert it (e.g. iconv -f latin1 -t utf-8)\n")
 
 
@@ -427,12 +427,13 @@ def test_npz_files_that_are_not_archives(digits, tmp_path, capsys):
     model = run / "model.onnx"
     cases = {
         "pickle.npz": (np.savez, {"x": np.array([{"a": 1}] * 2, dtype=object)},
-                       "array 'x' holds Python objects; specc never unpickles data"),
-        "garbage.npz": (None, b"not an archive", "is not an .npz archive of arrays (numpy's format, as np.savez writes)"),
+                       "array 'x' holds Python objects; specc never unpickles data", "D124"),
+        "garbage.npz": (None, b"not an archive", "is not an .npz archive of arrays (numpy's format, as np.savez writes)",
+                        "D102"),
         "single.npy": (np.save, test["x"], "is a single .npy array (shape (100, 784)), not an .npz archive of named "
-                                           "arrays: save it with np.savez(file, name=array)"),
+                                           "arrays: save it with np.savez(file, name=array)", "D102"),
     }
-    for name, (write, data, message) in cases.items():
+    for name, (write, data, message, code) in cases.items():
         path = tmp_path / name
         if write is None:
             path.write_bytes(data)
@@ -440,7 +441,7 @@ def test_npz_files_that_are_not_archives(digits, tmp_path, capsys):
             write(path, **data)
         else:
             write(path, data)
-        assert _predict(capsys, model, path)[:3:2] == (1, f"{path}: error[D102]: {message}\n"), name
+        assert _predict(capsys, model, path)[:3:2] == (1, f"{path}: error[{code}]: {message}\n"), name
     whole = (run.parent / "test.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
     assert _predict(capsys, model, tmp_path / "cut.npz")[2] == (
@@ -554,14 +555,14 @@ def test_inspect_names_file_options(collab, ratings_dir, tmp_path, capsys):
                              for i, t in titles).encode("latin-1"))
     assert main(["inspect", str(collab), "--names", str(item)]) == 1
     line = next(k for k, (_, t) in enumerate(titles, start=1) if "Winter" in t)
-    assert capsys.readouterr().err == (f"{item}:{line}: error[D102]: byte 0xe9 is not utf-8 text; give the file's "
+    assert capsys.readouterr().err == (f"{item}:{line}: error[D121]: byte 0xe9 is not utf-8 text; give the file's "
                                        "encoding with --names-encoding (MovieLens' u.item is latin-1)\n")
     assert main(["inspect", str(collab), "--names", str(item), "--names-encoding", "latin-1", "--show", "80"]) == 0
     named = {t.replace("Winter", cafe) for _, t in titles}
     assert _names_shown(capsys.readouterr().out) == named  # every item, the first line's too: it starts with an id
     assert main(["inspect", str(collab), "--names", str(item), "--names-encoding", "latin-1",
                  "--names-delimiter", ","]) == 1
-    assert capsys.readouterr().err == (f"{item}:1: error[D102]: expected an id and a name on each line, split by ','; "
+    assert capsys.readouterr().err == (f"{item}:1: error[D103]: expected an id and a name on each line, split by ','; "
                                        "line 1 has one field (another delimiter? --names-delimiter)\n")
     assert main(["inspect", str(collab), "--names", str(item), "--names-encoding", "utf-99"]) == 2
     assert "--names-encoding 'utf-99': not an encoding Python knows" in capsys.readouterr().err
@@ -569,6 +570,24 @@ def test_inspect_names_file_options(collab, ratings_dir, tmp_path, capsys):
     bom.write_bytes(b"\xef\xbb\xbfitem,title\n" + "".join(f"{i},{t}\n" for i, t in titles).encode())
     assert main(["inspect", str(collab), "--names", str(bom), "--show", "80"]) == 0
     assert _names_shown(capsys.readouterr().out) == {t for _, t in titles}
+
+
+def test_inspect_names_files_that_name_no_item(collab, tmp_path, capsys):
+    """A names file of no rows, one csv cannot parse, one whose ids are none of the model's: each
+    its own sub-code of D102, which all three were."""
+    blank, huge, others = tmp_path / "blank.csv", tmp_path / "huge.csv", tmp_path / "others.csv"
+    blank.write_text("\n\n")
+    huge.write_text("item,title\n1," + "x" * 140_000 + "\n")
+    others.write_text("item,title\n100001,Toy Story\n100002,Jumanji\n")
+    expected = {
+        blank: "error[D122]: the file is empty",
+        huge: "2: error[D123]: cannot be parsed: field larger than field limit (131072)",
+        others: "error[D126]: none of its ids is an id of 'item' in the model (read with the delimiter ',', a "
+                "header, the id in field 1): see --names-delimiter and --names-header",
+    }
+    for path, error in expected.items():
+        assert main(["inspect", str(collab), "--names", str(path)]) == 1
+        assert capsys.readouterr().err == (f"{path}:{error}\n" if error[0] == "2" else f"{path}: {error}\n")
 
 
 def _names_shown(out: str) -> set[str]:

@@ -19,6 +19,7 @@ import pytest
 from helpers import MNIST_SAMPLE, ROOT, collab_spec, mnist_spec
 
 from specc.commands.cli import main
+from specc.language import codes
 from specc.language.diagnostics import DataError, SpecError, UsageError
 from specc.model.memory import DATA_SHARE, MEMORY_ENV, allocation_failed, budget, cgroup_room, parse_size, shown_bytes
 from specc.model.plan import RUNTIME, VALID_ROWS, memory_estimate
@@ -520,5 +521,5 @@ def _prepared(path):
 
 
 def test_a_data_error_is_a_data_error():  # DataError's code is what the docs' table names
-    err = DataError("f.csv", "x", code="D113")
+    err = DataError("f.csv", "x", code=codes.TOO_MUCH_DATA)
     assert str(err) == "f.csv: error[D113]: x"

@@ -312,6 +312,23 @@ def test_a_folder_whose_files_disagree_or_hold_none(tmp_path):
     assert "error[D112]: holds no Parquet files" in str(err.value)
 
 
+def test_two_columns_of_one_name_are_an_error_naming_the_file(tmp_path):
+    # D125 (once a D102): which of the two the spec means cannot be told, in one file or in a folder's
+    users = pa.array([1, 2, 3, 4, 5] * 4)
+    twice = pa.Table.from_arrays([users, users, users, pa.array([1.0, 2, 3, 4, 5] * 4)],
+                                 names=["user", "user", "item", "rating"])
+    pq.write_table(twice, tmp_path / "r.parquet")
+    with pytest.raises(DataError) as err:
+        prepared(spec_over(tmp_path, 'parquet("r.parquet")'))
+    assert str(err.value) == f"{tmp_path / 'r.parquet'}: error[D125]: has 2 columns named 'user'"
+    (tmp_path / "parts").mkdir()
+    pq.write_table(twice.rename_columns(["user", "item", "x", "rating"]), tmp_path / "parts" / "a.parquet")
+    pq.write_table(twice, tmp_path / "parts" / "b.parquet")
+    with pytest.raises(DataError) as err:
+        prepared(spec_over(tmp_path, 'parquet("parts")'))
+    assert str(err.value) == f"{tmp_path / 'parts' / 'b.parquet'}: error[D125]: has 2 columns named 'user'"
+
+
 # --------------------------------------------------------------------------- damaged files
 
 def test_a_damaged_file_is_named(tmp_path):

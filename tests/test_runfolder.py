@@ -336,7 +336,7 @@ def test_a_good_lr_find_json_is_the_rate_trained_with(tiny, tmp_path, capsys):
 def test_lr_find_json_that_is_a_folder(tiny, tmp_path, capsys):
     (tmp_path / "run" / "lr_find.json").mkdir(parents=True)
     assert _train(tiny, tmp_path / "run", *FIND) == 1
-    assert capsys.readouterr().err == f"{tmp_path / 'run' / 'lr_find.json'}: error[D120]: is not a file; {FIX}\n"
+    assert capsys.readouterr().err == f"{tmp_path / 'run' / 'lr_find.json'}: error[D101]: is not a file; {FIX}\n"
 
 
 # -- what specc reads back: the checkpoint --------------------------------------------------------

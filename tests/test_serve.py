@@ -232,6 +232,16 @@ def test_a_missing_column_is_a_400_in_predicts_words(models, tmp_path, capsys):
             (400, {"error": "row 1: missing input column 'item' (the row has: user)", "code": "D107"})
 
 
+def test_text_that_is_not_utf8_is_a_400_of_its_own_code(models):
+    """JSON may escape a lone surrogate, which is no UTF-8 text (onnxruntime takes none): predict's
+    D121, a sub-code of the D102 it once was; the answer shows the code alone, as predict does."""
+    body = rb'{"job": ["clerk", "\udcff"], "city": ["north", "north"], "age": [30, 40], "hours": [40, 40]}'
+    with served(models["people"]) as (app, url, _):
+        assert call(url + "/predict", body)[:2] == \
+            (400, {"error": "row 1: column 'job': holds a string that is not UTF-8 text ('\\xff')", "code": "D121"})
+        assert app.batcher.requests == 0  # nothing reached the model
+
+
 def nested(depth: int) -> str:
     """JSON text: 1 inside `depth` arrays (as text: json.dumps of it from a test's frame would go too deep)."""
     return "[" * depth + "1" + "]" * depth
@@ -262,7 +272,7 @@ def test_malformed_requests_are_4xx_with_a_json_error_and_code(models, capsys):
              "column 'user': expected an array of values, one a row, found 1"),
             (call(predict, {"user": [1, 2], "item": [2]}), 400, "D103",
              "the columns have different numbers of rows (user: 2, item: 1)"),
-            (call(predict, {"user": [], "item": []}), 400, "D102", "the request has no rows"),
+            (call(predict, {"user": [], "item": []}), 400, "D122", "the request has no rows"),
             (call(predict, {"user": [None], "item": [2]}), 400, "D104", whole + "null"),
             (call(predict, {"user": [True], "item": [2]}), 400, "D104", whole + "true"),
             (call(predict, f'{{"user": [{nested(900)}], "item": [2]}}'.encode()), 400, "D104", whole + "[[[[["),

@@ -472,7 +472,7 @@ def test_predict_parquet_files_that_are_not_what_they_say(parquet_model, capsys)
     assert code == 1 and err.startswith(f"{folder / 'empty.parquet'}: error[D102]: is not a readable Parquet file: ")
     pq.write_table(pa.table({"c": pa.array([], pa.int64()), "a": pa.array([], pa.float64())}), folder / "none.parquet")
     assert _predicted(capsys, model, folder / "none.parquet") == (
-        1, f"{folder / 'none.parquet'}: error[D102]: has no data rows")
+        1, f"{folder / 'none.parquet'}: error[D122]: has no data rows")
     os.mkfifo(folder / "fifo.parquet")
     assert _predicted(capsys, model, folder / "fifo.parquet") == (
         1, f"{folder / 'fifo.parquet'}: error[D101]: is a FIFO (named pipe), not a regular file")

@@ -78,10 +78,11 @@ def _npz_fits(archive, names: list[str], path: str) -> None:
                 shape, _, dtype = read_header(f)
                 claimed, holds = math.prod(shape) * dtype.itemsize, member.file_size - f.tell()
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise DataError(path, f"array '{name}' cannot be read ({err})", code="D102") from None
+            raise DataError(path, f"array '{name}' cannot be read ({err})", code=codes.DAMAGED_FILE) from None
         if not dtype.hasobject and claimed > holds:
             raise DataError(path, f"array '{name}' is damaged: its header says shape {tuple(shape)} of {dtype} "
-                            f"({shown_bytes(claimed)}), but it holds {shown_bytes(max(holds, 0))}", code="D102")
+                            f"({shown_bytes(claimed)}), but it holds {shown_bytes(max(holds, 0))}",
+                            code=codes.DAMAGED_FILE)
         total += claimed
     if total > limit.bytes:
         raise too_much_data(path, f"its arrays the spec reads hold {shown_bytes(total)}", limit)
@@ -92,7 +93,7 @@ def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
     int64 (larger ones are read as text, as a CSV's would be)."""
     if arr.ndim == 0:
         raise DataError(path, f"array '{name}' is a single value ({describe_array(arr)}); the column "
-                        f"'{col.name}' needs one row per example", code="D103")
+                        f"'{col.name}' needs one row per example", code=codes.DATA_SHAPE)
     rows = arr.shape[1:]
     want = tuple(col.shape)
     if rows != want and not (want == () and rows == (1,)):
@@ -105,23 +106,24 @@ def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
     if col.kind == CATEGORY:
         if arr.dtype.kind not in "iuUS":
             raise DataError(path, f"array '{name}' holds {describe_array(arr)}; a category column wants integers "
-                            "or strings", code="D104")
+                            "or strings", code=codes.WRONG_TYPE)
         if arr.dtype.kind == "S":
             return _decoded(arr, path, name)
         if arr.dtype.kind == "U":
             if (k := first_not_text(arr)) is not None:  # a class or id the exported model could not hold
                 raise DataError(path, f"array '{name}' holds a string that is not UTF-8 text at index {k} "
-                                f"('{printable(str(arr[k]))}')", code="D102")
+                                f"('{printable(str(arr[k]))}')", code=codes.NOT_UTF8)
             return arr.astype(str)
         if arr.dtype.kind == "u" and len(arr) and int(arr.max()) > INT64_MAX:
             return arr.astype(str)  # ids past int64: text, like a CSV's
         return arr
     if arr.dtype.kind not in "iuf":
-        raise DataError(path, f"array '{name}' holds {describe_array(arr)}; a float column wants numbers", code="D104")
+        raise DataError(path, f"array '{name}' holds {describe_array(arr)}; a float column wants numbers",
+                        code=codes.WRONG_TYPE)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise DataError(path, f"array '{name}' holds {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}",
-                        code="D105")
+                        code=codes.BAD_NUMBER)
     return arr
 
 
@@ -133,7 +135,7 @@ def _decoded(arr: np.ndarray, path: str, name: str) -> np.ndarray:
             out[k] = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise DataError(path, f"array '{name}' holds bytes that are not UTF-8 text at index {k}",
-                            code="D102") from None
+                            code=codes.NOT_UTF8) from None
     return out.astype(str)
 
 
@@ -144,9 +146,9 @@ def _same_rows(arrays: dict, path: str, part: str) -> None:
     counts = {k: len(v) for k, v in arrays.items()}
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{k}{part}: {n}" for k, n in counts.items())
-        raise DataError(path, f"the arrays have different numbers of rows ({listed})", code="D103")
+        raise DataError(path, f"the arrays have different numbers of rows ({listed})", code=codes.DATA_SHAPE)
     if part and not next(iter(counts.values())):  # (the whole file's arrays: the split says what it leaves)
         names = ", ".join(f"'{k}{part}'" for k in counts)
         rows = "training rows" if part == "_train" else "validation rows"
         raise DataError(path, f"array{'s' * (len(counts) > 1)} {names} {'have' if len(counts) > 1 else 'has'} no "
-                        f"rows, so there are no {rows}", code="D106")
+                        f"rows, so there are no {rows}", code=codes.EMPTY_SPLIT)

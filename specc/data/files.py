@@ -53,7 +53,7 @@ def check_regular(path: Path, span=None) -> None:
         return
     message, kind = problem
     if span is None:
-        raise DataError(str(path), message, code="D101")
+        raise DataError(str(path), message, code=codes.UNREADABLE_PATH)
     if message == "file not found":
         raise SpecError([Diagnostic(codes.DATA_FILE, f"data file not found: {path}", span, (NOT_FOUND_NOTE,))])
     if message == "is a symbolic link loop":
@@ -75,10 +75,11 @@ def open_binary(path: Path, span=None):
         if span is not None:
             raise SpecError([Diagnostic(codes.DATA_FILE, f"data file cannot be read: {path}", span,
                                         ((err.strerror or str(err)).lower(),))]) from None
-        raise DataError(str(path), f"cannot be read: {(err.strerror or str(err)).lower()}", code="D101") from None
+        raise DataError(str(path), f"cannot be read: {(err.strerror or str(err)).lower()}",
+                        code=codes.UNREADABLE_PATH) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise DataError(str(path), "is not a regular file (it changed while it was opened)", code="D101")
+        raise DataError(str(path), "is not a regular file (it changed while it was opened)", code=codes.UNREADABLE_PATH)
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
@@ -130,7 +131,8 @@ class Decompressed(io.RawIOBase):
         except OSError as err:  # pyarrow's words for a damaged stream: "zlib inflate failed: ..."
             shown = {"gzip": "gzip", "bz2": "bzip2", "lz4": "LZ4", "zstd": "Zstandard"}[self._codec]
             raise DataError(self._path, f"cannot be decompressed as {shown}, as its name asks: the file is "
-                            f"damaged, cut short or not {shown} ({err})", line=self._lines + 1, code="D102") from None
+                            f"damaged, cut short or not {shown} ({err})", line=self._lines + 1,
+                            code=codes.DAMAGED_FILE) from None
         buffer[:len(data)] = data
         self._lines += data.count(b"\n")
         return len(data)
@@ -191,7 +193,7 @@ def not_utf8(path: str, line: int | None, column: str | None = None, byte: str |
     """The error for bytes that are not UTF-8, at their line (and column, when known)."""
     what = f"byte {byte} is not UTF-8 text" if byte else "is not UTF-8 text"
     return DataError(path, f"{what}; specc reads text files as UTF-8: convert it (e.g. iconv -f latin1 -t utf-8)",
-                     line=line, column=column, code="D102")
+                     line=line, column=column, code=codes.NOT_UTF8)
 
 
 def resolved(path: Path) -> Path:
@@ -213,12 +215,12 @@ def load_npz(path: Path, span=None):
         archive = np.load(path, allow_pickle=False)
     except ValueError:  # numpy's words for a file that is neither .npy nor .npz: "pickled data"
         raise DataError(shown, "is not an .npz archive of arrays (numpy's format, as np.savez writes)",
-                        code="D102") from None
+                        code=codes.DAMAGED_FILE) from None
     except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(shown, f"is not a readable .npz archive ({err})", code="D102") from None
+        raise DataError(shown, f"is not a readable .npz archive ({err})", code=codes.DAMAGED_FILE) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(shown, f"is a single .npy array (shape {archive.shape}), not an .npz archive of named "
-                        "arrays: save it with np.savez(file, name=array)", code="D102")
+                        "arrays: save it with np.savez(file, name=array)", code=codes.DAMAGED_FILE)
     return archive
 
 
@@ -229,10 +231,11 @@ def npz_array(archive, name: str, path: str):
     except ValueError as err:
         if "allow_pickle" in str(err):
             raise DataError(path, f"array '{name}' holds Python objects; specc never unpickles data",
-                            code="D102") from None
-        raise DataError(path, f"array '{name}' cannot be read ({err})", code="D102") from None
+                            code=codes.PICKLED_ARRAY) from None
+        raise DataError(path, f"array '{name}' cannot be read ({err})", code=codes.DAMAGED_FILE) from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise DataError(path, f"array '{name}' cannot be read: the archive is damaged ({err})", code="D102") from None
+        raise DataError(path, f"array '{name}' cannot be read: the archive is damaged ({err})",
+                        code=codes.DAMAGED_FILE) from None
 
 
 def is_npz(path: Path) -> bool:

@@ -153,7 +153,7 @@ def _parts(root: Path) -> tuple[str, ...]:
         there, missing = split_roots[0], ("valid" if split_roots[0] == "train" else "train")
         raise DataError(shown(root), f"has a {there}/ folder of class folders but no {missing}/ folder of them: give "
                         f"both, or point the source at {printable(root.name)}/{there}/ (the spec's valid split then "
-                        "divides its images)", code="D111")
+                        "divides its images)", code=codes.IMAGE_FOLDER_LAYOUT)
     return ("train", "valid") if split_roots else ("",)
 
 
@@ -171,7 +171,7 @@ def _part_images(root: Path, part: str, names: list[str]) -> list[ImageFile]:
         raise DataError(shown(base / empty[0]) if len(empty) == 1 else shown(base),
                         f"class folder{'s' if len(empty) > 1 else ''} {_quoted(empty)} "
                         f"{'hold' if len(empty) > 1 else 'holds'} no images (files ending {_suffixes()})",
-                        code="D111")
+                        code=codes.IMAGE_FOLDER_LAYOUT)
     # Round robin: the first image of every class, then the second of every class, ... so that
     # train_rows, rows(...) and last(...) take every class, and the first rows show them all.
     return [images[k] for k in range(max(map(len, by_class))) for images in by_class if k < len(images)]
@@ -202,7 +202,7 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         with os.scandir(folder) as it:
             return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as err:
-        raise DataError(shown(folder), f"cannot be read: {_reason(err)}", code="D101") from None
+        raise DataError(shown(folder), f"cannot be read: {_reason(err)}", code=codes.UNREADABLE_PATH) from None
 
 
 def _kind(entry: os.DirEntry) -> str:
@@ -215,7 +215,7 @@ def _kind(entry: os.DirEntry) -> str:
             return "loop"
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             return "missing"
-        raise DataError(shown(entry.path), f"cannot be read: {_reason(err)}", code="D101") from None
+        raise DataError(shown(entry.path), f"cannot be read: {_reason(err)}", code=codes.UNREADABLE_PATH) from None
     return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
 
@@ -238,7 +238,7 @@ def _leads_nowhere(entry: os.DirEntry) -> DataError:
     why = _nowhere(entry.path)
     if why == "is a symbolic link loop":
         why += ": its links lead back to themselves, never to a file or folder"
-    return DataError(shown(entry.path), why, code="D101")
+    return DataError(shown(entry.path), why, code=codes.UNREADABLE_PATH)
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -267,7 +267,7 @@ def images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
         try:
             info = os.stat(d)
         except OSError as err:
-            raise DataError(shown(d), f"cannot be read: {_reason(err)}", code="D101") from None
+            raise DataError(shown(d), f"cannot be read: {_reason(err)}", code=codes.UNREADABLE_PATH) from None
         if (info.st_dev, info.st_ino) in seen:  # a link back up the tree, or a second link to a folder
             continue
         seen.add((info.st_dev, info.st_ino))
@@ -300,7 +300,8 @@ def _within(link: str, inside: str, folder: Path) -> None:
     if not _inside(target, inside):
         raise DataError(shown(link), f"is a symbolic link out of {shown(folder)} (to {printable(target)}): links are "
                         "followed only within the folder, so that no image is read twice, under another class or "
-                        "from elsewhere; link the class folder itself, or copy the images in", code="D111")
+                        "from elsewhere; link the class folder itself, or copy the images in",
+                        code=codes.IMAGE_FOLDER_LAYOUT)
 
 
 def _separate(root: Path, folders: list[tuple[str, Path]]) -> None:
@@ -314,14 +315,14 @@ def _separate(root: Path, folders: list[tuple[str, Path]]) -> None:
     for parts, name, path in real:
         if _inside(top, str(Path(*parts))):
             raise DataError(shown(path), f"class folder '{printable(name)}' holds the image folder {printable(top)} "
-                            f"{why}", code="D111")
+                            f"{why}", code=codes.IMAGE_FOLDER_LAYOUT)
     for (parts, name, _), (other, other_name, path) in zip(real, real[1:]):
         if other == parts:
             raise DataError(shown(path), f"class folders '{printable(name)}' and '{printable(other_name)}' are the "
-                            f"same folder {why}", code="D111")
+                            f"same folder {why}", code=codes.IMAGE_FOLDER_LAYOUT)
         if other[:len(parts)] == parts:
             raise DataError(shown(path), f"class folder '{printable(other_name)}' is inside class folder "
-                            f"'{printable(name)}' {why}", code="D111")
+                            f"'{printable(name)}' {why}", code=codes.IMAGE_FOLDER_LAYOUT)
 
 
 def _no_classes(folder: Path) -> None:
@@ -329,14 +330,14 @@ def _no_classes(folder: Path) -> None:
     held = f"holds {loose} image{'s' if loose != 1 else ''} but no class folders" if loose else \
         "holds no class folders"
     raise DataError(shown(folder), f"{held}: images(...) reads one subfolder of images per class, named after the "
-                    f"class (e.g. {printable(folder.name)}/cat/1.png)", code="D111")
+                    f"class (e.g. {printable(folder.name)}/cat/1.png)", code=codes.IMAGE_FOLDER_LAYOUT)
 
 
 def _known_classes(valid: Path, classes: list[str], trained: list[str]) -> None:
     unknown = [c for c in classes if c not in trained]
     if unknown:
         raise DataError(shown(valid / unknown[0]), f"class {_quoted(unknown)} of valid/ has no folder in train/: the "
-                        "model can only learn the classes it trains on", code="D111")
+                        "model can only learn the classes it trains on", code=codes.UNKNOWN_CLASS)
 
 
 def _one_class_a_name(base: Path, names: list[str]) -> None:
@@ -347,7 +348,7 @@ def _one_class_a_name(base: Path, names: list[str]) -> None:
         if label in labels:
             raise DataError(shown(base), f"class folders '{printable(labels[label])}' and '{printable(name)}' are the "
                             f"same class ('{printable(label)}'): rename one (a byte that is not UTF-8 is read as "
-                            "\\xNN)", code="D111")
+                            "\\xNN)", code=codes.IMAGE_FOLDER_LAYOUT)
         labels[label] = name
 
 
@@ -362,7 +363,7 @@ def _distinct_classes(root: Path, labels: list[str]) -> None:
             return
         if number in numbers:
             raise DataError(shown(root), f"class folders '{numbers[number]}' and '{label}' are the same class "
-                            f"({number}): rename one", code="D111")
+                            f"({number}): rename one", code=codes.IMAGE_FOLDER_LAYOUT)
         numbers[number] = label
 
 
@@ -451,7 +452,8 @@ def _decode_all(listing: Listing, source: ImagesSource) -> tuple[np.ndarray, tup
 
 
 def _broken(path: Path, reason: str) -> DataError:
-    return DataError(shown(path), f"cannot be decoded as an image: {reason} ({SKIP_NOTE})", code="D110")
+    return DataError(shown(path), f"cannot be decoded as an image: {reason} ({SKIP_NOTE})",
+                     code=codes.UNDECODABLE_IMAGE)
 
 
 def _every_class_kept(listing: Listing, kept: list[ImageFile], skipped) -> None:
@@ -463,7 +465,7 @@ def _every_class_kept(listing: Listing, kept: list[ImageFile], skipped) -> None:
             count = sum(1 for g in listing.files if (g.valid, g.label) == (f.valid, f.label))
             raise DataError(shown(listing.root / part / f.label), f"class folder '{printable(f.label)}' holds no image "
                             f"that can be decoded ({count} skipped; the first: {printable(f.relative)}: "
-                            f"{dict(skipped)[f.relative]})", code="D111")
+                            f"{dict(skipped)[f.relative]})", code=codes.IMAGE_FOLDER_LAYOUT)
 
 
 # ---------------------------------------------------------------- the cache

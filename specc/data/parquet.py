@@ -39,7 +39,7 @@ class ParquetTable:
         k = bisect.bisect_right(self.ends, row)
         return self.files[k], row - (self.ends[k - 1] if k else 0) + 1
 
-    def error(self, row: int, column: str, message: str, code: str) -> DataError:
+    def error(self, row: int, column: str, message: str, code: codes.Code) -> DataError:
         file, at = self.where(row)
         return DataError(file, f"row {at}: {message}", column=column, code=code)
 
@@ -57,7 +57,7 @@ class ParquetTable:
         hint = "; fill_missing in the data block's procs fills missing values" \
             if np.isnan(value) and not target and values.ndim == 1 else ""
         at = f" (value {k % per + 1} of {per})" if values.ndim > 1 else ""
-        raise self.error(k // per, column, f"expected a finite number{at}, found {found}{hint}", "D105")
+        raise self.error(k // per, column, f"expected a finite number{at}, found {found}{hint}", codes.BAD_NUMBER)
 
 
 def parquet_files(source: ParquetSource) -> list[Path]:
@@ -74,7 +74,7 @@ def parquet_files(source: ParquetSource) -> list[Path]:
                   if n.lower().endswith(PARQUET_ENDINGS) and not n.startswith((".", "_"))]
     if not found:
         raise DataError(shown_path(path), f"holds no Parquet files: parquet(...) of a folder reads the files in it "
-                        f"whose names end {', '.join(PARQUET_ENDINGS)}", code="D112")
+                        f"whose names end {', '.join(PARQUET_ENDINGS)}", code=codes.BAD_PARQUET_FOLDER)
     return sorted(found, key=lambda f: f.relative_to(path).as_posix())
 
 
@@ -87,7 +87,7 @@ def _metadata(file: Path):
     try:
         return pq.read_metadata(file)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(shown_path(file), f"is not a readable Parquet file: {err}", code="D102") from None
+        raise DataError(shown_path(file), f"is not a readable Parquet file: {err}", code=codes.DAMAGED_FILE) from None
 
 
 def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTable:
@@ -104,7 +104,7 @@ def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTa
     ends = tuple(int(n) for n in np.cumsum([m.num_rows for m in footers]))
     result = ParquetTable(str(source.path), {}, ends[-1], tuple(shown_path(f) for f in files), ends)
     if ends[-1] == 0:
-        raise DataError(shown_path(source.path), "has no data rows", code="D102")
+        raise DataError(shown_path(source.path), "has no data rows", code=codes.NO_ROWS)
     limit = data_limit()
     _fits(source, wanted, types, files, footers, limit)  # before an array the footers size is made
     gathered = {c.name: _Gather(c, types[c.name], ends[-1]) for c in wanted}
@@ -123,11 +123,11 @@ def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTa
                                     f"reads already take {shown_bytes(held)}", limit)
     except (pa.ArrowException, OSError) as err:
         _name_damaged(files, names)
-        raise DataError(shown_path(source.path), f"cannot be read as Parquet: {err}", code="D102") from None
+        raise DataError(shown_path(source.path), f"cannot be read as Parquet: {err}", code=codes.DAMAGED_FILE) from None
     if at != ends[-1]:  # the footers count other rows than the pages hold
         _name_damaged(files, names)
         raise DataError(shown_path(source.path), f"its footers count {ends[-1]} rows but the pages hold another "
-                        "number: a file is damaged", code="D102")
+                        "number: a file is damaged", code=codes.DAMAGED_FILE)
     result.columns.update({c.name: gathered[c.name].finish(result) for c in wanted})
     return result
 
@@ -220,7 +220,8 @@ def _name_damaged(files: list[Path], names: list[str]) -> None:
         try:
             pq.read_table(file, columns=names)
         except (pa.ArrowException, OSError) as err:
-            raise DataError(shown_path(file), f"cannot be read as Parquet, it is damaged: {err}", code="D102") from None
+            raise DataError(shown_path(file), f"cannot be read as Parquet, it is damaged: {err}",
+                            code=codes.DAMAGED_FILE) from None
 
 
 # ---------------------------------------------------------------- the schema against the spec
@@ -262,7 +263,7 @@ def _agree(source: ParquetSource, column: str, files: list[Path], schemas) -> No
     if len(files) == 1:
         if schemas[0].names.count(column) > 1:
             raise DataError(shown_path(files[0]), f"has {schemas[0].names.count(column)} columns named '{column}'",
-                            code="D102")
+                            code=codes.DUPLICATE_COLUMN)
         return
     have = [k for k, s in enumerate(schemas) if column in s.names]
     if not have:
@@ -272,15 +273,17 @@ def _agree(source: ParquetSource, column: str, files: list[Path], schemas) -> No
         if column not in schema.names:
             raise DataError(shown_path(source.path), f"the files disagree: {files[k].name} has no column '{column}', "
                             f"which {files[first].name} has; a folder's Parquet files are read as one table, so "
-                            "every file must have the columns the spec reads, with the same types", code="D112")
+                            "every file must have the columns the spec reads, with the same types",
+                            code=codes.BAD_PARQUET_FOLDER)
         if schema.names.count(column) > 1:
             raise DataError(shown_path(files[k]), f"has {schema.names.count(column)} columns named '{column}'",
-                            code="D102")
+                            code=codes.DUPLICATE_COLUMN)
         if schema.field(column).type != schemas[first].field(column).type:
             raise DataError(shown_path(source.path), f"the files disagree: column '{column}' is "
                             f"{schemas[first].field(column).type} in {files[first].name} but "
                             f"{schema.field(column).type} in {files[k].name}; a folder's Parquet files are read "
-                            "as one table, so each column must have one type in every file", code="D112")
+                            "as one table, so each column must have one type in every file",
+                            code=codes.BAD_PARQUET_FOLDER)
 
 
 _CATEGORY_HINT = "a category column reads integers, strings or booleans (dictionary-encoded too)"
@@ -401,14 +404,15 @@ def _shaped(values, col: Column, table: ParquetTable) -> np.ndarray:
     for level, size in enumerate(want):
         if arr.null_count:
             k = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
-            raise table.error(k // per, col.name, f"a missing list (null) where the spec declares {declared}", "D105")
+            raise table.error(k // per, col.name, f"a missing list (null) where the spec declares {declared}",
+                              codes.BAD_NUMBER)
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(lengths != size)
         if bad.size:
             k = int(bad[0])
             inner = f" at depth {level + 1}" if len(want) > 1 else ""
             raise table.error(k // per, col.name, f"a list of {lengths[k]} values{inner}, but the spec declares "
-                              f"{declared}", "D103")
+                              f"{declared}", codes.DATA_SHAPE)
         arr = arr.flatten()
         per *= size
     return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(rows, *col.shape)

@@ -12,6 +12,7 @@ import numpy as np
 
 from specc.data.arrays import INT64_MAX, INT64_MIN
 from specc.data.sources import source_def
+from specc.language import codes
 from specc.language.diagnostics import DataError
 from specc.language.spec import CATEGORY, DataSpec
 
@@ -166,7 +167,7 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
                 k = int(np.argmax(valid[col.name] < 0))
                 raise DataError(path, f"validation row {k + 1}: class '{raw_valid[col.name][k]}' never "
                                 f"appears in the training rows (classes: {', '.join(vocab.values[:20])})",
-                                column=col.name, code="D109")
+                                column=col.name, code=codes.UNKNOWN_CLASS)
         else:
             train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
             valid[col.name] = np.ascontiguousarray(raw_valid[col.name], dtype=np.float32)
@@ -185,7 +186,7 @@ def _keep_classes(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -
     if not len(raw_train[data.target.name]) or not len(raw_valid[data.target.name]):
         raise DataError(path, f"no rows of the classes {', '.join(data.keep_classes)} in "
                         f"{'the training' if not len(raw_train[data.target.name]) else 'the validation'} rows",
-                        code="D106")
+                        code=codes.EMPTY_SPLIT)
 
 
 def _some_rows(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -> None:
@@ -195,4 +196,4 @@ def _some_rows(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -> N
     this holds for every source, the next one too."""
     for part, what in ((raw_train, "training"), (raw_valid, "validation")):
         if not len(part[data.target.name]):
-            raise DataError(path, f"the data leaves no {what} rows", code="D106")
+            raise DataError(path, f"the data leaves no {what} rows", code=codes.EMPTY_SPLIT)

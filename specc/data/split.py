@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from specc.language import codes
 from specc.language.diagnostics import DataError
 from specc.language.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, LastSplit, RandomSplit, RowSplit
 
@@ -17,24 +18,24 @@ def split_rows(n: int, split, path: str) -> tuple[np.ndarray, np.ndarray]:
         n_valid = int(round(n * split.fraction))
         if n_valid == 0 or n_valid == n:
             raise DataError(path, f"last({split.fraction:g}) of {n} rows leaves "
-                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code="D106")
+                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code=codes.EMPTY_SPLIT)
         return np.arange(0, n - n_valid), np.arange(n - n_valid, n)
     if isinstance(split, RandomSplit):
         order = np.random.default_rng(split.seed).permutation(n)
         n_valid = int(round(n * split.fraction))
         if n_valid == 0 or n_valid == n:
             raise DataError(path, f"random({split.fraction:g}) of {n} rows leaves "
-                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code="D106")
+                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code=codes.EMPTY_SPLIT)
         return np.sort(order[n_valid:]), np.sort(order[:n_valid])
     if not isinstance(split, RowSplit):
         raise TypeError(f"no such split: {split!r}")  # a bug: the checker makes only these
     end = n if split.end is None else min(split.end, n)
     if split.start >= n:
-        raise DataError(path, f"rows({split.start}, ...): the file has only {n} rows", code="D106")
+        raise DataError(path, f"rows({split.start}, ...): the file has only {n} rows", code=codes.EMPTY_SPLIT)
     valid = np.arange(split.start, end)
     train = np.concatenate([np.arange(0, split.start), np.arange(end, n)])
     if len(train) == 0:
-        raise DataError(path, f"rows({split.start}, {end}) leaves no training rows", code="D106")
+        raise DataError(path, f"rows({split.start}, {end}) leaves no training rows", code=codes.EMPTY_SPLIT)
     return train, valid
 
 

@@ -18,7 +18,7 @@ from specc.data.files import bad_byte, compression, has_surrogates, not_utf8, op
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
 from specc.language.spec import CATEGORY, Column, CsvSource
-from specc.model.memory import OBJECT_BYTES, TOO_MUCH_DATA, data_limit, shown_bytes, too_much_data
+from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ def read_table(source: CsvSource, wanted: tuple[Column, ...]) -> Table:
         result = _python_read(source, wanted)
         columns, rows = result.columns, result.rows
     if rows == 0:
-        raise DataError(str(source.path), "the file has no data rows", code="D102")
+        raise DataError(str(source.path), "the file has no data rows", code=codes.NO_ROWS)
     return Table(str(source.path), columns, rows, source, tuple(wanted))
 
 
@@ -113,9 +113,9 @@ def file_names(source: CsvSource) -> list[str]:
         try:
             first = next(reader, None)
         except csv.Error as err:
-            raise DataError(str(source.path), f"cannot be parsed: {err}", line=1, code="D102") from None
+            raise DataError(str(source.path), f"cannot be parsed: {err}", line=1, code=codes.MALFORMED_CSV) from None
     if first is None:
-        raise DataError(str(source.path), "the file is empty", code="D102")
+        raise DataError(str(source.path), "the file is empty", code=codes.NO_ROWS)
     if source.columns is not None:
         return list(source.columns)
     if any(has_surrogates(name) for name in first):
@@ -230,9 +230,9 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
         try:
             first = next(reader, None)
         except csv.Error as err:
-            raise DataError(shown, f"cannot be parsed: {err}", line=1, code="D102") from None
+            raise DataError(shown, f"cannot be parsed: {err}", line=1, code=codes.MALFORMED_CSV) from None
         if first is None:
-            raise DataError(shown, "the file is empty", code="D102")
+            raise DataError(shown, "the file is empty", code=codes.NO_ROWS)
         names = list(source.columns) if source.columns is not None else [n.strip() for n in first]
         pending = [first] if source.columns is not None and not source.header else []
         index = {col.name: names.index(col.name) for col in wanted}
@@ -249,7 +249,7 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
                         continue  # blank line
                     raise DataError(shown, f"expected {width} fields, found {len(row)}"
                                     f"{_other_delimiter(row, width, source.delimiter)}", line=reader.line_num,
-                                    code="D103")
+                                    code=codes.DATA_SHAPE)
                 mark(reader.line_num)
                 for append, k in cols:
                     append(row[k])
@@ -258,7 +258,7 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
                 if text.chars + len(lines) * held.per_row > held.due:  # a bound on what is held: look closer
                     held.check(len(lines), reader.line_num)
         except csv.Error as err:
-            raise DataError(shown, f"cannot be parsed: {err}", line=reader.line_num, code="D102") from None
+            raise DataError(shown, f"cannot be parsed: {err}", line=reader.line_num, code=codes.MALFORMED_CSV) from None
     columns = {}
     missing = set(source.missing)
     for col in wanted:
@@ -290,7 +290,7 @@ class _Lines:
             if len(text) > LINE_LIMIT and text[-1] not in "\r\n":
                 raise DataError(self.path, f"the line is longer than {shown_bytes(LINE_LIMIT)}, the longest specc "
                                 "reads (a row must fit in the block of text pyarrow parses at once)", line=self.number,
-                                code=TOO_MUCH_DATA)
+                                code=codes.TOO_MUCH_DATA)
             self.chars += len(text)
             yield text
 
@@ -425,7 +425,7 @@ def _floats(raw: list[str], path: str, column: str, lines: list[int], missing: s
             marker = text.strip() in _MARKERS and not missing
             hint = f' (a missing-value marker? say csv(..., missing=["{text.strip()}"]))' if marker else ""
             raise DataError(path, f"expected a number, found '{text}'{hint}", line=lines[k], column=column,
-                            code="D104") from None
+                            code=codes.WRONG_TYPE) from None
     return out
 
 
@@ -439,4 +439,4 @@ def check_finite(table: Table, column: str, allow_nan: bool = False, target: boo
         hint = "; fill_missing in the data block's procs fills missing values" \
             if np.isnan(values[k]) and not target else ""
         raise DataError(table.path, f"expected a finite number, found {found}{hint}", line=table.line(k),
-                        column=column, code="D105")
+                        column=column, code=codes.BAD_NUMBER)

@@ -13,6 +13,7 @@ import numpy as np
 
 from specc.data.arrays import INT64_MAX, INT64_MIN
 from specc.data.files import describe_array, first_not_text
+from specc.language import codes
 from specc.language.diagnostics import DataError, printable
 from specc.language.spec import CATEGORY, FLOAT
 
@@ -53,7 +54,7 @@ class Inputs:
     order: np.ndarray | None = None  # after take(): the file's row of each row kept
     kept: dict[str, np.ndarray] = field(default_factory=dict)  # a column predict writes back as given (the target's)
 
-    def error(self, index, column: str, message: str, code: str = "D104", whole: bool = False) -> Exception:
+    def error(self, index, column: str, message: str, code: codes.Code, whole: bool = False) -> Exception:
         """An error about a value of a column (row `index`, or an element's index tuple) where the
         file has it; `whole`: about the whole column."""
         if self.order is not None:  # a row of a split: the file's row
@@ -61,7 +62,7 @@ class Inputs:
             index = (row, *index[1:]) if isinstance(index, tuple) else row
         return self.at(index, column, message, code, whole)
 
-    def at(self, index, column: str, message: str, code: str, whole: bool) -> Exception:
+    def at(self, index, column: str, message: str, code: codes.Code, whole: bool) -> Exception:
         """The error at the file's row `index` (or element), as the reader places it."""
         return DataError(self.path, message, column=column, code=code)
 
@@ -120,7 +121,7 @@ def numbers(session, name: str, values: np.ndarray, got: Inputs, dtype) -> np.nd
     """Numbers, finite; NaN (a missing value) only where the model fills or flags it."""
     if values.dtype.kind not in "iufb":
         raise got.error(0, name, f"holds {describe_array(values)}; the model's input '{name}' takes numbers",
-                        whole=True)
+                        code=codes.WRONG_TYPE, whole=True)
     wide = values.astype(np.float64)
     with np.errstate(over="ignore"):  # a number too large for float32 becomes inf: reported below
         out = wide.astype(dtype)
@@ -139,7 +140,7 @@ def numbers(session, name: str, values: np.ndarray, got: Inputs, dtype) -> np.nd
         message = f"expected a finite number, found {value}"
     else:
         message = f"{value:g} is too large for the model's float32 input"
-    raise got.error(index, name, message, code="D105")
+    raise got.error(index, name, message, code=codes.BAD_NUMBER)
 
 
 def pixels(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
@@ -149,13 +150,13 @@ def pixels(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
         return values
     if values.dtype.kind not in "iuf":
         raise got.error(0, name, f"holds {describe_array(values)}; the model's input '{name}' takes pixels "
-                        "(whole numbers from 0 to 255)", whole=True)
+                        "(whole numbers from 0 to 255)", code=codes.WRONG_TYPE, whole=True)
     with np.errstate(invalid="ignore"):
         bad = ~((values >= 0) & (values <= 255) & (values == np.floor(values)))
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise got.error(index, name, f"expected a pixel (a whole number from 0 to 255), found {values[index]}",
-                        code="D105")
+                        code=codes.BAD_NUMBER)
     return values.astype(np.uint8)
 
 
@@ -175,7 +176,8 @@ def ids(session, name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
         whole_ = np.isfinite(values) & (values == np.floor(values))
         if not whole_.all():
             k = int(np.argmax(~whole_))
-            raise got.error(k, name, f"expected a whole number (the model's ids are integers), found {values[k]}")
+            raise got.error(k, name, f"expected a whole number (the model's ids are integers), found {values[k]}",
+                            code=codes.WRONG_TYPE)
         far = (values >= 2.0 ** 63) | (values < -2.0 ** 63)
         out = np.where(far, 0, values).astype(np.int64)
     elif kind in "OUS":
@@ -184,14 +186,14 @@ def ids(session, name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
             number = whole(value)
             if number is None:
                 raise got.error(k, name, f"expected a whole number (the model's ids are integers), found "
-                                f"{shown_value(value)}")
+                                f"{shown_value(value)}", code=codes.WRONG_TYPE)
             if INT64_MIN <= number <= INT64_MAX:
                 out[k] = number
             else:
                 far[k] = True
     else:
         raise got.error(0, name, f"holds {describe_array(values)}; the model's input '{name}' takes whole-number ids",
-                        whole=True)
+                        code=codes.WRONG_TYPE, whole=True)
     if far.any():
         _unknown_ids(session, name, values, far, out, got)
     return out
@@ -202,7 +204,8 @@ def _unknown_ids(session, name: str, values: np.ndarray, far: np.ndarray, out: n
     unknown = unknown_id(session, name)
     if unknown is None:
         k = int(np.argmax(far))
-        raise got.error(k, name, f"the id {values[k]} does not fit the model's int64 input")
+        raise got.error(k, name, f"the id {values[k]} does not fit the model's int64 input",
+                        code=codes.BAD_NUMBER)
     out[far] = unknown
     got.shown[name] = np.asarray([whole(v) for v in values], dtype=object)
     count = int(far.sum())
@@ -249,7 +252,7 @@ def texts(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
     if kind in "OU":
         if (k := first_not_text(values)) is not None:  # onnxruntime takes UTF-8 strings only
             raise got.error(k, name, f"holds a string that is not UTF-8 text ('{printable(str(values[k]))}')",
-                            code="D102")
+                            code=codes.NOT_UTF8)
         return np.asarray([str(v) for v in values], dtype=object)
     if kind == "S":
         out = np.empty(len(values), dtype=object)
@@ -257,12 +260,12 @@ def texts(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
             try:
                 out[k] = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise got.error(k, name, "holds bytes that are not UTF-8 text", code="D102") from None
+                raise got.error(k, name, "holds bytes that are not UTF-8 text", code=codes.NOT_UTF8) from None
         return out
     if kind in "iu":
         return np.asarray([str(int(v)) for v in values], dtype=object)
     raise got.error(0, name, f"holds {describe_array(values)}; the model's input '{name}' takes categories "
-                    "(text or whole numbers)", whole=True)
+                    "(text or whole numbers)", code=codes.WRONG_TYPE, whole=True)
 
 
 def _category_cells(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
@@ -274,7 +277,8 @@ def _category_cells(name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[k] = str(value)
         else:
-            raise got.error(k, name, f"expected a category (text or a whole number), found {shown_value(value)}")
+            raise got.error(k, name, f"expected a category (text or a whole number), found {shown_value(value)}",
+                            code=codes.WRONG_TYPE)
     return out
 
 

@@ -20,6 +20,7 @@ from specc.data.table import shown_names
 from specc.inference.columns import IMAGE_BATCH, Ask, Inputs, class_key
 from specc.inference.infer import PROBABILITIES, read_file, run_inputs
 from specc.inference.session import load_session
+from specc.language import codes
 from specc.language.diagnostics import DataError
 from specc.language.spec import CATEGORY
 from specc.training import losses
@@ -35,7 +36,8 @@ def evaluate_file(model: Path, data: Path, split: str = "all", device: str = "au
     meta = session.metadata
     target = meta.get("specc.target")
     if target is None:
-        raise DataError(str(model), "is not a model of `specc train` (its metadata has no specc.target)", code="D108")
+        raise DataError(str(model), "is not a model of `specc train` (its metadata has no specc.target)",
+                        code=codes.BAD_MODEL_FILE)
     loss, metrics = _declared(meta, model)
     ask = Ask(target=target, split=split, delimiter=delimiter, arrays=arrays, image_batch=image_batch)
     got = read_file(data, session, ask)
@@ -62,12 +64,13 @@ def _declared(meta: dict, model: Path) -> tuple[losses.LossDef, list[losses.Metr
     loss = meta.get("specc.loss")
     if loss not in losses.LOSSES or losses.LOSSES[loss].target != kind:
         raise DataError(str(model), f"names the loss {json.dumps(loss)} for a {kind} target in its metadata, which "
-                        f"this specc does not know (its losses: {', '.join(losses.LOSSES)})", code="D108")
+                        f"this specc does not know (its losses: {', '.join(losses.LOSSES)})", code=codes.BAD_MODEL_FILE)
     metrics = json.loads(meta.get("specc.metrics", "[]"))
     for name in metrics:
         if name not in losses.METRICS or losses.METRICS[name].target != kind:
             raise DataError(str(model), f"names the metric {json.dumps(name)} for a {kind} target in its metadata, "
-                            f"which this specc does not know (its metrics: {', '.join(losses.METRICS)})", code="D108")
+                            f"which this specc does not know (its metrics: {', '.join(losses.METRICS)})",
+                            code=codes.BAD_MODEL_FILE)
     return losses.loss(loss), [losses.metric(name) for name in metrics]
 
 
@@ -106,18 +109,19 @@ def _unseen(got: Inputs, target: str, keys: list, unseen: Counter, classes: list
     hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
     count = len(unseen)
     return got.error(first, target, f"{count} class{'es' if count > 1 else ''} the model never saw in training: "
-                     f"{listed}; its classes are {shown_names(list(classes))}{hint}", code="D109")
+                     f"{listed}; its classes are {shown_names(list(classes))}{hint}", code=codes.UNKNOWN_CLASS)
 
 
 def _regression(target: str, got: Inputs, out) -> tuple[np.ndarray, np.ndarray]:
     """The values the model returned and the target's, both float64, the target checked to be finite."""
     truth = got.target
     if truth.dtype.kind not in "iufb":
-        raise got.error(0, target, f"holds {describe_array(truth)}; the target is a number", whole=True)
+        raise got.error(0, target, f"holds {describe_array(truth)}; the target is a number", code=codes.WRONG_TYPE,
+                        whole=True)
     y = np.asarray(truth, dtype=np.float64)
     bad = ~np.isfinite(y)
     if bad.any():
         k = int(np.argmax(bad))
         found = "a missing value (NaN)" if np.isnan(y[k]) else f"{y[k]}"
-        raise got.error(k, target, f"expected a finite number, found {found}", code="D105")
+        raise got.error(k, target, f"expected a finite number, found {found}", code=codes.BAD_NUMBER)
     return out[target].astype(np.float64), y

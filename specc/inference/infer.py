@@ -15,6 +15,7 @@ import numpy as np
 from specc.data.sources import SOURCES, TEXT, SourceDef, source_def
 from specc.inference.columns import IMAGE_BATCH, Ask, Inputs
 from specc.inference.session import Session, load_session
+from specc.language import codes
 from specc.language.diagnostics import DataError
 
 PROBABILITIES = "probabilities"  # the class probabilities output (specc.export, which imports torch)
@@ -26,7 +27,8 @@ def recorded_source(session: Session) -> SourceDef:
     kind = session.reading.get("format", TEXT)
     if kind not in SOURCES:
         raise DataError(session.where, f"its metadata specc.reading names the source '{kind}', which this specc "
-                        f"does not read (it reads {', '.join(SOURCES)}): was it written by a newer specc?", code="D108")
+                        f"does not read (it reads {', '.join(SOURCES)}): was it written by a newer specc?",
+                        code=codes.BAD_MODEL_FILE)
     return source_def(kind)
 
 

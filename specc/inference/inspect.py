@@ -18,6 +18,7 @@ import numpy as np
 from specc.data.files import check_regular, describe_array, open_binary
 from specc.data.arrays import INT64_MAX, INT64_MIN
 from specc.data.prepare import Vocab
+from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError
 
 DELIMITERS = (",", "\t", ";", "|")
@@ -58,7 +59,7 @@ def load_run(run: Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str
                 except TypeError as err:  # a dtype numpy lacks, such as bfloat16
                     unreadable[key] = str(err)
     except (SafetensorError, OSError) as err:
-        raise DataError(str(path), f"is not a readable safetensors file ({err})", code="D108") from None
+        raise DataError(str(path), f"is not a readable safetensors file ({err})", code=codes.BAD_MODEL_FILE) from None
     return weights, meta, unreadable
 
 
@@ -67,7 +68,8 @@ def _metadata(meta: dict[str, str], path: Path) -> tuple[dict[str, Vocab], dict[
     is an error naming the entry, not a KeyError."""
 
     def bad(key: str, what: str) -> DataError:
-        return DataError(str(path), f"metadata '{key}' is not what `specc train` writes: {what}", code="D108")
+        return DataError(str(path), f"metadata '{key}' is not what `specc train` writes: {what}",
+                         code=codes.BAD_MODEL_FILE)
 
     parsed = {}
     for key in ("specc.vocabs", "specc.embeddings"):
@@ -133,7 +135,7 @@ def read_names(names: NamesFile, column: str, vocab: Vocab) -> dict[str, str]:
         line = data[:err.start].count(b"\n") + 1 if "\n".encode(codec.name) == b"\n" else None
         raise DataError(str(path), f"byte 0x{data[err.start]:02x} is not {codec.name} text; give the file's "
                         "encoding with --names-encoding (MovieLens' u.item is latin-1)", line=line,
-                        code="D102") from None
+                        code=codes.NOT_UTF8) from None
     first = text.split("\n", 1)[0].rstrip("\r")
     delimiter = names.delimiter or max(DELIMITERS, key=lambda d: len(_fields(first, d)))
     shown = "tab" if delimiter == "\t" else f"'{delimiter}'"
@@ -141,14 +143,14 @@ def read_names(names: NamesFile, column: str, vocab: Vocab) -> dict[str, str]:
     try:
         rows = [(reader.line_num, row) for row in reader]
     except csv.Error as err:
-        raise DataError(str(path), f"cannot be parsed: {err}", line=reader.line_num, code="D102") from None
+        raise DataError(str(path), f"cannot be parsed: {err}", line=reader.line_num, code=codes.MALFORMED_CSV) from None
     rows = [(n, row) for n, row in rows if row and row != [""]]
     if not rows:
-        raise DataError(str(path), "the file is empty", code="D102")
+        raise DataError(str(path), "the file is empty", code=codes.NO_ROWS)
     if len(rows[0][1]) < 2:
         raise DataError(str(path), f"expected an id and a name on each line, split by {shown}; line "
                         f"{rows[0][0]} has one field (another delimiter? --names-delimiter)", line=rows[0][0],
-                        code="D102")
+                        code=codes.DATA_SHAPE)
     header = names.header
     if header is None:
         header = _key(rows[0][1][0], vocab) not in set(vocab.values)
@@ -166,7 +168,7 @@ def read_names(names: NamesFile, column: str, vocab: Vocab) -> dict[str, str]:
     if not set(found) & set(vocab.values):
         raise DataError(str(path), f"none of its ids is an id of '{column}' in the model (read with the delimiter "
                         f"{shown}, {'a' if header else 'no'} header, the id in field {key + 1}): see --names-delimiter "
-                        "and --names-header", code="D102")
+                        "and --names-header", code=codes.NAMES_DO_NOT_MATCH)
     return found
 
 
@@ -206,13 +208,14 @@ def _table(weights, unreadable, path: Path, name: str, emb: dict, vocab: Vocab, 
     key = emb["weight"]
 
     def bad(what: str) -> DataError:
-        return DataError(str(path), f"tensor '{key}' (embedding '{name}' of '{vocab.column}') {what}", code="D108")
+        return DataError(str(path), f"tensor '{key}' (embedding '{name}' of '{vocab.column}') {what}",
+                         code=codes.BAD_MODEL_FILE)
 
     if key in unreadable:
         raise bad(f"cannot be read with numpy ({unreadable[key]})")
     if key not in weights:
         raise DataError(str(path), f"has no tensor '{key}' for embedding '{name}' (it holds: "
-                        f"{', '.join(sorted(weights)[:10]) or 'no tensors'})", code="D108")
+                        f"{', '.join(sorted(weights)[:10]) or 'no tensors'})", code=codes.BAD_MODEL_FILE)
     table = weights[key]
     if table.ndim != 2 or table.dtype.kind != "f":
         raise bad(f"holds {describe_array(table)}; an embedding is a 2-d table of floats")
@@ -266,7 +269,7 @@ def report(run: Path, column: str | None = None, names_file: NamesFile | None = 
                 scores, share = pca(table, 3)
             except np.linalg.LinAlgError as err:  # finite, but too large to decompose
                 raise DataError(str(path), f"tensor '{name}.weight': its factors cannot be decomposed ({err})",
-                                code="D108") from None
+                                code=codes.BAD_MODEL_FILE) from None
             for c in range(scores.shape[1]):
                 ranked = np.argsort(scores[:, c], kind="stable")
                 lines.append(f"\nfactors '{name}' ({emb['dim']} wide): principal component {c + 1}"

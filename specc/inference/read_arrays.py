@@ -10,6 +10,7 @@ import numpy as np
 
 from specc.data.files import check_regular, describe_array, load_npz, npz_array
 from specc.inference.columns import Ask, Inputs, row_shape, typed
+from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError
 
 SUFFIXES = {"all": ("", "_test", "_valid"), "valid": ("_valid", ""), "train": ("_train", "")}
@@ -19,7 +20,7 @@ SUFFIXES = {"all": ("", "_test", "_valid"), "valid": ("_valid", ""), "train": ("
 class ArrayInputs(Inputs):
     """An .npz's inputs: a value is at its index in its array (`arrays`: column -> array name)."""
 
-    def at(self, index, column: str, message: str, code: str, whole: bool) -> DataError:
+    def at(self, index, column: str, message: str, code: codes.Code, whole: bool) -> DataError:
         name = self.arrays[column]
         if whole:
             return DataError(self.path, f"array '{name}' {message}", code=code)
@@ -51,10 +52,10 @@ def read_arrays(path: Path, session, ask: Ask) -> ArrayInputs:
     counts = {chosen[c]: len(data[c]) for c in wanted}
     if len(set(counts.values())) > 1:
         raise DataError(shown, "the arrays have different numbers of rows ("
-                        + ", ".join(f"{name}: {n}" for name, n in counts.items()) + ")", code="D103")
+                        + ", ".join(f"{name}: {n}" for name, n in counts.items()) + ")", code=codes.DATA_SHAPE)
     got.rows = next(iter(counts.values()))
     if got.rows == 0:
-        raise DataError(shown, f"the arrays {', '.join(chosen.values())} have no rows", code="D102")
+        raise DataError(shown, f"the arrays {', '.join(chosen.values())} have no rows", code=codes.NO_ROWS)
     for name in session.inputs:
         got.feed[name] = typed(session, name, data[name], got)
     if ask.target:
@@ -70,7 +71,7 @@ def _chosen(archive, wanted: list[str], arrays: dict[str, str], split: str, show
     for column, name in arrays.items():
         if name not in files:
             raise DataError(shown, f"has no array '{name}' (--array {column}={name}); it holds: {listed}",
-                            code="D107")
+                            code=codes.MISSING_INPUT)
     rest = [c for c in wanted if c not in arrays]
     suffix = next((x for x in SUFFIXES[split] if all(f"{c}{x}" in files for c in rest)), None)
     if suffix is None:
@@ -79,7 +80,7 @@ def _chosen(archive, wanted: list[str], arrays: dict[str, str], split: str, show
         if all(any(f"{c}{x}" in files for x in SUFFIXES[split]) for c in rest):
             column, tried = rest[0], "arrays of one suffix for every column"
         raise DataError(shown, f"has no array for the model's column '{column}' (looked for {tried}); it holds: "
-                        f"{listed}; name it with --array {column}=NAME", code="D107")
+                        f"{listed}; name it with --array {column}=NAME", code=codes.MISSING_INPUT)
     return {c: arrays.get(c, f"{c}{suffix}") for c in wanted}, suffix
 
 
@@ -88,7 +89,7 @@ def _shaped(arr: np.ndarray, want: tuple | None, column: str, got: Inputs) -> np
     name = got.arrays[column]
     if arr.ndim == 0:
         raise DataError(got.path, f"array '{name}' is a single value ({describe_array(arr)}); the model's column "
-                        f"'{column}' needs one row per example", code="D103")
+                        f"'{column}' needs one row per example", code=codes.DATA_SHAPE)
     if want is None:
         return arr
     rows = tuple(arr.shape[1:])
@@ -99,5 +100,5 @@ def _shaped(arr: np.ndarray, want: tuple | None, column: str, got: Inputs) -> np
             return "one value per row" if shape == () else f"rows of shape {shape}"
 
         raise DataError(got.path, f"array '{name}' holds {describe_array(arr)}: {rows_of(rows)}, but the model's "
-                        f"column '{column}' takes {rows_of(want)}", code="D103")
+                        f"column '{column}' takes {rows_of(want)}", code=codes.DATA_SHAPE)
     return arr

@@ -18,6 +18,7 @@ from specc.data.images import SUFFIXES as IMAGE_SUFFIXES, BrokenImage, Listing, 
 from specc.data.split import split_from_json, split_rows
 from specc.data.table import shown_names
 from specc.inference.columns import IMAGE_BATCH, Ask, Inputs, class_key
+from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError, os_text, printable
 from specc.language.spec import IMAGE_COLUMN, IMAGE_MODES, ImagesSource
 
@@ -45,13 +46,14 @@ def image_reading(session) -> ImageReading:
     if mode not in IMAGE_MODES or not isinstance(size, list) or len(size) != 2 or \
             not all(isinstance(d, int) and d > 0 for d in size):
         raise DataError(str(model), f"its metadata specc.reading ({json.dumps(opts)}) has no image mode and size "
-                        "as specc writes them", code="D108")
+                        "as specc writes them", code=codes.BAD_MODEL_FILE)
     reading = ImageReading(IMAGE_COLUMN, mode, (size[0], size[1]))
     kind, shape = session.inputs.get(IMAGE_COLUMN), session.shapes.get(IMAGE_COLUMN, [])
     if list(session.inputs) != [IMAGE_COLUMN] or kind != "tensor(uint8)" or shape[1:] != list(reading.shape):
         got = ", ".join(f"'{n}': {t} {session.shapes[n]}" for n, t in session.inputs.items())
         raise DataError(str(model), f"reads {mode} images of {size[0]}x{size[1]} by its metadata, but its inputs are "
-                        f"not one uint8 batch 'image' (N, {', '.join(map(str, reading.shape))}): {got}", code="D108")
+                        f"not one uint8 batch 'image' (N, {', '.join(map(str, reading.shape))}): {got}",
+                        code=codes.BAD_MODEL_FILE)
     return reading
 
 
@@ -67,7 +69,7 @@ def image_files(path: Path) -> tuple[list[Path], list[str]]:
     found = [relative for relative, _, _ in images_below(path, path)]
     if not found:
         raise DataError(printable(str(path)), f"holds no images (files ending {', '.join(IMAGE_SUFFIXES)}, in it or "
-                        "in folders below it)", code="D111")
+                        "in folders below it)", code=codes.IMAGE_FOLDER_LAYOUT)
     return [path / relative for relative in found], [os_text(relative) for relative in found]
 
 
@@ -79,7 +81,8 @@ def decode_images(paths: list[Path], reading: ImageReading) -> np.ndarray:
         try:
             batch[k] = decode(path, reading.mode, reading.size)
         except BrokenImage as err:
-            raise DataError(printable(str(path)), f"cannot be decoded as an image: {err}", code="D110") from None
+            raise DataError(printable(str(path)), f"cannot be decoded as an image: {err}",
+                            code=codes.UNDECODABLE_IMAGE) from None
     return batch
 
 
@@ -93,7 +96,7 @@ class ImageInputs(Inputs):
     names: list[str] = field(default_factory=list)
     per_run: int = IMAGE_BATCH
 
-    def at(self, index, column: str, message: str, code: str, whole: bool) -> DataError:
+    def at(self, index, column: str, message: str, code: codes.Code, whole: bool) -> DataError:
         row = index[0] if isinstance(index, tuple) else index
         return DataError(printable(str(self.paths[row])) if not whole else self.path, message, code=code)
 
@@ -129,7 +132,7 @@ def class_folder(folder: Path, session, reading: ImageReading, ask: Ask) -> Imag
     if not folder.is_dir():
         raise DataError(str(folder), "is not a folder: the model reads images, so evaluate takes a folder with one "
                         "subfolder of images per class, as the model was trained on (or an .npz with arrays "
-                        f"'{reading.column}' and '{ask.target}')", code="D107")
+                        f"'{reading.column}' and '{ask.target}')", code=codes.MISSING_INPUT)
     listing = list_folder(ImagesSource(folder, reading.size, reading.mode, None))
     meta = session.metadata
     known_classes(listing, json.loads(meta["specc.vocabs"])[meta["specc.target"]])
@@ -164,4 +167,4 @@ def known_classes(listing: Listing, vocab: dict) -> None:
     count = len(unknown)
     raise DataError(printable(str(where)), f"class folder{'s' if count > 1 else ''} {listed} "
                     f"{'are' if count > 1 else 'is'} not {'classes' if count > 1 else 'a class'} of the model: its "
-                    f"classes are {shown_names([printable(str(c)) for c in classes])}{hint}", code="D109")
+                    f"classes are {shown_names([printable(str(c)) for c in classes])}{hint}", code=codes.UNKNOWN_CLASS)

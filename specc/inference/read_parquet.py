@@ -11,6 +11,7 @@ from specc.data.files import check_regular, shown_path
 from specc.data.parquet import ParquetTable, misfit, read_parquet
 from specc.data.table import shown_names
 from specc.inference.columns import Ask, Inputs, column_kind, missing_text, row_shape, typed
+from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError
 from specc.language.spec import CATEGORY, FLOAT, Column, ParquetSource
 
@@ -21,7 +22,7 @@ class ParquetInputs(Inputs):
 
     table: ParquetTable | None = None
 
-    def at(self, index, column: str, message: str, code: str, whole: bool) -> DataError:
+    def at(self, index, column: str, message: str, code: codes.Code, whole: bool) -> DataError:
         if whole:
             return DataError(self.path, message, column=column, code=code)
         return self.table.error(index[0] if isinstance(index, tuple) else index, column, message, code)
@@ -48,7 +49,7 @@ def read_parquet_rows(path: Path, session, ask: Ask) -> ParquetInputs:
     if absent:
         what = "target" if absent == [ask.target] else "input"
         raise DataError(shown_path(path), f"{missing_text(absent, what)} (the file has: {shown_names(names)})",
-                        code="D107")
+                        code=codes.MISSING_INPUT)
     _fits(path, schema, columns)
     kept = [Column(ask.keep, target_kind, None)] if ask.keep and ask.keep in names and \
         all(c.name != ask.keep for c in columns) else []
@@ -70,7 +71,7 @@ def _schema(path: Path):
     try:
         return pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(shown_path(path), f"is not a readable Parquet file: {err}", code="D102") from None
+        raise DataError(shown_path(path), f"is not a readable Parquet file: {err}", code=codes.DAMAGED_FILE) from None
 
 
 def _fits(path: Path, schema, columns: list[Column]) -> None:
@@ -84,4 +85,4 @@ def _fits(path: Path, schema, columns: list[Column]) -> None:
             takes = "ids or text" if col.kind == CATEGORY else \
                 "numbers" if not col.shape else f"lists of {', '.join(map(str, col.shape))} numbers"
             raise DataError(shown_path(path), f"holds {problem[0]}; the model's column '{col.name}' takes {takes}",
-                            column=col.name, code="D104")
+                            column=col.name, code=codes.WRONG_TYPE)

@@ -12,6 +12,7 @@ from pathlib import Path
 from specc.data.files import bad_byte, check_regular, has_surrogates, not_utf8, open_text
 from specc.data.table import Table, header_problem, read_table, shown_names
 from specc.inference.columns import Ask, Inputs, column_kind, missing_text, typed
+from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError
 from specc.language.spec import CATEGORY, FLOAT, Column, CsvSource
 
@@ -24,7 +25,7 @@ class TextInputs(Inputs):
 
     table: Table | None = None
 
-    def at(self, index, column: str, message: str, code: str, whole: bool) -> DataError:
+    def at(self, index, column: str, message: str, code: codes.Code, whole: bool) -> DataError:
         row = index[0] if isinstance(index, tuple) else index
         return DataError(self.path, message, line=None if whole else self.table.line(row), column=column, code=code)
 
@@ -91,7 +92,7 @@ def first_line(path: Path) -> str:
     with open_text(path) as f:
         first = f.readline(1 << 20).rstrip("\r\n")
         if not first and not f.read(1):
-            raise DataError(str(path), "the file is empty", code="D102")
+            raise DataError(str(path), "the file is empty", code=codes.NO_ROWS)
     if has_surrogates(first):
         raise not_utf8(str(path), 1, byte=bad_byte(first))
     return first
@@ -121,7 +122,7 @@ def _missing_columns(path: str, wanted: list[str], target: str | None, best: tup
     missing = f"{', '.join(repr(m) for m in absent)}"
     if training is None:
         what = "target" if absent == [target] else "input"
-        return DataError(path, f"{missing_text(absent, what)} ({has})", line=1, code="D107")
+        return DataError(path, f"{missing_text(absent, what)} ({has})", line=1, code=codes.MISSING_INPUT)
     fields = len(split_line(first, training.delimiter))
     partial = not problem and len(absent) < len(wanted)  # a header, but short of some columns
     detail = f"; as a header it names {shown_names(names)}, not {missing}" if partial else ""
@@ -129,4 +130,4 @@ def _missing_columns(path: str, wanted: list[str], target: str | None, best: tup
                      f"row laid out as the training data was: {len(training.columns)} "
                      f"{_shown_delimiter(training.delimiter)}-separated fields "
                      f"({shown_names(list(training.columns))}), no header; it has {fields} "
-                     f"field{'s' if fields != 1 else ''}{detail}", line=1, code="D107")
+                     f"field{'s' if fields != 1 else ''}{detail}", line=1, code=codes.MISSING_INPUT)

@@ -25,6 +25,7 @@ from specc.inference.columns import Inputs, column_kind, missing_text, row_shape
 from specc.inference.infer import cell_texts, output_columns
 from specc.inference.read_text import text_options
 from specc.inference.session import Session, load_session
+from specc.language import codes
 from specc.language.diagnostics import UsageError
 from specc.language.spec import FLOAT
 
@@ -73,7 +74,7 @@ class Rejected(Exception):
     """A request the server answers with an error: the message, and its code (an HttpCode, with
     its status, or predict's D-code for a value the model cannot take: a 400)."""
 
-    def __init__(self, message: str, code: HttpCode | str, allow: tuple[str, ...] = ()):
+    def __init__(self, message: str, code: HttpCode | codes.Code, allow: tuple[str, ...] = ()):
         super().__init__(message)
         self.message, self.code, self.allow = message, code, allow
         self.status = code.status if isinstance(code, HttpCode) else 400
@@ -90,7 +91,7 @@ class _Request(Inputs):
     """A request's inputs; a value the model cannot take is reported at its row (counted from 0, as
     JSON arrays are) and column, in predict's words."""
 
-    def at(self, index, column: str, message: str, code: str, whole: bool) -> Rejected:
+    def at(self, index, column: str, message: str, code: codes.Code, whole: bool) -> Rejected:
         where = f"column '{column}'"
         if isinstance(index, tuple) and len(index) > 1:
             where += f", element {list(index[1:])}"
@@ -130,7 +131,7 @@ def read_request(session: Session, body: bytes, max_rows: int) -> tuple[_Request
                        f'([{{"name": value, ...}}, ...]), found {_kind(data)}', NOT_INPUTS)
     rows = len(columns[wanted[0]])
     if rows == 0:
-        raise Rejected("the request has no rows", "D102")
+        raise Rejected("the request has no rows", codes.NO_ROWS)
     got = _Request({}, rows, path="request")
     reading = text_options(session, Path("request"))
     for name in wanted:
@@ -154,7 +155,7 @@ def _from_rows(data: list, wanted: list[str]) -> dict[str, list]:
         except KeyError:
             absent = [name for name in wanted if name not in row]
             has = f"the row has: {shown_names(list(row))}" if row else "the row is empty"
-            raise Rejected(f"row {k}: {missing_text(absent)} ({has})", "D107") from None
+            raise Rejected(f"row {k}: {missing_text(absent)} ({has})", codes.MISSING_INPUT) from None
     return columns
 
 
@@ -162,7 +163,7 @@ def _from_columns(data: dict, wanted: list[str], max_rows: int) -> dict[str, lis
     absent = [name for name in wanted if name not in data]
     if absent:
         has = f"the request has: {shown_names(list(data))}" if data else "the request has no columns"
-        raise Rejected(f"{missing_text(absent)} ({has})", "D107")
+        raise Rejected(f"{missing_text(absent)} ({has})", codes.MISSING_INPUT)
     for name in wanted:
         if not isinstance(data[name], list):
             raise Rejected(f"column '{name}': expected an array of values, one a row, found {_shown(data[name])}",
@@ -170,7 +171,7 @@ def _from_columns(data: dict, wanted: list[str], max_rows: int) -> dict[str, lis
     counts = {name: len(data[name]) for name in wanted}
     if len(set(counts.values())) > 1:
         raise Rejected("the columns have different numbers of rows ("
-                       + ", ".join(f"{name}: {n}" for name, n in counts.items()) + ")", "D103")
+                       + ", ".join(f"{name}: {n}" for name, n in counts.items()) + ")", codes.DATA_SHAPE)
     if counts[wanted[0]] > max_rows:
         raise _too_many(counts[wanted[0]], max_rows)
     return {name: data[name] for name in wanted}
@@ -223,7 +224,8 @@ def _json_numbers(name: str, values: list, reading) -> np.ndarray:
                     raise ValueError
                 out[k] = float(v)
             except ValueError:
-                raise Rejected(f"row {k}: column '{name}': expected a number, found {_shown(v)}", "D104") from None
+                raise Rejected(f"row {k}: column '{name}': expected a number, found {_shown(v)}",
+                               codes.WRONG_TYPE) from None
     return out
 
 
@@ -234,17 +236,17 @@ def _nested(name: str, values: list, shape: tuple | None) -> np.ndarray:
 
     if (depth := _depth(values) - 1) > MAX_DIMENSIONS:  # numpy would refuse it, in words about shapes
         raise Rejected(f"column '{name}': its rows are arrays nested {depth} levels deep; the model takes "
-                       f"{rows_of(shape) if shape is not None else 'rows of one shape'}", "D103")
+                       f"{rows_of(shape) if shape is not None else 'rows of one shape'}", codes.DATA_SHAPE)
     try:
         arr = np.asarray(values)
     except ValueError:  # ragged
         raise Rejected(f"column '{name}': its rows are arrays of different shapes; the model takes "
-                       f"{rows_of(shape) if shape is not None else 'rows of one shape'}", "D103") from None
+                       f"{rows_of(shape) if shape is not None else 'rows of one shape'}", codes.DATA_SHAPE) from None
     if arr.dtype.kind not in "iuf":
-        raise Rejected(f"column '{name}': expected numbers, found {describe_array(arr)}", "D104")
+        raise Rejected(f"column '{name}': expected numbers, found {describe_array(arr)}", codes.WRONG_TYPE)
     if shape is not None and tuple(arr.shape[1:]) != shape:
         raise Rejected(f"column '{name}': {rows_of(tuple(arr.shape[1:]))}, but the model's column '{name}' "
-                       f"takes {rows_of(shape)}", "D103")
+                       f"takes {rows_of(shape)}", codes.DATA_SHAPE)
     return arr
 
 

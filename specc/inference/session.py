@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from specc.data.files import check_regular
+from specc.language import codes
 from specc.language.diagnostics import DataError
 
 
@@ -166,7 +167,8 @@ def load_session(model: Path, device: str = "auto") -> Session:
         found = re.match(r"\[ONNXRuntimeError\] : \d+ : (\w+) : (.*)", text, re.S)
         if found:  # "... : INVALID_PROTOBUF : Load model from m.onnx failed:Protobuf parsing failed."
             text = f"{found[1].lower()}: {found[2].split('failed:', 1)[-1].strip()}"
-        raise DataError(str(model), f"is not an ONNX model onnxruntime can load ({text})", code="D108") from None
+        raise DataError(str(model), f"is not an ONNX model onnxruntime can load ({text})",
+                        code=codes.BAD_MODEL_FILE) from None
 
 
 def nan_safe_inputs(model: bytes | str | Path) -> set[str]:

@@ -1,8 +1,8 @@
 """Diagnostic codes: every code a spec diagnostic carries, each named once with what it means.
 
 A code stands for one kind of mistake, so that a user (or a tool) can look it up and act on it;
-docs/language.md's table of codes is tested against this module. Data file errors (D1xx) are
-specc.language.diagnostics.DataError's and are listed in the docs on their own."""
+docs/language.md's tables of codes are tested against this module. D-codes are the data errors
+(specc.language.diagnostics.DataError), about a file specc reads rather than a place in the spec."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Code:
-    """A diagnostic code (`E101`) and the one line the docs give it."""
+    """A diagnostic code (`E101`) and the one line the docs give it; a code split off another has
+    that one as its `parent` (as mypy's `sub_code_of`): a user who matched the parent before the
+    split matches the parent and its children now."""
 
     code: str
     description: str
+    parent: Code | None = None
 
     def __str__(self) -> str:
         return self.code
@@ -90,6 +93,71 @@ OUTPUT_MISMATCH = Code("E313", "a model output that does not fit the target or t
 
 UNUSED_INPUT = Code("W201", "an input column the model does not use (a warning)")
 UNUSED_PARAM = Code("W202", "a param no line uses (a warning)")
+
+# ---------------------------------------------------------------- D1xx: a file specc reads
+
+UNREADABLE_PATH = Code("D101", "a file or folder specc reads that is not there, is not a regular file (a folder, a "
+                               "FIFO, a device), is a symbolic link loop or a link to nothing, or cannot be read (a "
+                               "path the spec names is E208 instead)")
+DAMAGED_FILE = Code("D102", "a file that is not of the format it is read as, or is damaged or cut short: not "
+                            "Parquet, not an .npz archive of arrays (a single .npy), a damaged archive or array, an "
+                            "array whose header claims more than it holds, compressed text that cannot be "
+                            "decompressed")
+DATA_SHAPE = Code("D103", "data whose shape does not fit: a line with another number of fields (a names file's "
+                          "too), arrays or columns with different numbers of rows, a row (of an array, a Parquet "
+                          "list, a JSON array) of another shape than the spec or the model takes, a single value "
+                          "where rows are needed")
+WRONG_TYPE = Code("D104", "a value of another kind than its column or the model's input takes: text where a number "
+                          "is needed, a number that is not whole where an id is, a boolean, null or array where an "
+                          "id or category is, an array or a Parquet column of another type")
+BAD_NUMBER = Code("D105", "a number the column or the model cannot take: a missing value (NaN, a null, a null "
+                          "list) that fill_missing does not fill, an infinite one, or one past the input's range "
+                          "(beyond float32, an id past int64 for which the model has no unknown id, a pixel that "
+                          "is not a whole number from 0 to 255)")
+EMPTY_SPLIT = Code("D106", "a split or filter that leaves no training or no validation rows: `last` or `random` of "
+                           "too few rows, `rows(start, ...)` past the end or of every row, `keep_classes` of classes "
+                           "a split lacks, an .npz's `_train` or `_valid` arrays of no rows")
+MISSING_INPUT = Code("D107", "data without what the model reads: a column its header or Parquet file does not have "
+                             "(or a line 1 that is neither that header nor a row laid out as the training data), an "
+                             "array its .npz lacks or that --array names, a column a request lacks; for an image "
+                             "model, a file where evaluate needs a folder of class folders")
+BAD_MODEL_FILE = Code("D108", "a model or weights file that is not what `specc train` writes: not a readable ONNX or "
+                              "safetensors file (damaged, cut short, another format; a checkpoint's too), its "
+                              "metadata or tensors missing or malformed, or metadata naming a source, loss or metric "
+                              "this specc does not know")
+UNKNOWN_CLASS = Code("D109", "a class never seen in training: a validation row's class, a valid/ class folder with no "
+                             "train/ folder, a label or class folder that evaluate is given and the model does not "
+                             "know")
+UNDECODABLE_IMAGE = Code("D110", "an image that cannot be decoded: damaged, cut short, not PNG, JPEG, BMP, GIF or "
+                                 "WebP, or a name that is no regular file (a FIFO, a device, a link loop or a link to "
+                                 "nothing)")
+IMAGE_FOLDER_LAYOUT = Code("D111", "an image folder that is not one subfolder of images per class: no class folders, "
+                                   "a class folder (or a folder given to predict) without images or whose every "
+                                   "image was skipped, train/ without valid/, class folders that are one folder, one "
+                                   "inside another or that hold the image folder, a link out of a class folder, two "
+                                   "folder names that read as one class")
+BAD_PARQUET_FOLDER = Code("D112", "a `parquet(...)` folder that cannot be read as one table: no Parquet files in it, "
+                                  "or files that disagree on a column the spec reads (not in every file, or of "
+                                  "another type)")
+TOO_MUCH_DATA = Code("D113", "data larger than specc reads into memory, found before it is held: a Parquet footer "
+                             "that counts more rows than fit, a compressed CSV that expands past the limit (a "
+                             "compression bomb), .npz arrays larger than it, a line longer than 16 MiB")
+BAD_RUN_STATE = Code("D120", "a file training reads back from its run folder and cannot go on from: a checkpoint "
+                             "whose training state is not what specc writes or does not fit this spec, data or "
+                             "device; an lr_find.json that is not JSON or not the spec's stage names and positive "
+                             "learning rates")
+
+# D121-D126 were D102 before each had a code of its own: D102 is their parent.
+NOT_UTF8 = Code("D121", "text that is not UTF-8 (for a names file, not in its --names-encoding): a byte in a line of "
+                        "a text file, a string or bytes of an .npz array, a string of a request", DAMAGED_FILE)
+NO_ROWS = Code("D122", "data with no rows: an empty file, a header alone, arrays or a request of no rows, a names "
+                       "file of blank lines", DAMAGED_FILE)
+MALFORMED_CSV = Code("D123", "a line the CSV reader cannot parse (Python's csv.Error: a stray or unterminated quote, "
+                             "a field past the csv module's size limit)", DAMAGED_FILE)
+PICKLED_ARRAY = Code("D124", "an .npz array of Python objects, which specc never unpickles", DAMAGED_FILE)
+DUPLICATE_COLUMN = Code("D125", "a Parquet file with two or more columns of a name the spec reads", DAMAGED_FILE)
+NAMES_DO_NOT_MATCH = Code("D126", "a names file (`inspect --names`) none of whose ids is an id of the column in the "
+                                  "model (another delimiter, header or id field?)", DAMAGED_FILE)
 
 
 ALL: tuple[Code, ...] = tuple(value for value in tuple(globals().values()) if isinstance(value, Code))

@@ -58,7 +58,7 @@ class DataError(Exception):
     """A problem in a data file: which file, which row (line) and column, and what was expected."""
 
     def __init__(self, path: str, message: str, line: int | None = None,
-                 column: str | None = None, code: str = "D100"):
+                 column: str | None = None, *, code: Code):  # a D-code of specc.language.codes
         self.path, self.line, self.column, self.code = path, line, column, code
         where = f"{path}:{line}" if line is not None else path
         what = f"column '{column}': {message}" if column is not None else message

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError
 
 MEMORY_ENV = "SPECC_MEMORY"  # the budget in bytes (8G, 512M, ...), in place of what the machine says
@@ -34,7 +35,6 @@ class Budget:
 # four times what is read at its peak (the columns as read, split in two, encoded, and np.unique's
 # sorted copies: bench/load.py measured 2.6 GB for the 0.6 GB of 25M ratings).
 DATA_SHARE = 4
-TOO_MUCH_DATA = "D113"
 
 
 def data_limit(env=None) -> Budget:
@@ -47,7 +47,7 @@ def too_much_data(path: str, what: str, limit: Budget, line: int | None = None) 
     """The error of a reader that stopped at its limit (D113): `what` it found, in words."""
     return DataError(path, f"{what}, more than the {shown_bytes(limit.bytes)} specc reads a data file into: "
                      f"{limit.source}, as preparing the data holds about {DATA_SHARE} times what is read; "
-                     f"{MEMORY_ENV}=SIZE sets the memory specc counts on", line=line, code=TOO_MUCH_DATA)
+                     f"{MEMORY_ENV}=SIZE sets the memory specc counts on", line=line, code=codes.TOO_MUCH_DATA)
 
 
 def parse_size(text: str) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specc.language import codes
 from specc.language.diagnostics import DataError
 
 FORMAT = "specc-checkpoint-1"
@@ -89,12 +90,12 @@ def read_safetensors(path, data: bytes | None = None) -> tuple[dict[str, torch.T
             with open(path, "rb") as f:
                 data = f.read()
     except OSError as err:
-        raise DataError(str(path), f"cannot be read: {os_reason(err)}", code="D108") from None
+        raise DataError(str(path), f"cannot be read: {os_reason(err)}", code=codes.UNREADABLE_PATH) from None
     try:
         tensors = load(data)
     except SafetensorError as err:
         raise DataError(str(path), f"is not a readable safetensors file ({err}): it is damaged or cut short",
-                        code="D108") from None
+                        code=codes.BAD_MODEL_FILE) from None
     # load() has read and checked the header: 8 bytes of length, then JSON with the metadata.
     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     return tensors, header.get("__metadata__") or {}
@@ -105,7 +106,7 @@ def from_safetensors(path, data: bytes | None = None) -> tuple[TrainState, dict[
     tensors, meta = read_safetensors(path, data)
 
     def bad(what: str):
-        raise DataError(str(path), f"{what}; {AGAIN}", code="D120")
+        raise DataError(str(path), f"{what}; {AGAIN}", code=codes.BAD_RUN_STATE)
 
     if "specc.checkpoint" not in meta:
         bad("no training state in its metadata: it is not a checkpoint of `specc train`")
@@ -218,7 +219,7 @@ def check_fits(path, state: TrainState, spec, prepared, plan, device) -> None:
     from specc.training.optim import module_groups, stage_groups
 
     def bad(what: str):
-        raise DataError(str(path), f"{what}; the run cannot go on from it", code="D120")
+        raise DataError(str(path), f"{what}; the run cannot go on from it", code=codes.BAD_RUN_STATE)
 
     stages, steps, n = plan.stages, plan.steps_per_epoch, prepared.n_train
     if state.stage > len(stages):

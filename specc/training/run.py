@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from specc.language import overrides as _overrides
 from specc.language.check import check
+from specc.language import codes
 from specc.language.diagnostics import Diagnostic, SpecError, UsageError
 from specc.language.parse import parse, read_source
 from specc.language.spec import Spec
@@ -112,26 +113,27 @@ def read_lr_find(path: Path, plan) -> dict[str, float]:
     fix = "delete it, and training finds the rates again"
     try:
         if not path.is_file():
-            raise DataError(str(path), f"is not a file; {fix}", code="D120")
+            raise DataError(str(path), f"is not a file; {fix}", code=codes.UNREADABLE_PATH)
         with open(path, "rb") as f:
             found = json.loads(f.read(1 << 20))
     except OSError as err:
         from specc.training.runfolder import os_reason
 
-        raise DataError(str(path), f"cannot be read: {os_reason(err)}", code="D120") from None
+        raise DataError(str(path), f"cannot be read: {os_reason(err)}", code=codes.UNREADABLE_PATH) from None
     except ValueError as err:  # not UTF-8, not JSON
-        raise DataError(str(path), f"is not JSON ({err}); {fix}", code="D120") from None
+        raise DataError(str(path), f"is not JSON ({err}); {fix}", code=codes.BAD_RUN_STATE) from None
     stages = [s.name for s in plan.stages]
     if not isinstance(found, dict):
         raise DataError(str(path), f"expected an object mapping stage names to learning rates, found "
-                                   f"{type(found).__name__ if found is not None else 'null'}; {fix}", code="D120")
+                                   f"{type(found).__name__ if found is not None else 'null'}; {fix}",
+                        code=codes.BAD_RUN_STATE)
     for stage, lr in found.items():
         if stage not in stages:
             raise DataError(str(path), f"unknown stage '{stage}' (the spec's stages: {', '.join(stages)}); {fix}",
-                            code="D120")
+                            code=codes.BAD_RUN_STATE)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise DataError(str(path), f"stage '{stage}': expected a positive learning rate, found "
-                                       f"{json.dumps(lr)}; {fix}", code="D120")
+                                       f"{json.dumps(lr)}; {fix}", code=codes.BAD_RUN_STATE)
     return {stage: float(lr) for stage, lr in found.items()}
 
 
