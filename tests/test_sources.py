@@ -187,7 +187,22 @@ def images_case(folder: Path) -> Case:
                 np.array([new[p][0] for p in paths]))
 
 
-CASES = {"csv": csv_case, "tsv": tsv_case, "npz": npz_case, "parquet": parquet_case, "images": images_case}
+def write_jsonl(path: Path, table: dict) -> None:
+    """One JSON object a row (ids as numbers, a null-free float), gzipped where the name ends .gz."""
+    text = "".join(json.dumps({k: v.item() for k, v in zip(table, values)}) + "\n" for values in zip(*table.values()))
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+
+
+def jsonl_case(folder: Path) -> Case:
+    """JSON Lines; predict and evaluate read another, gzipped, its fields in another order and one more."""
+    case = _rows_case(folder, 'jsonl("rows.jsonl")', {"format": "jsonl"}, write_jsonl, "rows.jsonl", "new.jsonl.gz")
+    table = rows(20, 1)
+    write_jsonl(case.new, {"extra": table["c"] * 0, "y": table["y"], "a": table["a"], "c": table["c"]})
+    return case
+
+
+CASES = {"csv": csv_case, "tsv": tsv_case, "npz": npz_case, "parquet": parquet_case, "images": images_case,
+         "jsonl": jsonl_case}
 
 
 def test_every_source_has_a_case_here():
@@ -311,7 +326,7 @@ def test_the_docs_table_of_sources_is_the_declarations():
 class Undeclared:
     """A checked source of a kind no declaration names (as a source added without its declaration)."""
 
-    kind: ClassVar[str] = "jsonl"
+    kind: ClassVar[str] = "avro"
     path: Path
     span: Span | None = None
 
@@ -320,7 +335,7 @@ def _undeclared(tmp_path: Path):
     write_text(tmp_path / "rows.csv", rows(48, 0))
     (tmp_path / "rows.spec").write_text(ROWS.format(source='csv("rows.csv")', valid="random(0.25)"))
     spec = load_spec(tmp_path / "rows.spec")[0]
-    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, source=Undeclared(tmp_path / "rows.jsonl")))
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, source=Undeclared(tmp_path / "rows.avro")))
 
 
 def test_a_users_unknown_source_is_e202_with_did_you_mean(tmp_path):
@@ -332,8 +347,8 @@ def test_a_users_unknown_source_is_e202_with_did_you_mean(tmp_path):
 
 
 def test_the_lookup_of_an_undeclared_kind_raises_a_key_error():
-    with pytest.raises(UndeclaredSource, match="no source 'jsonl' is declared in specc.data.sources") as err:
-        source_def("jsonl")
+    with pytest.raises(UndeclaredSource, match="no source 'avro' is declared in specc.data.sources") as err:
+        source_def("avro")
     assert isinstance(err.value, KeyError)
 
 
@@ -347,7 +362,7 @@ STAGES = {
 @pytest.mark.parametrize("stage", STAGES)
 def test_an_undeclared_kind_raises_in_every_stage(tmp_path, stage):
     """A source whose declaration is missing is a bug: each stage says so, none reads it as another."""
-    with pytest.raises(UndeclaredSource, match="no source 'jsonl' is declared"):
+    with pytest.raises(UndeclaredSource, match="no source 'avro' is declared"):
         STAGES[stage](_undeclared(tmp_path))
 
 
@@ -359,13 +374,13 @@ def test_predict_and_evaluate_refuse_a_model_that_records_a_source_this_specc_do
     proto = onnx.load(str(model))
     for prop in proto.metadata_props:
         if prop.key == "specc.reading":
-            prop.value = json.dumps({"format": "jsonl"})
+            prop.value = json.dumps({"format": "avro"})
     newer = tmp_path / "newer.onnx"
     onnx.save(proto, str(newer))
     for argv in (["predict", str(newer), str(case.new)], ["evaluate", str(newer), str(case.new)]):
         assert main(argv) == 1
         assert capsys.readouterr().err.strip() == (
-            f"{newer}: error[D108]: its metadata specc.reading names the source 'jsonl', which this specc does not "
+            f"{newer}: error[D108]: its metadata specc.reading names the source 'avro', which this specc does not "
             f"read (it reads {', '.join(SOURCES)}): was it written by a newer specc?")
     with pytest.raises(DataError):
         evaluate_file(newer, case.new)

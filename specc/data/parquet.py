@@ -202,7 +202,7 @@ class _Gather:
         import pyarrow as pa
 
         if self.out is None:
-            return _values(pa.chunked_array(self.chunks, type=self.type), self.col, table)
+            return column_values(pa.chunked_array(self.chunks, type=self.type), self.col, table)
         if self.nulls is None:
             return self.out
         # ids with a null among them: text, the null the category '', as a CSV's empty field is
@@ -367,8 +367,9 @@ def _words(kind: str | None, t) -> str:
 # ---------------------------------------------------------------- values
 
 
-def _values(values, col: Column, table: ParquetTable) -> np.ndarray:
-    """One column as the CSV reader gives it (see ParquetTable)."""
+def column_values(values, col: Column, table: ParquetTable) -> np.ndarray:
+    """One column of Arrow values (an array or chunked array) as the CSV reader gives it (see
+    ParquetTable): the Parquet reader's and the JSON Lines reader's."""
     import pyarrow as pa
     import pyarrow.compute as pc
 

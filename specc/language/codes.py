@@ -158,6 +158,8 @@ PICKLED_ARRAY = Code("D124", "an .npz array of Python objects, which specc never
 DUPLICATE_COLUMN = Code("D125", "a Parquet file with two or more columns of a name the spec reads", DAMAGED_FILE)
 NAMES_DO_NOT_MATCH = Code("D126", "a names file (`inspect --names`) none of whose ids is an id of the column in the "
                                   "model (another delimiter, header or id field?)", DAMAGED_FILE)
+MALFORMED_JSON = Code("D127", "a row of a JSON Lines file that is not one JSON object on its line (a syntax error, "
+                              "an array or a number where the object should be, a row cut short)", DAMAGED_FILE)
 
 
 ALL: tuple[Code, ...] = tuple(value for value in tuple(globals().values()) if isinstance(value, Code))

@@ -60,9 +60,10 @@ class DataError(Exception):
     def __init__(self, path: str, message: str, line: int | None = None,
                  column: str | None = None, *, code: Code):  # a D-code of specc.language.codes
         self.path, self.line, self.column, self.code = path, line, column, code
-        where = f"{path}:{line}" if line is not None else path
+        shown = printable(str(path))  # a name that is not UTF-8, or holds a line break, as one printable line
+        where = f"{shown}:{line}" if line is not None else shown
         what = f"column '{column}': {message}" if column is not None else message
-        super().__init__(f"{where}: error[{code}]: {what}")
+        super().__init__(f"{where}: error[{code}]: {os_text(what)}")
 
     def render(self) -> str:
         return str(self)

@@ -5,10 +5,11 @@ stage has a branch per source. docs/adding-a-source.md says how to add one."""
 
 from __future__ import annotations
 
-from specc.data.sources import delimited, images, npz, parquet
+from specc.data.sources import delimited, images, jsonl, npz, parquet
 from specc.data.sources.base import SourceDef
 
-SOURCES: dict[str, SourceDef] = {d.name: d for d in (*delimited.SOURCES, npz.SOURCE, images.SOURCE, parquet.SOURCE)}
+SOURCES: dict[str, SourceDef] = {d.name: d for d in (*delimited.SOURCES, npz.SOURCE, images.SOURCE, parquet.SOURCE,
+                                                         jsonl.SOURCE)}
 TEXT = "csv"  # the source predict reads a file with when no source recognises it and the model's own does not
 
 
