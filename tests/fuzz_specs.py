@@ -28,6 +28,10 @@ TOKENS = ["{", "}", "(", ")", "[", "]", ",", "=", ":", ";", "|>", "+", "-", "*",
           "params", "n_factors", "params { n = 3 }\n", "1e400", "9" * 400, "conv2d(4, 3)", "max_pool(2)",
           "reshape((1, 28, 28))", "|> reshape((4, 14, 14))", "resnet(layers=[1])", "global_avg_pool", "padding=same",
           "stride=2", "leaky_relu(0.1)", "layer_norm",
+          # recommenders: implicit feedback, ranking metrics, the splits they use
+          "implicit(user, item)", "negatives=0", "top_k=", "sampling=popularity", "rating=rating, threshold=4",
+          "bpr", "sampled_bce", "ndcg(10)", "map(0)", "recall", "per_user(0.2)", "leave_last(1, by=timestamp)",
+          'file("u1.test")', "monitor=ndcg(10)",
           # near the nesting bound (E306: 200 levels), so that one insertion or two cross it
           " |> relu" * 150, "-" * 150, "(" * 150, "[" * 150, "relu(" * 150, " + 1" * 150, ")" * 150]
 

@@ -23,10 +23,10 @@ from specc.export import parity_rows, to_onnx
 from specc.export.parity import reference_outputs
 from specc.inference.evaluate import evaluate_file
 from specc.language.diagnostics import DataError, SpecError
-from specc.language.spec import EarlyStop, FitOneCycle, Optimizer
+from specc.language.spec import IMPLICIT, EarlyStop, FitOneCycle, Optimizer
 from specc.language.summary import describe
 from specc.model import plan as model_plan
-from specc.training import fastpath, losses, metrics, optim, optimizers
+from specc.training import fastpath, losses, metrics, optim, optimizers, ranking
 from specc.training.loop import build_model
 from specc.training.run import load_spec
 
@@ -201,8 +201,10 @@ METRIC_CASES = {
 
 
 def test_every_loss_and_metric_has_its_torch_function_its_export_and_a_case():
-    assert set(metrics.LOSS_FNS) == set(losses.LOSSES) == set(LOSS_CASES)
-    assert set(metrics.METRIC_FNS) == set(losses.METRICS) == set(METRIC_CASES)
+    assert set(metrics.LOSS_FNS) == set(losses.LOSSES) == set(LOSS_CASES) | set(IMPLICIT_LOSS_CASES)
+    assert set(IMPLICIT_LOSS_CASES) == set(IMPLICIT_LOSSES)
+    assert set(metrics.METRIC_FNS) == set(METRIC_CASES) == set(losses.METRICS) - set(RANKING_CASES)
+    assert set(RANKING_CASES) == set(ranking.RANKING) == {n for n, d in losses.METRICS.items() if d.cutoff}
     returns = {d.returns for d in losses.LOSSES.values()}
     assert returns <= set(losses.RETURNS) == set(export_graph.RETURNS) == set(metrics.RETURNED)
 
@@ -228,6 +230,68 @@ def test_every_metric_by_hand_in_torch_and_in_evaluate(name):
     defn = losses.metric(name)
     assert metrics.torch_metric(name)(_tensor(pred), _tensor(y)) == pytest.approx(want, rel=1e-12)
     assert defn.compute(np.array(pred), np.array(y)) == pytest.approx(want, rel=1e-12)
+
+
+# Each loss of implicit feedback: the positives' scores, their negatives' scores, and the loss by hand
+# (softplus(x) = -log sigmoid(-x)).
+SOFTPLUS = lambda x: math.log1p(math.exp(x))  # noqa: E731
+IMPLICIT_LOSS_CASES = {
+    # the pairs' differences 1, -1, -1, 1: -log sigmoid(d) = softplus(-d)
+    "bpr": ([1.0, 0.0], [[0.0, 2.0], [1.0, -1.0]], (2 * SOFTPLUS(-1.0) + 2 * SOFTPLUS(1.0)) / 4),
+    # positives labelled 1: softplus(-p); negatives labelled 0: softplus(n)
+    "sampled_bce": ([1.0, 0.0], [[0.0, 2.0], [1.0, -1.0]],
+                    (SOFTPLUS(-1.0) + SOFTPLUS(0.0) + SOFTPLUS(0.0) + SOFTPLUS(2.0) + SOFTPLUS(1.0) + SOFTPLUS(-1.0)) / 6),
+}
+IMPLICIT_LOSSES = sorted(n for n, d in losses.LOSSES.items() if d.target == IMPLICIT)
+# Each ranking metric over two users' top 3 (k = 3): user A hits at ranks 1 and 3 of its 2 relevant items,
+# user B at rank 2 of its 3; the mean of the two users' values by hand.
+L2 = math.log2
+RANKING_HITS = ([[True, False, True], [False, True, False]], [2, 3])
+RANKING_CASES = {
+    "hit": (1 + 1) / 2,
+    "precision": (2 / 3 + 1 / 3) / 2,
+    "recall": (2 / 2 + 1 / 3) / 2,
+    "mrr": (1 + 1 / 2) / 2,
+    "ndcg": ((1 + 1 / L2(4)) / (1 + 1 / L2(3)) + (1 / L2(3)) / (1 + 1 / L2(3) + 1 / L2(4))) / 2,
+    "map": ((1 / 1 + 2 / 3) / 2 + (1 / 2) / 3) / 2,  # precision at each hit, over min(relevant, k)
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMPLICIT_LOSS_CASES))
+def test_every_implicit_loss_by_hand(name):
+    pos, neg, want = IMPLICIT_LOSS_CASES[name]
+    got = metrics.torch_loss(name)(torch.tensor(pos, dtype=torch.float64), torch.tensor(neg, dtype=torch.float64))
+    assert float(got) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(RANKING_CASES))
+def test_every_ranking_metric_by_hand(name):
+    hit, relevant = RANKING_HITS
+    per_user = losses.metric(f"{name}@3").compute(np.array(hit), np.array(relevant), 3)
+    assert float(per_user.mean()) == pytest.approx(RANKING_CASES[name], rel=1e-12)
+    assert losses.metric(name).higher and losses.cutoff_of(f"{name}@3") == (name, 3)
+
+
+@pytest.mark.parametrize("name", IMPLICIT_LOSSES)
+def test_every_implicit_loss_trains_exports_and_ranks_as_training_reported(name, tmp_path):
+    """A recommender trained with the loss: `specc evaluate` on the validation rows, through the exported
+    top k alone, gives every ranking metric of training's last epoch."""
+    rng = np.random.default_rng(0)
+    lines = [f"{u},{i}" for u in range(20) for i in rng.permutation(30)[:int(rng.integers(4, 9))]]
+    (tmp_path / "clicks.csv").write_text("user,item\n" + "\n".join(lines) + "\n")
+    wanted = [f"{m}(5)" for m in RANKING_CASES]
+    path = tmp_path / "rec.spec"
+    path.write_text(LOSS_SPEC.format(target="", example="", loss=name, metrics=", ".join(wanted)).replace(
+        'source = npz("data.npz")', 'source = csv("clicks.csv")').replace(
+        "inputs = [x: float(4)]", "inputs = [user: category, item: category]").replace(
+        "target = y: ", "target = implicit(user, item, negatives=2, top_k=5)").replace(
+        "h = x |> linear(4) |> relu", "out = dot(embedding(user, 4), embedding(item, 4))"))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    got = evaluate_file(tmp_path / "run" / "model.onnx", tmp_path / "clicks.csv", split="valid", device="cpu")
+    for metric in RANKING_CASES:
+        assert got[f"{metric}@5"] == pytest.approx(float(last[f"{metric}@5"]), rel=1e-5, abs=1e-9), metric  # csv: 6 digits
 
 
 @pytest.mark.parametrize("name", sorted(METRIC_CASES))
@@ -280,7 +344,7 @@ def _loss_spec(folder, name: str):
     return path, names
 
 
-@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+@pytest.mark.parametrize("name", sorted(n for n, d in losses.LOSSES.items() if d.target != IMPLICIT))
 def test_every_loss_trains_exports_and_evaluates_as_training_reported(name, tmp_path, capsys):
     """Its example, trained two epochs with every metric of its target's kind: `specc evaluate` on the
     validation rows, through onnxruntime alone, gives the loss and metrics of training's last epoch."""

@@ -110,8 +110,8 @@ def test_params_may_hold_tuples_calls_and_strings(ratings_dir, tmp_path):
     path.write_text(SPEC.format(factors=8, data=ratings_dir / "ratings.csv")
                     .replace("    peak      = 1e-2\n",
                              '    peak = slice(1e-3, 1e-2)\n    opt = adam(betas=(0.9, 0.99), wd=0.1)\n'
-                             '    file = "ratings.csv"\n')
-                    .replace(f'csv("{ratings_dir / "ratings.csv"}")', "csv(file)")
+                             '    data_file = "ratings.csv"\n')
+                    .replace(f'csv("{ratings_dir / "ratings.csv"}")', "csv(data_file)")
                     .replace("    loss = mse\n", "    loss = mse\n    optimizer = opt\n"))
     copy_ratings(ratings_dir, tmp_path)
     spec, _ = load_spec(path)
@@ -119,7 +119,7 @@ def test_params_may_hold_tuples_calls_and_strings(ratings_dir, tmp_path):
     assert spec.train.optimizer.wd == 0.1 and spec.train.optimizer.betas == (0.9, 0.99)
     assert (spec.train.stages[0].fit.lr.low, spec.train.stages[0].fit.lr.high) == (1e-3, 1e-2)
     values = {p.name: p.value for p in spec.params}
-    assert values["file"] == "ratings.csv" and values["peak"] == "slice(1e-3, 1e-2)"
+    assert values["data_file"] == "ratings.csv" and values["peak"] == "slice(1e-3, 1e-2)"
 
 
 def test_names_that_are_not_values_are_left_alone(ratings_dir, tmp_path):

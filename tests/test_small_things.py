@@ -53,7 +53,13 @@ def test_every_initializer_of_an_exported_example_is_read_by_a_node(path, tmp_pa
     spec, prepared, _ = prepared_spec(_example_path(path, tmp_path))
     torch.manual_seed(0)  # the graph is what is checked here, not the weights: no training needed
     model = lower(sized_model(spec, prepared), prepared.stats).eval()
-    graph = to_onnx(spec, model, prepared.vocabs).graph
+    if spec.data.feedback is not None:  # a recommender: user ids in, each user's top k out
+        from specc.export.topk import to_onnx_topk
+        from specc.training.loop import interactions_of
+
+        graph = to_onnx_topk(spec, model, prepared.vocabs, interactions_of(spec, prepared, torch.device("cpu"))).graph
+    else:
+        graph = to_onnx(spec, model, prepared.vocabs).graph
     read = {name for node in graph.node for name in node.input}
     unused = [t.name for t in graph.initializer if t.name not in read]
     assert graph.initializer and not unused

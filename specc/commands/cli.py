@@ -222,6 +222,13 @@ def _parser() -> argparse.ArgumentParser:
                    "with one of the model's ids)")
     c.add_argument("--top", type=int, default=1000, help="only the N most frequent ids (default 1000)")
     c.add_argument("--show", type=int, default=10, help="rows shown at each end (default 10)")
+    c = sub.add_parser("recommend", help="each user's top k items from an exported recommender (target = implicit(...))")
+    c.add_argument("model", type=Path)
+    c.add_argument("--user", action="append", default=[], metavar="ID", help="a user id (repeatable)")
+    c.add_argument("--users", type=Path, metavar="FILE", help="a file of user ids: one a line, or a CSV whose header "
+                   "names the model's user column")
+    c.add_argument("--out", type=Path, help="write the CSV user,rank,item,score here (default stdout)")
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c = sub.add_parser("serve", help="an HTTP endpoint around an exported model.onnx (pip install 'specc[serve]')")
     _serve_arguments(c)
     return p
@@ -651,20 +658,41 @@ def _predict(args) -> int:
 
     _model_path(args.model)
     delimiter, arrays = _delimiter(args.delimiter), _arrays(args.arrays)
-    if args.out:
-        import io
+    _written(args.out, (args.model, args.rows),
+             lambda out: predict_file(args.model, args.rows, out, device=args.device, delimiter=delimiter, arrays=arrays))
+    return 0
 
-        from specc.training.runfolder import atomic_write
 
-        _out_path(args.out, args.model, args.rows)
-        buf = io.StringIO()
-        predict_file(args.model, args.rows, buf, device=args.device, delimiter=delimiter, arrays=arrays)
-        try:
-            atomic_write(args.out, buf.getvalue().encode("utf-8"))
-        except OSError as err:
-            raise UsageError(f"--out {args.out}: cannot be written: {(err.strerror or str(err)).lower()}") from None
-    else:
-        predict_file(args.model, args.rows, sys.stdout, device=args.device, delimiter=delimiter, arrays=arrays)
+def _written(out: Path | None, reads: tuple, write) -> None:
+    """`write(file)` to stdout, or (--out) to a buffer written to `out` in one piece, once it is whole."""
+    if out is None:
+        write(sys.stdout)
+        return
+    import io
+
+    from specc.training.runfolder import atomic_write
+
+    _out_path(out, *reads)
+    buf = io.StringIO()
+    write(buf)
+    try:
+        atomic_write(out, buf.getvalue().encode("utf-8"))
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot be written: {(err.strerror or str(err)).lower()}") from None
+
+
+def _recommend(args) -> int:
+    from specc.inference.recommend import read_users, recommend_file, recommender
+    from specc.inference.session import load_session
+
+    _model_path(args.model)
+    if bool(args.user) == bool(args.users):
+        raise UsageError("give the users with --user ID (repeatable) or --users FILE, one of the two")
+    users, where = list(args.user), "--user"
+    if args.users:
+        users, where = read_users(args.users, recommender(load_session(args.model, "cpu"))["user"]), str(args.users)
+    reads = (args.model, *([args.users] if args.users else []))
+    _written(args.out, reads, lambda out: recommend_file(args.model, users, out, args.device, where))
     return 0
 
 
@@ -738,7 +766,7 @@ def _tune(args) -> int:
 
 
 COMMANDS = {"check": _check, "show": _show, "train": _train, "lr-find": _lr_find, "sweep": _sweep,
-            "predict": _predict, "evaluate": _evaluate, "inspect": _inspect, "serve": _serve, "tune": _tune}
+            "predict": _predict, "recommend": _recommend, "evaluate": _evaluate, "inspect": _inspect, "serve": _serve, "tune": _tune}
 
 
 def main(argv: list[str] | None = None) -> int:

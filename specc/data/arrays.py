@@ -56,7 +56,7 @@ def read_npz(source: NpzSource, wanted, split) -> tuple[dict, dict, str]:
         whole = {c.name: load(c.name, c) for c in wanted}
         _same_rows(whole, path, "")
         n = len(next(iter(whole.values())))
-        train_idx, valid_idx = split_rows(n, split, path)
+        train_idx, valid_idx = split_rows(n, split, path, whole)
         return ({k: v[train_idx] for k, v in whole.items()}, {k: v[valid_idx] for k, v in whole.items()}, path)
 
 

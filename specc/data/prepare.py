@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from specc.data.arrays import INT64_MAX, INT64_MIN
-from specc.data.sources import source_def
+from specc.data.read import read_rows
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, DataSpec
+from specc.language.spec import CATEGORY, IMPLICIT, DataSpec, Implicit
 
 
 def _as_int(text: str) -> int | None:
@@ -146,8 +146,10 @@ class Prepared:
 def prepare(data: DataSpec, columns=None) -> Prepared:
     """Read, split and encode the data a spec names. `columns`: the input columns to keep."""
     inputs = tuple(c for c in data.inputs if columns is None or c.name in columns)
+    raw_train, raw_valid, path = read_rows(data, data.read_columns(inputs))
     wanted = (*inputs, data.target)
-    raw_train, raw_valid, path = source_def(data.source.kind).read(data, wanted)
+    if data.feedback is not None:  # every row an interaction (or those rated at least the threshold)
+        raw_train, raw_valid = (interactions(data.feedback, part) for part in (raw_train, raw_valid))
     if data.keep_classes:  # only rows of these classes, in both splits
         _keep_classes(data, raw_train, raw_valid, path)
     if data.train_rows is not None:  # only the first N training rows
@@ -157,7 +159,10 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     train: dict[str, np.ndarray] = {}
     valid: dict[str, np.ndarray] = {}
     for col in wanted:
-        if col.kind == CATEGORY:
+        if col.kind == IMPLICIT:
+            train[col.name], valid[col.name] = (np.ones(len(raw[data.feedback.user]), np.float32)
+                                                for raw in (raw_train, raw_valid))
+        elif col.kind == CATEGORY:
             is_target = col is data.target
             vocab = Vocab.fit(col.name, raw_train[col.name], unknown=not is_target)
             vocabs[col.name] = vocab
@@ -173,6 +178,15 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
             valid[col.name] = np.ascontiguousarray(raw_valid[col.name], dtype=np.float32)
     stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind != CATEGORY and not c.shape}
     return Prepared(train, valid, vocabs, raw_valid, path, stats)  # raw_valid: export's parity takes a few rows
+
+
+def interactions(feedback: Implicit, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows that are interactions: all of them, or those whose rating is at least the threshold
+    (without the rating column, which the model never reads)."""
+    if feedback.rating is None:
+        return raw
+    keep = raw[feedback.rating] >= feedback.threshold
+    return {name: values[keep] for name, values in raw.items() if name != feedback.rating}
 
 
 def _keep_classes(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -> None:
@@ -194,6 +208,9 @@ def _some_rows(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -> N
     no step (its loss would be the mean of nothing), without the second give no validation loss.
     Each source says where its rows went missing where it can (an .npz's empty x_train array);
     this holds for every source, the next one too."""
+    counted = data.target.name if data.feedback is None else data.feedback.user
     for part, what in ((raw_train, "training"), (raw_valid, "validation")):
-        if not len(part[data.target.name]):
-            raise DataError(path, f"the data leaves no {what} rows", code=codes.EMPTY_SPLIT)
+        if not len(part[counted]):
+            rated = "" if data.feedback is None or data.feedback.rating is None else \
+                f" rated {data.feedback.threshold:g} or more"
+            raise DataError(path, f"the data leaves no {what} rows{rated}", code=codes.EMPTY_SPLIT)

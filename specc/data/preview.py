@@ -10,6 +10,7 @@ import numpy as np
 
 from specc.data.sources import source_def
 from specc.data.sources.base import Head
+from specc.data.split import split_columns, valid_file
 from specc.language.diagnostics import printable
 from specc.language.spec import CATEGORY, Spec
 
@@ -38,13 +39,17 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
     """Text about the data, and a PNG grid of images when an input holds images: what the spec's
     source shows of the columns the model reads (its declaration's `preview`)."""
     columns = (*[c for c in spec.data.inputs if c.name in spec.model.inputs], spec.data.target)
+    columns += split_columns(spec.data.valid, columns)  # what the split reads, to pick its rows
     shown = source_def(spec.data.source.kind).preview(spec, columns, ROWS)
     if isinstance(shown, Head):
         text = f"{spec.data.source.path}: the first {len(shown.rows)} rows of the columns the spec reads\n"
         return text + _table([c.name for c in columns], shown.rows), None
     train, valid, path = shown
     target = spec.data.target.name
-    lines = [f"{printable(str(path))}: {len(train[target])} training and {len(valid[target])} validation rows"]
+    other = valid_file(spec.data.valid)  # file(path): the validation rows are another file's
+    counts = f"{len(train[target])} training rows, validation rows in {printable(str(other))}" if other else \
+        f"{len(train[target])} training and {len(valid[target])} validation rows"
+    lines = [f"{printable(str(path))}: {counts}"]
     for col in columns:
         arr = train[col.name]
         lines.append(f"  {col.name}: {col.kind}, rows of shape {arr.shape[1:] or '()'} ({arr.dtype}), "

@@ -3,68 +3,48 @@ the split as an exported model records it, for `evaluate --split`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from specc.language import codes
-from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, DEFAULT_SPLIT, DataSpec, LastSplit, RandomSplit, RowSplit
+from specc.data.splits import split_def
+from specc.language.spec import CATEGORY, DEFAULT_SPLIT, Column, DataSpec
 
 
-def split_rows(n: int, split, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Train and valid row indices (each sorted)."""
+def split_rows(n: int, split, path: str, columns: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train and valid row indices (each sorted), as the split's declaration picks them from a file
+    of n rows; `columns`: the values of the columns it reads (see split_columns), by name."""
     if split is None:
         split = DEFAULT_SPLIT
-    if isinstance(split, LastSplit):
-        n_valid = int(round(n * split.fraction))
-        if n_valid == 0 or n_valid == n:
-            raise DataError(path, f"last({split.fraction:g}) of {n} rows leaves "
-                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code=codes.EMPTY_SPLIT)
-        return np.arange(0, n - n_valid), np.arange(n - n_valid, n)
-    if isinstance(split, RandomSplit):
-        order = np.random.default_rng(split.seed).permutation(n)
-        n_valid = int(round(n * split.fraction))
-        if n_valid == 0 or n_valid == n:
-            raise DataError(path, f"random({split.fraction:g}) of {n} rows leaves "
-                            f"{'no validation' if n_valid == 0 else 'no training'} rows", code=codes.EMPTY_SPLIT)
-        return np.sort(order[n_valid:]), np.sort(order[:n_valid])
-    if not isinstance(split, RowSplit):
-        raise TypeError(f"no such split: {split!r}")  # a bug: the checker makes only these
-    end = n if split.end is None else min(split.end, n)
-    if split.start >= n:
-        raise DataError(path, f"rows({split.start}, ...): the file has only {n} rows", code=codes.EMPTY_SPLIT)
-    valid = np.arange(split.start, end)
-    train = np.concatenate([np.arange(0, split.start), np.arange(end, n)])
-    if len(train) == 0:
-        raise DataError(path, f"rows({split.start}, {end}) leaves no training rows", code=codes.EMPTY_SPLIT)
-    return train, valid
+    return split_def(split.kind).pick(split, n, columns or {}, path)
+
+
+def split_columns(split, wanted) -> tuple[Column, ...]:
+    """The columns the split reads (per_user's `by`, ...) that are not among the wanted ones: read
+    beside them, for the split alone."""
+    names = {col.name for col in wanted}
+    return () if split is None else tuple(c for c in split_def(split.kind).columns(split) if c.name not in names)
+
+
+def valid_file(split) -> Path | None:
+    """The file the split's validation rows come from (`file(path)`), or None: the source's own."""
+    return None if split is None else split_def(split.kind).valid_file(split)
 
 
 def split_to_json(split) -> dict | None:
     """The validation split as JSON (an exported model records it for `evaluate --split`)."""
-    if isinstance(split, RandomSplit):
-        return {"kind": "random", "fraction": split.fraction, "seed": split.seed}
-    if isinstance(split, RowSplit):
-        return {"kind": "rows", "start": split.start, "end": split.end}
-    if isinstance(split, LastSplit):
-        return {"kind": "last", "fraction": split.fraction}
-    return None
+    return None if split is None else split_def(split.kind).to_json(split)
 
 
 def split_from_json(d: dict | None):
-    """The split that split_to_json wrote."""
-    if d is None:
-        return None
-    if d["kind"] == "random":
-        return RandomSplit(d["fraction"], d["seed"])
-    if d["kind"] == "rows":
-        return RowSplit(d["start"], d["end"])
-    return LastSplit(d["fraction"])
+    """The split that split_to_json wrote (UndeclaredSplit, a KeyError, for a kind not declared)."""
+    return None if d is None else split_def(d["kind"]).from_json(d)
 
 
 def split_table(table, wanted, split) -> tuple[dict, dict, str]:
     """Train and valid arrays of a table's columns (a CSV's, a Parquet file's), category columns of
     text as object arrays."""
-    train_idx, valid_idx = split_rows(table.rows, split, table.path)
+    train_idx, valid_idx = split_rows(table.rows, split, table.path, table.columns)
     raw_train, raw_valid = {}, {}
     for col in wanted:
         values = table.columns[col.name]
@@ -76,9 +56,11 @@ def split_table(table, wanted, split) -> tuple[dict, dict, str]:
 
 def table_rows(data: DataSpec, wanted, table) -> tuple[dict, dict, str]:
     """A table's columns checked finite where a number is needed (a missing value allowed where
-    fill_missing fills it: float inputs), then split."""
+    fill_missing fills it: float inputs; never in a column read for the split alone), then split."""
+    for_split = {col.name for col in split_columns(data.valid, data.inputs)}
     for col in wanted:
         if col.kind != CATEGORY:
             is_target = col is data.target
-            table.check_finite(col.name, allow_nan=not is_target and "fill_missing" in data.procs, target=is_target)
+            filled = not is_target and col.name not in for_split and "fill_missing" in data.procs
+            table.check_finite(col.name, allow_nan=filled, target=is_target)
     return split_table(table, wanted, data.valid)

@@ -37,18 +37,30 @@ RETURNS = {
 
 
 def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx.ModelProto:
-    """Translate the lowered model, with input lookups and output naming, into ONNX."""
+    """Translate the lowered model, with input lookups and output naming, into ONNX. (A recommender's,
+    a spec of implicit feedback, is specc.export.topk.to_onnx_topk: ValueError here.)"""
+    if spec.data.feedback is not None:
+        raise ValueError("a model of implicit feedback is exported by specc.export.topk.to_onnx_topk")
     em = Emitter()
-    inputs = []
     names: dict[str, str] = {}
     dense: dict[str, DenseIds | None] = {}  # category placeholders -> their ids clipped for a table
     columns = {c.name: c for c in spec.data.inputs}
     modules = dict(model.named_modules())
+    inputs = [_input(em, spec, columns[fnode.target], fnode, vocabs, modules, names, dense)
+              for fnode in model.graph.nodes if fnode.op == "placeholder"]
+    result = translate_body(em, model, names, dense)
+    outputs = _outputs(em, spec, vocabs, result)
+    return finished(em, spec, inputs, outputs, metadata(spec, vocabs))
+
+
+def translate_body(em: Emitter, model: fx.GraphModule, names: dict[str, str],
+                   dense: dict[str, DenseIds | None]) -> str:
+    """The model's nodes after its placeholders (`names` gives what each placeholder reads) in ONNX;
+    the name of its output. An embedding of ids in `dense` is indexed by the raw id."""
+    modules = dict(model.named_modules())
     result = None
     for fnode in model.graph.nodes:
-        if fnode.op == "placeholder":
-            inputs.append(_input(em, spec, columns[fnode.target], fnode, vocabs, modules, names, dense))
-        elif fnode.op == "call_module":
+        if fnode.op == "call_module":
             module, source = modules[fnode.target], dense.get(fnode.args[0].name)
             if source and composes(fnode, module, source):  # the embedding's rows in raw-id order
                 rows = module.weight.detach().cpu()[torch.from_numpy(source.table)]
@@ -60,11 +72,15 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
             names[fnode.name] = translate_function(em, fnode, names)
         elif fnode.op == "output":
             result = names[fnode.args[0].name]
-    outputs = _outputs(em, spec, vocabs, result)
+    return result
+
+
+def finished(em: Emitter, spec: Spec, inputs: list, outputs: list, props: dict[str, str]) -> onnx.ModelProto:
+    """The emitted nodes as a checked ONNX model with its inputs, outputs and metadata."""
     graph = helper.make_graph(em.nodes, spec.name, inputs, outputs, em.initializers)
     onnx_model = helper.make_model(graph, producer_name="specc", opset_imports=em.opset_imports())
     onnx_model.ir_version = 8  # readable by onnxruntime 1.14 and later
-    helper.set_model_props(onnx_model, metadata(spec, vocabs))
+    helper.set_model_props(onnx_model, props)
     onnx.checker.check_model(onnx_model, full_check=True)
     return onnx_model
 

@@ -26,7 +26,8 @@ IMAGE_BATCH = 256  # images decoded and run at a time: a folder's pixels are nev
 class Ask:
     """What predict or evaluate asks of a reader: the target's values too (evaluate), the rows of a
     split ('all', 'train', 'valid'), the CSV delimiter and .npz arrays the user named, a column to
-    keep as given (predict: the target's, written back beside the prediction), images at a time."""
+    keep as given (predict: the target's, written back beside the prediction), images at a time, and
+    the columns the spec's split reads to pick the split's rows (per_user's users, ...)."""
 
     target: str | None = None
     split: str = "all"
@@ -34,6 +35,7 @@ class Ask:
     arrays: dict[str, str] | None = None
     keep: str | None = None
     image_batch: int = IMAGE_BATCH
+    split_columns: tuple = ()  # specc.language.spec Columns: each read as its kind, into Inputs.split_values
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Inputs:
     split_done: bool = False  # the rows are already those of the split asked for (x_valid, valid/)
     order: np.ndarray | None = None  # after take(): the file's row of each row kept
     kept: dict[str, np.ndarray] = field(default_factory=dict)  # a column predict writes back as given (the target's)
+    split_values: dict[str, np.ndarray] = field(default_factory=dict)  # Ask.split_columns' values, as read
 
     def error(self, index, column: str, message: str, code: codes.Code, whole: bool = False) -> Exception:
         """An error about a value of a column (row `index`, or an element's index tuple) where the

@@ -7,6 +7,7 @@ laid out as that one was. `--split valid` takes the same validation rows that tr
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections import Counter
@@ -15,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from specc.data.files import describe_array
-from specc.data.split import split_from_json, split_rows
+from specc.data.split import split_columns, split_from_json, split_rows, valid_file
+from specc.data.splits import SPLITS, UndeclaredSplit
 from specc.data.table import shown_names
 from specc.inference.columns import IMAGE_BATCH, Ask, Inputs, class_key
 from specc.inference.infer import PROBABILITIES, read_file, run_inputs
+from specc.inference.recommend import ranking_metrics, recommender
 from specc.inference.session import load_session
 from specc.language import codes
-from specc.language.diagnostics import DataError
+from specc.language.diagnostics import DataError, printable
 from specc.language.spec import CATEGORY
 from specc.training import losses
 
@@ -38,12 +41,11 @@ def evaluate_file(model: Path, data: Path, split: str = "all", device: str = "au
     if target is None:
         raise DataError(str(model), "is not a model of `specc train` (its metadata has no specc.target)",
                         code=codes.BAD_MODEL_FILE)
+    if "specc.recommend" in meta:
+        return _ranking(session, model, data, split, delimiter, arrays)
     loss, metrics = _declared(meta, model)
     ask = Ask(target=target, split=split, delimiter=delimiter, arrays=arrays, image_batch=image_batch)
-    got = read_file(data, session, ask)
-    if split != "all" and not got.split_done:
-        train_idx, valid_idx = split_rows(got.rows, _spec_split(meta), str(data))
-        got.take(valid_idx if split == "valid" else train_idx)
+    got = _rows_of(session, data, ask)
     out = run_inputs(session, got, batch)
     if meta.get("specc.target_kind") == CATEGORY:
         returned, truth, predicted = _classification(meta, target, got, out)
@@ -55,6 +57,47 @@ def evaluate_file(model: Path, data: Path, split: str = "all", device: str = "au
     result = {"loss": loss.evaluate(returned, truth)}
     result.update((m.name, m.compute(predicted, truth)) for m in metrics)
     return {"rows": got.rows, **result, "arrays": got.arrays, "notes": got.notes}
+
+
+def _ranking(session, model: Path, data: Path, split: str, delimiter, arrays) -> dict:
+    """A recommender's ranking metrics on a file of interactions (user, item: every row one; with
+    `split`, the spec's training or validation rows of it), through its exported top k."""
+    meta = session.metadata
+    item = recommender(session)["item"]
+    metrics = json.loads(meta.get("specc.metrics", "[]"))
+    for name in metrics:
+        base, k = losses.cutoff_of(name)
+        if k is None or base not in losses.METRICS or not losses.METRICS[base].cutoff:
+            raise DataError(str(model), f"names the metric {json.dumps(name)} for a recommender in its metadata, "
+                            "which this specc does not know", code=codes.BAD_MODEL_FILE)
+    if not metrics:
+        raise DataError(str(model), "names no ranking metric in its metadata: add metrics = [ndcg(10), ...] to "
+                        "the spec's train block", code=codes.BAD_MODEL_FILE)
+    got = _rows_of(session, data, Ask(target=item, split=split, delimiter=delimiter, arrays=arrays))
+    rec = recommender(session)
+    if rec.get("rating") is not None:  # only the rows rated at least the threshold are interactions
+        rated = _rows_of(session, data, Ask(target=rec["rating"], split=split, delimiter=delimiter, arrays=arrays))
+        got.take(np.flatnonzero(_regression(rec["rating"], rated, {rec["rating"]: rated.target})[1] >= rec["threshold"]))
+    return {"rows": got.rows, **ranking_metrics(session, got, item, metrics), "arrays": got.arrays, "notes": got.notes}
+
+
+def _rows_of(session, data: Path, ask: Ask) -> Inputs:
+    """The file's rows as the model's reader gives them, those of the spec's split where `ask` says one:
+    picked as the split's declaration picks them (from the columns it reads, read beside the model's),
+    or, for 'valid' of a split with a validation file of its own (`file(path)`), that file's rows."""
+    if ask.split == "all":
+        return read_file(data, session, ask)
+    split = _spec_split(session)
+    other = valid_file(split)
+    if other is not None and ask.split == "valid":
+        got = read_file(other, session, dataclasses.replace(ask, split="all"))
+        got.notes.append(f"the validation rows are those of {printable(str(other))}, the spec's valid = file(...)")
+        return got
+    got = read_file(data, session, dataclasses.replace(ask, split_columns=split_columns(split, ())))
+    if not got.split_done:
+        train_idx, valid_idx = split_rows(got.rows, split, str(data), got.split_values)
+        got.take(valid_idx if ask.split == "valid" else train_idx)
+    return got
 
 
 def _declared(meta: dict, model: Path) -> tuple[losses.LossDef, list[losses.MetricDef]]:
@@ -74,9 +117,14 @@ def _declared(meta: dict, model: Path) -> tuple[losses.LossDef, list[losses.Metr
     return losses.loss(loss), [losses.metric(name) for name in metrics]
 
 
-def _spec_split(meta: dict):
-    """The spec's validation split, from the model's metadata."""
-    return split_from_json(json.loads(meta.get("specc.split", "null")))
+def _spec_split(session):
+    """The spec's validation split, from the model's metadata (D108 for a kind this specc does not know)."""
+    meta = session.metadata
+    try:
+        return split_from_json(json.loads(meta.get("specc.split", "null")))
+    except UndeclaredSplit:
+        raise DataError(session.where, f"names the validation split {meta['specc.split']} in its metadata, which this "
+                        f"specc does not know (its splits: {', '.join(SPLITS)})", code=codes.BAD_MODEL_FILE) from None
 
 
 def _classification(meta, target: str, got: Inputs, out) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

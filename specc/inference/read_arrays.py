@@ -37,6 +37,7 @@ def read_arrays(path: Path, session, ask: Ask) -> ArrayInputs:
         raise UsageError(f"--delimiter: {path} is an .npz archive, not a CSV")
     shown = str(path)
     wanted = list(session.inputs) + ([ask.target] if ask.target else [])
+    wanted += [col.name for col in ask.split_columns if col.name not in wanted]  # read for evaluate's split
     arrays = dict(ask.arrays or {})
     strange = [c for c in arrays if c not in wanted]
     if strange:
@@ -60,6 +61,7 @@ def read_arrays(path: Path, session, ask: Ask) -> ArrayInputs:
         got.feed[name] = typed(session, name, data[name], got)
     if ask.target:
         got.target = data[ask.target]
+    got.split_values = {col.name: data[col.name] for col in ask.split_columns}
     return got
 
 

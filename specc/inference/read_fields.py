@@ -38,6 +38,7 @@ def asked_columns(path: Path, session, ask: Ask, types: dict, has: str) -> tuple
                for name in session.inputs]
     if ask.target:
         columns.append(Column(ask.target, target_kind, None))
+    columns += [c for c in ask.split_columns if all(c.name != other.name for other in columns)]  # evaluate's split
     absent = [c.name for c in columns if c.name not in types]
     if absent:
         what = "target" if absent == [ask.target] else "input"
@@ -63,4 +64,5 @@ def table_inputs(path: Path, session, ask: Ask, table: ParquetTable, kept: list[
     if ask.target:
         got.target = table.columns[ask.target]
     got.kept = {c.name: table.columns[c.name] for c in kept}
+    got.split_values = {c.name: table.columns[c.name] for c in ask.split_columns}
     return got

@@ -51,11 +51,13 @@ def read_text(path: Path, session, ask: Ask) -> TextInputs:
         raise UsageError(f"--array names arrays of an .npz archive; {path} is a CSV (its header names the columns)")
     training = text_options(session, path)
     wanted = list(session.inputs) + ([ask.target] if ask.target else [])
+    wanted += [col.name for col in ask.split_columns if col.name not in wanted]  # read for evaluate's split
     first = first_line(path)
     source = _layout(path, training, wanted, first, ask)
     kinds = {name: column_kind(session, name) for name in session.inputs}
     if ask.target:
         kinds[ask.target] = CATEGORY if session.metadata.get("specc.target_kind") == CATEGORY else FLOAT
+    kinds.update({col.name: col.kind for col in ask.split_columns if col.name not in kinds})
     header = list(training.columns) if source is training else [n.strip() for n in split_line(first, source.delimiter)]
     kept = [ask.keep] if ask.keep and ask.keep not in wanted and ask.keep in header else []
     kinds.update({name: CATEGORY for name in kept})  # as text: predict writes it back as given
@@ -66,6 +68,7 @@ def read_text(path: Path, session, ask: Ask) -> TextInputs:
     if ask.target:
         got.target = table.columns[ask.target]
     got.kept = {name: table.columns[name] for name in kept}
+    got.split_values = {col.name: table.columns[col.name] for col in ask.split_columns}
     return got
 
 

@@ -752,11 +752,15 @@ class Server:
 
     def _close(self) -> None:
         """Close every socket, then wait for the threads to finish the requests they are answering
-        (a condition, bounded by STOP_TIMEOUT, not waitress's fixed 5 s)."""
+        (a condition, bounded by STOP_TIMEOUT, not waitress's fixed 5 s), then close the trigger: a
+        thread that finishes a request pulls it to wake the loop, and one pulled once closed printed
+        waitress's traceback ("Exception when servicing") on a Ctrl-C under load."""
         from waitress import wasyncore
 
-        wasyncore.close_all(self._map(), ignore_all=True)
+        trigger = getattr(self.server, "trigger", None)
+        wasyncore.close_all({fd: obj for fd, obj in self._map().items() if obj is not trigger}, ignore_all=True)
         self.server.task_dispatcher.shutdown(timeout=STOP_TIMEOUT)
+        wasyncore.close_all(self._map(), ignore_all=True)
 
     def _map(self) -> dict:
         return getattr(self.server, "map", None) or self.server._map

@@ -115,8 +115,9 @@ BAD_NUMBER = Code("D105", "a number the column or the model cannot take: a missi
                           "(beyond float32, an id past int64 for which the model has no unknown id, a pixel that "
                           "is not a whole number from 0 to 255)")
 EMPTY_SPLIT = Code("D106", "a split or filter that leaves no training or no validation rows: `last` or `random` of "
-                           "too few rows, `rows(start, ...)` past the end or of every row, `keep_classes` of classes "
-                           "a split lacks, an .npz's `_train` or `_valid` arrays of no rows")
+                           "too few rows, `rows(start, ...)` past the end or of every row, `per_user` of too few rows "
+                           "a user, `leave_last` where no user has two rows, `keep_classes` of classes a split lacks, "
+                           "an .npz's `_train` or `_valid` arrays of no rows")
 MISSING_INPUT = Code("D107", "data without what the model reads: a column its header or Parquet file does not have "
                              "(or a line 1 that is neither that header nor a row laid out as the training data), an "
                              "array its .npz lacks or that --array names, a column a request lacks; for an image "
@@ -160,6 +161,9 @@ NAMES_DO_NOT_MATCH = Code("D126", "a names file (`inspect --names`) none of whos
                                   "model (another delimiter, header or id field?)", DAMAGED_FILE)
 MALFORMED_JSON = Code("D127", "a row of a JSON Lines file that is not one JSON object on its line (a syntax error, "
                               "an array or a number where the object should be, a row cut short)", DAMAGED_FILE)
+
+VALID_FILE = Code("D128", "a `valid = file(path)` validation file that lacks a column (an array, a field) the spec reads "
+                          "from the training file")
 
 
 ALL: tuple[Code, ...] = tuple(value for value in tuple(globals().values()) if isinstance(value, Code))

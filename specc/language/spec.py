@@ -9,6 +9,11 @@ from typing import ClassVar, Union
 from specc.language.source import Source, Span
 
 CATEGORY, FLOAT = "category", "float"
+# The target of implicit feedback (`target = implicit(user, item)`): every row an interaction, a positive
+# pair; the data gives no label, so the target column is made, never read.
+IMPLICIT = "implicit"
+POSITIVE = "positive"  # the name of that made column (1.0 on every row)
+SAMPLINGS = ("uniform", "popularity")  # how the negatives of implicit feedback are drawn
 CLASSES = "classes"  # a symbolic size: the number of classes of a category target
 
 Dim = Union[int, str]  # a size, or CLASSES until the data is read
@@ -97,6 +102,7 @@ DataSource = Union[CsvSource, NpzSource, ImagesSource, ParquetSource]
 class RandomSplit:
     """A random `fraction` of the rows is the validation set, drawn with `seed`."""
 
+    kind: ClassVar[str] = "random"  # its declaration in specc.data.splits, which every stage calls
     fraction: float
     seed: int
     span: Span | None = field(default=None, compare=False, repr=False)
@@ -106,6 +112,7 @@ class RandomSplit:
 class RowSplit:
     """Rows `start` to `end` (0-based, end excluded; None = to the end) are the validation set."""
 
+    kind: ClassVar[str] = "rows"
     start: int
     end: int | None
     span: Span | None = field(default=None, compare=False, repr=False)
@@ -115,11 +122,47 @@ class RowSplit:
 class LastSplit:
     """The last `fraction` of the rows is the validation set (for data in time order)."""
 
+    kind: ClassVar[str] = "last"
     fraction: float
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
-Split = Union[RandomSplit, RowSplit, LastSplit]
+@dataclass(frozen=True, slots=True)
+class PerUserSplit:
+    """For each value of the category column `by` (each user), a random `fraction` of its rows is
+    the validation set, drawn with `seed`: the count rounded half up, at least one row kept for training."""
+
+    kind: ClassVar[str] = "per_user"
+    fraction: float
+    seed: int
+    by: str
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveLastSplit:
+    """Each user's (a value of the category column `user`) last `n` rows in the order of the numeric
+    column `by` (ties in file order) are the validation set, at least one row kept for training."""
+
+    kind: ClassVar[str] = "leave_last"
+    n: int
+    by: str
+    user: str
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSplit:
+    """The rows of a second file, laid out as the source's and read as it reads its own, are the
+    validation set; the source's file is the training set."""
+
+    kind: ClassVar[str] = "file"
+    path: Path
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+# A checked split: each carries `kind`, the name of its declaration in specc.data.splits.
+Split = Union[RandomSplit, RowSplit, LastSplit, PerUserSplit, LeaveLastSplit, FileSplit]
 DEFAULT_SPLIT = RandomSplit(0.2, 0)
 PROCS = ("fill_missing", "categorify", "normalize")
 
@@ -136,6 +179,24 @@ class Augment:
 
 
 @dataclass(frozen=True, slots=True)
+class Implicit:
+    """Implicit feedback: each row says user `user` interacted with item `item` (both category inputs).
+    With `rating` and `threshold`, only rows whose rating is at least the threshold are interactions.
+    Training draws `negatives` items per positive row (`sampling`: uniformly, or in proportion to
+    their training interactions), never one of the user's own training items; the exported model
+    returns each user's `top_k` items."""
+
+    user: str
+    item: str
+    negatives: int
+    sampling: str  # one of SAMPLINGS
+    top_k: int
+    span: Span = field(compare=False, repr=False)
+    rating: str | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DataSpec:
     source: DataSource
     inputs: tuple[Column, ...]
@@ -146,6 +207,16 @@ class DataSpec:
     keep_classes: tuple[str, ...] = ()  # only rows whose (category) target is one of these
     train_rows: int | None = None  # only the first N training rows (after keep_classes)
     augment: Augment | None = None  # of the image inputs, while training
+    feedback: Implicit | None = None  # the target is implicit feedback (then target.kind is IMPLICIT)
+
+    def read_columns(self, inputs: tuple[Column, ...] | None = None) -> tuple[Column, ...]:
+        """The columns read from the data: the inputs (or those given) and the target; for implicit
+        feedback the target is made, not read, and its rating column is read in its place."""
+        inputs = self.inputs if inputs is None else inputs
+        if self.feedback is None:
+            return (*inputs, self.target)
+        rating = self.feedback.rating
+        return inputs if rating is None else (*inputs, Column(rating, FLOAT, self.feedback.span))
 
     def indicator_columns(self) -> tuple[str, ...]:
         """With fill_missing, each float input has a `<name>_na` category column: missing or not."""

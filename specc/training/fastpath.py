@@ -38,6 +38,8 @@ def graph_reason(spec, device: torch.device) -> str | None:
         return "CUDA graphs need a CUDA device"
     if spec.data.augment is not None:
         return "the spec augments its images, which the captured step does not do"
+    if spec.data.feedback is not None:
+        return "implicit feedback draws negatives, which the captured step does not do"
     return optimizers.graph_refusal(spec.train.optimizer)
 
 

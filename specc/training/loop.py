@@ -25,12 +25,13 @@ from specc.training import optimizers
 from specc.training.checkpoint import TrainState
 from specc.training.distributed import broadcast_floats
 from specc.training.listeners import Listener
+from specc.training.implicit import LR_FIND_STAGE, Interactions, negatives_drawer, validate
 from specc.training.lrfind import END, START, STEPS, LRFindResult, lr_find
-from specc.training.metrics import EpochRecord, History, batch_loss, better, evaluate, monitored, smooth
+from specc.training.metrics import EpochRecord, History, better, evaluate, monitored, smooth
 from specc.training.optim import module_groups
 from specc.training.options import RunOptions
 from specc.training.steps import (
-    Batches, StageSetup, StepFactory, Steps, run_epoch, setup_stage, step_factory, train_mode,
+    Batches, StageSetup, StepFactory, Steps, run_epoch, setup_stage, step_factory, train_mode, training_loss,
 )
 from specc.training.world import World
 
@@ -93,7 +94,16 @@ def training_batches(spec: Spec, prepared: Prepared, plan: TrainPlan, device: to
     which this rank trains on its `part`)."""
     tensors = to_tensors(prepared.train, device)
     return Batches([tensors[c] for c in spec.model.inputs], tensors[spec.data.target.name], plan.batch,
-                   plan.steps_per_epoch, part)
+                   plan.steps_per_epoch, part, interactions_of(spec, prepared, device))
+
+
+def interactions_of(spec: Spec, prepared: Prepared, device: torch.device) -> Interactions | None:
+    """Implicit feedback's training pairs on the device (None for a spec without it)."""
+    feedback = spec.data.feedback
+    if feedback is None:
+        return None
+    return Interactions.of(feedback, prepared.train, prepared.vocabs[feedback.user].size,
+                           prepared.vocabs[feedback.item].size, device)
 
 
 def batch_order(spec: Spec, device: torch.device) -> torch.Generator:
@@ -184,22 +194,33 @@ def find_lr(spec: Spec, setup: StageSetup, batches: Batches, generator: torch.Ge
     """lr-find over the stage's optimizer and random batches of its training rows (whole batches:
     in data-parallel training every rank runs it as one process does); the model, optimizer and
     generators are left as they were."""
-    loss = batch_loss(spec, setup.model, setup.params)
+    loss = training_loss(spec, setup.model, setup.params)
+    # implicit feedback's negatives, drawn as a stage of their own would draw them (lr-find's probes are not augmented)
+    negatives = negatives_drawer(spec, batches.interactions, LR_FIND_STAGE) if spec.data.feedback else None
+    probes = iter(range(1 << 62))
 
     def step_loss(idx):
-        return loss([x[idx] for x in batches.xs], batches.y[idx])
+        xs = [x[idx] for x in batches.xs]
+        return loss(negatives(xs, 0, next(probes)) if negatives else xs, batches.y[idx])
 
     return lr_find(setup.model, setup.optimizer, step_loss, batches.rows, batches.size, generator, start, end,
                    steps, device=device)
 
 
-def validation(spec: Spec, model, valid: dict, world: World) -> dict[str, float]:
+def validation(spec: Spec, model, valid: dict, world: World, interactions: Interactions | None = None
+               ) -> dict[str, float]:
     """The validation loss and metrics over the whole split, computed once: by rank 0 in
-    data-parallel training, its numbers shared with the others (so early stopping decides alike)."""
-    if not world.parallel:
+    data-parallel training, its numbers shared with the others (so early stopping decides alike).
+    Implicit feedback's rank every item for each validation user (specc.training.implicit.validate)."""
+    def scores_now() -> dict[str, float]:
+        if interactions is not None:
+            return validate(spec, model, interactions, valid)
         return evaluate(spec, model, valid, valid[spec.data.target.name])
+
+    if not world.parallel:
+        return scores_now()
     keys = ["loss", *spec.train.metrics]
-    scores = evaluate(spec, model, valid, valid[spec.data.target.name]) if world.writes else None
+    scores = scores_now() if world.writes else None
     return dict(zip(keys, broadcast_floats(world, scores and [scores[k] for k in keys], len(keys))))
 
 
@@ -365,7 +386,7 @@ def train_epoch(run: _Run, si: int, epoch: int, setup: StageSetup, steps: Steps,
         raise Interrupted(state)
     raw = at.losses.double().cpu().numpy()
     smoothed, at.ewma = smooth(raw, start=at.ewma)
-    scores = validation(run.spec, run.model, run.valid, run.world)
+    scores = validation(run.spec, run.model, run.valid, run.world, run.batches.interactions)
     train_mode(run.model, setup.frozen)  # evaluate left every module in training mode
     record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
                          {m: scores[m] for m in run.spec.train.metrics}, lr, time.perf_counter() - start)

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from specc.language.spec import CATEGORY, FLOAT
+from specc.language.spec import CATEGORY, FLOAT, IMPLICIT
 
 # What an exported model returns from the model's output `out` (a loss's `returns`); specc.export's
 # graph and parity each translate every one of them.
@@ -26,17 +26,20 @@ class LossDef:
                log-probabilities made probabilities (exp); a category target's label comes beside them
     evaluate   (what the exported model returned, the target) -> the loss, as `specc evaluate`
                computes it (numpy, float64): the values and the float target; or the probabilities
-               [rows, classes] and the target's class indices
+               [rows, classes] and the target's class indices; None for implicit feedback, whose
+               exported model ranks items (`specc evaluate` scores its ranking)
     example    the model's last line, `out = ...` from `h` (a value of width 4), ending in what the
                loss compares with the target (the coverage test, tests/test_kinds.py, trains one)
+    negatives  it compares each positive with sampled negatives: `implicit(..., negatives=n)` needs n >= 1
     """
 
     name: str
     doc: str
     target: str
     returns: str
-    evaluate: Callable
+    evaluate: Callable | None
     example: str
+    negatives: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,10 @@ class MetricDef:
     target     the kind of target it needs: FLOAT or CATEGORY
     higher     a higher value is better (accuracy), else a lower one (rmse): early stopping, keep_best, tune
     compute    (prediction, target) -> the metric, as `specc evaluate` computes it (numpy): the values
-               and the float target; or the predicted and the true classes, as indices
+               and the float target; or the predicted and the true classes, as indices. A ranking
+               metric's: (hits [users, ranks] bool, relevant items per user, k) -> per-user values
+               (specc.training.ranking)
+    cutoff     a ranking metric, written with its cutoff: `ndcg(10)`, named `ndcg@10` in tables
     """
 
     name: str
@@ -55,6 +61,7 @@ class MetricDef:
     target: str
     higher: bool
     compute: Callable
+    cutoff: bool = False
 
 
 def _mse(pred, y) -> float:
@@ -96,13 +103,35 @@ LOSSES: dict[str, LossDef] = {d.name: d for d in (
             "out = h |> linear(classes)"),
     LossDef("nll", "log-probabilities: end with `log_softmax`", CATEGORY, "exp", _class_nll,
             "out = h |> linear(classes) |> log_softmax"),
+    LossDef("bpr", "width 1, a score per (user, item): -log sigmoid(positive - negative), over sampled negatives",
+            IMPLICIT, "value", None, "out = h |> linear(1)", negatives=True),
+    LossDef("sampled_bce", "width 1, a logit per (user, item): binary cross entropy, the positive 1 and each "
+            "sampled negative 0", IMPLICIT, "value", None, "out = h |> linear(1)", negatives=True),
 )}
+def _ranked(name: str) -> Callable:
+    """A ranking metric's per-user function, by name (specc.training.ranking imported when used)."""
+    def compute(hit, n_relevant, k):
+        from specc.training import ranking
+
+        return ranking.RANKING[name](hit, n_relevant, k)
+    return compute
+
+
+_RANKING_DOCS = {
+    "ndcg": "normalised discounted cumulative gain of the top k (binary relevance)",
+    "recall": "the user's validation items in the top k, over the number of them",
+    "hit": "1 when any of the user's validation items is in the top k",
+    "precision": "the user's validation items in the top k, over k",
+    "mrr": "1 / the rank of the first of the user's validation items in the top k (0: none)",
+    "map": "the mean of the precisions at the ranks of the hits in the top k, over min(relevant, k)",
+}
 METRICS: dict[str, MetricDef] = {d.name: d for d in (
     MetricDef("rmse", "the root of the mean squared error", FLOAT, False, lambda pred, y: math.sqrt(_mse(pred, y))),
     MetricDef("mse", "the mean squared error", FLOAT, False, _mse),
     MetricDef("mae", "the mean absolute error", FLOAT, False, _mae),
     MetricDef("accuracy", "the fraction of rows whose class is predicted", CATEGORY, True, _accuracy),
     MetricDef("error_rate", "1 - accuracy", CATEGORY, False, lambda pred, y: 1 - _accuracy(pred, y)),
+    *(MetricDef(name, doc, IMPLICIT, True, _ranked(name), cutoff=True) for name, doc in _RANKING_DOCS.items()),
 )}
 VALID_LOSS = "valid_loss"  # what early stopping and tune watch unless a metric is named
 
@@ -115,10 +144,23 @@ def loss(name: str) -> LossDef:
 
 
 def metric(name: str) -> MetricDef:
-    """The declaration of a metric (KeyError for one never declared: the checker asks first)."""
-    if name not in METRICS:
+    """The declaration of a metric, by its name in tables (`ndcg@10` for a ranking metric; KeyError
+    for one never declared: the checker asks first)."""
+    base, _ = cutoff_of(name)
+    if base not in METRICS:
         raise KeyError(f"metric '{name}' is not declared in specc.training.losses")
-    return METRICS[name]
+    return METRICS[base]
+
+
+def cutoff_of(name: str) -> tuple[str, int | None]:
+    """A metric's name in tables -> (its declaration's name, its cutoff k or None): `ndcg@10` -> (ndcg, 10)."""
+    base, at, k = name.partition("@")
+    return (base, int(k)) if at else (base, None)
+
+
+def metric_key(name: str, k: int | None) -> str:
+    """A metric's name in tables (metrics.csv's column, early_stop's monitor): `ndcg@10`, or `rmse`."""
+    return name if k is None else f"{name}@{k}"
 
 
 def higher_is_better(monitor: str) -> bool:

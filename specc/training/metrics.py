@@ -28,7 +28,18 @@ LOSS_FNS = {
     "bce_with_logits": F.binary_cross_entropy_with_logits,
     "cross_entropy": F.cross_entropy,
     "nll": F.nll_loss,
+    # implicit feedback's: (the positives' scores [rows], their negatives' scores [rows, negatives])
+    "bpr": lambda pos, neg: -F.logsigmoid(pos[:, None] - neg).mean(),  # Bayesian personalised ranking, every pair
+    "sampled_bce": lambda pos, neg: sampled_bce(pos, neg),
 }
+
+
+def sampled_bce(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Binary cross entropy of the logits, each positive labelled 1 and each negative 0, over all of them."""
+    logits = torch.cat([pos[:, None], neg], dim=1)
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, labels)
 
 
 def _mse(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -104,7 +115,8 @@ def loss_fn(spec: Spec):
 def batch_loss(spec: Spec, forward, params: list):
     """loss(xs, y): the training loss of `forward(*xs)` against y, the l2 penalty over `params`.
     With `precision = bf16` the forward pass runs under bfloat16 autocast (torch picks the
-    operations: matrix products and convolutions in bfloat16) and the loss is taken in float32."""
+    operations: matrix products and convolutions in bfloat16) and the loss is taken in float32.
+    (Implicit feedback's is specc.training.implicit.implicit_loss: specc.training.steps.training_loss picks.)"""
     loss_of = loss_fn(spec)
     bf16 = spec.train.precision == "bf16"
 

@@ -505,8 +505,17 @@ def _write_onnx(folder: RunFolder, spec: Spec, model, prepared) -> float:
     if not all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point()):
         raise ExportError("the trained weights hold NaN or infinite values, so no model.onnx was written; "
                           f"the last checkpoint is in {folder.path}/")
-    onnx_bytes = to_onnx(spec, model, prepared.vocabs).SerializeToString()
-    diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared))
+    if spec.data.feedback is not None:  # a recommender: user ids in, each user's top k items out
+        from specc.export.topk import parity_users, to_onnx_topk, topk_parity
+        from specc.training.loop import interactions_of
+
+        inter = interactions_of(spec, prepared, torch.device("cpu"))
+        onnx_bytes = to_onnx_topk(spec, model, prepared.vocabs, inter).SerializeToString()
+        diff = topk_parity(spec, model, onnx_bytes, prepared.vocabs, inter,
+                           parity_users(spec, prepared, prepared.vocabs))
+    else:
+        onnx_bytes = to_onnx(spec, model, prepared.vocabs).SerializeToString()
+        diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared))
     folder.write_bytes("model.onnx", onnx_bytes)
     return diff
 

@@ -22,6 +22,7 @@ from specc.language.spec import Spec
 from specc.model.plan import TrainPlan
 from specc.training import fastpath
 from specc.training.distributed import barrier, broadcast_model, data_parallel
+from specc.training.implicit import implicit_loss, negatives_drawer
 from specc.training.metrics import batch_loss
 from specc.training.optim import make_optimizer, make_scheduler, module_groups, schedule_tables, stage_groups
 from specc.training.world import World
@@ -47,6 +48,8 @@ def loop_kind(spec, device: torch.device, device_step: bool | str, graph: bool |
         return CUDA_GRAPH
     if device_step and spec.data.augment is not None:
         raise ValueError("no device step: the spec augments its images, which only the plain loop does")
+    if device_step and spec.data.feedback is not None:
+        raise ValueError("no device step: implicit feedback draws negatives, which only the plain loop does")
     if device_step:
         return DEVICE_FLAT if device_step == "flat" else DEVICE
     return PLAIN
@@ -91,6 +94,7 @@ class Batches:
     size: int  # the global batch (data.batch), whatever the number of processes
     steps: int
     part: tuple[int, int] = (0, 1)  # (rank, size): each process trains on its slice of every batch
+    interactions: object = None  # implicit feedback's training pairs (specc.training.implicit.Interactions)
 
     @property
     def rows(self) -> int:
@@ -231,10 +235,26 @@ def stage_steps(loop: str, spec, stage, setup: StageSetup, batches: Batches, wat
             scheduler.load_state_dict(resumed.scheduler)
     if loop == PLAIN:
         index = [st.name for st in spec.train.stages].index(stage.name)
-        return PlainSteps(optimizer, scheduler, batch_loss(spec, setup.model, setup.params), batches, watch,
-                          stage.name, augment=augmenter(spec, index), sync=sync)
+        return PlainSteps(optimizer, scheduler, training_loss(spec, setup.model, setup.params), batches, watch,
+                          stage.name, augment=batch_draws(spec, index, batches), sync=sync)
     return DeviceSteps.build(spec, stage, setup, peaks, batches, total, resumed.scheduler if saved else None, loop,
                              watch, device, sync)
+
+
+def training_loss(spec, forward, params: list):
+    """loss(xs, y) of a batch: the spec's loss of the model's output against the target; for implicit
+    feedback, of each positive against the negatives drawn after the inputs (batch_draws)."""
+    if spec.data.feedback is not None:
+        return implicit_loss(spec, forward, params)
+    return batch_loss(spec, forward, params)
+
+
+def batch_draws(spec, stage: int, batches: Batches):
+    """What a step draws anew for each whole batch, from its place in the run: the images augmented,
+    or implicit feedback's negatives after the inputs; None when neither."""
+    if spec.data.feedback is not None:
+        return negatives_drawer(spec, batches.interactions, stage)
+    return augmenter(spec, stage)
 
 
 @dataclass
@@ -245,7 +265,7 @@ class PlainSteps:
 
     optimizer: torch.optim.Optimizer
     scheduler: object  # torch's LRScheduler, or None for a constant rate
-    loss: Callable  # loss(xs, y) of a batch (specc.training.metrics.batch_loss)
+    loss: Callable  # loss(xs, y) of a batch (training_loss)
     batches: Batches
     watch: NanWatch
     stage: str
@@ -253,7 +273,7 @@ class PlainSteps:
     perm: torch.Tensor | None = None
     losses_: list = field(default_factory=list)  # the epoch's detached loss tensors
     lrs: list = field(default_factory=list)
-    augment: Callable | None = None  # (xs, epoch, step) -> xs with the images augmented (specc.data.augment)
+    augment: Callable | None = None  # (xs, epoch, step) -> xs with the images augmented, or negatives after (batch_draws)
     sync: Callable | None = None  # (optimizer, loss) -> the whole batch's loss, gradients averaged over the ranks
 
     def start_epoch(self, epoch, perm, first, losses, lrs) -> None:

@@ -167,6 +167,8 @@ class SourceDef:
                 CSV model's text, an image model's images); every other model reads those as CSV
                 with a header (TEXT in specc.data.sources)
     pixels      the input column whose values are uint8 pixels, which the model takes as they are
+    table       its rows are records of the columns a spec names (implicit feedback reads its
+                interactions from such a source; a folder of images is not one)
     """
 
     name: str
@@ -181,3 +183,4 @@ class SourceDef:
     columns: Callable = no_column_rules
     recognises: Callable | None = None
     pixels: str | None = None
+    table: bool = True

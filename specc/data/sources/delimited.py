@@ -31,10 +31,16 @@ def _columns(source: CsvSource, inputs: tuple, target) -> tuple[list, None]:
     """A CSV column holds one value per row, and is one of the columns the source names."""
     problems = [Diagnostic(codes.BAD_COLUMN, f"column '{col.name}': a CSV column holds one value per row", col.span,
                            ("arrays per row come from npz(...) and parquet(...) sources",))
-                for col in (*inputs, target) if col.shape]
+                for col in read_columns(inputs, target) if col.shape]
     if source.columns is not None:
-        problems += selected(source.columns, (*inputs, target))
+        problems += selected(source.columns, read_columns(inputs, target))
     return problems, None
+
+
+def read_columns(inputs: tuple, target) -> tuple:
+    """The columns read from the file: the inputs and the target (None: implicit feedback without a
+    rating column, whose target is made, not read)."""
+    return (*inputs, target) if target is not None else inputs
 
 
 def selected(names: tuple[str, ...], columns: tuple) -> list[Diagnostic]:

@@ -91,4 +91,4 @@ SOURCE = SourceDef(
             {"l": ("gray", "Pillow's \"L\"")}, "the channels each image is converted to"),
      Flag("skip_broken", False, "an image that cannot be decoded is left out (with a warning), not an error")),
     make=_make, columns=_columns, read=_read, preview=_preview, reading=_reading, reader=_reader,
-    pixels=IMAGE_COLUMN)
+    pixels=IMAGE_COLUMN, table=False)

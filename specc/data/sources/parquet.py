@@ -4,7 +4,7 @@ by the files' schema (specc.data.parquet); `columns=[...]` selects what the spec
 from __future__ import annotations
 
 from specc.data.sources.base import FilePath, Names, SourceDef
-from specc.data.sources.delimited import selected
+from specc.data.sources.delimited import read_columns, selected
 from specc.language.spec import ParquetSource
 
 
@@ -13,7 +13,7 @@ def _make(path, args: dict, span) -> ParquetSource:
 
 
 def _columns(source: ParquetSource, inputs: tuple, target) -> tuple[list, None]:
-    return (selected(source.columns, (*inputs, target)) if source.columns is not None else []), None
+    return (selected(source.columns, read_columns(inputs, target)) if source.columns is not None else []), None
 
 
 def _read(data, wanted) -> tuple[dict, dict, str]:

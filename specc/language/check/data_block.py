@@ -10,10 +10,11 @@ from specc.data.files import resolved as resolved_path
 from specc.data.sources import source_def
 from specc.data.sources.base import Char, Choice, Flag, ImageSize, Names, Texts
 from specc.language import ast, codes
+from specc.language.check.splits import check_split
 from specc.language.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, shown
 from specc.language.diagnostics import suggest
 from specc.language.spec import (
-    CATEGORY, FLOAT, Augment, PROCS, Column, DataSpec, LastSplit, RandomSplit, RowSplit,
+    CATEGORY, FLOAT, IMPLICIT, POSITIVE, SAMPLINGS, Augment, PROCS, Column, DataSpec, Implicit,
 )
 
 
@@ -47,8 +48,13 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
             ok = False
     source = _source(c, found["source"].value) if "source" in found else None
     inputs, partial, inputs_failed = _inputs(c, found["inputs"].value) if "inputs" in found else (None, (), True)
-    target = _column(c, found["target"].value, "target") if "target" in found else None
-    valid = _split(c, found["valid"].value) if "valid" in found else None
+    feedback = None
+    if "target" in found and _is_implicit(found["target"].value):
+        feedback = _implicit(c, found["target"].value, inputs or partial)
+        target = Column(POSITIVE, IMPLICIT, feedback.span) if feedback is not None else None
+    else:
+        target = _column(c, found["target"].value, "target") if "target" in found else None
+    valid = check_split(c, found["valid"].value, inputs, target) if "valid" in found else None
     batch = c.integer(found["batch"].value, "batch", low=1) if "batch" in found else 64
     procs = _procs(c, found["procs"].value) if "procs" in found else ()
     keep = _keep_classes(c, found["keep_classes"], target) if "keep_classes" in found else ()
@@ -64,15 +70,83 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
         c.error(codes.BAD_COLUMN, "a category target holds one value per row", target.span)
         return result
     if source is not None and inputs is not None and target is not None:  # what only the source rules out
-        problems, given = source_def(source.kind).columns(source, inputs, target)
+        if feedback is not None and not source_def(source.kind).table:
+            c.error(codes.CONFLICT, f"implicit feedback reads a table of interactions, not {source.kind}(...)",
+                    feedback.span, ["e.g. source = csv(\"interactions.csv\") with columns user and item"])
+            return result
+        read = target if feedback is None else _rating(feedback)
+        problems, given = source_def(source.kind).columns(source, inputs, read)
         c.errors += problems
         if problems and given is not None:  # the model block is checked against the columns the source gives
             return dataclasses.replace(result, columns=given)
     if not ok or None in (source, inputs, target, batch, procs, keep, train_rows) or \
             ("valid" in found and valid is None) or augment is False:
         return result
-    spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None, augment)
+    if feedback is not None and (keep or augment):
+        c.error(codes.CONFLICT, f"{'keep_classes' if keep else 'augment'} does not apply to implicit feedback",
+                found["keep_classes" if keep else "augment"].value.span)
+        return result
+    spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None, augment, feedback)
     return DataResult(spec, inputs, inputs_failed, target, procs)
+
+
+def _is_implicit(expr: ast.Expr) -> bool:
+    return isinstance(expr, ast.Call) and expr.func.id == "implicit" or isinstance(expr, ast.Name) and \
+        expr.id == "implicit"
+
+
+def _implicit(c: Checker, expr: ast.Expr, inputs) -> Implicit | None:
+    """`target = implicit(user, item, negatives=4, sampling=uniform, top_k=10, rating=r, threshold=4)`:
+    the user and item are category inputs; a rating column and its threshold come together."""
+    bound = c.bind(expr, "target", "target")
+    if bound is None:
+        return None
+    _, args, call = bound
+    columns = {col.name: col for col in inputs}
+    names = {}
+    for role in ("user", "item", "rating"):
+        if role not in args:
+            continue
+        arg = args[role]
+        if not isinstance(arg, ast.Name):
+            c.error(codes.WRONG_KIND, f"implicit's {role}: expected a column name, found {kind_of(arg)}", arg.span)
+            return None
+        names[role] = arg.id
+        if role != "rating" and (arg.id not in columns or columns[arg.id].kind != CATEGORY):
+            c.error(codes.BAD_COLUMN, f"implicit's {role} '{arg.id}' must be a category input", arg.span,
+                    suggest(arg.id, columns) or [f"e.g. inputs = [user: category, item: category]"])
+            return None
+    if names["user"] == names["item"]:
+        c.error(codes.CONFLICT, "implicit: the user and the item are the same column", args["item"].span)
+        return None
+    negatives = c.integer(args["negatives"], "negatives", low=0, high=1000) if "negatives" in args else 1
+    top_k = c.integer(args["top_k"], "top_k", low=1, high=10000) if "top_k" in args else 10
+    sampling = _sampling(c, args.get("sampling"))
+    threshold = c.real(args["threshold"], "threshold") if "threshold" in args else None
+    if ("rating" in args) != ("threshold" in args):
+        c.error(codes.CONFLICT, "implicit: a rating column and its threshold come together", call.span,
+                ["e.g. implicit(user, item, rating=rating, threshold=4): rows rated 4 or more are interactions"])
+        return None
+    if None in (negatives, top_k, sampling) or ("threshold" in args and threshold is None):
+        return None
+    return Implicit(names["user"], names["item"], negatives, sampling, top_k, call.span, names.get("rating"),
+                    threshold)
+
+
+def _rating(feedback: Implicit) -> Column | None:
+    """The column implicit feedback reads beside the inputs: its rating column, if it has one."""
+    return None if feedback.rating is None else Column(feedback.rating, FLOAT, feedback.span)
+
+
+def _sampling(c: Checker, expr: ast.Expr | None) -> str | None:
+    """How negatives are drawn: a name of SAMPLINGS (uniform when not given)."""
+    if expr is None:
+        return SAMPLINGS[0]
+    if not isinstance(expr, ast.Name) or expr.id not in SAMPLINGS:
+        c.error(codes.UNKNOWN_NAME, f"sampling: expected one of {', '.join(SAMPLINGS)}, found {shown(expr)}",
+                expr.span, suggest(expr.id, SAMPLINGS) if isinstance(expr, ast.Name) else ())
+        return None
+    return expr.id
 
 
 def _augment(c: Checker, expr: ast.Expr, inputs) -> Augment | bool:
@@ -284,24 +358,3 @@ def _inputs(c: Checker, expr: ast.Expr) -> tuple[tuple[Column, ...] | None, tupl
                     [f"first declared {where}"])
         seen[col.name] = col
     return good, good, False
-
-
-def _split(c: Checker, expr: ast.Expr):
-    """The validation split: random(fraction, seed), rows(start, end) or last(fraction)."""
-    bound = c.bind(expr, "valid", "validation split")
-    if bound is None:
-        return None
-    func, args, _ = bound
-    if func == "last":
-        fraction = c.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
-        return None if fraction is None else LastSplit(fraction, expr.span)
-    if func == "random":
-        fraction = c.real(args["fraction"], "validation fraction", 0.0, 1.0, low_open=True, high_open=True)
-        seed = c.integer(args["seed"], "seed") if "seed" in args else 0
-        return None if fraction is None or seed is None else RandomSplit(fraction, seed, expr.span)
-    start = c.integer(args["start"], "first validation row")
-    end = c.integer(args["end"], "end row", low=1) if "end" in args else None
-    if start is not None and end is not None and end <= start:
-        c.error(codes.CONFLICT, f"rows({start}, {end}): the end must come after the start", expr.span)
-        return None
-    return None if start is None or ("end" in args and end is None) else RowSplit(start, end, expr.span)

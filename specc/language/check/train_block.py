@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from specc.language import ast, codes
 from specc.language.check.values import (
-    LOSSES, METRICS, PRECISIONS, SIGNATURES, TRAIN_SETTINGS, Checker, bind_args, constant, fmt, kind_of, shape_text,
-    shown,
+    LOSSES, METRICS, PRECISIONS, SIGNATURES, TRAIN_SETTINGS, Checker, Param, bind_args, constant, fmt, kind_of,
+    shape_text, shown,
 )
 from specc.language.diagnostics import suggest
 from specc.language.source import Span
 from specc.language.spec import (
-    FLOAT, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, Optimizer, Stage, TrainSpec,
+    FLOAT, IMPLICIT, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, Optimizer, Stage, TrainSpec,
 )
 from specc.training import optimizers
+from specc.training.losses import metric_key
 
 _CALLS = tuple(SIGNATURES["fit"]) + tuple(SIGNATURES["stage"])
+_CUTOFF = (Param("k"),)  # a ranking metric's one argument: ndcg(10)
 
 
 def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: ModelSpec | None) -> TrainSpec | None:
@@ -63,6 +65,8 @@ def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: Mode
             stages.append(None if fit is None or stop is False else Stage("train", fit, (), stop))
     if model is not None and data is not None and loss is not None:
         _output_fits(c, model.node(model.output), data.target, loss)
+        if data.feedback is not None:
+            _ranks(c, model, data.feedback, loss, found["loss"].value.span)
     if model is not None and optimizer is not None:
         _fits_in_memory(c, model, optimizer)
     if c.errors or None in (loss, optimizer, seed, l2, stop_on_nan, precision) or not stages or None in stages:
@@ -93,12 +97,34 @@ def _metrics(c: Checker, expr: ast.Expr, target_kind: str | None) -> list[str]:
     items = expr.items if isinstance(expr, ast.ListExpr) else (expr,)
     metrics: list[str] = []
     for item in items:
-        metric = _loss_name(c, item, METRICS, "metric", target_kind)
+        metric = _metric(c, item, target_kind)
         if metric is not None and metric in metrics:
             c.error(codes.DEFINED_TWICE, f"metric '{metric}' is listed twice", item.span)
         elif metric is not None:
             metrics.append(metric)
     return metrics
+
+
+def _metric(c: Checker, expr: ast.Expr, target_kind: str | None) -> str | None:
+    """A metric by name (`rmse`), or a ranking metric with its cutoff (`ndcg(10)`, `ndcg(k=10)`), as its
+    name in tables (`ndcg@10`)."""
+    cut = isinstance(expr, ast.Call) and (expr.args or expr.keywords)
+    name = _loss_name(c, expr.func if cut else expr, METRICS, "metric", target_kind)
+    if name is None:
+        return None
+    if not METRICS[name].cutoff:
+        if cut:
+            c.error(codes.BAD_ARGUMENTS, f"metric '{name}' takes no arguments", expr.span)
+            return None
+        return name
+    if not cut:
+        c.error(codes.BAD_ARGUMENTS, f"metric '{name}' ranks the top k items: give k", expr.span,
+                [f"e.g. {name}(10)"])
+        return None
+    if not c.args_ok(expr, _CUTOFF):
+        return None
+    k = c.integer(bind_args(expr, _CUTOFF)["k"], f"{name}'s k", low=1, high=10000)
+    return None if k is None else metric_key(name, k)
 
 
 def _fits_in_memory(c: Checker, model: ModelSpec, optimizer) -> None:
@@ -173,17 +199,28 @@ def _early_stop(c: Checker, stops, monitors):
     monitor = "valid_loss"
     if "monitor" in args:
         expr = args["monitor"]
-        if not isinstance(expr, ast.Name) or expr.id not in monitors:
-            name = expr.id if isinstance(expr, ast.Name) else shown(expr)
+        watched = _watched(expr)
+        if watched not in monitors:
+            name = watched or shown(expr)
             c.error(codes.UNKNOWN_NAME, f"early_stop can watch {', '.join(monitors)}, not '{name}'", expr.span,
                     suggest(name, monitors) or ["a metric must be in the train block's metrics"])
             return False
-        monitor = expr.id
+        monitor = watched
     patience = c.integer(args["patience"], "patience", low=1) if "patience" in args else 3
     keep = c.boolean(args["keep_best"], "keep_best") if "keep_best" in args else True
     if patience is None or keep is None:
         return False
     return EarlyStop(monitor, patience, keep)
+
+
+def _watched(expr: ast.Expr) -> str | None:
+    """What early_stop(monitor=...) names: `valid_loss`, `rmse`, or a ranking metric as `ndcg(10)` (ndcg@10)."""
+    if isinstance(expr, ast.Name):
+        return expr.id
+    if isinstance(expr, ast.Call) and len(expr.args) == 1 and not expr.keywords and isinstance(expr.args[0], ast.Number) \
+            and float(expr.args[0].value).is_integer():
+        return metric_key(expr.func.id, int(expr.args[0].value))
+    return None
 
 
 def _lr(c: Checker, expr: ast.Expr):
@@ -206,9 +243,23 @@ def _lr(c: Checker, expr: ast.Expr):
     return c.real(expr, "lr", 0.0, low_open=True)
 
 
+def _ranks(c: Checker, model: ModelSpec, feedback, loss: str, span: Span) -> None:
+    """Implicit feedback: the model scores a (user, item) pair from those two inputs (the exported
+    model ranks every item for a user); a loss over sampled negatives needs some."""
+    other = [name for name in model.inputs if name not in (feedback.user, feedback.item)]
+    missing = [name for name in (feedback.user, feedback.item) if name not in model.inputs]
+    if other or missing:
+        c.error(codes.BAD_COLUMN, f"a model of implicit feedback scores a pair from '{feedback.user}' and "
+                f"'{feedback.item}' alone, but it " + (f"uses '{other[0]}'" if other else f"never uses '{missing[0]}'"),
+                model.node(model.output).span, ["the exported model ranks every item for a user from these two"])
+    if LOSSES[loss].negatives and feedback.negatives == 0:
+        c.error(codes.CONFLICT, f"loss '{loss}' compares each interaction with sampled negatives, but "
+                "implicit(...) draws none", span, ["e.g. implicit(user, item, negatives=4)"])
+
+
 def _output_fits(c: Checker, out, target, loss: str) -> None:
     """The model's output must be what the loss compares with the target."""
-    if target.kind == FLOAT:
+    if target.kind in (FLOAT, IMPLICIT):
         if out.shape != (1,):
             c.error(codes.OUTPUT_MISMATCH, f"the model's output 'out' has {shape_text(out.shape)}, but the target "
                     f"'{target.name}' is one number per row", out.span,
@@ -232,8 +283,9 @@ def _loss_name(c: Checker, expr: ast.Expr, table: dict, what: str, target_kind: 
                 suggest(expr.id, table) or [f"known: {', '.join(table)}"])
         return None
     if target_kind is not None and table[expr.id].target != target_kind:
-        c.error(codes.TARGET_KIND, f"{what} '{expr.id}' needs a {table[expr.id].target} target, but the target is a "
-                f"{target_kind}", expr.span)
+        needs = "an implicit feedback target" if table[expr.id].target == IMPLICIT else f"a {table[expr.id].target} target"
+        found = "implicit feedback" if target_kind == IMPLICIT else f"a {target_kind}"
+        c.error(codes.TARGET_KIND, f"{what} '{expr.id}' needs {needs}, but the target is {found}", expr.span)
         return None
     return expr.id
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specc.data.sources import SOURCES
+from specc.data.splits import SPLITS
 from specc.language import ast, codes, params
 from specc.language.codes import Code
 from specc.language.diagnostics import Diagnostic, suggest
@@ -50,11 +51,11 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "flip": _sig(),
         "crop": _sig("padding"),
     },
-    "valid": {
-        "random": _sig("fraction", "seed?"),
-        "rows": _sig("start", "end?"),
-        "last": _sig("fraction"),
+    "target": {
+        "implicit": _sig("user", "item", "negatives?", "sampling?", "top_k?", "rating?", "threshold?"),
     },
+    # the splits of specc.data.splits: each split's declaration gives its parameters
+    "valid": {name: tuple(Param(f.name, f.required) for f in defn.params) for name, defn in SPLITS.items()},
     # the ops of specc.model.ops: each op's declaration gives its parameters
     "model": {name: tuple(Param(f.name, f.required, getattr(f, "many", False)) for f in defn.params)
               for name, defn in ops.FUNCTIONS.items()},

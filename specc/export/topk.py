@@ -1,0 +1,157 @@
+"""Export of a recommender (implicit feedback): trained model -> an ONNX model that takes a batch of
+user ids and returns each user's top k items, as the data had their ids, and their scores.
+
+Inside the graph every item is scored for each user (the model run on the user repeated against
+the whole catalogue), the user's training items are set to -inf (a table of each user's items,
+padded with the unknown item, scattered into the scores), a user never seen in training gets the
+items' training popularity as scores (the most popular items first), and ONNX's TopK picks the k
+best; equal scores go to the item with the lower vocabulary index, as torch's stable sort does
+(specc.training.implicit.ranked). A user with fewer than k items left gets the rest at -inf."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import torch.fx as fx
+from onnx import TensorProto, helper
+
+from specc.data.prepare import Vocab
+from specc.export.emitter import Emitter
+from specc.export.graph import finished, metadata, translate_body
+from specc.export.ids import dense_ids, lookup
+from specc.language.spec import Spec
+from specc.training.implicit import UNKNOWN, Interactions
+
+ITEMS, SCORES = "items", "scores"  # the exported recommender's outputs, (N, k) each
+NO_INTEGER_ITEM = -1  # the item id of a rank left empty (-inf), for whole-number ids; "" for text ids
+
+
+def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], inter: Interactions) -> onnx.ModelProto:
+    """The recommender's ONNX model: user ids (N,) -> items (N, k) and scores (N, k)."""
+    feedback = spec.data.feedback
+    em = Emitter()
+    users_vocab, items_vocab = vocabs[feedback.user], vocabs[feedback.item]
+    user = lookup(em, feedback.user, users_vocab, dense_ids(em, feedback.user, users_vocab))
+    n_items = items_vocab.size
+    k = min(feedback.top_k, n_items)
+    size = em.node("Shape", [user], "users_count")  # [N]
+    grid = em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)  # [N, n_items]
+    flat = em.const([-1], np.int64)
+    names = {}
+    for fnode in model.graph.nodes:
+        if fnode.op != "placeholder":
+            continue
+        if fnode.target == feedback.user:
+            column = em.node("Unsqueeze", [user, em.const([1], np.int64)], "user_column")
+            names[fnode.name] = em.node("Reshape", [em.node("Expand", [column, grid], "user_grid"), flat], "user_pairs")
+        else:
+            row = em.const(np.arange(n_items, dtype=np.int64)[None, :], np.int64)
+            names[fnode.name] = em.node("Reshape", [em.node("Expand", [row, grid], "item_grid"), flat], "item_pairs")
+    result = translate_body(em, model, names, {})
+    scores = em.node("Reshape", [result, grid], "all_scores")
+    scores = _popular_for_unknown(em, user, scores, inter)
+    scores = _masked(em, user, scores, inter)
+    top = helper.make_node("TopK", [scores, em.const([k], np.int64)], [SCORES, "top_index"], name="top_k",
+                           axis=1, largest=1, sorted=1)
+    em.nodes.append(top)
+    em.node("Gather", [_item_ids(em, items_vocab), "top_index"], ITEMS, axis=0)
+    id_type = TensorProto.INT64 if users_vocab.integer else TensorProto.STRING
+    item_type = TensorProto.INT64 if items_vocab.integer else TensorProto.STRING
+    inputs = [helper.make_tensor_value_info(feedback.user, id_type, ["N"])]
+    outputs = [helper.make_tensor_value_info(ITEMS, item_type, ["N", k]),
+               helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", k])]
+    props = metadata(spec, vocabs)
+    props["specc.recommend"] = json.dumps({"user": feedback.user, "item": feedback.item, "k": k,
+                                           "rating": feedback.rating, "threshold": feedback.threshold})
+    return finished(em, spec, inputs, outputs, props)
+
+
+def _popular_for_unknown(em: Emitter, user: str, scores: str, inter: Interactions) -> str:
+    """The scores, a user never seen in training given the items' training counts instead."""
+    unknown = em.node("Equal", [user, em.const(UNKNOWN, np.int64)], "user_unknown")
+    column = em.node("Unsqueeze", [unknown, em.const([1], np.int64)], "user_unknown_column")
+    popularity = em.const(inter.popularity.cpu().numpy().astype(np.float32)[None, :])
+    return em.node("Where", [column, popularity, scores], "scores_or_popular")
+
+
+def seen_table(inter: Interactions) -> np.ndarray:
+    """Each user's training items, a row per user index padded with the unknown item: one column more than
+    the most items a user has, so that every row masks the unknown item too."""
+    starts = inter.starts.cpu().numpy()
+    counts = np.diff(starts)
+    table = np.full((len(counts), int(counts.max(initial=0)) + 1), UNKNOWN, dtype=np.int64)
+    items = inter.items.cpu().numpy()
+    rows = np.repeat(np.arange(len(counts)), counts)
+    table[rows, np.arange(len(items)) - np.repeat(starts[:-1], counts)] = items
+    return table
+
+
+def _masked(em: Emitter, user: str, scores: str, inter: Interactions) -> str:
+    """The scores with each user's training items and the unknown item at -inf."""
+    seen = em.node("Gather", [em.weight_array("seen_items", seen_table(inter)), user], "user_seen", axis=0)
+    shape = em.node("Shape", [seen], "user_seen_shape")
+    never = em.node("Expand", [em.const(-np.inf, np.float32), shape], "seen_never")
+    return em.node("ScatterElements", [scores, seen, never], "scores_unseen", axis=1)
+
+
+def _item_ids(em: Emitter, vocab: Vocab) -> str:
+    """The item id of each vocabulary index, as the data had them (index 0, the unknown item: none)."""
+    if vocab.integer:
+        return em.const([NO_INTEGER_ITEM, *(int(v) for v in vocab.values)], np.int64)
+    return em.const(np.array(["", *vocab.values], dtype=object), object)
+
+
+def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], inter: Interactions,
+                users: list) -> float:
+    """onnxruntime's top k for the raw user ids `users` against torch's ranking (specc.training.implicit.ranked)
+    on the same weights: the largest score difference; ExportError where the items differ but for ties."""
+    import torch
+
+    from specc.export.parity import PARITY_TOLERANCE, ExportError
+    from specc.inference.session import Session
+    from specc.training.implicit import ranked, scorer
+
+    feedback = spec.data.feedback
+    vocab = vocabs[feedback.user]
+    feed = np.array([int(u) for u in users], dtype=np.int64) if vocab.integer else np.array([str(u) for u in users],
+                                                                                             dtype=object)
+    got = Session(onnx_bytes, device="cpu").run({feedback.user: feed})
+    model = model.cpu().eval()
+    with torch.no_grad():
+        top, values = ranked(spec, scorer(spec, model), inter, torch.from_numpy(vocab.lookup(users)), got[SCORES].shape[1])
+    want_items = np.asarray(_item_ids_array(vocabs[feedback.item]), dtype=object)[top.numpy()]
+    want_scores = values.numpy()
+    finite = np.isfinite(want_scores)
+    if not np.array_equal(finite, np.isfinite(got[SCORES])):
+        raise ExportError("onnxruntime and torch leave different ranks empty")
+    diff = float(np.max(np.abs(got[SCORES][finite] - want_scores[finite]), initial=0.0))
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"onnxruntime's top-k scores and torch's differ by {diff:.3g} (tolerance {PARITY_TOLERANCE:g})")
+    gaps = np.abs(np.diff(want_scores, axis=1))
+    clear = np.ones_like(finite)
+    clear[:, 1:] &= gaps > 10 * PARITY_TOLERANCE
+    clear[:, :-1] &= gaps > 10 * PARITY_TOLERANCE
+    wrong = np.argwhere(clear & finite & (got[ITEMS].astype(object) != want_items))
+    if len(wrong):
+        row, rank = wrong[0]
+        raise ExportError(f"for user {users[row]}, onnxruntime ranks item {got[ITEMS][row, rank]} at {rank + 1} where "
+                          f"torch ranks {want_items[row, rank]}")
+    return diff
+
+
+def _item_ids_array(vocab: Vocab) -> list:
+    """The item id of each vocabulary index, as a list (index 0: none), as _item_ids puts them in the graph."""
+    return [NO_INTEGER_ITEM, *(int(v) for v in vocab.values)] if vocab.integer else ["", *vocab.values]
+
+
+def parity_users(spec: Spec, prepared, vocabs: dict[str, Vocab], count: int = 256) -> list:
+    """Raw user ids for the parity check: the first validation users, and ids never seen in training."""
+    from specc.export.ids import unseen_ids
+
+    column = spec.data.feedback.user
+    raw = list(dict.fromkeys(prepared.raw_valid[column].tolist()))[:count]
+    vocab = vocabs[column]
+    unseen = unseen_ids(vocab)
+    return raw + ([int(u) for u in unseen] if vocab.integer else unseen)

@@ -1,0 +1,192 @@
+"""Implicit feedback: the training interactions (user, item), the negatives each step draws, the
+loss over a positive and its negatives, and the ranking of every item for a validation user.
+
+A row of implicit feedback is a positive pair. Each training step draws `negatives` items per row,
+none of them one of the user's own training items, from a generator seeded by the batch's place in
+the run alone (specc.data.augment.batch_generator), so a resumed run draws what an unstopped one
+does and two processes draw what one does. Validation ranks every item for each validation user
+with the user's training items masked out, as the exported model does (specc.export.topk), and
+scores the ranking with specc.training.ranking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from specc.data.augment import batch_generator
+from specc.language.spec import Implicit, Spec
+from specc.training.metrics import VALID_BATCH, torch_loss
+
+UNKNOWN = 0  # the vocabulary index of an id never seen in training: never drawn, never ranked
+REDRAWS = 72  # rounds of redrawing the negatives that are one of the user's items, at most (a user with nearly every item)
+# (user, item) scores computed at once when every item is ranked: on the CPU few enough that a chunk's
+# embedding rows stay in cache (1 << 14 ranked MovieLens-sized data about 4x faster than 1 << 22, one
+# thread, bench/recommend.py's torch line); on a GPU many, for few launches
+RANK_CELLS = {"cpu": 1 << 14, "cuda": 1 << 22}
+VALID_STAGE = -1  # the `stage` of the generator that draws the validation loss's negatives
+LR_FIND_STAGE = -2  # and lr-find's
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """The training interactions as vocabulary indices, on the device: sorted by user (`users`,
+    `items`), each user's span of them (`starts`, CSR style: user u's are items[starts[u]:starts[u+1]]),
+    their keys user * n_items + item sorted (for a look-up of a pair), and how often each item
+    occurs (`popularity`; the unknown item never)."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    starts: torch.Tensor
+    keys: torch.Tensor
+    popularity: torch.Tensor
+    n_items: int  # the item vocabulary's size, the unknown index included
+
+    @classmethod
+    def of(cls, feedback: Implicit, train: dict[str, np.ndarray], n_users: int, n_items: int,
+           device: torch.device) -> Interactions:
+        users = torch.from_numpy(np.ascontiguousarray(train[feedback.user])).to(device)
+        items = torch.from_numpy(np.ascontiguousarray(train[feedback.item])).to(device)
+        order = torch.argsort(users * n_items + items, stable=True)
+        users, items = users[order], items[order]
+        starts = torch.zeros(n_users + 1, dtype=torch.int64, device=device)
+        starts[1:] = torch.cumsum(torch.bincount(users, minlength=n_users), 0)
+        popularity = torch.bincount(items, minlength=n_items).double()
+        popularity[UNKNOWN] = 0.0
+        return cls(users, items, starts, users * n_items + items, popularity, n_items)
+
+    def seen(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Whether each (user, item) pair is a training interaction."""
+        keys = users * self.n_items + items
+        at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return self.keys[at] == keys
+
+    def mask(self, scores: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """`scores` [users, items] with each user's training items (and the unknown item) at -inf."""
+        counts = self.starts[users + 1] - self.starts[users]
+        owner = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        first = torch.repeat_interleave(self.starts[users], counts)
+        offset = torch.arange(len(owner), device=users.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts)
+        scores = scores.index_put((owner, self.items[first + offset]), torch.tensor(-torch.inf, device=scores.device))
+        scores[:, UNKNOWN] = -torch.inf
+        return scores
+
+
+def draw_negatives(inter: Interactions, users: torch.Tensor, n: int, sampling: str,
+                   generator: torch.Generator) -> torch.Tensor:
+    """[len(users), n] item indices, none the unknown item nor (but for a user who has nearly every
+    item) one of the user's training items: drawn uniformly or by popularity, the clashes redrawn
+    together until none is left (at most REDRAWS rounds)."""
+    shape = (len(users), n)
+
+    def draw() -> torch.Tensor:
+        if sampling == "uniform":
+            return torch.randint(1, inter.n_items, shape, generator=generator, device=users.device)
+        picked = torch.multinomial(inter.popularity.float(), shape[0] * n, replacement=True, generator=generator)
+        return picked.view(shape)
+
+    owners = users[:, None].expand(shape)
+    drawn = draw()
+    for _ in range(REDRAWS):
+        clash = inter.seen(owners, drawn)
+        if not bool(clash.any()):  # one look at the host a round: one or two rounds at a few per cent of clashes
+            break
+        drawn = torch.where(clash, draw(), drawn)
+    return drawn
+
+
+def negatives_drawer(spec: Spec, inter: Interactions, stage: int):
+    """xs, epoch, step -> the batch's inputs and its negatives [batch, negatives] after them."""
+    feedback = spec.data.feedback
+    user = spec.model.inputs.index(feedback.user)
+
+    def draw(xs: list, epoch: int, step: int) -> list:
+        generator = batch_generator(spec.train.seed, stage, epoch, step, xs[0].device)
+        return [*xs, draw_negatives(inter, xs[user], feedback.negatives, feedback.sampling, generator)]
+    return draw
+
+
+def scorer(spec: Spec, forward):
+    """(users, items) -> the model's score of each pair, whatever order the model takes its inputs in."""
+    feedback, order = spec.data.feedback, spec.model.inputs
+
+    def score(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        given = {feedback.user: users, feedback.item: items}
+        return forward(*[given[name] for name in order])[:, 0]
+    return score
+
+
+def pair_loss(spec: Spec, score, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor,
+              loss) -> torch.Tensor:
+    """The loss of each positive (users, items) against its negatives [rows, n]."""
+    n = negatives.shape[1]
+    pos = score(users, items)
+    neg = score(users.repeat_interleave(n), negatives.reshape(-1)).view(-1, n)
+    return loss(pos, neg)
+
+
+def ranked(spec: Spec, score, inter: Interactions, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's top k items and their scores, every item ranked but the user's training items and the
+    unknown item; a user never seen in training (the unknown index) gets the most popular items. Ties go
+    to the lower index (a stable sort, as ONNX's TopK breaks them)."""
+    n_items = inter.n_items
+    chunk = max(1, RANK_CELLS.get(users.device.type, RANK_CELLS["cuda"]) // n_items)
+    tops, values = [], []
+    catalogue = torch.arange(n_items, device=users.device)
+    for s in range(0, len(users), chunk):
+        part = users[s:s + chunk]
+        scores = score(part.repeat_interleave(n_items), catalogue.repeat(len(part))).view(len(part), n_items)
+        unknown = (part == UNKNOWN)[:, None]
+        scores = torch.where(unknown, inter.popularity.to(scores.dtype)[None, :], scores)
+        scores = inter.mask(scores, part)
+        order = torch.sort(scores, dim=1, descending=True, stable=True)
+        tops.append(order.indices[:, :k])
+        values.append(order.values[:, :k])
+    return torch.cat(tops), torch.cat(values)
+
+
+def implicit_loss(spec: Spec, forward, params: list):
+    """loss(xs, y) of a batch whose inputs end with its negatives (negatives_drawer): the spec's loss of
+    each positive against them, with the seed's l2 penalty over `params` when asked."""
+    score, base, l2 = scorer(spec, forward), torch_loss(spec.train.loss), spec.train.l2
+    order = spec.model.inputs
+    user, item = order.index(spec.data.feedback.user), order.index(spec.data.feedback.item)
+
+    def loss(xs, y):
+        value = pair_loss(spec, score, xs[user], xs[item], xs[-1], base)
+        if l2:
+            value = value + l2 * torch.stack([(p * p).sum() for p in params]).sum()
+        return value
+    return loss
+
+
+@torch.no_grad()
+def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The validation loss (each validation interaction against negatives drawn once, from the seed) and
+    the ranking metrics: every item ranked for each validation user, the user's training items masked out,
+    relevant = the user's validation items."""
+    from specc.training import losses, ranking
+
+    feedback = spec.data.feedback
+    was_training = model.training
+    model.eval()
+    score = scorer(spec, model)
+    users, items = valid[feedback.user], valid[feedback.item]
+    generator = batch_generator(spec.train.seed, VALID_STAGE, 0, 0, users.device)
+    negatives = draw_negatives(inter, users, feedback.negatives, feedback.sampling, generator)
+    total = 0.0
+    for s in range(0, len(users), VALID_BATCH):
+        part = slice(s, s + VALID_BATCH)
+        value = pair_loss(spec, score, users[part], items[part], negatives[part], torch_loss(spec.train.loss))
+        total += float(value) * len(users[part])
+    values = {"loss": total / len(users)}
+    wanted = [losses.cutoff_of(m) for m in spec.train.metrics]
+    if wanted:
+        order = torch.argsort(users, stable=True)
+        who, counts = torch.unique_consecutive(users[order], return_counts=True)
+        indptr = np.concatenate([[0], np.cumsum(counts.cpu().numpy())])
+        top, _ = ranked(spec, score, inter, who, max(k for _, k in wanted))
+        values.update(ranking.ranking_scores(top.cpu().numpy(), indptr, items[order].cpu().numpy(), wanted))
+    model.train(was_training)
+    return values
