@@ -246,12 +246,13 @@ def fit_specc(split: Split, threads: int) -> dict:
 
 def _onnx_top(model: Path, split: Split, threads: int) -> tuple[np.ndarray, float]:
     """Every user's top K through onnxruntime (as bench indices) and the users ranked per second."""
+    from specc.inference.recommend import recommend, typed_users
     from specc.inference.session import Session
 
     session = Session(model, device="cpu", threads=threads)
-    ids = split.user_ids.astype(np.int64) if session.inputs["user"] == "tensor(int64)" else split.user_ids.astype(object)
+    ids = typed_users(session, list(split.user_ids), "bench")
     start = time.perf_counter()
-    items = np.concatenate([session.run({"user": ids[s:s + USER_CHUNK]})["items"] for s in range(0, len(ids), USER_CHUNK)])
+    items, _ = recommend(session, ids)  # as `specc recommend` runs it
     rate = len(ids) / (time.perf_counter() - start)
     as_text = items.astype(str)
     at = np.minimum(np.searchsorted(split.item_ids, as_text), len(split.item_ids) - 1)

@@ -300,3 +300,17 @@ def test_recommend_refuses_clearly(tmp_path, capsys, case, expected):
     assert main(["recommend", model, *args]) in (1, 2)
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+def test_the_pair_table_and_the_binary_search_agree(monkeypatch):
+    import specc.training.implicit as implicit
+
+    pairs = [(1, 1), (1, 4), (2, 3), (3, 1), (3, 2), (3, 5)]
+    users = torch.tensor([u for u in range(4) for _ in range(6)])
+    items = torch.tensor(list(range(6)) * 4)
+    table = _interactions(pairs, 4, 6)
+    monkeypatch.setattr(implicit, "BITMAP_CELLS", 0)
+    search = _interactions(pairs, 4, 6)
+    assert table.bitmap is not None and search.bitmap is None
+    want = torch.tensor([(u, i) in pairs for u, i in zip(users.tolist(), items.tolist())])
+    assert torch.equal(table.seen(users, items), want) and torch.equal(search.seen(users, items), want)

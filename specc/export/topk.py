@@ -63,7 +63,7 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
     outputs = [helper.make_tensor_value_info(ITEMS, item_type, ["N", k]),
                helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", k])]
     props = metadata(spec, vocabs)
-    props["specc.recommend"] = json.dumps({"user": feedback.user, "item": feedback.item, "k": k,
+    props["specc.recommend"] = json.dumps({"user": feedback.user, "item": feedback.item, "k": k, "items": n_items,
                                            "rating": feedback.rating, "threshold": feedback.threshold})
     return finished(em, spec, inputs, outputs, props)
 
@@ -110,6 +110,7 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     import torch
 
     from specc.export.parity import PARITY_TOLERANCE, ExportError
+    from specc.inference.recommend import recommend
     from specc.inference.session import Session
     from specc.training.implicit import ranked, scorer
 
@@ -117,7 +118,7 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     vocab = vocabs[feedback.user]
     feed = np.array([int(u) for u in users], dtype=np.int64) if vocab.integer else np.array([str(u) for u in users],
                                                                                              dtype=object)
-    got = Session(onnx_bytes, device="cpu").run({feedback.user: feed})
+    got = dict(zip((ITEMS, SCORES), recommend(Session(onnx_bytes, device="cpu"), feed)))
     model = model.cpu().eval()
     with torch.no_grad():
         top, values = ranked(spec, scorer(spec, model), inter, torch.from_numpy(vocab.lookup(users)), got[SCORES].shape[1])

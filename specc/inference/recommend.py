@@ -20,7 +20,10 @@ from specc.language.diagnostics import DataError
 
 ITEMS, SCORES = "items", "scores"  # as specc.export.topk names the outputs
 MAX_USERS_FILE = 1 << 30  # bytes of a --users file read at most
-BATCH = 1024  # users a run
+# (user, item) pairs a run scores: on the CPU few enough that a run's embedding rows stay in cache (16,384
+# pairs, 8 MovieLens users a run, ranked about 30x faster than 1,024 users a run: bench/recommend.py); on
+# a GPU many, for few launches
+RUN_PAIRS = {"cpu": 1 << 14, "cuda": 1 << 22}
 
 
 def recommender(session: Session) -> dict:
@@ -74,14 +77,21 @@ def read_users(path: Path, column: str) -> list[str]:
 
 
 def recommend(session: Session, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """items (N, k) and scores (N, k) for the typed users, BATCH users a run."""
+    """items (N, k) and scores (N, k) for the typed users, as many users a run as users_per_run says."""
     column = recommender(session)["user"]
     items, scores = [], []
-    for s in range(0, len(users), BATCH):
-        got = session.run({column: users[s:s + BATCH]})
+    batch = users_per_run(session)
+    for s in range(0, len(users), batch):
+        got = session.run({column: users[s:s + batch]})
         items.append(got[ITEMS])
         scores.append(got[SCORES])
     return np.concatenate(items), np.concatenate(scores)
+
+
+def users_per_run(session: Session) -> int:
+    """Users a run ranks: RUN_PAIRS of (user, item) pairs, every item scored for each user."""
+    items = recommender(session)["items"]
+    return max(1, RUN_PAIRS["cuda" if session.device == "cuda" else "cpu"] // items)
 
 
 def write_rows(out, users: list[str], items: np.ndarray, scores: np.ndarray) -> int:

@@ -751,14 +751,18 @@ class Server:
         self._close()
 
     def _close(self) -> None:
-        """Close every socket, then wait for the threads to finish the requests they are answering
-        (a condition, bounded by STOP_TIMEOUT, not waitress's fixed 5 s), then close the trigger: a
-        thread that finishes a request pulls it to wake the loop, and one pulled once closed printed
-        waitress's traceback ("Exception when servicing") on a Ctrl-C under load."""
+        """Close every connection, then wait for the threads to finish the requests they are answering
+        (a condition, bounded by STOP_TIMEOUT, not waitress's fixed 5 s), then the listening sockets and
+        the trigger: a thread that finishes a request pulls the trigger to wake the loop, and one pulled
+        once closed (closing a server closes it) printed waitress's traceback ("Exception when
+        servicing") on a Ctrl-C under load."""
         from waitress import wasyncore
 
-        trigger = getattr(self.server, "trigger", None)
-        wasyncore.close_all({fd: obj for fd, obj in self._map().items() if obj is not trigger}, ignore_all=True)
+        from waitress.channel import HTTPChannel
+
+        # the connections first; the listening sockets after the threads, as closing one closes the trigger too
+        connections = {fd: obj for fd, obj in self._map().items() if isinstance(obj, HTTPChannel)}
+        wasyncore.close_all(connections, ignore_all=True)
         self.server.task_dispatcher.shutdown(timeout=STOP_TIMEOUT)
         wasyncore.close_all(self._map(), ignore_all=True)
 

@@ -24,6 +24,7 @@ REDRAWS = 72  # rounds of redrawing the negatives that are one of the user's ite
 # embedding rows stay in cache (1 << 14 ranked MovieLens-sized data about 4x faster than 1 << 22, one
 # thread, bench/recommend.py's torch line); on a GPU many, for few launches
 RANK_CELLS = {"cpu": 1 << 14, "cuda": 1 << 22}
+BITMAP_CELLS = 1 << 28  # users x items at most for a table of every pair (256 MB of bools), else a binary search
 VALID_STAGE = -1  # the `stage` of the generator that draws the validation loss's negatives
 LR_FIND_STAGE = -2  # and lr-find's
 
@@ -33,7 +34,8 @@ class Interactions:
     """The training interactions as vocabulary indices, on the device: sorted by user (`users`,
     `items`), each user's span of them (`starts`, CSR style: user u's are items[starts[u]:starts[u+1]]),
     their keys user * n_items + item sorted (for a look-up of a pair), and how often each item
-    occurs (`popularity`; the unknown item never)."""
+    occurs (`popularity`; the unknown item never). Where users x items is at most BITMAP_CELLS, a
+    table of every pair (`bitmap`) answers a look-up in one read instead of a binary search."""
 
     users: torch.Tensor
     items: torch.Tensor
@@ -41,6 +43,7 @@ class Interactions:
     keys: torch.Tensor
     popularity: torch.Tensor
     n_items: int  # the item vocabulary's size, the unknown index included
+    bitmap: torch.Tensor | None = None  # bool [users * n_items]: whether each pair is a training interaction
 
     @classmethod
     def of(cls, feedback: Implicit, train: dict[str, np.ndarray], n_users: int, n_items: int,
@@ -53,11 +56,18 @@ class Interactions:
         starts[1:] = torch.cumsum(torch.bincount(users, minlength=n_users), 0)
         popularity = torch.bincount(items, minlength=n_items).double()
         popularity[UNKNOWN] = 0.0
-        return cls(users, items, starts, users * n_items + items, popularity, n_items)
+        keys = users * n_items + items
+        bitmap = None
+        if n_users * n_items <= BITMAP_CELLS:
+            bitmap = torch.zeros(n_users * n_items, dtype=torch.bool, device=device)
+            bitmap[keys] = True
+        return cls(users, items, starts, keys, popularity, n_items, bitmap)
 
     def seen(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Whether each (user, item) pair is a training interaction."""
         keys = users * self.n_items + items
+        if self.bitmap is not None:
+            return self.bitmap[keys]
         at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         return self.keys[at] == keys
 
