@@ -314,3 +314,54 @@ def test_the_pair_table_and_the_binary_search_agree(monkeypatch):
     assert table.bitmap is not None and search.bitmap is None
     want = torch.tensor([(u, i) in pairs for u, i in zip(users.tolist(), items.tolist())])
     assert torch.equal(table.seen(users, items), want) and torch.equal(search.seen(users, items), want)
+
+
+def test_serve_recommends_over_http_as_the_command_does(tmp_path, capsys):
+    import concurrent.futures
+    import json
+    import urllib.error
+    import urllib.request
+
+    from specc.inference.serve import App, Server
+    from specc.inference.session import Session
+
+    path = spec_file(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    model = run / "model.onnx"
+    assert main(["recommend", str(model), "--user", "100", "--user", "103", "--user", "4242"]) == 0
+    want: dict[str, list] = {}
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        user, _, item, score = line.split(",")
+        want.setdefault(user, []).append((int(item), np.float32(score)))
+
+    def post(url, body):
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, json.loads(err.read())
+
+    app = App(Session(model, device="cpu"), model.name, max_rows=8)
+    server = Server(app, "127.0.0.1", 0, 4).start()
+    try:
+        status, got = post(server.url + "/recommend", {"user": [100, 103, 4242]})
+        assert status == 200 and got["user"] == [100, 103, 4242]
+        for user, items, scores in zip(got["user"], got["items"], got["scores"]):
+            assert [(i, np.float32(s)) for i, s in zip(items, scores)] == want[str(user)]
+        status, rows = post(server.url + "/recommend", [{"user": 100}])
+        assert status == 200 and rows == [{"user": 100, "items": got["items"][0], "scores": got["scores"][0]}]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # batched with each other, each its own answer
+            answers = list(pool.map(lambda u: post(server.url + "/recommend", {"user": [u]}), [100, 103] * 8))
+        for a, (k, u) in zip(answers, [(0, 100), (1, 103)] * 8):
+            assert a == (200, {"user": [u], "items": [got["items"][k]], "scores": [got["scores"][k]]})
+        assert post(server.url + "/predict", {"user": [100]})[1]["code"] == "H203"
+        assert post(server.url + "/recommend", {"user": ["x"]})[1]["code"] == "D104"
+        assert post(server.url + "/recommend", {"user": list(range(9))})[1]["code"] == "H104"
+        assert post(server.url + "/recommend", {"item": [1]})[1]["code"] == "D107"
+    finally:
+        server.stop()
+        app.close()

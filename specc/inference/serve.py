@@ -24,12 +24,13 @@ from specc.data.table import shown_names
 from specc.inference.columns import Inputs, column_kind, missing_text, row_shape, shown_value, typed
 from specc.inference.infer import cell_texts, output_columns
 from specc.inference.read_text import text_options
+from specc.inference.recommend import ITEMS, SCORES, recommend, recommender
 from specc.inference.session import Session, load_session
 from specc.language import codes
 from specc.language.diagnostics import UsageError
 from specc.language.spec import FLOAT
 
-ROUTES = {"/predict": ("POST",), "/health": ("GET", "HEAD"), "/schema": ("GET", "HEAD")}
+ROUTES = {"/predict": ("POST",), "/recommend": ("POST",), "/health": ("GET", "HEAD"), "/schema": ("GET", "HEAD")}
 JSON_TYPES = ("application/json",)
 
 
@@ -56,8 +57,10 @@ TOO_LARGE = HttpCode("H105", 413, "a body larger than `--max-body-mb`: refused b
                                   "read (a chunked body once it passes the cap)")
 NO_LENGTH = HttpCode("H106", 411, "a POST with neither a `Content-Length` nor a chunked body")
 NOT_SENT_AS_JSON = HttpCode("H107", 415, "a `Content-Type` other than `application/json` (or `*/*+json`)")
-NO_SUCH_PATH = HttpCode("H201", 404, "a path other than `/predict`, `/health` and `/schema`")
+NO_SUCH_PATH = HttpCode("H201", 404, "a path other than `/predict`, `/recommend`, `/health` and `/schema`")
 WRONG_METHOD = HttpCode("H202", 405, "a method the path does not take (the `Allow` header says which it does)")
+OTHER_KIND = HttpCode("H203", 404, "`/recommend` of a model that predicts, or `/predict` of a recommender (a spec of "
+                      "implicit feedback), which answers `/recommend`")
 MALFORMED_HTTP = HttpCode("H301", 400, "a request that is not well-formed HTTP/1.x (waitress's parser: a bad request "
                                        "line, header, `Content-Length` or chunk)")
 TIMED_OUT = HttpCode("H302", 408, "the request did not arrive whole within `--request-timeout` of its first byte "
@@ -67,7 +70,7 @@ NOT_IMPLEMENTED = HttpCode("H304", 501, "a `Transfer-Encoding` other than `chunk
 BUG = HttpCode("H401", 500, "a bug in specc: the traceback is in the server's log, never in the answer")
 STOPPING = HttpCode("H402", 503, "the server is stopping")
 HTTP_CODES = (NOT_JSON, EMPTY_BODY, NOT_INPUTS, TOO_MANY_ROWS, TOO_LARGE, NO_LENGTH, NOT_SENT_AS_JSON, NO_SUCH_PATH,
-              WRONG_METHOD, MALFORMED_HTTP, TIMED_OUT, HEADERS_TOO_LARGE, NOT_IMPLEMENTED, BUG, STOPPING)
+              WRONG_METHOD, OTHER_KIND, MALFORMED_HTTP, TIMED_OUT, HEADERS_TOO_LARGE, NOT_IMPLEMENTED, BUG, STOPPING)
 
 
 class Rejected(Exception):
@@ -281,9 +284,10 @@ class Batcher:
     being read (announced with `expect`): with none on the way it runs at once, so a lone client
     pays no wait."""
 
-    def __init__(self, session: Session, max_batch: int, max_wait: float):
+    def __init__(self, session: Session, max_batch: int, max_wait: float, run=None):
         self.session, self.max_batch, self.max_wait = session, max_batch, max_wait
-        self.run = session.run_bound if session.device == "cuda" else session.run  # IO binding on the GPU
+        # IO binding on the GPU; a recommender's users ranked a few at a time (specc.inference.recommend)
+        self.run = run or (session.run_bound if session.device == "cuda" else session.run)
         self.cond = threading.Condition()
         self.jobs: deque[_Job] = deque()
         self.arriving = 0
@@ -407,6 +411,24 @@ def answer(names: list[str], columns: list[np.ndarray], rows_form: bool) -> byte
                             for row in zip(*texts)) + "]").encode()
 
 
+def recommendations(session: Session, feed: dict, results: dict, rows_form: bool) -> bytes:
+    """POST /recommend's answer: each user, its items best first and their scores (a rank left empty,
+    at -inf, left out), as columns (`{"user": [...], "items": [[...]], "scores": [[...]]}`) or as rows
+    (`[{"user": ..., "items": [...], "scores": [...]}, ...]`), the form the request came in."""
+    column = recommender(session)["user"]
+    users, key = _json_values(feed[column]), json.dumps(column)
+    items, scores = [], []
+    for row_items, row_scores in zip(results[ITEMS], results[SCORES]):
+        kept = np.isfinite(row_scores)
+        items.append("[" + ", ".join(_json_values(row_items[kept])) + "]")
+        scores.append("[" + ", ".join(_json_values(row_scores[kept])) + "]")
+    if rows_form:
+        rows = [f'{{{key}: {u}, "items": {i}, "scores": {s}}}' for u, i, s in zip(users, items, scores)]
+        return ("[" + ", ".join(rows) + "]").encode()
+    return (f'{{{key}: [{", ".join(users)}], "items": [{", ".join(items)}], '
+            f'"scores": [{", ".join(scores)}]}}').encode()
+
+
 def schema(session: Session, model: str) -> dict:
     """The model's inputs (name, kind, type, shape of a row), target, classes and output columns,
     from its metadata, as predict reads them."""
@@ -456,7 +478,12 @@ class App:
         self.schema = {**schema(session, model),
                        "limits": {"max_rows": max_rows, "max_body_bytes": self.max_body, "max_batch": max_batch,
                                   "max_wait_ms": max_wait_ms}}
-        self.batcher = Batcher(session, max_batch, max_wait_ms / 1000)
+        self.recommends = "specc.recommend" in session.metadata
+        run = None
+        if self.recommends:  # each user's top k: as many users a run as fit the cache, however many are batched
+            user = recommender(session)["user"]
+            run = lambda feed: dict(zip((ITEMS, SCORES), recommend(session, feed[user])))  # noqa: E731
+        self.batcher = Batcher(session, max_batch, max_wait_ms / 1000, run)
 
     def close(self) -> None:
         self.batcher.close()
@@ -482,7 +509,8 @@ class App:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path not in ROUTES:
             shown = path if len(path) <= 80 else path[:77] + "..."
-            raise Rejected(f"no such path '{shown}'; the paths are POST /predict, GET /health and GET /schema",
+            answered = "/recommend" if self.recommends else "/predict"  # the other one is H203's
+            raise Rejected(f"no such path '{shown}'; the paths are POST {answered}, GET /health and GET /schema",
                            NO_SUCH_PATH)
         if method not in ROUTES[path]:
             raise Rejected(f"{path} takes {' or '.join(ROUTES[path])}, not {method}", WRONG_METHOD, ROUTES[path])
@@ -494,6 +522,10 @@ class App:
                          "requests": b.requests, "runs": b.runs, "largest_batch": b.largest}
         if path == "/schema":
             return 200, self.schema
+        if (path == "/recommend") != self.recommends:
+            raise Rejected("this model recommends (its spec's target is implicit feedback): POST /recommend" if
+                           self.recommends else "this model predicts; POST /recommend is a recommender's (a spec whose "
+                           "target is implicit(...)): POST /predict", OTHER_KIND)
         return 200, self.predict(environ)
 
     def predict(self, environ) -> bytes:
@@ -510,6 +542,8 @@ class App:
             self.batcher.unexpect()
             raise
         results = self.batcher.predict(got.feed, got.rows)
+        if self.recommends:
+            return recommendations(self.session, got.feed, results, rows_form)
         names, columns = output_columns(self.session, results)
         return answer(names, columns, rows_form)
 
