@@ -31,7 +31,8 @@ TOKENS = ["{", "}", "(", ")", "[", "]", ",", "=", ":", ";", "|>", "+", "-", "*",
           # recommenders: implicit feedback, ranking metrics, the splits they use
           "implicit(user, item)", "negatives=0", "top_k=", "sampling=popularity", "rating=rating, threshold=4",
           "bpr", "sampled_bce", "ndcg(10)", "map(0)", "recall", "per_user(0.2)", "leave_last(1, by=timestamp)",
-          'file("u1.test")', "monitor=ndcg(10)",
+          'file("u1.test")', "monitor=ndcg(10)", "rated: history(user, item)", "embedding_bag(rated, 4, mode=sqrtn)",
+          "history(item, user)", "mode=sum",
           # near the nesting bound (E306: 200 levels), so that one insertion or two cross it
           " |> relu" * 150, "-" * 150, "(" * 150, "[" * 150, "relu(" * 150, " + 1" * 150, ")" * 150]
 

@@ -21,7 +21,7 @@ def generated_code(spec_path: Path) -> str:
 
     spec, _ = load_spec(spec_path)
     prepared = prepare(spec.data, spec.model.inputs)
-    return lower(sized_model(spec, prepared), prepared.stats).code.strip("\n") + "\n"
+    return lower(sized_model(spec, prepared), prepared.stats, tables=prepared.tables).code.strip("\n") + "\n"
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import torch
 from helpers import StopAt, prepared_spec, trained
 
 from specc.commands.cli import main
-from specc.training.implicit import Interactions, draw_negatives, ranked, scorer
+from specc.training.implicit import Interactions, catalogue_loss, draw_negatives, ranked, scorer
 from specc.training.metrics import torch_loss
 
 SPEC = """\
@@ -153,6 +153,53 @@ def test_the_losses_against_hand_computed_values():
     negs = [math.log1p(math.exp(x)) for x in (0.0, 2.0, 1.0, -1.0)]
     want = (softplus(1.0) + softplus(0.0) + sum(negs)) / 6
     assert float(torch_loss("sampled_bce")(pos, neg)) == pytest.approx(want, abs=1e-12)
+
+
+def test_the_softmax_is_over_every_item_but_the_unknown_one_each_user_scored_once():
+    # user x item scores; item 0 is the unknown one, whose 9 must never count
+    table = torch.tensor([[0.0, 0, 0, 0], [9.0, 1.0, 2.0, 0.0], [9.0, 0.0, 0.0, math.log(3)]],
+                         dtype=torch.float64, requires_grad=True)
+    scored = []
+
+    def score(users, items):
+        scored.append(len(users))
+        return table[users, items]
+
+    users, items = torch.tensor([1, 2, 1]), torch.tensor([2, 3, 1])
+    got = catalogue_loss(score, users, items, 4, torch_loss("softmax"))
+    lse1, lse2 = math.log(math.e + math.e ** 2 + 1), math.log(1 + 1 + 3)
+    assert got.item() == pytest.approx(((lse1 - 2.0) + (lse2 - math.log(3)) + (lse1 - 1.0)) / 3, abs=1e-12)
+    assert scored == [2 * 3]  # two distinct users, three items each
+    # the gradient of scoring each row against the catalogue (B x M pairs), from fewer pairs
+    (grad,) = torch.autograd.grad(got, table)
+    catalogue = torch.arange(1, 4)
+    rows = score(users.repeat_interleave(3), catalogue.repeat(3)).view(3, 3)
+    (want,) = torch.autograd.grad(torch.nn.functional.cross_entropy(rows, items - 1), table)
+    assert torch.allclose(grad, want, atol=1e-12) and float(grad[:, 0].abs().sum()) == 0.0
+
+
+def test_softmax_trains_without_negatives_and_its_validation_loss_is_every_rows_softmax(tmp_path, monkeypatch):
+    import specc.training.implicit as implicit
+    from specc.training.loop import interactions_of
+
+    path = spec_file(tmp_path, "implicit(user, item, negatives=0, top_k=5)", "softmax")
+    spec, prepared, model, history = trained(path)
+    inter = interactions_of(spec, prepared, torch.device("cpu"))
+    assert implicit.negatives_drawer(spec, inter, 0) is None  # nothing drawn
+    valid = {c: torch.from_numpy(prepared.valid[c]) for c in ("user", "item")}
+    score = scorer(spec, model.eval())
+    losses = []
+    with torch.no_grad():  # by hand: each row against every item but the unknown one, one row at a time
+        for u, i in zip(valid["user"].tolist(), valid["item"].tolist()):
+            if i == 0:  # never seen in training: no class of the catalogue
+                continue
+            row = score(torch.full((inter.n_items - 1,), u), torch.arange(1, inter.n_items)).double()
+            losses.append(float(torch.logsumexp(row, 0) - row[i - 1]))
+    assert len(losses) > 10 and history.records[-1].valid_loss == pytest.approx(np.mean(losses), rel=1e-5)
+    monkeypatch.setitem(implicit.RANK_CELLS, "cpu", 2 * inter.n_items)  # two users a run
+    got = implicit.validate(spec, model, inter, valid)
+    assert got["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert got["ndcg@5"] == pytest.approx(history.records[-1].metrics["ndcg@5"], abs=1e-12)
 
 
 # ---------------------------------------------------------------- ranking

@@ -232,8 +232,9 @@ def test_every_metric_by_hand_in_torch_and_in_evaluate(name):
     assert defn.compute(np.array(pred), np.array(y)) == pytest.approx(want, rel=1e-12)
 
 
-# Each loss of implicit feedback: the positives' scores, their negatives' scores, and the loss by hand
-# (softplus(x) = -log sigmoid(-x)).
+# Each loss of implicit feedback: what its declaration says it compares (LossDef.compares), and the loss by
+# hand (softplus(x) = -log sigmoid(-x)). Over pairs: the positives' scores and their negatives' scores; over
+# the catalogue: every item's score for each positive's user and the positive's item among them.
 SOFTPLUS = lambda x: math.log1p(math.exp(x))  # noqa: E731
 IMPLICIT_LOSS_CASES = {
     # the pairs' differences 1, -1, -1, 1: -log sigmoid(d) = softplus(-d)
@@ -241,6 +242,9 @@ IMPLICIT_LOSS_CASES = {
     # positives labelled 1: softplus(-p); negatives labelled 0: softplus(n)
     "sampled_bce": ([1.0, 0.0], [[0.0, 2.0], [1.0, -1.0]],
                     (SOFTPLUS(-1.0) + SOFTPLUS(0.0) + SOFTPLUS(0.0) + SOFTPLUS(2.0) + SOFTPLUS(1.0) + SOFTPLUS(-1.0)) / 6),
+    # logsumexp of the row less the positive's score: row 0's item 1 (score 2), row 1's item 0 (score 0)
+    "softmax": ([[1.0, 2.0, 0.0], [0.0, 0.0, LN(3)]], [1, 0],
+                ((LN(math.e + math.e ** 2 + 1) - 2.0) + (LN(1 + 1 + 3) - 0.0)) / 2),
 }
 IMPLICIT_LOSSES = sorted(n for n, d in losses.LOSSES.items() if d.target == IMPLICIT)
 # Each ranking metric over two users' top 3 (k = 3): user A hits at ranks 1 and 3 of its 2 relevant items,
@@ -259,9 +263,17 @@ RANKING_CASES = {
 
 @pytest.mark.parametrize("name", sorted(IMPLICIT_LOSS_CASES))
 def test_every_implicit_loss_by_hand(name):
-    pos, neg, want = IMPLICIT_LOSS_CASES[name]
-    got = metrics.torch_loss(name)(torch.tensor(pos, dtype=torch.float64), torch.tensor(neg, dtype=torch.float64))
+    first, second, want = IMPLICIT_LOSS_CASES[name]
+    got = metrics.torch_loss(name)(_tensor(first), _tensor(second))
     assert float(got) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", IMPLICIT_LOSSES)
+def test_an_implicit_loss_compares_pairs_with_negatives_or_the_catalogue_without(name):
+    defn = losses.loss(name)
+    assert defn.compares in losses.COMPARES
+    assert defn.negatives == (defn.compares == losses.PAIRS)  # only a loss over pairs draws negatives
+    assert all(d.compares is None for d in losses.LOSSES.values() if d.target != IMPLICIT)
 
 
 @pytest.mark.parametrize("name", sorted(RANKING_CASES))

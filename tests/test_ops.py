@@ -24,13 +24,14 @@ from specc.training.loop import build_model
 from specc.training.run import load_spec
 from specc.training.world import ONE, World
 
-# The context every example may read (see specc/model/ops/layers.py): c, a, img and h; the last lines
+# The context every example may read (see specc/model/ops/layers.py): c, a, img, h and hc (the categories of
+# d each row's c has in the training rows); the last lines
 # use the arithmetic ops and a 2-d batchnorm, and fill_missing and normalize make the input and missing ops' procs
 # (the parity rows hold a missing `a`: an npz file cannot).
 COVERAGE = """\
 data {{
     source = npz("cover.npz")
-    inputs = [c: category, a: float, img: float(1, 4, 4) / 255]
+    inputs = [c: category, a: float, img: float(1, 4, 4) / 255, d: category, hc: history(c, d)]
     target = y: float
     procs  = [fill_missing, normalize]
     valid  = random(0.25, seed=1)
@@ -59,7 +60,7 @@ def coverage_spec(folder) -> str:
     rng = np.random.default_rng(0)
     n = 80
     a = rng.normal(40, 10, n).astype(np.float32)
-    np.savez(folder / "cover.npz", c=rng.integers(1, 6, n), a=a, img=rng.uniform(0, 255, (n, 1, 4, 4)).astype(np.float32),
+    np.savez(folder / "cover.npz", c=rng.integers(1, 6, n), d=rng.integers(1, 9, n), a=a, img=rng.uniform(0, 255, (n, 1, 4, 4)).astype(np.float32),
              y=rng.normal(0, 1, n).astype(np.float32))
     examples = _examples()
     names = [line.split("=")[0].strip() for line in examples]
@@ -200,7 +201,7 @@ def test_a_new_op_declaring_random_per_row_is_sliced_with_no_other_change(tmp_pa
     conv = sized.node("cv")
     nodes = list(sized.nodes)
     nodes.insert(nodes.index(conv) + 1, Node("cd", op("channel_dropout", p=0.5), ("cv",), conv.shape, conv.span))
-    model = lower(dataclasses.replace(sized, nodes=tuple(nodes)), prepared.stats).train()
+    model = lower(dataclasses.replace(sized, nodes=tuple(nodes)), prepared.stats, tables=prepared.tables).train()
     module, x = model.get_submodule("cd"), torch.randn(8, *conv.shape)
     assert type(module) is torch.nn.Dropout2d
     assert torch.equal(_halves(model, module, x, seed=3), _one_process(module, x, seed=3))

@@ -52,7 +52,7 @@ def test_every_initializer_of_an_exported_example_is_read_by_a_node(path, tmp_pa
 
     spec, prepared, _ = prepared_spec(_example_path(path, tmp_path))
     torch.manual_seed(0)  # the graph is what is checked here, not the weights: no training needed
-    model = lower(sized_model(spec, prepared), prepared.stats).eval()
+    model = lower(sized_model(spec, prepared), prepared.stats, tables=prepared.tables).eval()
     if spec.data.feedback is not None:  # a recommender: user ids in, each user's top k out
         from specc.export.topk import to_onnx_topk
         from specc.training.loop import interactions_of
@@ -77,7 +77,7 @@ def test_exported_tabular_model_loads_without_onnxruntime_warnings(tmp_path):
 
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "adult.spec")
     torch.manual_seed(0)
-    model = lower(sized_model(spec, prepared), prepared.stats).eval()
+    model = lower(sized_model(spec, prepared), prepared.stats, tables=prepared.tables).eval()
     onnx_model = to_onnx(spec, model, prepared.vocabs)
     unsqueezes = [n for n in onnx_model.graph.node if n.op_type == "Unsqueeze"]
     assert len(unsqueezes) == 6  # one per float column

@@ -25,11 +25,11 @@ from helpers import ROOT
 from specc.commands.cli import main
 from specc.data.read import read_rows
 from specc.data.split import split_columns, split_from_json, split_rows, split_to_json, valid_file
-from specc.data.splits import SPLITS, UndeclaredSplit, split_def
+from specc.data.splits import SPLITS, UndeclaredSplit, split_def, validates
 from specc.data.splits.base import DataColumn, FileName
 from specc.inference.evaluate import evaluate_file
 from specc.language.diagnostics import DataError, SpecError
-from specc.language.spec import FileSplit, LastSplit, LeaveLastSplit, PerUserSplit, RandomSplit, RowSplit
+from specc.language.spec import FileSplit, LastSplit, LeaveLastSplit, NoSplit, PerUserSplit, RandomSplit, RowSplit
 from specc.model.ops.base import Int, Real
 from specc.training.run import load_spec
 
@@ -326,6 +326,7 @@ CASES = {
     "per_user": Case("per_user(0.3, seed=5, by=user)", PerUserSplit(0.3, 5, "user")),
     "leave_last": Case("leave_last(2, by=timestamp, user=user)", LeaveLastSplit(2, "timestamp", "user")),
     "file": Case('file("valid.csv")', None),
+    "none": Case("none", NoSplit()),
 }
 
 
@@ -341,7 +342,7 @@ def test_every_split_checks_reads_and_comes_back_from_json_with_the_same_rows(ki
     split = spec.data.valid
     assert split.kind == kind and split == (CASES[kind].split or FileSplit((tmp_path / "valid.csv").resolve()))
     train, valid, _ = read_rows(spec.data, wanted_of(spec))
-    assert len(valid["user"]) > 0 and len(train["user"]) > 0
+    assert (len(valid["user"]) > 0) == validates(split) and len(train["user"]) > 0  # none: every row trains
     written = json.loads(json.dumps(split_to_json(split)))
     assert written["kind"] == kind
     back = split_from_json(written)
@@ -359,11 +360,12 @@ def test_the_place_splits_write_the_json_they_always_did():
     assert split_to_json(PerUserSplit(0.2, 1, "u")) == {"kind": "per_user", "fraction": 0.2, "seed": 1, "by": "u"}
     assert split_to_json(LeaveLastSplit(1, "t", "u")) == {"kind": "leave_last", "n": 1, "by": "t", "user": "u"}
     assert split_to_json(FileSplit(Path("/d/u1.test"))) == {"kind": "file", "path": "/d/u1.test"}
+    assert split_to_json(NoSplit()) == {"kind": "none"}
 
 
 def test_every_declaration_names_itself_and_reads_its_fields():
     for name, defn in SPLITS.items():
-        assert defn.name == name and defn.doc and defn.example.startswith(f"{name}(")
+        assert defn.name == name and defn.doc and defn.example.startswith(f"{name}(" if defn.params else name)
         assert all(isinstance(f, (Real, Int, DataColumn, FileName)) for f in defn.params)
         assert len({f.name for f in defn.params}) == len(defn.params)
 
@@ -444,13 +446,17 @@ def _written(field) -> str:
     return f"{field.name}={'...' if field.default is None else field.default}"
 
 
+def _called(name: str, defn) -> str:
+    """A split as the docs' table names it: with its arguments, or bare when it takes none (`none`)."""
+    return f"{name}({', '.join(_written(f) for f in defn.params)})" if defn.params else name
+
+
 def test_the_docs_table_of_splits_is_the_declarations():
     text = (ROOT / "docs" / "language.md").read_text()
     section = text[text.index("The splits a spec may name"):]
     lines = re.search(r"((?:^\|.*\n)+)", section, re.M).group(1).splitlines()[2:]
     rows = [[cell.strip() for cell in row.strip("|").split(" | ")] for row in lines]
-    assert [row[0] for row in rows] == [f"`{name}({', '.join(_written(f) for f in defn.params)})`"
-                                        for name, defn in SPLITS.items()]
+    assert [row[0] for row in rows] == [f"`{_called(name, defn)}`" for name, defn in SPLITS.items()]
     for (_, doc, example), defn in zip(rows, SPLITS.values()):
         assert (doc, example) == (defn.doc, f"`valid = {defn.example}`"), defn.name
 

@@ -281,7 +281,7 @@ def _show(args) -> int:
 
         # The data decides embedding sizes in blocks such as tabular(...) and the procs' constants.
         prepared = prepare(spec.data, spec.model.inputs)
-        print(lower(sized_model(spec, prepared), prepared.stats).code.strip("\n"))
+        print(lower(sized_model(spec, prepared), prepared.stats, tables=prepared.tables).code.strip("\n"))
     else:
         from specc.data.prepare import prepare
         from specc.language.summary import describe
@@ -546,14 +546,16 @@ def _sweep(args) -> int:
             print(f"\nspecc: sweep interrupted in {name} (epoch {stopped.state.epoch}, step {stopped.state.step}); "
                   f"the runs are in {out}/", file=sys.stderr)
             return 130
-        last = result.history.records[-1]
-        rows.append((name, last.valid_loss, last.metrics, folder))
-    metrics = list(base_spec.train.metrics)
-    rows.sort(key=lambda r: r[1])
+        rows.append((name, result.history.records[-1], folder))
+    # judged on the validation loss; on the final training loss where a variant has none (valid = none)
+    judged = "valid_loss" if all(r[1].valid_loss is not None for r in rows) else "train_loss"
+    metrics = list(base_spec.train.metrics) if judged == "valid_loss" else []
+    rows.sort(key=lambda r: getattr(r[1], judged))
     width = max([len(r[0]) for r in rows] + [len(name) for name in failed] + [len("variant")])
-    print(f"\n{'variant':<{width}}  {'valid_loss':>10}  " + "  ".join(f"{m:>10}" for m in metrics))
-    for name, loss, values, folder in rows:
-        print(f"{name:<{width}}  {loss:>10.6f}  " + "  ".join(f"{values[m]:>10.6f}" for m in metrics))
+    print(f"\n{'variant':<{width}}  {judged:>10}  " + "  ".join(f"{m:>10}" for m in metrics))
+    for name, last, folder in rows:
+        print(f"{name:<{width}}  {getattr(last, judged):>10.6f}  " +
+              "  ".join(f"{last.metrics[m]:>10.6f}" for m in metrics))
     for name in failed:
         print(f"{name:<{width}}  {'failed':>10}")
     print(f"\nbest first; the runs are in {out}/")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from specc.commands import tune_storage as storage
+from specc.data.splits import validates
 from specc.language import ast, overrides
 from specc.language.check.search_block import BLOCK as SEARCH
 from specc.language.diagnostics import SpecError, UsageError, first_line
@@ -40,6 +41,10 @@ def tune_command(args) -> int:
     if not spec.search:
         raise UsageError(f"{args.spec}: nothing to search: add a search {{ }} block to the spec or give "
                          "--search KEY=RANGE, e.g. --search 'n_factors=int(10, 100)'")
+    if not validates(spec.data.valid):
+        raise UsageError(f"{args.spec}: valid = none keeps no validation rows, so there is nothing to compare "
+                         "trials by: tune with a split (--set 'data.valid=random(0.2)'), then train the best spec "
+                         "with valid = none")
     out = args.out or Path("runs") / f"{spec.name}-tune"
     monitor, direction = monitored(spec)
     # specc prints a line per trial, failed ones too: Optuna's own warning would add a traceback to it
@@ -217,10 +222,12 @@ def _study(args, spec: Spec, out: Path, direction: str):
     storage.check_out(out)
     if args.storage is None:
         storage.make_out(out)  # the study's file goes into it; else --out waits until the storage has opened
-    if database is not None:
-        storage.check_sqlite(database, where)
+    if database is not None:  # before waiting for the lock: a file that cannot be a study is refused at once
+        storage.check_sqlite(database, where, creating=True)
     name = args.study or spec.name
     with storage.creation_lock(database) as locked:
+        if database is not None and locked:  # no other process is creating the tables now
+            storage.check_sqlite(database, where)
         opened = storage.open_storage(url, database is not None, locked, where)
         storage.make_out(out)
         try:

@@ -19,6 +19,11 @@ from specc.language.diagnostics import UsageError, first_line, os_text
 DEFAULT = "study.db"  # in --out
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 OPTUNA_TABLES = {"studies", "trials", "alembic_version", "version_info"}
+# every table an Optuna study's database holds (Optuna 4); a database of these alone, some of them, is
+# Optuna's (perhaps still being created by another process, which creates them one at a time)
+OPTUNA_SCHEMA = OPTUNA_TABLES | {"study_directions", "study_system_attributes", "study_user_attributes",
+                                 "trial_heartbeats", "trial_intermediate_values", "trial_params",
+                                 "trial_system_attributes", "trial_user_attributes", "trial_values", "sqlite_sequence"}
 SQLITE_WAIT_S = 60  # how long a write waits for another process's (SQLite's own default is 5 s)
 CREATE_TRIES = 3  # a database server has no lock of ours: creating its tables is tried again when another won
 
@@ -94,9 +99,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-def check_sqlite(path: Path, where: str) -> None:
+def check_sqlite(path: Path, where: str, creating: bool = False) -> None:
     """Refuse a SQLite study file that cannot be one, before Optuna creates its tables in it. `where`:
-    how the messages name it (the --storage URL, or the file in --out)."""
+    how the messages name it (the --storage URL, or the file in --out). `creating`: another process may be
+    creating Optuna's tables one at a time (outside creation_lock), so some of them alone pass; under the
+    lock, tables are none or Optuna's whole set."""
     folder = kind(path.parent)
     if folder != "a folder":
         raise UsageError(f"{where}: the folder {named(path.parent)} {'is ' + folder if folder else 'does not exist'}")
@@ -124,7 +131,7 @@ def check_sqlite(path: Path, where: str) -> None:
         raise UsageError(f"{where}: cannot be read: {os_reason(err)}") from None
     except sqlite3.Error as err:
         raise UsageError(f"{where}: is not a SQLite database that can be read: {first_line(err)}") from None
-    if tables and not OPTUNA_TABLES <= tables:
+    if tables - OPTUNA_SCHEMA if creating else tables and not OPTUNA_TABLES <= tables:
         listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise UsageError(f"{where}: holds another application's tables ({listed}), not an Optuna study; "
                          "choose another --storage or --out")

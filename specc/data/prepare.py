@@ -12,9 +12,12 @@ import numpy as np
 
 from specc.data.arrays import INT64_MAX, INT64_MIN
 from specc.data.read import read_rows
+from specc.data.splits import validates
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, IMPLICIT, DataSpec, Implicit
+from specc.language.spec import CATEGORY, FLOAT, HISTORY, IMPLICIT, Column, DataSpec, Implicit
+
+RAW_HEAD = 4096  # training rows kept as read where there are no validation rows, for export's parity check
 
 
 def _as_int(text: str) -> int | None:
@@ -133,6 +136,14 @@ class Prepared:
     raw_valid: dict[str, np.ndarray]  # the validation rows as read, for export's parity check
     path: str
     stats: dict[str, ColumnStats] = None  # float input columns' training statistics
+    raw_head: dict[str, np.ndarray] | None = None  # valid = none: the first training rows as read
+    tables: dict[str, np.ndarray] | None = None  # each history column's table: its key's index -> the items' indices
+
+    @property
+    def raw_rows(self) -> dict[str, np.ndarray]:
+        """The rows as read that export's parity check takes: the validation rows, or where there are
+        none (valid = none) the first training rows."""
+        return self.raw_valid if self.raw_head is None else self.raw_head
 
     @property
     def n_train(self) -> int:
@@ -145,7 +156,7 @@ class Prepared:
 
 def prepare(data: DataSpec, columns=None) -> Prepared:
     """Read, split and encode the data a spec names. `columns`: the input columns to keep."""
-    inputs = tuple(c for c in data.inputs if columns is None or c.name in columns)
+    inputs = _with_history_columns(data, tuple(c for c in data.inputs if columns is None or c.name in columns))
     raw_train, raw_valid, path = read_rows(data, data.read_columns(inputs))
     wanted = (*inputs, data.target)
     if data.feedback is not None:  # every row an interaction (or those rated at least the threshold)
@@ -159,6 +170,8 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     train: dict[str, np.ndarray] = {}
     valid: dict[str, np.ndarray] = {}
     for col in wanted:
+        if col.kind == HISTORY:  # made from the training rows once they are encoded: history_table
+            continue
         if col.kind == IMPLICIT:
             train[col.name], valid[col.name] = (np.ones(len(raw[data.feedback.user]), np.float32)
                                                 for raw in (raw_train, raw_valid))
@@ -176,8 +189,33 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
         else:
             train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
             valid[col.name] = np.ascontiguousarray(raw_valid[col.name], dtype=np.float32)
-    stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind != CATEGORY and not c.shape}
-    return Prepared(train, valid, vocabs, raw_valid, path, stats)  # raw_valid: export's parity takes a few rows
+    stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind == FLOAT and not c.shape}
+    tables = {c.name: history_table(train[c.of[0]], train[c.of[1]], vocabs[c.of[0]].size)
+              for c in data.inputs if c.kind == HISTORY}
+    # export's parity check takes a few raw rows: the validation rows', else (valid = none) the first training rows
+    head = None if validates(data.valid) else {name: values[:RAW_HEAD].copy() for name, values in raw_train.items()}
+    return Prepared(train, valid, vocabs, raw_valid, path, stats, head, tables)
+
+
+def _with_history_columns(data: DataSpec, inputs: tuple[Column, ...]) -> tuple[Column, ...]:
+    """The inputs, and the key and item columns of every history column (its table is made of them)."""
+    named = {c.name for c in inputs}
+    needed = {name for c in data.inputs if c.kind == HISTORY for name in c.of}
+    return (*inputs, *(c for c in data.inputs if c.name in needed - named))
+
+
+def history_table(keys: np.ndarray, items: np.ndarray, n_keys: int) -> np.ndarray:
+    """Each key's distinct items in the training rows (`keys`, `items`: vocabulary indices), a row per key
+    index (the unknown key's empty), in item order, padded with 0 (no item) to the longest: int64
+    [n_keys, at least 1]."""
+    width = int(items.max(initial=0)) + 1
+    pairs = np.unique(keys.astype(np.int64) * width + items)  # distinct pairs, sorted by key then item
+    keys, items = pairs // width, pairs % width
+    counts = np.bincount(keys, minlength=n_keys)
+    table = np.zeros((n_keys, max(1, int(counts.max(initial=0)))), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    table[keys, np.arange(len(keys)) - starts[keys]] = items
+    return table
 
 
 def interactions(feedback: Implicit, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -197,7 +235,7 @@ def _keep_classes(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -
         keep = np.isin(texts, np.array(data.keep_classes))
         for name in list(part):
             part[name] = part[name][keep]
-    if not len(raw_train[data.target.name]) or not len(raw_valid[data.target.name]):
+    if not len(raw_train[data.target.name]) or (validates(data.valid) and not len(raw_valid[data.target.name])):
         raise DataError(path, f"no rows of the classes {', '.join(data.keep_classes)} in "
                         f"{'the training' if not len(raw_train[data.target.name]) else 'the validation'} rows",
                         code=codes.EMPTY_SPLIT)
@@ -207,9 +245,9 @@ def _some_rows(data: DataSpec, raw_train: dict, raw_valid: dict, path: str) -> N
     """Training rows and validation rows, whatever the source: without the first training could take
     no step (its loss would be the mean of nothing), without the second give no validation loss.
     Each source says where its rows went missing where it can (an .npz's empty x_train array);
-    this holds for every source, the next one too."""
+    this holds for every source, the next one too. `valid = none` keeps no validation rows."""
     counted = data.target.name if data.feedback is None else data.feedback.user
-    for part, what in ((raw_train, "training"), (raw_valid, "validation")):
+    for part, what in ((raw_train, "training"), *(((raw_valid, "validation"),) if validates(data.valid) else ())):
         if not len(part[counted]):
             rated = "" if data.feedback is None or data.feedback.rating is None else \
                 f" rated {data.feedback.threshold:g} or more"

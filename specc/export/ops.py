@@ -10,11 +10,13 @@ import operator
 from typing import Callable
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from specc.export.emitter import Emitter
+from specc.model.lower import HistoryBag
 
 Translate = Callable[..., str]
 FUNCTIONS: dict[object, Translate] = {}  # call_function target -> (em, fnode, operands) -> value
@@ -136,6 +138,28 @@ def _silu(em: Emitter, fnode: fx.Node, args: list) -> str:
 @translates(nn.Embedding)
 def _embedding(em: Emitter, fnode: fx.Node, mod: nn.Embedding, x: str) -> str:
     return em.node("Gather", [em.weight(f"{fnode.target}.weight", mod.weight), x], fnode.name, axis=0)
+
+
+@translates(HistoryBag)
+def _history_bag(em: Emitter, fnode: fx.Node, mod: HistoryBag, x: str) -> str:
+    """The key's set from the table, its items' rows masked where there is no item, summed, then divided
+    by the count (mean) or its square root (sqrtn), the count at least 1 (an empty set gives zeros)."""
+    name = fnode.name
+    items = em.node("Gather", [em.weight_array(f"{fnode.target}.table", mod.table.cpu().numpy()), x], f"{name}_items",
+                    axis=0)
+    present = em.node("Cast", [em.node("Greater", [items, em.const(0, np.int64)], f"{name}_present_bool")],
+                      f"{name}_present", to=onnx.TensorProto.FLOAT)
+    present = em.node("Unsqueeze", [present, em.const([-1], np.int64)], f"{name}_present_column")
+    rows = em.node("Gather", [em.weight(f"{fnode.target}.weight", mod.weight), items], f"{name}_rows", axis=0)
+    total = em.node("ReduceSum", [em.node("Mul", [rows, present], f"{name}_kept"), em.const([1], np.int64)],
+                    name if mod.mode == "sum" else f"{name}_total", keepdims=0)
+    if mod.mode == "sum":
+        return total
+    count = em.node("ReduceSum", [present, em.const([1], np.int64)], f"{name}_count", keepdims=0)
+    count = em.node("Max", [count, em.const(1.0)], f"{name}_count_at_least_1")
+    if mod.mode == "sqrtn":
+        count = em.node("Sqrt", [count], f"{name}_count_sqrt")
+    return em.node("Div", [total, count], name)
 
 
 @translates(nn.Linear)

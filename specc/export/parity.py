@@ -37,9 +37,9 @@ def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: s
 
 
 def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
-    """Validation rows as read, plus rows whose ids were never seen in training."""
-    rows = min(PARITY_ROWS, prepared.n_valid)
-    raw = {c: list(prepared.raw_valid[c][:rows]) for c in spec.model.inputs}
+    """Validation rows as read (with none, `valid = none`, the first training rows), plus rows whose ids
+    were never seen in training."""
+    raw = {c: list(prepared.raw_rows[c][:PARITY_ROWS]) for c in spec.model.inputs}
     for col in spec.model.inputs:
         vocab = prepared.vocabs.get(col)
         if vocab is None:

@@ -3,7 +3,8 @@
 The file is read as predict reads it (specc.inference.infer.read_file): a CSV, read as the spec
 read its data (the options are in the model's metadata) or with a header naming the columns, an
 .npz with an array per column, a Parquet file; for a model trained on an image folder, a folder
-laid out as that one was. `--split valid` takes the same validation rows that training reported on."""
+laid out as that one was. `--split valid` takes the same validation rows that training reported on
+(a usage error for a model trained with `valid = none`, which had none)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ import numpy as np
 
 from specc.data.files import describe_array
 from specc.data.split import split_columns, split_from_json, split_rows, valid_file
-from specc.data.splits import SPLITS, UndeclaredSplit
+from specc.data.splits import SPLITS, UndeclaredSplit, validates
 from specc.data.table import shown_names
 from specc.inference.columns import IMAGE_BATCH, Ask, Inputs, class_key
 from specc.inference.infer import PROBABILITIES, read_file, run_inputs
 from specc.inference.recommend import ranking_metrics, recommender
 from specc.inference.session import load_session
 from specc.language import codes
-from specc.language.diagnostics import DataError, printable
+from specc.language.diagnostics import DataError, UsageError, printable
 from specc.language.spec import CATEGORY
 from specc.training import losses
 
@@ -88,6 +89,9 @@ def _rows_of(session, data: Path, ask: Ask) -> Inputs:
     if ask.split == "all":
         return read_file(data, session, ask)
     split = _spec_split(session)
+    if ask.split == "valid" and not validates(split):
+        raise UsageError(f"--split valid: {printable(str(session.where))} was trained with valid = none, which keeps "
+                         "no validation rows; --split all (or train: every row) takes the file's rows")
     other = valid_file(split)
     if other is not None and ask.split == "valid":
         got = read_file(other, session, dataclasses.replace(ask, split="all"))

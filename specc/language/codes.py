@@ -69,7 +69,8 @@ TARGET_KIND = Code("E304", "a loss, metric or setting that needs another kind of
                            "`classes` need a category target)")
 DATA_SIZE = Code("E305", "what the data's size rules out, found once it is read: batchnorm on training batches "
                          "of one row, a one-cycle warm-up of exactly one step (which torch's OneCycleLR cannot "
-                         "schedule)")
+                         "schedule), a softmax over more items than the batch can score (data.batch x items "
+                         "above 2^26)")
 TOO_DEEP = Code("E306", "an expression nested more than 200 levels deep (see \"Values\"), as written or "
                         "once the params and --set values it holds are put in")
 TOO_LARGE = Code("E307", "training that needs more memory than there is (SPECC_MEMORY, else the room under the "
@@ -84,7 +85,8 @@ BAD_COLUMN = Code("E309", "a column declaration that is not `name: type`, has an
                           "input of its shape, its `label` a category target)")
 NOT_A_VALUE = Code("E310", "a category column or `classes` used as a model value")
 CONFLICT = Code("E311", "values that contradict each other: a high not above its low, an end not after its "
-                        "start, an argument that another excludes, a stage that freezes every group")
+                        "start, an argument that another excludes, a stage that freezes every group, early_stop "
+                        "with `valid = none`")
 BAD_TEXT = Code("E312", "a text that cannot be used: an empty path or one holding a NUL character, a "
                         "delimiter of more than one character, an image mode other than gray or rgb")
 OUTPUT_MISMATCH = Code("E313", "a model output that does not fit the target or the loss")
@@ -93,6 +95,8 @@ OUTPUT_MISMATCH = Code("E313", "a model output that does not fit the target or t
 
 UNUSED_INPUT = Code("W201", "an input column the model does not use (a warning)")
 UNUSED_PARAM = Code("W202", "a param no line uses (a warning)")
+UNSCORED_METRICS = Code("W203", "metrics with `valid = none`, which training cannot compute without validation rows "
+                                "(a warning: `specc evaluate` computes them on a file)")
 
 # ---------------------------------------------------------------- D1xx: a file specc reads
 

@@ -14,6 +14,10 @@ CATEGORY, FLOAT = "category", "float"
 IMPLICIT = "implicit"
 POSITIVE = "positive"  # the name of that made column (1.0 on every row)
 SAMPLINGS = ("uniform", "popularity")  # how the negatives of implicit feedback are drawn
+# A set column derived from the training rows (`rated: history(user, item)`): for each row, the items
+# its user has in the training rows (never a validation row's). Never read from the data: the model
+# takes the key column and looks the set up in a table made at training, which the export carries.
+HISTORY = "history"
 CLASSES = "classes"  # a symbolic size: the number of classes of a category target
 
 Dim = Union[int, str]  # a size, or CLASSES until the data is read
@@ -29,10 +33,11 @@ class Column:
     which the model applies (so that the exported model takes the values as they are)."""
 
     name: str
-    kind: str  # CATEGORY or FLOAT
+    kind: str  # CATEGORY, FLOAT or HISTORY
     span: Span = field(compare=False, repr=False)
     shape: tuple[int, ...] = ()  # per row; () is one number
     scale: float | None = None
+    of: tuple[str, str] | None = None  # a HISTORY column's (key column, item column): see HISTORY
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +166,16 @@ class FileSplit:
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class NoSplit:
+    """No validation set: every row of the source is a training row (`valid = none`)."""
+
+    kind: ClassVar[str] = "none"
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
 # A checked split: each carries `kind`, the name of its declaration in specc.data.splits.
-Split = Union[RandomSplit, RowSplit, LastSplit, PerUserSplit, LeaveLastSplit, FileSplit]
+Split = Union[RandomSplit, RowSplit, LastSplit, PerUserSplit, LeaveLastSplit, FileSplit, NoSplit]
 DEFAULT_SPLIT = RandomSplit(0.2, 0)
 PROCS = ("fill_missing", "categorify", "normalize")
 
@@ -212,7 +225,7 @@ class DataSpec:
     def read_columns(self, inputs: tuple[Column, ...] | None = None) -> tuple[Column, ...]:
         """The columns read from the data: the inputs (or those given) and the target; for implicit
         feedback the target is made, not read, and its rating column is read in its place."""
-        inputs = self.inputs if inputs is None else inputs
+        inputs = tuple(c for c in (self.inputs if inputs is None else inputs) if c.kind != HISTORY)  # made, not read
         if self.feedback is None:
             return (*inputs, self.target)
         rating = self.feedback.rating

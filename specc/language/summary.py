@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from specc.data.splits import validates, validation_rows
 from specc.language.diagnostics import printable
 from specc.language.params import show_value
 from specc.language.spec import Fit, FitOneCycle, LRFind, LRSlice, Spec
@@ -31,8 +32,9 @@ def summary(spec: Spec, read_data: bool = True) -> str:
         shown = ", ".join(printable(str(v)) for v in target.values[:12]) + \
             (", ..." if len(target.values) > 12 else "")
         cats.append(f"target {spec.data.target.name}: {target.size} classes ({shown})")
-    lines.append(f"data: {printable(str(prepared.path))}: {prepared.n_train} training + {prepared.n_valid} "
-                 f"validation rows{'; ' + '; '.join(cats) if cats else ''}")
+    rows = f"{prepared.n_train} training + {prepared.n_valid} validation rows" if validates(spec.data.valid) else \
+        f"{prepared.n_train} training rows, {validation_rows(spec.data.valid, 0)}"
+    lines.append(f"data: {printable(str(prepared.path))}: {rows}{'; ' + '; '.join(cats) if cats else ''}")
     plan = make_plan(spec, prepared)  # also checks the output against the number of classes
     # with the data read, blocks such as tabular(...) are shown expanded into their primitives
     model = size_model(spec.model, model_sizes(spec, prepared))
@@ -121,7 +123,7 @@ def _fastai2_arguments(opt) -> list[tuple[str, object]]:
 def describe(spec: Spec, plan: TrainPlan) -> str:
     """The plan as text: data, loss, optimizer, groups, each stage's learning rates and schedule."""
     lines = [
-        f"data: {plan.n_train} training rows, {plan.n_valid} validation rows, batch {plan.batch}"
+        f"data: {plan.n_train} training rows, {validation_rows(spec.data.valid, plan.n_valid)}, batch {plan.batch}"
         f" -> {plan.steps_per_epoch} steps per epoch",
         f"loss: {spec.train.loss}{f' + {spec.train.l2:g} * sum(w^2)' if spec.train.l2 else ''}   "
         f"metrics: {', '.join(spec.train.metrics) or '-'}   seed: {spec.train.seed}",

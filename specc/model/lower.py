@@ -34,9 +34,10 @@ def init_embedding(module: nn.Embedding) -> None:
 class Lowering:
     """The graph being built: its submodules, and the fx node of every value made so far."""
 
-    def __init__(self, model: SizedModel, stats: dict | None):
+    def __init__(self, model: SizedModel, stats: dict | None, tables: dict | None = None):
         self.model = model
         self.stats = stats or {}  # column -> specc.data.prepare.ColumnStats, for the procs
+        self.tables = tables or {}  # history column -> its table (key index -> item indices, 0-padded)
         self.root = nn.Module()
         self.graph = fx.Graph()
         self.raw: dict[str, fx.Node] = {col: self.graph.placeholder(col) for col in model.inputs}
@@ -97,10 +98,12 @@ def lowers(*names: str) -> Callable[[Lower], Lower]:
     return register
 
 
-def lower(model: SizedModel, stats: dict | None = None, class_name: str = "SpecModel") -> fx.GraphModule:
+def lower(model: SizedModel, stats: dict | None = None, class_name: str = "SpecModel",
+          tables: dict | None = None) -> fx.GraphModule:
     """Build the model as an fx graph. `stats` holds each float column's training statistics
-    (specc.data.prepare.ColumnStats) for the procs."""
-    g = Lowering(model, stats)
+    (specc.data.prepare.ColumnStats) for the procs; `tables` each history column's table
+    (specc.data.prepare.history_table), which its embedding_bag keeps as a buffer."""
+    g = Lowering(model, stats, tables)
     for node in model.nodes:
         before = len(g.graph.nodes)
         result = LOWERINGS[node.op.name](g, node)
@@ -215,6 +218,34 @@ def _embedding(g: Lowering, node: Node) -> fx.Node:
     module = nn.Embedding(node.op.rows, node.op.dim)
     init_embedding(module)
     return g.module(node, module, g.env[node.op.column])
+
+
+class HistoryBag(nn.Module):
+    """embedding_bag of a history column: each row's key index picks its set of item indices from `table`
+    (0: no item), whose rows of `weight` are reduced to one: their mean, sum, or sum over the square root
+    of their count (sqrtn). An empty set (an unknown key) gives zeros."""
+
+    def __init__(self, table, rows: int, dim: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.weight = nn.Parameter(torch.empty(rows, dim))
+        nn.init.trunc_normal_(self.weight, std=0.01, a=-0.02, b=0.02)  # as an embedding's (init_embedding)
+        self.register_buffer("table", torch.as_tensor(table, dtype=torch.int64))
+
+    def forward(self, key: torch.Tensor) -> torch.Tensor:
+        items = self.table[key]  # [rows, set size]
+        # torch's bag kernel sums the rows but those of index 0 (padding_idx), never holding [rows, set, dim]
+        total = F.embedding_bag(items, self.weight, mode="sum", padding_idx=0)
+        if self.mode == "sum":
+            return total
+        count = (items > 0).sum(dim=1, keepdim=True).clamp(min=1).to(total.dtype)
+        return total / (count if self.mode == "mean" else count.sqrt())
+
+
+@lowers("embedding_bag")
+def _embedding_bag(g: Lowering, node: Node) -> fx.Node:
+    op = node.op
+    return g.module(node, HistoryBag(g.tables[op.column], op.rows, op.dim, op.mode), g.env[op.key])
 
 
 @lowers("linear")

@@ -17,7 +17,7 @@ from specc.model import ops
 from specc.model.memory import BUDGET_NOTE, OBJECT_BYTES, budget, physical_memory, shown_bytes
 from specc.model.ops.base import numel
 from specc.model.sized import SizedModel, Sizes, model_sizes, size_model
-from specc.training import optimizers
+from specc.training import losses, optimizers
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +94,43 @@ def one_step_warmup(fit, total_steps: int) -> bool:
     return isinstance(fit, FitOneCycle) and float(fit.pct_start * total_steps) - 1 == 0
 
 
+# The scores one training step of a softmax over the catalogue (losses.CATALOGUE) may take: the batch's rows x
+# the items, 256 MiB of float32 at the bound and as much again for their gradient, beside the values of each
+# (user, item) pair the model scores (which the memory estimate counts, pairs_per_row). A catalogue of 10^5
+# items fits batch 671, of 10^4 batch 6,710 (docs/language.md, "Recommenders")
+CATALOGUE_CELLS = 1 << 26
+
+
+def pairs_per_row(spec: Spec, sizes: Sizes) -> int:
+    """The (user, item) pairs the model scores for each training row: implicit feedback's positive and
+    its negatives, or every item but the unknown one for a loss over the catalogue; 1 for a row of
+    another target."""
+    feedback = spec.data.feedback
+    if feedback is None:
+        return 1
+    compares = losses.loss(spec.train.loss).compares
+    return {losses.PAIRS: 1 + feedback.negatives, losses.CATALOGUE: sizes.vocab[feedback.item] - 1}[compares]
+
+
+def catalogue_error(spec: Spec, rows: int, items: int) -> Diagnostic | None:
+    """E305 for a softmax over a catalogue of `items` that a step of `rows` rows scores in more than
+    CATALOGUE_CELLS scores, at the implicit(...) target."""
+    if losses.loss(spec.train.loss).compares != losses.CATALOGUE or rows * items <= CATALOGUE_CELLS:
+        return None
+    sampled = " or ".join(n for n, d in losses.LOSSES.items() if d.negatives)
+    return Diagnostic(
+        codes.DATA_SIZE, f"loss '{spec.train.loss}' scores every training row against all {items:,} items: a step of "
+        f"{rows:,} rows is {rows * items:,} scores, more than {CATALOGUE_CELLS:,} (2^{CATALOGUE_CELLS.bit_length() - 1})",
+        spec.data.feedback.span,
+        (f"set data.batch to {CATALOGUE_CELLS // items:,} or less, or compare each row with sampled negatives "
+         f"(loss = {sampled})",))
+
+
 def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int, n_valid: int = 0,
-                     held: int = 0) -> list[Diagnostic]:
+                     held: int = 0, pairs: int = 1) -> list[Diagnostic]:
     """What the data's size decides and torch would otherwise fail on part-way: batchnorm on
-    one-row batches, a one-cycle warm-up torch cannot schedule, a model too large for memory."""
+    one-row batches, a one-cycle warm-up torch cannot schedule, a softmax over too many items for
+    the batch, a model too large for memory (`pairs`: the pairs scored a row, pairs_per_row)."""
     errors = []
     rows = min(spec.data.batch, n_train)  # the last incomplete batch is dropped (see make_plan)
     if rows < 2:
@@ -118,8 +151,9 @@ def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int, n_
                 "warm-up of exactly one step, which torch's OneCycleLR cannot schedule", fit.span,
                 (f"{steps} steps per epoch ({n_train} training rows, batch {spec.data.batch}); choose another "
                  "pct_start or more epochs",)))
-    need = memory_need(model, spec.train.optimizer, min(spec.data.batch, n_train), n_valid, held)
-    memory = training_memory_error(spec, model, need)
+    too_many = catalogue_error(spec, rows, pairs)  # its memory is beside the point
+    need = memory_need(model, spec.train.optimizer, rows, n_valid, held, pairs)
+    memory = too_many or training_memory_error(spec, model, need)
     if memory is not None:
         errors.append(memory)
     return errors
@@ -203,38 +237,40 @@ class MemoryNeed:
     rows: int  # rows the largest values are counted at: the batch, or a validation pass's chunk
     largest: str  # the node that holds the most of `values`
     largest_bytes: int
+    pairs: int = 1  # the (user, item) pairs a step scores for each row (pairs_per_row): its values are per pair
 
     @property
     def total(self) -> int:
         return self.state + max(self.saving, self.values) + self.data + self.runtime
 
 
-def memory_need(model: SizedModel, optimizer, batch: int, n_valid: int, held: int) -> MemoryNeed:
+def memory_need(model: SizedModel, optimizer, batch: int, n_valid: int, held: int, pairs: int = 1) -> MemoryNeed:
     """The memory estimate of training `model` (see MemoryNeed): a training step at `batch` rows
-    keeps what each op declares it keeps (OpDef.kept) until the backward pass, whose gradients
-    take twice the widest value besides; a validation pass (no gradients) holds three values at
-    a time of VALID_ROWS rows, and every prediction. `held`: the data's bytes (data_bytes)."""
+    (the model run on `pairs` (user, item) pairs a row, for implicit feedback) keeps what each op
+    declares it keeps (OpDef.kept) until the backward pass, whose gradients take twice the widest
+    value besides; a validation pass (no gradients) holds three values at a time of VALID_ROWS rows,
+    and every prediction. `held`: the data's bytes (data_bytes)."""
     params = sum(model.params().values())
     kept = model.kept_numbers()
     learned, widest = model.widest(learned=True), model.widest()
-    step = 4 * batch * (sum(kept.values()) + 2 * (numel(learned.shape) if learned else 0))
+    step = 4 * batch * pairs * (sum(kept.values()) + 2 * (numel(learned.shape) if learned else 0))
     chunk = min(n_valid, VALID_ROWS)
     out = numel(model.node(model.output).shape)
     # three values at a time; the predictions as float32, joined into one, and as float64 for the metrics
     valid = 4 * chunk * 3 * (numel(widest.shape) if widest else 0) + 16 * n_valid * out
     rows = batch if step >= valid else chunk
     largest = max(kept, key=kept.get) if step >= valid else widest.name
-    largest_bytes = int(4 * rows * (kept[largest] if step >= valid else numel(widest.shape)))
+    largest_bytes = int(4 * rows * (pairs * kept[largest] if step >= valid else numel(widest.shape)))
     runtime = 0 if "torch" in sys.modules else RUNTIME
     return MemoryNeed(params, training_bytes(params, optimizer), params * 4 * SAVED_COPIES, int(max(step, valid)),
-                      held, runtime, batch, rows, largest, largest_bytes)
+                      held, runtime, batch, rows, largest, largest_bytes, pairs)
 
 
 def data_bytes(prepared) -> int:
     """The bytes of the prepared data (specc.data.prepare.Prepared), held through training: the
-    encoded splits and the validation rows as read (a text value counted as OBJECT_BYTES)."""
+    encoded splits and the rows as read that export's parity check takes (a text value counted as OBJECT_BYTES)."""
     total = 0
-    for part in (prepared.train, prepared.valid, prepared.raw_valid):
+    for part in (prepared.train, prepared.valid, prepared.raw_rows):
         for values in part.values():
             total += values.nbytes + (OBJECT_BYTES * values.size if values.dtype.kind == "O" else 0)
     return total
@@ -283,10 +319,11 @@ def culprit(spec: Spec, model: SizedModel, need: MemoryNeed) -> tuple:
     if values >= need.data:
         node = model.node(need.largest)
         step = need.rows == need.batch
-        where = f"a training step at batch {need.batch}" if step else f"validation, {need.rows:,} rows at a time,"
+        where = f"a training step at {_step(need)}" if step else f"validation, {need.rows:,} rows at a time,"
         shape = " x ".join(str(d) for d in node.shape)
+        each = "a (user, item) pair" if step and need.pairs > 1 else "a row"
         return (node.span, f", and {where} holds {shown_bytes(need.values)} of values, '{node.name}' ({shape} numbers "
-                f"a row) {shown_bytes(need.largest_bytes)} of them",
+                f"{each}) {shown_bytes(need.largest_bytes)} of them",
                 f"lower data.batch, or make '{node.name}' smaller" if step else f"make '{node.name}' smaller")
     return (spec.data.source.span, f", and its data takes {shown_bytes(need.data)} in memory",
             "train on a smaller file, or on a machine with more memory")
@@ -294,18 +331,24 @@ def culprit(spec: Spec, model: SizedModel, need: MemoryNeed) -> tuple:
 
 def _parts(need: MemoryNeed) -> str:
     """The estimate's parts, for a note."""
-    values = f"batch {need.batch}" if need.rows == need.batch else f"validation's {need.rows:,} rows"
+    values = _step(need) if need.rows == need.batch else f"validation's {need.rows:,} rows"
     runtime = f", torch and Python {shown_bytes(need.runtime)}" if need.runtime else ""
     return (f"the estimate: weights, gradients and the optimizer's state {shown_bytes(need.state)} "
             f"({need.params:,} parameters); values at {values} {shown_bytes(need.values)} (or saving the model, "
             f"between steps, {shown_bytes(need.saving)}); the data {shown_bytes(need.data)}{runtime}")
 
 
+def _step(need: MemoryNeed) -> str:
+    """A training step's size, for a message: `batch 64`, or `batch 64 x 9 (user, item) pairs a row`."""
+    return f"batch {need.batch}" + (f" x {need.pairs:,} (user, item) pairs a row" if need.pairs > 1 else "")
+
+
 def memory_estimate(spec: Spec, prepared) -> tuple[SizedModel, MemoryNeed]:
     """The sized model, and the memory estimate of training it on its prepared data."""
-    model = size_model(spec.model, model_sizes(spec, prepared))
+    sizes = model_sizes(spec, prepared)
+    model = size_model(spec.model, sizes)
     return model, memory_need(model, spec.train.optimizer, min(spec.data.batch, prepared.n_train), prepared.n_valid,
-                              data_bytes(prepared))
+                              data_bytes(prepared), pairs_per_row(spec, sizes))
 
 
 _LOCATED = re.compile(r"(.+):(\d+):(\d+): computing '([^']*)': ")  # specc.model.lower.at_spec_line's prefix
@@ -356,7 +399,8 @@ def make_plan(spec: Spec, prepared) -> TrainPlan:
     steps = max(1, n_train // spec.data.batch)
     model = size_model(spec.model, sizes)
     counts = model.params()
-    errors = trainable_errors(spec, model, n_train, steps, n_valid, data_bytes(prepared)) + init_errors(spec, model)
+    errors = trainable_errors(spec, model, n_train, steps, n_valid, data_bytes(prepared), pairs_per_row(spec, sizes)) \
+        + init_errors(spec, model)
     if errors:
         raise SpecError(sorted(errors, key=lambda d: (d.span is None, d.span is not None and d.span.source is not
                                                       spec.source, d.span.start if d.span else 0)))

@@ -235,7 +235,7 @@ def check_fits(path, state: TrainState, spec, prepared, plan, device) -> None:
         bad(f"it holds {state.epoch_losses.numel()} losses of the epoch, but is at step {state.step}")
     # The shapes of the model the spec builds on this data, without building its weights.
     with torch.device("meta"):
-        model = lower(sized_model(spec, prepared), prepared.stats)
+        model = lower(sized_model(spec, prepared), prepared.stats, tables=prepared.tables)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for part, weights in (("model", state.model), ("best", state.best or None)):
         if weights is None:

@@ -1,10 +1,11 @@
 """Implicit feedback: the training interactions (user, item), the negatives each step draws, the
 loss over a positive and its negatives, and the ranking of every item for a validation user.
 
-A row of implicit feedback is a positive pair. Each training step draws `negatives` items per row,
-none of them one of the user's own training items, from a generator seeded by the batch's place in
-the run alone (specc.data.augment.batch_generator), so a resumed run draws what an unstopped one
-does and two processes draw what one does. Validation ranks every item for each validation user
+A row of implicit feedback is a positive pair. A loss over pairs (specc.training.losses.PAIRS) has each
+training step draw `negatives` items per row, none of them one of the user's own training items, from a
+generator seeded by the batch's place in the run alone (specc.data.augment.batch_generator), so a resumed
+run draws what an unstopped one does and two processes draw what one does; a loss over the catalogue
+(CATALOGUE) draws nothing and scores every item for each row's user. Validation ranks every item for each validation user
 with the user's training items masked out, as the exported model does (specc.export.topk), and
 scores the ranking with specc.training.ranking."""
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from specc.data.augment import batch_generator
 from specc.language.spec import Implicit, Spec
+from specc.training import losses
 from specc.training.metrics import VALID_BATCH, torch_loss
 
 UNKNOWN = 0  # the vocabulary index of an id never seen in training: never drawn, never ranked
@@ -107,8 +109,11 @@ def draw_negatives(inter: Interactions, users: torch.Tensor, n: int, sampling: s
 
 
 def negatives_drawer(spec: Spec, inter: Interactions, stage: int):
-    """xs, epoch, step -> the batch's inputs and its negatives [batch, negatives] after them."""
+    """xs, epoch, step -> the batch's inputs and its negatives [batch, negatives] after them; None for a
+    loss that compares with no negatives (its declaration's `negatives`): nothing is drawn."""
     feedback = spec.data.feedback
+    if not losses.loss(spec.train.loss).negatives:
+        return None
     user = spec.model.inputs.index(feedback.user)
 
     def draw(xs: list, epoch: int, step: int) -> list:
@@ -136,6 +141,32 @@ def pair_loss(spec: Spec, score, users: torch.Tensor, items: torch.Tensor, negat
     return loss(pos, neg)
 
 
+def catalogue_loss(score, users: torch.Tensor, items: torch.Tensor, n_items: int, loss) -> torch.Tensor:
+    """The loss of each positive (users, items) against every item of the catalogue but the unknown one
+    (1 .. n_items - 1), the positive's item its class. Each distinct user is scored once: its rows share
+    its scores (the same loss and gradient as scoring it once a row, in fewer pairs)."""
+    who, row = torch.unique(users, return_inverse=True)
+    catalogue = torch.arange(UNKNOWN + 1, n_items, device=users.device)
+    m = len(catalogue)
+    scores = score(who.repeat_interleave(m), catalogue.repeat(len(who))).view(len(who), m)
+    return loss(scores[row], items - (UNKNOWN + 1))
+
+
+def _against_negatives(spec: Spec, score, inter: Interactions, user: int, item: int, base):
+    """loss(xs) of a batch whose inputs end with its negatives (negatives_drawer)."""
+    return lambda xs: pair_loss(spec, score, xs[user], xs[item], xs[-1], base)
+
+
+def _against_catalogue(spec: Spec, score, inter: Interactions, user: int, item: int, base):
+    """loss(xs) of a batch, each row against every item (catalogue_loss)."""
+    return lambda xs: catalogue_loss(score, xs[user], xs[item], inter.n_items, base)
+
+
+# How a batch's loss is taken for what the loss compares (LossDef.compares): a kind not here is a KeyError,
+# never taken for another
+BATCH_LOSS = {losses.PAIRS: _against_negatives, losses.CATALOGUE: _against_catalogue}
+
+
 def ranked(spec: Spec, score, inter: Interactions, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each user's top k items and their scores, every item ranked but the user's training items and the
     unknown item; a user never seen in training (the unknown index) gets the most popular items. Ties go
@@ -156,33 +187,27 @@ def ranked(spec: Spec, score, inter: Interactions, users: torch.Tensor, k: int) 
     return torch.cat(tops), torch.cat(values)
 
 
-def implicit_loss(spec: Spec, forward, params: list):
-    """loss(xs, y) of a batch whose inputs end with its negatives (negatives_drawer): the spec's loss of
-    each positive against them, with the seed's l2 penalty over `params` when asked."""
+def implicit_loss(spec: Spec, forward, params: list, inter: Interactions):
+    """loss(xs, y) of a batch: the spec's loss of each positive against what it compares it with (its
+    declaration's `compares`): the negatives after the inputs (negatives_drawer), or every item of `inter`'s
+    catalogue; with the seed's l2 penalty over `params` when asked."""
     score, base, l2 = scorer(spec, forward), torch_loss(spec.train.loss), spec.train.l2
     order = spec.model.inputs
     user, item = order.index(spec.data.feedback.user), order.index(spec.data.feedback.item)
+    batch_loss = BATCH_LOSS[losses.loss(spec.train.loss).compares](spec, score, inter, user, item, base)
 
     def loss(xs, y):
-        value = pair_loss(spec, score, xs[user], xs[item], xs[-1], base)
+        value = batch_loss(xs)
         if l2:
             value = value + l2 * torch.stack([(p * p).sum() for p in params]).sum()
         return value
     return loss
 
 
-@torch.no_grad()
-def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The validation loss (each validation interaction against negatives drawn once, from the seed) and
-    the ranking metrics: every item ranked for each validation user, the user's training items masked out,
-    relevant = the user's validation items."""
-    from specc.training import losses, ranking
-
+def _valid_against_negatives(spec: Spec, score, inter: Interactions, users: torch.Tensor,
+                              items: torch.Tensor) -> float:
+    """The mean loss of the validation interactions, each against negatives drawn once, from the seed."""
     feedback = spec.data.feedback
-    was_training = model.training
-    model.eval()
-    score = scorer(spec, model)
-    users, items = valid[feedback.user], valid[feedback.item]
     generator = batch_generator(spec.train.seed, VALID_STAGE, 0, 0, users.device)
     negatives = draw_negatives(inter, users, feedback.negatives, feedback.sampling, generator)
     total = 0.0
@@ -190,7 +215,47 @@ def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tens
         part = slice(s, s + VALID_BATCH)
         value = pair_loss(spec, score, users[part], items[part], negatives[part], torch_loss(spec.train.loss))
         total += float(value) * len(users[part])
-    values = {"loss": total / len(users)}
+    return total / len(users)
+
+
+def _valid_against_catalogue(spec: Spec, score, inter: Interactions, users: torch.Tensor,
+                             items: torch.Tensor) -> float:
+    """The mean loss of the validation interactions, each against every item (catalogue_loss), a run of
+    users at a time whose scores are about RANK_CELLS (as `ranked` scores them). An item never seen in
+    training is no class of the catalogue: its rows are left out (NaN when every row is one)."""
+    base = torch_loss(spec.train.loss)
+    known = items != UNKNOWN
+    order = torch.argsort(users[known], stable=True)
+    users, items = users[known][order], items[known][order]
+    _, counts = torch.unique_consecutive(users, return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    chunk = max(1, RANK_CELLS.get(users.device.type, RANK_CELLS["cuda"]) // inter.n_items)
+    total, start = 0.0, 0
+    for s in range(0, len(ends), chunk):
+        end = ends[min(s + chunk, len(ends)) - 1]
+        part = slice(start, end)
+        total += float(catalogue_loss(score, users[part], items[part], inter.n_items, base)) * (end - start)
+        start = end
+    return total / len(users) if len(users) else float("nan")
+
+
+# The validation loss for what the loss compares (LossDef.compares), as training takes it (BATCH_LOSS)
+VALID_LOSS = {losses.PAIRS: _valid_against_negatives, losses.CATALOGUE: _valid_against_catalogue}
+
+
+@torch.no_grad()
+def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The validation loss (VALID_LOSS: each validation interaction against negatives drawn once from the
+    seed, or against every item) and the ranking metrics: every item ranked for each validation user, the
+    user's training items masked out, relevant = the user's validation items."""
+    from specc.training import ranking
+
+    feedback = spec.data.feedback
+    was_training = model.training
+    model.eval()
+    score = scorer(spec, model)
+    users, items = valid[feedback.user], valid[feedback.item]
+    values = {"loss": VALID_LOSS[losses.loss(spec.train.loss).compares](spec, score, inter, users, items)}
     wanted = [losses.cutoff_of(m) for m in spec.train.metrics]
     if wanted:
         order = torch.argsort(users, stable=True)

@@ -134,6 +134,14 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+NOT_AVAILABLE = "#na#"  # a validation number of a run without validation rows (valid = none), as fastai shows it
+
+
+def _cell(value: float | None) -> str:
+    """A validation number as the table shows it; NOT_AVAILABLE where there is none."""
+    return f"{NOT_AVAILABLE:<10}" if value is None else f"{value:<10.6f}"
+
+
 class _LiveEpoch:
     """The epoch the live line shows: where it is, and the smoothed loss folded so far."""
 
@@ -194,8 +202,8 @@ class Progress(Listener):
             self.header()
         mins, secs = divmod(int(round(record.seconds)), 60)
         cells = [f"{record.stage:<10}"] * self.stages + [
-                 f"{record.epoch:<10}", f"{record.train_loss:<10.6f}", f"{record.valid_loss:<10.6f}",
-                 *(f"{record.metrics[m]:<10.6f}" for m in self.metrics), f"{mins:02d}:{secs:02d}"]
+                 f"{record.epoch:<10}", f"{record.train_loss:<10.6f}", _cell(record.valid_loss),
+                 *(_cell(record.metrics.get(m)) for m in self.metrics), f"{mins:02d}:{secs:02d}"]
         print("  ".join(cells), file=self.out, flush=True)
 
     # -- as a Listener

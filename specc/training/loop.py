@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from specc.data.prepare import Prepared
+from specc.data.splits import validates
 from specc.language import codes
 from specc.language.spec import EarlyStop, Spec
 from specc.model.lower import declared_modules, lower
@@ -117,7 +118,8 @@ def build_model(spec: Spec, prepared: Prepared):
     """Seeded model construction (the same weights for the same spec and data), then the groups
     that `init GROUP from "RUN"` names take their weights from that run."""
     torch.manual_seed(spec.train.seed)
-    model = lower(sized_model(spec, prepared), prepared.stats, class_name=_class_name(spec.name))
+    model = lower(sized_model(spec, prepared), prepared.stats, class_name=_class_name(spec.name),
+                  tables=prepared.tables)
     if optimizers.get(spec.train.optimizer.kind).sparse_tables:  # the tables' gradients: the rows looked up
         for module in declared_modules(model, "lookup"):
             module.sparse = True
@@ -194,7 +196,7 @@ def find_lr(spec: Spec, setup: StageSetup, batches: Batches, generator: torch.Ge
     """lr-find over the stage's optimizer and random batches of its training rows (whole batches:
     in data-parallel training every rank runs it as one process does); the model, optimizer and
     generators are left as they were."""
-    loss = training_loss(spec, setup.model, setup.params)
+    loss = training_loss(spec, setup.model, setup.params, batches.interactions)
     # implicit feedback's negatives, drawn as a stage of their own would draw them (lr-find's probes are not augmented)
     negatives = negatives_drawer(spec, batches.interactions, LR_FIND_STAGE) if spec.data.feedback else None
     probes = iter(range(1 << 62))
@@ -211,7 +213,11 @@ def validation(spec: Spec, model, valid: dict, world: World, interactions: Inter
                ) -> dict[str, float]:
     """The validation loss and metrics over the whole split, computed once: by rank 0 in
     data-parallel training, its numbers shared with the others (so early stopping decides alike).
-    Implicit feedback's rank every item for each validation user (specc.training.implicit.validate)."""
+    Implicit feedback's rank every item for each validation user (specc.training.implicit.validate).
+    Nothing, {}, with `valid = none`, which keeps no validation rows."""
+    if not validates(spec.data.valid):
+        return {}
+
     def scores_now() -> dict[str, float]:
         if interactions is not None:
             return validate(spec, model, interactions, valid)
@@ -388,8 +394,9 @@ def train_epoch(run: _Run, si: int, epoch: int, setup: StageSetup, steps: Steps,
     smoothed, at.ewma = smooth(raw, start=at.ewma)
     scores = validation(run.spec, run.model, run.valid, run.world, run.batches.interactions)
     train_mode(run.model, setup.frozen)  # evaluate left every module in training mode
-    record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores["loss"],
-                         {m: scores[m] for m in run.spec.train.metrics}, lr, time.perf_counter() - start)
+    record = EpochRecord(stage.name, epoch, float(smoothed[-1]), scores.get("loss"),  # None, {}: valid = none
+                         {m: scores[m] for m in run.spec.train.metrics} if scores else {}, lr,
+                         time.perf_counter() - start)
     run.history.add(record, raw, smoothed, at.lrs)
     early.after(record, run.model)
     last = epoch == stage.epochs - 1 or early.stopped

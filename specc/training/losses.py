@@ -13,6 +13,10 @@ from specc.language.spec import CATEGORY, FLOAT, IMPLICIT
 # What an exported model returns from the model's output `out` (a loss's `returns`); specc.export's
 # graph and parity each translate every one of them.
 RETURNS = ("value", "sigmoid", "softmax", "exp")
+# What the torch function of a loss of implicit feedback compares (a LossDef's `compares`); specc.training.implicit
+# takes a batch each way, and specc.model.plan counts the (user, item) pairs a step scores each way.
+PAIRS, CATALOGUE = "pairs", "catalogue"
+COMPARES = (PAIRS, CATALOGUE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,12 @@ class LossDef:
     example    the model's last line, `out = ...` from `h` (a value of width 4), ending in what the
                loss compares with the target (the coverage test, tests/test_kinds.py, trains one)
     negatives  it compares each positive with sampled negatives: `implicit(..., negatives=n)` needs n >= 1
+    compares   implicit feedback's: what its torch function (specc.training.metrics) takes, one of COMPARES:
+               PAIRS, the positives' scores [rows] and their sampled negatives' [rows, negatives]; CATALOGUE,
+               every item's score for each positive's user [rows, items] (the unknown item left out) and the
+               positive's item among them, its class [rows]: a softmax over the whole catalogue, whose
+               data.batch x items scores a step are bounded (specc.model.plan.CATALOGUE_CELLS). None for
+               the other targets' losses
     """
 
     name: str
@@ -40,6 +50,7 @@ class LossDef:
     evaluate: Callable | None
     example: str
     negatives: bool = False
+    compares: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +115,12 @@ LOSSES: dict[str, LossDef] = {d.name: d for d in (
     LossDef("nll", "log-probabilities: end with `log_softmax`", CATEGORY, "exp", _class_nll,
             "out = h |> linear(classes) |> log_softmax"),
     LossDef("bpr", "width 1, a score per (user, item): -log sigmoid(positive - negative), over sampled negatives",
-            IMPLICIT, "value", None, "out = h |> linear(1)", negatives=True),
+            IMPLICIT, "value", None, "out = h |> linear(1)", negatives=True, compares=PAIRS),
     LossDef("sampled_bce", "width 1, a logit per (user, item): binary cross entropy, the positive 1 and each "
-            "sampled negative 0", IMPLICIT, "value", None, "out = h |> linear(1)", negatives=True),
+            "sampled negative 0", IMPLICIT, "value", None, "out = h |> linear(1)", negatives=True, compares=PAIRS),
+    LossDef("softmax", "width 1, a score per (user, item): cross entropy of the softmax over every item's score "
+            "for the user, the positive's item the class; no negatives", IMPLICIT, "value", None,
+            "out = h |> linear(1)", compares=CATALOGUE),
 )}
 def _ranked(name: str) -> Callable:
     """A ranking metric's per-user function, by name (specc.training.ranking imported when used)."""

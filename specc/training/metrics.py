@@ -28,9 +28,12 @@ LOSS_FNS = {
     "bce_with_logits": F.binary_cross_entropy_with_logits,
     "cross_entropy": F.cross_entropy,
     "nll": F.nll_loss,
-    # implicit feedback's: (the positives' scores [rows], their negatives' scores [rows, negatives])
+    # implicit feedback's over pairs (losses.PAIRS): (the positives' scores [rows], their negatives' [rows, negatives])
     "bpr": lambda pos, neg: -F.logsigmoid(pos[:, None] - neg).mean(),  # Bayesian personalised ranking, every pair
     "sampled_bce": lambda pos, neg: sampled_bce(pos, neg),
+    # and over the catalogue (losses.CATALOGUE): (every item's score for each positive's user [rows, items],
+    # the positive's item among them [rows]); the mean of logsumexp(scores) - the positive's score
+    "softmax": F.cross_entropy,
 }
 
 
@@ -178,12 +181,13 @@ def fold(values: torch.Tensor, state: tuple[float, int]) -> tuple[float, tuple[f
 @dataclass
 class EpochRecord:
     """One epoch's row of the table: its smoothed training loss (at the epoch's end), validation
-    loss and metrics, the learning rate of its first step, and its seconds."""
+    loss and metrics (None and {} with `valid = none`, which keeps no validation rows), the learning
+    rate of its first step, and its seconds."""
 
     stage: str
     epoch: int
     train_loss: float
-    valid_loss: float
+    valid_loss: float | None
     metrics: dict[str, float]
     lr: float
     seconds: float

@@ -24,21 +24,24 @@ def _png(plt, fig, dpi: int = 100) -> bytes:
 
 
 def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
-    """Smoothed training loss per step, validation loss per epoch, and the learning rate below."""
+    """Smoothed training loss per step, validation loss per epoch (none with `valid = none`), and the
+    learning rate below."""
     plt = _pyplot()
 
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(3, 1))
     steps = range(1, len(history.step_smooth) + 1)
     ax.plot(steps, history.step_loss, color="#bbbbbb", linewidth=0.5, label="train (raw)")
     ax.plot(steps, history.step_smooth, color="#1f77b4", label="train (smoothed, beta 0.98)")
-    ends = [(r.epoch + 1) * steps_per_epoch for r in history.records]
-    ax.plot(ends, [r.valid_loss for r in history.records], "o-", color="#d62728", label="valid")
+    validated = [r for r in history.records if r.valid_loss is not None]  # none with valid = none
+    if validated:
+        ends = [(r.epoch + 1) * steps_per_epoch for r in validated]
+        ax.plot(ends, [r.valid_loss for r in validated], "o-", color="#d62728", label="valid")
     ax.set_ylabel("loss")
     ax.set_title(title)
-    shown = [v for v in history.step_smooth[len(history.step_smooth) // 20:] + [r.valid_loss for r in history.records]
-             if math.isfinite(v)]
+    valid = [r.valid_loss for r in validated]
+    shown = [v for v in history.step_smooth[len(history.step_smooth) // 20:] + valid if math.isfinite(v)]
     if shown:  # a diverged run has NaN and inf in it: frame what is finite
-        low = min(v for v in history.step_smooth + [r.valid_loss for r in history.records] if math.isfinite(v))
+        low = min(v for v in history.step_smooth + valid if math.isfinite(v))
         high = max(shown)
         ax.set_ylim(low * 0.9 if low > 0 else low - 0.1 * abs(high - low), high * 1.1 + 1e-12)
     ax.legend()

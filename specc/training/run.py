@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from specc.data.splits import validation_rows
 from specc.language import overrides as _overrides
 from specc.language.check import check
 from specc.language import codes
@@ -492,7 +493,7 @@ def _announcement(spec: Spec, ready: _Ready, device, loop: str, threads: int, wo
         world.parallel) else device.type
     return (f"specc: training {spec.name} on {on} ({loop} loop, {threads} thread{'s' * (threads > 1)}): "
             f"{prepared.n_train} training rows, "
-            f"{prepared.n_valid} validation rows, {plan.steps_per_epoch} steps per epoch{where}")
+            f"{validation_rows(spec.data.valid, prepared.n_valid)}, {plan.steps_per_epoch} steps per epoch{where}")
 
 
 def _write_onnx(folder: RunFolder, spec: Spec, model, prepared) -> float:

@@ -409,16 +409,22 @@ class RunFolder:
         return self.write_text(name, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
     def write_metrics(self, records, metric_names) -> Path:
-        """metrics.csv: one row per epoch (stage, epoch, train_loss, valid_loss, metrics, lr, seconds)."""
+        """metrics.csv: one row per epoch (stage, epoch, train_loss, valid_loss, metrics, lr, seconds); a
+        run without validation rows (valid = none) leaves valid_loss and the metrics empty (NaN to pandas)."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["stage", "epoch", "train_loss", "valid_loss", *metric_names, "lr", "seconds"])
         for r in records:
-            writer.writerow([r.stage, r.epoch, f"{r.train_loss:.6g}", f"{r.valid_loss:.6g}",
-                             *(f"{r.metrics[m]:.6g}" for m in metric_names), f"{r.lr:.6g}", f"{r.seconds:.3f}"])
+            writer.writerow([r.stage, r.epoch, f"{r.train_loss:.6g}", _number(r.valid_loss),
+                             *(_number(r.metrics.get(m)) for m in metric_names), f"{r.lr:.6g}", f"{r.seconds:.3f}"])
         return self.write_text("metrics.csv", buf.getvalue())
 
 
 def _names(names, limit: int = 3) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _number(value: float | None) -> str:
+    """A validation number as metrics.csv writes it: empty where there is none (valid = none)."""
+    return "" if value is None else f"{value:.6g}"

@@ -235,23 +235,25 @@ def stage_steps(loop: str, spec, stage, setup: StageSetup, batches: Batches, wat
             scheduler.load_state_dict(resumed.scheduler)
     if loop == PLAIN:
         index = [st.name for st in spec.train.stages].index(stage.name)
-        return PlainSteps(optimizer, scheduler, training_loss(spec, setup.model, setup.params), batches, watch,
-                          stage.name, augment=batch_draws(spec, index, batches), sync=sync)
+        loss = training_loss(spec, setup.model, setup.params, batches.interactions)
+        return PlainSteps(optimizer, scheduler, loss, batches, watch, stage.name,
+                          augment=batch_draws(spec, index, batches), sync=sync)
     return DeviceSteps.build(spec, stage, setup, peaks, batches, total, resumed.scheduler if saved else None, loop,
                              watch, device, sync)
 
 
-def training_loss(spec, forward, params: list):
+def training_loss(spec, forward, params: list, interactions):
     """loss(xs, y) of a batch: the spec's loss of the model's output against the target; for implicit
-    feedback, of each positive against the negatives drawn after the inputs (batch_draws)."""
+    feedback, of each positive against the negatives drawn after the inputs (batch_draws) or against every
+    item of `interactions` (specc.training.implicit.Interactions; None without implicit feedback)."""
     if spec.data.feedback is not None:
-        return implicit_loss(spec, forward, params)
+        return implicit_loss(spec, forward, params, interactions)
     return batch_loss(spec, forward, params)
 
 
 def batch_draws(spec, stage: int, batches: Batches):
     """What a step draws anew for each whole batch, from its place in the run: the images augmented,
-    or implicit feedback's negatives after the inputs; None when neither."""
+    or implicit feedback's negatives after the inputs; None when neither (a loss that draws no negatives)."""
     if spec.data.feedback is not None:
         return negatives_drawer(spec, batches.interactions, stage)
     return augmenter(spec, stage)

@@ -5,7 +5,8 @@ TensorBoard sees, per step (every k-th of an epoch over POINTS steps), the raw a
 training loss and the last group's learning rate;
 per epoch, the validation loss and metrics; as text, the spec, the plan and the overrides; and as
 hparams, the run's params and `--set` values with its final validation numbers (how `specc sweep`
-and `specc tune` runs are told apart in TensorBoard's HParams tab)."""
+and `specc tune` runs are told apart in TensorBoard's HParams tab). A run without validation rows
+(`valid = none`) logs no validation numbers, and its final training loss as its hparams' figure."""
 
 from __future__ import annotations
 
@@ -89,8 +90,8 @@ class TensorBoard:
         stride = -(-len(raw) // POINTS)  # every step of a short epoch; about POINTS of a long one
         for i in range(0, len(raw), stride):
             self._scalars({"loss/raw": raw[i], "loss/smoothed": smooth[i], "lr": lrs[i]}, first + i)
-        self._scalars({"valid/loss": record.valid_loss, **{f"valid/{k}": v for k, v in record.metrics.items()},
-                       "epoch": len(history.records) - 1}, first + len(raw))
+        self._scalars({**_validation(record, "valid/loss", "valid/"), "epoch": len(history.records) - 1},
+                      first + len(raw))
         self.events.flush()
 
     def end(self, record) -> None:
@@ -98,8 +99,8 @@ class TensorBoard:
         if record is not None:
             from tensorboardX.summary import hparams
 
-            metrics = {"hparam/valid_loss": record.valid_loss,
-                       **{f"hparam/{k}": v for k, v in record.metrics.items()}}
+            # the final training loss where there are no validation numbers (valid = none)
+            metrics = _validation(record, "hparam/valid_loss", "hparam/") or {"hparam/train_loss": record.train_loss}
             for summary in hparams(self.hparams or {"run": "default"}, metrics):
                 self._write(summary, 0)
             self._scalars(metrics, 0)
@@ -107,6 +108,13 @@ class TensorBoard:
 
     def close(self) -> None:
         self.events.close()
+
+
+def _validation(record, loss: str, prefix: str) -> dict[str, float]:
+    """An epoch's validation loss and metrics under their tracking names; none with `valid = none`."""
+    if record.valid_loss is None:
+        return {}
+    return {loss: record.valid_loss, **{f"{prefix}{k}": v for k, v in record.metrics.items()}}
 
 
 def _code(text: str) -> str:
@@ -149,8 +157,7 @@ class MLflow:
 
     def epoch(self, record, history, steps_per_epoch: int) -> None:
         step = len(history.records) * steps_per_epoch
-        metrics = {"train_loss": record.train_loss, "valid_loss": record.valid_loss, "lr": record.lr,
-                   **record.metrics}
+        metrics = {"train_loss": record.train_loss, **_validation(record, "valid_loss", ""), "lr": record.lr}
         self._try(lambda: self.mlflow.log_metrics(metrics, step=step))
 
     def end(self, record) -> None:

@@ -5,10 +5,10 @@ no stage has a branch per split."""
 
 from __future__ import annotations
 
-from specc.data.splits import file, rows, users
+from specc.data.splits import file, rows, users, whole
 from specc.data.splits.base import SplitDef
 
-SPLITS: dict[str, SplitDef] = {d.name: d for d in (*rows.SPLITS, *users.SPLITS, file.SPLIT)}
+SPLITS: dict[str, SplitDef] = {d.name: d for d in (*rows.SPLITS, *users.SPLITS, file.SPLIT, whole.SPLIT)}
 
 
 class UndeclaredSplit(KeyError):
@@ -25,3 +25,13 @@ def split_def(kind: str) -> SplitDef:
     except KeyError:
         raise UndeclaredSplit(f"no split '{kind}' is declared in specc.data.splits (the splits: "
                               f"{', '.join(SPLITS)})") from None
+
+
+def validates(split) -> bool:
+    """Whether the spec's split (None: the default, or the data's own) keeps validation rows; `none` keeps none."""
+    return split is None or split_def(split.kind).validates
+
+
+def validation_rows(split, n_valid: int) -> str:
+    """The validation rows in words, as check and train print them: their count, or that `valid = none` keeps none."""
+    return f"{n_valid} validation rows" if validates(split) else "no validation rows (valid = none)"

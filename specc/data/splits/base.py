@@ -78,6 +78,10 @@ class SplitDef:
     validate    ({argument: value}) -> why the arguments cannot go together (E311 at the call)
     valid_file  (split) -> the file its validation rows come from, read as the source reads its
                 own (then `pick` gives every row of the source's file to training), or None
+    validates   False for a split that keeps no validation rows (`none`): `pick` gives every row
+                to training; the checker refuses early stopping, training computes no validation
+                loss or metrics, export's parity check takes training rows, `evaluate --split
+                valid` has no rows to take
     """
 
     name: str
@@ -88,6 +92,7 @@ class SplitDef:
     pick: Callable
     validate: Callable = no_problem
     valid_file: Callable = no_file
+    validates: bool = True
 
     def columns(self, split) -> tuple[Column, ...]:
         """The columns of the data the split reads, as they are read: a category, or numbers."""

@@ -14,7 +14,7 @@ from specc.language.check.splits import check_split
 from specc.language.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, shown
 from specc.language.diagnostics import suggest
 from specc.language.spec import (
-    CATEGORY, FLOAT, IMPLICIT, POSITIVE, SAMPLINGS, Augment, PROCS, Column, DataSpec, Implicit,
+    CATEGORY, FLOAT, HISTORY, IMPLICIT, POSITIVE, SAMPLINGS, Augment, PROCS, Column, DataSpec, Implicit,
 )
 
 
@@ -75,7 +75,8 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
                     feedback.span, ["e.g. source = csv(\"interactions.csv\") with columns user and item"])
             return result
         read = target if feedback is None else _rating(feedback)
-        problems, given = source_def(source.kind).columns(source, inputs, read)
+        read_inputs = tuple(col for col in inputs if col.kind != HISTORY)  # a history is made, not read
+        problems, given = source_def(source.kind).columns(source, read_inputs, read)
         c.errors += problems
         if problems and given is not None:  # the model block is checked against the columns the source gives
             return dataclasses.replace(result, columns=given)
@@ -318,6 +319,8 @@ def _column(c: Checker, expr: ast.Expr, what: str) -> Column | None:
         return None
     type_name = expr.type if isinstance(expr.type, ast.Name) else expr.type.func
     kind = type_name.id
+    if kind == HISTORY and what == "inputs" and scale is None:
+        return _history(c, expr)
     if kind not in COLUMN_TYPES:
         c.error(codes.BAD_COLUMN, f"unknown column type '{kind}'", type_name.span,
                 suggest(kind, COLUMN_TYPES) or [f"the types are {', '.join(COLUMN_TYPES)}"])
@@ -339,6 +342,39 @@ def _column(c: Checker, expr: ast.Expr, what: str) -> Column | None:
     return Column(expr.name.id, kind, whole.span, shape, scale)
 
 
+def _history(c: Checker, expr: ast.Typed) -> Column | None:
+    """`rated: history(user, item)`: for each row, the items (`item`'s categories) its `user` has in the
+    training rows. The two are category inputs (checked with the others: _histories)."""
+    call = expr.type
+    if not isinstance(call, ast.Call) or len(call.args) != 2 or call.keywords or \
+            not all(isinstance(a, ast.Name) for a in call.args):
+        c.error(codes.BAD_COLUMN, "history: expected two category columns, the key and its items", expr.span,
+                ["e.g. rated: history(user, item): the items each user has in the training rows"])
+        return None
+    key, items = (a.id for a in call.args)
+    return Column(expr.name.id, HISTORY, expr.span, of=(key, items))
+
+
+def _histories(c: Checker, columns: tuple[Column, ...]) -> bool:
+    """Every history column's key and items are two category inputs of the data block."""
+    kinds = {col.name: col.kind for col in columns}
+    ok = True
+    for col in columns:
+        if col.kind != HISTORY:
+            continue
+        for role, name in zip(("key", "items"), col.of):
+            if kinds.get(name) != CATEGORY:
+                found = "not an input" if name not in kinds else f"a {kinds[name]} column"
+                c.error(codes.BAD_COLUMN, f"history's {role} '{name}' is {found}; expected a category input", col.span,
+                        suggest(name, [n for n, k in kinds.items() if k == CATEGORY]) or
+                        ["e.g. inputs = [user: category, item: category, rated: history(user, item)]"])
+                ok = False
+        if ok and col.of[0] == col.of[1]:
+            c.error(codes.CONFLICT, "history: the key and its items are the same column", col.span)
+            ok = False
+    return ok
+
+
 def _inputs(c: Checker, expr: ast.Expr) -> tuple[tuple[Column, ...] | None, tuple[Column, ...], bool]:
     """`inputs = [...]`: (the columns or None, the columns that did check, whether one failed)."""
     if not isinstance(expr, ast.ListExpr) or not expr.items:
@@ -357,4 +393,6 @@ def _inputs(c: Checker, expr: ast.Expr) -> tuple[tuple[Column, ...] | None, tupl
             c.error(codes.DEFINED_TWICE, f"input column '{col.name}' is declared twice", col.span,
                     [f"first declared {where}"])
         seen[col.name] = col
+    if not _histories(c, good):
+        return None, good, True
     return good, good, False

@@ -8,9 +8,9 @@ from specc.language.check.data_block import DataResult
 from specc.language.check.values import SIGNATURES, Checker, bind_args, kind_of, shape_text, shown
 from specc.language.diagnostics import suggest
 from specc.language.source import Span
-from specc.language.spec import CATEGORY, CLASSES, FLOAT, Column, ModelSpec, Node, op
+from specc.language.spec import CATEGORY, CLASSES, FLOAT, HISTORY, Column, ModelSpec, Node, op
 from specc.model import ops
-from specc.model.ops.base import Arg, Bool, CategoryColumn, Dims, Int, Problem, Real, Size, Tensor
+from specc.model.ops.base import Arg, Bool, CategoryColumn, Dims, Int, Named, Problem, Real, SetColumn, Size, Tensor
 from specc.model.ops.blocks import RESNET_WIDTHS, STEMS, resnet_nodes
 from specc.model.sized import with_weights
 
@@ -41,7 +41,8 @@ def check_model(c: Checker, block: ast.Block, data: DataResult) -> ModelSpec | N
     for col in data.spec.inputs:
         if col.name not in builder.used_columns:
             c.warn(codes.UNUSED_INPUT, f"input column '{col.name}' is not used by the model", col.span)
-    used = tuple(col.name for col in data.spec.inputs if col.name in builder.used_columns)
+    # the columns the model takes (a history column is looked up from its key inside the model)
+    used = tuple(col.name for col in data.spec.inputs if col.name in builder.used_columns and col.kind != HISTORY)
     if groups:
         weighted = with_weights(ModelSpec(tuple(builder.nodes.values()), out.name, used))
         for node in builder.nodes.values():
@@ -310,7 +311,13 @@ def call_function(b: _ModelBuilder, call: ast.Call, name: str | None):
     defn = ops.FUNCTIONS[func]
     values = _values(b, defn, args, func)  # each tensor argument: (param, its nodes, their expressions)
     consts = {f.name: _constant(b, f, args[f.name]) if f.name in args else f.default
-              for f in defn.params if isinstance(f, (Real, Int, Dims, Bool, Size))}
+              for f in defn.params if isinstance(f, (Real, Int, Dims, Bool, Size, Named))}
+    if isinstance(defn.params[0], SetColumn):  # a history column, read through its key column
+        history = _set_column(b, args[defn.params[0].name], func)
+        if history is None:
+            return None
+        consts.update(column=history.name, key=history.of[0], items=history.of[1])
+        b.used_columns.update((history.name, history.of[0]))
     unset = {f.name for f in defn.params if getattr(f, "optional", False) and f.name not in args}
     column = _column(b, args[defn.params[0].name]) if isinstance(defn.params[0], CategoryColumn) else None
     if defn.validate is not None and all(v is not None for k, v in consts.items() if k not in unset):
@@ -365,6 +372,12 @@ def _constant(b: _ModelBuilder, field, expr: ast.Expr):
         return b.c.integer(expr, what, low=field.low, high=field.high)
     if isinstance(field, Bool):
         return b.c.boolean(expr, what)
+    if isinstance(field, Named):
+        if not isinstance(expr, ast.Name) or expr.id not in field.choices:
+            b.c.error(codes.UNKNOWN_NAME, f"{what}: expected one of {', '.join(field.choices)}, found {shown(expr)}",
+                      expr.span, suggest(expr.id, field.choices) if isinstance(expr, ast.Name) else ())
+            return None
+        return expr.id
     if isinstance(field, Dims):
         if not isinstance(expr, ast.TupleExpr):
             b.c.error(codes.WRONG_KIND, f"{what}: expected a tuple of sizes, e.g. (1, 28, 28), found {kind_of(expr)}",
@@ -389,6 +402,23 @@ def _column(b: _ModelBuilder, col: ast.Expr):
                   suggest(col.id, cats) or ([f"category columns: {', '.join(cats)}"] if cats else []))
         return False
     return col.id
+
+
+def _set_column(b: _ModelBuilder, col: ast.Expr, func: str) -> Column | None:
+    """A history column argument (`rated: history(user, item)`), or None after reporting why not."""
+    sets = [c for c, v in b.columns.items() if v.kind == HISTORY]
+    if isinstance(col, ast.Name) and col.id in b.columns and b.columns[col.id].kind == HISTORY:
+        return b.columns[col.id]
+    if isinstance(col, ast.Name) and col.id not in b.columns and b.lenient:
+        b.ok = False
+        return None
+    what = kind_of(col) if not isinstance(col, ast.Name) else \
+        f"the {b.columns[col.id].kind} column '{col.id}'" if col.id in b.columns else f"'{col.id}', not an input column"
+    b.c.error(codes.UNKNOWN_NAME, f"{func}: expected a history column, found {what}", col.span,
+              (suggest(col.id, sets) if isinstance(col, ast.Name) else []) or
+              [f"history columns: {', '.join(sets)}" if sets else
+               "declare one in the data block's inputs, e.g. rated: history(user, item)"])
+    return None
 
 
 def _names(b: _ModelBuilder, expr: ast.Expr, what: str) -> list[ast.Name] | None:

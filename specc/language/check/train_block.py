@@ -3,6 +3,7 @@ loss and metrics, the optimizer, the fit or the stages (freeze, fit, early_stop)
 
 from __future__ import annotations
 
+from specc.data.splits import validates
 from specc.language import ast, codes
 from specc.language.check.values import (
     LOSSES, METRICS, PRECISIONS, SIGNATURES, TRAIN_SETTINGS, Checker, Param, bind_args, constant, fmt, kind_of,
@@ -40,7 +41,7 @@ def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: Mode
     stop_on_nan = c.boolean(found["stop_on_nan"].value, "stop_on_nan") if "stop_on_nan" in found else True
     precision = _precision(c, found["precision"].value) if "precision" in found else "fp32"
     groups = model.groups if model is not None else None
-    monitors = ("valid_loss", *metrics)
+    monitors = _monitors(c, data, metrics, found.get("metrics"))
     stages: list = []
     if sections:
         for extra in fits + stops:
@@ -72,6 +73,19 @@ def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: Mode
     if c.errors or None in (loss, optimizer, seed, l2, stop_on_nan, precision) or not stages or None in stages:
         return None
     return TrainSpec(loss, tuple(metrics), optimizer, tuple(stages), seed, l2, stop_on_nan, precision)
+
+
+def _monitors(c: Checker, data: DataSpec | None, metrics: list[str], line: ast.Assign | None) -> tuple[str, ...]:
+    """What early_stop may watch: valid_loss and the metrics; nothing with `valid = none`, where the
+    metrics are kept (the exported model names them for `specc evaluate`) with a warning."""
+    if data is None or validates(data.valid):
+        return ("valid_loss", *metrics)
+    if metrics:
+        c.warn(codes.UNSCORED_METRICS, "metrics are not computed while training: `valid = none` keeps no "
+               "validation rows", line.value.span,
+               ["the exported model names them, and `specc evaluate MODEL FILE` computes them on a file of other "
+                "rows; remove them, or name a split in the data block (valid = random(0.2)), to see them each epoch"])
+    return ()
 
 
 def _precision(c: Checker, expr: ast.Expr) -> str | None:
@@ -192,6 +206,11 @@ def _early_stop(c: Checker, stops, monitors):
         return None
     for extra in stops[1:]:
         c.error(codes.DEFINED_TWICE, "early_stop is given twice", extra.span)
+    if not monitors:
+        c.error(codes.CONFLICT, "early_stop watches the validation rows, and `valid = none` keeps none",
+                stops[0].span, ["remove early_stop (the last epoch's weights are the model), or name a split in the "
+                                "data block: valid = random(0.2)"])
+        return False
     bound = c.bind(stops[0].call, "stage", "statement")
     if bound is None:
         return False

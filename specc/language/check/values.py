@@ -13,7 +13,7 @@ from specc.language import ast, codes, params
 from specc.language.codes import Code
 from specc.language.diagnostics import Diagnostic, suggest
 from specc.language.source import Span
-from specc.language.spec import CATEGORY, CLASSES, FLOAT, PROCS
+from specc.language.spec import CATEGORY, CLASSES, FLOAT, HISTORY, PROCS
 from specc.model import ops
 from specc.model.ops.base import Bool, Int, Real, Reals
 from specc.training import losses, optimizers
@@ -77,7 +77,7 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
 LOSSES = losses.LOSSES
 METRICS = losses.METRICS
 # Words a spec uses as names (functions, losses, metrics, procs, types...): a param cannot take one.
-RESERVED = frozenset({"true", "false", CLASSES, "find", "valid_loss", *BLOCKS, *LOSSES, *METRICS, *PROCS,
+RESERVED = frozenset({"true", "false", CLASSES, "find", "valid_loss", HISTORY, *BLOCKS, *LOSSES, *METRICS, *PROCS,
                       *COLUMN_TYPES, *(f for table in SIGNATURES.values() for f in table)})
 
 
@@ -218,11 +218,12 @@ class Checker:
             for kw in call.keywords:
                 self.error(codes.BAD_ARGUMENTS, f"'{name}' has no argument '{kw.name.id}'", kw.name.span)
             return len(self.errors) == before
-        takes = [f"'{name}' takes ({_params_text(signature)})"]
+        takes = [f"'{name}' takes ({_params_text(signature)})"] if signature else []  # none, flip: no arguments
         if len(call.args) > len(signature):
             extra = call.args[len(signature)]
-            self.error(codes.BAD_ARGUMENTS, f"'{name}' takes at most {len(signature)} arguments, found "
-                       f"{len(call.args)}", extra.span.to(call.args[-1].span), takes)
+            limit = f"at most {len(signature)} arguments" if signature else "no arguments"
+            self.error(codes.BAD_ARGUMENTS, f"'{name}' takes {limit}, found {len(call.args)}",
+                       extra.span.to(call.args[-1].span), takes)
         given = {p.name for p in signature[:len(call.args)]}
         for kw in call.keywords:
             key = kw.name.id

@@ -153,6 +153,33 @@ class CategoryColumn:
 
 
 @dataclass(frozen=True, slots=True)
+class SetColumn:
+    """The name of a set column: a history column (`rated: history(user, item)`), whose sets of items an
+    embedding_bag reads through the rows' key column."""
+
+    name: str
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """One of a few bare names (embedding_bag's `mode=sqrtn`), `default` when not given."""
+
+    name: str
+    choices: tuple[str, ...]
+    default: str
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
 class Given:
     """An argument a block checks itself (blocks such as tabular take lists and pairs)."""
 
@@ -161,7 +188,7 @@ class Given:
     doc: str = ""
 
 
-Field = Union[Tensor, Real, Int, Dims, Bool, Reals, Size, CategoryColumn, Given]
+Field = Union[Tensor, Real, Int, Dims, Bool, Reals, Size, CategoryColumn, SetColumn, Named, Given]
 
 
 # ---------------------------------------------------------------- rules

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from specc.language.spec import CLASSES, Node, Op
-from specc.model.ops.base import Arg, CategoryColumn, Int, OpDef, Problem, Real, Size, Tensor, shown
+from specc.model.ops.base import Arg, CategoryColumn, Int, Named, OpDef, Problem, Real, SetColumn, Size, Tensor, shown
 
 
 def _shape_text(shape) -> str:
@@ -90,6 +90,7 @@ def _per_feature_weights(op: Op, inputs, shape):
 # value of its own. tests/test_ops.py puts every example in one spec.
 
 X = Tensor("x")
+BAG_MODES = ("mean", "sum", "sqrtn")  # embedding_bag's reductions of a set's rows
 FLAT_X = Tensor("x", flat=True)
 
 OPS = (
@@ -100,6 +101,15 @@ OPS = (
           sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.column]),
           unsized_params=lambda op: f"(n_{op.column} + 1) x {op.dim}",  # its rows are the column's categories
           lookup=True, example="emb = embedding(c, 3)"),
+    OpDef("embedding_bag", "the learned rows of the items of a history column's set (`rated: history(user, "
+          "item)`: the items each row's user has in the training rows), reduced to one row: their `mean`, `sum`, "
+          "or `sqrtn` (the sum over the square root of their count, as SVD++ normalises); an empty set gives zeros",
+          (SetColumn("column"), Int("dim", what="embedding size"),
+           Named("mode", BAG_MODES, "mean", "how the set's rows are reduced: mean, sum or sqrtn")),
+          infer=_embedding_shape, weights=_embedding_weights,
+          sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.items]),
+          unsized_params=lambda op: f"(n_{op.items} + 1) x {op.dim}",
+          example="bag = embedding_bag(hc, 3, mode=sqrtn)"),
     OpDef("dot", "row-wise dot product of two values of the same width", (Tensor("a"), Tensor("b")),
           infer=_dot_shape, example="dt = dot(h, h)"),
     OpDef("sigmoid_range", "`sigmoid(x) * (high - low) + low`: squashes into (low, high)",
