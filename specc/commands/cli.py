@@ -684,17 +684,18 @@ def _written(out: Path | None, reads: tuple, write) -> None:
 
 
 def _recommend(args) -> int:
-    from specc.inference.recommend import read_users, recommend_file, recommender
+    from specc.inference.recommend import read_users, recommend_rows, recommender
     from specc.inference.session import load_session
 
     _model_path(args.model)
     if bool(args.user) == bool(args.users):
         raise UsageError("give the users with --user ID (repeatable) or --users FILE, one of the two")
+    session = load_session(args.model, device=args.device)  # once: the users file is read by its user column
     users, where = list(args.user), "--user"
     if args.users:
-        users, where = read_users(args.users, recommender(load_session(args.model, "cpu"))["user"]), str(args.users)
+        users, where = read_users(args.users, recommender(session)["user"]), str(args.users)
     reads = (args.model, *([args.users] if args.users else []))
-    _written(args.out, reads, lambda out: recommend_file(args.model, users, out, args.device, where))
+    _written(args.out, reads, lambda out: recommend_rows(session, users, out, where))
     return 0
 
 

@@ -17,7 +17,7 @@ import onnx
 import torch.fx as fx
 from onnx import TensorProto, helper
 
-from specc.data.prepare import Vocab
+from specc.data.prepare import Vocab, history_table
 from specc.export.emitter import Emitter
 from specc.export.graph import finished, metadata, translate_body
 from specc.export.ids import dense_ids, lookup
@@ -77,15 +77,10 @@ def _popular_for_unknown(em: Emitter, user: str, scores: str, inter: Interaction
 
 
 def seen_table(inter: Interactions) -> np.ndarray:
-    """Each user's training items, a row per user index padded with the unknown item: one column more than
-    the most items a user has, so that every row masks the unknown item too."""
-    starts = inter.starts.cpu().numpy()
-    counts = np.diff(starts)
-    table = np.full((len(counts), int(counts.max(initial=0)) + 1), UNKNOWN, dtype=np.int64)
-    items = inter.items.cpu().numpy()
-    rows = np.repeat(np.arange(len(counts)), counts)
-    table[rows, np.arange(len(items)) - np.repeat(starts[:-1], counts)] = items
-    return table
+    """Each user's training items, a row per user index padded with the unknown item, with one column more
+    than the most items a user has, so that every row masks the unknown item too."""
+    table = history_table(inter.users.cpu().numpy(), inter.items.cpu().numpy(), len(inter.starts) - 1)
+    return np.pad(table, ((0, 0), (0, 1)), constant_values=UNKNOWN)
 
 
 def _masked(em: Emitter, user: str, scores: str, inter: Interactions) -> str:
@@ -98,9 +93,8 @@ def _masked(em: Emitter, user: str, scores: str, inter: Interactions) -> str:
 
 def _item_ids(em: Emitter, vocab: Vocab) -> str:
     """The item id of each vocabulary index, as the data had them (index 0, the unknown item: none)."""
-    if vocab.integer:
-        return em.const([NO_INTEGER_ITEM, *(int(v) for v in vocab.values)], np.int64)
-    return em.const(np.array(["", *vocab.values], dtype=object), object)
+    return em.const(np.array(item_ids(vocab), dtype=np.int64 if vocab.integer else object),
+                    np.int64 if vocab.integer else object)
 
 
 def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], inter: Interactions,
@@ -122,7 +116,7 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     model = model.cpu().eval()
     with torch.no_grad():
         top, values = ranked(spec, scorer(spec, model), inter, torch.from_numpy(vocab.lookup(users)), got[SCORES].shape[1])
-    want_items = np.asarray(_item_ids_array(vocabs[feedback.item]), dtype=object)[top.numpy()]
+    want_items = np.asarray(item_ids(vocabs[feedback.item]), dtype=object)[top.numpy()]
     want_scores = values.numpy()
     finite = np.isfinite(want_scores)
     if not np.array_equal(finite, np.isfinite(got[SCORES])):
@@ -143,8 +137,8 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     return diff
 
 
-def _item_ids_array(vocab: Vocab) -> list:
-    """The item id of each vocabulary index, as a list (index 0: none), as _item_ids puts them in the graph."""
+def item_ids(vocab: Vocab) -> list:
+    """The item id of each vocabulary index, as the exported model returns them (index 0: none)."""
     return [NO_INTEGER_ITEM, *(int(v) for v in vocab.values)] if vocab.integer else ["", *vocab.values]
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from specc.data.files import check_regular
-from specc.inference.session import Session, load_session
+from specc.data.files import open_binary
+from specc.inference.columns import class_key
+from specc.inference.session import Session
 from specc.language import codes
 from specc.language.diagnostics import DataError
 
@@ -52,8 +53,7 @@ def typed_users(session: Session, users: list[str], where: str) -> np.ndarray:
 
 def read_users(path: Path, column: str) -> list[str]:
     """User ids from a file: one per line, or a CSV whose header names the model's user column."""
-    check_regular(path)
-    with open(path, "rb") as f:
+    with open_binary(path) as f:  # never blocks on a FIFO put in its place; unreadable: D101
         data = f.read(MAX_USERS_FILE + 1)
     if len(data) > MAX_USERS_FILE:
         raise DataError(str(path), f"is larger than {MAX_USERS_FILE} bytes: split it", code=codes.TOO_MUCH_DATA)
@@ -107,9 +107,9 @@ def write_rows(out, users: list[str], items: np.ndarray, scores: np.ndarray) -> 
     return written
 
 
-def recommend_file(model: Path, users: list[str], out, device: str = "auto", where: str = "--user") -> int:
-    """Each user's top k as CSV on `out`; returns the rows written."""
-    session = load_session(model, device=device)
+def recommend_rows(session: Session, users: list[str], out, where: str = "--user") -> int:
+    """Each user's top k as CSV on `out` (`where`: how messages name where the users came from); returns
+    the rows written."""
     items, scores = recommend(session, typed_users(session, users, where))
     return write_rows(out, users, items, scores)
 
@@ -127,23 +127,16 @@ def ranking_metrics(session: Session, got, item_column: str, metrics: list[str])
         raise DataError(session.where, f"returns each user's top {rec['k']}, too few for {too_deep[0]}",
                         code=codes.BAD_MODEL_FILE)
     users = got.feed[rec["user"]]
-    keys = [str(u) for u in users]
-    who = list(dict.fromkeys(keys))
-    first = {u: k for k, u in reversed(list(enumerate(keys)))}
-    items, _ = recommend(session, users[[first[u] for u in who]])
-    index = {u: k for k, u in enumerate(who)}
-    owner = np.array([index[u] for u in keys], dtype=np.int64)
+    # each distinct user once (its first row), and each row's user among them
+    who, first, owner = np.unique(np.array([str(u) for u in users]), return_index=True, return_inverse=True)
+    items, _ = recommend(session, users[first])
     order = np.argsort(owner, kind="stable")
-    item_keys: dict[str, int] = {}  # each item id, as text, numbered in order of appearance
-    top = np.array([item_keys.setdefault(_id_text(v), len(item_keys)) for v in items.ravel()],
+    item_keys: dict = {}  # each item id (class_key), numbered in order of appearance
+    integer = items.dtype.kind in "iu"  # ids matched as the model's vocabulary holds them ("07" is 7)
+    top = np.array([item_keys.setdefault(class_key(v, integer), len(item_keys)) for v in items.ravel()],
                    dtype=np.int64).reshape(items.shape)
-    relevant = np.array([item_keys.setdefault(_id_text(v), len(item_keys)) for v in got.target], dtype=np.int64)[order]
+    relevant = np.array([item_keys.setdefault(class_key(v, integer), len(item_keys)) for v in got.target],
+                        dtype=np.int64)[order]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(who)))])
     return ranking.ranking_scores(top, indptr, relevant, wanted)
 
-
-def _id_text(value) -> str:
-    """An id as text, a whole number written as one whatever its type (1302, 1302.0 and "1302" alike)."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)

@@ -167,12 +167,17 @@ def _against_catalogue(spec: Spec, score, inter: Interactions, user: int, item: 
 BATCH_LOSS = {losses.PAIRS: _against_negatives, losses.CATALOGUE: _against_catalogue}
 
 
+def users_at_once(device: torch.device, n_items: int) -> int:
+    """Users scored against every item in one run: RANK_CELLS of (user, item) pairs for the device."""
+    return max(1, RANK_CELLS["cpu" if device.type == "cpu" else "cuda"] // n_items)
+
+
 def ranked(spec: Spec, score, inter: Interactions, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each user's top k items and their scores, every item ranked but the user's training items and the
     unknown item; a user never seen in training (the unknown index) gets the most popular items. Ties go
     to the lower index (a stable sort, as ONNX's TopK breaks them)."""
     n_items = inter.n_items
-    chunk = max(1, RANK_CELLS.get(users.device.type, RANK_CELLS["cuda"]) // n_items)
+    chunk = users_at_once(users.device, n_items)
     tops, values = [], []
     catalogue = torch.arange(n_items, device=users.device)
     for s in range(0, len(users), chunk):
@@ -210,10 +215,10 @@ def _valid_against_negatives(spec: Spec, score, inter: Interactions, users: torc
     feedback = spec.data.feedback
     generator = batch_generator(spec.train.seed, VALID_STAGE, 0, 0, users.device)
     negatives = draw_negatives(inter, users, feedback.negatives, feedback.sampling, generator)
-    total = 0.0
+    base, total = torch_loss(spec.train.loss), 0.0
     for s in range(0, len(users), VALID_BATCH):
         part = slice(s, s + VALID_BATCH)
-        value = pair_loss(spec, score, users[part], items[part], negatives[part], torch_loss(spec.train.loss))
+        value = pair_loss(spec, score, users[part], items[part], negatives[part], base)
         total += float(value) * len(users[part])
     return total / len(users)
 
@@ -229,7 +234,7 @@ def _valid_against_catalogue(spec: Spec, score, inter: Interactions, users: torc
     users, items = users[known][order], items[known][order]
     _, counts = torch.unique_consecutive(users, return_counts=True)
     ends = torch.cumsum(counts, 0).tolist()
-    chunk = max(1, RANK_CELLS.get(users.device.type, RANK_CELLS["cuda"]) // inter.n_items)
+    chunk = users_at_once(users.device, inter.n_items)
     total, start = 0.0, 0
     for s in range(0, len(ends), chunk):
         end = ends[min(s + chunk, len(ends)) - 1]
