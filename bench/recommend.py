@@ -264,7 +264,7 @@ def _torch_top_rate(spec, model, run: Path, split: Split, threads: int) -> float
     import torch
 
     from specc.data.prepare import prepare
-    from specc.training.implicit import ranked, scorer
+    from specc.training.implicit import item_scorer, ranked
     from specc.training.loop import interactions_of
 
     torch.set_num_threads(threads)
@@ -275,7 +275,7 @@ def _torch_top_rate(spec, model, run: Path, split: Split, threads: int) -> float
     with torch.no_grad():
         start = time.perf_counter()
         for s in range(0, len(users), USER_CHUNK):
-            ranked(spec, scorer(spec, model), inter, users[s:s + USER_CHUNK], spec.data.feedback.top_k)
+            ranked(item_scorer(spec, model, inter), inter, users[s:s + USER_CHUNK], spec.data.feedback.top_k)
         return len(users) / (time.perf_counter() - start)
 
 

@@ -644,21 +644,33 @@ train {
 """
 
 
-def test_implicit_feedback_in_two_processes_draws_and_ranks_as_one_does(folder):
-    """Each step's negatives are drawn for the whole batch from its place in the run, then sliced, as
-    augment's draws are: 2 processes train what 1 does (to the rounding of a mean of two means), and
-    rank 0's ranking metrics are the run's."""
+# A user a row (view = users): embedding_bag's dropout of the user's items draws per row, as dropout does
+USERS_SPEC = IMPLICIT_SPEC.replace(
+    "inputs = [user: category, item: category]", "inputs = [user: category, item: category, rated: history(user, item)]"
+).replace("target = implicit(user, item, negatives=3)", "target = implicit(user, item, view=users)").replace(
+    "batch  = 32", "batch  = 8").replace(
+    "out = dot(embedding(user, 8), embedding(item, 8)) + embedding(item, 1)",
+    "out = embedding_bag(rated, 8, mode=sqrtn, p=0.5) |> tanh |> linear(classes)").replace(
+    "loss      = bpr", "loss      = multinomial")
+
+
+@pytest.mark.parametrize("name, text", [("imp", IMPLICIT_SPEC), ("users", USERS_SPEC)])
+def test_implicit_feedback_in_two_processes_draws_and_ranks_as_one_does(folder, name, text):
+    """Each step's negatives (or a user's dropped items) are drawn for the whole batch from its place in the
+    run, then sliced, as augment's draws are: 2 processes train what 1 does (to the rounding of a mean of
+    two means), and rank 0's ranking metrics are the run's."""
     from specc.training.options import RunOptions
     from specc.training.run import load_spec, train_run
 
-    (folder / "ddp_implicit.spec").write_text(IMPLICIT_SPEC)
-    done = worker(folder, "imp2", folder / "imp2_w", spec="ddp_implicit.spec")
+    assert "view=users" in USERS_SPEC and "multinomial" in USERS_SPEC
+    (folder / f"ddp_{name}.spec").write_text(text)
+    done = worker(folder, f"{name}2", folder / f"{name}2_w", spec=f"ddp_{name}.spec")
     assert done.returncode == 0, done.stderr[-3000:]
-    spec, _ = load_spec(folder / "ddp_implicit.spec")
-    one = train_run(spec, folder / "imp1", RunOptions("cpu", quiet=True, threads=1, force=True))
-    w2, w1 = load_file(folder / "imp2" / "model.safetensors"), load_file(one.folder / "model.safetensors")
+    spec, _ = load_spec(folder / f"ddp_{name}.spec")
+    one = train_run(spec, folder / f"{name}1", RunOptions("cpu", quiet=True, threads=1, force=True))
+    w2, w1 = load_file(folder / f"{name}2" / "model.safetensors"), load_file(one.folder / "model.safetensors")
     assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) <= 1e-6
     m2, m1 = (np.genfromtxt(f / "metrics.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
-              for f in (folder / "imp2", one.folder))
+              for f in (folder / f"{name}2", one.folder))
     for column in ("train_loss", "valid_loss", "ndcg5", "recall5"):  # genfromtxt drops the '@'
         assert [f"{v:.5g}" for v in m2[column]] == [f"{v:.5g}" for v in m1[column]], column

@@ -13,7 +13,7 @@ import torch
 from helpers import StopAt, prepared_spec, trained
 
 from specc.commands.cli import main
-from specc.training.implicit import Interactions, catalogue_loss, draw_negatives, ranked, scorer
+from specc.training.implicit import Interactions, catalogue_loss, draw_negatives, item_scorer, ranked, scorer
 from specc.training.metrics import torch_loss
 
 SPEC = """\
@@ -209,10 +209,10 @@ def test_ranking_masks_the_training_items_and_breaks_ties_to_the_lower_index():
     inter = _interactions([(1, 2), (1, 4), (2, 1)], 3, 6)
     table = torch.tensor([[0.0, 0, 0, 0, 0, 0], [0, 5, 9, 5, 9, 1], [0, 7, 3, 3, 3, 8]])  # user x item scores
 
-    def score(users, items):
-        return table[users, items]
+    def scores_of(users):
+        return table[users]
 
-    top, values = ranked(None, score, inter, torch.tensor([1, 2, 0]), 4)
+    top, values = ranked(scores_of, inter, torch.tensor([1, 2, 0]), 4)
     # user 1: items 2 and 4 are its own; 1 and 3 tie at 5 -> 1 first; then 5; then an empty rank at -inf
     assert top[0].tolist()[:3] == [1, 3, 5] and values[0, 3] == -math.inf
     # user 2: its item 1 is masked; 5 (8), then 2, 3, 4 tied at 3 -> in index order
@@ -231,7 +231,7 @@ def test_validation_never_ranks_a_training_item_and_scores_only_validation_items
     inter = interactions_of(spec, prepared, torch.device("cpu"))
     valid_users = torch.from_numpy(np.unique(prepared.valid["user"]))
     with torch.no_grad():
-        top, _ = ranked(spec, scorer(spec, model.eval()), inter, valid_users, 5)
+        top, _ = ranked(item_scorer(spec, model.eval(), inter), inter, valid_users, 5)
     train_pairs = set(zip(prepared.train["user"].tolist(), prepared.train["item"].tolist()))
     assert not any((u, i) in train_pairs for u, row in zip(valid_users.tolist(), top.tolist()) for i in row)
     # recall@3 by hand from the same ranking: relevant = each user's validation items
@@ -275,7 +275,8 @@ def test_the_exported_top_k_equals_torchs_ranking_ties_included(tmp_path):
     raw = [int(v) for v in vocab.values] + [99999, -5]  # every user, and two never seen
     got = Session(onnx_bytes, device="cpu").run({"user": np.array(raw, dtype=np.int64)})
     with torch.no_grad():
-        top, values = ranked(spec, scorer(spec, model.eval()), inter, torch.from_numpy(vocab.lookup(raw)), 5)
+        scores_of = item_scorer(spec, model.eval(), inter)
+        top, values = ranked(scores_of, inter, torch.from_numpy(vocab.lookup(raw)), 5)
     item_ids = np.array([-1, *(int(v) for v in prepared.vocabs["item"].values)])
     np.testing.assert_array_equal(got["items"], item_ids[top.numpy()])
     np.testing.assert_allclose(got["scores"], values.numpy(), rtol=0, atol=1e-5)

@@ -548,7 +548,7 @@ def test_inspect_files_that_are_not_weights(tmp_path, capsys):
 
 def test_inspect_names_file_options(collab, ratings_dir, tmp_path, capsys):
     """MovieLens' own u.item: '|'-separated, Latin-1, no header."""
-    titles = [line.split(",", 1) for line in (ratings_dir / "items.csv").read_text().splitlines()[1:]]
+    titles = [line.split(",")[:2] for line in (ratings_dir / "items.csv").read_text().splitlines()[1:]]
     item = tmp_path / "u.item"
     cafe = "Caf\u00e9"
     item.write_bytes("".join(f"{i}|{t.replace('Winter', cafe)}|01-Jan-1995||http://x/|0|1\n"

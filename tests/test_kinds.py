@@ -245,6 +245,10 @@ IMPLICIT_LOSS_CASES = {
     # logsumexp of the row less the positive's score: row 0's item 1 (score 2), row 1's item 0 (score 0)
     "softmax": ([[1.0, 2.0, 0.0], [0.0, 0.0, LN(3)]], [1, 0],
                 ((LN(math.e + math.e ** 2 + 1) - 2.0) + (LN(1 + 1 + 3) - 0.0)) / 2),
+    # over a user's items, multi-hot: user 0 has items 1 and 2 (scores 2, 0), user 1 items 0 and 1 (0, 0);
+    # each item -(score - logsumexp of the user's scores), summed per user, the mean over users
+    "multinomial": ([[1.0, 2.0, 0.0], [0.0, 0.0, LN(3)]], [[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]],
+                    ((2 * LN(math.e + math.e ** 2 + 1) - 2.0) + 2 * LN(1 + 1 + 3)) / 2),
 }
 IMPLICIT_LOSSES = sorted(n for n, d in losses.LOSSES.items() if d.target == IMPLICIT)
 # Each ranking metric over two users' top 3 (k = 3): user A hits at ranks 1 and 3 of its 2 relevant items,
@@ -293,11 +297,17 @@ def test_every_implicit_loss_trains_exports_and_ranks_as_training_reported(name,
     (tmp_path / "clicks.csv").write_text("user,item\n" + "\n".join(lines) + "\n")
     wanted = [f"{m}(5)" for m in RANKING_CASES]
     path = tmp_path / "rec.spec"
+    if losses.loss(name).compares == losses.SETS:  # an example is a user: the model scores every item
+        inputs, target = "[user: category, item: category, rated: history(user, item)]", "view=users"
+        model = "out = embedding_bag(rated, 4, p=0.25) |> linear(classes)"
+    else:
+        inputs, target = "[user: category, item: category]", "negatives=2"
+        model = "out = dot(embedding(user, 4), embedding(item, 4))"
     path.write_text(LOSS_SPEC.format(target="", example="", loss=name, metrics=", ".join(wanted)).replace(
         'source = npz("data.npz")', 'source = csv("clicks.csv")').replace(
-        "inputs = [x: float(4)]", "inputs = [user: category, item: category]").replace(
-        "target = y: ", "target = implicit(user, item, negatives=2, top_k=5)").replace(
-        "h = x |> linear(4) |> relu", "out = dot(embedding(user, 4), embedding(item, 4))"))
+        "inputs = [x: float(4)]", f"inputs = {inputs}").replace(
+        "target = y: ", f"target = implicit(user, item, {target}, top_k=5)").replace(
+        "h = x |> linear(4) |> relu", model))
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     with open(tmp_path / "run" / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]

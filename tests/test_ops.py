@@ -183,7 +183,9 @@ def test_every_op_that_draws_random_numbers_per_row_is_sliced_under_data_paralle
     shapes = {n.name: n.shape for n in sized.nodes}
     model.train()
     for k, fnode in enumerate(n for n in model.graph.nodes if n.op == "call_module" and made[n.target] in random):
-        module, x = model.get_submodule(fnode.target), torch.randn(8, *shapes[fnode.args[0].name])
+        module, arg = model.get_submodule(fnode.target), fnode.args[0].name
+        # a value's numbers, or (an embedding_bag's history) a key column's indices into its table
+        x = torch.randn(8, *shapes[arg]) if arg in shapes else torch.randint(0, len(module.table), (8,))
         assert torch.equal(_halves(model, module, x, seed=k), _one_process(module, x, seed=k)), fnode.name
     with data_parallel(World(1, 2), model, None):
         hooked = {t for t in made if model.get_submodule(t)._forward_pre_hooks}

@@ -5,101 +5,19 @@ The source's declaration (specc.data.sources) reads and splits the rows; here th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from specc.data.arrays import INT64_MAX, INT64_MIN
 from specc.data.read import read_rows
+from specc.data.side import SideColumn, encoded, side_columns
 from specc.data.splits import validates
+from specc.data.vocab import Vocab, vocabs_from_json, vocabs_to_json  # noqa: F401 (where the stages import them)
 from specc.language import codes
 from specc.language.diagnostics import DataError
 from specc.language.spec import CATEGORY, FLOAT, HISTORY, IMPLICIT, Column, DataSpec, Implicit
 
 RAW_HEAD = 4096  # training rows kept as read where there are no validation rows, for export's parity check
-
-
-def _as_int(text: str) -> int | None:
-    """A whole-number id that fits the model's int64 input, else None (the column is then text)."""
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return value if INT64_MIN <= value <= INT64_MAX else None
-
-
-@dataclass(frozen=True, slots=True)
-class Vocab:
-    """The categories of one column seen in training. For an input, index k + 1 is values[k] and
-    0 is the unknown category (every value never seen in training); a target's classes have no
-    unknown: index k is values[k]."""
-
-    column: str
-    values: tuple[str, ...]
-    counts: tuple[int, ...]  # training rows per category, for `specc inspect`
-    integer: bool  # every value is a whole number: the ONNX input is int64, not a string
-    unknown: bool = True
-
-    @property
-    def size(self) -> int:
-        return len(self.values) + (1 if self.unknown else 0)
-
-    @staticmethod
-    def fit(column: str, raw, unknown: bool = True) -> Vocab:
-        raw = np.asarray(raw)
-        if raw.dtype.kind in "iu":  # integer arrays (npz): no text round trip
-            uniques, counts = np.unique(raw, return_counts=True)
-            return Vocab(column, tuple(str(int(v)) for v in uniques), tuple(int(c) for c in counts), True, unknown)
-        uniques, counts = np.unique(raw.astype(object), return_counts=True)
-        ints = [_as_int(str(v)) for v in uniques]
-        if all(i is not None for i in ints):
-            # Whole-number ids: one category per number ("07" and "7" are the same id), in numeric order.
-            merged: dict[int, int] = {}
-            for i, c in zip(ints, counts):
-                merged[i] = merged.get(i, 0) + int(c)
-            keys = sorted(merged)
-            return Vocab(column, tuple(str(k) for k in keys), tuple(merged[k] for k in keys), True, unknown)
-        return Vocab(column, tuple(str(v) for v in uniques), tuple(int(c) for c in counts), False, unknown)
-
-    def lookup(self, raw) -> np.ndarray:
-        """Indices of raw values (strings as read, or ints). Unseen values map to 0 for an input,
-        to -1 for a target (which has no unknown class)."""
-        first, missing = (1, 0) if self.unknown else (0, -1)
-        raw = np.asarray(raw) if not isinstance(raw, np.ndarray) else raw
-        if self.integer and raw.dtype.kind in "iu":
-            # vectorised: 25 million ids in well under a second
-            keys = np.array([int(v) for v in self.values], dtype=np.int64)
-            pos = np.clip(np.searchsorted(keys, raw), 0, max(len(keys) - 1, 0))
-            found = keys[pos] == raw if len(keys) else np.zeros(len(raw), bool)
-            return np.where(found, pos + first, missing).astype(np.int64)
-        # text: look each distinct value up once
-        uniques, inverse = np.unique(raw.astype(object) if raw.dtype.kind != "O" else raw, return_inverse=True)
-        if self.integer:
-            table = {int(v): k + first for k, v in enumerate(self.values)}
-            keys = [(_as_int(v) if isinstance(v, str) else int(v)) for v in uniques]
-        else:
-            table = {v: k + first for k, v in enumerate(self.values)}
-            keys = [str(v) for v in uniques]
-        codes = np.array([table.get(k, missing) for k in keys], dtype=np.int64)
-        return codes[inverse.reshape(-1)] if len(raw) else np.zeros(0, dtype=np.int64)
-
-    def to_json(self) -> dict:
-        return {"column": self.column, "values": list(self.values), "counts": list(self.counts),
-                "integer": self.integer, "unknown": self.unknown}
-
-    @staticmethod
-    def from_json(d: dict) -> Vocab:
-        return Vocab(d["column"], tuple(d["values"]), tuple(d["counts"]), bool(d["integer"]),
-                     bool(d.get("unknown", True)))
-
-
-def vocabs_to_json(vocabs: dict[str, Vocab]) -> str:
-    return json.dumps({k: v.to_json() for k, v in vocabs.items()})
-
-
-def vocabs_from_json(text: str) -> dict[str, Vocab]:
-    return {k: Vocab.from_json(v) for k, v in json.loads(text).items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +56,9 @@ class Prepared:
     stats: dict[str, ColumnStats] = None  # float input columns' training statistics
     raw_head: dict[str, np.ndarray] | None = None  # valid = none: the first training rows as read
     tables: dict[str, np.ndarray] | None = None  # each history column's table: its key's index -> the items' indices
+    # implicit feedback of users (view = users): the training interactions, whose users are the training rows
+    pairs: dict[str, np.ndarray] | None = None
+    sides: dict[str, SideColumn] | None = None  # each side table column's value by key (specc.data.side)
 
     @property
     def raw_rows(self) -> dict[str, np.ndarray]:
@@ -156,9 +77,10 @@ class Prepared:
 
 def prepare(data: DataSpec, columns=None) -> Prepared:
     """Read, split and encode the data a spec names. `columns`: the input columns to keep."""
-    inputs = _with_history_columns(data, tuple(c for c in data.inputs if columns is None or c.name in columns))
+    inputs = _with_made_from(data, tuple(c for c in data.inputs if columns is None or c.name in columns))
     raw_train, raw_valid, path = read_rows(data, data.read_columns(inputs))
-    wanted = (*inputs, data.target)
+    # the columns read first: a side table's column takes its key's row of the table (its key's vocabulary known)
+    wanted = (*(c for c in inputs if not c.made), *(c for c in inputs if c.made), data.target)
     if data.feedback is not None:  # every row an interaction (or those rated at least the threshold)
         raw_train, raw_valid = (interactions(data.feedback, part) for part in (raw_train, raw_valid))
     if data.keep_classes:  # only rows of these classes, in both splits
@@ -169,12 +91,24 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     vocabs: dict[str, Vocab] = {}
     train: dict[str, np.ndarray] = {}
     valid: dict[str, np.ndarray] = {}
+    sides: dict[str, SideColumn] = {}
     for col in wanted:
         if col.kind == HISTORY:  # made from the training rows once they are encoded: history_table
             continue
+        if col.table is not None:  # a side table's: each row its key's value in the table
+            if not sides:
+                sides = side_columns(data, wanted, vocabs)
+            side = sides[col.name]
+            raw_train, raw_valid = ({**raw, col.name: side.of(raw[side.key])} for raw in (raw_train, raw_valid))
         if col.kind == IMPLICIT:
             train[col.name], valid[col.name] = (np.ones(len(raw[data.feedback.user]), np.float32)
                                                 for raw in (raw_train, raw_valid))
+        elif col.kind == CATEGORY and col.table is not None:  # fitted on the training rows' values; None: unknown
+            given = np.array([v is not None for v in raw_train[col.name]], dtype=bool)
+            vocabs[col.name] = vocab = Vocab.fit(col.name, raw_train[col.name][given].astype(str))
+            sides[col.name] = side = encoded(sides[col.name], vocab)
+            train[col.name], valid[col.name] = side.values[side.keys.lookup(raw_train[side.key])], \
+                side.values[side.keys.lookup(raw_valid[side.key])]
         elif col.kind == CATEGORY:
             is_target = col is data.target
             vocab = Vocab.fit(col.name, raw_train[col.name], unknown=not is_target)
@@ -194,13 +128,31 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
               for c in data.inputs if c.kind == HISTORY}
     # export's parity check takes a few raw rows: the validation rows', else (valid = none) the first training rows
     head = None if validates(data.valid) else {name: values[:RAW_HEAD].copy() for name, values in raw_train.items()}
-    return Prepared(train, valid, vocabs, raw_valid, path, stats, head, tables)
+    pairs = None
+    if data.per_user:  # an example is a user: its items are the target
+        pairs, train = train, user_rows(data, train)
+    for name in [name for name in raw_valid if name in sides]:  # the rows as read: the side columns are not read
+        del raw_valid[name]
+    return Prepared(train, valid, vocabs, raw_valid, path, stats, head, tables, pairs, sides)
 
 
-def _with_history_columns(data: DataSpec, inputs: tuple[Column, ...]) -> tuple[Column, ...]:
-    """The inputs, and the key and item columns of every history column (its table is made of them)."""
+def user_rows(data: DataSpec, pairs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The training rows of implicit feedback of users: each user of the training interactions once, in
+    vocabulary order, with the user's side table columns (their items, the target, are looked up from the
+    interactions while training)."""
+    feedback = data.feedback
+    users, first = np.unique(pairs[feedback.user], return_index=True)
+    keyed = {c.name for c in data.inputs if c.table is not None and data.table(c.table).key == feedback.user}
+    rows = {name: values[first] for name, values in pairs.items() if name in keyed}
+    return {feedback.user: users, **rows, data.target.name: np.ones(len(users), np.float32)}
+
+
+def _with_made_from(data: DataSpec, inputs: tuple[Column, ...]) -> tuple[Column, ...]:
+    """The inputs, and the key and item columns of every history column (its table is made of them), and the
+    key of every side table column among them (each row's is looked up by it)."""
     named = {c.name for c in inputs}
-    needed = {name for c in data.inputs if c.kind == HISTORY for name in c.of}
+    needed = {name for c in data.inputs if c.kind == HISTORY for name in c.of} | \
+        {data.table(c.table).key for c in inputs if c.table is not None}
     return (*inputs, *(c for c in data.inputs if c.name in needed - named))
 
 

@@ -165,12 +165,13 @@ def _write_columns(path: Path, names, columns) -> None:
 
 
 def write_items(path: Path, titles) -> None:
-    """Write `item,title` rows atomically (the names `specc inspect --names` shows)."""
+    """Write `item,title,genre` rows atomically: the names `specc inspect --names` shows, and each item's
+    genre (the one its title ends with) as a column of its own, for a side table (specs/svdpp.spec)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        f.write("item,title\n")
+        f.write("item,title,genre\n")
         for k, title in enumerate(titles, start=1):
-            f.write(f"{k},{title}\n")
+            f.write(f"{k},{title},{title.rsplit(' (', 1)[1].rstrip(')')}\n")
     os.replace(tmp, path)
 
 

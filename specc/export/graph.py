@@ -36,9 +36,11 @@ RETURNS = {
 }
 
 
-def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx.ModelProto:
-    """Translate the lowered model, with input lookups and output naming, into ONNX. (A recommender's,
-    a spec of implicit feedback, is specc.export.topk.to_onnx_topk: ValueError here.)"""
+def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], sides: dict | None = None) -> onnx.ModelProto:
+    """Translate the lowered model, with input lookups and output naming, into ONNX; a side table's column
+    (`sides`: specc.data.side.SideColumn by name) looked up inside the graph by its key, which the model
+    takes in its place. (A recommender's, a spec of implicit feedback, is specc.export.topk.to_onnx_topk:
+    ValueError here.)"""
     if spec.data.feedback is not None:
         raise ValueError("a model of implicit feedback is exported by specc.export.topk.to_onnx_topk")
     em = Emitter()
@@ -46,8 +48,12 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab]) -> onnx
     dense: dict[str, DenseIds | None] = {}  # category placeholders -> their ids clipped for a table
     columns = {c.name: c for c in spec.data.inputs}
     modules = dict(model.named_modules())
-    inputs = [_input(em, spec, columns[fnode.target], fnode, vocabs, modules, names, dense)
-              for fnode in model.graph.nodes if fnode.op == "placeholder"]
+    placeholders = {fnode.target: fnode for fnode in model.graph.nodes if fnode.op == "placeholder"}
+    inputs = [_input(em, spec, columns[name], placeholders[name], vocabs, modules, names, dense)
+              if name in placeholders else _key_input(name, vocabs[name]) for name in spec.graph_inputs()]
+    for name, fnode in placeholders.items():
+        if columns[name].table is not None:
+            names[fnode.name] = side_lookup(em, sides[name])
     result = translate_body(em, model, names, dense)
     outputs = _outputs(em, spec, vocabs, result)
     return finished(em, spec, inputs, outputs, metadata(spec, vocabs))
@@ -105,6 +111,22 @@ def _input(em: Emitter, spec: Spec, col, fnode: fx.Node, vocabs: dict[str, Vocab
     return helper.make_tensor_value_info(col.name, TensorProto.FLOAT, ["N", *col.shape])
 
 
+def _key_input(name: str, vocab: Vocab) -> onnx.ValueInfoProto:
+    """The graph input of a side table's key that the model reads nothing else of."""
+    return helper.make_tensor_value_info(name, TensorProto.INT64 if vocab.integer else TensorProto.STRING, ["N"])
+
+
+def side_lookup(em: Emitter, side) -> str:
+    """A side table's column for each row (specc.data.side.SideColumn): the key's raw id looked up among the
+    table's keys (once per table), then the column's value of that row; a key the table lacks, its fill."""
+    label = f"{side.table}_{side.key}"
+    row = f"{label}_index"
+    if not any(row in n.output for n in em.nodes):
+        lookup(em, side.key, side.keys, dense_ids(em, side.key, side.keys, label), label)
+    values = em.weight_array(f"{side.table}_{side.name}_by_key", side.values)
+    return em.node("Gather", [values, row], f"{side.table}_{side.name}", axis=0)
+
+
 def metadata(spec: Spec, vocabs: dict[str, Vocab]) -> dict[str, str]:
     """What the exported model records for predict, evaluate and serve: the spec, the target, the
     split, the loss and metrics, the inputs, the vocabularies, and how the data was read."""
@@ -116,7 +138,7 @@ def metadata(spec: Spec, vocabs: dict[str, Vocab]) -> dict[str, str]:
         "specc.loss": spec.train.loss,
         "specc.metrics": json.dumps(list(spec.train.metrics)),
         "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind, "shape": list(c.shape)}
-                                    for c in spec.data.inputs if c.name in spec.model.inputs]),
+                                    for c in spec.data.inputs if c.name in spec.graph_inputs()]),
         "specc.vocabs": vocabs_to_json(vocabs),
         "specc.reading": json.dumps(source_def(spec.data.source.kind).reading(spec.data.source)),
     }

@@ -33,8 +33,10 @@ class DenseIds(NamedTuple):
     table: np.ndarray
 
 
-def dense_ids(em: Emitter, col: str, vocab: Vocab) -> DenseIds | None:
-    """The ids of `col` clipped into a table's range, or None when they are not dense enough."""
+def dense_ids(em: Emitter, col: str, vocab: Vocab, label: str | None = None) -> DenseIds | None:
+    """The ids of `col` clipped into a table's range, or None when they are not dense enough; `label` names
+    the nodes (the column's name when not given: a second vocabulary of one input needs another)."""
+    label = label or col
     if not vocab.integer or not vocab.values:
         return None
     ids = np.array([int(v) for v in vocab.values], dtype=object)  # Python ints: no overflow here
@@ -50,8 +52,8 @@ def dense_ids(em: Emitter, col: str, vocab: Vocab) -> DenseIds | None:
     first, last = low - 1 - offset, high + 1 - offset  # the two ends
     table = np.zeros(last + 1, dtype=np.int64)
     table[(ids - offset).astype(np.int64)] = np.arange(1, len(ids) + 1)
-    shifted = col if offset == 0 else em.node("Sub", [col, em.const(offset, np.int64)], f"{col}_shifted")
-    clipped = em.node("Clip", [shifted, em.const(first, np.int64), em.const(last, np.int64)], f"{col}_clipped")
+    shifted = col if offset == 0 else em.node("Sub", [col, em.const(offset, np.int64)], f"{label}_shifted")
+    clipped = em.node("Clip", [shifted, em.const(first, np.int64), em.const(last, np.int64)], f"{label}_clipped")
     return DenseIds(clipped, table)
 
 
@@ -66,19 +68,20 @@ def composes(fnode: fx.Node, module: torch.nn.Module | None, dense: DenseIds) ->
     return len(dense.table) <= 2 * rows or extra <= COMPOSE_EXTRA
 
 
-def lookup(em: Emitter, col: str, vocab: Vocab, dense: DenseIds | None) -> str:
+def lookup(em: Emitter, col: str, vocab: Vocab, dense: DenseIds | None, label: str | None = None) -> str:
     """Raw id -> vocabulary index, 0 for an id never seen in training: through the table where the
-    ids are dense (`dense`, from _dense_ids), else with the LabelEncoder."""
+    ids are dense (`dense`, from _dense_ids), else with the LabelEncoder; `label` names the nodes."""
+    label = label or col
     if dense:
-        return em.node("Gather", [em.weight_array(f"{col}_vocabulary", dense.table), dense.clipped], f"{col}_index",
-                       axis=0)
+        return em.node("Gather", [em.weight_array(f"{label}_vocabulary", dense.table), dense.clipped],
+                       f"{label}_index", axis=0)
     em.uses_ml = True
     if vocab.integer:
         keys = dict(keys_int64s=[int(v) for v in vocab.values])
     else:
         keys = dict(keys_strings=list(vocab.values))
-    return em.node("LabelEncoder", [col], f"{col}_index", domain="ai.onnx.ml", values_int64s=list(range(1, vocab.size)),
-                   default_int64=0, **keys)
+    return em.node("LabelEncoder", [col], f"{label}_index", domain="ai.onnx.ml",
+                   values_int64s=list(range(1, vocab.size)), default_int64=0, **keys)
 
 
 def unseen_ids(vocab: Vocab) -> list[str]:

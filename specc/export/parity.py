@@ -23,7 +23,7 @@ class ExportError(Exception):
 def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: slice) -> dict[str, np.ndarray]:
     """Raw column values shaped as the ONNX model's inputs."""
     feed = {}
-    for col in spec.model.inputs:
+    for col in spec.graph_inputs():
         values = raw[col][rows]
         if col in vocabs:
             vocab = vocabs[col]
@@ -37,31 +37,37 @@ def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: s
 
 
 def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
-    """Validation rows as read (with none, `valid = none`, the first training rows), plus rows whose ids
-    were never seen in training."""
-    raw = {c: list(prepared.raw_rows[c][:PARITY_ROWS]) for c in spec.model.inputs}
-    for col in spec.model.inputs:
+    """Validation rows as read (with none, `valid = none`, the first training rows) of the exported model's
+    inputs, plus rows whose ids were never seen in training."""
+    inputs = spec.graph_inputs()
+    raw = {c: list(prepared.raw_rows[c][:PARITY_ROWS]) for c in inputs}
+    for col in inputs:
         vocab = prepared.vocabs.get(col)
         if vocab is None:
             continue
         for unseen in unseen_ids(vocab):
-            for other in spec.model.inputs:  # one row with just this id unseen
+            for other in inputs:  # one row with just this id unseen
                 raw[other].append(unseen if other == col else raw[other][0])
     if "fill_missing" in spec.data.procs:
-        for col in spec.model.inputs:
+        for col in inputs:
             if col in (prepared.stats or {}):
-                for other in spec.model.inputs:  # one row with just this value missing
+                for other in inputs:  # one row with just this value missing
                     raw[other].append(float("nan") if other == col else raw[other][0])
     return raw
 
 
-def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list]) -> dict:
-    """What the exported model should return, computed by torch from the same raw rows."""
+def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list],
+                      sides: dict | None = None) -> dict:
+    """What the exported model should return, computed by torch from the same raw rows (a side table's
+    column looked up by its key's raw id in `sides`, specc.data.side.SideColumn)."""
     model = model.cpu().eval()
+    sides = sides or {}
     with torch.no_grad():
         args = []
         for col in spec.model.inputs:
-            if col in vocabs:
+            if col in sides:
+                args.append(torch.from_numpy(np.ascontiguousarray(sides[col].of(raw[sides[col].key]))))
+            elif col in vocabs:
                 args.append(torch.from_numpy(vocabs[col].lookup(raw[col])))
             else:
                 args.append(torch.tensor(np.asarray(raw[col], dtype=np.float32)))
@@ -78,7 +84,7 @@ def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Voca
 
 
 def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[str, Vocab],
-           raw: dict[str, list]) -> float:
+           raw: dict[str, list], sides: dict | None = None) -> float:
     """Max |onnxruntime - torch| over the numeric outputs on raw rows (labels must agree where the
     top class is clear); raises ExportError above the tolerance."""
     from specc.inference.session import Session
@@ -86,7 +92,7 @@ def parity(spec: Spec, model: fx.GraphModule, onnx_bytes: bytes, vocabs: dict[st
     n = len(next(iter(raw.values())))
     feed = raw_feed(spec, vocabs, raw, slice(0, n))
     got = Session(onnx_bytes, device="cpu").run(feed)
-    want = reference_outputs(spec, model, vocabs, raw)
+    want = reference_outputs(spec, model, vocabs, raw, sides)
     target = spec.data.target.name
     numeric = target if spec.data.target.kind == FLOAT else PROBABILITIES
     diff = float(np.max(np.abs(got[numeric] - want[numeric]))) if n else 0.0

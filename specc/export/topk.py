@@ -36,21 +36,7 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
     user = lookup(em, feedback.user, users_vocab, dense_ids(em, feedback.user, users_vocab))
     n_items = items_vocab.size
     k = min(feedback.top_k, n_items)
-    size = em.node("Shape", [user], "users_count")  # [N]
-    grid = em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)  # [N, n_items]
-    flat = em.const([-1], np.int64)
-    names = {}
-    for fnode in model.graph.nodes:
-        if fnode.op != "placeholder":
-            continue
-        if fnode.target == feedback.user:
-            column = em.node("Unsqueeze", [user, em.const([1], np.int64)], "user_column")
-            names[fnode.name] = em.node("Reshape", [em.node("Expand", [column, grid], "user_grid"), flat], "user_pairs")
-        else:
-            row = em.const(np.arange(n_items, dtype=np.int64)[None, :], np.int64)
-            names[fnode.name] = em.node("Reshape", [em.node("Expand", [row, grid], "item_grid"), flat], "item_pairs")
-    result = translate_body(em, model, names, {})
-    scores = em.node("Reshape", [result, grid], "all_scores")
+    scores = _every_item(em, spec, model, user, inter)
     scores = _popular_for_unknown(em, user, scores, inter)
     scores = _masked(em, user, scores, inter)
     top = helper.make_node("TopK", [scores, em.const([k], np.int64)], [SCORES, "top_index"], name="top_k",
@@ -66,6 +52,32 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
     props["specc.recommend"] = json.dumps({"user": feedback.user, "item": feedback.item, "k": k, "items": n_items,
                                            "rating": feedback.rating, "threshold": feedback.threshold})
     return finished(em, spec, inputs, outputs, props)
+
+
+def _every_item(em: Emitter, spec: Spec, model: fx.GraphModule, user: str, inter: Interactions) -> str:
+    """The model's score of every item for each user [N, n_items]: its output, for a model of users (view =
+    users); else the model run on each user paired with every item. A side table's column is looked up by
+    its key's index (Interactions.sides)."""
+    feedback, n_items = spec.data.feedback, inter.n_items
+    keys = {feedback.user: user}
+    if not feedback.per_user:
+        size = em.node("Shape", [user], "users_count")  # [N]
+        grid = em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)  # [N, n_items]
+        flat = em.const([-1], np.int64)
+        column = em.node("Unsqueeze", [user, em.const([1], np.int64)], "user_column")
+        keys[feedback.user] = em.node("Reshape", [em.node("Expand", [column, grid], "user_grid"), flat], "user_pairs")
+        row = em.const(np.arange(n_items, dtype=np.int64)[None, :], np.int64)
+        keys[feedback.item] = em.node("Reshape", [em.node("Expand", [row, grid], "item_grid"), flat], "item_pairs")
+    names = {}
+    for fnode in (n for n in model.graph.nodes if n.op == "placeholder"):
+        if fnode.target in (inter.sides or {}):
+            key, table = inter.sides[fnode.target]
+            values = em.weight_array(f"{fnode.target}_by_{key}", table.cpu().numpy())
+            names[fnode.name] = em.node("Gather", [values, keys[key]], f"{fnode.target}_of_{key}", axis=0)
+        else:
+            names[fnode.name] = keys[fnode.target]
+    result = translate_body(em, model, names, {})
+    return result if feedback.per_user else em.node("Reshape", [result, grid], "all_scores")
 
 
 def _popular_for_unknown(em: Emitter, user: str, scores: str, inter: Interactions) -> str:
@@ -106,7 +118,7 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     from specc.export.parity import PARITY_TOLERANCE, ExportError
     from specc.inference.recommend import recommend
     from specc.inference.session import Session
-    from specc.training.implicit import ranked, scorer
+    from specc.training.implicit import item_scorer, ranked
 
     feedback = spec.data.feedback
     vocab = vocabs[feedback.user]
@@ -115,7 +127,8 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     got = dict(zip((ITEMS, SCORES), recommend(Session(onnx_bytes, device="cpu"), feed)))
     model = model.cpu().eval()
     with torch.no_grad():
-        top, values = ranked(spec, scorer(spec, model), inter, torch.from_numpy(vocab.lookup(users)), got[SCORES].shape[1])
+        top, values = ranked(item_scorer(spec, model, inter), inter, torch.from_numpy(vocab.lookup(users)),
+                             got[SCORES].shape[1])
     want_items = np.asarray(item_ids(vocabs[feedback.item]), dtype=object)[top.numpy()]
     want_scores = values.numpy()
     finite = np.isfinite(want_scores)

@@ -14,6 +14,11 @@ CATEGORY, FLOAT = "category", "float"
 IMPLICIT = "implicit"
 POSITIVE = "positive"  # the name of that made column (1.0 on every row)
 SAMPLINGS = ("uniform", "popularity")  # how the negatives of implicit feedback are drawn
+# What one training example of implicit feedback is (`implicit(..., view=users)`): an interaction, whose
+# (user, item) pair the model scores; or a user, for whom the model scores every item at once (its output
+# one score per item, `linear(classes)`), the user's training items the target (multi-hot)
+INTERACTIONS, USERS = "interactions", "users"
+VIEWS = (INTERACTIONS, USERS)
 # A set column derived from the training rows (`rated: history(user, item)`): for each row, the items
 # its user has in the training rows (never a validation row's). Never read from the data: the model
 # takes the key column and looks the set up in a table made at training, which the export carries.
@@ -38,6 +43,12 @@ class Column:
     shape: tuple[int, ...] = ()  # per row; () is one number
     scale: float | None = None
     of: tuple[str, str] | None = None  # a HISTORY column's (key column, item column): see HISTORY
+    table: str | None = None  # a side table's column (SideTable): looked up by the table's key, never read
+
+    @property
+    def made(self) -> bool:
+        """Made for each row, not read from the data: a history, or a side table's column."""
+        return self.kind == HISTORY or self.table is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +208,8 @@ class Implicit:
     With `rating` and `threshold`, only rows whose rating is at least the threshold are interactions.
     Training draws `negatives` items per positive row (`sampling`: uniformly, or in proportion to
     their training interactions), never one of the user's own training items; the exported model
-    returns each user's `top_k` items."""
+    returns each user's `top_k` items. With `view` USERS an example is a user, not an interaction: the
+    model scores every item from the user alone, and nothing is drawn."""
 
     user: str
     item: str
@@ -207,6 +219,32 @@ class Implicit:
     span: Span = field(compare=False, repr=False)
     rating: str | None = None
     threshold: float | None = None
+    view: str = INTERACTIONS  # one of VIEWS
+
+    @property
+    def per_user(self) -> bool:
+        """An example is a user, whose every item the model scores at once (view = users)."""
+        return self.view == USERS
+
+
+@dataclass(frozen=True, slots=True)
+class SideTable:
+    """`table NAME { source = ..., key = ..., columns = [...] }` in the data block: a file with one row per
+    value of `key` (a category input of the data), whose `columns` every row of the data takes from the
+    table's row of its key: they are inputs the model may read wherever it reads the key. A key missing
+    from the table takes `fill` (by column; else 0 for a float, the unknown category for a category).
+    The exported model holds the table and takes only the key."""
+
+    name: str
+    source: DataSource
+    key: str
+    columns: tuple[Column, ...]  # each with `table` = name
+    span: Span = field(compare=False, repr=False)
+    fill: tuple[tuple[str, float | str], ...] = ()  # (column, value) where declared
+
+    def fill_of(self, column: str) -> float | str | None:
+        """The declared fill of a column (None: the default, 0 or the unknown category)."""
+        return dict(self.fill).get(column)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,15 +259,25 @@ class DataSpec:
     train_rows: int | None = None  # only the first N training rows (after keep_classes)
     augment: Augment | None = None  # of the image inputs, while training
     feedback: Implicit | None = None  # the target is implicit feedback (then target.kind is IMPLICIT)
+    tables: tuple[SideTable, ...] = ()  # side tables; their columns are among `inputs`, made (Column.made)
+
+    @property
+    def per_user(self) -> bool:
+        """An example is a user (implicit feedback, view = users), not a row of the data."""
+        return self.feedback is not None and self.feedback.per_user
 
     def read_columns(self, inputs: tuple[Column, ...] | None = None) -> tuple[Column, ...]:
         """The columns read from the data: the inputs (or those given) and the target; for implicit
         feedback the target is made, not read, and its rating column is read in its place."""
-        inputs = tuple(c for c in (self.inputs if inputs is None else inputs) if c.kind != HISTORY)  # made, not read
+        inputs = tuple(c for c in (self.inputs if inputs is None else inputs) if not c.made)  # made, not read
         if self.feedback is None:
             return (*inputs, self.target)
         rating = self.feedback.rating
         return inputs if rating is None else (*inputs, Column(rating, FLOAT, self.feedback.span))
+
+    def table(self, name: str) -> SideTable:
+        """The side table of that name."""
+        return next(t for t in self.tables if t.name == name)
 
     def indicator_columns(self) -> tuple[str, ...]:
         """With fill_missing, each float input has a `<name>_na` category column: missing or not."""
@@ -442,3 +490,14 @@ class Spec:
     inits: tuple[InitFrom, ...] = ()
     params: tuple = ()  # specc.language.params.NamedValue: the params block's values, as trained
     search: tuple[SearchRange, ...] = ()  # the search block (specc tune); training ignores it
+
+    def graph_inputs(self) -> tuple[str, ...]:
+        """The exported model's inputs: the columns the model reads, each side table column replaced by its
+        table's key (once), which the graph looks the column up by."""
+        names: list[str] = []
+        made = {c.name: c.table for c in self.data.inputs if c.table is not None}
+        for name in self.model.inputs:
+            taken = self.data.table(made[name]).key if name in made else name
+            if taken not in names:
+                names.append(taken)
+        return tuple(names)

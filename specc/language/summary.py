@@ -32,8 +32,10 @@ def summary(spec: Spec, read_data: bool = True) -> str:
         shown = ", ".join(printable(str(v)) for v in target.values[:12]) + \
             (", ..." if len(target.values) > 12 else "")
         cats.append(f"target {spec.data.target.name}: {target.size} classes ({shown})")
-    rows = f"{prepared.n_train} training + {prepared.n_valid} validation rows" if validates(spec.data.valid) else \
-        f"{prepared.n_train} training rows, {validation_rows(spec.data.valid, 0)}"
+    train = f"{prepared.n_train} training rows" if prepared.pairs is None else \
+        f"{prepared.n_train} training users ({len(next(iter(prepared.pairs.values())))} interactions)"
+    rows = f"{train} + {prepared.n_valid} validation rows" if validates(spec.data.valid) else \
+        f"{train}, {validation_rows(spec.data.valid, 0)}"
     lines.append(f"data: {printable(str(prepared.path))}: {rows}{'; ' + '; '.join(cats) if cats else ''}")
     plan = make_plan(spec, prepared)  # also checks the output against the number of classes
     # with the data read, blocks such as tabular(...) are shown expanded into their primitives
@@ -123,7 +125,8 @@ def _fastai2_arguments(opt) -> list[tuple[str, object]]:
 def describe(spec: Spec, plan: TrainPlan) -> str:
     """The plan as text: data, loss, optimizer, groups, each stage's learning rates and schedule."""
     lines = [
-        f"data: {plan.n_train} training rows, {validation_rows(spec.data.valid, plan.n_valid)}, batch {plan.batch}"
+        f"data: {plan.n_train} training {'users' if spec.data.per_user else 'rows'}, "
+        f"{validation_rows(spec.data.valid, plan.n_valid)}, batch {plan.batch}"
         f" -> {plan.steps_per_epoch} steps per epoch",
         f"loss: {spec.train.loss}{f' + {spec.train.l2:g} * sum(w^2)' if spec.train.l2 else ''}   "
         f"metrics: {', '.join(spec.train.metrics) or '-'}   seed: {spec.train.seed}",

@@ -109,21 +109,21 @@ def pairs_per_row(spec: Spec, sizes: Sizes) -> int:
     if feedback is None:
         return 1
     compares = losses.loss(spec.train.loss).compares
-    return {losses.PAIRS: 1 + feedback.negatives, losses.CATALOGUE: sizes.vocab[feedback.item] - 1}[compares]
+    return {losses.PAIRS: 1 + feedback.negatives, losses.CATALOGUE: sizes.vocab[feedback.item] - 1,
+            losses.SETS: 1}[compares]  # a user's row is its scores of every item already: the model's output
 
 
 def catalogue_error(spec: Spec, rows: int, items: int) -> Diagnostic | None:
     """E305 for a softmax over a catalogue of `items` that a step of `rows` rows scores in more than
     CATALOGUE_CELLS scores, at the implicit(...) target."""
-    if losses.loss(spec.train.loss).compares != losses.CATALOGUE or rows * items <= CATALOGUE_CELLS:
+    if losses.loss(spec.train.loss).compares not in (losses.CATALOGUE, losses.SETS) or rows * items <= CATALOGUE_CELLS:
         return None
     sampled = " or ".join(n for n, d in losses.LOSSES.items() if d.negatives)
+    other = "" if spec.data.feedback.per_user else f", or compare each row with sampled negatives (loss = {sampled})"
     return Diagnostic(
         codes.DATA_SIZE, f"loss '{spec.train.loss}' scores every training row against all {items:,} items: a step of "
         f"{rows:,} rows is {rows * items:,} scores, more than {CATALOGUE_CELLS:,} (2^{CATALOGUE_CELLS.bit_length() - 1})",
-        spec.data.feedback.span,
-        (f"set data.batch to {CATALOGUE_CELLS // items:,} or less, or compare each row with sampled negatives "
-         f"(loss = {sampled})",))
+        spec.data.feedback.span, (f"set data.batch to {CATALOGUE_CELLS // items:,} or less{other}",))
 
 
 def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int, n_valid: int = 0,
@@ -151,7 +151,9 @@ def trainable_errors(spec: Spec, model: SizedModel, n_train: int, steps: int, n_
                 "warm-up of exactly one step, which torch's OneCycleLR cannot schedule", fit.span,
                 (f"{steps} steps per epoch ({n_train} training rows, batch {spec.data.batch}); choose another "
                  "pct_start or more epochs",)))
-    too_many = catalogue_error(spec, rows, pairs)  # its memory is beside the point
+    # its memory is beside the point; a user's row (view = users) scores the model's output's items
+    per_user = spec.data.per_user
+    too_many = catalogue_error(spec, rows, numel(model.node(model.output).shape) if per_user else pairs)
     need = memory_need(model, spec.train.optimizer, rows, n_valid, held, pairs)
     memory = too_many or training_memory_error(spec, model, need)
     if memory is not None:

@@ -110,6 +110,9 @@ def model_sizes(spec, prepared) -> Sizes:
     vocab = {c: v.size for c, v in prepared.vocabs.items() if c != spec.data.target.name}
     for column in spec.data.indicator_columns():
         vocab[column] = 3  # unknown (never used), present, missing
+    feedback = spec.data.feedback
+    if feedback is not None and feedback.per_user:  # the model scores every item: `classes` is the items
+        return Sizes(vocab, vocab[feedback.item])
     target = prepared.vocabs.get(spec.data.target.name)
     return Sizes(vocab, target.size if target is not None else None)
 

@@ -46,6 +46,8 @@ class Interactions:
     popularity: torch.Tensor
     n_items: int  # the item vocabulary's size, the unknown index included
     bitmap: torch.Tensor | None = None  # bool [users * n_items]: whether each pair is a training interaction
+    # each side table column the model reads: (its key, user or item; its value by the key's vocabulary index)
+    sides: dict[str, tuple[str, torch.Tensor]] | None = None
 
     @classmethod
     def of(cls, feedback: Implicit, train: dict[str, np.ndarray], n_users: int, n_items: int,
@@ -73,16 +75,25 @@ class Interactions:
         at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         return self.keys[at] == keys
 
-    def mask(self, scores: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        """`scores` [users, items] with each user's training items (and the unknown item) at -inf."""
+    def owned(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every training item of each of `users`: (the user's place in `users`, the item), one pair each."""
         counts = self.starts[users + 1] - self.starts[users]
         owner = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
         first = torch.repeat_interleave(self.starts[users], counts)
         offset = torch.arange(len(owner), device=users.device) - torch.repeat_interleave(
             torch.cumsum(counts, 0) - counts, counts)
-        scores = scores.index_put((owner, self.items[first + offset]), torch.tensor(-torch.inf, device=scores.device))
+        return owner, self.items[first + offset]
+
+    def mask(self, scores: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """`scores` [users, items] with each user's training items (and the unknown item) at -inf."""
+        scores = scores.index_put(self.owned(users), torch.tensor(-torch.inf, device=scores.device))
         scores[:, UNKNOWN] = -torch.inf
         return scores
+
+    def multi_hot(self, users: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[users, items]: 1 where the item is one of the user's training items, else 0."""
+        hot = torch.zeros(len(users), self.n_items, dtype=dtype, device=users.device)
+        return hot.index_put_(self.owned(users), torch.tensor(1, dtype=dtype, device=users.device))
 
 
 def draw_negatives(inter: Interactions, users: torch.Tensor, n: int, sampling: str,
@@ -122,14 +133,35 @@ def negatives_drawer(spec: Spec, inter: Interactions, stage: int):
     return draw
 
 
-def scorer(spec: Spec, forward):
-    """(users, items) -> the model's score of each pair, whatever order the model takes its inputs in."""
+def scorer(spec: Spec, forward, sides: dict | None = None):
+    """(users, items) -> the model's score of each pair, whatever order the model takes its inputs in (a side
+    table's column looked up by its key: Interactions.sides)."""
     feedback, order = spec.data.feedback, spec.model.inputs
 
     def score(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         given = {feedback.user: users, feedback.item: items}
+        given.update({name: table[given[key]] for name, (key, table) in (sides or {}).items()})
         return forward(*[given[name] for name in order])[:, 0]
     return score
+
+
+def item_scorer(spec: Spec, forward, inter: Interactions):
+    """users -> the model's score of every item for each [users, n_items]: the model's output, for a model of
+    users (view = users); else the model run on each user paired with every item."""
+    n_items = inter.n_items
+    if spec.data.feedback.per_user:  # the model reads the user, and side table columns of the user
+        def user_scores(users: torch.Tensor) -> torch.Tensor:
+            given = {spec.data.feedback.user: users}
+            given.update({name: table[users] for name, (_, table) in (inter.sides or {}).items()})
+            return forward(*[given[name] for name in spec.model.inputs])
+        return user_scores
+    score = scorer(spec, forward, inter.sides)
+    catalogue = torch.arange(n_items)
+
+    def every_item(users: torch.Tensor) -> torch.Tensor:
+        items = catalogue.to(users.device)
+        return score(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
+    return every_item
 
 
 def pair_loss(spec: Spec, score, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor,
@@ -162,9 +194,24 @@ def _against_catalogue(spec: Spec, score, inter: Interactions, user: int, item: 
     return lambda xs: catalogue_loss(score, xs[user], xs[item], inter.n_items, base)
 
 
+def set_loss(scores: torch.Tensor, items: torch.Tensor, base) -> torch.Tensor:
+    """The loss of each user's scores of every item [users, n_items] against the user's items multi-hot
+    [users, n_items], the unknown item left out of both."""
+    return base(scores[:, UNKNOWN + 1:], items[:, UNKNOWN + 1:])
+
+
+def _against_sets(spec: Spec, score, inter: Interactions, user: int, item: int, base):
+    """loss(xs) of a batch of users (view = users), the model's scores of every item against each user's
+    training items."""
+    def loss(xs):
+        scores = score(xs[user])
+        return set_loss(scores, inter.multi_hot(xs[user], scores.dtype), base)
+    return loss
+
+
 # How a batch's loss is taken for what the loss compares (LossDef.compares): a kind not here is a KeyError,
 # never taken for another
-BATCH_LOSS = {losses.PAIRS: _against_negatives, losses.CATALOGUE: _against_catalogue}
+BATCH_LOSS = {losses.PAIRS: _against_negatives, losses.CATALOGUE: _against_catalogue, losses.SETS: _against_sets}
 
 
 def users_at_once(device: torch.device, n_items: int) -> int:
@@ -172,17 +219,16 @@ def users_at_once(device: torch.device, n_items: int) -> int:
     return max(1, RANK_CELLS["cpu" if device.type == "cpu" else "cuda"] // n_items)
 
 
-def ranked(spec: Spec, score, inter: Interactions, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each user's top k items and their scores, every item ranked but the user's training items and the
-    unknown item; a user never seen in training (the unknown index) gets the most popular items. Ties go
-    to the lower index (a stable sort, as ONNX's TopK breaks them)."""
+def ranked(scores_of, inter: Interactions, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's top k items and their scores (`scores_of`: item_scorer), every item ranked but the user's
+    training items and the unknown item; a user never seen in training (the unknown index) gets the most
+    popular items. Ties go to the lower index (a stable sort, as ONNX's TopK breaks them)."""
     n_items = inter.n_items
     chunk = users_at_once(users.device, n_items)
     tops, values = [], []
-    catalogue = torch.arange(n_items, device=users.device)
     for s in range(0, len(users), chunk):
         part = users[s:s + chunk]
-        scores = score(part.repeat_interleave(n_items), catalogue.repeat(len(part))).view(len(part), n_items)
+        scores = scores_of(part)
         unknown = (part == UNKNOWN)[:, None]
         scores = torch.where(unknown, inter.popularity.to(scores.dtype)[None, :], scores)
         scores = inter.mask(scores, part)
@@ -196,9 +242,12 @@ def implicit_loss(spec: Spec, forward, params: list, inter: Interactions):
     """loss(xs, y) of a batch: the spec's loss of each positive against what it compares it with (its
     declaration's `compares`): the negatives after the inputs (negatives_drawer), or every item of `inter`'s
     catalogue; with the seed's l2 penalty over `params` when asked."""
-    score, base, l2 = scorer(spec, forward), torch_loss(spec.train.loss), spec.train.l2
-    order = spec.model.inputs
-    user, item = order.index(spec.data.feedback.user), order.index(spec.data.feedback.item)
+    base, l2 = torch_loss(spec.train.loss), spec.train.l2
+    order, feedback = spec.model.inputs, spec.data.feedback
+    if feedback.per_user:  # a batch of users, the model's only input
+        score, user, item = item_scorer(spec, forward, inter), order.index(feedback.user), None
+    else:
+        score, user, item = scorer(spec, forward, inter.sides), order.index(feedback.user), order.index(feedback.item)
     batch_loss = BATCH_LOSS[losses.loss(spec.train.loss).compares](spec, score, inter, user, item, base)
 
     def loss(xs, y):
@@ -244,8 +293,27 @@ def _valid_against_catalogue(spec: Spec, score, inter: Interactions, users: torc
     return total / len(users) if len(users) else float("nan")
 
 
+def _valid_against_sets(spec: Spec, score, inter: Interactions, users: torch.Tensor, items: torch.Tensor) -> float:
+    """The mean loss of the validation users (view = users), each user's scores of every item against its
+    validation items (an item never seen in training left out), a run of users at a time."""
+    base = torch_loss(spec.train.loss)
+    known = items != UNKNOWN
+    users, items = users[known], items[known]
+    who, owner = torch.unique(users, return_inverse=True)
+    chunk = users_at_once(users.device, inter.n_items)
+    total = 0.0
+    for s in range(0, len(who), chunk):
+        part = who[s:s + chunk]
+        scores = score(part)
+        mine = (owner >= s) & (owner < s + len(part))
+        hot = torch.zeros_like(scores).index_put_((owner[mine] - s, items[mine]), torch.ones((), dtype=scores.dtype))
+        total += float(set_loss(scores, hot, base)) * len(part)
+    return total / len(who) if len(who) else float("nan")
+
+
 # The validation loss for what the loss compares (LossDef.compares), as training takes it (BATCH_LOSS)
-VALID_LOSS = {losses.PAIRS: _valid_against_negatives, losses.CATALOGUE: _valid_against_catalogue}
+VALID_LOSS = {losses.PAIRS: _valid_against_negatives, losses.CATALOGUE: _valid_against_catalogue,
+              losses.SETS: _valid_against_sets}
 
 
 @torch.no_grad()
@@ -258,7 +326,8 @@ def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tens
     feedback = spec.data.feedback
     was_training = model.training
     model.eval()
-    score = scorer(spec, model)
+    scores_of = item_scorer(spec, model, inter)
+    score = scores_of if feedback.per_user else scorer(spec, model, inter.sides)
     users, items = valid[feedback.user], valid[feedback.item]
     values = {"loss": VALID_LOSS[losses.loss(spec.train.loss).compares](spec, score, inter, users, items)}
     wanted = [losses.cutoff_of(m) for m in spec.train.metrics]
@@ -266,7 +335,7 @@ def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tens
         order = torch.argsort(users, stable=True)
         who, counts = torch.unique_consecutive(users[order], return_counts=True)
         indptr = np.concatenate([[0], np.cumsum(counts.cpu().numpy())])
-        top, _ = ranked(spec, score, inter, who, max(k for _, k in wanted))
+        top, _ = ranked(scores_of, inter, who, max(k for _, k in wanted))
         values.update(ranking.ranking_scores(top.cpu().numpy(), indptr, items[order].cpu().numpy(), wanted))
     model.train(was_training)
     return values

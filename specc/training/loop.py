@@ -8,6 +8,8 @@ losses and metrics specc.training.metrics'; who watches the run listens (specc.t
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import time
 from dataclasses import dataclass, field
@@ -103,8 +105,12 @@ def interactions_of(spec: Spec, prepared: Prepared, device: torch.device) -> Int
     feedback = spec.data.feedback
     if feedback is None:
         return None
-    return Interactions.of(feedback, prepared.train, prepared.vocabs[feedback.user].size,
-                           prepared.vocabs[feedback.item].size, device)
+    pairs = prepared.train if prepared.pairs is None else prepared.pairs  # view = users: the rows are users
+    inter = Interactions.of(feedback, pairs, prepared.vocabs[feedback.user].size,
+                            prepared.vocabs[feedback.item].size, device)
+    sides = {name: (side.key, torch.from_numpy(side.by_index(prepared.vocabs[side.key])).to(device))
+             for name, side in (prepared.sides or {}).items()}
+    return dataclasses.replace(inter, sides=sides) if sides else inter
 
 
 def batch_order(spec: Spec, device: torch.device) -> torch.Generator:

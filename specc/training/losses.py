@@ -15,8 +15,8 @@ from specc.language.spec import CATEGORY, FLOAT, IMPLICIT
 RETURNS = ("value", "sigmoid", "softmax", "exp")
 # What the torch function of a loss of implicit feedback compares (a LossDef's `compares`); specc.training.implicit
 # takes a batch each way, and specc.model.plan counts the (user, item) pairs a step scores each way.
-PAIRS, CATALOGUE = "pairs", "catalogue"
-COMPARES = (PAIRS, CATALOGUE)
+PAIRS, CATALOGUE, SETS = "pairs", "catalogue", "sets"
+COMPARES = (PAIRS, CATALOGUE, SETS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,9 @@ class LossDef:
                PAIRS, the positives' scores [rows] and their sampled negatives' [rows, negatives]; CATALOGUE,
                every item's score for each positive's user [rows, items] (the unknown item left out) and the
                positive's item among them, its class [rows]: a softmax over the whole catalogue, whose
-               data.batch x items scores a step are bounded (specc.model.plan.CATALOGUE_CELLS). None for
+               data.batch x items scores a step are bounded (specc.model.plan.CATALOGUE_CELLS); SETS, a
+               user's score of every item [users, items] (the unknown item left out) and the user's items
+               multi-hot [users, items], for implicit(..., view=users), whose example is a user. None for
                the other targets' losses
     """
 
@@ -121,6 +123,9 @@ LOSSES: dict[str, LossDef] = {d.name: d for d in (
     LossDef("softmax", "width 1, a score per (user, item): cross entropy of the softmax over every item's score "
             "for the user, the positive's item the class; no negatives", IMPLICIT, "value", None,
             "out = h |> linear(1)", compares=CATALOGUE),
+    LossDef("multinomial", "one score per item, `linear(classes)`, for a user of implicit(..., view=users): the "
+            "multinomial log-likelihood of the user's items, -sum over them of log softmax(scores), as Mult-DAE "
+            "trains", IMPLICIT, "value", None, "out = h |> linear(classes)", compares=SETS),
 )}
 def _ranked(name: str) -> Callable:
     """A ranking metric's per-user function, by name (specc.training.ranking imported when used)."""

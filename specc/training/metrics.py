@@ -34,6 +34,9 @@ LOSS_FNS = {
     # and over the catalogue (losses.CATALOGUE): (every item's score for each positive's user [rows, items],
     # the positive's item among them [rows]); the mean of logsumexp(scores) - the positive's score
     "softmax": F.cross_entropy,
+    # and over a user's items (losses.SETS): (every item's score for each user [users, items], the user's
+    # items multi-hot [users, items]); per user the sum over its items of -log softmax, the mean over users
+    "multinomial": lambda scores, items: -(F.log_softmax(scores, dim=1) * items).sum(dim=1).mean(),
 }
 
 

@@ -492,7 +492,7 @@ def _announcement(spec: Spec, ready: _Ready, device, loop: str, threads: int, wo
     on = f"{world.size} processes ({world.backend}, a slice of {plan.batch // world.size} rows of every batch each)" if (
         world.parallel) else device.type
     return (f"specc: training {spec.name} on {on} ({loop} loop, {threads} thread{'s' * (threads > 1)}): "
-            f"{prepared.n_train} training rows, "
+            f"{prepared.n_train} training {'users' if spec.data.per_user else 'rows'}, "
             f"{validation_rows(spec.data.valid, prepared.n_valid)}, {plan.steps_per_epoch} steps per epoch{where}")
 
 
@@ -515,8 +515,8 @@ def _write_onnx(folder: RunFolder, spec: Spec, model, prepared) -> float:
         diff = topk_parity(spec, model, onnx_bytes, prepared.vocabs, inter,
                            parity_users(spec, prepared, prepared.vocabs))
     else:
-        onnx_bytes = to_onnx(spec, model, prepared.vocabs).SerializeToString()
-        diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared))
+        onnx_bytes = to_onnx(spec, model, prepared.vocabs, prepared.sides).SerializeToString()
+        diff = parity(spec, model, onnx_bytes, prepared.vocabs, parity_rows(spec, prepared), prepared.sides)
     folder.write_bytes("model.onnx", onnx_bytes)
     return diff
 

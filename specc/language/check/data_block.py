@@ -14,7 +14,8 @@ from specc.language.check.splits import check_split
 from specc.language.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, shown
 from specc.language.diagnostics import suggest
 from specc.language.spec import (
-    CATEGORY, FLOAT, HISTORY, IMPLICIT, POSITIVE, SAMPLINGS, Augment, PROCS, Column, DataSpec, Implicit,
+    CATEGORY, FLOAT, HISTORY, IMPLICIT, POSITIVE, SAMPLINGS, USERS, VIEWS, Augment, PROCS, Column, DataSpec, Implicit,
+    SideTable,
 )
 
 
@@ -28,6 +29,7 @@ class DataResult:
     inputs_failed: bool = False  # some input did not check: an unknown name may be one of them
     target: Column | None = None
     procs: tuple[str, ...] = ()
+    per_user: bool = False  # implicit feedback, an example a user: `classes` is the number of items
 
 
 NO_DATA = DataResult(None)  # a spec without a data block
@@ -40,7 +42,8 @@ _EXAMPLES = {"source": 'e.g. source = csv("data/ratings.csv")',
 
 def check_data(c: Checker, block: ast.Block) -> DataResult:
     """The data block's settings, each checked; the DataSpec when all of them are right."""
-    found = c.settings(block, DATA_SETTINGS).found
+    settings = c.settings(block, DATA_SETTINGS, sections=("table",))
+    found = settings.found
     ok = True
     for key in ("source", "inputs", "target"):
         if key not in found:
@@ -54,6 +57,11 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
         target = Column(POSITIVE, IMPLICIT, feedback.span) if feedback is not None else None
     else:
         target = _column(c, found["target"].value, "target") if "target" in found else None
+    tables = _tables(c, [st for st in settings.statements if isinstance(st, ast.Section)], inputs or partial, target)
+    if tables:  # their columns are inputs the model may read, made from the key's row of the table
+        side = tuple(col for table in tables if table is not None for col in table.columns)
+        partial = (*(inputs or partial), *side)
+        inputs = None if inputs is None else (*inputs, *side)
     valid = check_split(c, found["valid"].value, inputs, target) if "valid" in found else None
     batch = c.integer(found["batch"].value, "batch", low=1) if "batch" in found else 64
     procs = _procs(c, found["procs"].value) if "procs" in found else ()
@@ -61,7 +69,8 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
     train_rows = c.integer(found["train_rows"].value, "train_rows", low=1) if "train_rows" in found else 0
     augment = _augment(c, found["augment"].value, inputs) if "augment" in found else None
     # The model block is checked against these even when other data settings are wrong.
-    result = DataResult(None, inputs if inputs is not None else partial, inputs_failed, target, procs or ())
+    per_user = feedback is not None and feedback.per_user
+    result = DataResult(None, inputs if inputs is not None else partial, inputs_failed, target, procs or (), per_user)
     if inputs is not None and target is not None:
         for col in inputs:
             if col.name == target.name:
@@ -75,20 +84,146 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
                     feedback.span, ["e.g. source = csv(\"interactions.csv\") with columns user and item"])
             return result
         read = target if feedback is None else _rating(feedback)
-        read_inputs = tuple(col for col in inputs if col.kind != HISTORY)  # a history is made, not read
+        read_inputs = tuple(col for col in inputs if not col.made)  # a history or a table's column is made, not read
         problems, given = source_def(source.kind).columns(source, read_inputs, read)
         c.errors += problems
         if problems and given is not None:  # the model block is checked against the columns the source gives
             return dataclasses.replace(result, columns=given)
-    if not ok or None in (source, inputs, target, batch, procs, keep, train_rows) or \
+    if not ok or None in (source, inputs, target, batch, procs, keep, train_rows, *tables) or \
             ("valid" in found and valid is None) or augment is False:
         return result
     if feedback is not None and (keep or augment):
         c.error(codes.CONFLICT, f"{'keep_classes' if keep else 'augment'} does not apply to implicit feedback",
                 found["keep_classes" if keep else "augment"].value.span)
         return result
-    spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None, augment, feedback)
-    return DataResult(spec, inputs, inputs_failed, target, procs)
+    spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None, augment, feedback,
+                    tuple(tables))
+    return DataResult(spec, inputs, inputs_failed, target, procs, per_user)
+
+
+TABLE_SETTINGS = ("source", "key", "columns")
+
+
+def _tables(c: Checker, sections: list, inputs: tuple[Column, ...], target: Column | None) -> list:
+    """Each `table NAME { ... }` section's SideTable (None for one with an error); names and columns are
+    each the data's once."""
+    tables, taken = [], {col.name: "an input column" for col in inputs}
+    if target is not None:
+        taken[target.name] = "the target"
+    for section in sections:
+        name = section.name.id
+        if name in taken or any(t is not None and t.name == name for t in tables):
+            c.error(codes.DEFINED_TWICE, f"table '{name}' is declared twice" if name not in taken else
+                    f"table '{name}': the name is {taken[name]}'s", section.name.span)
+            tables.append(None)
+            continue
+        table = _table(c, section, inputs, taken)
+        if table is not None:
+            taken.update({col.name: f"table '{name}''s column" for col in table.columns})
+        tables.append(table)
+    return tables
+
+
+def _table(c: Checker, section: ast.Section, inputs: tuple[Column, ...], taken: dict[str, str]) -> SideTable | None:
+    """`table users { source = csv("users.csv"), key = user, columns = [age: float(fill=30), job: category] }`:
+    a file read whole, one row per key; the key a category input of the data; the columns new names."""
+    name = section.name.id
+    block = ast.Block(ast.Name(f"table {name}", section.kind.span), section.body, section.span)
+    found = c.settings(block, TABLE_SETTINGS, body=section.body).found
+    missing = [key for key in TABLE_SETTINGS if key not in found]
+    for key in missing:
+        c.error(codes.MISSING, f"table '{name}' has no '{key}'", section.name.span,
+                [{"source": 'e.g. source = csv("data/users.csv"): one row per key',
+                  "key": "e.g. key = user: a category input of the data, and the table's column of that name",
+                  "columns": "e.g. columns = [age: float(fill=30), occupation: category]"}[key]])
+    source = _source(c, found["source"].value) if "source" in found else None
+    if source is not None and not source_def(source.kind).table:
+        c.error(codes.CONFLICT, f"table '{name}' reads a table of rows, not {source.kind}(...)",
+                found["source"].value.span, ['e.g. source = csv("data/users.csv")'])
+        source = None
+    key = _table_key(c, found["key"].value, inputs) if "key" in found else None
+    columns = _table_columns(c, found["columns"].value, name, taken, key) if "columns" in found else None
+    if missing or source is None or key is None or columns is None:
+        return None
+    cols, fill = columns
+    problems, _ = source_def(source.kind).columns(source, (key, *cols), None)
+    c.errors += problems
+    if problems:
+        return None
+    return SideTable(name, source, key.name, cols, section.span, fill)
+
+
+def _table_key(c: Checker, expr: ast.Expr, inputs: tuple[Column, ...]) -> Column | None:
+    """A table's key: a category input of the data (read from the table's column of the same name)."""
+    columns = {col.name: col for col in inputs}
+    if not isinstance(expr, ast.Name):
+        c.error(codes.WRONG_KIND, f"key: expected a column name, found {kind_of(expr)}", expr.span)
+        return None
+    col = columns.get(expr.id)
+    if col is None or col.kind != CATEGORY or col.made:
+        c.error(codes.BAD_COLUMN, f"a table's key '{expr.id}' must be a category input of the data", expr.span,
+                suggest(expr.id, [n for n, v in columns.items() if v.kind == CATEGORY and not v.made]) or
+                ["e.g. inputs = [user: category, ...] and key = user"])
+        return None
+    return Column(col.name, CATEGORY, expr.span)
+
+
+def _table_columns(c: Checker, expr: ast.Expr, table: str, taken: dict[str, str],
+                   key: Column | None) -> tuple[tuple[Column, ...], tuple] | None:
+    """A table's `columns = [...]`: each `name: type`, a float's or a category's `fill=` value taken out
+    (for a key missing from the table); each a name of its own."""
+    if not isinstance(expr, ast.ListExpr) or not expr.items:
+        c.error(codes.BAD_COLUMN, f"columns: expected a list of `column: type`, found {shown(expr)}", expr.span,
+                ["e.g. columns = [age: float(fill=30), occupation: category]"])
+        return None
+    cols, fill, ok = [], [], True
+    for item in expr.items:
+        fill_expr = None
+        if isinstance(item, ast.Typed) and isinstance(item.type, ast.Call):
+            kept = tuple(k for k in item.type.keywords if k.name.id != "fill")
+            fill_expr = next((k.value for k in item.type.keywords if k.name.id == "fill"), None)
+            if fill_expr is not None:
+                call = item.type
+                bare = call.func if not call.args and not kept else dataclasses.replace(call, keywords=kept)
+                item = dataclasses.replace(item, type=bare)
+        col = _column(c, item, "a table's columns")
+        if col is None:
+            ok = False
+            continue
+        if col.made or col.kind not in (CATEGORY, FLOAT):
+            c.error(codes.BAD_COLUMN, f"a table's column is a category or a float, found '{col.name}: {col.kind}'",
+                    col.span)
+            ok = False
+            continue
+        clash = "the table's key" if key is not None and col.name == key.name else taken.get(col.name)
+        if clash is None and any(col.name == other.name for other in cols):
+            clash = "another of its columns"
+        if clash is not None:
+            c.error(codes.DEFINED_TWICE, f"table '{table}''s column '{col.name}' is already {clash}", col.span,
+                    ["give it another name in the table's source, e.g. csv(..., columns=[...])"])
+            ok = False
+            continue
+        if fill_expr is not None:
+            value = _fill(c, fill_expr, col)
+            if value is None:
+                ok = False
+                continue
+            fill.append((col.name, value))
+        cols.append(dataclasses.replace(col, table=table))
+    return (tuple(cols), tuple(fill)) if ok else None
+
+
+def _fill(c: Checker, expr: ast.Expr, col: Column) -> float | str | None:
+    """A column's fill for a key missing from its table: a number for a float, a category's value as text."""
+    if col.kind == FLOAT:
+        return c.real(expr, "fill")
+    if isinstance(expr, ast.String):
+        return expr.value
+    if isinstance(expr, ast.Number) and float(expr.value).is_integer():
+        return str(int(expr.value))
+    c.error(codes.WRONG_KIND, f"fill of category '{col.name}': expected a category's value, found {shown(expr)}",
+            expr.span, ['e.g. fill="other", or a whole number'])
+    return None
 
 
 def _is_implicit(expr: ast.Expr) -> bool:
@@ -97,8 +232,9 @@ def _is_implicit(expr: ast.Expr) -> bool:
 
 
 def _implicit(c: Checker, expr: ast.Expr, inputs) -> Implicit | None:
-    """`target = implicit(user, item, negatives=4, sampling=uniform, top_k=10, rating=r, threshold=4)`:
-    the user and item are category inputs; a rating column and its threshold come together."""
+    """`target = implicit(user, item, negatives=4, sampling=uniform, top_k=10, rating=r, threshold=4,
+    view=interactions)`: the user and item are category inputs; a rating column and its threshold come
+    together; a view of users draws no negatives."""
     bound = c.bind(expr, "target", "target")
     if bound is None:
         return None
@@ -120,18 +256,27 @@ def _implicit(c: Checker, expr: ast.Expr, inputs) -> Implicit | None:
     if names["user"] == names["item"]:
         c.error(codes.CONFLICT, "implicit: the user and the item are the same column", args["item"].span)
         return None
-    negatives = c.integer(args["negatives"], "negatives", low=0, high=1000) if "negatives" in args else 1
+    view = _one_of(c, args.get("view"), "view", VIEWS)
+    if view == USERS:  # the model scores every item for a user: no pair is drawn
+        for drawn in ("negatives", "sampling"):
+            if drawn in args:
+                c.error(codes.CONFLICT, f"implicit(..., view=users) draws no negatives: its '{drawn}' does not "
+                        "apply", args[drawn].span, ["an example is a user, its items the target; the loss compares "
+                                                    "the model's score of every item with them"])
+                return None
+    negatives = c.integer(args["negatives"], "negatives", low=0, high=1000) if "negatives" in args else \
+        (0 if view == USERS else 1)
     top_k = c.integer(args["top_k"], "top_k", low=1, high=10000) if "top_k" in args else 10
-    sampling = _sampling(c, args.get("sampling"))
+    sampling = _one_of(c, args.get("sampling"), "sampling", SAMPLINGS)
     threshold = c.real(args["threshold"], "threshold") if "threshold" in args else None
     if ("rating" in args) != ("threshold" in args):
         c.error(codes.CONFLICT, "implicit: a rating column and its threshold come together", call.span,
                 ["e.g. implicit(user, item, rating=rating, threshold=4): rows rated 4 or more are interactions"])
         return None
-    if None in (negatives, top_k, sampling) or ("threshold" in args and threshold is None):
+    if None in (negatives, top_k, sampling, view) or ("threshold" in args and threshold is None):
         return None
     return Implicit(names["user"], names["item"], negatives, sampling, top_k, call.span, names.get("rating"),
-                    threshold)
+                    threshold, view)
 
 
 def _rating(feedback: Implicit) -> Column | None:
@@ -139,13 +284,13 @@ def _rating(feedback: Implicit) -> Column | None:
     return None if feedback.rating is None else Column(feedback.rating, FLOAT, feedback.span)
 
 
-def _sampling(c: Checker, expr: ast.Expr | None) -> str | None:
-    """How negatives are drawn: a name of SAMPLINGS (uniform when not given)."""
+def _one_of(c: Checker, expr: ast.Expr | None, what: str, names: tuple[str, ...]) -> str | None:
+    """One of a few bare names (implicit's sampling, view): the first when not given."""
     if expr is None:
-        return SAMPLINGS[0]
-    if not isinstance(expr, ast.Name) or expr.id not in SAMPLINGS:
-        c.error(codes.UNKNOWN_NAME, f"sampling: expected one of {', '.join(SAMPLINGS)}, found {shown(expr)}",
-                expr.span, suggest(expr.id, SAMPLINGS) if isinstance(expr, ast.Name) else ())
+        return names[0]
+    if not isinstance(expr, ast.Name) or expr.id not in names:
+        c.error(codes.UNKNOWN_NAME, f"{what}: expected one of {', '.join(names)}, found {shown(expr)}",
+                expr.span, suggest(expr.id, names) if isinstance(expr, ast.Name) else ())
         return None
     return expr.id
 

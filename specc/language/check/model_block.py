@@ -8,7 +8,7 @@ from specc.language.check.data_block import DataResult
 from specc.language.check.values import SIGNATURES, Checker, bind_args, kind_of, shape_text, shown
 from specc.language.diagnostics import suggest
 from specc.language.source import Span
-from specc.language.spec import CATEGORY, CLASSES, FLOAT, HISTORY, Column, ModelSpec, Node, op
+from specc.language.spec import CATEGORY, CLASSES, FLOAT, HISTORY, IMPLICIT, Column, ModelSpec, Node, op
 from specc.model import ops
 from specc.model.ops.base import Arg, Bool, CategoryColumn, Dims, Int, Named, Problem, Real, SetColumn, Size, Tensor
 from specc.model.ops.blocks import RESNET_WIDTHS, STEMS, resnet_nodes
@@ -24,7 +24,7 @@ def check_model(c: Checker, block: ast.Block, data: DataResult) -> ModelSpec | N
         for col in data.columns:
             if col.kind == FLOAT and not col.shape:
                 columns[f"{col.name}_na"] = Column(f"{col.name}_na", CATEGORY, col.span)
-    builder = _ModelBuilder(c, columns, data.target, data.procs, lenient=data.inputs_failed)
+    builder = _ModelBuilder(c, columns, data.target, data.procs, lenient=data.inputs_failed, per_user=data.per_user)
     groups, statements = _statements(c, block)
     builder.later = {s.target.id: s.target.span.line for s, _ in statements}
     for stmt, group in statements:
@@ -38,8 +38,12 @@ def check_model(c: Checker, block: ast.Block, data: DataResult) -> ModelSpec | N
     out = builder.nodes[builder.defined["out"]]
     if data.spec is None:
         return None
+    feedback = data.spec.feedback
+    scored = feedback.item if feedback is not None and feedback.per_user else None  # every item's score is the output
+    # a side table's key is what the exported model takes for the table's columns the model reads
+    keys = {data.spec.table(col.table).key for col in data.spec.inputs if col.table and col.name in builder.used_columns}
     for col in data.spec.inputs:
-        if col.name not in builder.used_columns:
+        if col.name not in builder.used_columns and col.name != scored and col.name not in keys:
             c.warn(codes.UNUSED_INPUT, f"input column '{col.name}' is not used by the model", col.span)
     # the columns the model takes (a history column is looked up from its key inside the model)
     used = tuple(col.name for col in data.spec.inputs if col.name in builder.used_columns and col.kind != HISTORY)
@@ -89,8 +93,9 @@ class _ModelBuilder:
     checked by `call_function` below."""
 
     def __init__(self, c: Checker, columns: dict[str, Column], target: Column | None, procs: tuple[str, ...],
-                 lenient: bool):
+                 lenient: bool, per_user: bool = False):
         self.c = c
+        self.per_user = per_user  # implicit feedback of users: `classes` is the number of items
         self.lenient = lenient  # the inputs did not check: unknown names may be columns
         self.columns = columns
         self.target = target
@@ -279,11 +284,14 @@ class _ModelBuilder:
                         sr if sl == (1,) else sl, expr.span)
 
     def size(self, expr: ast.Expr, what: str):
-        """A layer size: a whole number, or `classes`."""
+        """A layer size: a whole number, or `classes` (the number of items, for implicit feedback of users)."""
         if isinstance(expr, ast.Name) and expr.id == CLASSES:
-            if self.target is not None and self.target.kind != CATEGORY:
+            if self.target is not None and self.target.kind != CATEGORY and not self.per_user:
+                kind = "implicit feedback of interactions" if self.target.kind == IMPLICIT else f"a {self.target.kind}"
                 self.c.error(codes.TARGET_KIND, f"'classes' is the number of classes of a category target, but the "
-                             f"target '{self.target.name}' is a {self.target.kind}", expr.span)
+                             f"target '{self.target.name}' is {kind}", expr.span,
+                             ["with implicit(user, item, view=users) it is the number of items: the model scores "
+                              "every item for a user"] if self.target.kind == IMPLICIT else ())
                 return None
             return CLASSES
         return self.c.integer(expr, what, low=1, high=2**24)

@@ -12,10 +12,10 @@ from specc.language.check.values import (
 from specc.language.diagnostics import suggest
 from specc.language.source import Span
 from specc.language.spec import (
-    FLOAT, IMPLICIT, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, Optimizer, Stage, TrainSpec,
+    CLASSES, FLOAT, IMPLICIT, DataSpec, EarlyStop, Fit, FitOneCycle, LRFind, LRSlice, ModelSpec, Optimizer, Stage, TrainSpec,
 )
 from specc.training import optimizers
-from specc.training.losses import metric_key
+from specc.training.losses import SETS, metric_key
 
 _CALLS = tuple(SIGNATURES["fit"]) + tuple(SIGNATURES["stage"])
 _CUTOFF = (Param("k"),)  # a ranking metric's one argument: ndcg(10)
@@ -65,9 +65,10 @@ def check_train(c: Checker, block: ast.Block, data: DataSpec | None, model: Mode
             fit = _fit(c, fits[0].call)
             stages.append(None if fit is None or stop is False else Stage("train", fit, (), stop))
     if model is not None and data is not None and loss is not None:
-        _output_fits(c, model.node(model.output), data.target, loss)
+        if data.feedback is None or data.per_user == (LOSSES[loss].compares == SETS):  # else _ranks says which
+            _output_fits(c, model.node(model.output), data.target, loss)
         if data.feedback is not None:
-            _ranks(c, model, data.feedback, loss, found["loss"].value.span)
+            _ranks(c, model, data, loss, found["loss"].value.span)
     if model is not None and optimizer is not None:
         _fits_in_memory(c, model, optimizer)
     if c.errors or None in (loss, optimizer, seed, l2, stop_on_nan, precision) or not stages or None in stages:
@@ -262,23 +263,44 @@ def _lr(c: Checker, expr: ast.Expr):
     return c.real(expr, "lr", 0.0, low_open=True)
 
 
-def _ranks(c: Checker, model: ModelSpec, feedback, loss: str, span: Span) -> None:
-    """Implicit feedback: the model scores a (user, item) pair from those two inputs (the exported
-    model ranks every item for a user); a loss over sampled negatives needs some."""
-    other = [name for name in model.inputs if name not in (feedback.user, feedback.item)]
-    missing = [name for name in (feedback.user, feedback.item) if name not in model.inputs]
+def _ranks(c: Checker, model: ModelSpec, data: DataSpec, loss: str, span: Span) -> None:
+    """Implicit feedback: the model scores a (user, item) pair from those two inputs, or (view = users) every
+    item from the user alone (the exported model ranks every item for a user); the loss compares what the
+    view gives it; a loss over sampled negatives needs some."""
+    feedback = data.feedback
+    used = (feedback.user,) if feedback.per_user else (feedback.user, feedback.item)
+    # and the columns of side tables keyed by them, which the exported model looks up by its ids
+    sides = {c.name for c in data.inputs if c.table is not None and data.table(c.table).key in used}
+    other = [name for name in model.inputs if name not in used and name not in sides]
+    missing = [name for name in used if name not in model.inputs]
     if other or missing:
-        c.error(codes.BAD_COLUMN, f"a model of implicit feedback scores a pair from '{feedback.user}' and "
-                f"'{feedback.item}' alone, but it " + (f"uses '{other[0]}'" if other else f"never uses '{missing[0]}'"),
-                model.node(model.output).span, ["the exported model ranks every item for a user from these two"])
-    if LOSSES[loss].negatives and feedback.negatives == 0:
+        scores = f"every item from '{feedback.user}'" if feedback.per_user else \
+            f"a pair from '{feedback.user}' and '{feedback.item}'"
+        c.error(codes.BAD_COLUMN, f"a model of implicit feedback scores {scores} alone, but it "
+                + (f"uses '{other[0]}'" if other else f"never uses '{missing[0]}'"), model.node(model.output).span,
+                ["the exported model ranks every item for a user from " + ("it" if feedback.per_user else "these two")
+                 + ("; a history column keyed by the user, e.g. rated: history(user, item), is the user's items"
+                    if feedback.per_user else "")])
+    compares = LOSSES[loss].compares
+    if feedback.per_user != (compares == SETS):
+        fitting = [n for n, d in LOSSES.items() if d.target == IMPLICIT and (d.compares == SETS) == feedback.per_user]
+        view = "a user, its every item scored at once" if feedback.per_user else "an interaction, a (user, item) pair"
+        c.error(codes.CONFLICT, f"loss '{loss}' compares " + ("a user's items" if compares == SETS else
+                "each interaction") + f", but an example of implicit(..., view={feedback.view}) is {view}", span,
+                [f"e.g. loss = {' or '.join(fitting)}"])
+    elif LOSSES[loss].negatives and feedback.negatives == 0:
         c.error(codes.CONFLICT, f"loss '{loss}' compares each interaction with sampled negatives, but "
                 "implicit(...) draws none", span, ["e.g. implicit(user, item, negatives=4)"])
 
 
 def _output_fits(c: Checker, out, target, loss: str) -> None:
     """The model's output must be what the loss compares with the target."""
-    if target.kind in (FLOAT, IMPLICIT):
+    if target.kind == IMPLICIT and LOSSES[loss].compares == SETS:
+        if out.shape != (CLASSES,):
+            c.error(codes.OUTPUT_MISMATCH, f"the model's output 'out' has {shape_text(out.shape)}, but '{loss}' takes "
+                    "a score of every item for a user", out.span,
+                    ["end the model with linear(classes): 'classes' is the number of items"])
+    elif target.kind in (FLOAT, IMPLICIT):
         if out.shape != (1,):
             c.error(codes.OUTPUT_MISMATCH, f"the model's output 'out' has {shape_text(out.shape)}, but the target "
                     f"'{target.name}' is one number per row", out.span,

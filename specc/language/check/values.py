@@ -52,7 +52,7 @@ SIGNATURES: dict[str, dict[str, tuple[Param, ...]]] = {
         "crop": _sig("padding"),
     },
     "target": {
-        "implicit": _sig("user", "item", "negatives?", "sampling?", "top_k?", "rating?", "threshold?"),
+        "implicit": _sig("user", "item", "negatives?", "sampling?", "top_k?", "rating?", "threshold?", "view?"),
     },
     # the splits of specc.data.splits: each split's declaration gives its parameters
     "valid": {name: tuple(Param(f.name, f.required) for f in defn.params) for name, defn in SPLITS.items()},

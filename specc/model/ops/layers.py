@@ -67,7 +67,7 @@ def _sigmoid_range_rule(args: dict) -> Problem | None:
 
 
 def _embedding_weights(op: Op, inputs, shape):
-    return {"weight": (op.rows, op.dim)}
+    return {"weight": (op.rows, shape[0])}  # the row's size: its `dim`, resolved (an embedding_bag's may be classes)
 
 
 def _linear_weights(op: Op, inputs, shape):
@@ -103,13 +103,16 @@ OPS = (
           lookup=True, example="emb = embedding(c, 3)"),
     OpDef("embedding_bag", "the learned rows of the items of a history column's set (`rated: history(user, "
           "item)`: the items each row's user has in the training rows), reduced to one row: their `mean`, `sum`, "
-          "or `sqrtn` (the sum over the square root of their count, as SVD++ normalises); an empty set gives zeros",
-          (SetColumn("column"), Int("dim", what="embedding size"),
-           Named("mode", BAG_MODES, "mean", "how the set's rows are reduced: mean, sum or sqrtn")),
-          infer=_embedding_shape, weights=_embedding_weights,
+          "or `sqrtn` (the sum over the square root of their count, as SVD++ normalises); an empty set gives zeros. "
+          "While training, `p` drops each item of the set with probability p and scales the rest by 1/(1-p), the "
+          "reduction's count still the whole set's (Mult-DAE's dropout of its normalised input)",
+          (SetColumn("column"), Size("dim", what="embedding size"),
+           Named("mode", BAG_MODES, "mean", "how the set's rows are reduced: mean, sum or sqrtn"),
+           Real("p", 0.0, 1.0, high_open=True, default=0.0, what="the probability of dropping an item")),
+          infer=_embedding_shape, weights=_embedding_weights, random_per_row=True,
           sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.items]),
           unsized_params=lambda op: f"(n_{op.items} + 1) x {op.dim}",
-          example="bag = embedding_bag(hc, 3, mode=sqrtn)"),
+          example="bag = embedding_bag(hc, 3, mode=sqrtn, p=0.5)"),
     OpDef("dot", "row-wise dot product of two values of the same width", (Tensor("a"), Tensor("b")),
           infer=_dot_shape, example="dt = dot(h, h)"),
     OpDef("sigmoid_range", "`sigmoid(x) * (high - low) + low`: squashes into (low, high)",
