@@ -79,6 +79,11 @@ def table_keys(table: SideTable, raw_keys: np.ndarray, data_keys, path: str):
     return keys, index
 
 
+def _some(values, n: int = 3) -> str:
+    """The first few values, for a message."""
+    return ", ".join(f"'{v}'" for v in values[:n]) + (", ..." if len(values) > n else "")
+
+
 def _whole(text: str) -> int | None:
     try:
         return int(text)
@@ -96,7 +101,13 @@ def side_columns(data: DataSpec, wanted: tuple[Column, ...], data_vocabs: dict) 
         if not mine:
             continue
         rows, path = read_table(data, table, mine)
-        keys, index = table_keys(table, rows[table.key], data_vocabs[table.key], path)
+        data_keys = data_vocabs[table.key]
+        keys, index = table_keys(table, rows[table.key], data_keys, path)
+        ids = [int(v) for v in data_keys.values] if data_keys.integer else list(data_keys.values)
+        if not (keys.lookup(np.asarray(ids, dtype=np.int64 if data_keys.integer else object)) > 0).any():
+            raise DataError(path, f"table '{table.name}': none of its {keys.size - 1:,} keys ({_some(keys.values)}) is a "
+                            f"'{table.key}' of the training rows ({_some(data_keys.values)})", column=table.key,
+                            code=codes.SIDE_TABLE_KEY)
         for col in mine:
             fill = table.fill_of(col.name)
             if col.kind == CATEGORY:

@@ -168,8 +168,8 @@ MALFORMED_JSON = Code("D127", "a row of a JSON Lines file that is not one JSON o
 
 VALID_FILE = Code("D128", "a `valid = file(path)` validation file that lacks a column (an array, a field) the spec reads "
                           "from the training file")
-SIDE_TABLE_KEY = Code("D129", "a side table (`table NAME { ... }`) whose key is missing on a row, is on two rows, or "
-                              "is not a whole number where the data's ids are")
+SIDE_TABLE_KEY = Code("D129", "a side table (`table NAME { ... }`) whose key is missing on a row, is on two rows, is "
+                              "not a whole number where the data's ids are, or is never a training row's")
 
 
 ALL: tuple[Code, ...] = tuple(value for value in tuple(globals().values()) if isinstance(value, Code))

@@ -109,17 +109,17 @@ def _tables(c: Checker, sections: list, inputs: tuple[Column, ...], target: Colu
     each the data's once."""
     tables, taken = [], {col.name: "an input column" for col in inputs}
     if target is not None:
-        taken[target.name] = "the target"
+        taken[target.name] = "the target's"
     for section in sections:
         name = section.name.id
         if name in taken or any(t is not None and t.name == name for t in tables):
             c.error(codes.DEFINED_TWICE, f"table '{name}' is declared twice" if name not in taken else
-                    f"table '{name}': the name is {taken[name]}'s", section.name.span)
+                    f"table '{name}': the name is already {taken[name]}", section.name.span)
             tables.append(None)
             continue
         table = _table(c, section, inputs, taken)
         if table is not None:
-            taken.update({col.name: f"table '{name}''s column" for col in table.columns})
+            taken.update({col.name: f"a column of table '{name}'" for col in table.columns})
         tables.append(table)
     return tables
 
@@ -128,7 +128,7 @@ def _table(c: Checker, section: ast.Section, inputs: tuple[Column, ...], taken: 
     """`table users { source = csv("users.csv"), key = user, columns = [age: float(fill=30), job: category] }`:
     a file read whole, one row per key; the key a category input of the data; the columns new names."""
     name = section.name.id
-    block = ast.Block(ast.Name(f"table {name}", section.kind.span), section.body, section.span)
+    block = ast.Block(ast.Name(f"table '{name}'", section.kind.span), section.body, section.span)
     found = c.settings(block, TABLE_SETTINGS, body=section.body).found
     missing = [key for key in TABLE_SETTINGS if key not in found]
     for key in missing:
@@ -199,7 +199,7 @@ def _table_columns(c: Checker, expr: ast.Expr, table: str, taken: dict[str, str]
         if clash is None and any(col.name == other.name for other in cols):
             clash = "another of its columns"
         if clash is not None:
-            c.error(codes.DEFINED_TWICE, f"table '{table}''s column '{col.name}' is already {clash}", col.span,
+            c.error(codes.DEFINED_TWICE, f"column '{col.name}' of table '{table}' is already {clash}", col.span,
                     ["give it another name in the table's source, e.g. csv(..., columns=[...])"])
             ok = False
             continue

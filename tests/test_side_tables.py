@@ -1,0 +1,240 @@
+"""Side tables (`table NAME { source, key, columns }` in the data block): each row of the data takes its
+key's row of the table, a key the table lacks the column's fill; the exported model holds the tables and
+takes only the keys. Oracles: the columns built by hand from the CSV files, the exported model against the
+torch model fed those hand-built columns, recommenders ranked by onnxruntime as training ranked them."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from helpers import prepared_spec, trained
+
+from specc.commands.cli import main
+from specc.export import to_onnx
+from specc.inference.session import Session
+
+SPEC = """\
+data {{
+    source = csv("ratings.csv")
+    inputs = [user: category, item: category]
+    target = rating: float
+    valid  = random(0.2, seed=0)
+    batch  = 32
+    table users {{
+        source  = csv("{users}")
+        key     = user
+        columns = [age: float(fill=40), job: category]
+    }}
+    table items {{
+        source  = csv("items.csv")
+        key     = item
+        columns = [genre: category(fill="x")]
+    }}
+}}
+model {{
+    {model}
+}}
+train {{
+    loss    = mse
+    metrics = [rmse]
+    fit_one_cycle(epochs=3, lr=1e-2)
+    seed    = 0
+}}
+"""
+MODEL = ("h   = concat(embedding(user, 3), embedding(item, 3), embedding(job, 2), embedding(genre, 2), age / 50)\n"
+         "    out = h |> linear(6) |> relu |> linear(1)")
+AGES = {u: 18 + (7 * u) % 50 for u in range(1, 31)}  # users 28-30 are not in users.csv; 31 is in it alone
+JOBS = {u: "abc"[u % 3] for u in range(1, 32)}
+GENRES = {i: "xyz"[i % 3] for i in range(1, 19)}  # items 19 and 20 are not in items.csv
+
+
+def files(folder, users_csv="users.csv"):
+    rng = np.random.default_rng(0)
+    with open(folder / "users.csv", "w") as f:
+        f.write("user,age,job\n" + "".join(f"{u},{AGES.get(u, 33)},{JOBS[u]}\n" for u in [*range(1, 28), 31]))
+    (folder / "items.csv").write_text("item,title,genre\n" + "".join(f"{i},Film {i},{g}\n" for i, g in GENRES.items()))
+    rows = []
+    for _ in range(500):
+        u, i = int(rng.integers(1, 31)), int(rng.integers(1, 21))
+        rows.append((u, i, round(3 + (AGES[u] > 40) - (GENRES.get(i) == "x") + rng.normal(0, 0.3), 2)))
+    (folder / "ratings.csv").write_text("user,item,rating\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows))
+    path = folder / "side.spec"
+    path.write_text(SPEC.format(users=users_csv, model=MODEL))
+    return path, rows
+
+
+def _by_hand(prepared, users, items):
+    """The model's inputs for raw (user, item) rows, from the tables as written above: a user the table lacks
+    gets age 40 and the unknown job; an item it lacks, genre 'x'."""
+    vocabs = prepared.vocabs
+    in_table = {*range(1, 28), 31}
+    age = np.array([AGES.get(u, 33) if u in in_table else 40 for u in users], np.float32)
+    jobs = [JOBS[u] if u in in_table else None for u in users]
+    job = np.array([vocabs["job"].lookup([j])[0] if j is not None else 0 for j in jobs])
+    genre = vocabs["genre"].lookup([GENRES.get(i, "x") for i in items])
+    return {"user": vocabs["user"].lookup(users), "item": vocabs["item"].lookup(items), "job": job, "genre": genre,
+            "age": age}
+
+
+def test_each_row_takes_its_key_s_row_of_the_table_or_the_fill(tmp_path):
+    path, rows = files(tmp_path)
+    spec, prepared, _ = prepared_spec(path)
+    users = [int(prepared.vocabs["user"].values[k - 1]) for k in prepared.train["user"]]
+    items = [int(prepared.vocabs["item"].values[k - 1]) for k in prepared.train["item"]]
+    want = _by_hand(prepared, users, items)
+    for name in ("age", "job", "genre"):
+        np.testing.assert_array_equal(prepared.train[name], want[name], err_msg=name)
+    # a category's vocabulary is its values in the training rows: the fill 'x' among them, no job of user 31
+    assert set(prepared.vocabs["genre"].values) == {"x", "y", "z"} and set(prepared.vocabs["job"].values) <= set("abc")
+    assert 28 in users and not any(k == 0 for k in prepared.train["user"])
+
+
+def test_the_exported_model_takes_the_keys_alone_and_looks_the_tables_up(tmp_path):
+    path, rows = files(tmp_path)
+    spec, prepared, model, _ = trained(path)
+    proto = to_onnx(spec, model, prepared.vocabs, prepared.sides)
+    assert [i.name for i in proto.graph.input] == ["user", "item"]
+    # rows of known users and items, a user and an item the tables lack (28, 19), a user never in the
+    # training rows but in its table (31), a user and an item in neither (99, 77)
+    users = [u for u, _, _ in rows[:20]] + [28, 31, 99, 1]
+    items = [i for _, i, _ in rows[:20]] + [19, 2, 5, 77]
+    got = Session(proto.SerializeToString(), device="cpu").run(
+        {"user": np.array(users, np.int64), "item": np.array(items, np.int64)})["rating"]
+    inputs = _by_hand(prepared, users, items)
+    with torch.no_grad():
+        want = model.eval()(*[torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.model.inputs])[:, 0]
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-5)
+    # user 31's age is the table's (33), not the fill (40): the prediction differs from an unknown user's
+    assert got[-3] != got[-2]
+
+
+def test_predict_reads_the_keys_from_a_file_without_the_side_columns(tmp_path, capsys):
+    path, _ = files(tmp_path)
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    (tmp_path / "ask.csv").write_text("user,item\n3,4\n28,19\n")
+    assert main(["predict", str(tmp_path / "run" / "model.onnx"), str(tmp_path / "ask.csv")]) == 0
+    out = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert out[0] == ["user", "item", "rating"] and len(out) == 3
+    spec, prepared, _ = prepared_spec(path)
+    assert main(["evaluate", str(tmp_path / "run" / "model.onnx"), str(tmp_path / "ratings.csv"), "--split",
+                 "valid"]) == 0
+    last = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
+    assert f"{float(last['rmse']):.5f}" in capsys.readouterr().out
+
+
+def test_a_model_may_read_a_table_s_column_and_not_its_key(tmp_path, capsys):
+    path, _ = files(tmp_path)
+    path.write_text(SPEC.format(users="users.csv", model="out = concat(embedding(item, 3), age / 50) |> linear(1)"))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "'user' is not used" not in err and "'job' is not used" in err  # the key is what the model takes
+    session = Session((tmp_path / "run" / "model.onnx").read_bytes(), device="cpu")
+    assert sorted(session.inputs) == ["item", "user"]
+
+
+RECOMMENDER = """\
+data {
+    source = csv("clicks.csv")
+    inputs = [user: category, item: category]
+    target = implicit(user, item, negatives=2, top_k=4)
+    valid  = per_user(0.25, seed=0)
+    batch  = 32
+    table users {
+        source  = csv("users.csv")
+        key     = user
+        columns = [age: float(fill=40), job: category]
+    }
+    table items {
+        source  = csv("items.csv")
+        key     = item
+        columns = [genre: category]
+    }
+}
+model {
+    u   = concat(embedding(user, 4), embedding(job, 2), age / 50) |> linear(4)
+    i   = embedding(item, 4) + embedding(genre, 4)
+    out = dot(u, i)
+}
+train {
+    loss    = bpr
+    metrics = [ndcg(4), recall(4)]
+    fit_one_cycle(epochs=2, lr=1e-2)
+    seed    = 0
+}
+"""
+
+
+@pytest.mark.parametrize("view", ["interactions", "users"])
+def test_a_recommender_reads_side_tables_of_users_and_items(tmp_path, view):
+    """Training ranks with the tables' columns; the exported top k (which takes only user ids) ranks the
+    same: `specc evaluate` through it gives training's last metrics."""
+    files(tmp_path)
+    rng = np.random.default_rng(1)
+    (tmp_path / "clicks.csv").write_text("user,item\n" + "".join(
+        f"{u},{i}\n" for u in range(1, 31) for i in rng.permutation(np.arange(1, 21))[:int(rng.integers(4, 9))]))
+    text = RECOMMENDER
+    if view == "users":  # the model scores every item from the user and the user's table columns
+        text = text.replace("negatives=2, top_k=4", "view=users, top_k=4").replace(
+            "inputs = [user: category, item: category]",
+            "inputs = [user: category, item: category, rated: history(user, item)]").replace(
+            "    i   = embedding(item, 4) + embedding(genre, 4)\n    out = dot(u, i)",
+            "    out = concat(u, embedding_bag(rated, 4)) |> linear(classes)").replace("bpr", "multinomial")
+    (tmp_path / "rec.spec").write_text(text)
+    assert main(["train", str(tmp_path / "rec.spec"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    last = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
+    from specc.inference.evaluate import evaluate_file
+
+    got = evaluate_file(tmp_path / "run" / "model.onnx", tmp_path / "clicks.csv", split="valid", device="cpu")
+    for metric in ("ndcg@4", "recall@4"):
+        assert got[metric] == pytest.approx(float(last[metric]), rel=1e-5, abs=1e-9)
+    session = Session((tmp_path / "run" / "model.onnx").read_bytes(), device="cpu")
+    assert list(session.inputs) == ["user"]
+
+
+# ---------------------------------------------------------------- hostile tables
+
+HOSTILE = [
+    ("empty.csv", b"", "D122", "the file is empty"),
+    ("header.csv", b"user,age,job\n", "D122", "no data rows"),
+    ("twice.csv", b"user,age,job\n1,30,a\n1,40,b\n", "D129", "key '1' is on rows 1 and 2"),
+    ("nokey.csv", b"user,age,job\n,30,a\n2,40,b\n", "D129", "row 1 has no key"),
+    ("text.csv", b"user,age,job\nu1,30,a\n2,40,b\n", "D129", "key 'u1' is not a whole number"),
+    ("word.csv", b"user,age,job\n1,old,a\n2,40,b\n", "D104", "column 'age': expected a number, found 'old'"),
+    ("short.csv", b"user,age,job\n1,3,a\n2,40\n", "D103", "expected 3 fields, found 2"),
+    ("latin.csv", b"user,age,job\n1,3,\xe9\n2,40,b\n", "D121", "byte 0xe9 is not UTF-8"),
+    ("other.csv", b"user,age,job\n100,3,a\n200,40,b\n", "D129", "none of its 2 keys"),
+    ("nan.csv", b"user,age,job\n1,nan,a\n2,40,b\n", "D105", "expected a finite number"),
+]
+
+
+@pytest.mark.parametrize("name, content, code, message", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_a_bad_table_is_a_data_error_naming_it_and_nothing_is_written(tmp_path, capsys, name, content, code, message):
+    path, _ = files(tmp_path, users_csv=name)
+    (tmp_path / name).write_bytes(content)
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / name}" in err and f"error[{code}]" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert main(["check", str(path)]) == 1  # check reads the data too, and says the same
+    assert f"error[{code}]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "folder", "absent"])
+def test_a_table_path_that_is_no_regular_file_is_refused_at_its_source(tmp_path, capsys, kind):
+    import os
+
+    path, _ = files(tmp_path, users_csv="odd.csv")
+    odd = tmp_path / "odd.csv"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "loop":
+        os.symlink("odd2.csv", odd)
+        os.symlink("odd.csv", tmp_path / "odd2.csv")
+    elif kind == "folder":
+        odd.mkdir()
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert 'source  = csv("odd.csv")' in err and "Traceback" not in err
