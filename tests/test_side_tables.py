@@ -6,6 +6,7 @@ torch model fed those hand-built columns, recommenders ranked by onnxruntime as 
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -238,3 +239,22 @@ def test_a_table_path_that_is_no_regular_file_is_refused_at_its_source(tmp_path,
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
     assert 'source  = csv("odd.csv")' in err and "Traceback" not in err
+
+
+def test_serve_answers_from_the_keys_alone_as_predict_does(tmp_path, capsys):
+    """Over loopback: a request names a user and an item, nothing of the tables, and gets predict's numbers."""
+    from test_serve import call, served
+
+    path, _ = files(tmp_path)
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    model = tmp_path / "run" / "model.onnx"
+    (tmp_path / "ask.csv").write_text("user,item\n3,4\n28,19\n31,2\n")
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path / "ask.csv")]) == 0
+    want = [float(line.split(",")[2]) for line in capsys.readouterr().out.splitlines()[1:]]
+    with served(model) as (_, url, _):
+        status, got, _ = call(url + "/predict", {"user": [3, 28, 31], "item": [4, 19, 2]})
+        assert status == 200 and list(got) == ["rating"]
+        assert [f"{v:.6g}" for v in got["rating"]] == [f"{v:.6g}" for v in want]
+        status, schema, _ = call(url + "/schema", method="GET")
+        assert status == 200 and "age" not in json.dumps(schema) and "user" in json.dumps(schema)
