@@ -16,7 +16,7 @@ from specc.data.files import PARQUET_ENDINGS, check_regular, shown_path
 from specc.data.table import shown_names
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.language.spec import CATEGORY, Column, ParquetSource
+from specc.language.spec import CATEGORY, Column, FrameSource, ParquetSource
 from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
 INT64_MAX = (1 << 63) - 1
@@ -107,20 +107,9 @@ def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTa
         raise DataError(shown_path(source.path), "has no data rows", code=codes.NO_ROWS)
     limit = data_limit()
     _fits(source, wanted, types, files, footers, limit)  # before an array the footers size is made
-    gathered = {c.name: _Gather(c, types[c.name], ends[-1]) for c in wanted}
-    at = 0
     try:  # the fragments keep the order of the files, and to_batches (ordered) the order of the fragments
-        for batch in ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_batches(columns=names):
-            if at + batch.num_rows > ends[-1]:
-                at = -1
-                break
-            for name, column in gathered.items():
-                column.add(batch.column(name), at)
-            at += batch.num_rows
-            held = sum(c.bytes for c in gathered.values())
-            if held > limit.bytes:  # values that decode to more than the footers said (long repeated texts)
-                raise too_much_data(shown_path(source.path), f"reading stopped at row {at:,}: the columns the spec "
-                                    f"reads already take {shown_bytes(held)}", limit)
+        batches = ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_batches(columns=names)
+        at = _gather(source, wanted, types, batches, result, limit)
     except (pa.ArrowException, OSError) as err:
         _name_damaged(files, names)
         raise DataError(shown_path(source.path), f"cannot be read as Parquet: {err}", code=codes.DAMAGED_FILE) from None
@@ -128,8 +117,44 @@ def read_parquet(source: ParquetSource, wanted: tuple[Column, ...]) -> ParquetTa
         _name_damaged(files, names)
         raise DataError(shown_path(source.path), f"its footers count {ends[-1]} rows but the pages hold another "
                         "number: a file is damaged", code=codes.DAMAGED_FILE)
-    result.columns.update({c.name: gathered[c.name].finish(result) for c in wanted})
     return result
+
+
+def read_arrow(source: FrameSource, wanted: tuple[Column, ...]) -> ParquetTable:
+    """Read the `wanted` columns of a table in memory (a frame given to specc.train) with the checks
+    a Parquet file's schema and values get: a column the frame lacks or of a type that does not fit
+    is a SpecError at the spec's line, naming the frame."""
+    table = source.table
+    name = Path(source.path)
+    types = check_schema(source, wanted, [name], [table.schema], "Arrow")
+    names = list(dict.fromkeys(c.name for c in wanted))
+    result = ParquetTable(str(name), {}, table.num_rows, (str(name),), (table.num_rows,))
+    if table.num_rows == 0:
+        raise DataError(str(name), "has no data rows", code=codes.NO_ROWS)
+    at = _gather(source, wanted, types, table.select(names).to_batches(), result, data_limit())
+    if at != table.num_rows:  # a bug: a table in memory holds the rows it counts
+        raise RuntimeError(f"{name}: gathered {at} of {table.num_rows} rows")
+    return result
+
+
+def _gather(source, wanted, types: dict, batches, result: ParquetTable, limit) -> int:
+    """The wanted columns of the batches gathered into `result`, within the data limit (D113); the
+    rows gathered (-1 when the batches hold more than the table counts)."""
+    gathered = {c.name: _Gather(c, types[c.name], result.rows) for c in wanted}
+    at = 0
+    for batch in batches:
+        if at + batch.num_rows > result.rows:
+            return -1
+        for name, column in gathered.items():
+            column.add(batch.column(name), at)
+        at += batch.num_rows
+        held = sum(c.bytes for c in gathered.values())
+        if held > limit.bytes:  # values that decode to more than the footers said (long repeated texts)
+            raise too_much_data(shown_path(source.path), f"reading stopped at row {at:,}: the columns the spec "
+                                f"reads already take {shown_bytes(held)}", limit)
+    if at == result.rows:
+        result.columns.update({c.name: gathered[c.name].finish(result) for c in wanted})
+    return at
 
 
 def _numbers(col: Column, t) -> bool:
@@ -227,9 +252,10 @@ def _name_damaged(files: list[Path], names: list[str]) -> None:
 # ---------------------------------------------------------------- the schema against the spec
 
 
-def check_schema(source: ParquetSource, wanted, files: list[Path], schemas) -> dict:
+def check_schema(source: ParquetSource | FrameSource, wanted, files: list[Path], schemas, typed: str = "Parquet") -> dict:
     """Each wanted column's Arrow type, the same in every file and fitting the spec's declaration;
-    else every column that is not there or does not fit, at its line in the spec (SpecError)."""
+    else every column that is not there or does not fit, at its line in the spec (SpecError).
+    `typed`: whose types the notes name (a file's Parquet type, a frame's Arrow type)."""
     name = files[0].name if len(files) == 1 else f"{source.path.name}/"
     for col in wanted:
         _agree(source, col.name, files, schemas)
@@ -251,7 +277,7 @@ def check_schema(source: ParquetSource, wanted, files: list[Path], schemas) -> d
             found, hint = problem
             errors.append(Diagnostic(codes.COLUMN_TYPE, f"column '{col.name}' is declared {_declared(col)}, but {name} "
                                      f"holds {found}", col.span,
-                                     (f"{shown_path(files[0])}: column '{col.name}' has the Parquet type "
+                                     (f"{shown_path(files[0])}: column '{col.name}' has the {typed} type "
                                       f"{types[col.name]}", hint)))
     if errors:
         raise SpecError(errors)

@@ -67,15 +67,22 @@ def predict_file(model: Path, rows: Path, out, device: str = "auto", batch: int 
     `rows` is a CSV (see read_text), an .npz with an array per input (see read_arrays) or a Parquet
     file; for a model trained on an image folder, an image file or a folder of them (see
     read_images). Notes (ids read as unknown) go to stderr."""
+    names, columns, n, notes = predicted(model, rows, device, batch, delimiter, arrays, image_batch)
+    for note in notes:
+        print(f"specc: note: {note}", file=sys.stderr)
+    write_csv(out, names, columns, n)
+    return n
+
+
+def predicted(model: Path, rows: Path, device: str = "auto", batch: int = 65536, delimiter: str | None = None,
+              arrays: dict[str, str] | None = None, image_batch: int = IMAGE_BATCH):
+    """predict_file's columns before they are text: (names, columns, row count, notes); Run.predict's frame."""
     session = load_session(model, device=device)
     ask = Ask(delimiter=delimiter, arrays=arrays, keep=session.metadata.get("specc.target"), image_batch=image_batch)
     got = read_file(rows, session, ask)
-    for note in got.notes:
-        print(f"specc: note: {note}", file=sys.stderr)
     results = run_inputs(session, got, batch)
     names, columns = csv_columns(session, got, results)
-    write_csv(out, names, columns, got.rows)
-    return got.rows
+    return names, columns, got.rows, got.notes
 
 
 def csv_columns(session: Session, got: Inputs, results: dict[str, np.ndarray]):

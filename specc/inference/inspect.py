@@ -231,10 +231,24 @@ def _table(weights, unreadable, path: Path, name: str, emb: dict, vocab: Vocab, 
     return rows
 
 
-def report(run: Path, column: str | None = None, names_file: NamesFile | None = None, top: int = 1000,
-           show: int = 10) -> str:
-    """The lowest and highest biases and the ends of the first three principal components of the
-    factors, over the `top` most frequent ids of `column`."""
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """What a run's embeddings of one id column learned, over its `top` most frequent ids (labels
+    in order of frequency): each bias (dim 1) by embedding name, and each wider embedding's scores on
+    its first three principal components with their shares of the variance (None: too few ids);
+    `widths` each embedding's width, in the model's order."""
+
+    column: str
+    categories: int
+    labels: tuple[str, ...]
+    widths: dict
+    biases: dict
+    components: dict
+
+
+def inspection(run: Path, column: str | None = None, names_file: NamesFile | None = None,
+               top: int = 1000) -> Inspection:
+    """The biases and principal components of `column`'s embeddings (default: the last id column)."""
     weights, meta, unreadable = load_run(run)
     path = run / "model.safetensors"
     vocabs, embeddings = _metadata(meta, path)
@@ -250,33 +264,52 @@ def report(run: Path, column: str | None = None, names_file: NamesFile | None = 
     counts = np.asarray(vocab.counts)
     order = np.argsort(-counts, kind="stable")[:top]
     chosen = order + 1  # vocabulary indices (0 is the unknown row)
-    lines = [f"{column}: {len(vocab.values)} categories; the {len(chosen)} most frequent in training are shown"]
+    widths, biases, components = {}, {}, {}
     for name, emb in embeddings.items():
         if emb["column"] != column:
             continue
+        widths[name] = emb["dim"]
         table = _table(weights, unreadable, path, name, emb, vocab, chosen)
         if emb["dim"] == 1:
-            bias = table[:, 0]
-            ranked = np.argsort(bias, kind="stable")
-            lines.append(f"\nbias '{name}': lowest")
-            lines += [f"  {bias[r]:+.3f}  {_label(vocab, chosen[r], names)}" for r in ranked[:show]]
-            lines.append(f"bias '{name}': highest")
-            lines += [f"  {bias[r]:+.3f}  {_label(vocab, chosen[r], names)}" for r in ranked[::-1][:show]]
+            biases[name] = table[:, 0]
         elif len(chosen) < 2:
-            lines.append(f"\nfactors '{name}' ({emb['dim']} wide): too few ids for principal components")
+            components[name] = None
         else:
             try:
-                scores, share = pca(table, 3)
+                components[name] = pca(table, 3)
             except np.linalg.LinAlgError as err:  # finite, but too large to decompose
                 raise DataError(str(path), f"tensor '{name}.weight': its factors cannot be decomposed ({err})",
                                 code=codes.BAD_MODEL_FILE) from None
-            for c in range(scores.shape[1]):
-                ranked = np.argsort(scores[:, c], kind="stable")
-                lines.append(f"\nfactors '{name}' ({emb['dim']} wide): principal component {c + 1}"
-                             f" ({share[c]:.1%} of the variance)")
-                lines.append("  one end:")
-                lines += [f"    {scores[r, c]:+.3f}  {_label(vocab, chosen[r], names)}" for r in ranked[:show]]
-                lines.append("  other end:")
-                lines += [f"    {scores[r, c]:+.3f}  {_label(vocab, chosen[r], names)}"
-                          for r in ranked[::-1][:show]]
+    labels = tuple(_label(vocab, k, names) for k in chosen)
+    return Inspection(column, len(vocab.values), labels, widths, biases, components)
+
+
+def report(run: Path, column: str | None = None, names_file: NamesFile | None = None, top: int = 1000,
+           show: int = 10) -> str:
+    """The lowest and highest biases and the ends of the first three principal components of the
+    factors, over the `top` most frequent ids of `column`."""
+    found = inspection(run, column, names_file, top)
+    labels, column = found.labels, found.column
+    lines = [f"{column}: {found.categories} categories; the {len(labels)} most frequent in training are shown"]
+    for name, width in found.widths.items():
+        if name in found.biases:
+            bias = found.biases[name]
+            ranked = np.argsort(bias, kind="stable")
+            lines.append(f"\nbias '{name}': lowest")
+            lines += [f"  {bias[r]:+.3f}  {labels[r]}" for r in ranked[:show]]
+            lines.append(f"bias '{name}': highest")
+            lines += [f"  {bias[r]:+.3f}  {labels[r]}" for r in ranked[::-1][:show]]
+            continue
+        if found.components[name] is None:
+            lines.append(f"\nfactors '{name}' ({width} wide): too few ids for principal components")
+            continue
+        scores, share = found.components[name]
+        for c in range(scores.shape[1]):
+            ranked = np.argsort(scores[:, c], kind="stable")
+            lines.append(f"\nfactors '{name}' ({width} wide): principal component {c + 1}"
+                         f" ({share[c]:.1%} of the variance)")
+            lines.append("  one end:")
+            lines += [f"    {scores[r, c]:+.3f}  {labels[r]}" for r in ranked[:show]]
+            lines.append("  other end:")
+            lines += [f"    {scores[r, c]:+.3f}  {labels[r]}" for r in ranked[::-1][:show]]
     return "\n".join(lines)

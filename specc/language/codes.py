@@ -171,6 +171,10 @@ VALID_FILE = Code("D128", "a `valid = file(path)` validation file that lacks a c
 SIDE_TABLE_KEY = Code("D129", "a side table (`table NAME { ... }`) whose key is missing on a row, is on two rows, is "
                               "not a whole number where the data's ids are, or is never a training row's")
 
+BAD_FRAME = Code("D130", "a frame given to specc.train or Run.predict that Arrow cannot hold as a table: a column of "
+                         "Python objects of mixed kinds, two columns of one name, arrays of unequal lengths or of "
+                         "values that are neither numbers nor text")
+
 
 ALL: tuple[Code, ...] = tuple(value for value in tuple(globals().values()) if isinstance(value, Code))
 BY_CODE: dict[str, Code] = {c.code: c for c in ALL}

@@ -20,6 +20,26 @@ class Diagnostic:
     notes: tuple[str, ...] = ()
     severity: str = "error"
 
+    @property
+    def path(self) -> str | None:
+        """The name of the text it is about: a file's path, `<string>`, `--set`."""
+        return self.span.source.path if self.span is not None else None
+
+    @property
+    def line(self) -> int | None:
+        """1-based, as rendered; None for a diagnostic about no place."""
+        return self.span.line if self.span is not None else None
+
+    @property
+    def column(self) -> int | None:
+        """1-based, as rendered (tabs expanded, wide characters two)."""
+        return self.span.column if self.span is not None else None
+
+    def _repr_html_(self) -> str:
+        from specc.api.display import diagnostics_html
+
+        return diagnostics_html([self])
+
     def render(self) -> str:
         """mypy --pretty style: header, the source line, a caret under the span, notes."""
         if self.span is None:
@@ -53,6 +73,12 @@ class SpecError(Exception):
     def render(self) -> str:
         return "\n".join(d.render() for d in self.diagnostics)
 
+    def _repr_html_(self) -> str:
+        """The diagnostics as a notebook shows them: each with its spec line and caret."""
+        from specc.api.display import diagnostics_html
+
+        return diagnostics_html(self.diagnostics)
+
 
 class DataError(Exception):
     """A problem in a data file: which file, which row (line) and column, and what was expected."""
@@ -67,6 +93,11 @@ class DataError(Exception):
 
     def render(self) -> str:
         return str(self)
+
+    def _repr_html_(self) -> str:
+        from specc.api.display import message_html
+
+        return message_html(self.render())
 
 
 def first_line(err: BaseException) -> str:

@@ -434,9 +434,14 @@ def read_source(path: str | Path) -> Source:
         pos = text.index("\x00")
         raise SpecError([Diagnostic(codes.NOT_TEXT, "the file is not text (it holds a NUL byte)",
                                     Span(source, pos, pos + 1))])
+    return text_source(str(path), text)
+
+
+def text_source(name: str, text: str) -> Source:
+    """Spec text under a name (a file's path, `<string>`), as read_source makes it of a file's."""
     # A byte-order mark is invisible in an editor: drop it. Old Mac line endings (a lone CR)
     # become newlines, one character for one, so that offsets stay put.
     text = text.removeprefix("\ufeff")
     if "\r" in text:
         text = re.sub(r"\r(?!\n)", "\n", text)
-    return Source(str(path), text)
+    return Source(name, text)

@@ -109,9 +109,23 @@ class ParquetSource:
     span: Span = field(compare=False, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class FrameSource:
+    """A table a Python caller hands specc.train in place of the spec's own source (a pandas or
+    polars DataFrame, a pyarrow Table, a dict of arrays), held as an Arrow table and read as a
+    Parquet file's columns are; `path` names it in messages (`<pandas DataFrame>`), `span` is the
+    spec's source it stands in for. No spec can name it."""
+
+    kind: ClassVar[str] = "frame"
+    path: Path
+    table: object = field(compare=False, repr=False)  # a pyarrow.Table
+    span: Span = field(compare=False, repr=False)
+    columns: None = None  # every column of the frame may be read, as parquet(...) without columns=[...]
+
+
 # A checked source: one of these, or another source's dataclass; each carries `kind` (the name of its
 # declaration in specc.data.sources, which every stage calls), `path` and `span`.
-DataSource = Union[CsvSource, NpzSource, ImagesSource, ParquetSource]
+DataSource = Union[CsvSource, NpzSource, ImagesSource, ParquetSource, FrameSource]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""Plots as PNG bytes (matplotlib's Agg backend; no display needed)."""
+"""Plots as matplotlib figures (the API's Run.plot_loss, lr_find) and as PNG bytes (the run folder's
+files). Figures are made with matplotlib's object API, never pyplot: no backend is chosen or
+switched (a notebook keeps its own) and nothing is kept in pyplot's list of open figures."""
 
 from __future__ import annotations
 
@@ -6,29 +8,29 @@ import io
 import math
 
 
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend (files only, no display), imported when first drawn."""
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A figure of its own, outside pyplot."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
-def _png(plt, fig, dpi: int = 100) -> bytes:
+def _png(fig, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return buf.getvalue()
 
 
 def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
+    """loss.png: loss_figure's PNG."""
+    return _png(loss_figure(history, steps_per_epoch, title), dpi=100)
+
+
+def loss_figure(history, steps_per_epoch: int, title: str):
     """Smoothed training loss per step, validation loss per epoch (none with `valid = none`), and the
     learning rate below."""
-    plt = _pyplot()
-
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(3, 1))
+    fig = _figure((7, 5.5))
+    ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     steps = range(1, len(history.step_smooth) + 1)
     ax.plot(steps, history.step_loss, color="#bbbbbb", linewidth=0.5, label="train (raw)")
     ax.plot(steps, history.step_smooth, color="#1f77b4", label="train (smoothed, beta 0.98)")
@@ -51,19 +53,18 @@ def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(plt, fig, dpi=100)
+    return fig
 
 
 def image_grid_png(images, labels, title: str) -> bytes:
     """A square grid of grey images, each with its label above it (fastai's show_batch)."""
     import math
 
-    plt = _pyplot()
-
     n = len(images)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35 + 0.4), squeeze=False)
+    fig = _figure((cols * 1.2, rows * 1.35 + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
@@ -71,14 +72,18 @@ def image_grid_png(images, labels, title: str) -> bytes:
             ax.set_title(labels[k], fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _png(plt, fig, dpi=80)
+    return _png(fig, dpi=80)
 
 
 def lr_find_png(result, title: str) -> bytes:
-    """The smoothed loss against the learning rate (log scale), with the suggestions marked."""
-    plt = _pyplot()
+    """lr_find.png: lr_find_figure's PNG."""
+    return _png(lr_find_figure(result, title), dpi=100)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def lr_find_figure(result, title: str):
+    """The smoothed loss against the learning rate (log scale), with the suggestions marked."""
+    fig = _figure((7, 4.5))
+    ax = fig.subplots()
     finite = [(lr, v) for lr, v in zip(result.lrs, result.losses) if math.isfinite(v)]
     ax.plot([lr for lr, _ in finite], [v for _, v in finite], color="#1f77b4")
     ax.set_xscale("log")
@@ -96,14 +101,18 @@ def lr_find_png(result, title: str) -> bytes:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(plt, fig, dpi=100)
+    return fig
 
 
 def schedule_png(plan, schedules, title: str) -> bytes:
-    """The learning rate and momentum of every group over every step of every stage."""
-    plt = _pyplot()
+    """The plan's PNG (specc show --stage plan --png): schedule_figure's."""
+    return _png(schedule_figure(plan, schedules, title), dpi=100)
 
-    fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+
+def schedule_figure(plan, schedules, title: str):
+    """The learning rate and momentum of every group over every step of every stage."""
+    fig = _figure((8, 5.5))
+    ax_lr, ax_mom = fig.subplots(2, 1, sharex=True)
     for name, (lrs, moms) in schedules.items():
         # a long plan comes simulated in fewer steps (simulate_schedules' max_steps): stretch it back
         stretch = plan.total_steps / max(1, len(lrs))
@@ -123,4 +132,4 @@ def schedule_png(plan, schedules, title: str) -> bytes:
     for ax in (ax_lr, ax_mom):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(plt, fig, dpi=100)
+    return fig

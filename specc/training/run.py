@@ -18,6 +18,7 @@ from specc.language.check import check
 from specc.language import codes
 from specc.language.diagnostics import Diagnostic, SpecError, UsageError
 from specc.language.parse import parse, read_source
+from specc.language.source import Source
 from specc.language.spec import Spec
 from specc.model import ops
 from specc.training.listeners import Listener, Listeners, Progress
@@ -30,10 +31,15 @@ if TYPE_CHECKING:
 
 def load_spec(path: str | Path, sets: list[str] = ()) -> tuple[Spec, list[Diagnostic]]:
     """Parse, apply `--set` overrides, check. Raises SpecError, or UsageError for a bad --set."""
-    source = read_source(path)
+    return load_source(read_source(path), sets, Path(path).resolve().parent)
+
+
+def load_source(source: Source, sets: list[str] = (), base: Path | None = None) -> tuple[Spec, list[Diagnostic]]:
+    """load_spec of spec text already read (a file's, or a string's from specc.load): its paths
+    are relative to `base` (None: the working folder)."""
     tree = parse(source)
     tree, set_errors = _overrides.apply(tree, list(sets))
-    base_dirs = {source.path: Path(source.path).resolve().parent, _overrides.OVERRIDE_PATH: Path.cwd()}
+    base_dirs = {source.path: base or Path.cwd(), _overrides.OVERRIDE_PATH: Path.cwd()}
     try:
         spec, warnings = check(tree, base_dirs)
     except SpecError as err:

@@ -5,11 +5,13 @@ stage has a branch per source. docs/adding-a-source.md says how to add one."""
 
 from __future__ import annotations
 
-from specc.data.sources import delimited, images, jsonl, npz, parquet
+from specc.data.sources import delimited, frame, images, jsonl, npz, parquet
 from specc.data.sources.base import SourceDef
 
 SOURCES: dict[str, SourceDef] = {d.name: d for d in (*delimited.SOURCES, npz.SOURCE, images.SOURCE, parquet.SOURCE,
                                                          jsonl.SOURCE)}
+# Sources specc makes itself, which no spec can name: the frame a Python caller gives specc.train.
+MADE: dict[str, SourceDef] = {frame.SOURCE.name: frame.SOURCE}
 TEXT = "csv"  # the source predict reads a file with when no source recognises it and the model's own does not
 
 
@@ -23,7 +25,7 @@ class UndeclaredSource(KeyError):
 def source_def(kind: str) -> SourceDef:
     """The declaration of a source kind (UndeclaredSource, a KeyError, for one not declared)."""
     try:
-        return SOURCES[kind]
+        return SOURCES[kind] if kind in SOURCES else MADE[kind]
     except KeyError:
         raise UndeclaredSource(f"no source '{kind}' is declared in specc.data.sources (the sources: "
                                f"{', '.join(SOURCES)})") from None
