@@ -41,7 +41,7 @@ def ready(checked, out: Path, device: str = "auto", force: bool = False, resume:
     return prepared
 
 
-def _spec_of(spec_or_path, overrides, name) -> Spec:
+def spec_of(spec_or_path, overrides, name) -> Spec:
     """A Spec as given, with further overrides applied after its own; else one loaded."""
     if isinstance(spec_or_path, Spec):
         if not overrides:
@@ -53,7 +53,7 @@ def _spec_of(spec_or_path, overrides, name) -> Spec:
     return load(spec_or_path, overrides, name)
 
 
-def _threads(threads) -> int | None:
+def checked_threads(threads) -> int | None:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096:
@@ -72,9 +72,9 @@ def train(spec_or_path, data=None, out=None, overrides=None, device: str = "auto
     from specc.training.options import RunOptions
     from specc.training.run import train_run
 
-    spec = _spec_of(spec_or_path, overrides, name)
+    spec = spec_of(spec_or_path, overrides, name)
     checked = spec.checked if data is None else with_frame(spec.checked, data)
-    threads = _threads(threads)
+    threads = checked_threads(threads)
     folder = Path(out) if out is not None else Path("runs") / checked.name
     prepared = ready(checked, folder, device, force, sets=spec.sets)
     notebook = not quiet and in_notebook()

@@ -123,8 +123,10 @@ def load(path_or_text, overrides=None, name: str | None = None) -> Spec:
         path = None
         source = text_source(name or STRING_NAME, path_or_text)
         checked, warnings = load_source(source, sets)  # its paths relative to the working folder
-        # the name runs/<name>/ and the exported model take: `name`'s stem, else "spec" (not "<string>")
-        checked = dataclasses.replace(checked, name=Path(name).stem if name else "spec")
+        # the name runs/<name>/ and the exported model take: `name`'s stem, but "spec" for a bracketed
+        # name such as <string> or <cell>, which names a text rather than a file
+        stem = Path(name).stem if name else ""
+        checked = dataclasses.replace(checked, name=stem if stem and not stem.startswith("<") else "spec")
     return Spec(checked, tuple(sets), tuple(warnings), path, checked.name)
 
 

@@ -185,7 +185,7 @@ def _reading_options(c) -> None:
                    "column, else <column>_test, else <column>_valid, the same for every column)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="specc", description="Compile a model spec into a trained, exported model.")
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -246,10 +246,16 @@ def _load(args, warn: bool = True):
 
 
 def _check(args) -> int:
-    from specc.language.summary import summary
+    from specc.api.spec import check
 
-    spec = _load(args)
-    print(summary(spec, read_data=not args.no_data))
+    report = check(args.spec, args.sets, data=not args.no_data)  # the API's Report, the same text
+    for d in report.diagnostics if report.ok or report.data_error is not None else ():
+        print(d.render(), file=sys.stderr)  # the warnings, before the summary
+    if report.data_error is not None:
+        raise report.data_error
+    if not report.ok:
+        raise SpecError(report.diagnostics)
+    print(report.summary)
     return 0
 
 
@@ -263,39 +269,21 @@ def _show(args) -> int:
             raise SpecError(errors)
         print(ast.dump(tree))
         return 0
-    spec = _load(args)
-    if args.stage == "data":
-        from specc.data.preview import preview
-        from specc.training.runfolder import atomic_write
+    from specc.api.spec import Spec, stage_text
+    from specc.training.runfolder import atomic_write
 
-        # pictures go only where the user says: specc writes nothing else outside a run folder
-        text, png = preview(spec, args.png)
-        if png is not None and args.png is not None:
+    checked = _load(args)
+    text, png = stage_text(Spec(checked, tuple(args.sets), (), args.spec, checked.name), args.stage,
+                           png=args.png is not None)
+    # pictures go only where the user says: specc writes nothing else outside a run folder
+    if args.stage == "data":
+        if png is not None:
             atomic_write(args.png, png)
         print(text)
-        return 0
-    if args.stage == "code":
-        from specc.data.prepare import prepare
-        from specc.model.lower import lower
-        from specc.model.sized import sized_model
-
-        # The data decides embedding sizes in blocks such as tabular(...) and the procs' constants.
-        prepared = prepare(spec.data, spec.model.inputs)
-        print(lower(sized_model(spec, prepared), prepared.stats, tables=prepared.tables).code.strip("\n"))
     else:
-        from specc.data.prepare import prepare
-        from specc.language.summary import describe
-        from specc.model.plan import make_plan
-        from specc.training.optim import simulate_schedules
-        from specc.training.plot import schedule_png
-        from specc.training.runfolder import atomic_write
-
-        prepared = prepare(spec.data, spec.model.inputs)
-        plan = make_plan(spec, prepared)
-        print(describe(spec, plan))
+        print(text)
         if args.png is not None:
-            atomic_write(args.png, schedule_png(plan, simulate_schedules(spec, plan, max_steps=20_000),
-                                                    f"{spec.name}: the plan"))
+            atomic_write(args.png, png)
             print(f"the learning rate and momentum of every group at every step: {args.png}")
         else:
             print("(--png FILE draws the learning rate and momentum of every group at every step)")
@@ -328,24 +316,13 @@ def _train_options(args, spec) -> Path:
 
 def _train_early(args):
     """One process (no launcher): (spec, folder, data), after every refusal that needs no torch,
-    before torch is imported: the options, a folder that holds a run, the data and the plan."""
-    from specc.data.prepare import prepare
-    from specc.model.plan import make_plan
-    from specc.training.run import load_resume, out_of_memory
-    from specc.training.runfolder import CHECKPOINT, RunFolder
+    before torch is imported: the options, a folder that holds a run, the data and the plan (the
+    API's specc.api.run.ready, which specc.train calls too)."""
+    from specc.api.run import ready
 
     spec = _load(args)
     out = _train_options(args, spec)
-    folder = RunFolder(out)
-    why = folder.busy() or (folder.refusal(args.force) if args.resume is None else None)
-    if why is not None:
-        raise UsageError(why)
-    if args.resume is not None and not (out / CHECKPOINT).is_file():
-        load_resume(out, spec, args.sets)  # its error
-    with out_of_memory(spec, folder):  # as train_run reads it
-        prepared = prepare(spec.data, spec.model.inputs)
-    make_plan(spec, prepared)  # what the data rules out, an init run that is not there
-    return spec, out, prepared
+    return spec, out, ready(spec, out, args.device, args.force, resume=args.resume is not None, sets=args.sets)
 
 
 def _train(args) -> int:
@@ -461,53 +438,26 @@ def _train_as(spec, out: Path, options, resume_command: str, prepared=None) -> i
 
 
 def _lr_find(args) -> int:
-    import time
-
-    from specc.data.prepare import prepare
-    from specc.model.plan import make_plan
-    from specc.training.loop import (
-        batch_order, build_model, default_threads, find_lr, pick_device, torch_threads, training_batches,
-    )
+    from specc.api.search import find_rates
     from specc.training.lrfind import FLAT_NOTE, shown
-    from specc.training.run import write_lr_find
-    from specc.training.runfolder import RunFolder
-    from specc.training.steps import setup_stage
 
     spec = _load(args)
-    if not (0 < args.start < args.end) or args.steps < 2:
-        raise UsageError("lr-find needs 0 < --start < --end and --steps of at least 2")
-    folder = RunFolder(args.out or Path("runs") / spec.name)
-    with folder.locked():  # refused now rather than after the sweep; checked again when writing
-        folder.check_lr_find(spec.source.text, args.sets, args.force)
-    prepared = prepare(spec.data, spec.model.inputs)
-    plan = make_plan(spec, prepared)
-    device = pick_device(args.device)
-    started = time.perf_counter()
-    model = build_model(spec, prepared).to(device)
-    setup = setup_stage(spec, model, plan, plan.stages[0])  # the first stage's set-up: its frozen groups frozen
-    with torch_threads(args.threads or default_threads(spec, prepared)):
-        result = find_lr(spec, setup, training_batches(spec, prepared, plan, device), batch_order(spec, device),
-                         device, args.start, args.end, args.steps)
-    seconds = time.perf_counter() - started
-    with folder.locked():
-        folder.check_lr_find(spec.source.text, args.sets, args.force)
-        write_lr_find(folder, result, f"{spec.name}: lr-find")
+    out = args.out or Path("runs") / spec.name
+    result, seconds = find_rates(spec, args.sets, out, args.start, args.end, args.steps, args.device, args.threads,
+                                 args.force)
     print(f"lr-find on {spec.name}: {len(result.lrs)} steps from {args.start:g}"
           f"{' (stopped: the loss ran away)' if result.stopped_early else ''} in {seconds:.2f} s")
     for name, lr in result.suggestions.items():
         print(f"  {name:<11} {shown(lr)}")
     if result.flat:
         print(f"  note: {FLAT_NOTE}; a wider range (--start, --end), more --steps or a larger batch may show one")
-    print(f"wrote {folder.path}/lr_find.csv and lr_find.png")
+    print(f"wrote {out}/lr_find.csv and lr_find.png")
     return 0
 
 
 def _sweep(args) -> int:
-    import itertools
-
-    from specc.training.options import RunOptions
-    from specc.training.run import load_spec, train_run
-    from specc.training.runfolder import RunFolder
+    from specc.api.search import interrupted, judged_by, train_grid
+    from specc.training.run import load_spec
 
     axes = []
     for item in args.grid:
@@ -518,75 +468,31 @@ def _sweep(args) -> int:
         axes.append((key.strip(), choices))
     base_spec, _ = load_spec(args.spec, args.sets)
     out = args.out or Path("runs") / f"{base_spec.name}-sweep"
-    combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes]))
-    if RunFolder(out).contents().status is not None:
-        raise UsageError(f"{out} holds a run of its own; a sweep's runs go into a folder of their own: choose "
-                         "another --out")
-    specs = []
-    for combo in combos:  # check every variant, and every variant's folder, before training any
-        sets = list(args.sets) + [f"{k}={v}" for k, v in combo]
-        spec, _ = load_spec(args.spec, sets)
-        name = ",".join(f"{key}={value}" for key, value in combo)
-        folder = out / "".join(ch if ch.isalnum() or ch in "=,._-" else "_" for ch in name)
-        why = RunFolder(folder).refusal(args.force)
-        if why is not None:
-            raise UsageError(why)
-        specs.append((combo, sets, spec, name, folder))
-    rows, failed = [], []
-    for k, (combo, sets, spec, name, folder) in enumerate(specs, start=1):
-        print(f"[{k}/{len(specs)}] {name}", flush=True)
-        try:
-            result = train_run(spec, folder, RunOptions(args.device, sets, quiet=True, force=args.force,
-                                                        threads=args.threads, mlflow=args.mlflow))
-        except _failures() as err:  # one variant's failure is its row; the others still train
-            print(f"specc: {name}: {_variant_failure(err)}; its folder is {folder}/", file=sys.stderr)
-            failed.append(name)
-            continue
-        except _interrupted() as stopped:  # (each `except` evaluated only when something is raised)
-            print(f"\nspecc: sweep interrupted in {name} (epoch {stopped.state.epoch}, step {stopped.state.step}); "
-                  f"the runs are in {out}/", file=sys.stderr)
-            return 130
-        rows.append((name, result.history.records[-1], folder))
-    # judged on the validation loss; on the final training loss where a variant has none (valid = none)
-    judged = "valid_loss" if all(r[1].valid_loss is not None for r in rows) else "train_loss"
-    metrics = list(base_spec.train.metrics) if judged == "valid_loss" else []
-    rows.sort(key=lambda r: getattr(r[1], judged))
+
+    def load_variant(extra):
+        sets = list(args.sets) + extra
+        return sets, load_spec(args.spec, sets)[0]
+
+    def say(line, error=False):
+        print(line, file=sys.stderr if error else sys.stdout, flush=True)
+
+    try:
+        rows, failed = train_grid(load_variant, axes, out, args.device, args.threads, args.force, args.mlflow, say)
+    except interrupted() as stopped:  # (each `except` evaluated only when something is raised)
+        print(f"\nspecc: sweep interrupted in {stopped.variant} (epoch {stopped.state.epoch}, step {stopped.state.step}); "
+              f"the runs are in {out}/", file=sys.stderr)
+        return 130
+    judged, metrics = judged_by(rows, base_spec.train.metrics)
+    rows.sort(key=lambda r: getattr(r[2], judged))
     width = max([len(r[0]) for r in rows] + [len(name) for name in failed] + [len("variant")])
     print(f"\n{'variant':<{width}}  {judged:>10}  " + "  ".join(f"{m:>10}" for m in metrics))
-    for name, last, folder in rows:
+    for name, _, last, folder in rows:
         print(f"{name:<{width}}  {getattr(last, judged):>10.6f}  " +
               "  ".join(f"{last.metrics[m]:>10.6f}" for m in metrics))
     for name in failed:
         print(f"{name:<{width}}  {'failed':>10}")
     print(f"\nbest first; the runs are in {out}/")
     return 1 if failed else 0
-
-
-def _failures() -> tuple[type, ...]:
-    """The ways one training run fails that end it but not a sweep (imported when one is raised)."""
-    from specc.export import ExportError
-    from specc.training.run import OutOfMemory
-    from specc.training.steps import TrainingDiverged
-
-    return TrainingDiverged, OutOfMemory, ExportError
-
-
-def _interrupted() -> type:
-    from specc.training.loop import Interrupted
-
-    return Interrupted
-
-
-def _variant_failure(err: Exception) -> str:
-    """A sweep variant's failure in words, as `specc train` says it."""
-    from specc.export import ExportError
-    from specc.training.steps import TrainingDiverged
-
-    if isinstance(err, TrainingDiverged):
-        return f"training stopped: {err}"
-    if isinstance(err, ExportError):
-        return f"export failed: {err}"
-    return str(err)
 
 
 def _split_values(text: str) -> list[str]:
@@ -775,7 +681,7 @@ COMMANDS = {"check": _check, "show": _show, "train": _train, "lr-find": _lr_find
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code. User mistakes never show a traceback."""
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     spec_path = getattr(args, "spec", None)
