@@ -246,21 +246,21 @@ def tune(spec_path, search: dict | None = None, trials: int = 20, out=None, over
     import io
 
     from specc.api.spec import override_list
-    from specc.commands.cli import parser
     from specc.commands.tune import tune_command
 
     if not isinstance(spec_path, (str, Path)) or not Path(spec_path).is_file():
         raise UsageError(f"tune: expected a spec file's path (best.spec is written beside its trials), found "
                          f"{spec_path!r}")
-    argv = ["tune", str(spec_path), "--trials", str(trials), "--seed", str(seed), "--device", device]
-    argv += [a for s in override_list(overrides) for a in ("--set", s)]
-    argv += [a for k, v in (search or {}).items() for a in ("--search", f"{k}={v}")]
-    argv += ["--out", str(out)] if out is not None else []
-    argv += ["--threads", str(checked_threads(threads))] if threads is not None else []
-    try:
-        args = parser().parse_args(argv)
-    except SystemExit:
-        raise UsageError(f"tune: the arguments do not make a `specc {' '.join(argv)}` command") from None
+    import argparse
+
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"trials: expected a whole number of at least 1, found {trials!r}")
+    # the Namespace `specc tune`'s parser makes, with its defaults (specc.commands.cli._tune_options)
+    args = argparse.Namespace(spec=Path(spec_path), sets=override_list(overrides), trials=trials,
+                              search=[f"{k}={v}" for k, v in (search or {}).items()],
+                              out=Path(out) if out is not None else None, storage=None, study=None, timeout=None,
+                              seed=seed, repeats=1, startup_trials=5, warmup_epochs=1, no_prune=False, device=device,
+                              threads=checked_threads(threads))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed) if quiet else contextlib.nullcontext():
         code = tune_command(args)
