@@ -15,7 +15,7 @@ from specc.data.read import read_rows
 from specc.data.splits import validates
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, FLOAT, HISTORY, IMPLICIT, Column, DataSpec, Implicit
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, HISTORY, IMPLICIT, Column, DataSpec, Implicit
 
 RAW_HEAD = 4096  # training rows kept as read where there are no validation rows, for export's parity check
 
@@ -127,8 +127,8 @@ def column_stats(values: np.ndarray) -> ColumnStats:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """Model-ready arrays: int64 indices for category columns (the target's are class indices),
-    float32 for float columns, unscaled."""
+    """Model-ready arrays: int64 indices for category columns (the target's are class indices), int64
+    [rows, longest set] indices for set columns (0: unknown or padding), float32 for float columns, unscaled."""
 
     train: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
@@ -186,9 +186,17 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
                 raise DataError(path, f"validation row {k + 1}: class '{raw_valid[col.name][k]}' never "
                                 f"appears in the training rows (classes: {', '.join(vocab.values[:20])})",
                                 column=col.name, code=codes.UNKNOWN_CLASS)
-        else:
+        elif col.kind == CATEGORIES:  # a vocabulary of the ids of the training rows' sets; rows padded with 0
+            from specc.data.sets import encode_sets, fit_set_vocab
+
+            vocabs[col.name] = vocab = fit_set_vocab(col.name, raw_train[col.name], path)
+            train[col.name] = encode_sets(vocab, raw_train[col.name])
+            valid[col.name] = encode_sets(vocab, raw_valid[col.name])
+        elif col.kind == FLOAT:
             train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
             valid[col.name] = np.ascontiguousarray(raw_valid[col.name], dtype=np.float32)
+        else:
+            raise KeyError(f"no preparing of a {col.kind} column")  # a bug: a kind prepare lacks
     stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind == FLOAT and not c.shape}
     tables = {c.name: history_table(train[c.of[0]], train[c.of[1]], vocabs[c.of[0]].size)
               for c in data.inputs if c.kind == HISTORY}

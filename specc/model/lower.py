@@ -220,20 +220,18 @@ def _embedding(g: Lowering, node: Node) -> fx.Node:
     return g.module(node, module, g.env[node.op.column])
 
 
-class HistoryBag(nn.Module):
-    """embedding_bag of a history column: each row's key index picks its set of item indices from `table`
-    (0: no item), whose rows of `weight` are reduced to one: their mean, sum, or sum over the square root
-    of their count (sqrtn). An empty set (an unknown key) gives zeros."""
+class SetBag(nn.Module):
+    """embedding_bag of a set column: each row's set as vocabulary indices padded with 0 (no id: padding, or an
+    id never seen in training), whose rows of `weight` are reduced to one: their mean, sum, or sum over the
+    square root of their count (sqrtn). An empty set gives zeros."""
 
-    def __init__(self, table, rows: int, dim: int, mode: str):
+    def __init__(self, rows: int, dim: int, mode: str):
         super().__init__()
         self.mode = mode
         self.weight = nn.Parameter(torch.empty(rows, dim))
         nn.init.trunc_normal_(self.weight, std=0.01, a=-0.02, b=0.02)  # as an embedding's (init_embedding)
-        self.register_buffer("table", torch.as_tensor(table, dtype=torch.int64))
 
-    def forward(self, key: torch.Tensor) -> torch.Tensor:
-        items = self.table[key]  # [rows, set size]
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
         # torch's bag kernel sums the rows but those of index 0 (padding_idx), never holding [rows, set, dim]
         total = F.embedding_bag(items, self.weight, mode="sum", padding_idx=0)
         if self.mode == "sum":
@@ -242,10 +240,24 @@ class HistoryBag(nn.Module):
         return total / (count if self.mode == "mean" else count.sqrt())
 
 
+class HistoryBag(SetBag):
+    """embedding_bag of a history column: each row's key index picks its set of item indices from `table`
+    (0: no item), reduced as SetBag reduces a set. An unknown key has the empty set: zeros."""
+
+    def __init__(self, table, rows: int, dim: int, mode: str):
+        super().__init__(rows, dim, mode)
+        self.register_buffer("table", torch.as_tensor(table, dtype=torch.int64))
+
+    def forward(self, key: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.table[key])  # [rows, set size]
+
+
 @lowers("embedding_bag")
 def _embedding_bag(g: Lowering, node: Node) -> fx.Node:
     op = node.op
-    return g.module(node, HistoryBag(g.tables[op.column], op.rows, op.dim, op.mode), g.env[op.key])
+    if op.column in g.tables:  # a history column: its sets looked up by the key column
+        return g.module(node, HistoryBag(g.tables[op.column], op.rows, op.dim, op.mode), g.env[op.key])
+    return g.module(node, SetBag(op.rows, op.dim, op.mode), g.raw[op.column])
 
 
 @lowers("linear")

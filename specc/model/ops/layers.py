@@ -101,9 +101,10 @@ OPS = (
           sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.column]),
           unsized_params=lambda op: f"(n_{op.column} + 1) x {op.dim}",  # its rows are the column's categories
           lookup=True, example="emb = embedding(c, 3)"),
-    OpDef("embedding_bag", "the learned rows of the items of a history column's set (`rated: history(user, "
-          "item)`: the items each row's user has in the training rows), reduced to one row: their `mean`, `sum`, "
-          "or `sqrtn` (the sum over the square root of their count, as SVD++ normalises); an empty set gives zeros",
+    OpDef("embedding_bag", "the learned rows of the ids of a set column's set (a categories column, `tags: "
+          "categories(sep=\"|\")`, or a history column, `rated: history(user, item)`: the items each row's user has "
+          "in the training rows), reduced to one row: their `mean`, `sum`, or `sqrtn` (the sum over the square root "
+          "of their count, as SVD++ normalises); ids never seen in training are left out; an empty set gives zeros",
           (SetColumn("column"), Int("dim", what="embedding size"),
            Named("mode", BAG_MODES, "mean", "how the set's rows are reduced: mean, sum or sqrtn")),
           infer=_embedding_shape, weights=_embedding_weights,
