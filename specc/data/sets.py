@@ -24,6 +24,13 @@ def sets_array(sets) -> np.ndarray:
     return out
 
 
+def from_padded(arr: np.ndarray) -> np.ndarray:
+    """A 2-D array of ids padded with SET_PAD_ID (integers) or SET_PAD_TEXT (text) as sets: each row's other values."""
+    pad = SET_PAD_ID if arr.dtype.kind in "iu" else SET_PAD_TEXT
+    values = arr.tolist() if arr.dtype.kind in "iu" else arr.astype(str).tolist()
+    return sets_array([tuple(v for v in row if v != pad) for row in values])
+
+
 def split_texts(texts, sep: str, strip: bool = False) -> np.ndarray:
     """Text fields as sets: each split at `sep`, an empty id dropped (an empty field, or one of separators
     alone, is the empty set); with `strip`, spaces around each id removed first."""
@@ -93,6 +100,8 @@ def padded_ids(sets: np.ndarray, integer: bool, error: At) -> np.ndarray:
     that is no whole number where the model's ids are."""
     from specc.inference.columns import whole
 
+    if isinstance(sets, np.ndarray) and sets.ndim == 2:  # already padded, as an .npz holds sets
+        sets = from_padded(sets)
     width = max([1] + [len(set(items)) for items in sets])
     out = np.full((len(sets), width), SET_PAD_ID if integer else SET_PAD_TEXT, dtype=np.int64 if integer else object)
     for k, items in enumerate(sets):
