@@ -82,10 +82,14 @@ def _sets(table: Table, col: Column):
     """A set column's text fields as tuples of ids, each row's set within the column's max_size."""
     from specc.data.sets import check_sizes, split_texts
 
+    def at(row: int, message: str, code: codes.Code) -> DataError:
+        try:
+            return DataError(table.path, message, line=table.line(row), column=col.name, code=code)
+        except csv.Error:  # a field past the csv module's limit, which pyarrow read: the row, not its line
+            return DataError(table.path, f"data row {row + 1:,}: {message}", column=col.name, code=code)
+
     sets = split_texts(table.columns[col.name], col.sep, table.source.strip)
-    if col.max_size is not None:
-        check_sizes(sets, col, lambda k, message, code: DataError(table.path, message, line=table.line(k),
-                                                                   column=col.name, code=code))
+    check_sizes(sets, col, at)
     return sets
 
 
