@@ -393,7 +393,7 @@ def _float_of_columns(c: Checker, expr: ast.Typed, whole: ast.Expr, scale: float
         bad = call.args[0].span if call.args else next(kw.name.span for kw in call.keywords if kw.name.id != "columns")
         c.error(codes.BAD_ARGUMENTS, "float takes a shape, as in float(784), or columns=[...] alone", bad,
                 ["e.g. genres: float(columns=[action, comedy, drama])"] +
-                (suggest(keys[0], ("columns",)) if keys != ["columns"] and keys else []))
+                (list(suggest(keys[0], ("columns",))) if keys != ["columns"] and keys else []))
         return None
     if what != "inputs":
         c.error(codes.BAD_COLUMN, "float(columns=[...]) is an input's: the target is one column of the file",
