@@ -169,7 +169,7 @@ MALFORMED_JSON = Code("D127", "a row of a JSON Lines file that is not one JSON o
 VALID_FILE = Code("D128", "a `valid = file(path)` validation file that lacks a column (an array, a field) the spec reads "
                           "from the training file")
 TOO_LARGE_SET = Code("D129", "a row of a `categories` column whose set holds more distinct ids than the column's "
-                             "max_size (256 unless the spec says otherwise)", DATA_SHAPE)
+                             "max_size (256 unless the spec says otherwise)")
 
 
 ALL: tuple[Code, ...] = tuple(value for value in tuple(globals().values()) if isinstance(value, Code))
