@@ -332,3 +332,18 @@ def test_a_null_parquet_list_is_the_empty_set(tmp_path):
     spec, prepared, _ = prepared_spec(spec_file(tmp_path, source='parquet("m.parquet")'))
     both = np.concatenate([prepared.train["tags"], prepared.valid["tags"]])
     assert sorted(both[:, 0].tolist()) == [0] * 6 + [1] * 6
+
+
+def test_serve_reads_a_set_as_an_array_or_as_text_and_runs_it_as_predict_does(tmp_path):
+    from specc.inference.serve import read_request
+    from specc.inference.session import Session
+
+    write_csv(tmp_path)
+    spec, prepared, model, _ = trained(spec_file(tmp_path, mode="sum"))
+    session = Session(to_onnx(spec, model.eval(), prepared.vocabs).SerializeToString(), device="cpu")
+    body = [{"user": 1, "tags": ["a", "b", "a"], "genres": [0.5, 0.2]},
+            {"user": 1, "tags": "b|a", "genres": [0.5, 0.2]}, {"user": 1, "tags": None, "genres": [0.5, 0.2]}]
+    request, _ = read_request(session, json.dumps(body).encode(), 100)
+    assert request.feed["tags"].tolist() == [["a", "b"], ["b", "a"], ["", ""]]
+    got = session.run(request.feed)["rating"]
+    assert got[0] == pytest.approx(got[1], abs=1e-6) and got[2] != pytest.approx(got[0], abs=1e-6)
