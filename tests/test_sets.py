@@ -16,8 +16,9 @@ from helpers import prepared_spec, trained
 
 from specc.commands.cli import main
 from specc.data.prepare import Vocab, prepare
-from specc.data.sets import encode_sets, padded_ids, sets_array, split_texts
+from specc.data.sets import encode_sets, sets_array, split_texts
 from specc.export import parity, parity_rows, to_onnx
+from specc.inference.columns import padded_sets
 from specc.language.diagnostics import DataError, SpecError
 from specc.language.spec import CATEGORIES, SET_MAX
 from specc.training.run import load_spec
@@ -223,9 +224,9 @@ def test_the_exported_model_counts_a_repeated_id_once_and_skips_padding(tmp_path
 def test_predict_pads_the_sets_it_reads(tmp_path):
     def fail(k, message, code):
         raise AssertionError(message)
-    got = padded_ids(sets_array([("3", "1", "3"), (), ("7",)]), True, fail)
+    got = padded_sets(sets_array([("3", "1", "3"), (), ("7",)]), True, fail)
     assert got.tolist() == [[3, 1], [-1, -1], [7, -1]]
-    assert padded_ids(sets_array([("x",), ()]), False, fail).tolist() == [["x"], [""]]
+    assert padded_sets(sets_array([("x",), ()]), False, fail).tolist() == [["x"], [""]]
 
 
 # ---------------------------------------------------------------- misuse, at the spec's line

@@ -378,7 +378,8 @@ def _set_misfit(col: Column, t, sizes: list, kind: str | None) -> tuple[str, str
         return None
     if not sizes and kind == "string":
         return None
-    held = f"lists of {_words(kind, _lists(t)[1])}" if sizes else f"one {'id' if kind == 'int' else 'value'} a row ({t})"
+    one = "id" if kind == "int" else "value"
+    held = f"lists of {_words(kind, _lists(t)[1])}" if sizes else f"one {one} a row ({t})"
     return held, _SET_HINT + ("; one id a row is `category`" if not sizes and kind == "int" else "")
 
 

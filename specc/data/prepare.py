@@ -15,7 +15,9 @@ from specc.data.read import read_rows
 from specc.data.splits import validates
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, HISTORY, IMPLICIT, Column, DataSpec, Implicit
+from specc.language.spec import (
+    CATEGORIES, CATEGORY, FLOAT, HISTORY, IMPLICIT, SET_PAD_ID, Column, DataSpec, Implicit,
+)
 
 RAW_HEAD = 4096  # training rows kept as read where there are no validation rows, for export's parity check
 
@@ -187,7 +189,7 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
                                 f"appears in the training rows (classes: {', '.join(vocab.values[:20])})",
                                 column=col.name, code=codes.UNKNOWN_CLASS)
         elif col.kind == CATEGORIES:  # a vocabulary of the ids of the training rows' sets; rows padded with 0
-            from specc.data.sets import encode_sets, fit_set_vocab
+            from specc.data.sets import encode_sets
 
             vocabs[col.name] = vocab = fit_set_vocab(col.name, raw_train[col.name], path)
             train[col.name] = encode_sets(vocab, raw_train[col.name])
@@ -203,6 +205,19 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     # export's parity check takes a few raw rows: the validation rows', else (valid = none) the first training rows
     head = None if validates(data.valid) else {name: values[:RAW_HEAD].copy() for name, values in raw_train.items()}
     return Prepared(train, valid, vocabs, raw_valid, path, stats, head, tables)
+
+
+def fit_set_vocab(column: str, sets: np.ndarray, path: str) -> Vocab:
+    """The vocabulary of a set column's training rows (each id's count: the rows holding it); -1 is no id of
+    it, since -1 pads the exported model's input."""
+    from specc.data.sets import flat_distinct
+
+    ids, _ = flat_distinct(sets)
+    vocab = Vocab.fit(column, ids)
+    if vocab.integer and str(SET_PAD_ID) in vocab.values:
+        raise DataError(path, f"the id {SET_PAD_ID} in a set: {SET_PAD_ID} pads the sets of the exported model's "
+                        "input, so it is no id of a categories column", column=column, code=codes.BAD_NUMBER)
+    return vocab
 
 
 def _with_history_columns(data: DataSpec, inputs: tuple[Column, ...]) -> tuple[Column, ...]:

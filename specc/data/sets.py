@@ -1,6 +1,6 @@
 """Set columns (`tags: categories(sep="|")`): each reader's values (a text field, a list, a padded array
 row) -> one tuple of ids per row; prepare's vocabulary and [rows, longest set] index matrix of them; and
-the (N, L) padded ids an exported model takes, for predict, evaluate and serve."""
+the (N, L) padded ids an exported model takes (specc.inference.columns.padded_sets makes them)."""
 
 from __future__ import annotations
 
@@ -65,19 +65,6 @@ def flat_distinct(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, np.asarray(rows, dtype=np.int64)
 
 
-def fit_set_vocab(column: str, sets: np.ndarray, path: str):
-    """The vocabulary of a set column's training rows (each id's count: the rows holding it); -1 is no id of
-    it, since -1 pads the exported model's input."""
-    from specc.data.prepare import Vocab
-
-    ids, _ = flat_distinct(sets)
-    vocab = Vocab.fit(column, ids)
-    if vocab.integer and str(SET_PAD_ID) in vocab.values:
-        raise DataError(path, f"the id {SET_PAD_ID} in a set: {SET_PAD_ID} pads the sets of the exported model's "
-                        "input, so it is no id of a categories column", column=column, code=codes.BAD_NUMBER)
-    return vocab
-
-
 def encode_sets(vocab, sets: np.ndarray) -> np.ndarray:
     """Each row's distinct known ids as vocabulary indices, in index order, padded with 0 (the unknown id, which
     the bag skips) to the longest: int64 [rows, at least 1]."""
@@ -91,30 +78,4 @@ def encode_sets(vocab, sets: np.ndarray) -> np.ndarray:
     out = np.zeros((len(sets), max(1, int(counts.max(initial=0)))), dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     out[rows, np.arange(len(rows)) - starts[rows]] = index
-    return out
-
-
-def padded_ids(sets: np.ndarray, integer: bool, error: At) -> np.ndarray:
-    """Sets as the exported model's input takes them: (N, L) int64 ids padded with SET_PAD_ID, or text padded
-    with SET_PAD_TEXT, L the longest set (at least 1); each row's ids once. `error(row, message)` for an id
-    that is no whole number where the model's ids are."""
-    from specc.inference.columns import whole
-
-    if isinstance(sets, np.ndarray) and sets.ndim == 2:  # already padded, as an .npz holds sets
-        sets = from_padded(sets)
-    width = max([1] + [len(set(items)) for items in sets])
-    out = np.full((len(sets), width), SET_PAD_ID if integer else SET_PAD_TEXT, dtype=np.int64 if integer else object)
-    for k, items in enumerate(sets):
-        distinct = list(dict.fromkeys(items))
-        if integer:
-            numbers = [whole(i) for i in distinct]
-            if None in numbers:
-                bad = distinct[numbers.index(None)]
-                raise error(k, f"expected whole-number ids (the model's are integers), found '{bad}'",
-                            codes.WRONG_TYPE)
-            # an id past int64 was never seen in training: dropped, as an unknown id is
-            distinct = [n for n in numbers if -(1 << 63) <= n < (1 << 63) and n != SET_PAD_ID]
-        else:
-            distinct = [str(i) for i in distinct]
-        out[k, :len(distinct)] = distinct
     return out

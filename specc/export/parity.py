@@ -27,11 +27,12 @@ def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: s
     for col in spec.model.inputs:
         values = raw[col][rows]
         if kinds[col] == CATEGORIES:  # the sets as the model takes them: (N, L), padded
-            from specc.data.sets import padded_ids, sets_array
+            from specc.data.sets import sets_array
+            from specc.inference.columns import padded_sets
 
             def error(k, message, code):  # the rows were read and checked in training: a bug
                 raise ValueError(f"parity row {k} of '{col}': {message}")
-            feed[col] = padded_ids(sets_array(values), vocabs[col].integer, error)
+            feed[col] = padded_sets(sets_array(values), vocabs[col].integer, error)
         elif col in vocabs:
             vocab = vocabs[col]
             if vocab.integer:

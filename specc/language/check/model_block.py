@@ -426,7 +426,8 @@ def _set_column(b: _ModelBuilder, col: ast.Expr, func: str) -> Column | None:
     b.c.error(codes.UNKNOWN_NAME, f"{func}: expected a set column (categories or history), found {what}", col.span,
               (suggest(col.id, sets) if isinstance(col, ast.Name) else []) or
               [f"set columns: {', '.join(sets)}" if sets else
-               "declare one in the data block's inputs, e.g. tags: categories(sep=\"|\") or rated: history(user, item)"])
+               "declare one in the data block's inputs, e.g. tags: categories(sep=\"|\") or "
+               "rated: history(user, item)"])
     return None
 
 
