@@ -170,6 +170,8 @@ VALID_FILE = Code("D128", "a `valid = file(path)` validation file that lacks a c
                           "from the training file")
 SIDE_TABLE_KEY = Code("D129", "a side table (`table NAME { ... }`) whose key is missing on a row, is on two rows, is "
                               "not a whole number where the data's ids are, or is never a training row's")
+TOO_LARGE_SET = Code("D130", "a row of a `categories` column whose set holds more distinct ids than the column's "
+                             "max_size (256 unless the spec says otherwise)")
 
 
 ALL: tuple[Code, ...] = tuple(value for value in tuple(globals().values()) if isinstance(value, Code))
