@@ -91,6 +91,13 @@ def test_each_row_takes_its_key_s_row_of_the_table_or_the_fill(tmp_path):
     # a category's vocabulary is its values in the training rows: the fill 'x' among them, no job of user 31
     assert set(prepared.vocabs["genre"].values) == {"x", "y", "z"} and set(prepared.vocabs["job"].values) <= set("abc")
     assert 28 in users and not any(k == 0 for k in prepared.train["user"])
+    # the memory estimate holds the tables' columns by key beside the splits
+    from dataclasses import replace
+
+    from specc.model.plan import data_bytes
+
+    extra = sum(side.values.nbytes for side in prepared.sides.values())
+    assert data_bytes(prepared) - data_bytes(replace(prepared, sides=None)) == extra > 0
 
 
 def test_the_exported_model_takes_the_keys_alone_and_looks_the_tables_up(tmp_path):
