@@ -35,8 +35,9 @@ def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: s
             feed[col] = padded_sets(sets_array(values), vocabs[col].integer, error)
         elif col in vocabs:
             vocab = vocabs[col]
-            if vocab.integer:
-                feed[col] = np.array([int(v) for v in values], dtype=np.int64)
+            if vocab.integer:  # a value no whole number (a missing id) is, as an unseen id is, the unknown category
+                unseen = int(unseen_ids(vocab)[0])
+                feed[col] = np.array([_whole(v, unseen) for v in values], dtype=np.int64)
             else:
                 feed[col] = np.array([str(v) for v in values], dtype=object)
         else:
@@ -71,6 +72,14 @@ def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
                 for other in inputs:  # one row with just this value missing
                     raw[other].append(float("nan") if other == col else raw[other][0])
     return raw
+
+
+def _whole(value, otherwise: int) -> int:
+    """A raw id as the whole number an int64 input takes, or `otherwise` where it is none (missing, text)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return otherwise
 
 
 def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list],
