@@ -213,11 +213,8 @@ def fit_implicit_bpr(train: sp.csr_matrix, threads: int):
                                                      num_threads=threads, random_state=SEED), train)
 
 
-SPEC = ROOT / "specs" / "implicit.spec"
-
-
-def fit_specc(split: Split, threads: int) -> dict:
-    """specs/implicit.spec trained on the split's training rows, the test rows as its validation file
+def fit_specc(split: Split, threads: int, spec_path: Path) -> dict:
+    """A shipped spec trained on the split's training rows, the test rows as its validation file
     (`valid = file(...)`: every training row trains); its row: fit seconds (training's wall time, each
     epoch's full-ranking validation included), and NDCG@K and Recall@K of the exported model's top K
     through onnxruntime alone. Also onnxruntime's top-K rows/s against torch's ranking on the same weights."""
@@ -232,7 +229,7 @@ def fit_specc(split: Split, threads: int) -> dict:
             coo = part.tocoo()
             lines = [f"{split.user_ids[u]},{split.item_ids[i]}" for u, i in zip(coo.row, coo.col)]
             (folder / name).write_text("user,item\n" + "\n".join(lines) + "\n")
-        spec, _ = load_spec(SPEC, [f'data.source.path="{folder / "train.csv"}"', f'data.valid=file("{folder / "test.csv"}")'])
+        spec, _ = load_spec(spec_path, [f'data.source.path="{folder / "train.csv"}"', f'data.valid=file("{folder / "test.csv"}")'])
         start = time.perf_counter()
         result = train_run(spec, folder / "run", RunOptions("cpu", quiet=True, threads=threads))
         fit_s = time.perf_counter() - start
@@ -296,23 +293,24 @@ SETTINGS = {
     "implicit ALS": {"factors": 64, "regularization": 0.05, "iterations": 15, "alpha": 1.0},
     "implicit BPR": {"factors": 64, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100},
     "specc BPR": {"spec": "specs/implicit.spec"},
+    "specc Mult-DAE": {"spec": "specs/multdae.spec"},
 }
-SPECC = "specc BPR"
+SPECC = {"specc BPR": ROOT / "specs" / "implicit.spec", "specc Mult-DAE": ROOT / "specs" / "multdae.spec"}
 PEERS = (
     Peer("popularity", None, fit_popularity),
     Peer("cornac BPR", "cornac", fit_cornac_bpr),
     Peer("cornac EASE", "cornac", fit_cornac_ease),
     Peer("implicit ALS", "implicit", fit_implicit_als),
     Peer("implicit BPR", "implicit", fit_implicit_bpr),
-    Peer(SPECC, None, fit_specc),
+    *(Peer(name, None, fit_specc) for name in SPECC),
 )
 
 
 def run_peer(peer: Peer, split: Split, threads: int) -> dict:
     """Fit and evaluate one peer: its row (skipped, with the reason, where its package is missing)."""
     row = {"peer": peer.name, "settings": SETTINGS[peer.name]}
-    if peer.name == SPECC:
-        return {**row, **fit_specc(split, threads)}
+    if peer.name in SPECC:
+        return {**row, **fit_specc(split, threads, SPECC[peer.name])}
     if peer.package and importlib.util.find_spec(peer.package) is None:
         return {**row, "skipped": f"{peer.package} is not installed (pip install -e '.[bench]')"}
     start = time.perf_counter()
@@ -376,17 +374,17 @@ def main(argv=None) -> int:
             rows.append(run_peer(peer, split, args.threads))
             print(f"  {peer.name}: " + (rows[-1].get("skipped") or f"fit {rows[-1]['fit_s']:.2f}s"), flush=True)
     print()
-    head = f"{'peer':<13}  {'fit s':>7}  {'NDCG@10':>7}  {'Recall@10':>9}  settings"
+    head = f"{'peer':<14}  {'fit s':>7}  {'NDCG@10':>7}  {'Recall@10':>9}  settings"
     print_table(head, rows, lambda r: (
-        f"{r['peer']:<13}  skipped: {r['skipped']}" if "skipped" in r else
-        f"{r['peer']:<13}  {r['fit_s']:>7.2f}  {r['ndcg@10']:>7.4f}  {r['recall@10']:>9.4f}  "
+        f"{r['peer']:<14}  skipped: {r['skipped']}" if "skipped" in r else
+        f"{r['peer']:<14}  {r['fit_s']:>7.2f}  {r['ndcg@10']:>7.4f}  {r['recall@10']:>9.4f}  "
         + " ".join(f"{k}={v}" for k, v in r["settings"].items())))
     print()
     print("fit s: wall seconds of the peer's fit alone (its data conversion and the scoring not counted);")
     print("  specc's: `specc train`'s run, its full-ranking validation after every epoch included.")
     for r in rows:
         if "onnx_users_per_s" in r:
-            print(f"specc's exported top {K} through onnxruntime: {r['onnx_users_per_s']:,.0f} users/s; torch's ranking "
+            print(f"{r['peer']}: the exported top {K} through onnxruntime: {r['onnx_users_per_s']:,.0f} users/s; torch's ranking "
                   f"on the same weights: {r['torch_users_per_s']:,.0f} users/s (ratio "
                   f"{r['onnx_users_per_s'] / r['torch_users_per_s']:.2f}), {args.threads} thread(s)")
     print(f"NDCG@10, Recall@10: means over the users with a test item; every item scored, the user's training")

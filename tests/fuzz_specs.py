@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,12 +34,20 @@ TOKENS = ["{", "}", "(", ")", "[", "]", ",", "=", ":", ";", "|>", "+", "-", "*",
           "bpr", "sampled_bce", "ndcg(10)", "map(0)", "recall", "per_user(0.2)", "leave_last(1, by=timestamp)",
           'file("u1.test")', "monitor=ndcg(10)", "rated: history(user, item)", "embedding_bag(rated, 4, mode=sqrtn)",
           "history(item, user)", "mode=sum",
+          # set columns and float vectors of several columns
+          'tags: categories(sep="|")', "categories", "categories(max_size=2)", 'sep=","', 'sep="||"',
+          "embedding_bag(tags, 4)", "embedding(tags, 4)", "float(columns=[user, item])", "columns=[]",
+          "genres: float(columns=[a, b])", "float(columns=[rating])",
           # near the nesting bound (E306: 200 levels), so that one insertion or two cross it
           " |> relu" * 150, "-" * 150, "(" * 150, "[" * 150, "relu(" * 150, " + 1" * 150, ")" * 150]
 
 
 def examples() -> list[tuple[str, str]]:
-    return [(p.name, p.read_text()) for p in sorted((ROOT / "specs").glob("*.spec"))]
+    """The example specs, and the language reference's examples of set columns and float vectors of several
+    columns (which no spec of specs/ has), to mutate."""
+    docs = re.findall(r"```spec\n(.*?)```", (ROOT / "docs" / "language.md").read_text(), re.S)
+    sets = [(f"language.md-{k}", text) for k, text in enumerate(docs) if "categories(" in text]
+    return [(p.name, p.read_text()) for p in sorted((ROOT / "specs").glob("*.spec"))] + sets
 
 
 def mutate(text: str, rng: random.Random) -> str:

@@ -207,7 +207,7 @@ def test_hostile_frames_are_errors_that_name_what_is_wrong(tiny, tmp_path):
     mixed.loc[3, "user"] = "someone"  # Python objects of two kinds
     with pytest.raises(specc.DataError) as caught:
         specc.train(tiny, data=mixed, out=tmp_path / "r", device="cpu", quiet=True)
-    assert caught.value.code.code == "D130" and caught.value.column == "user"
+    assert caught.value.code.code == "D131" and caught.value.column == "user"
     floats = ratings.astype({"user": float})
     floats.loc[3, "user"] = np.nan  # NaN in a category column: pandas' floats, which a category is not
     with pytest.raises(specc.SpecError) as caught:
@@ -222,7 +222,7 @@ def test_hostile_frames_are_errors_that_name_what_is_wrong(tiny, tmp_path):
     assert math.isfinite(run.metrics["valid_loss"])
     with pytest.raises(specc.DataError) as caught:
         specc.train(tiny, data={"user": np.arange(3), "item": np.arange(4)}, out=tmp_path / "r", quiet=True)
-    assert caught.value.code.code == "D130" and caught.value.column == "item"
+    assert caught.value.code.code == "D131" and caught.value.column == "item"
     with pytest.raises(specc.UsageError):
         specc.train(tiny, data=[1, 2, 3], out=tmp_path / "r", quiet=True)
     assert not (tmp_path / "r").exists()

@@ -142,6 +142,11 @@ def test_example_specs_check(tmp_path, capsys):
                  "--set", "data.train_rows=128", "--out", str(tmp_path / "runs" / "digits_pretrain")]) == 0
     for spec in sorted(copy.glob("*.spec")):
         assert main(["check", str(spec)]) == 0, spec
+        # the data as the file has the columns the spec reads: implicit feedback's made target is none of them,
+        # a side table's columns are its own file's
+        assert main(["show", str(spec), "--stage", "data"]) == 0, spec
+        if spec.name == "svdpp.spec":
+            assert "table items, " in capsys.readouterr().out
     capsys.readouterr()
 
 

@@ -115,7 +115,7 @@ def test_predict_reads_only_the_ids(tmp_path, capsys):
      "history: the key and its items are the same column"),
     ("[user: category, item: category, rated: history(user)]", None,
      "history: expected two category columns, the key and its items"),
-    (None, "y = embedding_bag(user, 4)", "embedding_bag: expected a history column, found the category column 'user'"),
+    (None, "y = embedding_bag(user, 4)", "embedding_bag: expected a set column (categories or history), found the category column 'user'"),
     (None, "y = embedding_bag(rated, 4, mode=sqrt)", "mode: expected one of mean, sum, sqrtn, found sqrt"),
 ])
 def test_what_history_and_embedding_bag_refuse(tmp_path, capsys, inputs, model, message):

@@ -468,3 +468,23 @@ def test_check_reads_no_torch_and_show_data_reads_parquet(tmp_path):
 
 if __name__ == "__main__":
     write_fixtures(FIXTURES)
+
+
+def test_a_missing_whole_number_id_in_the_validation_rows_exports_as_the_unknown_id(tmp_path, capsys):
+    """A null id of a whole-number category column that only validation rows hold is the unknown category, in
+    training and in the export's check against torch (which fed it to int() and showed a traceback)."""
+    rng = np.random.default_rng(0)
+    users = [None if k == 5 else int(u) for k, u in enumerate(rng.integers(1, 30, 400))]
+    pq.write_table(pa.table({"user": pa.array(users, pa.int64()), "item": rng.integers(1, 20, 400),
+                             "rating": rng.normal(3, 1, 400)}), tmp_path / "r.parquet")
+    (tmp_path / "p.spec").write_text('data {\n    source = parquet("r.parquet")\n    inputs = [user: category, '
+                                     'item: category]\n    target = rating: float\n    valid  = rows(0, 100)\n}\n'
+                                     'model {\n    out = dot(embedding(user, 3), embedding(item, 3))\n}\n'
+                                     'train {\n    loss = mse\n    fit(epochs=1, lr=1e-2)\n}\n')
+    assert main(["train", str(tmp_path / "p.spec"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    from specc.inference.session import Session
+
+    session = Session(tmp_path / "run" / "model.onnx", device="cpu")
+    unknown = session.run({"user": np.array([10**9], np.int64), "item": np.array([3], np.int64)})["rating"]
+    assert np.isfinite(unknown).all()

@@ -91,6 +91,13 @@ def test_each_row_takes_its_key_s_row_of_the_table_or_the_fill(tmp_path):
     # a category's vocabulary is its values in the training rows: the fill 'x' among them, no job of user 31
     assert set(prepared.vocabs["genre"].values) == {"x", "y", "z"} and set(prepared.vocabs["job"].values) <= set("abc")
     assert 28 in users and not any(k == 0 for k in prepared.train["user"])
+    # the memory estimate holds the tables' columns by key beside the splits
+    from dataclasses import replace
+
+    from specc.model.plan import data_bytes
+
+    extra = sum(side.values.nbytes for side in prepared.sides.values())
+    assert data_bytes(prepared) - data_bytes(replace(prepared, sides=None)) == extra > 0
 
 
 def test_the_exported_model_takes_the_keys_alone_and_looks_the_tables_up(tmp_path):
@@ -258,3 +265,25 @@ def test_serve_answers_from_the_keys_alone_as_predict_does(tmp_path, capsys):
         assert [f"{v:.6g}" for v in got["rating"]] == [f"{v:.6g}" for v in want]
         status, schema, _ = call(url + "/schema", method="GET")
         assert status == 200 and "age" not in json.dumps(schema) and "user" in json.dumps(schema)
+
+
+def test_a_table_s_column_may_be_a_vector_of_several_of_its_columns(tmp_path):
+    """`flags: float(columns=[a, b, c])` in a table (MovieLens' u.item genre flags): each row takes its item's
+    three numbers as one vector; the exported model holds them and still takes only the ids."""
+    path, rows = files(tmp_path)
+    flags = {i: (i % 2, (i // 2) % 2, float(i) / 10) for i in range(1, 16)}
+    (tmp_path / "flags.csv").write_text("item,a,b,c\n" + "".join(f"{i},{a},{b},{c}\n" for i, (a, b, c) in flags.items()))
+    path.write_text(SPEC.format(users="users.csv", model="out = concat(embedding(item, 3), flags) |> linear(1)").replace(
+        'source  = csv("items.csv")', 'source  = csv("flags.csv")').replace(
+        'columns = [genre: category(fill="x")]', "columns = [flags: float(columns=[a, b, c], fill=-1)]"))
+    spec, prepared, model, _ = trained(path)
+    items = [int(prepared.vocabs["item"].values[k - 1]) for k in prepared.train["item"]]
+    want = np.array([flags.get(i, (-1, -1, -1)) for i in items], np.float32)
+    np.testing.assert_array_equal(prepared.train["flags"], want)
+    proto = to_onnx(spec, model, prepared.vocabs, prepared.sides)
+    assert [i.name for i in proto.graph.input] == ["item"]
+    got = Session(proto.SerializeToString(), device="cpu").run({"item": np.array([3, 19], np.int64)})["rating"]
+    with torch.no_grad():
+        hand = model.eval()(torch.from_numpy(prepared.vocabs["item"].lookup([3, 19])),
+                            torch.tensor([flags[3], (-1, -1, -1)], dtype=torch.float32))[:, 0]
+    np.testing.assert_allclose(got, hand.numpy(), rtol=0, atol=1e-6)

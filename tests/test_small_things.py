@@ -59,7 +59,7 @@ def test_every_initializer_of_an_exported_example_is_read_by_a_node(path, tmp_pa
 
         graph = to_onnx_topk(spec, model, prepared.vocabs, interactions_of(spec, prepared, torch.device("cpu"))).graph
     else:
-        graph = to_onnx(spec, model, prepared.vocabs).graph
+        graph = to_onnx(spec, model, prepared.vocabs, prepared.sides).graph
     read = {name for node in graph.node for name in node.input}
     unused = [t.name for t in graph.initializer if t.name not in read]
     assert graph.initializer and not unused
@@ -78,7 +78,7 @@ def test_exported_tabular_model_loads_without_onnxruntime_warnings(tmp_path):
     spec, prepared, _ = prepared_spec(ROOT / "specs" / "adult.spec")
     torch.manual_seed(0)
     model = lower(sized_model(spec, prepared), prepared.stats, tables=prepared.tables).eval()
-    onnx_model = to_onnx(spec, model, prepared.vocabs)
+    onnx_model = to_onnx(spec, model, prepared.vocabs, prepared.sides)
     unsqueezes = [n for n in onnx_model.graph.node if n.op_type == "Unsqueeze"]
     assert len(unsqueezes) == 6  # one per float column
     ints = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer

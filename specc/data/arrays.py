@@ -11,7 +11,7 @@ from specc.data.files import describe_array, first_not_text, load_npz, npz_array
 from specc.data.split import split_rows
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, printable, suggest
-from specc.language.spec import CATEGORY, NpzSource
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, SET_PAD_ID, NpzSource
 from specc.model.memory import data_limit, shown_bytes, too_much_data
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -94,6 +94,10 @@ def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
     if arr.ndim == 0:
         raise DataError(path, f"array '{name}' is a single value ({describe_array(arr)}); the column "
                         f"'{col.name}' needs one row per example", code=codes.DATA_SHAPE)
+    if col.kind == CATEGORIES:
+        return _sets(arr, col, path, name)
+    if col.kind not in (FLOAT, CATEGORY):
+        raise KeyError(f"no reading of a {col.kind} column from .npz")  # a bug: a kind the reader lacks
     rows = arr.shape[1:]
     want = tuple(col.shape)
     if rows != want and not (want == () and rows == (1,)):
@@ -125,6 +129,27 @@ def _check_array(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
         raise DataError(path, f"array '{name}' holds {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}",
                         code=codes.BAD_NUMBER)
     return arr
+
+
+def _sets(arr: np.ndarray, col, path: str, name: str) -> np.ndarray:
+    """A set column's array: 2-D, a row of ids a row (integers, or strings), padded at its end or anywhere with
+    -1 (integers) or "" (strings): each row's set is its other values."""
+    from specc.data.sets import check_sizes, from_padded
+
+    if arr.ndim != 2 or arr.dtype.kind not in "iuUS":
+        raise SpecError([Diagnostic(codes.ARRAY_SHAPE, f"array '{name}' holds {describe_array(arr)}, but a "
+                                    "categories column reads a 2-D array of integer or string ids, a row of ids a row "
+                                    f"padded with {SET_PAD_ID} or \"\"", col.span,
+                                    ("e.g. np.array([[3, 7, -1], [2, -1, -1]]) for the sets {3, 7} and {2}",))])
+    if arr.dtype.kind == "S":
+        arr = _decoded(arr.reshape(-1), path, name).reshape(arr.shape)
+    elif arr.dtype.kind == "U" and (k := first_not_text(arr.reshape(-1))) is not None:
+        raise DataError(path, f"array '{name}' holds a string that is not UTF-8 text at row {k // arr.shape[1]}",
+                        code=codes.NOT_UTF8)
+    sets = from_padded(arr)
+    check_sizes(sets, col, lambda k, message, code: DataError(path, f"array '{name}' row {k}: {message}",
+                                                               column=col.name, code=code))
+    return sets
 
 
 def _decoded(arr: np.ndarray, path: str, name: str) -> np.ndarray:

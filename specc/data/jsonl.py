@@ -14,7 +14,7 @@ from specc.data.parquet import ParquetTable, column_values, misfit
 from specc.data.table import shown_names
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.language.spec import CATEGORY, Column
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Column
 from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
 BLOCK = 1 << 24  # bytes of text pyarrow parses at a time: a row (one line) must fit in one
@@ -86,8 +86,12 @@ def _read_type(col: Column, found):
     first block held; a category column's ids or text as inferred (text where it held only nulls)."""
     import pyarrow as pa
 
-    if col.kind != CATEGORY:
+    if col.kind == FLOAT:
         return pa.list_(pa.float64()) if col.shape else pa.float64()
+    if col.kind == CATEGORIES:  # a list of ids as inferred; only nulls: lists of text
+        return pa.list_(pa.string()) if pa.types.is_null(found) else found
+    if col.kind != CATEGORY:
+        raise KeyError(f"no reading of a {col.kind} column from JSON Lines")  # a bug: a kind the reader lacks
     return pa.string() if pa.types.is_null(found) else found
 
 
@@ -102,7 +106,7 @@ def check_fields(path: Path, wanted, types: dict) -> None:
                                      (f"the first rows of {path.name} have the fields: {shown_names(present)}",)))
             continue
         problem = misfit(col, types[col.name])
-        if problem is not None and not (col.kind != CATEGORY and _is_null(types[col.name])):
+        if problem is not None and not (col.kind in (FLOAT, CATEGORIES) and _is_null(types[col.name])):
             found, hint = problem
             errors.append(Diagnostic(codes.COLUMN_TYPE, f"column '{col.name}' is declared {col.kind}"
                                      f"{'(' + ', '.join(map(str, col.shape)) + ')' if col.shape else ''}, but "
@@ -140,7 +144,7 @@ def read_jsonl(path: Path, wanted: tuple[Column, ...], span=None) -> ParquetTabl
                     chunks[name].append(batch.column(name))
                 rows += batch.num_rows
                 held += sum(batch.column(n).nbytes for n in names) + OBJECT_BYTES * batch.num_rows * sum(
-                    by_name[n].kind == CATEGORY for n in names)
+                    by_name[n].kind in (CATEGORY, CATEGORIES) for n in names)
                 if held > limit.bytes:
                     raise too_much_data(shown_path(path), f"reading stopped at row {rows:,}: the columns the spec "
                                         f"reads already take {shown_bytes(held)}", limit)

@@ -16,7 +16,7 @@ from specc.data.files import PARQUET_ENDINGS, check_regular, shown_path
 from specc.data.table import shown_names
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.language.spec import CATEGORY, Column, FrameSource, ParquetSource
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Column, FrameSource, ParquetSource
 from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
 INT64_MAX = (1 << 63) - 1
@@ -162,7 +162,11 @@ def _numbers(col: Column, t) -> bool:
     float, an id), rather than kept as Arrow chunks and converted at the end (text, lists, uint64)."""
     import pyarrow as pa
 
-    number = col.kind != CATEGORY or (_scalar(t) in ("int", "bool") and not pa.types.is_uint64(
+    if col.kind == CATEGORIES:  # tuples of ids, made at the end
+        return False
+    if col.kind not in (FLOAT, CATEGORY):
+        raise KeyError(f"no reading of a {col.kind} column from Parquet")  # a bug: a kind the reader lacks
+    number = col.kind == FLOAT or (_scalar(t) in ("int", "bool") and not pa.types.is_uint64(
         t.value_type if pa.types.is_dictionary(t) else t))
     return number and not col.shape
 
@@ -212,7 +216,7 @@ class _Gather:
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)
         end = at + len(values)
-        if self.col.kind != CATEGORY:
+        if self.col.kind == FLOAT:
             self.out[at:end] = values.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
             return
         values = values.cast(pa.int64())
@@ -358,6 +362,8 @@ def misfit(col: Column, t) -> tuple[str, str] | None:
 
     sizes, leaf = _lists(t)
     kind = _scalar(leaf)
+    if col.kind == CATEGORIES:
+        return _set_misfit(col, t, sizes, kind)
     if sizes:
         if not col.shape:
             return (f"a list of values in each row ({t})", "declare it float(N), N the number of values in a row"
@@ -386,6 +392,23 @@ def misfit(col: Column, t) -> tuple[str, str] | None:
     return _words(kind, t), _FLOAT_HINT + fix
 
 
+_SET_HINT = "a categories column reads a list of integer or string ids a row, or a string of ids split at its sep"
+
+
+def _set_misfit(col: Column, t, sizes: list, kind: str | None) -> tuple[str, str] | None:
+    """None when a column of Arrow type `t` can be read as a set column: lists of integers or strings (ids), or
+    strings to split; else what it holds and what would fit."""
+    if len(sizes) > 1:
+        return f"lists nested {len(sizes)} deep ({t})", _SET_HINT
+    if sizes and kind in ("int", "string"):
+        return None
+    if not sizes and kind == "string":
+        return None
+    one = "id" if kind == "int" else "value"
+    held = f"lists of {_words(kind, _lists(t)[1])}" if sizes else f"one {one} a row ({t})"
+    return held, _SET_HINT + ("; one id a row is `category`" if not sizes and kind == "int" else "")
+
+
 def _words(kind: str | None, t) -> str:
     return {"float": "floating-point numbers", "decimal": "decimals", "string": "strings"}.get(kind, f"{t} values")
 
@@ -401,10 +424,14 @@ def column_values(values, col: Column, table: ParquetTable) -> np.ndarray:
 
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
+    if col.kind == CATEGORIES:
+        return _sets(values, col, table)
     if col.shape:
         return _shaped(values, col, table)
-    if col.kind != CATEGORY:
+    if col.kind == FLOAT:
         return values.cast(pa.float64()).to_numpy()  # nulls become NaN
+    if col.kind != CATEGORY:
+        raise KeyError(f"no reading of a {col.kind} column from Arrow values")  # a bug: a kind the reader lacks
     if pa.types.is_boolean(values.type):
         values = values.cast(pa.int64())
     if pa.types.is_integer(values.type):
@@ -443,3 +470,28 @@ def _shaped(values, col: Column, table: ParquetTable) -> np.ndarray:
         arr = arr.flatten()
         per *= size
     return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(rows, *col.shape)
+
+
+def _sets(values, col: Column, table: ParquetTable) -> np.ndarray:
+    """A set column as one tuple of ids a row: a list a row (a null list is the empty set, as an empty CSV field
+    is; a null id in a list is an error at its row), or a string a row split at the column's sep."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from specc.data.sets import check_sizes, sets_array, split_texts
+
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if not _lists(arr.type)[0]:  # text: split as a CSV field is
+        sets = split_texts(arr.cast(pa.large_string()).fill_null("").to_numpy(zero_copy_only=False), col.sep)
+    else:
+        inner = pc.list_flatten(arr)
+        if inner.null_count:
+            lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+            k = int(np.searchsorted(np.cumsum(lengths), int(np.argmax(inner.is_null().to_numpy(zero_copy_only=False))),
+                                    side="right"))
+            raise table.error(k, col.name, "a null id in a list; expected integer or string ids", codes.WRONG_TYPE)
+        if pa.types.is_dictionary(inner.type):
+            arr = arr.cast(pa.list_(inner.type.value_type))
+        sets = sets_array([items or () for items in arr.to_pylist()])
+    check_sizes(sets, col, lambda k, message, code: table.error(k, col.name, message, code))
+    return sets

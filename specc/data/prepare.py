@@ -15,7 +15,9 @@ from specc.data.splits import validates
 from specc.data.vocab import Vocab, vocabs_from_json, vocabs_to_json  # noqa: F401 (where the stages import them)
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, FLOAT, HISTORY, IMPLICIT, Column, DataSpec, Implicit
+from specc.language.spec import (
+    CATEGORIES, CATEGORY, FLOAT, HISTORY, IMPLICIT, SET_PAD_ID, Column, DataSpec, Implicit,
+)
 
 RAW_HEAD = 4096  # training rows kept as read where there are no validation rows, for export's parity check
 
@@ -45,8 +47,8 @@ def column_stats(values: np.ndarray) -> ColumnStats:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """Model-ready arrays: int64 indices for category columns (the target's are class indices),
-    float32 for float columns, unscaled."""
+    """Model-ready arrays: int64 indices for category columns (the target's are class indices), int64
+    [rows, longest set] indices for set columns (0: unknown or padding), float32 for float columns, unscaled."""
 
     train: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
@@ -96,33 +98,13 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
         if col.kind == HISTORY:  # made from the training rows once they are encoded: history_table
             continue
         if col.table is not None:  # a side table's: each row its key's value in the table
-            if not sides:
-                sides = side_columns(data, wanted, vocabs)
+            sides = sides or side_columns(data, wanted, vocabs)
+            sides[col.name] = _side_column(col, sides[col.name], raw_train, raw_valid, vocabs)
             side = sides[col.name]
-            raw_train, raw_valid = ({**raw, col.name: side.of(raw[side.key])} for raw in (raw_train, raw_valid))
-        if col.kind == IMPLICIT:
-            train[col.name], valid[col.name] = (np.ones(len(raw[data.feedback.user]), np.float32)
+            train[col.name], valid[col.name] = (np.ascontiguousarray(side.of(raw[side.key]), dtype=side.values.dtype)
                                                 for raw in (raw_train, raw_valid))
-        elif col.kind == CATEGORY and col.table is not None:  # fitted on the training rows' values; None: unknown
-            given = np.array([v is not None for v in raw_train[col.name]], dtype=bool)
-            vocabs[col.name] = vocab = Vocab.fit(col.name, raw_train[col.name][given].astype(str))
-            sides[col.name] = side = encoded(sides[col.name], vocab)
-            train[col.name], valid[col.name] = side.values[side.keys.lookup(raw_train[side.key])], \
-                side.values[side.keys.lookup(raw_valid[side.key])]
-        elif col.kind == CATEGORY:
-            is_target = col is data.target
-            vocab = Vocab.fit(col.name, raw_train[col.name], unknown=not is_target)
-            vocabs[col.name] = vocab
-            train[col.name] = vocab.lookup(raw_train[col.name])
-            valid[col.name] = vocab.lookup(raw_valid[col.name])
-            if is_target and (valid[col.name] < 0).any():
-                k = int(np.argmax(valid[col.name] < 0))
-                raise DataError(path, f"validation row {k + 1}: class '{raw_valid[col.name][k]}' never "
-                                f"appears in the training rows (classes: {', '.join(vocab.values[:20])})",
-                                column=col.name, code=codes.UNKNOWN_CLASS)
         else:
-            train[col.name] = np.ascontiguousarray(raw_train[col.name], dtype=np.float32)
-            valid[col.name] = np.ascontiguousarray(raw_valid[col.name], dtype=np.float32)
+            train[col.name], valid[col.name] = _encoded(data, col, raw_train, raw_valid, vocabs, path)
     stats = {c.name: column_stats(train[c.name]) for c in inputs if c.kind == FLOAT and not c.shape}
     tables = {c.name: history_table(train[c.of[0]], train[c.of[1]], vocabs[c.of[0]].size)
               for c in data.inputs if c.kind == HISTORY}
@@ -131,9 +113,57 @@ def prepare(data: DataSpec, columns=None) -> Prepared:
     pairs = None
     if data.per_user:  # an example is a user: its items are the target
         pairs, train = train, user_rows(data, train)
-    for name in [name for name in raw_valid if name in sides]:  # the rows as read: the side columns are not read
-        del raw_valid[name]
     return Prepared(train, valid, vocabs, raw_valid, path, stats, head, tables, pairs, sides)
+
+
+def _encoded(data: DataSpec, col: Column, raw_train: dict, raw_valid: dict, vocabs: dict,
+             path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A column's training and validation arrays as the model takes them (a category's vocabulary, fitted on
+    the training rows, put in `vocabs`)."""
+    if col.kind == IMPLICIT:
+        return tuple(np.ones(len(raw[data.feedback.user]), np.float32) for raw in (raw_train, raw_valid))
+    if col.kind == CATEGORY:
+        is_target = col is data.target
+        vocabs[col.name] = vocab = Vocab.fit(col.name, raw_train[col.name], unknown=not is_target)
+        train, valid = vocab.lookup(raw_train[col.name]), vocab.lookup(raw_valid[col.name])
+        if is_target and (valid < 0).any():
+            k = int(np.argmax(valid < 0))
+            raise DataError(path, f"validation row {k + 1}: class '{raw_valid[col.name][k]}' never "
+                            f"appears in the training rows (classes: {', '.join(vocab.values[:20])})",
+                            column=col.name, code=codes.UNKNOWN_CLASS)
+        return train, valid
+    if col.kind == CATEGORIES:  # a vocabulary of the ids of the training rows' sets; rows padded with 0
+        from specc.data.sets import encode_sets
+
+        vocabs[col.name] = vocab = fit_set_vocab(col.name, raw_train[col.name], path)
+        return encode_sets(vocab, raw_train[col.name]), encode_sets(vocab, raw_valid[col.name])
+    if col.kind == FLOAT:
+        return tuple(np.ascontiguousarray(raw[col.name], dtype=np.float32) for raw in (raw_train, raw_valid))
+    raise KeyError(f"no preparing of a {col.kind} column")  # a bug: a kind prepare lacks
+
+
+def _side_column(col: Column, side: SideColumn, raw_train: dict, raw_valid: dict, vocabs: dict) -> SideColumn:
+    """A side table's column as the model takes it: a category's values its vocabulary indices, the vocabulary
+    fitted on the training rows' values (a key the table lacks, with no fill, the unknown category)."""
+    if col.kind != CATEGORY:
+        return side
+    values = side.of(raw_train[side.key])
+    given = np.array([v is not None for v in values], dtype=bool)
+    vocabs[col.name] = vocab = Vocab.fit(col.name, values[given].astype(str))
+    return encoded(side, vocab)
+
+
+def fit_set_vocab(column: str, sets: np.ndarray, path: str) -> Vocab:
+    """The vocabulary of a set column's training rows (each id's count: the rows holding it); -1 is no id of
+    it, since -1 pads the exported model's input."""
+    from specc.data.sets import flat_distinct
+
+    ids, _ = flat_distinct(sets)
+    vocab = Vocab.fit(column, ids)
+    if vocab.integer and str(SET_PAD_ID) in vocab.values:
+        raise DataError(path, f"the id {SET_PAD_ID} in a set: {SET_PAD_ID} pads the sets of the exported model's "
+                        "input, so it is no id of a categories column", column=column, code=codes.BAD_NUMBER)
+    return vocab
 
 
 def user_rows(data: DataSpec, pairs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ what each column's arrays hold and a grid of sample images, whichever the source
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from specc.data.sources import source_def
 from specc.data.sources.base import Head
 from specc.data.split import split_columns, valid_file
 from specc.language.diagnostics import printable
-from specc.language.spec import CATEGORY, Spec
+from specc.language.spec import CATEGORY, Column, NoSplit, Spec, file_columns
 
 ROWS = 8
 
@@ -38,14 +39,21 @@ def image_side(shape: tuple[int, ...]) -> tuple[int, int] | None:
 def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
     """Text about the data, and a PNG grid of images when an input holds images: what the spec's
     source shows of the columns the model reads (its declaration's `preview`)."""
-    columns = (*[c for c in spec.data.inputs if c.name in spec.model.inputs], spec.data.target)
+    # what the file gives the model: its inputs (a side table's column not: its key), a history's columns, and
+    # implicit feedback's user and item (a model of users reads no item, but its target is made of them)
+    read = {*spec.graph_inputs(), *(name for c in spec.data.inputs if c.of for name in c.of)}
+    if spec.data.feedback is not None:
+        read |= {spec.data.feedback.user, spec.data.feedback.item}
+    # implicit feedback's target is made, not read (its rating column, if any, is read in its place)
+    columns = file_columns(spec.data.read_columns(tuple(c for c in spec.data.inputs if c.name in read)))
     columns += split_columns(spec.data.valid, columns)  # what the split reads, to pick its rows
     shown = source_def(spec.data.source.kind).preview(spec, columns, ROWS)
+    tables = _tables(spec)
     if isinstance(shown, Head):
         text = f"{spec.data.source.path}: the first {len(shown.rows)} rows of the columns the spec reads\n"
-        return text + _table([c.name for c in columns], shown.rows), None
+        return text + _table([c.name for c in columns], shown.rows) + tables, None
     train, valid, path = shown
-    target = spec.data.target.name
+    target = columns[-1].name  # the target, or a column of every row where the target is made
     other = valid_file(spec.data.valid)  # file(path): the validation rows are another file's
     counts = f"{len(train[target])} training rows, validation rows in {printable(str(other))}" if other else \
         f"{len(train[target])} training and {len(valid[target])} validation rows"
@@ -59,8 +67,26 @@ def preview(spec: Spec, png_path=None) -> tuple[str, bytes | None]:
         side = image_side(col.shape) if col.kind != CATEGORY else None
         if side is not None:
             png, line = _grid(spec, col, side, train, png_path)
-            return "\n".join([*lines, line]), png
-    return "\n".join(lines), None
+            return "\n".join([*lines, line]) + tables, png
+    return "\n".join(lines) + tables, None
+
+
+def _tables(spec: Spec) -> str:
+    """The first rows of each side table whose columns the model reads, as its file has them."""
+    out = []
+    for table in spec.data.tables:
+        mine = [c for c in table.columns if c.name in spec.model.inputs]
+        if not mine:
+            continue
+        columns = file_columns((Column(table.key, CATEGORY, table.span), *mine))
+        whole = dataclasses.replace(spec, data=dataclasses.replace(spec.data, source=table.source,
+                                                                   valid=NoSplit(table.span)))
+        shown = source_def(table.source.kind).preview(whole, columns, ROWS)
+        rows = shown.rows if isinstance(shown, Head) else \
+            [[str(shown[0][c.name][k]) for c in columns] for k in range(min(ROWS, len(shown[0][table.key])))]
+        out.append(f"\ntable {table.name}, {table.source.path}: the first {len(rows)} rows\n"
+                   + _table([c.name for c in columns], rows))
+    return "".join(out)
 
 
 def _grid(spec: Spec, col, side: tuple[int, int], train: dict, png_path) -> tuple[bytes, str]:

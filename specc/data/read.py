@@ -7,24 +7,33 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from specc.data.files import shown_path
 from specc.data.sources import source_def
 from specc.data.split import split_columns, valid_file
 from specc.language import codes
 from specc.language.diagnostics import DataError, SpecError
-from specc.language.spec import DataSpec
+from specc.language.spec import DataSpec, file_columns
 
 
 def read_rows(data: DataSpec, wanted: tuple) -> tuple[dict, dict, str]:
     """The wanted columns' training and validation rows as read (the columns read for the split
-    alone left out), and the path of the file they came from."""
+    alone left out), and the path of the file they came from. A float column of several columns
+    (`float(columns=[...])`) is read as those, then stacked: (rows, number of columns)."""
     read = source_def(data.source.kind).read
-    train, valid, path = read(data, (*wanted, *split_columns(data.valid, wanted)))
+    columns = file_columns(wanted)
+    train, valid, path = read(data, (*columns, *split_columns(data.valid, columns)))
     other = valid_file(data.valid)
     if other is not None:
-        valid = _valid_file_rows(data, wanted, other, path)
-    names = {col.name for col in wanted}
-    return ({k: v for k, v in train.items() if k in names}, {k: v for k, v in valid.items() if k in names}, path)
+        valid = _valid_file_rows(data, columns, other, path)
+    return stacked(train, wanted), stacked(valid, wanted), path
+
+
+def stacked(rows: dict, wanted: tuple) -> dict:
+    """The wanted columns of the rows as read, each float column of several made of its columns, side by side."""
+    return {col.name: np.stack([np.asarray(rows[p], dtype=np.float64) for p in col.parts], axis=1)
+            if col.parts else rows[col.name] for col in wanted}
 
 
 def _valid_file_rows(data: DataSpec, wanted: tuple, other, path: str) -> dict:

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specc.data.read import stacked
 from specc.data.sources import source_def
 from specc.data.vocab import Vocab
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, Column, DataSpec, NoSplit, SideTable
+from specc.language.spec import CATEGORY, Column, DataSpec, NoSplit, SideTable, file_columns
 
 # The table's row of a key it lacks (and of an id never seen): its values are the columns' fills.
 NO_ROW = 0
@@ -50,8 +51,8 @@ def read_table(data: DataSpec, table: SideTable, columns: tuple[Column, ...]) ->
     whole = dataclasses.replace(data, source=table.source, inputs=(key, *columns), target=None,
                                 valid=NoSplit(table.span), feedback=None, keep_classes=(), train_rows=None,
                                 augment=None, tables=())
-    rows, _, path = source_def(table.source.kind).read(whole, (key, *columns))
-    return rows, path
+    rows, _, path = source_def(table.source.kind).read(whole, file_columns((key, *columns)))
+    return stacked(rows, (key, *columns)), path
 
 
 def table_keys(table: SideTable, raw_keys: np.ndarray, data_keys, path: str):

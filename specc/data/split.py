@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from specc.data.splits import split_def
-from specc.language.spec import CATEGORY, DEFAULT_SPLIT, Column, DataSpec
+from specc.language.spec import CATEGORY, DEFAULT_SPLIT, FLOAT, Column, DataSpec
 
 
 def split_rows(n: int, split, path: str, columns: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -58,9 +58,11 @@ def table_rows(data: DataSpec, wanted, table) -> tuple[dict, dict, str]:
     """A table's columns checked finite where a number is needed (a missing value allowed where
     fill_missing fills it: float inputs; never in a column read for the split alone), then split."""
     for_split = {col.name for col in split_columns(data.valid, data.inputs)}
+    fillable = {col.name for col in data.inputs if col.kind == FLOAT and not col.shape}  # never a vector's number
     for col in wanted:
-        if col.kind != CATEGORY:
+        if col.kind == FLOAT:  # ids and sets of ids are any text
             is_target = col is data.target
-            filled = not is_target and col.name not in for_split and "fill_missing" in data.procs
+            filled = not is_target and col.name not in for_split and "fill_missing" in data.procs and \
+                col.name in fillable
             table.check_finite(col.name, allow_nan=filled, target=is_target)
     return split_table(table, wanted, data.valid)

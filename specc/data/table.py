@@ -17,7 +17,7 @@ import numpy as np
 from specc.data.files import bad_byte, compression, has_surrogates, not_utf8, open_text
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
-from specc.language.spec import CATEGORY, Column, CsvSource
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Column, CsvSource
 from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
 
@@ -71,7 +71,26 @@ def read_table(source: CsvSource, wanted: tuple[Column, ...]) -> Table:
         columns, rows = result.columns, result.rows
     if rows == 0:
         raise DataError(str(source.path), "the file has no data rows", code=codes.NO_ROWS)
-    return Table(str(source.path), columns, rows, source, tuple(wanted))
+    table = Table(str(source.path), columns, rows, source, tuple(wanted))
+    for col in wanted:
+        if col.kind == CATEGORIES:  # read as text; each field's ids split here, every row's line known
+            table.columns[col.name] = _sets(table, col)
+    return table
+
+
+def _sets(table: Table, col: Column):
+    """A set column's text fields as tuples of ids, each row's set within the column's max_size."""
+    from specc.data.sets import check_sizes, split_texts
+
+    def at(row: int, message: str, code: codes.Code) -> DataError:
+        try:
+            return DataError(table.path, message, line=table.line(row), column=col.name, code=code)
+        except csv.Error:  # a field past the csv module's limit, which pyarrow read: the row, not its line
+            return DataError(table.path, f"data row {row + 1:,}: {message}", column=col.name, code=code)
+
+    sets = split_texts(table.columns[col.name], col.sep, table.source.strip)
+    check_sizes(sets, col, at)
+    return sets
 
 
 def head(source: CsvSource, columns, n: int) -> list[list[str]]:
@@ -170,9 +189,12 @@ def _decompressed(source: CsvSource) -> str:
 class _Gathered:
     """One column's values as pyarrow's blocks come: a float column's as float64 arrays (NaN where
     missing); a category column's as pyarrow's text, and as int64 arrays while every value is a
-    whole number in int64's range, which it stays when every value is (else str values)."""
+    whole number in int64's range, which it stays when every value is (else str values); a set
+    column's as text (read_table splits its fields)."""
 
     def __init__(self, col: Column, source: CsvSource):
+        if col.kind not in (FLOAT, CATEGORY, CATEGORIES):
+            raise KeyError(f"no reading of a {col.kind} column from text")  # a bug: a kind the reader lacks
         self.col, self.source = col, source
         self.chunks: list = []  # numpy arrays: floats, or int64 ids
         self.text: list = []  # a category column's pyarrow arrays, as read
@@ -188,7 +210,7 @@ class _Gathered:
         if self.source.strip:
             values = pc.utf8_trim_whitespace(values)
         self.rows += len(values)
-        if self.col.kind != CATEGORY:
+        if self.col.kind == FLOAT:
             if self.source.missing:
                 values = pc.if_else(pc.is_in(values, value_set=pa.array(list(self.source.missing))), None, values)
             try:
@@ -209,7 +231,7 @@ class _Gathered:
 
     def finish(self) -> np.ndarray:
         """The whole column: float64 numbers, int64 ids, or str values in an object array."""
-        if self.col.kind != CATEGORY or self.ints:
+        if self.col.kind == FLOAT or self.ints:
             return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int64 if self.ints else np.float64)
         return np.asarray([v for t in self.text for v in t.to_pylist()], dtype=object)
 
@@ -266,10 +288,12 @@ def _python_read(source: CsvSource, wanted, row_limit: int | None = None) -> _Ro
         _check_utf8(raw, shown, col.name, lines)
         if source.strip:
             raw = [v.strip() for v in raw]
-        if col.kind == CATEGORY:
+        if col.kind in (CATEGORY, CATEGORIES):  # a set column's fields split by read_table
             columns[col.name] = np.asarray(raw, dtype=object)
-        else:
+        elif col.kind == FLOAT:
             columns[col.name] = _floats(raw, shown, col.name, lines, missing)
+        else:
+            raise KeyError(f"no reading of a {col.kind} column from text")  # a bug: a kind the reader lacks
     return _Rows(columns, len(lines), lines)
 
 

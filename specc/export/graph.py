@@ -21,7 +21,7 @@ from specc.data.split import split_to_json
 from specc.export.emitter import Emitter
 from specc.export.ids import DenseIds, composes, dense_ids, lookup
 from specc.export.ops import function as translate_function, module as translate_module
-from specc.language.spec import CATEGORY, FLOAT, Spec
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Spec
 from specc.training import losses
 
 PROBABILITIES = "probabilities"
@@ -53,6 +53,8 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], sides: 
               if name in placeholders else _key_input(name, vocabs[name]) for name in spec.graph_inputs()]
     for name, fnode in placeholders.items():
         if columns[name].table is not None:
+            if not sides or name not in sides:  # a bug: the caller forgot the prepared data's side columns
+                raise ValueError(f"side table column '{name}' without its values (to_onnx's `sides`)")
             names[fnode.name] = side_lookup(em, sides[name])
     result = translate_body(em, model, names, dense)
     outputs = _outputs(em, spec, vocabs, result)
@@ -104,6 +106,13 @@ def _input(em: Emitter, spec: Spec, col, fnode: fx.Node, vocabs: dict[str, Vocab
             # something other than a small embedding reads the index: look it up once
             names[fnode.name] = lookup(em, col.name, vocab, ids)
         return helper.make_tensor_value_info(col.name, dtype, ["N"])
+    if col.kind == CATEGORIES:  # (N, L): each row's ids, padded with SET_PAD_ID or SET_PAD_TEXT
+        vocab = vocabs[col.name]
+        dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
+        names[fnode.name] = distinct(em, col.name, lookup(em, col.name, vocab, dense_ids(em, col.name, vocab)))
+        return helper.make_tensor_value_info(col.name, dtype, ["N", f"{col.name}_size"])
+    if col.kind != FLOAT:
+        raise KeyError(f"no ONNX input for a {col.kind} column")  # a bug: a kind the export lacks
     if takes_pixels(spec, col.name):  # the raw uint8 batch (N, C, H, W): floats from here on
         names[fnode.name] = em.node("Cast", [col.name], f"{col.name}_pixels", to=TensorProto.FLOAT)
         return helper.make_tensor_value_info(col.name, TensorProto.UINT8, ["N", *col.shape])
@@ -127,6 +136,23 @@ def side_lookup(em: Emitter, side) -> str:
     return em.node("Gather", [values, row], f"{side.table}_{side.name}", axis=0)
 
 
+def distinct(em: Emitter, col: str, index: str) -> str:
+    """A set's vocabulary indices (N, L) with each repeat of an index made 0 (as padding is), so that an id
+    given twice in a row counts once, as it did in training: each row sorted (largest first), then every index
+    equal to the one before it dropped. The pad and unknown ids are already 0."""
+    width = em.node("Shape", [index], f"{col}_width", start=1, end=2)
+    ordered = f"{col}_sorted"
+    em.nodes.append(helper.make_node("TopK", [index, width], [ordered, f"{col}_sorted_at"], name=ordered, axis=1,
+                                     largest=1, sorted=1))
+    axis, big = em.const([1], np.int64), em.const([1 << 62], np.int64)
+    first = em.node("Slice", [ordered, em.const([0], np.int64), em.const([1], np.int64), axis], f"{col}_first")
+    before = em.node("Slice", [ordered, em.const([0], np.int64), em.const([-1], np.int64), axis], f"{col}_before")
+    rest = em.node("Slice", [ordered, em.const([1], np.int64), big, axis], f"{col}_rest")
+    repeat = em.node("Equal", [rest, before], f"{col}_repeat")
+    kept = em.node("Where", [repeat, em.const(0, np.int64), rest], f"{col}_rest_distinct")
+    return em.node("Concat", [first, kept], f"{col}_distinct", axis=1)
+
+
 def metadata(spec: Spec, vocabs: dict[str, Vocab]) -> dict[str, str]:
     """What the exported model records for predict, evaluate and serve: the spec, the target, the
     split, the loss and metrics, the inputs, the vocabularies, and how the data was read."""
@@ -137,11 +163,22 @@ def metadata(spec: Spec, vocabs: dict[str, Vocab]) -> dict[str, str]:
         "specc.split": json.dumps(split_to_json(spec.data.valid)),
         "specc.loss": spec.train.loss,
         "specc.metrics": json.dumps(list(spec.train.metrics)),
-        "specc.inputs": json.dumps([{"name": c.name, "kind": c.kind, "shape": list(c.shape)}
-                                    for c in spec.data.inputs if c.name in spec.graph_inputs()]),
+        "specc.inputs": json.dumps([input_entry(c) for c in spec.data.inputs if c.name in spec.graph_inputs()]),
         "specc.vocabs": vocabs_to_json(vocabs),
         "specc.reading": json.dumps(source_def(spec.data.source.kind).reading(spec.data.source)),
     }
+
+
+def input_entry(col) -> dict:
+    """What the exported model records of an input column (specc.inputs), for the readers of new files: its kind
+    and shape; a float column's columns in the file where it is read from several; a set column's separator and
+    largest set."""
+    entry = {"name": col.name, "kind": col.kind, "shape": list(col.shape)}
+    if col.parts:
+        entry["columns"] = list(col.parts)
+    if col.kind == CATEGORIES:
+        entry.update(sep=col.sep, max_size=col.max_size)
+    return entry
 
 
 def takes_pixels(spec: Spec, column: str) -> bool:

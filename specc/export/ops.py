@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from specc.export.emitter import Emitter
-from specc.model.lower import HistoryBag
+from specc.model.lower import HistoryBag, SetBag
 
 Translate = Callable[..., str]
 FUNCTIONS: dict[object, Translate] = {}  # call_function target -> (em, fnode, operands) -> value
@@ -142,11 +142,16 @@ def _embedding(em: Emitter, fnode: fx.Node, mod: nn.Embedding, x: str) -> str:
 
 @translates(HistoryBag)
 def _history_bag(em: Emitter, fnode: fx.Node, mod: HistoryBag, x: str) -> str:
-    """The key's set from the table, its items' rows masked where there is no item, summed, then divided
-    by the count (mean) or its square root (sqrtn), the count at least 1 (an empty set gives zeros)."""
+    """The key's set from the table, then reduced as a set column's is (_set_bag)."""
+    table = em.weight_array(f"{fnode.target}.table", mod.table.cpu().numpy())
+    return _set_bag(em, fnode, mod, em.node("Gather", [table, x], f"{fnode.name}_items", axis=0))
+
+
+@translates(SetBag)
+def _set_bag(em: Emitter, fnode: fx.Node, mod: SetBag, items: str) -> str:
+    """The set's rows masked where there is no id (index 0), summed, then divided by the count (mean) or its
+    square root (sqrtn), the count at least 1 (an empty set gives zeros)."""
     name = fnode.name
-    items = em.node("Gather", [em.weight_array(f"{fnode.target}.table", mod.table.cpu().numpy()), x], f"{name}_items",
-                    axis=0)
     present = em.node("Cast", [em.node("Greater", [items, em.const(0, np.int64)], f"{name}_present_bool")],
                       f"{name}_present", to=onnx.TensorProto.FLOAT)
     present = em.node("Unsqueeze", [present, em.const([-1], np.int64)], f"{name}_present_column")

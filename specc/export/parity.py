@@ -9,7 +9,7 @@ import torch.fx as fx
 from specc.data.prepare import Prepared, Vocab
 from specc.export.graph import PROBABILITIES, takes_pixels
 from specc.export.ids import unseen_ids
-from specc.language.spec import FLOAT, Spec
+from specc.language.spec import CATEGORIES, FLOAT, Spec
 from specc.training.metrics import returned_by_export
 
 PARITY_TOLERANCE = 1e-4
@@ -23,12 +23,21 @@ class ExportError(Exception):
 def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: slice) -> dict[str, np.ndarray]:
     """Raw column values shaped as the ONNX model's inputs."""
     feed = {}
+    kinds = {c.name: c.kind for c in spec.data.inputs}
     for col in spec.graph_inputs():
         values = raw[col][rows]
-        if col in vocabs:
+        if kinds[col] == CATEGORIES:  # the sets as the model takes them: (N, L), padded
+            from specc.data.sets import sets_array
+            from specc.inference.columns import padded_sets
+
+            def error(k, message, code):  # the rows were read and checked in training: a bug
+                raise ValueError(f"parity row {k} of '{col}': {message}")
+            feed[col] = padded_sets(sets_array(values), vocabs[col].integer, error)
+        elif col in vocabs:
             vocab = vocabs[col]
-            if vocab.integer:
-                feed[col] = np.array([int(v) for v in values], dtype=np.int64)
+            if vocab.integer:  # a value no whole number (a missing id) is, as an unseen id is, the unknown category
+                unseen = int(unseen_ids(vocab)[0])
+                feed[col] = np.array([_whole(v, unseen) for v in values], dtype=np.int64)
             else:
                 feed[col] = np.array([str(v) for v in values], dtype=object)
         else:
@@ -38,12 +47,21 @@ def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: s
 
 def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
     """Validation rows as read (with none, `valid = none`, the first training rows) of the exported model's
-    inputs, plus rows whose ids were never seen in training."""
+    inputs, plus rows whose ids were never seen in training, and for a set column rows of an empty set, of an
+    unseen id beside a known one, and of an id given twice."""
     inputs = spec.graph_inputs()
     raw = {c: list(prepared.raw_rows[c][:PARITY_ROWS]) for c in inputs}
+    kinds = {c.name: c.kind for c in spec.data.inputs}
     for col in inputs:
         vocab = prepared.vocabs.get(col)
         if vocab is None:
+            continue
+        if kinds[col] == CATEGORIES:
+            known = [int(v) if vocab.integer else v for v in vocab.values[:2]]
+            unseen = [int(u) if vocab.integer else u for u in unseen_ids(vocab)]
+            for items in ((), (*unseen[:1], *known), (*known, *known[:1])):
+                for other in inputs:  # one row with just this set
+                    raw[other].append(items if other == col else raw[other][0])
             continue
         for unseen in unseen_ids(vocab):
             for other in inputs:  # one row with just this id unseen
@@ -56,6 +74,14 @@ def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
     return raw
 
 
+def _whole(value, otherwise: int) -> int:
+    """A raw id as the whole number an int64 input takes, or `otherwise` where it is none (missing, text)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return otherwise
+
+
 def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list],
                       sides: dict | None = None) -> dict:
     """What the exported model should return, computed by torch from the same raw rows (a side table's
@@ -64,9 +90,14 @@ def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Voca
     sides = sides or {}
     with torch.no_grad():
         args = []
+        kinds = {c.name: c.kind for c in spec.data.inputs}
         for col in spec.model.inputs:
             if col in sides:
                 args.append(torch.from_numpy(np.ascontiguousarray(sides[col].of(raw[sides[col].key]))))
+            elif kinds[col] == CATEGORIES:
+                from specc.data.sets import encode_sets, sets_array
+
+                args.append(torch.from_numpy(encode_sets(vocabs[col], sets_array(raw[col]))))
             elif col in vocabs:
                 args.append(torch.from_numpy(vocabs[col].lookup(raw[col])))
             else:

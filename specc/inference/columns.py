@@ -13,9 +13,10 @@ import numpy as np
 
 from specc.data.arrays import INT64_MAX, INT64_MIN
 from specc.data.files import describe_array, first_not_text
+from specc.data.sets import At
 from specc.language import codes
 from specc.language.diagnostics import DataError, printable
-from specc.language.spec import CATEGORY, FLOAT
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, SET_PAD_ID, SET_PAD_TEXT, Column
 
 NUMPY = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(string)": object,
          "tensor(double)": np.float64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
@@ -101,13 +102,50 @@ def row_shape(session, column: str) -> tuple | None:
 
 
 def column_kind(session, column: str) -> str:
-    """How a reader reads an input column: CATEGORY where the model takes ids or text, else FLOAT
-    (numbers; pixels, which come as numbers)."""
+    """How a reader reads an input column: CATEGORIES where the model takes sets of ids, CATEGORY where it
+    takes ids or text, else FLOAT (numbers; pixels, which come as numbers)."""
+    if declared_inputs(session).get(column, {}).get("kind") == CATEGORIES:
+        return CATEGORIES
     return CATEGORY if NUMPY.get(session.inputs[column], object) in (np.int64, object) else FLOAT
+
+
+def declared_inputs(session) -> dict[str, dict]:
+    """The model's input columns as its export recorded them (specc.inputs: kind, shape, and a float vector's
+    columns or a set's separator), by name; {} for a model that records none."""
+    return {entry["name"]: entry for entry in json.loads(session.metadata.get("specc.inputs", "[]"))}
+
+
+def file_columns_of(session, name: str) -> list[str]:
+    """The columns of a file that the model's input `name` is read from: itself, or a float vector's columns."""
+    return list(declared_inputs(session).get(name, {}).get("columns") or [name])
+
+
+def read_as(session, name: str, shape: tuple = ()) -> list[Column]:
+    """The columns a reader reads from a file for the model's input `name`, each as its kind: a float vector of
+    several columns as those numbers, a set column with its separator and largest set."""
+    entry = declared_inputs(session).get(name, {})
+    if entry.get("columns"):
+        return [Column(part, FLOAT, None) for part in entry["columns"]]
+    kind = column_kind(session, name)
+    if kind == CATEGORIES:
+        return [Column(name, kind, None, sep=entry["sep"], max_size=entry["max_size"])]
+    return [Column(name, kind, None, shape)]
+
+
+def fed(session, name: str, columns: dict, got: Inputs) -> np.ndarray:
+    """The model's input `name` made from a reader's columns as read (`columns`, by name): a float vector of
+    several columns stacked side by side; anything else typed (typed)."""
+    parts = declared_inputs(session).get(name, {}).get("columns")
+    if parts:
+        return typed(session, name, np.stack([np.asarray(columns[p], dtype=np.float64) for p in parts], axis=1), got)
+    return typed(session, name, columns[name], got)
 
 
 def typed(session, name: str, values: np.ndarray, got: Inputs) -> np.ndarray:
     """One input's values as the model takes them, or an error at the first value that cannot be."""
+    if column_kind(session, name) == CATEGORIES:  # one tuple of ids a row -> (N, L), padded
+        integer = NUMPY.get(session.inputs[name], object) is np.int64
+        return padded_sets(values, integer, lambda k, message, code: got.error(k, name, message, code=code))
     kind = NUMPY.get(session.inputs[name], object)
     if kind in (np.float32, np.float64):
         return numbers(session, name, values, got, kind)
@@ -316,3 +354,29 @@ def class_key(value, integer: bool):
     except ValueError:
         return str(value)
     return number if INT64_MIN <= number <= INT64_MAX else str(value)
+
+
+def padded_sets(sets: np.ndarray, integer: bool, error: At) -> np.ndarray:
+    """Sets as the exported model's input takes them: (N, L) int64 ids padded with SET_PAD_ID, or text padded
+    with SET_PAD_TEXT, L the longest set (at least 1); each row's ids once. `error(row, message)` for an id
+    that is no whole number where the model's ids are."""
+    if isinstance(sets, np.ndarray) and sets.ndim == 2:  # already padded, as an .npz holds sets
+        from specc.data.sets import from_padded
+
+        sets = from_padded(sets)
+    width = max([1] + [len(set(items)) for items in sets])
+    out = np.full((len(sets), width), SET_PAD_ID if integer else SET_PAD_TEXT, dtype=np.int64 if integer else object)
+    for k, items in enumerate(sets):
+        distinct = list(dict.fromkeys(items))
+        if integer:
+            numbers = [whole(i) for i in distinct]
+            if None in numbers:
+                bad = distinct[numbers.index(None)]
+                raise error(k, f"expected whole-number ids (the model's are integers), found '{bad}'",
+                            codes.WRONG_TYPE)
+            # an id past int64 was never seen in training: dropped, as an unknown id is
+            distinct = [n for n in numbers if -(1 << 63) <= n < (1 << 63) and n != SET_PAD_ID]
+        else:
+            distinct = [str(i) for i in distinct]
+        out[k, :len(distinct)] = distinct
+    return out

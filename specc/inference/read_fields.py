@@ -10,10 +10,10 @@ from pathlib import Path
 from specc.data.files import shown_path
 from specc.data.parquet import ParquetTable, misfit
 from specc.data.table import shown_names
-from specc.inference.columns import Ask, Inputs, column_kind, missing_text, row_shape, typed
+from specc.inference.columns import Ask, Inputs, fed, missing_text, read_as, row_shape
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, FLOAT, Column
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Column
 
 
 @dataclass
@@ -34,8 +34,7 @@ def asked_columns(path: Path, session, ask: Ask, types: dict, has: str) -> tuple
     whose type the model's input cannot take. `types`: each field's Arrow type (None: a field the
     file holds twice, which its reader reports); `has`: how the message names the file's fields."""
     target_kind = CATEGORY if session.metadata.get("specc.target_kind") == CATEGORY else FLOAT
-    columns = [Column(name, column_kind(session, name), None, row_shape(session, name) or ())
-               for name in session.inputs]
+    columns = [col for name in session.inputs for col in read_as(session, name, row_shape(session, name) or ())]
     if ask.target:
         columns.append(Column(ask.target, target_kind, None))
     columns += [c for c in ask.split_columns if all(c.name != other.name for other in columns)]  # evaluate's split
@@ -46,8 +45,8 @@ def asked_columns(path: Path, session, ask: Ask, types: dict, has: str) -> tuple
                         code=codes.MISSING_INPUT)
     for col in columns:
         problem = misfit(col, types[col.name]) if types[col.name] is not None else None
-        if problem is not None and not (col.kind != CATEGORY and str(types[col.name]) == "null"):
-            takes = "ids or text" if col.kind == CATEGORY else \
+        if problem is not None and not (col.kind == FLOAT and str(types[col.name]) == "null"):
+            takes = "ids or text" if col.kind == CATEGORY else "lists of ids or text" if col.kind == CATEGORIES else \
                 "numbers" if not col.shape else f"lists of {', '.join(map(str, col.shape))} numbers"
             raise DataError(shown_path(path), f"holds {problem[0]}; the model's column '{col.name}' takes {takes}",
                             column=col.name, code=codes.WRONG_TYPE)
@@ -60,7 +59,7 @@ def table_inputs(path: Path, session, ask: Ask, table: ParquetTable, kept: list[
     """The table's columns as the model's feed (typed), the target's values and the kept column."""
     got = FieldInputs({}, table.rows, path=shown_path(path), table=table)
     for name in session.inputs:
-        got.feed[name] = typed(session, name, table.columns[name], got)
+        got.feed[name] = fed(session, name, table.columns, got)
     if ask.target:
         got.target = table.columns[ask.target]
     got.kept = {c.name: table.columns[c.name] for c in kept}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from specc.data.files import bad_byte, check_regular, has_surrogates, not_utf8, open_text
 from specc.data.table import Table, header_problem, read_table, shown_names
-from specc.inference.columns import Ask, Inputs, column_kind, missing_text, typed
+from specc.inference.columns import Ask, Inputs, fed, missing_text, read_as
 from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError
 from specc.language.spec import CATEGORY, FLOAT, Column, CsvSource
@@ -50,21 +50,22 @@ def read_text(path: Path, session, ask: Ask) -> TextInputs:
     if ask.arrays:
         raise UsageError(f"--array names arrays of an .npz archive; {path} is a CSV (its header names the columns)")
     training = text_options(session, path)
-    wanted = list(session.inputs) + ([ask.target] if ask.target else [])
-    wanted += [col.name for col in ask.split_columns if col.name not in wanted]  # read for evaluate's split
+    columns = {col.name: col for name in session.inputs for col in read_as(session, name)}
+    if ask.target:
+        target_kind = CATEGORY if session.metadata.get("specc.target_kind") == CATEGORY else FLOAT
+        columns.setdefault(ask.target, Column(ask.target, target_kind, None))
+    for col in ask.split_columns:  # read for evaluate's split
+        columns.setdefault(col.name, Column(col.name, col.kind, None))
+    wanted = list(columns)
     first = first_line(path)
     source = _layout(path, training, wanted, first, ask)
-    kinds = {name: column_kind(session, name) for name in session.inputs}
-    if ask.target:
-        kinds[ask.target] = CATEGORY if session.metadata.get("specc.target_kind") == CATEGORY else FLOAT
-    kinds.update({col.name: col.kind for col in ask.split_columns if col.name not in kinds})
     header = list(training.columns) if source is training else [n.strip() for n in split_line(first, source.delimiter)]
     kept = [ask.keep] if ask.keep and ask.keep not in wanted and ask.keep in header else []
-    kinds.update({name: CATEGORY for name in kept})  # as text: predict writes it back as given
-    table = read_table(source, tuple(Column(name, kinds[name], None) for name in wanted + kept))
+    # the kept column as text: predict writes it back as given
+    table = read_table(source, (*columns.values(), *(Column(name, CATEGORY, None) for name in kept)))
     got = TextInputs({}, table.rows, path=table.path, table=table)
     for name in session.inputs:
-        got.feed[name] = typed(session, name, table.columns[name], got)
+        got.feed[name] = fed(session, name, table.columns, got)
     if ask.target:
         got.target = table.columns[ask.target]
     got.kept = {name: table.columns[name] for name in kept}

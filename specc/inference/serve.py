@@ -28,7 +28,7 @@ from specc.inference.recommend import ITEMS, SCORES, recommend, recommender
 from specc.inference.session import Session, load_session
 from specc.language import codes
 from specc.language.diagnostics import UsageError
-from specc.language.spec import FLOAT
+from specc.language.spec import CATEGORIES, FLOAT
 
 ROUTES = {"/predict": ("POST",), "/recommend": ("POST",), "/health": ("GET", "HEAD"), "/schema": ("GET", "HEAD")}
 JSON_TYPES = ("application/json",)
@@ -185,12 +185,33 @@ def _values(session: Session, name: str, values: list, reading) -> np.ndarray:
     predict's own typing (specc.inference.columns) to take or refuse: ids and categories as the
     values they are (text stripped where the training data's was), numbers as float64 with NaN for
     null and for the training data's missing-value markers, rows of arrays as one array."""
+    if column_kind(session, name) == CATEGORIES:  # a set a row: a JSON array of ids, or text split at the sep
+        return _json_sets(session, name, values, reading)
     shape = row_shape(session, name)
     if shape != ():
         return _nested(name, values, shape)
     if column_kind(session, name) == FLOAT:
         return _json_numbers(name, values, reading)
     return _json_cells(values, reading.strip)
+
+
+def _json_sets(session: Session, name: str, values: list, reading) -> np.ndarray:
+    """A set column's JSON values as predict's reader of text gives them: one tuple of ids a row, from an array
+    (null: the empty set) or a string split at the column's sep; anything else is kept whole, for predict's
+    typing to refuse."""
+    from specc.data.sets import sets_array, split_texts
+    from specc.inference.columns import declared_inputs
+
+    sep = declared_inputs(session)[name]["sep"]
+    rows = []
+    for v in values:
+        if isinstance(v, str):
+            rows.append(split_texts([v], sep, reading.strip)[0])
+        elif v is None:
+            rows.append(())
+        else:
+            rows.append(tuple(v) if isinstance(v, list) else (v,))
+    return sets_array(rows)
 
 
 def _json_cells(values: list, strip: bool) -> np.ndarray:

@@ -170,8 +170,10 @@ VALID_FILE = Code("D128", "a `valid = file(path)` validation file that lacks a c
                           "from the training file")
 SIDE_TABLE_KEY = Code("D129", "a side table (`table NAME { ... }`) whose key is missing on a row, is on two rows, is "
                               "not a whole number where the data's ids are, or is never a training row's")
+TOO_LARGE_SET = Code("D130", "a row of a `categories` column whose set holds more distinct ids than the column's "
+                             "max_size (256 unless the spec says otherwise)")
 
-BAD_FRAME = Code("D130", "a frame given to specc.train or Run.predict that Arrow cannot hold as a table: a column of "
+BAD_FRAME = Code("D131", "a frame given to specc.train or Run.predict that Arrow cannot hold as a table: a column of "
                          "Python objects of mixed kinds, two columns of one name, arrays of unequal lengths or of "
                          "values that are neither numbers nor text")
 

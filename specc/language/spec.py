@@ -23,6 +23,14 @@ VIEWS = (INTERACTIONS, USERS)
 # its user has in the training rows (never a validation row's). Never read from the data: the model
 # takes the key column and looks the set up in a table made at training, which the export carries.
 HISTORY = "history"
+# A set column read from the data (`tags: categories(sep="|")`): each row a set of ids (an id given twice
+# in a row counts once), with a vocabulary of its own fitted on the training rows (index 0 the unknown id,
+# and the padding of rows shorter than the longest). Its model input is [rows, longest set] of indices.
+CATEGORIES = "categories"
+SET_SEP = "|"  # the separator of a set's ids in a text field, unless the spec says otherwise
+SET_MAX = 256  # the most distinct ids a row's set may hold, unless the spec says otherwise (`max_size=`)
+SET_MAX_LIMIT = 1 << 16  # the largest max_size a spec may declare
+SET_PAD_ID, SET_PAD_TEXT = -1, ""  # what pads a row's set in the exported model's (N, L) input
 CLASSES = "classes"  # a symbolic size: the number of classes of a category target
 
 Dim = Union[int, str]  # a size, or CLASSES until the data is read
@@ -35,20 +43,33 @@ Dim = Union[int, str]  # a size, or CLASSES until the data is read
 class Column:
     """A column the spec reads: its name in the file and how its values are read.
     A float column may hold an array per row (`pixels: float(28, 28)`) and a scale (`/ 255`),
-    which the model applies (so that the exported model takes the values as they are)."""
+    which the model applies (so that the exported model takes the values as they are); its array may be
+    read from several scalar columns of the file (`genres: float(columns=[action, drama])`)."""
 
     name: str
-    kind: str  # CATEGORY, FLOAT or HISTORY
+    kind: str  # CATEGORY, FLOAT, HISTORY or CATEGORIES
     span: Span = field(compare=False, repr=False)
     shape: tuple[int, ...] = ()  # per row; () is one number
     scale: float | None = None
     of: tuple[str, str] | None = None  # a HISTORY column's (key column, item column): see HISTORY
     table: str | None = None  # a side table's column (SideTable): looked up by the table's key, never read
+    parts: tuple[str, ...] = ()  # a FLOAT column read from these scalar columns, one number each, in order
+    sep: str | None = None  # a CATEGORIES column's separator of ids in a text field
+    max_size: int | None = None  # a CATEGORIES column's most distinct ids a row
 
     @property
     def made(self) -> bool:
         """Made for each row, not read from the data: a history, or a side table's column."""
         return self.kind == HISTORY or self.table is not None
+
+
+def file_columns(columns) -> tuple[Column, ...]:
+    """The columns as a file holds them: a float column read from several (`parts`) as those scalar columns,
+    each at the declaration's place in the spec; every other column as it is."""
+    out = []
+    for col in columns:
+        out += [Column(part, FLOAT, col.span) for part in col.parts] if col.parts else [col]
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

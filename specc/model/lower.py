@@ -220,24 +220,22 @@ def _embedding(g: Lowering, node: Node) -> fx.Node:
     return g.module(node, module, g.env[node.op.column])
 
 
-class HistoryBag(nn.Module):
-    """embedding_bag of a history column: each row's key index picks its set of item indices from `table`
-    (0: no item), whose rows of `weight` are reduced to one: their mean, sum, or sum over the square root
-    of their count (sqrtn). An empty set (an unknown key) gives zeros. While training, each item is dropped
-    with probability `p` and the rest scaled by 1/(1-p); the count that divides is the whole set's."""
+class SetBag(nn.Module):
+    """embedding_bag of a set column: each row's set as vocabulary indices padded with 0 (no id: padding, or an
+    id never seen in training), whose rows of `weight` are reduced to one: their mean, sum, or sum over the
+    square root of their count (sqrtn). An empty set gives zeros. While training, each id is dropped with
+    probability `p` and the rest scaled by 1/(1-p); the count that divides is the whole set's."""
 
-    def __init__(self, table, rows: int, dim: int, mode: str, p: float = 0.0):
+    def __init__(self, rows: int, dim: int, mode: str, p: float = 0.0):
         super().__init__()
         self.mode, self.p = mode, p
         self.weight = nn.Parameter(torch.empty(rows, dim))
         nn.init.trunc_normal_(self.weight, std=0.01, a=-0.02, b=0.02)  # as an embedding's (init_embedding)
-        self.register_buffer("table", torch.as_tensor(table, dtype=torch.int64))
 
-    def forward(self, key: torch.Tensor) -> torch.Tensor:
-        items = self.table[key]  # [rows, set size]
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
         count = (items > 0).sum(dim=1, keepdim=True).clamp(min=1)
         dropping = self.training and self.p > 0
-        if dropping:  # a dropped item becomes index 0, which the bag skips
+        if dropping:  # a dropped id becomes index 0, which the bag skips
             items = items * (torch.rand(items.shape, device=items.device) >= self.p)
         # torch's bag kernel sums the rows but those of index 0 (padding_idx), never holding [rows, set, dim]
         total = F.embedding_bag(items, self.weight, mode="sum", padding_idx=0)
@@ -249,10 +247,24 @@ class HistoryBag(nn.Module):
         return total / (count if self.mode == "mean" else count.sqrt())
 
 
+class HistoryBag(SetBag):
+    """embedding_bag of a history column: each row's key index picks its set of item indices from `table`
+    (0: no item), reduced as SetBag reduces a set. An unknown key has the empty set: zeros."""
+
+    def __init__(self, table, rows: int, dim: int, mode: str, p: float = 0.0):
+        super().__init__(rows, dim, mode, p)
+        self.register_buffer("table", torch.as_tensor(table, dtype=torch.int64))
+
+    def forward(self, key: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.table[key])  # [rows, set size]
+
+
 @lowers("embedding_bag")
 def _embedding_bag(g: Lowering, node: Node) -> fx.Node:
     op = node.op
-    return g.module(node, HistoryBag(g.tables[op.column], op.rows, node.shape[0], op.mode, op.p), g.env[op.key])
+    if op.column in g.tables:  # a history column: its sets looked up by the key column
+        return g.module(node, HistoryBag(g.tables[op.column], op.rows, node.shape[0], op.mode, op.p), g.env[op.key])
+    return g.module(node, SetBag(op.rows, node.shape[0], op.mode, op.p), g.raw[op.column])
 
 
 @lowers("linear")

@@ -270,9 +270,12 @@ def memory_need(model: SizedModel, optimizer, batch: int, n_valid: int, held: in
 
 def data_bytes(prepared) -> int:
     """The bytes of the prepared data (specc.data.prepare.Prepared), held through training: the
-    encoded splits and the rows as read that export's parity check takes (a text value counted as OBJECT_BYTES)."""
+    encoded splits and the rows as read that export's parity check takes (a text value counted as OBJECT_BYTES),
+    the history tables, the side tables' columns by key, and a model of users' training interactions."""
     total = 0
-    for part in (prepared.train, prepared.valid, prepared.raw_rows):
+    parts = (prepared.train, prepared.valid, prepared.raw_rows, prepared.tables or {}, prepared.pairs or {},
+             {name: side.values for name, side in (prepared.sides or {}).items()})
+    for part in parts:
         for values in part.values():
             total += values.nbytes + (OBJECT_BYTES * values.size if values.dtype.kind == "O" else 0)
     return total

@@ -14,8 +14,8 @@ from specc.language.check.splits import check_split
 from specc.language.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, shown
 from specc.language.diagnostics import suggest
 from specc.language.spec import (
-    CATEGORY, FLOAT, HISTORY, IMPLICIT, POSITIVE, SAMPLINGS, USERS, VIEWS, Augment, PROCS, Column, DataSpec, Implicit,
-    SideTable,
+    CATEGORIES, CATEGORY, FLOAT, HISTORY, IMPLICIT, POSITIVE, SAMPLINGS, SET_MAX, SET_MAX_LIMIT, SET_SEP, USERS,
+    VIEWS, Augment, PROCS, Column, CsvSource, DataSpec, Implicit, SideTable, file_columns,
 )
 
 
@@ -78,17 +78,14 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
     if target is not None and target.kind == CATEGORY and target.shape:
         c.error(codes.BAD_COLUMN, "a category target holds one value per row", target.span)
         return result
+    if inputs is not None and target is not None and not _parts_apart(c, inputs, target):
+        return result
+    if source is not None and inputs is not None and not _separators(c, source, inputs):
+        return result
     if source is not None and inputs is not None and target is not None:  # what only the source rules out
-        if feedback is not None and not source_def(source.kind).table:
-            c.error(codes.CONFLICT, f"implicit feedback reads a table of interactions, not {source.kind}(...)",
-                    feedback.span, ["e.g. source = csv(\"interactions.csv\") with columns user and item"])
-            return result
-        read = target if feedback is None else _rating(feedback)
-        read_inputs = tuple(col for col in inputs if not col.made)  # a history or a table's column is made, not read
-        problems, given = source_def(source.kind).columns(source, read_inputs, read)
-        c.errors += problems
-        if problems and given is not None:  # the model block is checked against the columns the source gives
-            return dataclasses.replace(result, columns=given)
+        given = _source_columns(c, source, inputs, target, feedback)
+        if given is not False:
+            return result if given is None else dataclasses.replace(result, columns=given)
     if not ok or None in (source, inputs, target, batch, procs, keep, train_rows, *tables) or \
             ("valid" in found and valid is None) or augment is False:
         return result
@@ -99,6 +96,20 @@ def check_data(c: Checker, block: ast.Block) -> DataResult:
     spec = DataSpec(source, inputs, target, valid, batch, procs, keep, train_rows or None, augment, feedback,
                     tuple(tables))
     return DataResult(spec, inputs, inputs_failed, target, procs, per_user)
+
+
+def _source_columns(c: Checker, source, inputs: tuple[Column, ...], target: Column, feedback):
+    """What only the source rules out of the columns: False when nothing; else (after reporting) None, or the
+    columns the source gives, which the model block is then checked against."""
+    if feedback is not None and not source_def(source.kind).table:
+        c.error(codes.CONFLICT, f"implicit feedback reads a table of interactions, not {source.kind}(...)",
+                feedback.span, ["e.g. source = csv(\"interactions.csv\") with columns user and item"])
+        return None
+    read = target if feedback is None else _rating(feedback)
+    # a history or a table's column is made, not read; a float column of several is read as those columns
+    problems, given = source_def(source.kind).columns(source, file_columns(col for col in inputs if not col.made), read)
+    c.errors += problems
+    return False if not problems or given is None else given
 
 
 TABLE_SETTINGS = ("source", "key", "columns")
@@ -146,7 +157,7 @@ def _table(c: Checker, section: ast.Section, inputs: tuple[Column, ...], taken: 
     if missing or source is None or key is None or columns is None:
         return None
     cols, fill = columns
-    problems, _ = source_def(source.kind).columns(source, (key, *cols), None)
+    problems, _ = source_def(source.kind).columns(source, file_columns((key, *cols)), None)
     c.errors += problems
     if problems:
         return None
@@ -192,7 +203,8 @@ def _table_columns(c: Checker, expr: ast.Expr, table: str, taken: dict[str, str]
             continue
         if col.made or col.kind not in (CATEGORY, FLOAT):
             c.error(codes.BAD_COLUMN, f"a table's column is a category or a float, found '{col.name}: {col.kind}'",
-                    col.span)
+                    col.span, ["a set of flags per key reads as float(columns=[...]); a categories column belongs "
+                               "to the data's inputs"] if col.kind == CATEGORIES else ())
             ok = False
             continue
         clash = "the table's key" if key is not None and col.name == key.name else taken.get(col.name)
@@ -466,6 +478,15 @@ def _column(c: Checker, expr: ast.Expr, what: str) -> Column | None:
     kind = type_name.id
     if kind == HISTORY and what == "inputs" and scale is None:
         return _history(c, expr)
+    if kind == CATEGORIES:
+        if what != "inputs" or scale is not None:
+            c.error(codes.BAD_COLUMN, f"a categories column (a set of ids per row) is an input, "
+                    f"{'not the target' if what != 'inputs' else 'never scaled'}", whole.span,
+                    ["e.g. inputs = [user: category, tags: categories(sep=\"|\")]"] if what != "inputs" else [])
+            return None
+        return _categories(c, expr)
+    if kind == FLOAT and isinstance(expr.type, ast.Call) and expr.type.keywords:
+        return _float_of_columns(c, expr, whole, scale, what)
     if kind not in COLUMN_TYPES:
         c.error(codes.BAD_COLUMN, f"unknown column type '{kind}'", type_name.span,
                 suggest(kind, COLUMN_TYPES) or [f"the types are {', '.join(COLUMN_TYPES)}"])
@@ -485,6 +506,88 @@ def _column(c: Checker, expr: ast.Expr, what: str) -> Column | None:
         c.error(codes.BAD_COLUMN, "only float columns can be scaled", whole.span)
         return None
     return Column(expr.name.id, kind, whole.span, shape, scale)
+
+
+def _categories(c: Checker, expr: ast.Typed) -> Column | None:
+    """`tags: categories(sep="|", max_size=256)`: a set of ids per row, ids split at `sep` in a text field."""
+    sep, max_size = SET_SEP, SET_MAX
+    call = expr.type
+    if isinstance(call, ast.Call):
+        if call.args:
+            c.error(codes.BAD_ARGUMENTS, "categories takes its arguments by name: sep and max_size", call.args[0].span,
+                    ['e.g. tags: categories(sep="|", max_size=64)'])
+            return None
+        for kw in call.keywords:
+            key = kw.name.id
+            if key == "sep":
+                sep = c.string(kw.value, "sep")
+                if sep is not None and len(sep) != 1:
+                    c.error(codes.BAD_TEXT, f"sep must be one character, found {len(sep)} ('{sep}')", kw.value.span,
+                            ['e.g. categories(sep="|"), or sep=";"'])
+                    return None
+            elif key == "max_size":
+                max_size = c.integer(kw.value, "max_size", low=1, high=SET_MAX_LIMIT)
+            else:
+                c.error(codes.BAD_ARGUMENTS, f"categories has no argument '{key}'", kw.name.span,
+                        suggest(key, ("sep", "max_size")) or ["categories takes sep and max_size"])
+                return None
+        if sep is None or max_size is None:
+            return None
+    return Column(expr.name.id, CATEGORIES, expr.span, sep=sep, max_size=max_size)
+
+
+def _float_of_columns(c: Checker, expr: ast.Typed, whole: ast.Expr, scale: float | None, what: str) -> Column | None:
+    """`genres: float(columns=[action, drama])`: one float vector a row, read from those scalar columns."""
+    call = expr.type
+    keys = [kw.name.id for kw in call.keywords]
+    if call.args or keys != ["columns"]:
+        bad = call.args[0].span if call.args else next(kw.name.span for kw in call.keywords if kw.name.id != "columns")
+        c.error(codes.BAD_ARGUMENTS, "float takes a shape, as in float(784), or columns=[...] alone", bad,
+                ["e.g. genres: float(columns=[action, comedy, drama])"] +
+                (list(suggest(keys[0], ("columns",))) if keys != ["columns"] and keys else []))
+        return None
+    if what == "target":
+        c.error(codes.BAD_COLUMN, "float(columns=[...]) is an input's: the target is one column of the file",
+                call.span)
+        return None
+    value = call.keywords[0].value
+    if isinstance(value, ast.ListExpr) and not value.items:
+        c.error(codes.WRONG_KIND, "columns: expected a list of column names, found an empty list", value.span,
+                ["e.g. float(columns=[action, comedy, drama])"])
+        return None
+    names = _column_names(c, value, "columns")
+    if names is None or len(set(names)) != len(names):
+        return None  # reported
+    return Column(expr.name.id, FLOAT, whole.span, (len(names),), scale, parts=names)
+
+
+def _parts_apart(c: Checker, inputs: tuple[Column, ...], target: Column) -> bool:
+    """A column a float(columns=[...]) reads is read for it alone: no other input, nor the target, nor a column
+    another such float reads."""
+    others = {col.name: "an input" for col in inputs}
+    others[target.name] = "the target"
+    ok, taken = True, {}
+    for col in inputs:
+        for part in col.parts:
+            if part in taken or (part in others and part != col.name):
+                role = f"read by '{taken[part]}' too" if part in taken else f"{others[part]} too"
+                c.error(codes.CONFLICT, f"column '{part}' of float(columns=[...]) is {role}", col.span,
+                        ["each column of the file is read once: as an input, the target, or one number of a vector"])
+                ok = False
+            taken[part] = col.name
+    return ok
+
+
+def _separators(c: Checker, source, inputs: tuple[Column, ...]) -> bool:
+    """A set's separator is not the delimiter of the text file it is read from (a field could not hold one)."""
+    ok = True
+    for col in inputs:
+        if col.kind == CATEGORIES and isinstance(source, CsvSource) and col.sep == source.delimiter:
+            shown_sep = "\\t" if col.sep == "\t" else col.sep
+            c.error(codes.CONFLICT, f"the set separator '{shown_sep}' of '{col.name}' is the file's delimiter; a field "
+                    "could not hold a set", col.span, ['e.g. categories(sep="|") in a comma-separated file'])
+            ok = False
+    return ok
 
 
 def _history(c: Checker, expr: ast.Typed) -> Column | None:

@@ -8,7 +8,7 @@ from specc.language.check.data_block import DataResult
 from specc.language.check.values import SIGNATURES, Checker, bind_args, kind_of, shape_text, shown
 from specc.language.diagnostics import suggest
 from specc.language.source import Span
-from specc.language.spec import CATEGORY, CLASSES, FLOAT, HISTORY, IMPLICIT, Column, ModelSpec, Node, op
+from specc.language.spec import CATEGORIES, CATEGORY, CLASSES, FLOAT, HISTORY, IMPLICIT, Column, ModelSpec, Node, op
 from specc.model import ops
 from specc.model.ops.base import Arg, Bool, CategoryColumn, Dims, Int, Named, Problem, Real, SetColumn, Size, Tensor
 from specc.model.ops.blocks import RESNET_WIDTHS, STEMS, resnet_nodes
@@ -195,6 +195,10 @@ class _ModelBuilder:
                 self.c.error(codes.NOT_A_VALUE, f"'{ident}' is a category column; use it through an embedding",
                              expr.span, [f"e.g. embedding({ident}, 40)"])
                 return None
+            if col.kind in (CATEGORIES, HISTORY):
+                self.c.error(codes.NOT_A_VALUE, f"'{ident}' is a {col.kind} column (a set per row); use it through "
+                             "an embedding_bag", expr.span, [f"e.g. embedding_bag({ident}, 40)"])
+                return None
             return self.input_node(ident)
         if self.target is not None and ident == self.target.name:
             self.c.error(codes.UNKNOWN_NAME, f"'{ident}' is the target; the model cannot read it", expr.span)
@@ -320,12 +324,14 @@ def call_function(b: _ModelBuilder, call: ast.Call, name: str | None):
     values = _values(b, defn, args, func)  # each tensor argument: (param, its nodes, their expressions)
     consts = {f.name: _constant(b, f, args[f.name]) if f.name in args else f.default
               for f in defn.params if isinstance(f, (Real, Int, Dims, Bool, Size, Named))}
-    if isinstance(defn.params[0], SetColumn):  # a history column, read through its key column
-        history = _set_column(b, args[defn.params[0].name], func)
-        if history is None:
+    if isinstance(defn.params[0], SetColumn):
+        sets = _set_column(b, args[defn.params[0].name], func)
+        if sets is None:
             return None
-        consts.update(column=history.name, key=history.of[0], items=history.of[1])
-        b.used_columns.update((history.name, history.of[0]))
+        # a history column is read through its key column; a categories column is read itself, its own items
+        key, items = sets.of if sets.kind == HISTORY else (sets.name, sets.name)
+        consts.update(column=sets.name, key=key, items=items)
+        b.used_columns.update((sets.name, key))
     unset = {f.name for f in defn.params if getattr(f, "optional", False) and f.name not in args}
     column = _column(b, args[defn.params[0].name]) if isinstance(defn.params[0], CategoryColumn) else None
     if defn.validate is not None and all(v is not None for k, v in consts.items() if k not in unset):
@@ -405,27 +411,31 @@ def _column(b: _ModelBuilder, col: ast.Expr):
         return col.id
     if col.id not in b.columns or b.columns[col.id].kind != CATEGORY:
         cats = [c for c, v in b.columns.items() if v.kind == CATEGORY]
-        what = "a float column" if col.id in b.columns else "not an input column"
+        what = f"a {b.columns[col.id].kind} column" if col.id in b.columns else "not an input column"
+        sets = col.id in b.columns and b.columns[col.id].kind in (CATEGORIES, HISTORY)
         b.c.error(codes.UNKNOWN_NAME, f"embedding: '{col.id}' is {what}; expected a category column", col.span,
+                  [f"a set of ids per row is read by embedding_bag({col.id}, n)"] if sets else
                   suggest(col.id, cats) or ([f"category columns: {', '.join(cats)}"] if cats else []))
         return False
     return col.id
 
 
 def _set_column(b: _ModelBuilder, col: ast.Expr, func: str) -> Column | None:
-    """A history column argument (`rated: history(user, item)`), or None after reporting why not."""
-    sets = [c for c, v in b.columns.items() if v.kind == HISTORY]
-    if isinstance(col, ast.Name) and col.id in b.columns and b.columns[col.id].kind == HISTORY:
+    """A set column argument: a history column (`rated: history(user, item)`) or a categories column (`tags:
+    categories(sep="|")`), or None after reporting why not."""
+    sets = [c for c, v in b.columns.items() if v.kind in (HISTORY, CATEGORIES)]
+    if isinstance(col, ast.Name) and col.id in b.columns and b.columns[col.id].kind in (HISTORY, CATEGORIES):
         return b.columns[col.id]
     if isinstance(col, ast.Name) and col.id not in b.columns and b.lenient:
         b.ok = False
         return None
     what = kind_of(col) if not isinstance(col, ast.Name) else \
         f"the {b.columns[col.id].kind} column '{col.id}'" if col.id in b.columns else f"'{col.id}', not an input column"
-    b.c.error(codes.UNKNOWN_NAME, f"{func}: expected a history column, found {what}", col.span,
+    b.c.error(codes.UNKNOWN_NAME, f"{func}: expected a set column (categories or history), found {what}", col.span,
               (suggest(col.id, sets) if isinstance(col, ast.Name) else []) or
-              [f"history columns: {', '.join(sets)}" if sets else
-               "declare one in the data block's inputs, e.g. rated: history(user, item)"])
+              [f"set columns: {', '.join(sets)}" if sets else
+               "declare one in the data block's inputs, e.g. tags: categories(sep=\"|\") or "
+               "rated: history(user, item)"])
     return None
 
 
@@ -447,14 +457,14 @@ def _tabular_columns(b: _ModelBuilder, call: ast.Call, args: dict) -> tuple[list
         col = b.columns.get(item.id)
         if col is None or col.kind != CATEGORY:
             kinds = [c for c, v in b.columns.items() if v.kind == CATEGORY]
-            what = "a float column" if col is not None else "not an input column"
+            what = f"a {col.kind} column" if col is not None else "not an input column"
             b.c.error(codes.UNKNOWN_NAME, f"tabular cats: '{item.id}' is {what}", item.span,
                       suggest(item.id, kinds) or [f"category columns: {', '.join(kinds)}"])
     for item in conts:
         col = b.columns.get(item.id)
         if col is None or col.kind != FLOAT or col.shape:
             kinds = [c for c, v in b.columns.items() if v.kind == FLOAT and not v.shape]
-            what = "a category column" if col is not None and col.kind == CATEGORY else "not a float input column"
+            what = f"a {col.kind} column" if col is not None and col.kind != FLOAT else "not a float input column"
             b.c.error(codes.UNKNOWN_NAME, f"tabular conts: '{item.id}' is {what}", item.span,
                       suggest(item.id, kinds) or [f"float columns: {', '.join(kinds)}"])
     return cats, conts

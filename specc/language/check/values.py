@@ -13,7 +13,7 @@ from specc.language import ast, codes, params
 from specc.language.codes import Code
 from specc.language.diagnostics import Diagnostic, suggest
 from specc.language.source import Span
-from specc.language.spec import CATEGORY, CLASSES, FLOAT, HISTORY, PROCS
+from specc.language.spec import CATEGORIES, CATEGORY, CLASSES, FLOAT, HISTORY, PROCS
 from specc.model import ops
 from specc.model.ops.base import Bool, Int, Real, Reals
 from specc.training import losses, optimizers
@@ -25,7 +25,7 @@ TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan", "
 # The arithmetic the forward pass is computed in while training: a named choice, since it changes the maths.
 PRECISIONS = {"fp32": "float32 throughout", "bf16": "the forward pass under bfloat16 autocast, weights and "
               "loss in float32"}
-COLUMN_TYPES = (CATEGORY, FLOAT)
+COLUMN_TYPES = (CATEGORY, FLOAT, CATEGORIES)
 
 
 @dataclass(frozen=True, slots=True)

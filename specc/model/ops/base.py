@@ -154,8 +154,9 @@ class CategoryColumn:
 
 @dataclass(frozen=True, slots=True)
 class SetColumn:
-    """The name of a set column: a history column (`rated: history(user, item)`), whose sets of items an
-    embedding_bag reads through the rows' key column."""
+    """The name of a set column: a categories column (`tags: categories(sep="|")`), whose sets of ids an
+    embedding_bag reads as they are, or a history column (`rated: history(user, item)`), whose sets of items it
+    reads through the rows' key column."""
 
     name: str
     doc: str = ""

@@ -101,14 +101,15 @@ OPS = (
           sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.column]),
           unsized_params=lambda op: f"(n_{op.column} + 1) x {op.dim}",  # its rows are the column's categories
           lookup=True, example="emb = embedding(c, 3)"),
-    OpDef("embedding_bag", "the learned rows of the items of a history column's set (`rated: history(user, "
-          "item)`: the items each row's user has in the training rows), reduced to one row: their `mean`, `sum`, "
-          "or `sqrtn` (the sum over the square root of their count, as SVD++ normalises); an empty set gives zeros. "
-          "While training, `p` drops each item of the set with probability p and scales the rest by 1/(1-p), the "
+    OpDef("embedding_bag", "the learned rows of the ids of a set column's set (a categories column, `tags: "
+          "categories(sep=\"|\")`, or a history column, `rated: history(user, item)`: the items each row's user has "
+          "in the training rows), reduced to one row: their `mean`, `sum`, or `sqrtn` (the sum over the square root "
+          "of their count, as SVD++ normalises); ids never seen in training are left out; an empty set gives zeros. "
+          "While training, `p` drops each id of the set with probability p and scales the rest by 1/(1-p), the "
           "reduction's count still the whole set's (Mult-DAE's dropout of its normalised input)",
           (SetColumn("column"), Size("dim", what="embedding size"),
            Named("mode", BAG_MODES, "mean", "how the set's rows are reduced: mean, sum or sqrtn"),
-           Real("p", 0.0, 1.0, high_open=True, default=0.0, what="the probability of dropping an item")),
+           Real("p", 0.0, 1.0, high_open=True, default=0.0, what="the probability of dropping an id")),
           infer=_embedding_shape, weights=_embedding_weights, random_per_row=True,
           sized=lambda op, sizes: op.with_args(rows=sizes.vocab[op.items]),
           unsized_params=lambda op: f"(n_{op.items} + 1) x {op.dim}",
