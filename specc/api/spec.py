@@ -184,8 +184,9 @@ def _report(spec: Spec, data: bool) -> Report:
     return Report(True, spec.warnings, text)
 
 
-def stage_text(spec: Spec, stage: str, png: bool = False) -> tuple[str, bytes | None]:
-    """`specc show --stage STAGE`'s text, and with `png` its picture (image samples, the schedule)."""
+def stage_text(spec: Spec, stage: str, png=False) -> tuple[str, bytes | None]:
+    """`specc show --stage STAGE`'s text, and with `png` (true, or the path it will be written to, which the
+    text names) its picture (image samples, the schedule)."""
     if stage not in STAGES:
         raise UsageError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
     checked = spec.checked

@@ -273,11 +273,10 @@ def _show(args) -> int:
     from specc.training.runfolder import atomic_write
 
     checked = _load(args)
-    text, png = stage_text(Spec(checked, tuple(args.sets), (), args.spec, checked.name), args.stage,
-                           png=args.png is not None)
+    text, png = stage_text(Spec(checked, tuple(args.sets), (), args.spec, checked.name), args.stage, png=args.png)
     # pictures go only where the user says: specc writes nothing else outside a run folder
     if args.stage == "data":
-        if png is not None:
+        if png is not None and args.png is not None:
             atomic_write(args.png, png)
         print(text)
     else:
