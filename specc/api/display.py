@@ -36,3 +36,20 @@ def table_html(columns: list[str], rows: list[list[str]]) -> str:
     body = "".join("<tr>" + "".join(f'<td style="text-align: right">{html.escape(cell)}</td>' for cell in row)
                    + "</tr>" for row in rows)
     return f'<table class="specc-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def shown(figure):
+    """A matplotlib figure that a notebook shows as a picture: the API draws its figures without pyplot (so as
+    not to switch a notebook's backend), and IPython shows a figure as a PNG only once its figure formatter is
+    on, which pyplot's inline backend would have turned on; outside IPython the figure is returned as it is."""
+    import sys
+
+    if "IPython" in sys.modules:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            from IPython.core.pylabtools import select_figure_formats
+
+            select_figure_formats(shell, {"png"})
+    return figure

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from specc.api.display import shown
 from specc.api.spec import Spec, load
 from specc.language.diagnostics import UsageError
 
@@ -133,7 +134,7 @@ class Run:
         return {k: float(v) for k, v in last.items() if k not in skip and v == v}  # v == v: not a missing number
 
     def predict(self, rows, device: str = "auto", delimiter: str | None = None, arrays: dict | None = None):
-        """`specc predict model.onnx ROWS` as a DataFrame (rows: a frame, or a file predict reads), through onnxruntime."""
+        """`specc predict model.onnx ROWS` as a DataFrame (rows: a frame, or a file predict reads), by onnxruntime."""
         import pandas as pd
 
         from specc.inference.infer import predicted
@@ -182,7 +183,7 @@ class Run:
 
         if self.trained is None:  # a run read back from its folder: the steps' losses are not kept there
             return _picture(self.folder / "loss.png")
-        return loss_figure(self.trained, self._plan().steps_per_epoch, f"{self.checked.name}: loss")
+        return shown(loss_figure(self.trained, self._plan().steps_per_epoch, f"{self.checked.name}: loss"))
 
     def plot_schedule(self):
         """The learning rate and momentum of every group at every step (`specc show --stage plan --png`)."""
@@ -193,8 +194,8 @@ class Run:
             raise UsageError(f"{self.folder}: a run read back from its folder has no data to plan with; "
                              "specc.load(spec).plot_schedule() draws a spec's schedule")
         plan = self._plan()
-        return schedule_figure(plan, simulate_schedules(self.checked, plan, max_steps=20_000),
-                               f"{self.checked.name}: the plan")
+        return shown(schedule_figure(plan, simulate_schedules(self.checked, plan, max_steps=20_000),
+                                     f"{self.checked.name}: the plan"))
 
     def _plan(self):
         from specc.model.plan import make_plan
@@ -236,7 +237,7 @@ def _picture(path: Path):
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(image)
     ax.axis("off")
-    return fig
+    return shown(fig)
 
 
 class _as_file:

@@ -81,7 +81,9 @@ def lr_find(spec_or_path, data=None, out=None, overrides=None, start: float = 1e
     result, _ = find_rates(checked, spec.sets, folder, float(start), float(end), int(steps), device,
                            checked_threads(threads), force)
     table = pd.DataFrame({"lr": result.lrs, "loss": result.raw, "smoothed_loss": result.losses})
-    return LRFind(table, dict(result.suggestions), lr_find_figure(result, f"{checked.name}: lr-find"), folder)
+    from specc.api.display import shown
+
+    return LRFind(table, dict(result.suggestions), shown(lr_find_figure(result, f"{checked.name}: lr-find")), folder)
 
 
 # ---------------------------------------------------------------- sweep

@@ -97,7 +97,9 @@ class Spec:
 
         spec = self.checked
         plan = make_plan(spec, prepare(spec.data, spec.model.inputs))
-        return schedule_figure(plan, simulate_schedules(spec, plan, max_steps=20_000), f"{spec.name}: the plan")
+        from specc.api.display import shown
+
+        return shown(schedule_figure(plan, simulate_schedules(spec, plan, max_steps=20_000), f"{spec.name}: the plan"))
 
     def _repr_html_(self) -> str:
         from specc.api.display import diagnostics_html, pre_html
