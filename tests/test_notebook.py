@@ -5,6 +5,7 @@ of a diagnostic and the cell magic. The notebook is stored without outputs."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import ROOT
@@ -46,7 +47,17 @@ def test_the_notebook_runs_on_a_kernel_and_shows_what_the_lesson_needs():
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
     assert "rmse" in _data(_source_of(nb, "run.metrics"), "text/plain")
-    assert "<table" in _data(_source_of(nb, "run = specc.train("), "text/html")  # the history frame
+    trained = _source_of(nb, "run = specc.train(")
+    assert "<table" in _data(trained, "text/html")  # the history frame
+    # training's progress on the kernel: tqdm's widget bar for each of the 2 epochs, and one epoch table that
+    # was updated in place (a display whose last update holds both epochs' rows)
+    bars = [o for o in trained.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    tables = [o for o in trained.outputs if o.output_type == "display_data" and "text/html" in o.get("data", {})]
+    assert len(bars) == 2 and len(tables) == 1
+    rows = tables[0]["data"]["text/html"].split("<tr>")[2:]  # after the header's row: one row per epoch
+    assert [row.count("</td>") for row in rows] == [6, 6]
+    rmse = re.findall(r">([0-9.]+)</td>", rows[1])[3]  # stage is text: epoch, train_loss, valid_loss, rmse
+    assert f"'rmse': {float(rmse)}" in _data(_source_of(nb, "run.metrics"), "text/plain")  # the last epoch's, live
     # a run from the frame of the CSV the spec reads is the CSV's run
     assert _data(_source_of(nb, "from_frame = "), "text/plain") == "True"
     sweep = _data(_source_of(nb, "grid = specc.sweep("), "text/html")
