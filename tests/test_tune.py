@@ -568,3 +568,19 @@ def test_without_the_lock_creating_the_tables_is_tried_again_when_another_proces
             stdout, stderr = p.communicate(timeout=120)
             assert p.returncode == 0 and stdout == "opened\n", stderr
         assert optuna.study.get_all_study_names(f"sqlite:///{folder / 'study.db'}") == []
+
+
+def test_specc_tune_from_python_is_the_command_s_study(spec, tmp_path, capsys):
+    """specc.tune: the same trials (values and results) as `specc tune` with the same seed, its table Optuna's
+    trials, and the best spec the command writes."""
+    import specc
+
+    assert main(["tune", str(spec), "--trials", "3", "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+    found = specc.tune(spec, trials=3, out=tmp_path / "api", quiet=True)
+    assert capsys.readouterr().out == ""  # quiet: nothing printed
+    cli = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'cli' / 'study.db'}")
+    assert [t.params for t in cli.trials] == found.table.filter(like="params_").rename(
+        columns=lambda c: c.removeprefix("params_")).to_dict("records")
+    assert [t.value for t in cli.trials] == list(found.table["value"])
+    assert found.best_spec.read_text() == (tmp_path / "cli" / "best.spec").read_text()
