@@ -4,6 +4,7 @@ cache, every error's exact message, and a spec trained end to end from a folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -426,3 +427,76 @@ def test_training_from_images_writes_only_the_run_and_the_cache(tmp_path):
     assert writes and all(p.startswith(allowed) for p in writes), writes
     assert any(p.startswith(str(cache / "images") + os.sep) for p in got["rename"])
     assert got["unpickle"] == []
+
+
+DECODE_IN_A_PROCESS = """
+import json, sys, dataclasses
+import numpy as np
+from pathlib import Path
+from specc.data import images
+from specc.language.diagnostics import DataError
+from specc.training.run import load_spec  # imports no torch: the process may fork
+workers, spec_path, out, skip = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "skip"
+images.decode_workers = lambda: workers
+source = load_spec(Path(spec_path))[0].data.source
+source = dataclasses.replace(source, skip_broken=skip)
+assert images.forking_is_safe(), "the test process should be one that may fork"
+try:
+    pixels, skipped = images._decode_all(images.list_folder(source), source)
+    np.savez(out, pixels=pixels, skipped=np.array([s[0] for s in skipped], dtype=str))
+except DataError as err:
+    Path(out).write_text(str(err))
+"""
+
+
+def _decoded_in_a_process(spec_path: Path, out: Path, workers: int, skip: bool = False):
+    """_decode_all run in a fresh process (without torch, so that it may fork) with `workers` processes."""
+    done = subprocess.run([sys.executable, "-c", DECODE_IN_A_PROCESS, str(workers), str(spec_path), str(out),
+                           "skip" if skip else "stop"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    if out.suffix == ".npz":
+        with np.load(out) as z:
+            return z["pixels"], list(z["skipped"])
+    return out.read_text()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_images_decoded_by_several_processes_are_pillows_in_the_listings_order(tmp_path, workers):
+    """A folder of more images than a share's part, decoded by 1, 2 or 3 processes (forked, into one shared
+    mapping): every row Pillow's own decode of its file, in the listing's order; the first broken image in that
+    order is the one reported, whichever process found it; with skip_broken every broken one is left out."""
+    from specc.data import images
+
+    root = folder_of(tmp_path / "many", {"a": 400, "b": 380})
+    spec_path = spec_over(tmp_path, root)
+    listing = list_folder(source_of(spec_path)[0])
+    assert len(listing.files) > 2 * images.DECODE_PART
+    pixels, skipped = _decoded_in_a_process(spec_path, tmp_path / "all.npz", workers)
+    want = np.stack([pillow(listing.root / f.relative, "L", (8, 6)) for f in listing.files])
+    assert np.array_equal(pixels, want) and skipped == []
+    order = [f.relative for f in listing.files]
+    late, early = order[700], order[300]  # in the third part (the first process's, or the third's) and the second
+    for name in (late, early):
+        (listing.root / name).write_bytes(b"not a png")
+    message = _decoded_in_a_process(spec_path, tmp_path / "err.txt", workers)
+    assert early in message and late not in message and "error[D110]" in message
+    kept, skipped = _decoded_in_a_process(spec_path, tmp_path / "kept.npz", workers, skip=True)
+    assert skipped == [early, late] and len(kept) == len(order) - 2
+    assert np.array_equal(kept[:300], want[:300]) and np.array_equal(kept[-79:], want[-79:])
+
+
+def test_a_process_with_torch_or_threads_decodes_without_forking(monkeypatch):
+    """Forking copies held locks of other threads (torch's pools among them): decoding then stays in this
+    process."""
+    from specc.data import images
+
+    import threading
+
+    import torch  # noqa: F401 (imported: its pools are what forking would copy)
+
+    assert not images.forking_is_safe()
+    code = ("import threading, time, sys; from specc.data import images; ok = images.forking_is_safe(); "
+            "t = threading.Thread(target=time.sleep, args=(1,)); t.start(); print(ok, images.forking_is_safe())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "False"], done.stderr  # alone it may; with a second thread not
+    assert threading.active_count() >= 1
