@@ -274,6 +274,9 @@ def images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
             continue
         seen.add((info.st_dev, info.st_ino))
         below = []
+        # the images' paths relative to root, as text: one pathlib computation a folder, not one an image
+        prefix = Path(d).relative_to(root).as_posix() + "/" if Path(d) != root else ""
+        prefix = "" if prefix == "./" else prefix
         for e in _entries(d):
             kind, image = _kind(e), e.name.lower().endswith(SUFFIXES)
             if kind in ("loop", "missing"):
@@ -285,8 +288,7 @@ def images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
                 below.append(Path(e.path))
             elif image:
                 st = e.stat() if kind == "file" else None  # one that is not a file: decoding says what it is
-                found.append((Path(e.path).relative_to(root).as_posix(), st.st_size if st else -1,
-                              st.st_mtime_ns if st else 0))
+                found.append((prefix + e.name, st.st_size if st else -1, st.st_mtime_ns if st else 0))
         todo += reversed(below)
     return sorted(found)
 
