@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -121,11 +122,26 @@ CSV_CHUNK = 65536  # rows turned into text at a time
 
 
 def write_csv(out, names: list[str], columns: list, n: int) -> None:
-    """A header and `n` rows of the columns, turned into text CSV_CHUNK rows at a time (cell_texts)."""
+    """A header and `n` rows of the columns, turned into text CSV_CHUNK rows at a time (cell_texts). A chunk
+    none of whose texts needs quoting (no delimiter, quote or line break, none empty) is joined as it is, as
+    the csv module would write it, in a third of its time."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(names)
     for s in range(0, n, CSV_CHUNK):
-        writer.writerows(zip(*(cell_texts(c[s:s + CSV_CHUNK]) for c in columns)))
+        texts = [cell_texts(c[s:s + CSV_CHUNK]) for c in columns]
+        if all(np.asarray(c).dtype.kind in "fiub" or not _any_quoted(t) for c, t in zip(columns, texts)):
+            out.write("\n".join(map(",".join, zip(*texts))) + "\n")
+        else:
+            writer.writerows(zip(*texts))
+
+
+QUOTED = re.compile(r'[,"\r\n]|^$')  # what the csv module quotes (minimal quoting): a delimiter, a quote, a line
+# break; and an empty text in a row of one column, which it writes as "" (checked per text here, to be safe)
+
+
+def _any_quoted(texts: list[str]) -> bool:
+    """Whether the csv module would quote one of the texts."""
+    return any(QUOTED.search(t) for t in texts)
 
 
 def cell_texts(values) -> list[str]:
@@ -133,6 +149,8 @@ def cell_texts(values) -> list[str]:
     float of its width (numpy's str: a float32 in at most 9 digits, as `specc serve` answers),
     never rounded to fewer; anything else as str."""
     values = np.asarray(values)
-    if values.dtype.kind == "f":
+    if values.dtype.kind in "fiu":  # numpy's str of each, in C
         return values.astype(str).tolist()
+    if values.dtype.kind == "O" and all(type(v) is str for v in values):
+        return values.tolist()
     return [str(v) for v in values]
