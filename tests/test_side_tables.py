@@ -210,6 +210,8 @@ HOSTILE = [
     ("twice.csv", b"user,age,job\n1,30,a\n1,40,b\n", "D129", "key '1' is on rows 1 and 2"),
     ("nokey.csv", b"user,age,job\n,30,a\n2,40,b\n", "D129", "row 1 has no key"),
     ("text.csv", b"user,age,job\nu1,30,a\n2,40,b\n", "D129", "key 'u1' is not a whole number"),
+    ("huge.csv", b"user,age,job\n99999999999999999999,30,a\n2,40,b\n", "D129",
+     "key '99999999999999999999' is not a whole number in int64's range"),
     ("word.csv", b"user,age,job\n1,old,a\n2,40,b\n", "D104", "column 'age': expected a number, found 'old'"),
     ("short.csv", b"user,age,job\n1,3,a\n2,40\n", "D103", "expected 3 fields, found 2"),
     ("latin.csv", b"user,age,job\n1,3,\xe9\n2,40,b\n", "D121", "byte 0xe9 is not UTF-8"),

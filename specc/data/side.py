@@ -11,7 +11,7 @@ import numpy as np
 
 from specc.data.read import stacked
 from specc.data.sources import source_def
-from specc.data.vocab import Vocab
+from specc.data.vocab import Vocab, as_int
 from specc.language import codes
 from specc.language.diagnostics import DataError
 from specc.language.spec import CATEGORY, Column, DataSpec, NoSplit, SideTable, file_columns
@@ -66,8 +66,8 @@ def table_keys(table: SideTable, raw_keys: np.ndarray, data_keys, path: str):
                         code=codes.SIDE_TABLE_KEY)
     keys = Vocab.fit(table.key, raw_keys)
     if data_keys.integer and not keys.integer:
-        bad = next(k for k in text if _whole(k) is None)
-        raise DataError(path, f"table '{table.name}': key '{bad}' is not a whole number, as the data's "
+        bad = next(k for k in text if as_int(k) is None)  # the vocabulary's own test: whole and in int64's range
+        raise DataError(path, f"table '{table.name}': key '{bad}' is not a whole number in int64's range, as the data's "
                         f"'{table.key}' ids are", column=table.key, code=codes.SIDE_TABLE_KEY)
     if not data_keys.integer and keys.integer:  # the data's ids are text: so are the table's
         keys = Vocab(table.key, tuple(sorted(set(text.tolist()))), (), False)
@@ -84,13 +84,6 @@ def table_keys(table: SideTable, raw_keys: np.ndarray, data_keys, path: str):
 def _some(values, n: int = 3) -> str:
     """The first few values, for a message."""
     return ", ".join(f"'{v}'" for v in values[:n]) + (", ..." if len(values) > n else "")
-
-
-def _whole(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 def side_columns(data: DataSpec, wanted: tuple[Column, ...], data_vocabs: dict) -> dict[str, SideColumn]:

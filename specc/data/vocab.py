@@ -10,7 +10,7 @@ import numpy as np
 from specc.data.arrays import INT64_MAX, INT64_MIN
 
 
-def _as_int(text: str) -> int | None:
+def as_int(text: str) -> int | None:
     """A whole-number id that fits the model's int64 input, else None (the column is then text)."""
     try:
         value = int(text)
@@ -42,7 +42,7 @@ class Vocab:
             uniques, counts = np.unique(raw, return_counts=True)
             return Vocab(column, tuple(str(int(v)) for v in uniques), tuple(int(c) for c in counts), True, unknown)
         uniques, counts = np.unique(raw.astype(object), return_counts=True)
-        ints = [_as_int(str(v)) for v in uniques]
+        ints = [as_int(str(v)) for v in uniques]
         if all(i is not None for i in ints):
             # Whole-number ids: one category per number ("07" and "7" are the same id), in numeric order.
             merged: dict[int, int] = {}
@@ -67,7 +67,7 @@ class Vocab:
         uniques, inverse = np.unique(raw.astype(object) if raw.dtype.kind != "O" else raw, return_inverse=True)
         if self.integer:
             table = {int(v): k + first for k, v in enumerate(self.values)}
-            keys = [(_as_int(v) if isinstance(v, str) else int(v)) for v in uniques]
+            keys = [(as_int(v) if isinstance(v, str) else int(v)) for v in uniques]
         else:
             table = {v: k + first for k, v in enumerate(self.values)}
             keys = [str(v) for v in uniques]
