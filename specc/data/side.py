@@ -67,8 +67,8 @@ def table_keys(table: SideTable, raw_keys: np.ndarray, data_keys, path: str):
     keys = Vocab.fit(table.key, raw_keys)
     if data_keys.integer and not keys.integer:
         bad = next(k for k in text if as_int(k) is None)  # the vocabulary's own test: whole and in int64's range
-        raise DataError(path, f"table '{table.name}': key '{bad}' is not a whole number in int64's range, as the data's "
-                        f"'{table.key}' ids are", column=table.key, code=codes.SIDE_TABLE_KEY)
+        raise DataError(path, f"table '{table.name}': key '{bad}' is not a whole number in int64's range, as the "
+                        f"data's '{table.key}' ids are", column=table.key, code=codes.SIDE_TABLE_KEY)
     if not data_keys.integer and keys.integer:  # the data's ids are text: so are the table's
         keys = Vocab(table.key, tuple(sorted(set(text.tolist()))), (), False)
     index = keys.lookup(raw_keys)

@@ -9,6 +9,7 @@ import torch.fx as fx
 from specc.data.prepare import Prepared, Vocab
 from specc.export.graph import PROBABILITIES, takes_pixels
 from specc.export.ids import unseen_ids
+from specc.inference.columns import whole
 from specc.language.spec import CATEGORIES, FLOAT, Spec
 from specc.training.metrics import returned_by_export
 
@@ -37,7 +38,7 @@ def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: s
             vocab = vocabs[col]
             if vocab.integer:  # a value no whole number (a missing id) is, as an unseen id is, the unknown category
                 unseen = int(unseen_ids(vocab)[0])
-                feed[col] = np.array([_whole(v, unseen) for v in values], dtype=np.int64)
+                feed[col] = np.array([unseen if (w := whole(v)) is None else w for v in values], dtype=np.int64)
             else:
                 feed[col] = np.array([str(v) for v in values], dtype=object)
         else:
@@ -72,14 +73,6 @@ def parity_rows(spec: Spec, prepared: Prepared) -> dict[str, list]:
                 for other in inputs:  # one row with just this value missing
                     raw[other].append(float("nan") if other == col else raw[other][0])
     return raw
-
-
-def _whole(value, otherwise: int) -> int:
-    """A raw id as the whole number an int64 input takes, or `otherwise` where it is none (missing, text)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return otherwise
 
 
 def reference_outputs(spec: Spec, model: torch.nn.Module, vocabs: dict[str, Vocab], raw: dict[str, list],
