@@ -127,9 +127,10 @@ def write_csv(out, names: list[str], columns: list, n: int) -> None:
     the csv module would write it, in a third of its time."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(names)
+    numeric = [isinstance(c, np.ndarray) and c.dtype.kind in "fiub" for c in columns]  # never quoted: not looked at
     for s in range(0, n, CSV_CHUNK):
         texts = [cell_texts(c[s:s + CSV_CHUNK]) for c in columns]
-        if all(np.asarray(c).dtype.kind in "fiub" or not _any_quoted(t) for c, t in zip(columns, texts)):
+        if all(number or not _any_quoted(t) for number, t in zip(numeric, texts)):
             out.write("\n".join(map(",".join, zip(*texts))) + "\n")
         else:
             writer.writerows(zip(*texts))
