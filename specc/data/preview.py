@@ -9,11 +9,12 @@ import math
 
 import numpy as np
 
+from specc.data.side import whole_table
 from specc.data.sources import source_def
 from specc.data.sources.base import Head
 from specc.data.split import split_columns, valid_file
 from specc.language.diagnostics import printable
-from specc.language.spec import CATEGORY, Column, NoSplit, Spec, file_columns
+from specc.language.spec import CATEGORY, Spec, file_columns
 
 ROWS = 8
 
@@ -78,10 +79,8 @@ def _tables(spec: Spec) -> str:
         mine = [c for c in table.columns if c.name in spec.model.inputs]
         if not mine:
             continue
-        columns = file_columns((Column(table.key, CATEGORY, table.span), *mine))
-        whole = dataclasses.replace(spec, data=dataclasses.replace(spec.data, source=table.source,
-                                                                   valid=NoSplit(table.span)))
-        shown = source_def(table.source.kind).preview(whole, columns, ROWS)
+        whole, columns = whole_table(spec.data, table, tuple(mine))
+        shown = source_def(table.source.kind).preview(dataclasses.replace(spec, data=whole), columns, ROWS)
         rows = shown.rows if isinstance(shown, Head) else \
             [[str(shown[0][c.name][k]) for c in columns] for k in range(min(ROWS, len(shown[0][table.key])))]
         out.append(f"\ntable {table.name}, {table.source.path}: the first {len(rows)} rows\n"

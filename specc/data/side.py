@@ -45,15 +45,22 @@ class SideColumn:
         return np.ascontiguousarray(self.values[index])
 
 
-def read_table(data: DataSpec, table: SideTable, columns: tuple[Column, ...]) -> tuple[dict[str, np.ndarray], str]:
-    """Every row of the table's key and `columns`, as its source reads them (no split), and its path. A float
-    may be missing (NaN) where fill_missing fills it, as in the data."""
+def whole_table(data: DataSpec, table: SideTable, columns: tuple[Column, ...]) -> tuple[DataSpec, tuple[Column, ...]]:
+    """The data spec that reads the table whole (its source, no split, the key and `columns` its inputs), and the
+    columns those are as the table's file holds them (a float(columns=[...]) vector as its columns)."""
     key = Column(table.key, CATEGORY, table.span)
     whole = dataclasses.replace(data, source=table.source, inputs=(key, *columns), target=None,
                                 valid=NoSplit(table.span), feedback=None, keep_classes=(), train_rows=None,
                                 augment=None, tables=())
-    rows, _, path = source_def(table.source.kind).read(whole, file_columns((key, *columns)))
-    return stacked(rows, (key, *columns)), path
+    return whole, file_columns((key, *columns))
+
+
+def read_table(data: DataSpec, table: SideTable, columns: tuple[Column, ...]) -> tuple[dict[str, np.ndarray], str]:
+    """Every row of the table's key and `columns`, as its source reads them (no split), and its path. A float
+    may be missing (NaN) where fill_missing fills it, as in the data."""
+    whole, read = whole_table(data, table, columns)
+    rows, _, path = source_def(table.source.kind).read(whole, read)
+    return stacked(rows, whole.inputs), path
 
 
 def table_keys(table: SideTable, raw_keys: np.ndarray, data_keys, path: str):
