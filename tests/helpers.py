@@ -155,6 +155,22 @@ class StopAt:
         return self.calls > self.k
 
 
+def stopped_and_resumed(path, k: int):
+    """The models of two CPU runs of a spec file: one that never stopped, and one stopped before its k-th step
+    (StopAt) and resumed from the state it stopped with."""
+    import pytest
+
+    from specc.training.loop import Interrupted, train
+    from specc.training.options import RunOptions
+
+    whole = trained(path)[2]
+    spec, prepared, plan = prepared_spec(path)
+    with pytest.raises(Interrupted) as stopped:
+        train(spec, prepared, plan, RunOptions("cpu"), stop=StopAt(k))
+    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=stopped.value.state)
+    return whole, resumed
+
+
 def roundtrip(state, folder: Path):
     """A training state written to a checkpoint file and read back, as --resume reads it."""
     from specc.training.checkpoint import from_safetensors, to_safetensors

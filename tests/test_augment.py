@@ -63,22 +63,9 @@ def _folder(tmp_path, augment="[flip, crop(padding=1)]"):
 
 
 def test_a_stopped_and_resumed_run_augments_as_one_that_never_stopped(tmp_path):
-    from helpers import StopAt, trained
+    from helpers import stopped_and_resumed, trained
 
-    from specc.data.prepare import prepare
-    from specc.model.plan import make_plan
-    from specc.training.loop import Interrupted, train
-    from specc.training.options import RunOptions
-    from specc.training.run import load_spec
-
-    path = _folder(tmp_path)
-    whole = trained(path)[2]
-    spec, _ = load_spec(path)
-    prepared = prepare(spec.data, spec.model.inputs)
-    plan = make_plan(spec, prepared)
-    with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, RunOptions("cpu"), stop=StopAt(7))
-    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=stopped.value.state)
+    whole, resumed = stopped_and_resumed(_folder(tmp_path), 7)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     plain = tmp_path / "plain"

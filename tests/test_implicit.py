@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import StopAt, prepared_spec, trained
+from helpers import prepared_spec, stopped_and_resumed, trained
 
 from specc.commands.cli import main
 from specc.training.implicit import Interactions, catalogue_loss, draw_negatives, item_scorer, ranked, scorer
@@ -243,15 +243,7 @@ def test_validation_never_ranks_a_training_item_and_scores_only_validation_items
 
 
 def test_a_stopped_and_resumed_run_draws_the_negatives_of_one_that_never_stopped(tmp_path):
-    from specc.training.loop import Interrupted, train
-    from specc.training.options import RunOptions
-
-    path = spec_file(tmp_path)
-    whole = trained(path)[2]
-    spec, prepared, plan = prepared_spec(path)
-    with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, RunOptions("cpu"), stop=StopAt(4))
-    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=stopped.value.state)
+    whole, resumed = stopped_and_resumed(spec_file(tmp_path), 4)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 

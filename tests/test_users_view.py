@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import StopAt, prepared_spec, trained
+from helpers import prepared_spec, stopped_and_resumed, trained
 from test_implicit import clicks
 
 from specc.commands.cli import main
@@ -170,15 +170,7 @@ def test_the_exported_top_k_is_the_model_s_ranking_of_unseen_items(tmp_path):
 
 
 def test_a_stopped_and_resumed_run_drops_what_one_that_never_stopped_drops(tmp_path):
-    from specc.training.loop import Interrupted, train
-    from specc.training.options import RunOptions
-
-    path = spec_file(tmp_path)
-    whole = trained(path)[2]
-    spec, prepared, plan = prepared_spec(path)
-    with pytest.raises(Interrupted) as stopped:
-        train(spec, prepared, plan, RunOptions("cpu"), stop=StopAt(2))
-    resumed, _ = train(spec, prepared, plan, RunOptions("cpu"), resume=stopped.value.state)
+    whole, resumed = stopped_and_resumed(spec_file(tmp_path), 2)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
