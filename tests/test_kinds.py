@@ -20,7 +20,7 @@ from specc.commands.cli import main
 from specc.commands.tune import monitored as tune_monitored
 from specc.export import graph as export_graph
 from specc.export import parity_rows, to_onnx
-from specc.export.parity import reference_outputs
+from specc.export.compare import reference_outputs
 from specc.inference.evaluate import evaluate_file
 from specc.language.diagnostics import DataError, SpecError
 from specc.language.spec import IMPLICIT, EarlyStop, FitOneCycle, Optimizer

@@ -115,7 +115,7 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     on the same weights: the largest score difference; ExportError where the items differ but for ties."""
     import torch
 
-    from specc.export.parity import PARITY_TOLERANCE, ExportError
+    from specc.export.compare import PARITY_TOLERANCE, ExportError
     from specc.inference.recommend import recommend
     from specc.inference.session import Session
     from specc.training.implicit import item_scorer, ranked

@@ -7,6 +7,7 @@ import torch
 import torch.fx as fx
 
 from specc.data.prepare import Prepared, Vocab
+from specc.export.errors import ExportError
 from specc.export.graph import PROBABILITIES, takes_pixels
 from specc.export.ids import unseen_ids
 from specc.inference.columns import whole
@@ -15,10 +16,6 @@ from specc.training.metrics import returned_by_export
 
 PARITY_TOLERANCE = 1e-4
 PARITY_ROWS = 2048
-
-
-class ExportError(Exception):
-    """The exported model does not reproduce torch's outputs."""
 
 
 def raw_feed(spec: Spec, vocabs: dict[str, Vocab], raw: dict[str, list], rows: slice) -> dict[str, np.ndarray]:
