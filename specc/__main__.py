@@ -2,6 +2,6 @@
 
 import sys
 
-from specc.commands.cli import main
+from specc.commands.cli import command
 
-sys.exit(main())
+sys.exit(command())

@@ -677,6 +677,19 @@ COMMANDS = {"check": _check, "show": _show, "train": _train, "lr-find": _lr_find
             "predict": _predict, "recommend": _recommend, "evaluate": _evaluate, "inspect": _inspect, "serve": _serve, "tune": _tune}
 
 
+def command() -> int:
+    """The `specc` command and `python -m specc`: main on the process's arguments, just before the
+    process ends. Everything it made is then set aside from the cyclic collector (gc.freeze): Python's
+    finalization would otherwise walk the whole heap, torch and all it imported, in full collections,
+    0.75 s at the end of a collab run (bench/startup.py), only to free what the process's end frees
+    anyway. Files are closed by then (the commands close what they write), and atexit still runs."""
+    import gc
+
+    code = main()
+    gc.freeze()
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code. User mistakes never show a traceback."""
     try:
