@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from specc.data.arrow import as_numpy
 from specc.data.files import PARQUET_ENDINGS, check_regular, shown_path
 from specc.data.table import shown_names
 from specc.language import codes
@@ -217,7 +218,7 @@ class _Gather:
             values = values.cast(values.type.value_type)
         end = at + len(values)
         if self.col.kind == FLOAT:
-            self.out[at:end] = values.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+            self.out[at:end] = as_numpy(values.cast(pa.float64()))  # nulls become NaN
             return
         values = values.cast(pa.int64())
         if values.null_count:
@@ -225,7 +226,7 @@ class _Gather:
                 self.nulls = np.zeros(len(self.out), bool)
             self.nulls[at:end] = values.is_null().to_numpy(zero_copy_only=False)
             values = values.fill_null(0)
-        self.out[at:end] = values.to_numpy(zero_copy_only=False)
+        self.out[at:end] = as_numpy(values)
 
     def finish(self, table: ParquetTable) -> np.ndarray:
         import pyarrow as pa

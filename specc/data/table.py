@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specc.data.arrow import as_numpy
 from specc.data.files import bad_byte, compression, has_surrogates, not_utf8, open_text
 from specc.language import codes
 from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
@@ -217,14 +218,14 @@ class _Gathered:
                 floats = pc.cast(values, pa.float64())
             except pa.ArrowInvalid:
                 raise _Fallback from None
-            self.chunks.append(floats.to_numpy(zero_copy_only=False))  # nulls become NaN
+            self.chunks.append(as_numpy(floats))  # nulls become NaN
             self.bytes += 8 * len(values)
             return
         self.text.append(values)
         self.text_bytes += values.nbytes
         if self.ints:
             try:
-                self.chunks.append(pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False))
+                self.chunks.append(as_numpy(pc.cast(values, pa.int64())))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 self.ints, self.chunks = False, []
         self.bytes = self.text_bytes + (8 if self.ints else OBJECT_BYTES) * self.rows
