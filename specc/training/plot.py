@@ -21,6 +21,31 @@ def _png(fig, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+THIN = 1400  # points of a per-step line drawn: two for each pixel of a 7-inch figure at 100 dpi
+
+
+def thinned(values: list, band: bool = False) -> tuple:
+    """(steps, values) of a per-step line, at most THIN points. Over more steps, each run of steps
+    keeps its last value; with `band` (the raw losses), its lowest value at its first step and its
+    highest at its last, so that the line still fills the band the steps span. A NaN or inf in a
+    run of a band stays, and shows as the gap it is. Drawing 70,000 points took 0.55 s, 1,400 0.1 s."""
+    n = len(values)
+    if n <= THIN:
+        return range(1, n + 1), values
+    import numpy as np
+
+    run = -(-n // (THIN // 2 if band else THIN))  # steps in a run
+    starts = np.arange(0, n, run)
+    ends = np.minimum(starts + run, n)
+    y = np.asarray(values, dtype=np.float64)
+    if not band:
+        return ends, y[ends - 1]
+    steps, kept = np.empty(2 * len(starts)), np.empty(2 * len(starts))
+    steps[0::2], steps[1::2] = starts + 1, ends
+    kept[0::2], kept[1::2] = np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts)
+    return steps, kept
+
+
 def loss_png(history, steps_per_epoch: int, title: str) -> bytes:
     """loss.png: loss_figure's PNG."""
     return _png(loss_figure(history, steps_per_epoch, title), dpi=100)
@@ -31,9 +56,8 @@ def loss_figure(history, steps_per_epoch: int, title: str):
     learning rate below."""
     fig = _figure((7, 5.5))
     ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    steps = range(1, len(history.step_smooth) + 1)
-    ax.plot(steps, history.step_loss, color="#bbbbbb", linewidth=0.5, label="train (raw)")
-    ax.plot(steps, history.step_smooth, color="#1f77b4", label="train (smoothed, beta 0.98)")
+    ax.plot(*thinned(history.step_loss, band=True), color="#bbbbbb", linewidth=0.5, label="train (raw)")
+    ax.plot(*thinned(history.step_smooth), color="#1f77b4", label="train (smoothed, beta 0.98)")
     validated = [r for r in history.records if r.valid_loss is not None]  # none with valid = none
     if validated:
         ends = [(r.epoch + 1) * steps_per_epoch for r in validated]
@@ -48,7 +72,7 @@ def loss_figure(history, steps_per_epoch: int, title: str):
         ax.set_ylim(low * 0.9 if low > 0 else low - 0.1 * abs(high - low), high * 1.1 + 1e-12)
     ax.legend()
     ax.grid(alpha=0.3)
-    ax_lr.plot(steps, history.step_lr, color="#2ca02c")
+    ax_lr.plot(*thinned(history.step_lr), color="#2ca02c")
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
