@@ -7,6 +7,9 @@ times each, the medians reported:
   specc         specc.data.images._decode_all as `specc train` runs it: on every core of the process
   specc 1       the same on one thread (decode_workers = 1)
   listing       specc.data.images.list_folder, the listing the cache key is made from, against os.scandir
+  cold load     specc.data.images.load_images with an empty cache: listing, decoding, writing the cache
+  cached load   the same with the cache written: listing, reading the cache (what a second run does),
+                against decoding into memory once (the "specc" side)
 Usage: python bench/decode.py [--rounds 3] [--folder DIR]
 """
 
@@ -66,7 +69,12 @@ def main(argv=None) -> int:
     listing = images.list_folder(source)
     paths = [listing.root / f.relative for f in listing.files]
     workers = images.decode_workers()
-    times = {"pillow loop": [], "specc": [], "specc 1": [], "listing": [], "scandir": []}
+    times = {"pillow loop": [], "specc": [], "specc 1": [], "listing": [], "scandir": [], "cold load": [],
+             "cached load": []}
+    import shutil
+    import tempfile
+
+    os.environ["SPECC_CACHE"] = tempfile.mkdtemp(prefix="specc-decode-cache-")
     one = images.decode_workers
     for _ in range(args.rounds):
         start = time.perf_counter(); want = pillow_loop(paths); times["pillow loop"].append(time.perf_counter() - start)
@@ -80,7 +88,12 @@ def main(argv=None) -> int:
             if d.is_dir():
                 list(os.scandir(d.path))
         times["scandir"].append(time.perf_counter() - start)
+        shutil.rmtree(images.cache_dir(), ignore_errors=True)
+        start = time.perf_counter(); images.load_images(source, None); times["cold load"].append(time.perf_counter() - start)
+        start = time.perf_counter(); cached = images.load_images(source, None)
+        times["cached load"].append(time.perf_counter() - start)
         assert np.array_equal(got[:, 0], want), "specc's pixels are not Pillow's"
+        assert np.array_equal(cached.pixels[:, 0], want), "the cache's pixels are not Pillow's"
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"{n:,} PNGs of 28 x 28, {args.rounds} rounds alternated, medians; {workers} decoding thread(s), "
           f"{os.cpu_count()} CPUs")
@@ -88,6 +101,9 @@ def main(argv=None) -> int:
         print(f"  {k:<12} {med[k]:7.3f} s  ({med[k] / med['pillow loop']:.2f} x the Pillow loop)")
     print(f"  {'listing':<12} {med['listing']:7.3f} s  ({med['listing'] / med['scandir']:.1f} x a bare os.scandir"
           f" of the folders, {med['scandir']:.3f} s)")
+    for k in ("cold load", "cached load"):
+        print(f"  {k:<12} {med[k]:7.3f} s  ({med[k] / med['specc']:.2f} x decoding into memory once)")
+    shutil.rmtree(os.environ["SPECC_CACHE"], ignore_errors=True)
     return 0
 
 

@@ -5,6 +5,9 @@ CSV. Each side then runs as a fresh process, alternating, `--rounds` times, and 
   specc predict   `specc predict model.onnx rows.csv --out predictions.csv`
   plain script    python: pyarrow reads the CSV, onnxruntime runs the model on the two int64 columns, pyarrow
                   writes the rows and the predictions: what a person would write by hand
+  plain, no pandas  the plain script with pandas kept out (an import finder that says it is not
+                  installed), which pyarrow otherwise imports at its first array conversion when it is
+                  installed (specc does not convert that way)
   python alone    `python -c pass`: the interpreter's own start-up, in both
 Both write the same numbers (checked). Usage: python bench/predict.py [--rounds 5] [--rows 100000]
 """
@@ -39,6 +42,15 @@ rating = session.run(["rating"], feed)[0]
 pacsv.write_csv(table.append_column("rating", pa.array(rating)), out)
 """
 
+NO_PANDAS = """
+import sys
+class NoPandas:
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoPandas())
+"""
+
 
 def timed(argv: list[str]) -> float:
     start = time.perf_counter()
@@ -63,6 +75,7 @@ def main(argv=None) -> int:
             "specc predict": [sys.executable, "-m", "specc", "predict", model, rows, "--out", str(folder / "a.csv"),
                               "--device", "cpu"],
             "plain script": [sys.executable, "-c", PLAIN, model, rows, str(folder / "b.csv")],
+            "plain, no pandas": [sys.executable, "-c", NO_PANDAS + PLAIN, model, rows, str(folder / "c.csv")],
             "python alone": [sys.executable, "-c", "pass"],
         }
         times = {name: [] for name in sides}
@@ -71,11 +84,12 @@ def main(argv=None) -> int:
                 times[name].append(timed(command))
         a = np.loadtxt(folder / "a.csv", delimiter=",", skiprows=1, usecols=2)
         b = np.loadtxt(folder / "b.csv", delimiter=",", skiprows=1, usecols=2)
-        assert np.allclose(a, b, rtol=0, atol=1e-6), "the two sides' predictions differ"
+        c = np.loadtxt(folder / "c.csv", delimiter=",", skiprows=1, usecols=2)
+        assert np.allclose(a, b, rtol=0, atol=1e-6) and np.array_equal(b, c), "the sides' predictions differ"
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"{args.rows:,} rows, {args.rounds} rounds alternated, medians of whole processes")
     for name in sides:
-        print(f"  {name:<14} {med[name]:6.3f} s  ({med[name] / med['plain script']:.2f} x the plain script)")
+        print(f"  {name:<16} {med[name]:6.3f} s  ({med[name] / med['plain script']:.2f} x the plain script)")
     return 0
 
 

@@ -23,6 +23,15 @@ default of 100 connections. Reports p50, p99 and the slowest answer, and how man
 no answer within 5 s.
 
     python bench/serve.py --slow 300 [--seconds 5] [--json PATH]
+
+With --cold N it measures a server's first answers instead (issue 26, point 4): N times, `specc serve
+MODEL --port 0` is started as a user starts it (the CLI, its defaults), and once it prints its address,
+one client POSTs a one-row request, then 20 more on the same connection. Reported: seconds from the
+start to the address, the first answer's latency and the median of the next 20; beside them, a plain
+onnxruntime session in this process: its first run of the same row after the session is made, and
+the median of the next 20.
+
+    python bench/serve.py --cold 5
 """
 
 from __future__ import annotations
@@ -212,12 +221,62 @@ def slow_clients(model: Path, slow: int, seconds: float) -> list[dict]:
     return table
 
 
+def post(connection: http.client.HTTPConnection, body: bytes) -> float:
+    """One POST /predict on `connection`: its latency in seconds (an error answer raises)."""
+    start = time.perf_counter()
+    connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    data = answer.read()
+    if answer.status != 200:
+        raise RuntimeError(data.decode())
+    return time.perf_counter() - start
+
+
+def cold_starts(model: Path, rounds: int) -> list[dict]:
+    """`specc serve` started `rounds` times: to its address, its first one-row answer, the next 20."""
+    import onnxruntime as ort
+
+    body = json.dumps({"user": [196], "item": [242]}).encode()
+    feed = {"user": np.array([196]), "item": np.array([242])}
+    rows = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        server = subprocess.Popen([sys.executable, "-m", "specc", "serve", str(model), "--port", "0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        try:
+            line = server.stdout.readline()
+            listening = time.perf_counter() - start
+            host, port = re.search(r"http://([\d.]+):(\d+)", line).groups()
+            connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            first = post(connection, body)
+            warm = sorted(post(connection, body) for _ in range(20))[10]
+            connection.close()
+        finally:
+            server.terminate()
+            server.wait(30)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        t = time.perf_counter()
+        session.run(None, feed)
+        plain_first = time.perf_counter() - t
+        plain_warm = []
+        for _ in range(20):
+            t = time.perf_counter()
+            session.run(None, feed)
+            plain_warm.append(time.perf_counter() - t)
+        rows.append({"listening_s": listening, "first_ms": 1e3 * first, "next_ms": 1e3 * warm,
+                     "plain_first_ms": 1e3 * plain_first, "plain_next_ms": 1e3 * sorted(plain_warm)[10]})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="time at each level and side (default 5)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 256], help="rows a request (default 1 256)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64], help="concurrent clients (default 1 8 64)")
     ap.add_argument("--slow", type=int, metavar="N", help="measure fresh clients beside N slow ones instead")
+    ap.add_argument("--cold", type=int, metavar="N", help="measure N fresh servers' first answers instead")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     os.chdir(ROOT)
@@ -230,6 +289,17 @@ def main(argv=None) -> int:
     run = Path(tempfile.mkdtemp(prefix="specc-serve-"))
     train_run(spec, run, RunOptions("cpu", sets, quiet=True))
     model = run / "model.onnx"
+    if args.cold is not None:
+        table = cold_starts(model, args.cold)
+        print("| round | start to address s | first answer ms | next 20, median ms | plain session: first run ms | "
+              "next 20, median ms |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for k, row in enumerate(table, 1):
+            print(f"| {k} | {row['listening_s']:.3f} | {row['first_ms']:.2f} | {row['next_ms']:.2f} | "
+                  f"{row['plain_first_ms']:.3f} | {row['plain_next_ms']:.3f} |")
+        if args.json:
+            args.json.write_text(json.dumps(table, indent=1))
+        return 0
     if args.slow is not None:
         table = slow_clients(model, args.slow, args.seconds)
         if args.json:
