@@ -166,6 +166,43 @@ def test_the_formats_specc_reads_decode_as_pillow_decodes_them(tmp_path):
         assert np.array_equal(folder.pixels[k], pillow(root / relative)), relative
 
 
+def test_a_small_file_read_whole_and_a_large_one_read_as_pillow_asks_decode_alike(tmp_path, monkeypatch):
+    # a file of at most WHOLE_READ bytes is decoded from memory, a larger one from the file itself:
+    # the same pixels, and the same reason for a damaged one, either way
+    from specc.data import images
+
+    pixels = np.random.default_rng(6).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    paths = []
+    for fmt, suffix in (("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("GIF", "gif"), ("WEBP", "webp")):
+        paths.append(tmp_path / f"x.{suffix}")
+        Image.fromarray(pixels).save(paths[-1], format=fmt)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(paths[0].read_bytes()[:60])
+    got = {}
+    for whole in (images.WHOLE_READ, 0):
+        monkeypatch.setattr(images, "WHOLE_READ", whole)
+        got[whole] = [decode(str(p), "rgb", (6, 5)) for p in paths]
+        with pytest.raises(images.BrokenImage) as broken:
+            decode(cut, "rgb", (6, 5))
+        got[whole].append(str(broken.value))
+    for p, a, b in zip(paths, got[images.WHOLE_READ], got[0]):
+        want = np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(a, want) and np.array_equal(b, want), p
+    assert got[images.WHOLE_READ][-1] == got[0][-1] and "truncated" in got[0][-1].lower()
+
+
+def test_read_all_stops_at_the_end_of_a_file_shorter_than_asked(tmp_path):
+    from specc.data.images import _read_all
+
+    path = tmp_path / "short"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _read_all(fd, 4) == b"0123" and _read_all(fd, 100) == b"456789" and _read_all(fd, 5) == b""
+    finally:
+        os.close(fd)
+
+
 def test_formats_pillow_reads_but_specc_does_not_are_named(tmp_path):
     root = folder_of(tmp_path / "others")
     others = {"TIFF": {}, "PPM": {}, "PCX": {}, "TGA": {}, "ICO": {}, "SGI": {}, "DDS": {}}
