@@ -100,6 +100,33 @@ def test_each_row_takes_its_key_s_row_of_the_table_or_the_fill(tmp_path):
     assert data_bytes(prepared) - data_bytes(replace(prepared, sides=None)) == extra > 0
 
 
+@pytest.mark.parametrize("key", ['data.users.source.path="people.csv"', 'data.users.source=csv("people.csv")'])
+def test_set_gives_a_side_table_another_file(tmp_path, monkeypatch, key):
+    path, _ = files(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    people = {u: 60 + u for u in range(1, 32)}  # every user, ages the spec's own users.csv does not have
+    (tmp_path / "elsewhere" / "people.csv").write_text(
+        "user,age,job\n" + "".join(f"{u},{a},c\n" for u, a in people.items()))
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a --set path starts from the working folder
+    spec, prepared, _ = prepared_spec(path, [key])
+    users = [int(prepared.vocabs["user"].values[k - 1]) for k in prepared.train["user"]]
+    np.testing.assert_array_equal(prepared.train["age"], np.array([people[u] for u in users], np.float32))
+    assert set(prepared.vocabs["job"].values) == {"c"}
+    assert spec.data.tables[0].source.path.name == "people.csv"  # the other table keeps its own file
+    assert spec.data.tables[1].source.path == tmp_path / "items.csv"
+
+
+def test_set_names_a_side_table_s_keys_when_one_is_wrong(tmp_path, capsys):
+    path, _ = files(tmp_path)
+    assert main(["check", str(path), "--set", "data.users.sorce.path=\"x.csv\""]) == 1
+    err = capsys.readouterr().err
+    assert "unknown key 'data.users.sorce.path'" in err and "did you mean 'data.users.source.path'" in err
+    assert main(["check", str(path), "--set", "data.users.batch=3"]) == 1  # a data setting, not a table's
+    assert "unknown key 'data.users.batch'" in capsys.readouterr().err
+    assert main(["check", str(path), "--set", "data.users.key=item"]) == 1  # the table has no column 'item'
+    assert "column 'item' is not in users.csv" in capsys.readouterr().err
+
+
 def test_the_exported_model_takes_the_keys_alone_and_looks_the_tables_up(tmp_path):
     path, rows = files(tmp_path)
     spec, prepared, model, _ = trained(path)

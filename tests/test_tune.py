@@ -471,6 +471,24 @@ STAGED = SPEC.replace("""    fit_one_cycle(epochs=2, lr=1e-2)
 """, """    n_factors = int(2, 16)
 """)
 
+# a side table, whose own path moves with best.spec as the data's does
+TABLED = SPEC.replace("""    batch  = 32
+}""", """    batch  = 32
+    table items {
+        source  = csv("items.csv")
+        key     = item
+        columns = [genre: category]
+    }
+}""").replace("""    out = dot(u, i) + ub + ib |> sigmoid_range(0, 5.5)""", """    gb  = embedding(genre, 1)
+    out = dot(u, i) + ub + ib + gb |> sigmoid_range(0, 5.5)""")
+
+
+def write_items(ratings: Path, path: Path) -> None:
+    """items.csv for the ratings' items: each item's genre, one of three."""
+    items = sorted({int(line.split(",")[1]) for line in ratings.read_text().splitlines()[1:]})
+    path.write_text("item,genre\n" + "".join(f"{i},g{i % 3}\n" for i in items))
+
+
 # --set keys, each with values to write into the spec: both spellings of the fit's arguments, a stage's
 # fit, keywords replaced in the middle of a call or added to one, lines added to a block, params
 KEYS = [
@@ -483,6 +501,8 @@ KEYS = [
     (SPEC, ["data.source.path=\"other.csv\"", "train.seed=9"]),
     (STAGED, ["train.all.fit.epochs=3"]), (STAGED, ["train.head.fit.epochs=2", "train.all.fit.lr=slice(1e-4, 1e-3)"]),
     (STAGED, ["train.head.fit.pct_start=0.5", "train.head.fit.div=5"]),
+    (TABLED, ["train.seed=9"]), (TABLED, ["data.items.source.path=\"items2.csv\""]),
+    (TABLED, ["data.items.source=csv(\"items2.csv\")", "data.source.path=\"other.csv\""]),
 ]
 
 
@@ -498,6 +518,8 @@ def test_best_spec_checks_to_the_spec_the_set_values_give(tmp_path, ratings_dir,
     path.write_text(text)
     (tmp_path / "elsewhere").mkdir()
     copy_ratings(ratings_dir, tmp_path / "elsewhere").rename(tmp_path / "elsewhere" / "other.csv")
+    write_items(tmp_path / "ratings.csv", tmp_path / "items.csv")
+    write_items(tmp_path / "ratings.csv", tmp_path / "elsewhere" / "items2.csv")
     monkeypatch.chdir(tmp_path / "elsewhere")  # where a --set path starts from
     (tmp_path / "out").mkdir()
     written = tune.write_best(path, sets, tmp_path / "out")

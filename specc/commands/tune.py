@@ -462,14 +462,26 @@ def _moved_paths(tree: ast.SpecFile, bases: dict[str, Path], out: Path) \
             return None
         return json.dumps(os.path.relpath(base / node.value, out))
 
-    sets = []
-    for block in tree.blocks:
-        for stmt in block.body if block.name.id == "data" else ():
+    def source_path(body) -> ast.String | None:
+        """The path string of the `source = kind(path, ...)` among `body`'s statements, if it has one."""
+        for stmt in body:
             if isinstance(stmt, ast.Assign) and stmt.target.id == "source" and isinstance(stmt.value, ast.Call):
                 path = next((a for a in stmt.value.args[:1]), None)
                 path = next((k.value for k in stmt.value.keywords if k.name.id == "path"), path)
-                if isinstance(path, ast.String) and moved(path):
-                    sets.append(f"data.source.path={moved(path)}")
+                return path if isinstance(path, ast.String) else None
+        return None
+
+    sets = []
+    for block in tree.blocks:
+        if block.name.id != "data":
+            continue
+        # the data's own source, and each side table's (data.TABLE.source.path)
+        owners = [("data.source", block.body)] + [(f"data.{s.name.id}.source", s.body) for s in block.body
+                                                   if isinstance(s, ast.Section) and s.kind.id == "table"]
+        for key, body in owners:
+            path = source_path(body)
+            if path is not None and moved(path):
+                sets.append(f"{key}.path={moved(path)}")
     inits = [(c.args[2], moved(c.args[2])) for c in tree.commands if c.name.id == "init" and len(c.args) == 3
              and isinstance(c.args[2], ast.String) and moved(c.args[2])]
     return sets, inits

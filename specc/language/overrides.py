@@ -3,6 +3,7 @@ like the rest of the spec). Keys are dotted paths:
 
     data.batch=128                     a setting
     data.source.path="other.csv"       one argument of a setting's call
+    data.items.source.path="i.csv"     a side table's setting, or one argument of it (`table items { ... }`)
     train.optimizer.wd=0.01
     train.fit_one_cycle.epochs=1       an argument of the fit statement (`train.fit.epochs` too)
     train.fit=fit(epochs=2, lr=1e-3)   the whole fit statement
@@ -19,7 +20,7 @@ import re
 
 from specc.language import ast, codes, params
 # not specc.language.check itself: its search block uses this module
-from specc.language.check.values import DATA_SETTINGS, SIGNATURES, TRAIN_SETTINGS
+from specc.language.check.values import DATA_SETTINGS, SIGNATURES, TABLE_SETTINGS, TRAIN_SETTINGS
 from specc.language.diagnostics import Diagnostic, SpecError, UsageError, suggest
 from specc.language.parse import parse_expr
 from specc.language.source import Source, Span
@@ -104,6 +105,12 @@ def _keys(block: ast.Block) -> list[str]:
                 table = _table(name, stmt.target.id)
                 for p in SIGNATURES.get(table, {}).get(stmt.value.func.id, ()):
                     keys.append(f"{name}.{stmt.target.id}.{p.name}")
+        elif isinstance(stmt, ast.Section) and stmt.kind.id == "table":
+            keys += [f"{name}.{stmt.name.id}.{s}" for s in TABLE_SETTINGS]
+            for inner in stmt.body:
+                if isinstance(inner, ast.Assign) and inner.target.id == "source" and isinstance(inner.value, ast.Call):
+                    keys += [f"{name}.{stmt.name.id}.source.{p.name}"
+                             for p in SIGNATURES["source"].get(inner.value.func.id, ())]
         elif isinstance(stmt, ast.Section):
             for inner in stmt.body:
                 if isinstance(inner, ast.CallStmt) and inner.call.func.id in SIGNATURES["fit"]:
@@ -130,6 +137,13 @@ def _in_block(block: ast.Block, path: list[str], value: ast.Expr, source: Source
                 inner = dataclasses.replace(block, body=stmt.body)
                 changed = _in_block(inner, path[1:], value, source, key)
                 body[k] = dataclasses.replace(stmt, body=changed.body)
+                return dataclasses.replace(block, body=tuple(body))
+    assigned = any(isinstance(stmt, ast.Assign) and stmt.target.id == name for stmt in body)
+    if block.name.id == "data" and len(path) >= 2 and not assigned:
+        # data.TABLE.source=csv(...), data.TABLE.source.path="...": a side table's section
+        for k, stmt in enumerate(body):
+            if isinstance(stmt, ast.Section) and stmt.kind.id == "table" and stmt.name.id == name:
+                body[k] = dataclasses.replace(stmt, body=_in_table(block, stmt, path[1:], value, source, key))
                 return dataclasses.replace(block, body=tuple(body))
     if len(path) == 1 and block.name.id == "train" and name in ("fit", *SIGNATURES["fit"]):
         # the whole fit statement: train.fit=fit_one_cycle(epochs=1, lr=1e-3)
@@ -171,6 +185,23 @@ def _in_block(block: ast.Block, path: list[str], value: ast.Expr, source: Source
             body[k] = dataclasses.replace(stmt, call=new_call)
             return dataclasses.replace(block, body=tuple(body))
     raise _unknown(key, source, _keys(block))
+
+
+def _in_table(block: ast.Block, table: ast.Section, path: list[str], value: ast.Expr, source: Source,
+              key: str) -> tuple:
+    """The body of side table `table` with one of its settings replaced (or added), or one argument of
+    its source's call; `block` is the data block it is in (for the keys a mistake is shown)."""
+    setting = path[0]
+    if setting not in TABLE_SETTINGS or len(path) > 2:
+        raise _unknown(key, source, _keys(block))
+    if len(path) == 2:  # an argument of the source's call: as data.source.path is for the data's own
+        return _in_block(dataclasses.replace(block, body=table.body), path, value, source, key).body
+    body = list(table.body)
+    for k, stmt in enumerate(body):
+        if isinstance(stmt, ast.Assign) and stmt.target.id == setting:
+            body[k] = dataclasses.replace(stmt, value=value)
+            return tuple(body)
+    return (*body, ast.Assign(ast.Name(setting, value.span), value, value.span))
 
 
 def _set_arg(call: ast.Call, params, param: str, value: ast.Expr, source: Source, key: str,

@@ -11,7 +11,7 @@ from specc.data.sources import source_def
 from specc.data.sources.base import Char, Choice, Flag, ImageSize, Names, Texts
 from specc.language import ast, codes
 from specc.language.check.splits import check_split
-from specc.language.check.values import COLUMN_TYPES, DATA_SETTINGS, Checker, kind_of, shown
+from specc.language.check.values import COLUMN_TYPES, DATA_SETTINGS, TABLE_SETTINGS, Checker, kind_of, shown
 from specc.language.diagnostics import suggest
 from specc.language.spec import (
     CATEGORIES, CATEGORY, FLOAT, HISTORY, IMPLICIT, POSITIVE, SAMPLINGS, SET_MAX, SET_MAX_LIMIT, SET_SEP, USERS,
@@ -110,9 +110,6 @@ def _source_columns(c: Checker, source, inputs: tuple[Column, ...], target: Colu
     problems, given = source_def(source.kind).columns(source, file_columns(col for col in inputs if not col.made), read)
     c.errors += problems
     return False if not problems or given is None else given
-
-
-TABLE_SETTINGS = ("source", "key", "columns")
 
 
 def _tables(c: Checker, sections: list, inputs: tuple[Column, ...], target: Column | None) -> list:

@@ -21,6 +21,7 @@ from specc.training import losses, optimizers
 BLOCKS = ("data", "model", "train")
 OPTIONAL_BLOCKS = (params.BLOCK,)
 DATA_SETTINGS = ("source", "inputs", "target", "valid", "batch", "procs", "keep_classes", "train_rows", "augment")
+TABLE_SETTINGS = ("source", "key", "columns")  # a side table's section: `table NAME { source, key, columns }`
 TRAIN_SETTINGS = ("loss", "metrics", "optimizer", "seed", "l2", "stop_on_nan", "precision")
 # The arithmetic the forward pass is computed in while training: a named choice, since it changes the maths.
 PRECISIONS = {"fp32": "float32 throughout", "bf16": "the forward pass under bfloat16 autocast, weights and "
