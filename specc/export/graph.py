@@ -19,7 +19,7 @@ from specc.data.prepare import Vocab, vocabs_to_json
 from specc.data.sources import source_def
 from specc.data.split import split_to_json
 from specc.export.emitter import Emitter
-from specc.export.ids import DenseIds, composes, dense_ids, lookup
+from specc.export.ids import DenseIds, composes, dense_ids, id_type, lookup
 from specc.export.ops import function as translate_function, module as translate_module
 from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Spec
 from specc.training import losses
@@ -100,7 +100,7 @@ def _input(em: Emitter, spec: Spec, col, fnode: fx.Node, vocabs: dict[str, Vocab
     clipped for tables in raw-id order: `dense`), an image's pixels as floats, a number as it is."""
     if col.kind == CATEGORY:
         vocab = vocabs[col.name]
-        dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
+        dtype = id_type(vocab)
         dense[fnode.name] = ids = dense_ids(em, col.name, vocab)
         if not ids or not all(composes(u, modules.get(u.target), ids) for u in fnode.users):
             # something other than a small embedding reads the index: look it up once
@@ -108,7 +108,7 @@ def _input(em: Emitter, spec: Spec, col, fnode: fx.Node, vocabs: dict[str, Vocab
         return helper.make_tensor_value_info(col.name, dtype, ["N"])
     if col.kind == CATEGORIES:  # (N, L): each row's ids, padded with SET_PAD_ID or SET_PAD_TEXT
         vocab = vocabs[col.name]
-        dtype = TensorProto.INT64 if vocab.integer else TensorProto.STRING
+        dtype = id_type(vocab)
         names[fnode.name] = distinct(em, col.name, lookup(em, col.name, vocab, dense_ids(em, col.name, vocab)))
         return helper.make_tensor_value_info(col.name, dtype, ["N", f"{col.name}_size"])
     if col.kind != FLOAT:
@@ -122,7 +122,7 @@ def _input(em: Emitter, spec: Spec, col, fnode: fx.Node, vocabs: dict[str, Vocab
 
 def _key_input(name: str, vocab: Vocab) -> onnx.ValueInfoProto:
     """The graph input of a side table's key that the model reads nothing else of."""
-    return helper.make_tensor_value_info(name, TensorProto.INT64 if vocab.integer else TensorProto.STRING, ["N"])
+    return helper.make_tensor_value_info(name, id_type(vocab), ["N"])
 
 
 def side_lookup(em: Emitter, side) -> str:
@@ -201,10 +201,8 @@ def _outputs(em: Emitter, spec: Spec, vocabs: dict[str, Vocab], result: str) -> 
     index = em.node("ArgMax", [result], f"{target.name}_index", axis=1, keepdims=0)
     if vocab.integer:
         classes = em.const([int(v) for v in vocab.values], np.int64)
-        label_type = TensorProto.INT64
     else:
         classes = em.const(np.array(vocab.values, dtype=object), object)
-        label_type = TensorProto.STRING
     em.node("Gather", [classes, index], target.name, axis=0)
-    return [helper.make_tensor_value_info(target.name, label_type, ["N"]),
+    return [helper.make_tensor_value_info(target.name, id_type(vocab), ["N"]),
             helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", vocab.size])]

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import fx
 
+from onnx import TensorProto
+
 from specc.data.prepare import Vocab
 from specc.export.emitter import Emitter
 from specc.model.lower import op_of
@@ -31,6 +33,12 @@ class DenseIds(NamedTuple):
 
     clipped: str
     table: np.ndarray
+
+
+def id_type(vocab: Vocab) -> int:
+    """The ONNX element type a column's raw ids have in the graph, as an input or an output: int64 where
+    every id is a whole number (Vocab.integer), else text."""
+    return TensorProto.INT64 if vocab.integer else TensorProto.STRING
 
 
 def dense_ids(em: Emitter, col: str, vocab: Vocab, label: str | None = None) -> DenseIds | None:

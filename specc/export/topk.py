@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from specc.data.prepare import Vocab, history_table
 from specc.export.emitter import Emitter
 from specc.export.graph import finished, metadata, translate_body
-from specc.export.ids import dense_ids, lookup
+from specc.export.ids import dense_ids, id_type, lookup
 from specc.language.spec import Spec
 from specc.training.implicit import UNKNOWN, Interactions
 
@@ -43,10 +43,8 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
                            axis=1, largest=1, sorted=1)
     em.nodes.append(top)
     em.node("Gather", [_item_ids(em, items_vocab), "top_index"], ITEMS, axis=0)
-    id_type = TensorProto.INT64 if users_vocab.integer else TensorProto.STRING
-    item_type = TensorProto.INT64 if items_vocab.integer else TensorProto.STRING
-    inputs = [helper.make_tensor_value_info(feedback.user, id_type, ["N"])]
-    outputs = [helper.make_tensor_value_info(ITEMS, item_type, ["N", k]),
+    inputs = [helper.make_tensor_value_info(feedback.user, id_type(users_vocab), ["N"])]
+    outputs = [helper.make_tensor_value_info(ITEMS, id_type(items_vocab), ["N", k]),
                helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", k])]
     props = metadata(spec, vocabs)
     props["specc.recommend"] = json.dumps({"user": feedback.user, "item": feedback.item, "k": k, "items": n_items,
