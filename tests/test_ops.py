@@ -16,7 +16,7 @@ from specc.export import ops as export_ops
 from specc.export.emitter import Emitter
 from specc.language.spec import Node, op
 from specc.model import ops
-from specc.model.lower import LOWERINGS, lower
+from specc.model.lower import LOWERINGS, HistoryBag, SetBag, lower
 from specc.model.ops.base import OpDef, Tensor
 from specc.model.sized import sized_model
 from specc.training.distributed import data_parallel
@@ -25,13 +25,14 @@ from specc.training.run import load_spec
 from specc.training.world import ONE, World
 
 # The context every example may read (see specc/model/ops/layers.py): c, a, img, h and hc (the categories of
-# d each row's c has in the training rows); the last lines
+# d each row's c has in the training rows); `sb` reads a set column (tags: up to three ids a row, padded with
+# -1), so that embedding_bag is covered over a set as over a history; the last lines
 # use the arithmetic ops and a 2-d batchnorm, and fill_missing and normalize make the input and missing ops' procs
 # (the parity rows hold a missing `a`: an npz file cannot).
 COVERAGE = """\
 data {{
     source = npz("cover.npz")
-    inputs = [c: category, a: float, img: float(1, 4, 4) / 255, d: category, hc: history(c, d)]
+    inputs = [c: category, a: float, img: float(1, 4, 4) / 255, d: category, hc: history(c, d), tags: categories]
     target = y: float
     procs  = [fill_missing, normalize]
     valid  = random(0.25, seed=1)
@@ -40,9 +41,10 @@ data {{
 model {{
     h = flatten(img) |> linear(4)
 {examples}
+    sb  = embedding_bag(tags, 3, mode=mean, p=0.25)
     ar  = (a + 1) * h - h / 2 + (1 - a) + -h
     im  = img |> conv2d(2, 1, bias=false) |> batchnorm |> flatten
-    out = concat({values}, ar, im) |> linear(1)
+    out = concat({values}, sb, ar, im) |> linear(1)
 }}
 train {{
     loss = mse
@@ -60,8 +62,10 @@ def coverage_spec(folder) -> str:
     rng = np.random.default_rng(0)
     n = 80
     a = rng.normal(40, 10, n).astype(np.float32)
+    tags = rng.integers(1, 7, (n, 3))
+    tags[rng.uniform(size=(n, 3)) < 0.3] = -1  # SET_PAD_ID: rows of fewer ids, some of none
     np.savez(folder / "cover.npz", c=rng.integers(1, 6, n), d=rng.integers(1, 9, n), a=a, img=rng.uniform(0, 255, (n, 1, 4, 4)).astype(np.float32),
-             y=rng.normal(0, 1, n).astype(np.float32))
+             y=rng.normal(0, 1, n).astype(np.float32), tags=tags)
     examples = _examples()
     names = [line.split("=")[0].strip() for line in examples]
     text = COVERAGE.format(examples="\n".join(f"    {line}" for line in examples),
@@ -82,6 +86,7 @@ def test_one_spec_with_every_op_exports_and_matches_torch(tmp_path):
     used = {n.op.name for n in spec.model.nodes} | {n.op.name for n in sized_model(spec, prepared).nodes}
     assert used == set(ops.OPS)  # every op, the blocks before they expand, the internal ones too
     model = build_model(spec, prepared).eval()
+    assert {type(m) for m in model.modules()} >= {SetBag, HistoryBag}  # embedding_bag over a set and a history
     proto = to_onnx(spec, model, prepared.vocabs)
     raw = parity_rows(spec, prepared)
     assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, raw) < 1e-5
@@ -184,8 +189,13 @@ def test_every_op_that_draws_random_numbers_per_row_is_sliced_under_data_paralle
     model.train()
     for k, fnode in enumerate(n for n in model.graph.nodes if n.op == "call_module" and made[n.target] in random):
         module, arg = model.get_submodule(fnode.target), fnode.args[0].name
-        # a value's numbers, or (an embedding_bag's history) a key column's indices into its table
-        x = torch.randn(8, *shapes[arg]) if arg in shapes else torch.randint(0, len(module.table), (8,))
+        # a value's numbers, or an embedding_bag's key column's indices into its history table, or its sets
+        if arg in shapes:
+            x = torch.randn(8, *shapes[arg])
+        elif isinstance(module, HistoryBag):
+            x = torch.randint(0, len(module.table), (8,))
+        else:
+            x = torch.randint(0, len(module.weight), (8, 3))
         assert torch.equal(_halves(model, module, x, seed=k), _one_process(module, x, seed=k)), fnode.name
     with data_parallel(World(1, 2), model, None):
         hooked = {t for t in made if model.get_submodule(t)._forward_pre_hooks}
