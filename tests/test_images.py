@@ -441,8 +441,13 @@ images.decode_workers = lambda: workers
 source = load_spec(Path(spec_path))[0].data.source
 source = dataclasses.replace(source, skip_broken=skip)
 assert images.forking_is_safe(), "the test process should be one that may fork"
+def shared():  # Linux: the anonymous shared mappings of this process (an mmap(-1) shows as /dev/zero)
+    with open("/proc/self/maps") as maps:
+        return sum(" rw-s " in line and "/dev/zero" in line for line in maps)
+before = shared()
 try:
     pixels, skipped = images._decode_all(images.list_folder(source), source)
+    assert shared() == before, "the decoding's shared mapping is still mapped"
     np.savez(out, pixels=pixels, skipped=np.array([s[0] for s in skipped], dtype=str))
 except DataError as err:
     Path(out).write_text(str(err))
