@@ -198,6 +198,31 @@ def test_a_frame_with_a_wrong_dtype_gets_the_positioned_diagnostic(tiny, tmp_pat
     assert caught.value.diagnostics[0].message == "column 'item' is not in <pandas DataFrame>"
 
 
+def test_a_frame_that_predict_or_evaluate_cannot_read_is_named_as_the_caller_knows_it(tiny, tmp_path, monkeypatch):
+    # Run.predict and Run.evaluate read a frame through a Parquet file of their own: an error names the
+    # frame, not that file, which is gone when the call ends
+    import tempfile
+
+    run = specc.train(tiny, out=tmp_path / "r", device="cpu", quiet=True, overrides={"train.fit.epochs": 1})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    ratings = pd.read_csv(tiny.parent / "ratings.csv")
+    cases = [(run.predict, ratings.drop(columns=["item"]), "<pandas DataFrame>: error[D107]: missing input column "
+                                                             "'item' (the file has: user, rating)"),
+             (run.evaluate, ratings.drop(columns=["rating"]), "<pandas DataFrame>: error[D107]: missing target "
+                                                                "column 'rating' (the file has: user, item)"),
+             (run.predict, ratings.assign(user=ratings["user"] + 0.5), "<pandas DataFrame>: error[D104]: column "
+              "'user': holds floating-point numbers; the model's column 'user' takes ids or text")]
+    for call, frame, message in cases:
+        with pytest.raises(specc.DataError) as caught:
+            call(frame)
+        assert str(caught.value) == message and caught.value.path == "<pandas DataFrame>"
+    assert list((tmp_path / "tmp").iterdir()) == []  # each call's file and folder removed
+    with pytest.raises(specc.DataError) as caught:  # a file's error still names the file
+        run.predict(tmp_path / "nothing.csv")
+    assert "nothing.csv" in str(caught.value)
+
+
 def test_hostile_frames_are_errors_that_name_what_is_wrong(tiny, tmp_path):
     ratings = pd.read_csv(tiny.parent / "ratings.csv")
     with pytest.raises(specc.DataError) as caught:  # no rows

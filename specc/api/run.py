@@ -6,12 +6,13 @@ as `train` does."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc.api.display import shown
 from specc.api.spec import Spec, load
-from specc.language.diagnostics import UsageError
+from specc.language.diagnostics import DataError, UsageError
 
 
 def ready(checked, out: Path, device: str = "auto", force: bool = False, resume: bool = False, sets=()):
@@ -242,7 +243,8 @@ def _picture(path: Path):
 
 class _as_file:
     """A path as given, or a frame written to a Parquet file in a folder of its own that goes when
-    done: predict and evaluate read it with the rules they read files by."""
+    done: predict and evaluate read it with the rules they read files by, and an error about that
+    file names the frame (frames.frame_name), not the file."""
 
     def __init__(self, rows):
         self.rows, self.tmp = rows, None
@@ -262,6 +264,11 @@ class _as_file:
         pq.write_table(table, path)
         return path
 
-    def __exit__(self, *exc) -> None:
-        if self.tmp is not None:
-            self.tmp.cleanup()
+    def __exit__(self, kind, err, traceback) -> None:
+        if self.tmp is None:
+            return
+        self.tmp.cleanup()
+        if isinstance(err, DataError) and os.path.abspath(str(err.path)).startswith(self.tmp.name + os.sep):
+            from specc.api.frames import frame_name
+
+            raise err.named(frame_name(self.rows)) from None

@@ -85,7 +85,7 @@ class DataError(Exception):
 
     def __init__(self, path: str, message: str, line: int | None = None,
                  column: str | None = None, *, code: Code):  # a D-code of specc.language.codes
-        self.path, self.line, self.column, self.code = path, line, column, code
+        self.path, self.message, self.line, self.column, self.code = path, message, line, column, code
         shown = printable(str(path))  # a name that is not UTF-8, or holds a line break, as one printable line
         where = f"{shown}:{line}" if line is not None else shown
         what = f"column '{column}': {message}" if column is not None else message
@@ -93,6 +93,11 @@ class DataError(Exception):
 
     def render(self) -> str:
         return str(self)
+
+    def named(self, name: str) -> DataError:
+        """The same error about the same data, named otherwise: a frame the API wrote to a file of its own
+        is named as the caller knows it (`<pandas DataFrame>`), wherever the message names the file."""
+        return DataError(name, self.message.replace(str(self.path), name), self.line, self.column, code=self.code)
 
     def _repr_html_(self) -> str:
         from specc.api.display import message_html
