@@ -203,6 +203,24 @@ def test_read_all_stops_at_the_end_of_a_file_shorter_than_asked(tmp_path):
         os.close(fd)
 
 
+def test_a_hard_link_into_another_class_or_part_is_refused_and_one_within_a_class_is_a_second_image(
+        tmp_path, capsys, cache):
+    root = folder_of(tmp_path / "linked")
+    os.link(root / "a" / "1.png", root / "a" / "again.png")  # one class, two names: the image twice
+    folder = load(spec_over(tmp_path, root))
+    assert len(folder.pixels) == 9 and list(folder.labels).count("a") == 5
+    os.link(root / "a" / "2.png", root / "b" / "x.png")  # the same file in class b: refused
+    assert failed(capsys, "check", spec_over(tmp_path, root)) == (
+        f"{root}/b/x.png: error[D111]: is the same file as a/2.png (a hard link), in another class folder: an "
+        "image can be in one class only")
+    split = tmp_path / "split"  # train/ and valid/: the same file in both would leak the answer
+    for part in ("train", "valid"):
+        folder_of(split / part)
+    os.link(split / "train" / "b" / "3.png", split / "valid" / "b" / "3b.png")
+    assert failed(capsys, "check", spec_over(tmp_path, split, name="split")).startswith(
+        f"{split}/valid/b/3b.png: error[D111]: is the same file as train/b/3.png (a hard link)")
+
+
 def test_formats_pillow_reads_but_specc_does_not_are_named(tmp_path):
     root = folder_of(tmp_path / "others")
     others = {"TIFF": {}, "PPM": {}, "PCX": {}, "TGA": {}, "ICO": {}, "SGI": {}, "DDS": {}}

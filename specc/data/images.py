@@ -143,7 +143,8 @@ def list_folder(source: ImagesSource) -> Listing:
     # before any image is listed: a class folder that holds the whole folder would list it all
     _separate(root, [(f"{part}/{name}" if part else name, root / part / name) for part in parts
                      for name in classes[part]])
-    files = [f for part in parts for f in _part_images(root, part, classes[part])]
+    files_seen: dict[tuple[int, int], str] = {}
+    files = [f for part in parts for f in _part_images(root, part, classes[part], files_seen)]
     _distinct_classes(root, sorted({f.label for f in files}))
     return Listing(root, tuple(files), len(parts) == 2)
 
@@ -160,16 +161,20 @@ def _parts(root: Path) -> tuple[str, ...]:
     return ("train", "valid") if split_roots else ("",)
 
 
-def _part_images(root: Path, part: str, names: list[str]) -> list[ImageFile]:
-    """The images of one part's class folders (`names`), the classes taken in turn."""
+def _part_images(root: Path, part: str, names: list[str], files_seen: dict) -> list[ImageFile]:
+    """The images of one part's class folders (`names`), the classes taken in turn; `files_seen` holds
+    each image file met so far, by (device, inode): its path relative to `root` and its (part, class)."""
     base = root / part
     empty, by_class = [], []
     for name in names:
         found = images_below(base / name, root)
         if not found:
             empty.append(name)
+        for relative, _, _, file in found:
+            if file != (0, 0):
+                _one_class_a_file(root, relative, (part, name), file, files_seen)
         by_class.append([ImageFile(relative, os_text(name), part == "valid", size, mtime)
-                         for relative, size, mtime in found])
+                         for relative, size, mtime, _ in found])
     if empty:
         raise DataError(shown(base / empty[0]) if len(empty) == 1 else shown(base),
                         f"class folder{'s' if len(empty) > 1 else ''} {_quoted(empty)} "
@@ -256,13 +261,13 @@ def _subfolders(folder: Path) -> list[str]:
     return names
 
 
-def images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
-    """(path relative to root, size, modification time) of every image in `folder` and the folders
-    below it, sorted by path. Symbolic links are followed only within `folder` (a link out of it
+def images_below(folder: Path, root: Path) -> list[tuple[str, int, int, tuple[int, int]]]:
+    """(path relative to root, size, modification time, (device, inode)) of every image in `folder` and the
+    folders below it, sorted by path (an image that is not a regular file: -1, 0, (0, 0)). Symbolic links are followed only within `folder` (a link out of it
     would read images twice, under another class or from elsewhere), a folder reached twice is read
     once, and a link that leads nowhere is an error unless it has an image's name (decode says why)."""
     inside = os.path.realpath(folder)
-    found: list[tuple[str, int, int]] = []
+    found: list[tuple[str, int, int, tuple[int, int]]] = []
     seen: set[tuple[int, int]] = set()
     todo = [folder]  # depth first, in order of name; a stack, so that no tree is too deep for Python
     while todo:
@@ -289,7 +294,8 @@ def images_below(folder: Path, root: Path) -> list[tuple[str, int, int]]:
                 below.append(Path(e.path))
             elif image:
                 st = e.stat() if kind == "file" else None  # one that is not a file: decoding says what it is
-                found.append((prefix + e.name, st.st_size if st else -1, st.st_mtime_ns if st else 0))
+                found.append((prefix + e.name, st.st_size if st else -1, st.st_mtime_ns if st else 0,
+                              (st.st_dev, st.st_ino) if st else (0, 0)))
         todo += reversed(below)
     return sorted(found)
 
@@ -307,6 +313,17 @@ def _within(link: str, inside: str, folder: Path) -> None:
                         "followed only within the folder, so that no image is read twice, under another class or "
                         "from elsewhere; link the class folder itself, or copy the images in",
                         code=codes.IMAGE_FOLDER_LAYOUT)
+
+
+def _one_class_a_file(root: Path, relative: str, where: tuple[str, str], file: tuple[int, int],
+                      files_seen: dict) -> None:
+    """An image file met again under another class folder (a hard link: two names, one file) would be
+    an image of two classes, or in train/ and valid/ both: refused, as class folders that are one are.
+    Two names for one file in the same class folder are the same image twice, which is allowed."""
+    first, first_where = files_seen.setdefault(file, (relative, where))
+    if first_where != where:
+        raise DataError(shown(root / relative), f"is the same file as {printable(first)} (a hard link), in another "
+                        "class folder: an image can be in one class only", code=codes.IMAGE_FOLDER_LAYOUT)
 
 
 def _separate(root: Path, folders: list[tuple[str, Path]]) -> None:

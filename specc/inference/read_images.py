@@ -66,7 +66,7 @@ def image_files(path: Path) -> tuple[list[Path], list[str]]:
     if not path.is_dir():
         check_regular(path)
         return [path], [os_text(str(path))]
-    found = [relative for relative, _, _ in images_below(path, path)]
+    found = [relative for relative, _, _, _ in images_below(path, path)]
     if not found:
         raise DataError(printable(str(path)), f"holds no images (files ending {', '.join(IMAGE_SUFFIXES)}, in it or "
                         "in folders below it)", code=codes.IMAGE_FOLDER_LAYOUT)
