@@ -171,7 +171,7 @@ def _part_images(root: Path, part: str, names: list[str], files_seen: dict) -> l
         if not found:
             empty.append(name)
         for relative, _, _, file in found:
-            if file != (0, 0):
+            if file[1]:  # an inode number (0: not a file, or a file system that numbers none)
                 _one_class_a_file(root, relative, (part, name), file, files_seen)
         by_class.append([ImageFile(relative, os_text(name), part == "valid", size, mtime)
                          for relative, size, mtime, _ in found])
