@@ -139,8 +139,8 @@ UNDECODABLE_IMAGE = Code("D110", "an image that cannot be decoded: damaged, cut 
 IMAGE_FOLDER_LAYOUT = Code("D111", "an image folder that is not one subfolder of images per class: no class folders, "
                                    "a class folder (or a folder given to predict) without images or whose every "
                                    "image was skipped, train/ without valid/, class folders that are one folder, one "
-                                   "inside another or that hold the image folder, a link out of a class folder, two "
-                                   "folder names that read as one class")
+                                   "inside another or that hold the image folder, a link out of a class folder, one "
+                                   "file (hard links) in two class folders, two folder names that read as one class")
 BAD_PARQUET_FOLDER = Code("D112", "a `parquet(...)` folder that cannot be read as one table: no Parquet files in it, "
                                   "or files that disagree on a column the spec reads (not in every file, or of "
                                   "another type)")
