@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from specc.data.files import check_regular, describe_array, open_binary
-from specc.data.arrays import INT64_MAX, INT64_MIN
 from specc.data.prepare import Vocab
+from specc.data.vocab import as_int
 from specc.language import codes
 from specc.language.diagnostics import DataError, UsageError
 
@@ -90,7 +90,7 @@ def _metadata(meta: dict[str, str], path: Path) -> tuple[dict[str, Vocab], dict[
                 not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
             raise bad("specc.vocabs", f"the counts of '{column}' are not a count per value")
         integer = v.get("integer")
-        if not isinstance(integer, bool) or (integer and not all(_int_id(x) is not None for x in values)):
+        if not isinstance(integer, bool) or (integer and not all(as_int(x) is not None for x in values)):
             raise bad("specc.vocabs", f"'integer' of '{column}' does not say whether its values are whole numbers")
         vocabs[column] = Vocab(column, tuple(values), tuple(counts), integer, bool(v.get("unknown", True)))
     embeddings = {}
@@ -104,14 +104,6 @@ def _metadata(meta: dict[str, str], path: Path) -> tuple[dict[str, Vocab], dict[
             raise bad("specc.embeddings", f"the table of '{name}' is not named by a string")
         embeddings[name] = e
     return vocabs, embeddings
-
-
-def _int_id(text: str) -> int | None:
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return value if INT64_MIN <= value <= INT64_MAX else None
 
 
 def read_names(names: NamesFile, column: str, vocab: Vocab) -> dict[str, str]:
@@ -180,7 +172,7 @@ def _key(text: str, vocab: Vocab) -> str:
     """An id as the vocabulary writes it."""
     text = text.strip()
     if vocab.integer:
-        number = _int_id(text)
+        number = as_int(text)
         return str(number) if number is not None else text
     return text
 
