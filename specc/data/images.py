@@ -143,7 +143,7 @@ def list_folder(source: ImagesSource) -> Listing:
     # before any image is listed: a class folder that holds the whole folder would list it all
     _separate(root, [(f"{part}/{name}" if part else name, root / part / name) for part in parts
                      for name in classes[part]])
-    files_seen: dict[tuple[int, int], str] = {}
+    files_seen: dict[tuple[int, int], tuple[str, tuple[str, str]]] = {}  # (device, inode) -> (path, (part, class))
     files = [f for part in parts for f in _part_images(root, part, classes[part], files_seen)]
     _distinct_classes(root, sorted({f.label for f in files}))
     return Listing(root, tuple(files), len(parts) == 2)
@@ -263,9 +263,10 @@ def _subfolders(folder: Path) -> list[str]:
 
 def images_below(folder: Path, root: Path) -> list[tuple[str, int, int, tuple[int, int]]]:
     """(path relative to root, size, modification time, (device, inode)) of every image in `folder` and the
-    folders below it, sorted by path (an image that is not a regular file: -1, 0, (0, 0)). Symbolic links are followed only within `folder` (a link out of it
-    would read images twice, under another class or from elsewhere), a folder reached twice is read
-    once, and a link that leads nowhere is an error unless it has an image's name (decode says why)."""
+    folders below it, sorted by path (an image that is not a regular file: -1, 0, (0, 0)). Symbolic links
+    are followed only within `folder` (a link out of it would read images twice, under another class or
+    from elsewhere), a folder reached twice is read once, and a link that leads nowhere is an error unless
+    it has an image's name (decode says why)."""
     inside = os.path.realpath(folder)
     found: list[tuple[str, int, int, tuple[int, int]]] = []
     seen: set[tuple[int, int]] = set()
@@ -452,12 +453,12 @@ def _open_file(path: str | Path):
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             found = os.fstat(fd)
             mode = found.st_mode
-            if stat.S_ISREG(mode) and found.st_size <= WHOLE_READ:
-                try:
-                    return io.BytesIO(_read_all(fd, found.st_size))
-                finally:
-                    os.close(fd)
             if stat.S_ISREG(mode):
+                if found.st_size <= WHOLE_READ:
+                    try:
+                        return io.BytesIO(_read_all(fd, found.st_size))
+                    finally:
+                        os.close(fd)
                 os.set_blocking(fd, True)
                 return os.fdopen(fd, "rb")
             os.close(fd)

@@ -7,9 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import fx
-
 from onnx import TensorProto
+from torch import fx
 
 from specc.data.prepare import Vocab
 from specc.export.emitter import Emitter
