@@ -76,7 +76,9 @@ def test_an_unknown_override_key_is_the_error_set_gives(tiny, capsys):
 
 @pytest.mark.parametrize("epochs", [-1, 0, math.inf, math.nan, 10**30, 2.5, "fit"])
 def test_absurd_overrides_are_refused_as_the_cli_refuses_them(tiny, capsys, epochs):
-    text = specc.api.spec.set_text("train.fit.epochs", epochs)
+    from specc.api.spec import set_text
+
+    text = set_text("train.fit.epochs", epochs)
     _, _, err = cli(capsys, "check", tiny, "--set", text)
     with pytest.raises(specc.SpecError) as caught:
         specc.load(tiny, {"train.fit.epochs": epochs, "data.batch": 32})
@@ -270,6 +272,37 @@ def test_sweep_and_lr_find_give_the_commands_numbers(tiny, tmp_path, capsys):
     assert found.table.shape == (len(pd.read_csv(tmp_path / "lr-cli" / "lr_find.csv")), 3)
     assert (tmp_path / "lr-cli" / "lr_find.csv").read_text() == (tmp_path / "lr-api" / "lr_find.csv").read_text()
     assert f"valley      {found.suggestions['valley']:.3g}" in out and found.figure.axes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "1"], "--steps from 2 to 100,000; found --start 1e-07, --end 10, --steps 1"),
+    (["--steps", "100001"], "--steps 100001"),
+    (["--end", "inf"], "--end inf"),
+    (["--start", "nan"], "--start nan"),
+    (["--start", "1e-320", "--end", "1"], "their ratio a finite number"),  # 1 / 1e-320 overflows
+    (["--start", "-1"], "--start -1"),
+])
+def test_lr_find_refuses_an_absurd_sweep_before_it_reads_or_writes_anything(tiny, tmp_path, capsys, argv, message):
+    code, _, err = cli(capsys, "lr-find", tiny, "--out", tmp_path / "lr", "--device", "cpu", *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "lr").exists()
+    with pytest.raises(specc.UsageError, match="lr-find needs"):
+        specc.lr_find(tiny, out=tmp_path / "lr", steps=10**9)
+
+
+def test_a_sweep_of_too_many_variants_is_refused_before_any_trains(tiny, tmp_path, capsys):
+    import itertools
+
+    from specc.api.search import grid_axes
+
+    batches = ",".join(str(b) for b in range(8, 50))  # 42 values
+    code, _, err = cli(capsys, "sweep", tiny, "--grid", f"data.batch={batches}", "--grid",
+                       f"train.fit.epochs={','.join(str(e) for e in range(1, 31))}", "--out", tmp_path / "s")
+    assert code == 2 and "a sweep of 1,260 variants (42 x 30): at most 1,000" in err
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(specc.UsageError, match="more than 1,000 values"):  # an endless generator, read no further
+        specc.sweep(tiny, {"data.batch": itertools.count(8)}, out=tmp_path / "s")
+    assert grid_axes({"data.batch": (b for b in (16, 64))}) == [("data.batch", ["16", "64"])]  # read once
 
 
 # ---------------------------------------------------------------- notebook display, the magic, the import

@@ -5,12 +5,17 @@ Optuna study; each as frames of the tables the commands print and the figures th
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc.api.run import checked_threads, ready, spec_of
 from specc.language.diagnostics import UsageError
+
+
+MAX_STEPS = 100_000  # lr-find's steps at most: each one a training step, its three numbers kept for the plot
+MAX_VARIANTS = 1_000  # a sweep's variants at most: each is checked and held before the first one trains
 
 
 # ---------------------------------------------------------------- lr-find
@@ -26,8 +31,9 @@ def find_rates(checked, sets, out: Path, start: float, end: float, steps: int, d
     from specc.training.runfolder import RunFolder
     from specc.training.steps import setup_stage
 
-    if not (0 < start < end) or steps < 2:
-        raise UsageError("lr-find needs 0 < --start < --end and --steps of at least 2")
+    if not (0 < start < end and math.isfinite(end / start)) or not 2 <= steps <= MAX_STEPS:
+        raise UsageError(f"lr-find needs 0 < --start < --end, their ratio a finite number, and --steps from 2 to "
+                         f"{MAX_STEPS:,}; found --start {start:g}, --end {end:g}, --steps {steps}")
     folder = RunFolder(out)
     with folder.locked():  # refused now rather than after the sweep; checked again when writing
         folder.check_lr_find(checked.source.text, list(sets), force)
@@ -95,9 +101,14 @@ def grid_axes(grid: dict) -> list[tuple[str, list[str]]]:
     if not isinstance(grid, dict) or not grid:
         raise UsageError("grid: expected a dict of a key and its values, e.g. {'n_factors': [10, 40, 80]}")
     axes = []
-    for key, values in grid.items():
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not list(values):
-            raise UsageError(f"grid[{key!r}]: expected a list of values to try, found {values!r}")
+    for key, given in grid.items():
+        values = [] if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__") else list(
+            itertools.islice(given, MAX_VARIANTS + 1))  # a generator read once, and never past what a sweep takes
+        if not values:
+            raise UsageError(f"grid[{key!r}]: expected a list of values to try, found {given!r}")
+        if len(values) > MAX_VARIANTS:
+            raise UsageError(f"grid[{key!r}]: more than {MAX_VARIANTS:,} values to try; a sweep trains at most "
+                             f"{MAX_VARIANTS:,} variants")
         axes.append((key, [set_text(key, v).partition("=")[2] for v in values]))
     return axes
 
@@ -115,6 +126,11 @@ def train_grid(load_variant, axes, out: Path, device: str, threads, force: bool,
     from specc.training.run import train_run
     from specc.training.runfolder import RunFolder
 
+    count = math.prod(len(vs) for _, vs in axes)
+    if count > MAX_VARIANTS:
+        sizes = " x ".join(f"{len(vs):,}" for _, vs in axes)
+        raise UsageError(f"a sweep of {count:,} variants ({sizes}): at most {MAX_VARIANTS:,}; specc tune searches a "
+                         "larger space by sampling it")
     combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in axes]))
     if RunFolder(out).contents().status is not None:
         raise UsageError(f"{out} holds a run of its own; a sweep's runs go into a folder of their own: choose "

@@ -1,11 +1,11 @@
 """Export of a recommender (implicit feedback): trained model -> an ONNX model that takes a batch of
 user ids and returns each user's top k items, as the data had their ids, and their scores.
 
-Inside the graph every item is scored for each user (the model run on the user repeated against
-the whole catalogue), the user's training items are set to -inf (a table of each user's items,
-padded with the unknown item, scattered into the scores), a user never seen in training gets the
-items' training popularity as scores (the most popular items first), and ONNX's TopK picks the k
-best; equal scores go to the item with the lower vocabulary index, as torch's stable sort does
+Inside the graph every item is scored for each user (over the model's grid of users x items where it
+has one, specc.model.grid; else the model run on the user repeated against the whole catalogue), the
+user's training items are set to -inf (a table of each user's items, padded with the unknown item,
+scattered into the scores), a user never seen in training gets the items' training popularity as
+scores (the most popular items first), and ONNX's TopK picks the k best; equal scores go to the item with the lower vocabulary index, as torch's stable sort does
 (specc.training.implicit.ranked). A user with fewer than k items left gets the rest at -inf."""
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from specc.data.prepare import Vocab, history_table
 from specc.export.emitter import Emitter
 from specc.export.graph import finished, metadata, translate_body
 from specc.export.ids import dense_ids, id_type, lookup
+from specc.export.ops import function as translate_function, module as translate_module
 from specc.language.spec import Spec
-from specc.training.implicit import UNKNOWN, Interactions
+from specc.model.grid import ITEM, USER, Grid
+from specc.training.implicit import UNKNOWN, Interactions, model_grid
 
 ITEMS, SCORES = "items", "scores"  # the exported recommender's outputs, (N, k) each
 NO_INTEGER_ITEM = -1  # the item id of a rank left empty (-inf), for whole-number ids; "" for text ids
@@ -54,11 +56,14 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
 
 def _every_item(em: Emitter, spec: Spec, model: fx.GraphModule, user: str, inter: Interactions) -> str:
     """The model's score of every item for each user [N, n_items]: its output, for a model of users (view =
-    users); else the model run on each user paired with every item. A side table's column is looked up by
-    its key's index (Interactions.sides)."""
+    users); else over its grid (_on_grid), where it has one; else the model run on each user paired with every
+    item. A side table's column is looked up by its key's index (Interactions.sides)."""
     feedback, n_items = spec.data.feedback, inter.n_items
     keys = {feedback.user: user}
-    if not feedback.per_user:
+    over = model_grid(spec, model, inter)
+    if over is not None:
+        keys[feedback.item] = em.const(np.arange(n_items, dtype=np.int64), np.int64)
+    elif not feedback.per_user:
         size = em.node("Shape", [user], "users_count")  # [N]
         grid = em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)  # [N, n_items]
         flat = em.const([-1], np.int64)
@@ -74,8 +79,52 @@ def _every_item(em: Emitter, spec: Spec, model: fx.GraphModule, user: str, inter
             names[fnode.name] = em.node("Gather", [values, keys[key]], f"{fnode.target}_of_{key}", axis=0)
         else:
             names[fnode.name] = keys[fnode.target]
+    if over is not None:
+        return _on_grid(em, over, names, user, n_items)
     result = translate_body(em, model, names, {})
     return result if feedback.per_user else em.node("Reshape", [result, grid], "all_scores")
+
+
+def _on_grid(em: Emitter, over: Grid, names: dict[str, str], user: str, n_items: int) -> str:
+    """[N, n_items]: the model over its Grid (specc.model.grid), its inputs in `names` (the N users' and every
+    item's): a value of one side computed once for each user or each item, a value of both for each pair (a
+    user's pairs in item order, as the pair layout of _every_item has them), a dot product of a user's value
+    and an item's one MatMul."""
+    modules = dict(over.model.named_modules())
+    size = em.node("Shape", [user], "users_count")  # [N]
+    grid = em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)  # [N, n_items]
+    flat = em.const([-1], np.int64)
+    count = em.node("Squeeze", [size, em.const([0], np.int64)], "users_count_scalar")
+    place = em.node("Range", [em.const(0, np.int64), count, em.const(1, np.int64)], "user_place")
+    column = em.node("Unsqueeze", [place, em.const([1], np.int64)], "user_place_column")
+    row = em.const(np.arange(n_items, dtype=np.int64)[None, :], np.int64)
+    pair_of = {USER: em.node("Reshape", [em.node("Expand", [column, grid], "user_place_grid"), flat], "pair_user"),
+               ITEM: em.node("Reshape", [em.node("Expand", [row, grid], "item_grid"), flat], "pair_item")}
+    paired: dict[str, str] = {}
+
+    def in_pairs(fnode: fx.Node) -> str:  # a value as a value of both reads it: a row per pair
+        side = over.sides[fnode]
+        if len(side) != 1:
+            return names[fnode.name]
+        if fnode.name not in paired:
+            (which,) = side
+            paired[fnode.name] = em.node("Gather", [names[fnode.name], pair_of[which]], f"{fnode.name}_by_pair", axis=0)
+        return paired[fnode.name]
+
+    for fnode in over.nodes:
+        both = over.sides[fnode] == {USER, ITEM}
+        if fnode in over.dots:
+            mine, theirs = over.dots[fnode]
+            items_t = em.node("Transpose", [names[theirs.name]], f"{fnode.name}_items", perm=[1, 0])
+            scores = em.node("MatMul", [names[mine.name], items_t], f"{fnode.name}_grid")
+            names[fnode.name] = em.node("Reshape", [scores, em.const([-1, 1], np.int64)], fnode.name)
+            continue
+        view = {**names, **{n.name: in_pairs(n) for n in fnode.all_input_nodes}} if both else names
+        if fnode.op == "call_module":
+            names[fnode.name] = translate_module(em, fnode, modules[fnode.target], view[fnode.args[0].name])
+        else:
+            names[fnode.name] = translate_function(em, fnode, view)
+    return em.node("Reshape", [in_pairs(over.output), grid], "all_scores")
 
 
 def _popular_for_unknown(em: Emitter, user: str, scores: str, inter: Interactions) -> str:

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.fx as fx
+
 from specc.data.augment import batch_generator
 from specc.language.spec import Implicit, Spec
+from specc.model import grid
 from specc.training import losses
 from specc.training.metrics import VALID_BATCH, torch_loss
 
@@ -147,14 +150,19 @@ def scorer(spec: Spec, forward, sides: dict | None = None):
 
 def item_scorer(spec: Spec, forward, inter: Interactions):
     """users -> the model's score of every item for each [users, n_items]: the model's output, for a model of
-    users (view = users); else the model run on each user paired with every item."""
-    n_items = inter.n_items
-    if spec.data.feedback.per_user:  # the model reads the user, and side table columns of the user
+    users (view = users); else, for a model in evaluation whose values of both a user and an item allow it,
+    the model over the grid of users x items (specc.model.grid); else the model run on each user paired with
+    every item."""
+    feedback, n_items = spec.data.feedback, inter.n_items
+    if feedback.per_user:  # the model reads the user, and side table columns of the user
         def user_scores(users: torch.Tensor) -> torch.Tensor:
-            given = {spec.data.feedback.user: users}
+            given = {feedback.user: users}
             given.update({name: table[users] for name, (_, table) in (inter.sides or {}).items()})
             return forward(*[given[name] for name in spec.model.inputs])
         return user_scores
+    over = model_grid(spec, forward, inter) if isinstance(forward, fx.GraphModule) and not forward.training else None
+    if over is not None:
+        return _grid_scores(over, feedback, inter)
     score = scorer(spec, forward, inter.sides)
     catalogue = torch.arange(n_items)
 
@@ -162,6 +170,33 @@ def item_scorer(spec: Spec, forward, inter: Interactions):
         items = catalogue.to(users.device)
         return score(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
     return every_item
+
+
+def model_grid(spec: Spec, model: fx.GraphModule, inter: Interactions) -> grid.Grid | None:
+    """The model's grid of users x items (specc.model.grid), a side table's column on its key's side; None for
+    a model of users (view = users), or where the model has no grid."""
+    feedback = spec.data.feedback
+    if feedback.per_user:
+        return None
+    sides = {feedback.user: grid.USER, feedback.item: grid.ITEM}
+    sides.update({name: sides[key] for name, (key, _) in (inter.sides or {}).items()})
+    return grid.grid_of(model, sides)
+
+
+def _grid_scores(over: grid.Grid, feedback: Implicit, inter: Interactions):
+    """users -> [users, n_items] from the model's Grid: the items' values computed once, at the first call."""
+    items: dict = {}
+
+    def values(side: str, key: str, index: torch.Tensor) -> dict:
+        given = {key: index}
+        given.update({name: table[index] for name, (of, table) in (inter.sides or {}).items() if of == key})
+        return over.side_values(side, given)
+
+    def on_grid(users: torch.Tensor) -> torch.Tensor:
+        if not items:
+            items.update(values(grid.ITEM, feedback.item, torch.arange(inter.n_items, device=users.device)))
+        return over.scores(values(grid.USER, feedback.user, users), items)
+    return on_grid
 
 
 def pair_loss(spec: Spec, score, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor,
@@ -231,11 +266,29 @@ def ranked(scores_of, inter: Interactions, users: torch.Tensor, k: int) -> tuple
         scores = scores_of(part)
         unknown = (part == UNKNOWN)[:, None]
         scores = torch.where(unknown, inter.popularity.to(scores.dtype)[None, :], scores)
-        scores = inter.mask(scores, part)
-        order = torch.sort(scores, dim=1, descending=True, stable=True)
-        tops.append(order.indices[:, :k])
-        values.append(order.values[:, :k])
+        top, value = stable_top(inter.mask(scores, part), k)
+        tops.append(top)
+        values.append(value)
     return torch.cat(tops), torch.cat(values)
+
+
+def stable_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k largest scores and their places, as a stable sort of the row ranks them (equal scores in
+    the order of their places): torch.topk's k put in that order, and the rows where topk may have picked
+    among equal scores at the k-th (or where a score is NaN) sorted whole. A tenth of sorting every row, on
+    a catalogue of 1,682 items."""
+    k = min(k, scores.shape[1])
+    top = torch.topk(scores, k, dim=1).indices
+    top = torch.sort(top, dim=1).values  # the place order, which a stable sort keeps among equal scores
+    order = torch.sort(torch.gather(scores, 1, top), dim=1, descending=True, stable=True).indices
+    top = torch.gather(top, 1, order)
+    values = torch.gather(scores, 1, top)
+    unsure = ((scores >= values[:, -1:]).sum(1) > k) | torch.isnan(scores).any(1)
+    if bool(unsure.any()):
+        rows = unsure.nonzero()[:, 0]
+        whole = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        top[rows], values[rows] = whole.indices[:, :k], whole.values[:, :k]
+    return top, values
 
 
 def implicit_loss(spec: Spec, forward, params: list, inter: Interactions):

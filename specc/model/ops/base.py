@@ -273,6 +273,10 @@ class OpDef:
                      a category column's indices (embedding): training may gather the rows itself
                      (specc.training.fastpath), a sparse optimizer updates only the rows looked up,
                      export may index the table by the raw id (specc.export.ids)
+    grid             each row of its output reads that row of its values alone, over the last axis (or
+                     element-wise), and values of different leading shapes broadcast: on a [users,
+                     items, ...] grid it gives each (user, item) pair what the pair alone gives, so a
+                     recommender's value of both a user and an item may be one (specc.model.grid)
     unsized_params   (op) -> the summary's parameter count before the data is read
     kept             float32-sized numbers a training step holds per number of its output, until
                      the backward pass has used them: 1, its output (kept by the op or the next);
@@ -295,6 +299,7 @@ class OpDef:
     batch_statistics: bool = False
     random_per_row: bool = False
     lookup: bool = False
+    grid: bool = False
     unsized_params: Callable | None = None  # op -> text, e.g. "(n_user + 1) x 40"
     kept: float = 1.0  # numbers held for the backward pass per number of its output (see above)
 

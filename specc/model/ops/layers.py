@@ -115,37 +115,39 @@ OPS = (
           unsized_params=lambda op: f"(n_{op.items} + 1) x {op.dim}",
           example="bag = embedding_bag(hc, 3, mode=sqrtn, p=0.5)"),
     OpDef("dot", "row-wise dot product of two values of the same width", (Tensor("a"), Tensor("b")),
-          infer=_dot_shape, example="dt = dot(h, h)"),
+          infer=_dot_shape, grid=True, example="dt = dot(h, h)"),
     OpDef("sigmoid_range", "`sigmoid(x) * (high - low) + low`: squashes into (low, high)",
-          (X, Real("low"), Real("high")), validate=_sigmoid_range_rule, kept=2,  # the sigmoid, kept for backward
+          (X, Real("low"), Real("high")), validate=_sigmoid_range_rule, grid=True,
+          kept=2,  # the sigmoid, kept for backward
           example="sr = sigmoid_range(h, 0, 5.5)"),
     OpDef("linear", "an affine layer `x W^T + b` to `out` features (torch's nn.Linear and its initialisation)",
           (FLAT_X, Size("out", what="linear's output size")),
-          infer=_linear_shape, weights=_linear_weights, multiply_adds=_linear_multiply_adds,
+          infer=_linear_shape, weights=_linear_weights, multiply_adds=_linear_multiply_adds, grid=True,
           example="lin = h |> linear(3)"),
-    OpDef("relu", "max(x, 0), element-wise", (X,), example="rl = relu(h)"),
-    OpDef("sigmoid", "1 / (1 + exp(-x)), element-wise", (X,), example="sg = sigmoid(h)"),
-    OpDef("tanh", "the hyperbolic tangent, element-wise", (X,), example="th = tanh(h)"),
+    OpDef("relu", "max(x, 0), element-wise", (X,), grid=True, example="rl = relu(h)"),
+    OpDef("sigmoid", "1 / (1 + exp(-x)), element-wise", (X,), grid=True, example="sg = sigmoid(h)"),
+    OpDef("tanh", "the hyperbolic tangent, element-wise", (X,), grid=True, example="th = tanh(h)"),
     OpDef("leaky_relu", "x where x > 0, else slope * x, element-wise",
           (X, Real("slope", 0.0, 1.0, high_open=True, default=0.01, what="leaky_relu's slope")),
-          example="lr = leaky_relu(h, 0.1)"),
+          grid=True, example="lr = leaky_relu(h, 0.1)"),
     OpDef("gelu", "x * Phi(x), Phi the standard normal's distribution function (exact, not tanh's "
-          "approximation), element-wise", (X,), example="ge = gelu(h)"),
-    OpDef("silu", "x * sigmoid(x) (also called swish), element-wise", (X,), example="si = silu(h)"),
-    OpDef("softmax", "exp(x) / sum(exp(x)) over the features of a row", (FLAT_X,), example="sm = softmax(h)"),
+          "approximation), element-wise", (X,), grid=True, example="ge = gelu(h)"),
+    OpDef("silu", "x * sigmoid(x) (also called swish), element-wise", (X,), grid=True, example="si = silu(h)"),
+    OpDef("softmax", "exp(x) / sum(exp(x)) over the features of a row", (FLAT_X,), grid=True,
+          example="sm = softmax(h)"),
     OpDef("log_softmax", "log(softmax(x)) over the features of a row, computed stably", (FLAT_X,),
-          example="lsm = log_softmax(h)"),
+          grid=True, example="lsm = log_softmax(h)"),
     OpDef("dropout", "zeroes each number with probability p while training, the rest scaled by 1/(1-p); "
           "nothing in evaluation or export",
           (X, Real("p", 0.0, 1.0, high_open=True, what="dropout probability")),
-          random_per_row=True, kept=1.25, example="dr = dropout(h, 0.5)"),  # and its mask, a byte a number
+          random_per_row=True, kept=1.25, grid=True, example="dr = dropout(h, 0.5)"),  # and its mask, a byte a number
     OpDef("batchnorm", "normalises each feature (or each channel of an image) over the batch while training "
           "(nn.BatchNorm1d, nn.BatchNorm2d), with running statistics in evaluation and export", (X,),
           infer=_features_or_channels, weights=_per_feature_weights, batch_statistics=True,
           example="bn = batchnorm(h)"),
     OpDef("layer_norm", "normalises each row over its features, then a learned scale and shift per "
           "feature (nn.LayerNorm, eps 1e-5); the same in training and evaluation", (FLAT_X,),
-          weights=_per_feature_weights, example="ln = layer_norm(h)"),
+          weights=_per_feature_weights, grid=True, example="ln = layer_norm(h)"),
     OpDef("flatten", "all the numbers of a row in one dimension: an image row (28, 28) becomes (784)", (X,),
           infer=_flatten_shape, kept=0, example="fl = flatten(img)"),  # a view of its input
     OpDef("concat", "features of several values side by side", (Tensor("values", flat=True, many=True),),
@@ -185,6 +187,6 @@ INTERNAL = (
           kept=2),  # an int64 index
     # `a + b` and the others; a width-1 operand broadcasts; `constant` replaces one operand
     # (`constant_first`: it is the left one, as in `1 - a`; `-a` is `0 - a`).
-    *(OpDef(name, f"element-wise `{symbol}`", (), describe=_arithmetic_text, callable=False)
+    *(OpDef(name, f"element-wise `{symbol}`", (), describe=_arithmetic_text, callable=False, grid=True)
       for name, symbol in ARITHMETIC.items()),
 )
