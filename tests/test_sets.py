@@ -238,8 +238,8 @@ def test_predict_pads_the_sets_it_reads(tmp_path):
     (('categories(sep="|")', 'categories(sep=",")'), "the set separator ',' of 'tags' is the file's delimiter"),
     (('categories(sep="|")', 'categories("|")'), "categories takes its arguments by name: sep and max_size"),
     (('categories(sep="|")', 'categories(max_size=0)'), "max_size"),
-    (("rating: float", 'rating: categories(sep="|")'), "a categories column (a set of ids per row) is an input, "
-                                                        "not the target"),
+    (("rating: float", 'rating: categories(sep="|")'), "a categories column (a set of ids per row) is an input "
+                                                        "or a table's column, not the target"),
     (("embedding_bag(tags, 4, mode=mean)", "embedding(tags, 4)"),
      "embedding: 'tags' is a categories column; expected a category column"),
     (("concat(embedding(user, 3), t, genres)", "concat(embedding(user, 3), tags, genres)"),

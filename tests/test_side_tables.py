@@ -316,3 +316,93 @@ def test_a_table_s_column_may_be_a_vector_of_several_of_its_columns(tmp_path):
         hand = model.eval()(torch.from_numpy(prepared.vocabs["item"].lookup([3, 19])),
                             torch.tensor([flags[3], (-1, -1, -1)], dtype=torch.float32))[:, 0]
     np.testing.assert_allclose(got, hand.numpy(), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- a set of categories per key
+
+TAGS = {i: () if i % 5 == 0 else ("xyz"[i % 3], str(i % 4)) for i in range(1, 17)}  # items 17-20: not in the table
+SET_MODEL = "out = concat(embedding(item, 3), embedding_bag(tags, 2, mode=sum)) |> linear(1)"
+
+
+def tags_spec(path, tags=TAGS, column='tags: categories(sep="|")', sep="|"):
+    """The ratings spec with the items table a set of tags per item."""
+    (path.parent / "tags.csv").write_text("item,tags\n" + "".join(f"{i},{sep.join(t)}\n" for i, t in tags.items()))
+    path.write_text(SPEC.format(users="users.csv", model=SET_MODEL).replace(
+        'source  = csv("items.csv")', 'source  = csv("tags.csv")').replace(
+        'columns = [genre: category(fill="x")]', f"columns = [{column}]"))
+    return path
+
+
+def _tags_by_hand(vocab, items) -> np.ndarray:
+    """Each item's tags as the model takes them: the vocabulary indices of those known, in index order, padded with
+    0 to the longest; an item the table lacks, none."""
+    rows = [sorted(k for k in (vocab.lookup([t])[0] for t in TAGS.get(i, ())) if k > 0) for i in items]
+    out = np.zeros((len(rows), max(1, max(map(len, rows)))), np.int64)
+    for r, row in enumerate(rows):
+        out[r, :len(row)] = row
+    return out
+
+
+def test_a_table_s_column_may_be_a_set_of_categories(tmp_path):
+    """`tags: categories(sep="|")` in a table: each row takes its item's set of tags (a key the table lacks, and
+    an empty field, the empty set), its vocabulary the tags of the training rows' items; the exported model
+    holds the sets by key and takes only the ids."""
+    path, _ = files(tmp_path)
+    spec, prepared, model, _ = trained(tags_spec(path))
+    vocab = prepared.vocabs["tags"]
+    items = [int(prepared.vocabs["item"].values[k - 1]) for k in prepared.train["item"]]
+    assert set(vocab.values) == {t for i in set(items) for t in TAGS.get(i, ())}
+    want = _tags_by_hand(vocab, items)
+    got = prepared.train["tags"]
+    assert got.shape[1] == want.shape[1] and np.array_equal(got, want)
+    assert (got[[i > 16 or i % 5 == 0 for i in items]] == 0).all()  # no tags: the table lacks it, or its set is empty
+    proto = to_onnx(spec, model, prepared.vocabs, prepared.sides)
+    assert [i.name for i in proto.graph.input] == ["item"]
+    asked = [3, 5, 19, 77, 1]  # tags; an empty set; not in the table; never seen anywhere; tags again
+    got = Session(proto.SerializeToString(), device="cpu").run({"item": np.array(asked, np.int64)})["rating"]
+    with torch.no_grad():
+        hand = model.eval()(torch.from_numpy(prepared.vocabs["item"].lookup(asked)),
+                            torch.from_numpy(_tags_by_hand(vocab, asked)))[:, 0]
+    np.testing.assert_allclose(got, hand.numpy(), rtol=0, atol=1e-6)
+    assert len(set(np.round(got, 6))) > 2, "the tags should change the predictions"
+
+
+def test_a_recommender_bags_an_item_s_set_from_its_table_on_the_grid(tmp_path):
+    """The item's set of tags in the item's values: ranked on the grid of users x items in training and in the
+    exported top k, which ranks as training did (`specc evaluate` gives its last metrics)."""
+    files(tmp_path)
+    rng = np.random.default_rng(1)
+    (tmp_path / "clicks.csv").write_text("user,item\n" + "".join(
+        f"{u},{i}\n" for u in range(1, 31) for i in rng.permutation(np.arange(1, 21))[:int(rng.integers(4, 9))]))
+    tags_spec(tmp_path / "side.spec")
+    text = RECOMMENDER.replace('source  = csv("items.csv")', 'source  = csv("tags.csv")').replace(
+        "columns = [genre: category]", 'columns = [tags: categories(sep="|")]').replace(
+        "i   = embedding(item, 4) + embedding(genre, 4)", "i   = embedding(item, 4) + embedding_bag(tags, 4)")
+    (tmp_path / "rec.spec").write_text(text)
+    assert main(["train", str(tmp_path / "rec.spec"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    last = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
+    from specc.inference.evaluate import evaluate_file
+
+    got = evaluate_file(tmp_path / "run" / "model.onnx", tmp_path / "clicks.csv", split="valid", device="cpu")
+    for metric in ("ndcg@4", "recall@4"):
+        assert got[metric] == pytest.approx(float(last[metric]), rel=1e-5, abs=1e-9)
+    spec, prepared, _ = prepared_spec(tmp_path / "rec.spec")
+    from specc.training.implicit import model_grid
+    from specc.training.loop import build_model, interactions_of
+
+    inter = interactions_of(spec, prepared, torch.device("cpu"))
+    assert inter.sides["tags"][1].shape == (prepared.vocabs["item"].size, prepared.train["tags"].shape[1])
+    assert model_grid(spec, build_model(spec, prepared), inter) is not None
+
+
+@pytest.mark.parametrize("tags, code, message", [
+    ({1: ("a", "b", "c"), 2: ("a",)}, "D130", "a set of 3 distinct ids, more than the column's max_size (2)"),
+    ({1: ("-1", "4"), 2: ("4",)}, "D105", "the id -1 in a set"),  # whole-number ids: -1 pads the exported sets
+])
+def test_a_bad_set_in_a_table_is_an_error_naming_the_table_s_file(tmp_path, capsys, tags, code, message):
+    path, _ = files(tmp_path)
+    tags_spec(path, tags, column='tags: categories(sep="|", max_size=2)')
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'tags.csv'}" in err and f"error[{code}]" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

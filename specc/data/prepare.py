@@ -5,6 +5,7 @@ The source's declaration (specc.data.sources) reads and splits the rows; here th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,7 +145,13 @@ def _encoded(data: DataSpec, col: Column, raw_train: dict, raw_valid: dict, voca
 
 def _side_column(col: Column, side: SideColumn, raw_train: dict, raw_valid: dict, vocabs: dict) -> SideColumn:
     """A side table's column as the model takes it: a category's values its vocabulary indices, the vocabulary
-    fitted on the training rows' values (a key the table lacks, with no fill, the unknown category)."""
+    fitted on the training rows' values (a key the table lacks, with no fill, the unknown category); a set's the
+    indices of its ids known to the training rows' sets, padded with 0 (as a categories input's are)."""
+    if col.kind == CATEGORIES:
+        from specc.data.sets import encode_sets
+
+        vocabs[col.name] = vocab = fit_set_vocab(col.name, side.of(raw_train[side.key]), side.path)
+        return dataclasses.replace(side, values=encode_sets(vocab, side.values))
     if col.kind != CATEGORY:
         return side
     values = side.of(raw_train[side.key])

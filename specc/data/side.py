@@ -14,7 +14,8 @@ from specc.data.sources import source_def
 from specc.data.vocab import Vocab, as_int
 from specc.language import codes
 from specc.language.diagnostics import DataError
-from specc.language.spec import CATEGORY, Column, DataSpec, NoSplit, SideTable, file_columns
+from specc.data.sets import sets_array
+from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Column, DataSpec, NoSplit, SideTable, file_columns
 
 # The table's row of a key it lacks (and of an id never seen): its values are the columns' fills.
 NO_ROW = 0
@@ -24,13 +25,15 @@ NO_ROW = 0
 class SideColumn:
     """One side column, as the model and the export see it: the table's keys (`keys`, a Vocab: index k + 1
     is keys.values[k], 0 a key the table lacks) and the column's value for each (`values`, a row per key
-    index, row NO_ROW the fill): floats as read, or a category's vocabulary index in the model."""
+    index, row NO_ROW the fill): floats as read, a category's vocabulary index in the model, or a set's
+    indices padded with 0 (specc.data.sets.encode_sets; a key the table lacks, the empty set)."""
 
     name: str
     table: str
     key: str
     keys: object  # specc.data.prepare.Vocab of the table's keys
     values: np.ndarray
+    path: str = ""  # the table's file, where an error in its values is reported
 
     def of(self, raw_keys) -> np.ndarray:
         """The column's value for each raw key (as the data has them)."""
@@ -116,11 +119,16 @@ def side_columns(data: DataSpec, wanted: tuple[Column, ...], data_vocabs: dict) 
                 values = np.empty(keys.size, dtype=object)
                 values[NO_ROW] = fill  # None: the unknown category
                 values[index] = np.asarray([str(v) for v in rows[col.name]], dtype=object)
-            else:
+            elif col.kind == CATEGORIES:  # each key's set of ids as read; a key the table lacks, the empty set
+                values = sets_array([()] * keys.size)
+                values[index] = rows[col.name]
+            elif col.kind == FLOAT:
                 values = np.zeros((keys.size, *col.shape), dtype=np.float32)
                 values[NO_ROW] = 0.0 if fill is None else fill
                 values[index] = rows[col.name]
-            out[col.name] = SideColumn(col.name, table.name, table.key, keys, values)
+            else:
+                raise KeyError(f"no side table column of kind {col.kind}")  # a bug: a kind the checker lets in
+            out[col.name] = SideColumn(col.name, table.name, table.key, keys, values, path)
     return out
 
 

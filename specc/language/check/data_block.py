@@ -154,6 +154,8 @@ def _table(c: Checker, section: ast.Section, inputs: tuple[Column, ...], taken: 
     if missing or source is None or key is None or columns is None:
         return None
     cols, fill = columns
+    if not _separators(c, source, cols):
+        return None
     problems, _ = source_def(source.kind).columns(source, file_columns((key, *cols)), None)
     c.errors += problems
     if problems:
@@ -176,6 +178,9 @@ def _table_key(c: Checker, expr: ast.Expr, inputs: tuple[Column, ...]) -> Column
     return Column(col.name, CATEGORY, expr.span)
 
 
+TABLE_COLUMNS = "a table's columns"  # what _column reads: a table's `columns = [...]`
+
+
 def _table_columns(c: Checker, expr: ast.Expr, table: str, taken: dict[str, str],
                    key: Column | None) -> tuple[tuple[Column, ...], tuple] | None:
     """A table's `columns = [...]`: each `name: type`, a float's or a category's `fill=` value taken out
@@ -194,14 +199,13 @@ def _table_columns(c: Checker, expr: ast.Expr, table: str, taken: dict[str, str]
                 call = item.type
                 bare = call.func if not call.args and not kept else dataclasses.replace(call, keywords=kept)
                 item = dataclasses.replace(item, type=bare)
-        col = _column(c, item, "a table's columns")
+        col = _column(c, item, TABLE_COLUMNS)
         if col is None:
             ok = False
             continue
-        if col.made or col.kind not in (CATEGORY, FLOAT):
-            c.error(codes.BAD_COLUMN, f"a table's column is a category or a float, found '{col.name}: {col.kind}'",
-                    col.span, ["a set of flags per key reads as float(columns=[...]); a categories column belongs "
-                               "to the data's inputs"] if col.kind == CATEGORIES else ())
+        if col.made or col.kind not in (CATEGORY, FLOAT, CATEGORIES):
+            c.error(codes.BAD_COLUMN, f"a table's column is a category, a float or a set of categories, found "
+                    f"'{col.name}: {col.kind}'", col.span)
             ok = False
             continue
         clash = "the table's key" if key is not None and col.name == key.name else taken.get(col.name)
@@ -223,9 +227,14 @@ def _table_columns(c: Checker, expr: ast.Expr, table: str, taken: dict[str, str]
 
 
 def _fill(c: Checker, expr: ast.Expr, col: Column) -> float | str | None:
-    """A column's fill for a key missing from its table: a number for a float, a category's value as text."""
+    """A column's fill for a key missing from its table: a number for a float, a category's value as text (a
+    set's is the empty set, and none other)."""
     if col.kind == FLOAT:
         return c.real(expr, "fill")
+    if col.kind == CATEGORIES:
+        c.error(codes.BAD_ARGUMENTS, f"fill of set column '{col.name}': a key missing from the table has the empty "
+                "set, and no other fill", expr.span, [f"e.g. {col.name}: categories(sep=\"{col.sep}\")"])
+        return None
     if isinstance(expr, ast.String):
         return expr.value
     if isinstance(expr, ast.Number) and float(expr.value).is_integer():
@@ -476,10 +485,10 @@ def _column(c: Checker, expr: ast.Expr, what: str) -> Column | None:
     if kind == HISTORY and what == "inputs" and scale is None:
         return _history(c, expr)
     if kind == CATEGORIES:
-        if what != "inputs" or scale is not None:
-            c.error(codes.BAD_COLUMN, f"a categories column (a set of ids per row) is an input, "
-                    f"{'not the target' if what != 'inputs' else 'never scaled'}", whole.span,
-                    ["e.g. inputs = [user: category, tags: categories(sep=\"|\")]"] if what != "inputs" else [])
+        if what not in ("inputs", TABLE_COLUMNS) or scale is not None:
+            c.error(codes.BAD_COLUMN, f"a categories column (a set of ids per row) is an input or a table's column, "
+                    f"{'not the target' if scale is None else 'never scaled'}", whole.span,
+                    ["e.g. inputs = [user: category, tags: categories(sep=\"|\")]"] if scale is None else [])
             return None
         return _categories(c, expr)
     if kind == FLOAT and isinstance(expr.type, ast.Call) and expr.type.keywords:
