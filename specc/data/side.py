@@ -42,9 +42,7 @@ class SideColumn:
     def by_index(self, vocab) -> np.ndarray:
         """The column's value for each index of the key's vocabulary in the model (`vocab`, whose index 0, an
         id never seen in training, takes the fill: the table's row of no key)."""
-        ids = [int(v) for v in vocab.values] if vocab.integer else list(vocab.values)
-        raw = np.asarray(ids, dtype=np.int64 if vocab.integer else object)
-        index = np.concatenate([[NO_ROW], self.keys.lookup(raw)])
+        index = np.concatenate([[NO_ROW], self.keys.lookup(vocab.raw_values())])
         return np.ascontiguousarray(self.values[index])
 
 
@@ -108,8 +106,7 @@ def side_columns(data: DataSpec, wanted: tuple[Column, ...], data_vocabs: dict) 
         rows, path = read_table(data, table, mine)
         data_keys = data_vocabs[table.key]
         keys, index = table_keys(table, rows[table.key], data_keys, path)
-        ids = [int(v) for v in data_keys.values] if data_keys.integer else list(data_keys.values)
-        if not (keys.lookup(np.asarray(ids, dtype=np.int64 if data_keys.integer else object)) > 0).any():
+        if not (keys.lookup(data_keys.raw_values()) > 0).any():
             raise DataError(path, f"table '{table.name}': none of its {keys.size - 1:,} keys ({_some(keys.values)}) "
                             f"is a '{table.key}' of the training rows ({_some(data_keys.values)})", column=table.key,
                             code=codes.SIDE_TABLE_KEY)

@@ -52,6 +52,13 @@ class Vocab:
             return Vocab(column, tuple(str(k) for k in keys), tuple(merged[k] for k in keys), True, unknown)
         return Vocab(column, tuple(str(v) for v in uniques), tuple(int(c) for c in counts), False, unknown)
 
+    def raw_values(self) -> np.ndarray:
+        """The categories as the data has them, in index order (index k + 1's at k for an input): int64 for
+        whole-number ids (Vocab.integer), else text (an object array), the dtypes of the exported model's ids."""
+        if self.integer:
+            return np.array([int(v) for v in self.values], dtype=np.int64)
+        return np.array(self.values, dtype=object)
+
     def lookup(self, raw) -> np.ndarray:
         """Indices of raw values (strings as read, or ints). Unseen values map to 0 for an input,
         to -1 for a target (which has no unknown class)."""

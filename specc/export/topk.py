@@ -152,8 +152,8 @@ def _masked(em: Emitter, user: str, scores: str, inter: Interactions) -> str:
 
 def _item_ids(em: Emitter, vocab: Vocab) -> str:
     """The item id of each vocabulary index, as the data had them (index 0, the unknown item: none)."""
-    return em.const(np.array(item_ids(vocab), dtype=np.int64 if vocab.integer else object),
-                    np.int64 if vocab.integer else object)
+    ids = item_ids(vocab)
+    return em.const(ids, ids.dtype)
 
 
 def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], inter: Interactions,
@@ -197,9 +197,10 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     return diff
 
 
-def item_ids(vocab: Vocab) -> list:
+def item_ids(vocab: Vocab) -> np.ndarray:
     """The item id of each vocabulary index, as the exported model returns them (index 0: none)."""
-    return [NO_INTEGER_ITEM, *(int(v) for v in vocab.values)] if vocab.integer else ["", *vocab.values]
+    ids = vocab.raw_values()
+    return np.concatenate([np.array([NO_INTEGER_ITEM if vocab.integer else ""], dtype=ids.dtype), ids])
 
 
 def parity_users(spec: Spec, prepared, vocabs: dict[str, Vocab], count: int = 256) -> list:

@@ -100,17 +100,12 @@ def _keys(block: ast.Block) -> list[str]:
     keys = [f"{name}.{s}" for s in _SETTINGS.get(name, ())]
     for stmt in block.body:
         if isinstance(stmt, ast.Assign):
-            keys.append(f"{name}.{stmt.target.id}")
-            if isinstance(stmt.value, ast.Call):
-                table = _table(name, stmt.target.id)
-                for p in SIGNATURES.get(table, {}).get(stmt.value.func.id, ()):
-                    keys.append(f"{name}.{stmt.target.id}.{p.name}")
-        elif isinstance(stmt, ast.Section) and stmt.kind.id == "table":
+            keys += _assigned(name, stmt, _table(name, stmt.target.id))
+        elif isinstance(stmt, ast.Section) and stmt.kind.id == "table":  # data.TABLE.source.path and the others
             keys += [f"{name}.{stmt.name.id}.{s}" for s in TABLE_SETTINGS]
             for inner in stmt.body:
-                if isinstance(inner, ast.Assign) and inner.target.id == "source" and isinstance(inner.value, ast.Call):
-                    keys += [f"{name}.{stmt.name.id}.source.{p.name}"
-                             for p in SIGNATURES["source"].get(inner.value.func.id, ())]
+                if isinstance(inner, ast.Assign):
+                    keys += _assigned(f"{name}.{stmt.name.id}", inner, _TABLE_OF.get(inner.target.id, ""))
         elif isinstance(stmt, ast.Section):
             for inner in stmt.body:
                 if isinstance(inner, ast.CallStmt) and inner.call.func.id in SIGNATURES["fit"]:
@@ -121,6 +116,14 @@ def _keys(block: ast.Block) -> list[str]:
             for p in SIGNATURES["fit"].get(func, ()):
                 keys += [f"{name}.{func}.{p.name}", f"{name}.fit.{p.name}"]
     return sorted(set(keys))
+
+
+def _assigned(prefix: str, stmt: ast.Assign, table: str) -> list[str]:
+    """The key of a setting, and one per argument of the call it is set to (in SIGNATURES[table])."""
+    keys = [f"{prefix}.{stmt.target.id}"]
+    if isinstance(stmt.value, ast.Call):
+        keys += [f"{prefix}.{stmt.target.id}.{p.name}" for p in SIGNATURES.get(table, {}).get(stmt.value.func.id, ())]
+    return keys
 
 
 def _table(block: str, setting: str) -> str:
