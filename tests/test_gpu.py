@@ -1,6 +1,6 @@
 """Checks that need a CUDA device (skipped elsewhere; bench/gpu.sh runs them on the GPU machine):
-the CUDA-graph step trains as the plain loop does, stops and resumes, and the exported model runs
-under onnxruntime's CUDA provider with the outputs torch gives."""
+the CUDA-graph step trains as the plain loop does, stops and resumes, the exported model runs under
+onnxruntime's CUDA provider with the outputs torch gives, and a recommender's top k does too."""
 
 import json
 
@@ -95,3 +95,25 @@ def test_exported_collab_model_runs_wholly_on_the_cuda_provider(collab_run):
     binding.bind_output("rating", "cuda")
     strict.run_with_iobinding(binding)
     np.testing.assert_allclose(binding.copy_outputs_to_cpu()[0], want["rating"], rtol=1e-3, atol=1e-3)
+
+
+def test_a_recommender_ranks_on_the_grid_on_cuda_and_its_top_k_runs_on_the_cuda_provider(tmp_path):
+    """specs/implicit.spec trained on the GPU (its validation ranked on the grid of users x items there); the
+    exported top 10 under onnxruntime's CUDA provider returns the items and scores of its CPU provider."""
+    from specc.commands.cli import main
+    from specc.inference.session import Session
+
+    out = tmp_path / "run"
+    assert main(["train", "specs/implicit.spec", "--device", "cuda", "--out", str(out), "--quiet",
+                 "--set", "train.fit.epochs=3"]) == 0
+    users = {"user": np.array([*range(1, 944), 99999], dtype=np.int64)}
+    gpu, cpu = Session(out / "model.onnx", device="cuda"), Session(out / "model.onnx", device="cpu")
+    if gpu.provider != "CUDAExecutionProvider":
+        pytest.skip("this onnxruntime has no CUDA provider")
+    got, want = gpu.run(users), cpu.run(users)
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-3, atol=1e-3)
+    gaps = np.abs(np.diff(want["scores"], axis=1)) > 1e-2  # ranks clearly apart on the CPU
+    clear = np.ones_like(want["scores"], dtype=bool)
+    clear[:, 1:] &= gaps
+    clear[:, :-1] &= gaps
+    assert (got["items"][clear] == want["items"][clear]).all()
