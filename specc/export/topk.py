@@ -173,11 +173,11 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
                                                                                              dtype=object)
     got = dict(zip((ITEMS, SCORES), recommend(Session(onnx_bytes, device="cpu"), feed)))
     model = model.cpu().eval()
-    with torch.no_grad():
-        top, values = ranked(item_scorer(spec, model, inter), inter, torch.from_numpy(vocab.lookup(users)),
-                             got[SCORES].shape[1])
-    want_items = np.asarray(item_ids(vocabs[feedback.item]), dtype=object)[top.numpy()]
-    want_scores = values.numpy()
+    k = got[SCORES].shape[1]
+    with torch.no_grad():  # one rank more than the export's: whether its k-th item is clear of the next
+        top, values = ranked(item_scorer(spec, model, inter), inter, torch.from_numpy(vocab.lookup(users)), k + 1)
+    want_items = np.asarray(item_ids(vocabs[feedback.item]), dtype=object)[top.numpy()[:, :k]]
+    want_scores, after = values.numpy()[:, :k], values.numpy()[:, k:]
     finite = np.isfinite(want_scores)
     if not np.array_equal(finite, np.isfinite(got[SCORES])):
         raise ExportError("onnxruntime and torch leave different ranks empty")
@@ -185,10 +185,12 @@ def topk_parity(spec: Spec, model, onnx_bytes: bytes, vocabs: dict[str, Vocab], 
     if not diff <= PARITY_TOLERANCE:
         raise ExportError(f"onnxruntime's top-k scores and torch's differ by {diff:.3g} (tolerance {PARITY_TOLERANCE:g})")
     with np.errstate(invalid="ignore"):  # -inf - -inf between two empty ranks: NaN, not a clear gap
-        gaps = np.abs(np.diff(want_scores, axis=1))
-    clear = np.ones_like(finite)
-    clear[:, 1:] &= gaps > 10 * PARITY_TOLERANCE
-    clear[:, :-1] &= gaps > 10 * PARITY_TOLERANCE
+        gaps = np.abs(np.diff(np.concatenate([want_scores, after], axis=1), axis=1))
+    clear = np.ones_like(finite)  # an item whose score is clear of its neighbours', the next unranked one's too
+    clear[:, 1:] &= gaps[:, :k - 1] > 10 * PARITY_TOLERANCE
+    clear[:, :-1] &= gaps[:, :k - 1] > 10 * PARITY_TOLERANCE
+    if after.shape[1]:  # (none where every item is ranked)
+        clear[:, -1] &= gaps[:, k - 1] > 10 * PARITY_TOLERANCE
     wrong = np.argwhere(clear & finite & (got[ITEMS].astype(object) != want_items))
     if len(wrong):
         row, rank = wrong[0]
