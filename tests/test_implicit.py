@@ -14,7 +14,9 @@ import torch
 from helpers import prepared_spec, stopped_and_resumed, trained
 
 from specc.commands.cli import main
-from specc.training.implicit import Interactions, catalogue_loss, draw_negatives, item_scorer, ranked, scorer
+from specc.training.implicit import (
+    Interactions, catalogue_loss, draw_negatives, item_scorer, pairs_catalogue, ranked, scorer,
+)
 from specc.training.metrics import torch_loss
 
 SPEC = """\
@@ -167,7 +169,7 @@ def test_the_softmax_is_over_every_item_but_the_unknown_one_each_user_scored_onc
         return table[users, items]
 
     users, items = torch.tensor([1, 2, 1]), torch.tensor([2, 3, 1])
-    got = catalogue_loss(score, users, items, 4, torch_loss("softmax"))
+    got = catalogue_loss(pairs_catalogue(score, 4), users, items, torch_loss("softmax"))
     lse1, lse2 = math.log(math.e + math.e ** 2 + 1), math.log(1 + 1 + 3)
     assert got.item() == pytest.approx(((lse1 - 2.0) + (lse2 - math.log(3)) + (lse1 - 1.0)) / 3, abs=1e-12)
     assert scored == [2 * 3]  # two distinct users, three items each

@@ -208,15 +208,22 @@ def pair_loss(spec: Spec, score, users: torch.Tensor, items: torch.Tensor, negat
     return loss(pos, neg)
 
 
-def catalogue_loss(score, users: torch.Tensor, items: torch.Tensor, n_items: int, loss) -> torch.Tensor:
+def catalogue_loss(catalogue, users: torch.Tensor, items: torch.Tensor, loss) -> torch.Tensor:
     """The loss of each positive (users, items) against every item of the catalogue but the unknown one
-    (1 .. n_items - 1), the positive's item its class. Each distinct user is scored once: its rows share
-    its scores (the same loss and gradient as scoring it once a row, in fewer pairs)."""
+    (1 .. n_items - 1, `catalogue(who)` their scores for each of `who` [who, n_items - 1]), the positive's item
+    its class. Each distinct user is scored once: its rows share its scores (the same loss and gradient as
+    scoring it once a row, in fewer pairs)."""
     who, row = torch.unique(users, return_inverse=True)
-    catalogue = torch.arange(UNKNOWN + 1, n_items, device=users.device)
-    m = len(catalogue)
-    scores = score(who.repeat_interleave(m), catalogue.repeat(len(who))).view(len(who), m)
-    return loss(scores[row], items - (UNKNOWN + 1))
+    return loss(catalogue(who)[row], items - (UNKNOWN + 1))
+
+
+def pairs_catalogue(score, n_items: int):
+    """who -> [who, n_items - 1]: the pair scorer `score` on each of who paired with every item but the unknown
+    one (as training scores the catalogue: each pair a row of the model, in training mode)."""
+    def catalogue(who: torch.Tensor) -> torch.Tensor:
+        items = torch.arange(UNKNOWN + 1, n_items, device=who.device)
+        return score(who.repeat_interleave(len(items)), items.repeat(len(who))).view(len(who), len(items))
+    return catalogue
 
 
 def _against_negatives(spec: Spec, score, inter: Interactions, user: int, item: int, base):
@@ -226,7 +233,8 @@ def _against_negatives(spec: Spec, score, inter: Interactions, user: int, item: 
 
 def _against_catalogue(spec: Spec, score, inter: Interactions, user: int, item: int, base):
     """loss(xs) of a batch, each row against every item (catalogue_loss)."""
-    return lambda xs: catalogue_loss(score, xs[user], xs[item], inter.n_items, base)
+    catalogue = pairs_catalogue(score, inter.n_items)
+    return lambda xs: catalogue_loss(catalogue, xs[user], xs[item], base)
 
 
 def set_loss(scores: torch.Tensor, items: torch.Tensor, base) -> torch.Tensor:
@@ -311,9 +319,10 @@ def implicit_loss(spec: Spec, forward, params: list, inter: Interactions):
     return loss
 
 
-def _valid_against_negatives(spec: Spec, score, inter: Interactions, users: torch.Tensor,
+def _valid_against_negatives(spec: Spec, score, scores_of, inter: Interactions, users: torch.Tensor,
                               items: torch.Tensor) -> float:
-    """The mean loss of the validation interactions, each against negatives drawn once, from the seed."""
+    """The mean loss of the validation interactions, each against negatives drawn once, from the seed (`score`
+    the model on pairs)."""
     feedback = spec.data.feedback
     generator = batch_generator(spec.train.seed, VALID_STAGE, 0, 0, users.device)
     negatives = draw_negatives(inter, users, feedback.negatives, feedback.sampling, generator)
@@ -325,12 +334,17 @@ def _valid_against_negatives(spec: Spec, score, inter: Interactions, users: torc
     return total / len(users)
 
 
-def _valid_against_catalogue(spec: Spec, score, inter: Interactions, users: torch.Tensor,
+def _valid_against_catalogue(spec: Spec, score, scores_of, inter: Interactions, users: torch.Tensor,
                              items: torch.Tensor) -> float:
-    """The mean loss of the validation interactions, each against every item (catalogue_loss), a run of
-    users at a time whose scores are about RANK_CELLS (as `ranked` scores them). An item never seen in
-    training is no class of the catalogue: its rows are left out (NaN when every row is one)."""
+    """The mean loss of the validation interactions, each against every item (catalogue_loss, the scores
+    `scores_of`'s, as `ranked` takes them: over the model's grid where it has one), a run of users at a time
+    whose scores are about RANK_CELLS. An item never seen in training is no class of the catalogue: its rows
+    are left out (NaN when every row is one)."""
     base = torch_loss(spec.train.loss)
+
+    def catalogue(who: torch.Tensor) -> torch.Tensor:  # every item but the unknown one
+        return scores_of(who)[:, UNKNOWN + 1:]
+
     known = items != UNKNOWN
     order = torch.argsort(users[known], stable=True)
     users, items = users[known][order], items[known][order]
@@ -341,14 +355,15 @@ def _valid_against_catalogue(spec: Spec, score, inter: Interactions, users: torc
     for s in range(0, len(ends), chunk):
         end = ends[min(s + chunk, len(ends)) - 1]
         part = slice(start, end)
-        total += float(catalogue_loss(score, users[part], items[part], inter.n_items, base)) * (end - start)
+        total += float(catalogue_loss(catalogue, users[part], items[part], base)) * (end - start)
         start = end
     return total / len(users) if len(users) else float("nan")
 
 
-def _valid_against_sets(spec: Spec, score, inter: Interactions, users: torch.Tensor, items: torch.Tensor) -> float:
-    """The mean loss of the validation users (view = users), each user's scores of every item against its
-    validation items (an item never seen in training left out), a run of users at a time."""
+def _valid_against_sets(spec: Spec, score, scores_of, inter: Interactions, users: torch.Tensor,
+                        items: torch.Tensor) -> float:
+    """The mean loss of the validation users (view = users), each user's scores of every item (`scores_of`)
+    against its validation items (an item never seen in training left out), a run of users at a time."""
     base = torch_loss(spec.train.loss)
     known = items != UNKNOWN
     users, items = users[known], items[known]
@@ -357,7 +372,7 @@ def _valid_against_sets(spec: Spec, score, inter: Interactions, users: torch.Ten
     total = 0.0
     for s in range(0, len(who), chunk):
         part = who[s:s + chunk]
-        scores = score(part)
+        scores = scores_of(part)
         mine = (owner >= s) & (owner < s + len(part))
         hot = torch.zeros_like(scores).index_put_((owner[mine] - s, items[mine]), torch.ones((), dtype=scores.dtype))
         total += float(set_loss(scores, hot, base)) * len(part)
@@ -380,9 +395,9 @@ def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tens
     was_training = model.training
     model.eval()
     scores_of = item_scorer(spec, model, inter)
-    score = scores_of if feedback.per_user else scorer(spec, model, inter.sides)
+    score = None if feedback.per_user else scorer(spec, model, inter.sides)  # a model of users scores no pairs
     users, items = valid[feedback.user], valid[feedback.item]
-    values = {"loss": VALID_LOSS[losses.loss(spec.train.loss).compares](spec, score, inter, users, items)}
+    values = {"loss": VALID_LOSS[losses.loss(spec.train.loss).compares](spec, score, scores_of, inter, users, items)}
     wanted = [losses.cutoff_of(m) for m in spec.train.metrics]
     if wanted:
         order = torch.argsort(users, stable=True)
