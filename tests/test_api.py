@@ -5,6 +5,7 @@ bit, the same metrics; frames in place of a spec's source, and the hostile ones.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -255,6 +256,47 @@ def test_hostile_frames_are_errors_that_name_what_is_wrong(tiny, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+RECOMMENDER = """\
+data {
+    source = csv("clicks.csv")
+    inputs = [user: category, item: category]
+    target = implicit(user, item, negatives=2, top_k=4)
+    valid  = per_user(0.25, seed=0)
+    batch  = 16
+}
+model {
+    out = dot(embedding(user, 4), embedding(item, 4)) + embedding(item, 1)
+}
+train {
+    loss = bpr
+    fit(epochs=2, lr=1e-2)
+}
+"""
+
+
+def test_recommend_gives_the_commands_rows(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "clicks.csv").write_text("user,item\n" + "".join(
+        f"{u},{i}\n" for u in range(1, 21) for i in rng.permutation(np.arange(1, 13))[:int(rng.integers(3, 11))]))
+    (tmp_path / "rec.spec").write_text(RECOMMENDER)
+    run = specc.train(tmp_path / "rec.spec", out=tmp_path / "run", device="cpu", quiet=True)
+    users = [1, 7, 20, 999]  # 999: never seen, the most popular items; user 7 may have fewer than 4 left
+    code, out, _ = cli(capsys, "recommend", run.onnx_path, *[a for u in users for a in ("--user", u)])
+    assert code == 0
+    want = [line.split(",") for line in out.splitlines()[1:]]
+    got = run.recommend(users)
+    assert list(got.columns) == ["user", "rank", "item", "score"] and len(got) == len(want) > 12
+    assert [[str(v) for v in row[:3]] + [str(np.float32(row[3]))] for row in got.itertuples(index=False)] == want
+    assert run.recommend("7").equals(got[got.user == "7"].reset_index(drop=True))  # one id alone
+    for bad, error, message in (([], specc.UsageError, "at least one user id"),
+                                (b"7", specc.UsageError, "expected a list of user ids"),
+                                ([7.5], specc.DataError, "user '7.5' (entry 1) is not a whole number")):
+        with pytest.raises(error, match=re.escape(message)):
+            run.recommend(bad)
+    tiny_run = specc.open_run(run.folder)
+    assert tiny_run.recommend([1]).equals(got[got.user == "1"].reset_index(drop=True))
+
+
 # ---------------------------------------------------------------- searches
 
 
@@ -316,6 +358,8 @@ def test_html_of_an_error_and_of_a_run_is_escaped_and_shows_the_caret(tiny, tmp_
     run = specc.train(tiny, out=tmp_path / "r", device="cpu", quiet=True, overrides={"train.fit.epochs": 1})
     page = run._repr_html_()
     assert "<table" in page and f"{run.metrics['valid_loss']:.6f}" in page and "complete" in page
+    with pytest.raises(specc.DataError, match="is not a recommender"):
+        run.recommend([1])
     assert specc.check(tiny)._repr_html_().count("ok") >= 1
 
 

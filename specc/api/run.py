@@ -157,6 +157,24 @@ class Run:
             result = evaluate_file(self.onnx_path, path, split, device, delimiter=delimiter, arrays=arrays)
         return {k: v for k, v in result.items() if k not in ("arrays", "notes")}
 
+    def recommend(self, users, device: str = "auto"):
+        """`specc recommend model.onnx --user ...` as a DataFrame of (user, rank, item, score), by onnxruntime:
+        each user's top k (users: ids, or one id), a rank left without an item left out."""
+        import pandas as pd
+
+        from specc.inference.recommend import ranked_rows, recommend, typed_users
+        from specc.inference.session import load_session
+
+        given = [users] if isinstance(users, (str, int)) and not isinstance(users, bool) else users
+        if isinstance(given, (bytes, dict)) or not hasattr(given, "__iter__") or isinstance(given, pd.DataFrame):
+            raise UsageError(f"users: expected a list of user ids, found {type(users).__name__}")
+        texts = [str(u) for u in given]
+        if not texts:
+            raise UsageError("users: expected at least one user id, found none")
+        session = load_session(self.onnx_path, device=device)
+        items, scores = recommend(session, typed_users(session, texts, "users"))
+        return pd.DataFrame(list(ranked_rows(texts, items, scores)), columns=["user", "rank", "item", "score"])
+
     def inspect(self, column: str | None = None, top: int = 1000, names=None) -> Inspected:
         """`specc inspect`: the biases and principal components of an id column's embeddings, as frames."""
         import pandas as pd

@@ -94,16 +94,22 @@ def users_per_run(session: Session) -> int:
     return max(1, RUN_PAIRS["cuda" if session.device == "cuda" else "cpu"] // items)
 
 
+def ranked_rows(users: list[str], items: np.ndarray, scores: np.ndarray):
+    """(user, rank from 1, item, score) for each user's ranks, skipping ranks left empty."""
+    for user, row_items, row_scores in zip(users, items, scores):
+        for rank, (item, score) in enumerate(zip(row_items.tolist(), row_scores.tolist()), start=1):
+            if np.isfinite(score):
+                yield user, rank, item, score
+
+
 def write_rows(out, users: list[str], items: np.ndarray, scores: np.ndarray) -> int:
-    """CSV `user,rank,item,score` (rank from 1), skipping ranks left empty; returns the rows written."""
+    """CSV `user,rank,item,score` (ranked_rows), each score as float32 prints it; returns the rows written."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["user", "rank", "item", "score"])
     written = 0
-    for user, row_items, row_scores in zip(users, items, scores):
-        for rank, (item, score) in enumerate(zip(row_items, row_scores), start=1):
-            if np.isfinite(score):
-                writer.writerow([user, rank, item, str(np.float32(score))])
-                written += 1
+    for user, rank, item, score in ranked_rows(users, items, scores):
+        writer.writerow([user, rank, item, str(np.float32(score))])
+        written += 1
     return written
 
 
