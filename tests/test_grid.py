@@ -167,3 +167,27 @@ def test_the_top_k_orders_as_a_stable_sort_ties_empty_ranks_and_nan_included():
             top, values = stable_top(scores, k)
             assert torch.equal(top, whole.indices[:, :k]), k
             assert torch.equal(values.nan_to_num(-7.0), whole.values[:, :k].nan_to_num(-7.0)), k
+
+
+@pytest.mark.parametrize("model", ["    out = dot(u, i) + ub", "    out = concat(u, i) |> linear(1)"])
+def test_the_validation_loss_against_negatives_is_the_pairs_loss_by_hand(tmp_path, monkeypatch, model):
+    """Each validation interaction against its negatives (drawn once, from the seed): read from the grid's
+    scores of every item where the model has a grid (three users a run here), else the model on the pairs;
+    either is BPR by hand."""
+    from specc.data.augment import batch_generator
+    from specc.training import implicit
+    from specc.training.implicit import VALID_STAGE, draw_negatives
+
+    spec, prepared, net, inter = model_of(tmp_path, model)
+    monkeypatch.setitem(implicit.RANK_CELLS, "cpu", 3 * inter.n_items)
+    valid = {c: torch.from_numpy(prepared.valid[c]) for c in ("user", "item")}
+    negatives = draw_negatives(inter, valid["user"], 2, "uniform", batch_generator(spec.train.seed, VALID_STAGE, 0, 0,
+                                                                                     torch.device("cpu")))
+    with torch.no_grad():
+        every = pairs_scores(spec, net, inter, torch.arange(len(inter.starts) - 1)).double()
+        got = implicit.validate(spec, net, inter, valid)
+    pos = every[valid["user"], valid["item"]]
+    neg = every[valid["user"][:, None], negatives]
+    want = float(torch.nn.functional.softplus(-(pos[:, None] - neg)).mean())  # -log sigmoid(pos - neg)
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+    assert want > 0.1

@@ -5,8 +5,9 @@ Inside the graph every item is scored for each user (over the model's grid of us
 has one, specc.model.grid; else the model run on the user repeated against the whole catalogue), the
 user's training items are set to -inf (a table of each user's items, padded with the unknown item,
 scattered into the scores), a user never seen in training gets the items' training popularity as
-scores (the most popular items first), and ONNX's TopK picks the k best; equal scores go to the item with the lower vocabulary index, as torch's stable sort does
-(specc.training.implicit.ranked). A user with fewer than k items left gets the rest at -inf."""
+scores (the most popular items first), and ONNX's TopK picks the k best; equal scores go to the item
+with the lower vocabulary index, as torch's stable sort does (specc.training.implicit.ranked). A user
+with fewer than k items left gets the rest at -inf."""
 
 from __future__ import annotations
 

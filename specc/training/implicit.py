@@ -319,31 +319,53 @@ def implicit_loss(spec: Spec, forward, params: list, inter: Interactions):
     return loss
 
 
-def _valid_against_negatives(spec: Spec, score, scores_of, inter: Interactions, users: torch.Tensor,
+@dataclass(frozen=True)
+class Scorers:
+    """How validation scores the model: `pairs`, (users, items) -> a score each (None for a model of users);
+    `every_item`, users -> [users, n_items] (item_scorer); `on_grid`, whether every_item is the model's grid,
+    which scores every item for a user for less than the model takes on a few pairs."""
+
+    pairs: object
+    every_item: object
+    on_grid: bool
+
+
+def _valid_against_negatives(spec: Spec, scorers: Scorers, inter: Interactions, users: torch.Tensor,
                               items: torch.Tensor) -> float:
-    """The mean loss of the validation interactions, each against negatives drawn once, from the seed (`score`
-    the model on pairs)."""
+    """The mean loss of the validation interactions, each against negatives drawn once, from the seed: their
+    scores read from each user's scores of every item on the model's grid, a run of users at a time (as
+    `ranked` takes them), else the model run on the pairs."""
     feedback = spec.data.feedback
     generator = batch_generator(spec.train.seed, VALID_STAGE, 0, 0, users.device)
     negatives = draw_negatives(inter, users, feedback.negatives, feedback.sampling, generator)
     base, total = torch_loss(spec.train.loss), 0.0
-    for s in range(0, len(users), VALID_BATCH):
-        part = slice(s, s + VALID_BATCH)
-        value = pair_loss(spec, score, users[part], items[part], negatives[part], base)
-        total += float(value) * len(users[part])
+    if not scorers.on_grid:
+        for s in range(0, len(users), VALID_BATCH):
+            part = slice(s, s + VALID_BATCH)
+            value = pair_loss(spec, scorers.pairs, users[part], items[part], negatives[part], base)
+            total += float(value) * len(users[part])
+        return total / len(users)
+    who, owner = torch.unique(users, return_inverse=True)
+    chunk = users_at_once(users.device, inter.n_items)
+    for s in range(0, len(who), chunk):
+        mine = torch.nonzero((owner >= s) & (owner < s + chunk))[:, 0]
+        scores = scorers.every_item(who[s:s + chunk])
+        at = owner[mine] - s
+        value = base(scores[at, items[mine]], scores[at[:, None], negatives[mine]])
+        total += float(value) * len(mine)
     return total / len(users)
 
 
-def _valid_against_catalogue(spec: Spec, score, scores_of, inter: Interactions, users: torch.Tensor,
+def _valid_against_catalogue(spec: Spec, scorers: Scorers, inter: Interactions, users: torch.Tensor,
                              items: torch.Tensor) -> float:
     """The mean loss of the validation interactions, each against every item (catalogue_loss, the scores
-    `scores_of`'s, as `ranked` takes them: over the model's grid where it has one), a run of users at a time
-    whose scores are about RANK_CELLS. An item never seen in training is no class of the catalogue: its rows
-    are left out (NaN when every row is one)."""
+    scorers.every_item's, as `ranked` takes them: over the model's grid where it has one), a run of users at a
+    time whose scores are about RANK_CELLS. An item never seen in training is no class of the catalogue: its
+    rows are left out (NaN when every row is one)."""
     base = torch_loss(spec.train.loss)
 
     def catalogue(who: torch.Tensor) -> torch.Tensor:  # every item but the unknown one
-        return scores_of(who)[:, UNKNOWN + 1:]
+        return scorers.every_item(who)[:, UNKNOWN + 1:]
 
     known = items != UNKNOWN
     order = torch.argsort(users[known], stable=True)
@@ -360,10 +382,11 @@ def _valid_against_catalogue(spec: Spec, score, scores_of, inter: Interactions, 
     return total / len(users) if len(users) else float("nan")
 
 
-def _valid_against_sets(spec: Spec, score, scores_of, inter: Interactions, users: torch.Tensor,
+def _valid_against_sets(spec: Spec, scorers: Scorers, inter: Interactions, users: torch.Tensor,
                         items: torch.Tensor) -> float:
-    """The mean loss of the validation users (view = users), each user's scores of every item (`scores_of`)
-    against its validation items (an item never seen in training left out), a run of users at a time."""
+    """The mean loss of the validation users (view = users), each user's scores of every item
+    (scorers.every_item) against its validation items (an item never seen in training left out), a run of
+    users at a time."""
     base = torch_loss(spec.train.loss)
     known = items != UNKNOWN
     users, items = users[known], items[known]
@@ -372,7 +395,7 @@ def _valid_against_sets(spec: Spec, score, scores_of, inter: Interactions, users
     total = 0.0
     for s in range(0, len(who), chunk):
         part = who[s:s + chunk]
-        scores = scores_of(part)
+        scores = scorers.every_item(part)
         mine = (owner >= s) & (owner < s + len(part))
         hot = torch.zeros_like(scores).index_put_((owner[mine] - s, items[mine]), torch.ones((), dtype=scores.dtype))
         total += float(set_loss(scores, hot, base)) * len(part)
@@ -394,10 +417,12 @@ def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tens
     feedback = spec.data.feedback
     was_training = model.training
     model.eval()
-    scores_of = item_scorer(spec, model, inter)
-    score = None if feedback.per_user else scorer(spec, model, inter.sides)  # a model of users scores no pairs
+    over = model_grid(spec, model, inter) if isinstance(model, fx.GraphModule) else None
+    scores_of = item_scorer(spec, model, inter) if over is None else _grid_scores(over, feedback, inter)
+    pairs = None if feedback.per_user else scorer(spec, model, inter.sides)  # a model of users scores no pairs
+    scorers = Scorers(pairs, scores_of, over is not None)
     users, items = valid[feedback.user], valid[feedback.item]
-    values = {"loss": VALID_LOSS[losses.loss(spec.train.loss).compares](spec, score, scores_of, inter, users, items)}
+    values = {"loss": VALID_LOSS[losses.loss(spec.train.loss).compares](spec, scorers, inter, users, items)}
     wanted = [losses.cutoff_of(m) for m in spec.train.metrics]
     if wanted:
         order = torch.argsort(users, stable=True)
