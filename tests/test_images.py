@@ -172,6 +172,8 @@ def test_train_and_valid_folders_are_the_split(tmp_path, capsys):
     assert prepared.valid["label"].tolist() == [0, 1, 1]
     oracle = pillow(root / "valid" / "b" / "1.png", "L", (8, 6)).astype(np.float32)
     assert np.array_equal(prepared.valid["image"][2], oracle)  # float32 pixels 0-255: the model scales them
+    # folder_of draws train/'s a/0, b/0 and b/1 again for valid/
+    assert "3 validation images are the same picture as a training image" in capsys.readouterr().err
 
     path = spec_over(tmp_path, root, valid="random(0.2, seed=1)")
     err = check_err(path, capsys)
@@ -505,3 +507,46 @@ def test_a_process_with_torch_or_threads_decodes_without_forking(monkeypatch):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["True", "False"], done.stderr  # alone it may; with a second thread not
     assert threading.active_count() >= 1
+
+
+def test_the_same_picture_in_two_classes_or_in_both_splits_is_a_warning(tmp_path, capsys):
+    """Content, not files: a copy saved with other PNG settings (other bytes, the same pixels) is found, once
+    decoded and from the cache; distinct pictures are not, and training goes on."""
+    root = tmp_path / "dup"
+    folder_of(root / "train", {"a": 3, "b": 2})
+    for label, k in (("a", 0), ("a", 1), ("b", 0)):  # pictures of their own (folder_of's would be train/'s)
+        write_png(root / "valid" / label / f"{k}.png", pattern(500 + k + 10 * (label == "b")))
+    Image.fromarray(pattern(1)).save(root / "valid" / "a" / "7.png", compress_level=0)  # train/a/1's pixels
+    Image.fromarray(pattern(0)).save(root / "train" / "b" / "9.png", compress_level=9)  # train/a/0's, class b
+    assert (root / "valid" / "a" / "7.png").read_bytes() != (root / "train" / "a" / "1.png").read_bytes()
+    path = spec_over(tmp_path, root)
+    leak = (f"specc: warning: 1 validation image is the same picture as a training image (the same pixels at "
+            f"8x6), which the validation metrics count as unseen; the first: {root}/valid/a/7.png ('a') and "
+            f"{root}/train/a/1.png ('a')\n")
+    mixed = (f"specc: warning: 1 image is the same picture as an image of another class (the same pixels at 8x6); "
+             f"the first: {root}/train/b/9.png ('b') and {root}/train/a/0.png ('a')\n")
+    for _ in range(2):  # decoded, then from the cache
+        spec, _ = load_spec(path)
+        prepared = prepare(spec.data, spec.model.inputs)
+        assert capsys.readouterr().err == leak + mixed
+    assert (prepared.n_train, prepared.n_valid) == (6, 4)
+    (root / "train" / "b" / "9.png").unlink()
+    (root / "valid" / "a" / "7.png").unlink()
+    spec, _ = load_spec(path)
+    prepare(spec.data, spec.model.inputs)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_same_picture_on_both_sides_of_the_spec_s_split_is_a_warning(tmp_path, capsys):
+    root = folder_of(tmp_path / "one", {"a": 4, "b": 4})
+    write_png(root / "b" / "4.png", pattern(101))  # b/1's pixels again: the split puts the two apart
+    path = spec_over(tmp_path, root, valid="rows(0, 2)")  # the first two images in turn, a/0 and b/0, validate
+    spec, _ = load_spec(path)
+    prepare(spec.data, spec.model.inputs)
+    assert capsys.readouterr().err == ""  # b/1 and b/4 both train: one class, no leak
+    write_png(root / "a" / "4.png", pattern(100))  # b/0's pixels, under a: both warnings
+    prepare(spec.data, spec.model.inputs)
+    err = capsys.readouterr().err
+    assert f"1 validation image is the same picture as a training image" in err and f"{root}/b/0.png ('b') and " \
+        f"{root}/a/4.png ('a')" in err
+    assert "1 image is the same picture as an image of another class" in err

@@ -71,6 +71,7 @@ class ImageFolder:
     labels: np.ndarray  # str (N,): each image's class folder name
     valid: np.ndarray | None  # bool (N,): in valid/; None where the spec's split divides the images
     skipped: tuple[tuple[str, str], ...] = ()  # (relative path, Pillow's reason), with skip_broken
+    names: tuple[str, ...] = ()  # each image's path below the folder, as os gives it
 
 
 def shown(path) -> str:
@@ -120,7 +121,7 @@ def load_images(source: ImagesSource, split) -> ImageFolder:
               file=sys.stderr)
     labels = np.array([f.label for f in kept], dtype=str)
     valid = np.array([f.valid for f in kept], dtype=bool) if listing.own_split else None
-    return ImageFolder(str(listing.root), pixels, labels, valid, skipped)
+    return ImageFolder(str(listing.root), pixels, labels, valid, skipped, tuple(f.relative for f in kept))
 
 
 # ---------------------------------------------------------------- listing
@@ -736,8 +737,45 @@ def read_images(source: ImagesSource, wanted, split) -> tuple[dict, dict, str]:
         train_idx, valid_idx = np.flatnonzero(~folder.valid), np.flatnonzero(folder.valid)
     else:
         train_idx, valid_idx = split_rows(len(folder.labels), split, folder.path)
+    for warning in same_pixels(folder, train_idx, valid_idx, source.size):
+        print(f"specc: warning: {warning}", file=sys.stderr)
     return ({c.name: columns[c.name][train_idx] for c in wanted},
             {c.name: columns[c.name][valid_idx] for c in wanted}, folder.path)
+
+
+def same_pixels(folder: ImageFolder, train_idx: np.ndarray, valid_idx: np.ndarray, size) -> list[str]:
+    """What decoding found of images that are one picture (the same pixels at the spec's size, whatever
+    their files' bytes): a validation image the same as a training image (its metrics count it as unseen),
+    and images of two classes the same (one picture, two labels). Warnings, not errors: a folder may mean
+    them, and training goes on."""
+    from specc.data.duplicates import equal_rows
+
+    split = np.full(len(folder.labels), -1)  # -1: a row of neither split; 0 training, 1 validation
+    split[train_idx], split[valid_idx] = 0, 1
+    leaks, mixed = [], []
+    for group in equal_rows(folder.pixels):
+        group = group[split[group] >= 0]
+        trained = group[split[group] == 0]
+        if len(trained):
+            leaks += [(int(row), int(trained[0])) for row in group[split[group] == 1]]
+        mixed += [(int(row), int(group[0])) for row in group[1:] if folder.labels[row] != folder.labels[group[0]]]
+    root = Path(folder.path)
+
+    def named(row: int) -> str:
+        return f"{shown(root / folder.names[row])} ('{printable(str(folder.labels[row]))}')"
+
+    at = f"{size[0]}x{size[1]}"
+    warnings = []
+    if leaks:
+        row, first = leaks[0]
+        warnings.append(f"{len(leaks):,} validation image{'s are' if len(leaks) > 1 else ' is'} the same picture as "
+                        f"a training image (the same pixels at {at}), which the validation metrics count as unseen; "
+                        f"the first: {named(row)} and {named(first)}")
+    if mixed:
+        row, first = mixed[0]
+        warnings.append(f"{len(mixed):,} image{'s are' if len(mixed) > 1 else ' is'} the same picture as an image of "
+                        f"another class (the same pixels at {at}); the first: {named(row)} and {named(first)}")
+    return warnings
 
 
 # bytes a pixel takes while the data is prepared: decoded (uint8), split into the training and
