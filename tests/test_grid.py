@@ -5,6 +5,7 @@ the exported top k in onnxruntime; a whole stable sort for the top k's order."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from helpers import prepared_spec
 
 from specc.export.topk import to_onnx_topk
+from specc.inference.recommend import GRID_RUN_PAIRS, RUN_PAIRS, users_per_run
 from specc.inference.session import Session
 from specc.model import ops
 from specc.model.grid import ITEM, USER, grid_of
@@ -137,7 +139,11 @@ def test_the_exported_top_k_ranks_as_the_model_on_every_pair(tmp_path, model):
     made = {n.op_type for n in proto.graph.node}
     on_grid = "concat" not in model and "batchnorm" not in model
     assert ("Range" in made) == on_grid  # the pairs' users by their place in the request: the grid's layout
-    got = Session(proto.SerializeToString(), device="cpu").run({"user": np.array(raw, dtype=np.int64)})
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["specc.recommend"])
+    assert meta["grid"] == on_grid  # and so the users `specc recommend` ranks a run
+    session = Session(proto.SerializeToString(), device="cpu")
+    assert users_per_run(session) == (GRID_RUN_PAIRS if on_grid else RUN_PAIRS)["cpu"] // inter.n_items
+    got = session.run({"user": np.array(raw, dtype=np.int64)})
     item_ids = np.array([-1, *(int(v) for v in prepared.vocabs["item"].values)])
     places = np.searchsorted(item_ids[1:], got["items"]) + 1
     assert np.array_equal(item_ids[places], got["items"])

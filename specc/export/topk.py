@@ -51,7 +51,8 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
                helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", k])]
     props = metadata(spec, vocabs)
     props["specc.recommend"] = json.dumps({"user": feedback.user, "item": feedback.item, "k": k, "items": n_items,
-                                           "rating": feedback.rating, "threshold": feedback.threshold})
+                                           "rating": feedback.rating, "threshold": feedback.threshold,
+                                           "grid": model_grid(spec, model, inter) is not None})
     return finished(em, spec, inputs, outputs, props)
 
 
