@@ -185,3 +185,32 @@ def test_embedding_too_large_to_index_by_raw_id_looks_the_id_up_first(tiny, tmp_
     raw = parity_rows(spec, prepared)
     assert {"4", "2"} <= set(raw["user"])  # a hole between users 3 and 6, and one below the range
     assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, raw) < 1e-5
+
+
+def value_names_like(proto: onnx.ModelProto, taken: set[str]) -> list[str]:
+    """The names an exported model gives its values (node outputs, initializers, the graph's outputs) that a
+    spec could give a value of its own: whole words, none of `taken` (the spec's names and columns), no op's
+    name nor fx's name for a value the spec leaves unnamed (dot, embedding_2)."""
+    import re
+
+    from specc.model import ops
+
+    names = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.initializer}
+    unnamed = re.compile(r"(embedding|concat|div|dot|add|mul|sub|sigmoid|sigmoid_range)(_\d+)?")
+    return sorted(n for n in names if re.fullmatch(r"[a-z_][a-z0-9_]*", n) and n not in taken and n not in ops.OPS
+                  and not unnamed.fullmatch(n))
+
+
+def test_a_value_named_as_the_export_names_its_own_values_is_a_value_of_its_own(tiny):
+    """A spec may name a value `rating` (the graph's output), `const_0` or `out_scaled`: each is exported under
+    a name of its own, and the model still matches torch (ONNX names each value once)."""
+    spec, prepared, model = _trained(tiny)
+    proto = to_onnx(spec, model, prepared.vocabs)
+    names = value_names_like(proto, {"u", "i", "ub", "ib", "out", "user", "item"})
+    assert "rating" in names and "const_0" in names and len(names) > 8
+    chain = "\n".join(f"    {name} = {before} + 0" for before, name in zip(["u", *names], names))
+    tiny.write_text(tiny.read_text().replace("    out = dot(u, i)", f"{chain}\n    out = dot({names[-1]}, i)"))
+    spec, prepared, model = _trained(tiny)
+    proto = to_onnx(spec, model, prepared.vocabs)
+    assert [o.name for o in proto.graph.output] == ["rating"]
+    assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5

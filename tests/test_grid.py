@@ -197,3 +197,24 @@ def test_the_validation_loss_against_negatives_is_the_pairs_loss_by_hand(tmp_pat
     want = float(torch.nn.functional.softplus(-(pos[:, None] - neg)).mean())  # -log sigmoid(pos - neg)
     assert got["loss"] == pytest.approx(want, rel=1e-5)
     assert want > 0.1
+
+
+def test_values_named_as_the_top_k_export_names_its_own_are_values_of_their_own(tmp_path):
+    """`scores`, `items` (the graph's outputs), `top_index`, `pair_user`, `const_0`: each a value of the spec,
+    exported under a name of its own; the top k still ranks as the model on every pair."""
+    from test_export import value_names_like
+
+    spec, prepared, net, inter = model_of(tmp_path, "    out = dot(u, i) + ub")
+    proto = to_onnx_topk(spec, net, prepared.vocabs, inter)
+    names = value_names_like(proto, {"u", "i", "ub", "h", "out", "user", "item", "age", "job", "genre"})
+    assert {"scores", "items", "top_index", "pair_user", "const_0"} <= set(names)
+    chain = "\n".join(f"    {name} = {before} + 0" for before, name in zip(["u", *names], names))
+    spec, prepared, net, inter = model_of(tmp_path, f"{chain}\n    out = dot({names[-1]}, i) + ub")
+    proto = to_onnx_topk(spec, net, prepared.vocabs, inter)
+    assert [o.name for o in proto.graph.output] == ["items", "scores"]
+    users = torch.arange(1, prepared.vocabs["user"].size)
+    raw = [int(v) for v in prepared.vocabs["user"].values]
+    with torch.no_grad():
+        _, want = ranked(lambda part: pairs_scores(spec, net, inter, part), inter, users, 6)
+    got = Session(proto.SerializeToString(), device="cpu").run({"user": np.array(raw, dtype=np.int64)})
+    np.testing.assert_allclose(got["scores"], want.numpy(), rtol=1e-5, atol=1e-5)

@@ -29,10 +29,10 @@ PROBABILITIES = "probabilities"
 # What the exported model returns from the model's output, for each `returns` a loss declares
 # (specc.training.losses): (emitter, the output, the name to give) -> the value's name.
 RETURNS = {
-    "value": lambda em, out, name: out,
-    "sigmoid": lambda em, out, name: em.node("Sigmoid", [out], name),
-    "softmax": lambda em, out, name: em.node("Softmax", [out], name, axis=-1),
-    "exp": lambda em, out, name: em.node("Exp", [out], name),
+    "value": lambda em, out, name, exact=False: out,
+    "sigmoid": lambda em, out, name, exact=False: em.node("Sigmoid", [out], name, exact=exact),
+    "softmax": lambda em, out, name, exact=False: em.node("Softmax", [out], name, exact=exact, axis=-1),
+    "exp": lambda em, out, name, exact=False: em.node("Exp", [out], name, exact=exact),
 }
 
 
@@ -43,7 +43,8 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], sides: 
     ValueError here.)"""
     if spec.data.feedback is not None:
         raise ValueError("a model of implicit feedback is exported by specc.export.topk.to_onnx_topk")
-    em = Emitter()
+    target = spec.data.target
+    em = Emitter(reserved=(*spec.graph_inputs(), target.name, *([PROBABILITIES] if target.kind != FLOAT else [])))
     names: dict[str, str] = {}
     dense: dict[str, DenseIds | None] = {}  # category placeholders -> their ids clipped for a table
     columns = {c.name: c for c in spec.data.inputs}
@@ -129,9 +130,7 @@ def side_lookup(em: Emitter, side) -> str:
     """A side table's column for each row (specc.data.side.SideColumn): the key's raw id looked up among the
     table's keys (once per table), then the column's value of that row; a key the table lacks, its fill."""
     label = f"{side.table}_{side.key}"
-    row = f"{label}_index"
-    if not any(row in n.output for n in em.nodes):
-        lookup(em, side.key, side.keys, dense_ids(em, side.key, side.keys, label), label)
+    row = em.once(label, lambda: lookup(em, side.key, side.keys, dense_ids(em, side.key, side.keys, label), label))
     values = em.weight_array(f"{side.table}_{side.name}_by_key", side.values)
     return em.node("Gather", [values, row], f"{side.table}_{side.name}", axis=0)
 
@@ -141,9 +140,8 @@ def distinct(em: Emitter, col: str, index: str) -> str:
     given twice in a row counts once, as it did in training: each row sorted (largest first), then every index
     equal to the one before it dropped. The pad and unknown ids are already 0."""
     width = em.node("Shape", [index], f"{col}_width", start=1, end=2)
-    ordered = f"{col}_sorted"
-    em.nodes.append(helper.make_node("TopK", [index, width], [ordered, f"{col}_sorted_at"], name=ordered, axis=1,
-                                     largest=1, sorted=1))
+    ordered, _ = em.nodes_of("TopK", [index, width], [f"{col}_sorted", f"{col}_sorted_at"], axis=1, largest=1,
+                             sorted=1)
     axis, big = em.const([1], np.int64), em.const([1 << 62], np.int64)
     first = em.node("Slice", [ordered, em.const([0], np.int64), em.const([1], np.int64), axis], f"{col}_first")
     before = em.node("Slice", [ordered, em.const([0], np.int64), em.const([-1], np.int64), axis], f"{col}_before")
@@ -194,15 +192,15 @@ def _outputs(em: Emitter, spec: Spec, vocabs: dict[str, Vocab], result: str) -> 
     returns = RETURNS[losses.loss(spec.train.loss).returns]
     if target.kind == FLOAT:
         value = returns(em, result, f"{target.name}_probability")  # bce_with_logits: the sigmoid of its logit
-        em.node("Reshape", [value, em.const([-1], np.int64)], target.name)
+        em.node("Reshape", [value, em.const([-1], np.int64)], target.name, exact=True)
         return [helper.make_tensor_value_info(target.name, TensorProto.FLOAT, ["N"])]
     vocab = vocabs[target.name]
-    returns(em, result, PROBABILITIES)
+    returns(em, result, PROBABILITIES, exact=True)
     index = em.node("ArgMax", [result], f"{target.name}_index", axis=1, keepdims=0)
     if vocab.integer:
         classes = em.const([int(v) for v in vocab.values], np.int64)
     else:
         classes = em.const(np.array(vocab.values, dtype=object), object)
-    em.node("Gather", [classes, index], target.name, axis=0)
+    em.node("Gather", [classes, index], target.name, exact=True, axis=0)
     return [helper.make_tensor_value_info(target.name, id_type(vocab), ["N"]),
             helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", vocab.size])]

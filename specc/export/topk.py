@@ -34,7 +34,7 @@ NO_INTEGER_ITEM = -1  # the item id of a rank left empty (-inf), for whole-numbe
 def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], inter: Interactions) -> onnx.ModelProto:
     """The recommender's ONNX model: user ids (N,) -> items (N, k) and scores (N, k)."""
     feedback = spec.data.feedback
-    em = Emitter()
+    em = Emitter(reserved=(feedback.user, ITEMS, SCORES))
     users_vocab, items_vocab = vocabs[feedback.user], vocabs[feedback.item]
     user = lookup(em, feedback.user, users_vocab, dense_ids(em, feedback.user, users_vocab))
     n_items = items_vocab.size
@@ -42,10 +42,9 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
     scores = _every_item(em, spec, model, user, inter)
     scores = _popular_for_unknown(em, user, scores, inter)
     scores = _masked(em, user, scores, inter)
-    top = helper.make_node("TopK", [scores, em.const([k], np.int64)], [SCORES, "top_index"], name="top_k",
-                           axis=1, largest=1, sorted=1)
-    em.nodes.append(top)
-    em.node("Gather", [_item_ids(em, items_vocab), "top_index"], ITEMS, axis=0)
+    _, top = em.nodes_of("TopK", [scores, em.const([k], np.int64)], [SCORES, "top_index"], exact_outputs=(SCORES,),
+                         axis=1, largest=1, sorted=1)
+    em.node("Gather", [_item_ids(em, items_vocab), top], ITEMS, exact=True, axis=0)
     inputs = [helper.make_tensor_value_info(feedback.user, id_type(users_vocab), ["N"])]
     outputs = [helper.make_tensor_value_info(ITEMS, id_type(items_vocab), ["N", k]),
                helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", k])]
