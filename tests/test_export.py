@@ -214,3 +214,22 @@ def test_a_value_named_as_the_export_names_its_own_values_is_a_value_of_its_own(
     proto = to_onnx(spec, model, prepared.vocabs)
     assert [o.name for o in proto.graph.output] == ["rating"]
     assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5
+
+
+@pytest.mark.parametrize("column, value", [("self", "u"), ("class", "self"), ("lambda", "u")])
+def test_a_column_or_a_value_may_be_named_self_or_a_python_keyword(tiny, column, value):
+    """`self` names the module in the forward's code and `class` is no argument Python takes: such a column
+    (UCI's files have a `class`) is the forward's `class_`, such a value `self_`; the ONNX model still takes
+    the column by its own name and matches torch."""
+    ratings = tiny.parent / "ratings.csv"
+    lines = ratings.read_text().splitlines()
+    ratings.write_text("\n".join([lines[0].replace("user", column, 1), *lines[1:]]) + "\n")
+    text = tiny.read_text().replace("[user:", f"[{column}:").replace("embedding(user,", f"embedding({column},")
+    tiny.write_text(text.replace("    u   = ", f"    {value} = ").replace("dot(u, i)", f"dot({value}, i)"))
+    spec, prepared, model = _trained(tiny)
+    arguments = [n.target for n in model.graph.nodes if n.op == "placeholder"]
+    assert arguments == [f"{column}_" if column in ("self", "class", "lambda") else column, "item"]
+    assert ("self_" in {n.name for n in model.graph.nodes if n.op != "placeholder"}) == (value == "self")
+    proto = to_onnx(spec, model, prepared.vocabs)
+    assert [i.name for i in proto.graph.input] == [column, "item"]
+    assert parity(spec, model, proto.SerializeToString(), prepared.vocabs, parity_rows(spec, prepared)) < 1e-5

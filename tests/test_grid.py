@@ -218,3 +218,32 @@ def test_values_named_as_the_top_k_export_names_its_own_are_values_of_their_own(
         _, want = ranked(lambda part: pairs_scores(spec, net, inter, part), inter, users, 6)
     got = Session(proto.SerializeToString(), device="cpu").run({"user": np.array(raw, dtype=np.int64)})
     np.testing.assert_allclose(got["scores"], want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_recommender_whose_user_column_is_named_class_ranks_on_the_grid_and_exports(tmp_path):
+    """`class` is no argument Python takes: the forward's is `class_`, and the grid and the export find the
+    column by it (lower.column_of)."""
+    import re
+
+    path = write(tmp_path, "    out = dot(u, i) + ub")
+    for name in ("clicks.csv", "users.csv"):
+        text = (tmp_path / name).read_text()
+        (tmp_path / name).write_text(text.replace("user,", "class,", 1))
+    text = re.sub(r"\buser\b", "class", path.read_text()).replace("per_user(0.25, seed=0)",
+                                                                  "per_user(0.25, seed=0, by=class)")
+    path.write_text(text)
+    spec, prepared, _ = prepared_spec(path)
+    net = build_model(spec, prepared).eval()
+    inter = interactions_of(spec, prepared, torch.device("cpu"))
+    assert [n.target for n in net.graph.nodes if n.op == "placeholder"] == ["class_", "item", "age", "job", "genre"]
+    assert grid_of(net, {"class": USER, "item": ITEM, "age": USER, "job": USER, "genre": ITEM}) is not None
+    users = torch.arange(len(inter.starts) - 1)
+    with torch.no_grad():
+        torch.testing.assert_close(item_scorer(spec, net, inter)(users), pairs_scores(spec, net, inter, users))
+    proto = to_onnx_topk(spec, net, prepared.vocabs, inter)
+    assert [i.name for i in proto.graph.input] == ["class"]
+    raw = [int(v) for v in prepared.vocabs["class"].values]
+    with torch.no_grad():
+        _, want = ranked(item_scorer(spec, net, inter), inter, torch.arange(1, len(raw) + 1), 6)
+    got = Session(proto.SerializeToString(), device="cpu").run({"class": np.array(raw, dtype=np.int64)})
+    np.testing.assert_allclose(got["scores"], want.numpy(), rtol=1e-5, atol=1e-5)

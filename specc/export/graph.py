@@ -22,6 +22,7 @@ from specc.export.emitter import Emitter
 from specc.export.ids import DenseIds, composes, dense_ids, id_type, lookup
 from specc.export.ops import function as translate_function, module as translate_module
 from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Spec
+from specc.model.lower import column_of
 from specc.training import losses
 
 PROBABILITIES = "probabilities"
@@ -49,7 +50,7 @@ def to_onnx(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], sides: 
     dense: dict[str, DenseIds | None] = {}  # category placeholders -> their ids clipped for a table
     columns = {c.name: c for c in spec.data.inputs}
     modules = dict(model.named_modules())
-    placeholders = {fnode.target: fnode for fnode in model.graph.nodes if fnode.op == "placeholder"}
+    placeholders = {column_of(fnode): fnode for fnode in model.graph.nodes if fnode.op == "placeholder"}
     inputs = [_input(em, spec, columns[name], placeholders[name], vocabs, modules, names, dense)
               if name in placeholders else _key_input(name, vocabs[name]) for name in spec.graph_inputs()]
     for name, fnode in placeholders.items():

@@ -25,6 +25,7 @@ from specc.export.ids import dense_ids, id_type, lookup
 from specc.export.ops import function as translate_function, module as translate_module
 from specc.language.spec import Spec
 from specc.model.grid import ITEM, USER, Grid
+from specc.model.lower import column_of
 from specc.training.implicit import UNKNOWN, Interactions, model_grid
 
 ITEMS, SCORES = "items", "scores"  # the exported recommender's outputs, (N, k) each
@@ -74,12 +75,13 @@ def _every_item(em: Emitter, spec: Spec, model: fx.GraphModule, user: str, inter
         keys[feedback.item] = em.node("Reshape", [em.node("Expand", [row, grid], "item_grid"), flat], "item_pairs")
     names = {}
     for fnode in (n for n in model.graph.nodes if n.op == "placeholder"):
-        if fnode.target in (inter.sides or {}):
-            key, table = inter.sides[fnode.target]
-            values = em.weight_array(f"{fnode.target}_by_{key}", table.cpu().numpy())
-            names[fnode.name] = em.node("Gather", [values, keys[key]], f"{fnode.target}_of_{key}", axis=0)
+        column = column_of(fnode)
+        if column in (inter.sides or {}):
+            key, table = inter.sides[column]
+            values = em.weight_array(f"{column}_by_{key}", table.cpu().numpy())
+            names[fnode.name] = em.node("Gather", [values, keys[key]], f"{column}_of_{key}", axis=0)
         else:
-            names[fnode.name] = keys[fnode.target]
+            names[fnode.name] = keys[column]
     if over is not None:
         return _on_grid(em, over, names, user, n_items)
     result = translate_body(em, model, names, {})

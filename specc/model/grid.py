@@ -15,7 +15,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from specc.model.lower import op_of
+from specc.model.lower import column_of, op_of
 
 USER, ITEM = "user", "item"
 
@@ -35,12 +35,12 @@ class Grid:
         self.run = fx.Interpreter(model)  # its call_function, call_module, get_attr: fx's meaning of a node
 
     def side_values(self, side: str, inputs: dict[str, torch.Tensor]) -> dict[fx.Node, torch.Tensor]:
-        """Every value that reads `side` alone (or nothing), from its inputs (placeholder target -> a batch
-        of users or of items)."""
+        """Every value that reads `side` alone (or nothing), from its inputs (column -> a batch of users or
+        of items)."""
         env: dict[fx.Node, torch.Tensor] = {}
         for fnode in self.model.graph.nodes:
             if fnode.op == "placeholder" and self.sides[fnode] == {side}:
-                env[fnode] = inputs[fnode.target]
+                env[fnode] = inputs[column_of(fnode)]
             elif fnode in self.nodes and self.sides[fnode] <= {side}:
                 env[fnode] = self._call(fnode, lambda n: env[n])
         return env
@@ -77,14 +77,14 @@ class Grid:
 
 
 def grid_of(model: fx.GraphModule, sides: dict[str, str]) -> Grid | None:
-    """The model's Grid, `sides` naming the side of each input (placeholder target -> USER or ITEM); None
+    """The model's Grid, `sides` naming the side of each input (its column -> USER or ITEM); None
     where an input has no side or a value of both sides is made by an op that does not declare `grid`."""
     of: dict[fx.Node, frozenset] = {}
     for fnode in model.graph.nodes:
         if fnode.op == "placeholder":
-            if fnode.target not in sides:
+            if column_of(fnode) not in sides:
                 return None
-            of[fnode] = frozenset({sides[fnode.target]})
+            of[fnode] = frozenset({sides[column_of(fnode)]})
         elif fnode.op != "output":
             of[fnode] = frozenset().union(*(of[n] for n in fnode.all_input_nodes))
             if of[fnode] == {USER, ITEM} and not getattr(op_of(fnode), "grid", False):

@@ -40,13 +40,16 @@ class Lowering:
         self.tables = tables or {}  # history column -> its table (key index -> item indices, 0-padded)
         self.root = nn.Module()
         self.graph = fx.Graph()
-        self.raw: dict[str, fx.Node] = {col: self.graph.placeholder(col) for col in model.inputs}
+        self.raw: dict[str, fx.Node] = {}
+        for col, argument in zip(model.inputs, argument_names(model.inputs)):
+            self.raw[col] = self.graph.placeholder(argument)
+            self.raw[col].meta["column"] = col  # what column_of reads
         self.env: dict[str, fx.Node] = dict(self.raw)
         self.attributes = attribute_names(n.name for n in model.nodes)
 
     def call(self, target: Callable, args, name: str, **kwargs) -> fx.Node:
         """A call_function node named `name`."""
-        return self.graph.create_node("call_function", target, tuple(args), kwargs, name=name)
+        return self.graph.create_node("call_function", target, tuple(args), kwargs, name=_value_name(name))
 
     def module(self, node: Node, module: nn.Module, x: fx.Node | None = None) -> fx.Node:
         """`module` as the submodule named after the node (attribute_names), called on `x`, by
@@ -54,7 +57,7 @@ class Lowering:
         target = self.attributes[node.name]
         self.root.add_module(target, module)
         x = self.env[node.inputs[0]] if x is None else x
-        return self.graph.create_node("call_module", target, (x,), {}, name=node.name)
+        return self.graph.create_node("call_module", target, (x,), {}, name=_value_name(node.name))
 
     def width(self, node: Node) -> int:
         """The feature count of the node's first input."""
@@ -83,6 +86,34 @@ def attribute_names(names) -> dict[str, str]:
             taken.add(attribute)
         out[name] = attribute
     return out
+
+
+def argument_names(columns) -> list[str]:
+    """The forward's argument for each input column: the column's name, unless that is `self` (the module
+    itself) or a Python keyword (`class`, a column of many UCI files), which fx's code cannot take as an
+    argument: then the name with `_` appended until it is no other column's. Export and ranking find each
+    argument's column by column_of."""
+    taken, out = set(columns), []
+    for col in columns:
+        argument = col
+        if col == "self" or keyword.iskeyword(col):
+            argument += "_"
+            while argument in taken:
+                argument += "_"
+            taken.add(argument)
+        out.append(argument)
+    return out
+
+
+def column_of(placeholder: fx.Node) -> str:
+    """The input column a forward argument (an fx placeholder) takes."""
+    return placeholder.meta.get("column", placeholder.target)
+
+
+def _value_name(name: str) -> str:
+    """A value's fx name: its own, but for `self`, which the forward's code already names (fx renames a
+    keyword itself)."""
+    return "self_" if name == "self" else name
 
 
 Lower = Callable[[Lowering, Node], fx.Node]
