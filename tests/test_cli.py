@@ -127,6 +127,23 @@ def test_unwritable_run_folder_fails_before_training(tiny, tmp_path, capsys):
     assert err.startswith(f"specc: error: cannot write the run folder {blocker / 'run'}")
 
 
+def test_a_path_too_long_for_the_system_is_a_usage_error_naming_it(tiny, tmp_path, capsys):
+    """ENAMETOOLONG (a name of 300 bytes): pathlib lets it through as an OSError, which used to show its
+    traceback; every command says which path and why, exits 2, and writes nothing."""
+    run = tmp_path / "run"
+    assert main(["train", str(tiny), "--out", str(run), "--quiet", "--set", "train.fit.epochs=1"]) == 0
+    long = str(tmp_path / ("z" * 300))
+    model = str(run / "model.onnx")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv in (["check", long + ".spec"], ["train", str(tiny), "--out", long], ["predict", model, long + ".csv"],
+                 ["predict", model, str(tiny.parent / "ratings.csv"), "--out", long + ".csv"],
+                 ["evaluate", model, long + ".csv"], ["lr-find", str(tiny), "--out", long, "--steps", "5"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("specc: error: ") and "z" * 300 in err and err.endswith(": file name too long\n"), argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_example_specs_check(tmp_path, capsys):
     import shutil
 

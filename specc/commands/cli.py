@@ -697,11 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     spec_path = getattr(args, "spec", None)
-    if spec_path is not None and not spec_path.is_file():
-        what = "not a regular file" if spec_path.exists() else "no such spec file"
-        print(f"specc: error: {spec_path}: {what}", file=sys.stderr)
-        return 2
     try:
+        if spec_path is not None and not spec_path.is_file():
+            what = "not a regular file" if spec_path.exists() else "no such spec file"
+            print(f"specc: error: {spec_path}: {what}", file=sys.stderr)
+            return 2
         return COMMANDS[args.command](args)
     except SpecError as err:
         print(err.render(), file=sys.stderr)
@@ -720,3 +720,10 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:
+        if err.filename is None:  # not about a path the user named: a bug, whose traceback shows
+            raise
+        # a path named on the command line (or a file in a folder it names) that the system refuses: a name
+        # too long for it, a folder that cannot be entered, no space left, ...
+        print(f"specc: error: {printable(str(err.filename))}: {(err.strerror or str(err)).lower()}", file=sys.stderr)
+        return 2
