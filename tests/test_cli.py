@@ -178,3 +178,37 @@ def test_every_command_that_reads_a_spec_prints_its_warnings_once(tiny, tmp_path
                  ["lr-find", "--steps", "20", "--out", str(tmp_path / "find")]):
         assert main([argv[0], str(tiny), *argv[1:]]) == 0, argv
         assert capsys.readouterr().err == warning, argv
+
+
+def test_files_named_in_bytes_that_are_not_utf8(tiny, tmp_path, capsys):
+    """Linux names a file with any bytes: a spec, its run folder, a model and data files whose names hold 0xff
+    train, predict and evaluate (the spec's name, which the run and the model record, written odd\\xff); a
+    Parquet file of such a name, which pyarrow cannot open, is an error naming it."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors import safe_open
+
+    odd = os.fsdecode(b"odd\xff")
+    spec = tmp_path / f"{odd}.spec"
+    spec.write_bytes(tiny.read_bytes())
+    run = tmp_path / odd
+    assert main(["train", str(spec), "--out", str(run), "--quiet", "--set", "train.fit.epochs=1"]) == 0
+    with safe_open(str(run / "model.safetensors"), "np") as f:
+        assert f.metadata()["specc.spec_name"] == "odd\\xff"
+    data = tmp_path / f"{odd}.csv"
+    data.write_bytes((tmp_path / "ratings.csv").read_bytes())
+    out = tmp_path / f"{odd}.out.csv"
+    assert main(["predict", str(run / "model.onnx"), str(data), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(data.read_text().splitlines()) - 1 and all(0 < float(r["rating_pred"]) < 5.5 for r in rows)
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "model.onnx"), str(data)]) == 0
+    assert "rmse" in capsys.readouterr().out
+    table = tmp_path / "ok.parquet"
+    pq.write_table(pa.table({"user": [1, 2], "item": [3, 4]}), table)
+    table.rename(tmp_path / f"{odd}.parquet")
+    assert main(["predict", str(run / "model.onnx"), str(tmp_path / f"{odd}.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert "odd\\xff.parquet: error[D101]: a Parquet file's path must be UTF-8 text" in err and "Traceback" not in err

@@ -16,7 +16,7 @@ from specc.data.arrow import as_numpy
 from specc.data.files import PARQUET_ENDINGS, check_regular, shown_path
 from specc.data.table import shown_names
 from specc.language import codes
-from specc.language.diagnostics import DataError, Diagnostic, SpecError, suggest
+from specc.language.diagnostics import DataError, Diagnostic, SpecError, os_text, suggest
 from specc.language.spec import CATEGORIES, CATEGORY, FLOAT, Column, FrameSource, ParquetSource
 from specc.model.memory import OBJECT_BYTES, data_limit, shown_bytes, too_much_data
 
@@ -67,7 +67,7 @@ def parquet_files(source: ParquetSource) -> list[Path]:
     path = source.path
     if not path.is_dir():
         check_regular(path, source.span)  # not there, a FIFO, a device: E208 at the spec's path
-        return [path]
+        return named_in_text([path])
     found = []
     for folder, subfolders, names in os.walk(path):
         subfolders[:] = [s for s in subfolders if not s.startswith((".", "_"))]
@@ -76,7 +76,17 @@ def parquet_files(source: ParquetSource) -> list[Path]:
     if not found:
         raise DataError(shown_path(path), f"holds no Parquet files: parquet(...) of a folder reads the files in it "
                         f"whose names end {', '.join(PARQUET_ENDINGS)}", code=codes.BAD_PARQUET_FOLDER)
-    return sorted(found, key=lambda f: f.relative_to(path).as_posix())
+    return named_in_text(sorted(found, key=lambda f: f.relative_to(path).as_posix()))
+
+
+def named_in_text(files: list[Path]) -> list[Path]:
+    """The files, each of whose paths is UTF-8 text: pyarrow opens a Parquet file by its name, which it takes
+    only as text (a name of other bytes is an error naming it, not pyarrow's UnicodeEncodeError)."""
+    for file in files:
+        if os_text(str(file)) != str(file):
+            raise DataError(shown_path(file), "a Parquet file's path must be UTF-8 text, which pyarrow opens it by; "
+                            "this one holds other bytes: rename it", code=codes.UNREADABLE_PATH)
+    return files
 
 
 def _metadata(file: Path):

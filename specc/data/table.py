@@ -173,7 +173,8 @@ def _arrow_read(source: CsvSource, wanted, names: list[str]):
                     raise too_much_data(str(source.path), f"reading stopped at row {rows:,}: the {len(wanted)} "
                                         f"column{'s' * (len(wanted) > 1)} the spec reads already take "
                                         f"{shown_bytes(held)}{_decompressed(source)}", limit)
-    except (pa.ArrowInvalid, UnicodeDecodeError, OSError):  # OSError: a damaged .gz or .zst, said where by the other
+    except (pa.ArrowInvalid, UnicodeError, OSError):  # OSError: a damaged .gz or .zst, said where by the other;
+        # UnicodeEncodeError: a name of bytes that are not UTF-8, which pyarrow cannot open and Python can
         raise _Fallback from None
     return {name: column.finish() for name, column in gathered.items()}, rows
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from specc.data.files import check_regular, shown_path
-from specc.data.parquet import read_parquet
+from specc.data.parquet import named_in_text, read_parquet
 from specc.inference.columns import Ask
 from specc.inference.read_fields import FieldInputs, asked_columns, table_inputs
 from specc.language import codes
@@ -20,6 +20,7 @@ def read_parquet_rows(path: Path, session, ask: Ask) -> FieldInputs:
     Parquet file, by name; a column the file lacks, or holds values of a type the model's input
     cannot take (text for numbers), is an error naming it before a row is read."""
     check_regular(path)
+    named_in_text([path])
     if ask.delimiter is not None:
         raise UsageError(f"--delimiter: {path} is a Parquet file, not a CSV")
     if ask.arrays:

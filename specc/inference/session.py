@@ -15,7 +15,7 @@ import numpy as np
 
 from specc.data.files import check_regular
 from specc.language import codes
-from specc.language.diagnostics import DataError
+from specc.language.diagnostics import DataError, os_text
 
 
 @functools.cache
@@ -66,6 +66,8 @@ class Session:
         if threads is not None:  # a benchmark's pinned threads (default: onnxruntime's, one per core)
             options.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(model)
+        if not isinstance(source, bytes) and os_text(source) != source:
+            source = Path(source).read_bytes()  # a name of bytes that are not UTF-8, which onnxruntime cannot take
         self.session = ort.InferenceSession(source, options, providers=providers(device))
         self.inputs = {i.name: i.type for i in self.session.get_inputs()}
         self.shapes = {i.name: list(i.shape) for i in self.session.get_inputs()}

@@ -14,7 +14,7 @@ from specc.language.check.model_block import check_model
 from specc.language.check.search_block import BLOCK as SEARCH, check_search
 from specc.language.check.train_block import check_train
 from specc.language.check.values import BLOCKS, OPTIONAL_BLOCKS, RESERVED, Checker
-from specc.language.diagnostics import Diagnostic, SpecError, suggest
+from specc.language.diagnostics import Diagnostic, SpecError, os_text, suggest
 from specc.language.parse import too_deep
 from specc.language.spec import InitFrom, ModelSpec, Spec
 
@@ -69,7 +69,7 @@ def _check_file(c: Checker, tree: ast.SpecFile) -> tuple[Spec | None, params.Res
         search = check_search(c, search_block, rest, lambda t: _errors_of(c.base_dirs, t))
     if c.errors or data.spec is None or model is None or train is None:
         return None, resolved
-    name = Path(tree.source.path).stem
+    name = os_text(Path(tree.source.path).stem)  # text, whatever bytes the file's name has: it names the run
     return Spec(name, data.spec, model, train, tree.source, inits, resolved.values, search), resolved
 
 
