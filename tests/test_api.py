@@ -386,3 +386,23 @@ def test_import_specc_stays_light_until_training_starts():
             "specc.check('specs/collab.spec', data=False); "
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules and 'matplotlib' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("helpers").ROOT))
+
+
+def test_a_path_or_a_number_of_another_type_is_a_usage_error_naming_the_argument(tiny, tmp_path):
+    """`out=5`, `open_run(None)`, `lr_find(steps="x")`, `load(..., name=5)` name what was wrong, as the CLI's
+    argument parser would, where Python's own TypeError or ValueError came from deep inside."""
+    cases = [(lambda: specc.train(tiny, out=5, quiet=True), "out: expected a folder's path"),
+             (lambda: specc.open_run(None), "path: expected a folder's path"),
+             (lambda: specc.open_run(5), "found int"),
+             (lambda: specc.lr_find(tiny, out=tmp_path / "lr", steps="x"), "steps: expected a whole number, found 'x'"),
+             (lambda: specc.lr_find(tiny, out=tmp_path / "lr", start=None), "start: expected a number, found None"),
+             (lambda: specc.lr_find(tiny, out=3.5), "out: expected a folder's path"),
+             (lambda: specc.sweep(tiny, {"data.batch": [16]}, out=[1]), "out: expected a folder's path"),
+             (lambda: specc.load(tiny, name=5), "name: expected a str")]
+    before = sorted(tmp_path.iterdir())
+    for call, message in cases:
+        with pytest.raises(specc.UsageError, match=re.escape(message)):
+            call()
+    assert sorted(tmp_path.iterdir()) == before
+    found = specc.lr_find(tiny, out=tmp_path / "lr", steps=np.int64(12), start=np.float32(1e-6), device="cpu")
+    assert len(found.table) <= 12  # numpy's numbers are numbers

@@ -55,6 +55,16 @@ def spec_of(spec_or_path, overrides, name) -> Spec:
     return load(spec_or_path, overrides, name)
 
 
+def folder_path(value, what: str, default: Path | None = None) -> Path | None:
+    """An argument naming a folder (`out`, a run's `path`) as a Path: `default` for None (which a required
+    argument has none of), else a str or a path-like; a UsageError naming the argument for anything else."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, (bytes, bool)) or not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{what}: expected a folder's path (a str or a pathlib.Path), found {type(value).__name__}")
+    return Path(value)
+
+
 def checked_threads(threads) -> int | None:
     if threads is None:
         return None
@@ -77,7 +87,7 @@ def train(spec_or_path, data=None, out=None, overrides=None, device: str = "auto
     spec = spec_of(spec_or_path, overrides, name)
     checked = spec.checked if data is None else with_frame(spec.checked, data)
     threads = checked_threads(threads)
-    folder = Path(out) if out is not None else Path("runs") / checked.name
+    folder = folder_path(out, "out", Path("runs") / checked.name)
     prepared = ready(checked, folder, device, force, sets=spec.sets)
     notebook = not quiet and in_notebook()
     listeners = [NotebookProgress(checked.train.metrics)] if notebook else []
@@ -90,7 +100,7 @@ def open_run(path) -> Run:
     """A finished run folder of `specc train` or specc.train, to read back."""
     from specc.training.runfolder import inspect_folder
 
-    folder = Path(path)
+    folder = folder_path(path, "path")
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such run folder")
     found = inspect_folder(folder)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from specc.api.run import checked_threads, ready, spec_of
+from specc.api.run import checked_threads, folder_path, ready, spec_of
 from specc.language.diagnostics import UsageError
 
 
@@ -83,7 +84,11 @@ def lr_find(spec_or_path, data=None, out=None, overrides=None, start: float = 1e
 
     spec = spec_of(spec_or_path, overrides, None)
     checked = spec.checked if data is None else with_frame(spec.checked, data)
-    folder = Path(out) if out is not None else Path("runs") / checked.name
+    folder = folder_path(out, "out", Path("runs") / checked.name)
+    for name, value in (("start", start), ("end", end), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if name == "steps" else numbers.Real):
+            raise UsageError(f"{name}: expected {'a whole number' if name == 'steps' else 'a number'}, found "
+                             f"{value!r}")
     result, _ = find_rates(checked, spec.sets, folder, float(start), float(end), int(steps), device,
                            checked_threads(threads), force)
     table = pd.DataFrame({"lr": result.lrs, "loss": result.raw, "smoothed_loss": result.losses})
@@ -223,7 +228,7 @@ def sweep(spec_or_path, grid: dict, data=None, out=None, overrides=None, device:
     spec = spec_of(spec_or_path, overrides, None)
     axes = grid_axes(grid)
     source = spec.path if spec.path is not None else spec.text
-    out = Path(out) if out is not None else Path("runs") / f"{spec.name}-sweep"
+    out = folder_path(out, "out", Path("runs") / f"{spec.name}-sweep")
 
     def load_variant(extra):
         sets = [*spec.sets, *extra]
@@ -276,7 +281,7 @@ def tune(spec_path, search: dict | None = None, trials: int = 20, out=None, over
     # the Namespace `specc tune`'s parser makes, with its defaults (specc.commands.cli._tune_options)
     args = argparse.Namespace(spec=Path(spec_path), sets=override_list(overrides), trials=trials,
                               search=[f"{k}={v}" for k, v in (search or {}).items()],
-                              out=Path(out) if out is not None else None, storage=None, study=None, timeout=None,
+                              out=None if out is None else folder_path(out, "out"), storage=None, study=None, timeout=None,
                               seed=seed, repeats=1, startup_trials=5, warmup_epochs=1, no_prune=False, device=device,
                               threads=checked_threads(threads))
     printed = io.StringIO()
@@ -289,6 +294,6 @@ def tune(spec_path, search: dict | None = None, trials: int = 20, out=None, over
     from specc.api.spec import load
 
     name = load(spec_path, overrides).name
-    folder = Path(out) if out is not None else Path("runs") / f"{name}-tune"
+    folder = folder_path(out, "out", Path("runs") / f"{name}-tune")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}")
     return Tune(study.trials_dataframe(), folder / "best.spec", folder)

@@ -112,6 +112,8 @@ def load(path_or_text, overrides=None, name: str | None = None) -> Spec:
     """A checked spec from a file or from spec text, with `overrides` ({key: value}, as --set key=value)
     applied; SpecError with every diagnostic (positions name the file, or `name`, `<string>` by default)."""
     sets = override_list(overrides)
+    if name is not None and not isinstance(name, str):
+        raise UsageError(f"name: expected a str such as 'ratings.spec', found {type(name).__name__}")
     from specc.language.parse import read_source, text_source
     from specc.training.run import load_source
 
