@@ -202,14 +202,32 @@ train {
 """
 
 
+def clicks(folder) -> None:
+    """clicks.csv: each of users 1-30 a few of items 1-20."""
+    rng = np.random.default_rng(1)
+    (folder / "clicks.csv").write_text("user,item\n" + "".join(
+        f"{u},{i}\n" for u in range(1, 31) for i in rng.permutation(np.arange(1, 21))[:int(rng.integers(4, 9))]))
+
+
+def trained_as_it_evaluates(folder, text: str) -> None:
+    """The recommender `text` trained into folder/run, its exported top k's `specc evaluate` on the validation
+    interactions equal to training's last NDCG@4 and Recall@4."""
+    from specc.inference.evaluate import evaluate_file
+
+    (folder / "rec.spec").write_text(text)
+    assert main(["train", str(folder / "rec.spec"), "--out", str(folder / "run"), "--quiet"]) == 0
+    last = list(csv.DictReader(open(folder / "run" / "metrics.csv")))[-1]
+    got = evaluate_file(folder / "run" / "model.onnx", folder / "clicks.csv", split="valid", device="cpu")
+    for metric in ("ndcg@4", "recall@4"):
+        assert got[metric] == pytest.approx(float(last[metric]), rel=1e-5, abs=1e-9)
+
+
 @pytest.mark.parametrize("view", ["interactions", "users"])
 def test_a_recommender_reads_side_tables_of_users_and_items(tmp_path, view):
     """Training ranks with the tables' columns; the exported top k (which takes only user ids) ranks the
     same: `specc evaluate` through it gives training's last metrics."""
     files(tmp_path)
-    rng = np.random.default_rng(1)
-    (tmp_path / "clicks.csv").write_text("user,item\n" + "".join(
-        f"{u},{i}\n" for u in range(1, 31) for i in rng.permutation(np.arange(1, 21))[:int(rng.integers(4, 9))]))
+    clicks(tmp_path)
     text = RECOMMENDER
     if view == "users":  # the model scores every item from the user and the user's table columns
         text = text.replace("negatives=2, top_k=4", "view=users, top_k=4").replace(
@@ -217,14 +235,7 @@ def test_a_recommender_reads_side_tables_of_users_and_items(tmp_path, view):
             "inputs = [user: category, item: category, rated: history(user, item)]").replace(
             "    i   = embedding(item, 4) + embedding(genre, 4)\n    out = dot(u, i)",
             "    out = concat(u, embedding_bag(rated, 4)) |> linear(classes)").replace("bpr", "multinomial")
-    (tmp_path / "rec.spec").write_text(text)
-    assert main(["train", str(tmp_path / "rec.spec"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    last = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
-    from specc.inference.evaluate import evaluate_file
-
-    got = evaluate_file(tmp_path / "run" / "model.onnx", tmp_path / "clicks.csv", split="valid", device="cpu")
-    for metric in ("ndcg@4", "recall@4"):
-        assert got[metric] == pytest.approx(float(last[metric]), rel=1e-5, abs=1e-9)
+    trained_as_it_evaluates(tmp_path, text)
     session = Session((tmp_path / "run" / "model.onnx").read_bytes(), device="cpu")
     assert list(session.inputs) == ["user"]
 
@@ -371,21 +382,12 @@ def test_a_recommender_bags_an_item_s_set_from_its_table_on_the_grid(tmp_path):
     """The item's set of tags in the item's values: ranked on the grid of users x items in training and in the
     exported top k, which ranks as training did (`specc evaluate` gives its last metrics)."""
     files(tmp_path)
-    rng = np.random.default_rng(1)
-    (tmp_path / "clicks.csv").write_text("user,item\n" + "".join(
-        f"{u},{i}\n" for u in range(1, 31) for i in rng.permutation(np.arange(1, 21))[:int(rng.integers(4, 9))]))
+    clicks(tmp_path)
     tags_spec(tmp_path / "side.spec")
     text = RECOMMENDER.replace('source  = csv("items.csv")', 'source  = csv("tags.csv")').replace(
         "columns = [genre: category]", 'columns = [tags: categories(sep="|")]').replace(
         "i   = embedding(item, 4) + embedding(genre, 4)", "i   = embedding(item, 4) + embedding_bag(tags, 4)")
-    (tmp_path / "rec.spec").write_text(text)
-    assert main(["train", str(tmp_path / "rec.spec"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    last = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
-    from specc.inference.evaluate import evaluate_file
-
-    got = evaluate_file(tmp_path / "run" / "model.onnx", tmp_path / "clicks.csv", split="valid", device="cpu")
-    for metric in ("ndcg@4", "recall@4"):
-        assert got[metric] == pytest.approx(float(last[metric]), rel=1e-5, abs=1e-9)
+    trained_as_it_evaluates(tmp_path, text)
     spec, prepared, _ = prepared_spec(tmp_path / "rec.spec")
     from specc.training.implicit import model_grid
     from specc.training.loop import build_model, interactions_of

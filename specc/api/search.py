@@ -85,10 +85,10 @@ def lr_find(spec_or_path, data=None, out=None, overrides=None, start: float = 1e
     spec = spec_of(spec_or_path, overrides, None)
     checked = spec.checked if data is None else with_frame(spec.checked, data)
     folder = folder_path(out, "out", Path("runs") / checked.name)
-    for name, value in (("start", start), ("end", end), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if name == "steps" else numbers.Real):
-            raise UsageError(f"{name}: expected {'a whole number' if name == 'steps' else 'a number'}, found "
-                             f"{value!r}")
+    for name, value, kind, what in (("start", start, numbers.Real, "a number"), ("end", end, numbers.Real, "a number"),
+                                    ("steps", steps, numbers.Integral, "a whole number")):
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise UsageError(f"{name}: expected {what}, found {value!r}")
     result, _ = find_rates(checked, spec.sets, folder, float(start), float(end), int(steps), device,
                            checked_threads(threads), force)
     table = pd.DataFrame({"lr": result.lrs, "loss": result.raw, "smoothed_loss": result.losses})
@@ -281,7 +281,8 @@ def tune(spec_path, search: dict | None = None, trials: int = 20, out=None, over
     # the Namespace `specc tune`'s parser makes, with its defaults (specc.commands.cli._tune_options)
     args = argparse.Namespace(spec=Path(spec_path), sets=override_list(overrides), trials=trials,
                               search=[f"{k}={v}" for k, v in (search or {}).items()],
-                              out=None if out is None else folder_path(out, "out"), storage=None, study=None, timeout=None,
+                              out=None if out is None else folder_path(out, "out"), storage=None, study=None,
+                              timeout=None,
                               seed=seed, repeats=1, startup_trials=5, warmup_epochs=1, no_prune=False, device=device,
                               threads=checked_threads(threads))
     printed = io.StringIO()

@@ -40,7 +40,8 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
     user = lookup(em, feedback.user, users_vocab, dense_ids(em, feedback.user, users_vocab))
     n_items = items_vocab.size
     k = min(feedback.top_k, n_items)
-    scores = _every_item(em, spec, model, user, inter)
+    over = model_grid(spec, model, inter)
+    scores = _every_item(em, spec, model, user, inter, over)
     scores = _popular_for_unknown(em, user, scores, inter)
     scores = _masked(em, user, scores, inter)
     _, top = em.nodes_of("TopK", [scores, em.const([k], np.int64)], [SCORES, "top_index"], exact_outputs=(SCORES,),
@@ -52,27 +53,24 @@ def to_onnx_topk(spec: Spec, model: fx.GraphModule, vocabs: dict[str, Vocab], in
     props = metadata(spec, vocabs)
     props["specc.recommend"] = json.dumps({"user": feedback.user, "item": feedback.item, "k": k, "items": n_items,
                                            "rating": feedback.rating, "threshold": feedback.threshold,
-                                           "grid": model_grid(spec, model, inter) is not None})
+                                           "grid": over is not None})
     return finished(em, spec, inputs, outputs, props)
 
 
-def _every_item(em: Emitter, spec: Spec, model: fx.GraphModule, user: str, inter: Interactions) -> str:
+def _every_item(em: Emitter, spec: Spec, model: fx.GraphModule, user: str, inter: Interactions,
+                over: Grid | None) -> str:
     """The model's score of every item for each user [N, n_items]: its output, for a model of users (view =
-    users); else over its grid (_on_grid), where it has one; else the model run on each user paired with every
-    item. A side table's column is looked up by its key's index (Interactions.sides)."""
+    users); else over its grid `over` (_on_grid), where it has one; else the model run on each user paired with
+    every item. A side table's column is looked up by its key's index (Interactions.sides)."""
     feedback, n_items = spec.data.feedback, inter.n_items
     keys = {feedback.user: user}
-    over = model_grid(spec, model, inter)
     if over is not None:
         keys[feedback.item] = em.const(np.arange(n_items, dtype=np.int64), np.int64)
     elif not feedback.per_user:
-        size = em.node("Shape", [user], "users_count")  # [N]
-        grid = em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)  # [N, n_items]
-        flat = em.const([-1], np.int64)
+        _, grid = _grid_shape(em, user, n_items)
         column = em.node("Unsqueeze", [user, em.const([1], np.int64)], "user_column")
-        keys[feedback.user] = em.node("Reshape", [em.node("Expand", [column, grid], "user_grid"), flat], "user_pairs")
-        row = em.const(np.arange(n_items, dtype=np.int64)[None, :], np.int64)
-        keys[feedback.item] = em.node("Reshape", [em.node("Expand", [row, grid], "item_grid"), flat], "item_pairs")
+        keys[feedback.user] = _spread(em, column, grid, "user_grid", "user_pairs")
+        keys[feedback.item] = _spread(em, _catalogue_row(em, n_items), grid, "item_grid", "item_pairs")
     names = {}
     for fnode in (n for n in model.graph.nodes if n.op == "placeholder"):
         column = column_of(fnode)
@@ -94,15 +92,12 @@ def _on_grid(em: Emitter, over: Grid, names: dict[str, str], user: str, n_items:
     user's pairs in item order, as the pair layout of _every_item has them), a dot product of a user's value
     and an item's one MatMul."""
     modules = dict(over.model.named_modules())
-    size = em.node("Shape", [user], "users_count")  # [N]
-    grid = em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)  # [N, n_items]
-    flat = em.const([-1], np.int64)
+    size, grid = _grid_shape(em, user, n_items)
     count = em.node("Squeeze", [size, em.const([0], np.int64)], "users_count_scalar")
     place = em.node("Range", [em.const(0, np.int64), count, em.const(1, np.int64)], "user_place")
     column = em.node("Unsqueeze", [place, em.const([1], np.int64)], "user_place_column")
-    row = em.const(np.arange(n_items, dtype=np.int64)[None, :], np.int64)
-    pair_of = {USER: em.node("Reshape", [em.node("Expand", [column, grid], "user_place_grid"), flat], "pair_user"),
-               ITEM: em.node("Reshape", [em.node("Expand", [row, grid], "item_grid"), flat], "pair_item")}
+    pair_of = {USER: _spread(em, column, grid, "user_place_grid", "pair_user"),
+               ITEM: _spread(em, _catalogue_row(em, n_items), grid, "item_grid", "pair_item")}
     paired: dict[str, str] = {}
 
     def in_pairs(fnode: fx.Node) -> str:  # a value as a value of both reads it: a row per pair
@@ -128,6 +123,23 @@ def _on_grid(em: Emitter, over: Grid, names: dict[str, str], user: str, n_items:
         else:
             names[fnode.name] = translate_function(em, fnode, view)
     return em.node("Reshape", [in_pairs(over.output), grid], "all_scores")
+
+
+def _grid_shape(em: Emitter, user: str, n_items: int) -> tuple[str, str]:
+    """The request's count of users [N], and the shape of its grid of users x items [N, n_items]."""
+    size = em.node("Shape", [user], "users_count")
+    return size, em.node("Concat", [size, em.const([n_items], np.int64)], "grid_shape", axis=0)
+
+
+def _catalogue_row(em: Emitter, n_items: int) -> str:
+    """Every item's index, as a row [1, n_items]."""
+    return em.const(np.arange(n_items, dtype=np.int64)[None, :], np.int64)
+
+
+def _spread(em: Emitter, column: str, grid: str, grid_name: str, name: str) -> str:
+    """`column` (a user's [N, 1], or the catalogue row [1, n_items]) spread over the grid and laid out a row per
+    (user, item) pair, each user's pairs in item order."""
+    return em.node("Reshape", [em.node("Expand", [column, grid], grid_name), em.const([-1], np.int64)], name)
 
 
 def _popular_for_unknown(em: Emitter, user: str, scores: str, inter: Interactions) -> str:

@@ -21,8 +21,8 @@ USER, ITEM = "user", "item"
 
 
 class Grid:
-    """The model's score of every item for each of a batch of users, from its values by side: `sides`
-    holds the side of each input (placeholder target -> USER or ITEM)."""
+    """The model's score of every item for each of a batch of users, from its values by side: `sides` holds
+    the sides each value reads (grid_of), `dots` each dot product of a user's value and an item's."""
 
     def __init__(self, model: fx.GraphModule, sides: dict[fx.Node, frozenset],
                  dots: dict[fx.Node, tuple[fx.Node, fx.Node]]):
@@ -30,6 +30,7 @@ class Grid:
         self.sides = sides  # fx node -> the sides its value reads: {USER}, {ITEM}, both, or none
         self.dots = dots  # the sum of a dot product -> (its user operand, its item operand)
         products = {total.args[0] for total in dots}  # computed within their sum's matrix product
+        self.inputs = [n for n in model.graph.nodes if n.op == "placeholder"]
         self.nodes = [n for n in model.graph.nodes if n.op not in ("placeholder", "output") and n not in products]
         self.output = next(n for n in model.graph.nodes if n.op == "output").args[0]
         self.run = fx.Interpreter(model)  # its call_function, call_module, get_attr: fx's meaning of a node
@@ -37,11 +38,9 @@ class Grid:
     def side_values(self, side: str, inputs: dict[str, torch.Tensor]) -> dict[fx.Node, torch.Tensor]:
         """Every value that reads `side` alone (or nothing), from its inputs (column -> a batch of users or
         of items)."""
-        env: dict[fx.Node, torch.Tensor] = {}
-        for fnode in self.model.graph.nodes:
-            if fnode.op == "placeholder" and self.sides[fnode] == {side}:
-                env[fnode] = inputs[column_of(fnode)]
-            elif fnode in self.nodes and self.sides[fnode] <= {side}:
+        env = {fnode: inputs[column_of(fnode)] for fnode in self.inputs if self.sides[fnode] == {side}}
+        for fnode in self.nodes:
+            if self.sides[fnode] <= {side}:
                 env[fnode] = self._call(fnode, lambda n: env[n])
         return env
 

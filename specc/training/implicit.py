@@ -153,23 +153,28 @@ def item_scorer(spec: Spec, forward, inter: Interactions):
     users (view = users); else, for a model in evaluation whose values of both a user and an item allow it,
     the model over the grid of users x items (specc.model.grid); else the model run on each user paired with
     every item."""
+    return item_scoring(spec, forward, inter)[0]
+
+
+def item_scoring(spec: Spec, forward, inter: Interactions):
+    """item_scorer's scorer, and whether it scores over the model's grid."""
     feedback, n_items = spec.data.feedback, inter.n_items
     if feedback.per_user:  # the model reads the user, and side table columns of the user
         def user_scores(users: torch.Tensor) -> torch.Tensor:
             given = {feedback.user: users}
             given.update({name: table[users] for name, (_, table) in (inter.sides or {}).items()})
             return forward(*[given[name] for name in spec.model.inputs])
-        return user_scores
+        return user_scores, False
     over = model_grid(spec, forward, inter) if isinstance(forward, fx.GraphModule) and not forward.training else None
     if over is not None:
-        return _grid_scores(over, feedback, inter)
+        return _grid_scores(over, feedback, inter), True
     score = scorer(spec, forward, inter.sides)
     catalogue = torch.arange(n_items)
 
     def every_item(users: torch.Tensor) -> torch.Tensor:
         items = catalogue.to(users.device)
         return score(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
-    return every_item
+    return every_item, False
 
 
 def model_grid(spec: Spec, model: fx.GraphModule, inter: Interactions) -> grid.Grid | None:
@@ -345,15 +350,22 @@ def _valid_against_negatives(spec: Spec, scorers: Scorers, inter: Interactions, 
             value = pair_loss(spec, scorers.pairs, users[part], items[part], negatives[part], base)
             total += float(value) * len(users[part])
         return total / len(users)
-    who, owner = torch.unique(users, return_inverse=True)
-    chunk = users_at_once(users.device, inter.n_items)
-    for s in range(0, len(who), chunk):
-        mine = torch.nonzero((owner >= s) & (owner < s + chunk))[:, 0]
-        scores = scorers.every_item(who[s:s + chunk])
-        at = owner[mine] - s
+    for part, mine, at in _user_runs(users, inter.n_items):
+        scores = scorers.every_item(part)
         value = base(scores[at, items[mine]], scores[at[:, None], negatives[mine]])
         total += float(value) * len(mine)
     return total / len(users)
+
+
+def _user_runs(users: torch.Tensor, n_items: int):
+    """Each distinct user of `users` once, a run at a time whose scores of every item are about RANK_CELLS (as
+    `ranked` takes them): (the run's users, the places in `users` of their rows, each such row's user's place
+    in the run)."""
+    who, owner = torch.unique(users, return_inverse=True)
+    chunk = users_at_once(users.device, n_items)
+    for s in range(0, len(who), chunk):
+        mine = torch.nonzero((owner >= s) & (owner < s + chunk))[:, 0]
+        yield who[s:s + chunk], mine, owner[mine] - s
 
 
 def _valid_against_catalogue(spec: Spec, scorers: Scorers, inter: Interactions, users: torch.Tensor,
@@ -390,16 +402,13 @@ def _valid_against_sets(spec: Spec, scorers: Scorers, inter: Interactions, users
     base = torch_loss(spec.train.loss)
     known = items != UNKNOWN
     users, items = users[known], items[known]
-    who, owner = torch.unique(users, return_inverse=True)
-    chunk = users_at_once(users.device, inter.n_items)
-    total = 0.0
-    for s in range(0, len(who), chunk):
-        part = who[s:s + chunk]
+    total, count = 0.0, 0
+    for part, mine, at in _user_runs(users, inter.n_items):
         scores = scorers.every_item(part)
-        mine = (owner >= s) & (owner < s + len(part))
-        hot = torch.zeros_like(scores).index_put_((owner[mine] - s, items[mine]), torch.ones((), dtype=scores.dtype))
+        hot = torch.zeros_like(scores).index_put_((at, items[mine]), torch.ones((), dtype=scores.dtype))
         total += float(set_loss(scores, hot, base)) * len(part)
-    return total / len(who) if len(who) else float("nan")
+        count += len(part)
+    return total / count if count else float("nan")
 
 
 # The validation loss for what the loss compares (LossDef.compares), as training takes it (BATCH_LOSS)
@@ -417,10 +426,9 @@ def validate(spec: Spec, model, inter: Interactions, valid: dict[str, torch.Tens
     feedback = spec.data.feedback
     was_training = model.training
     model.eval()
-    over = model_grid(spec, model, inter) if isinstance(model, fx.GraphModule) else None
-    scores_of = item_scorer(spec, model, inter) if over is None else _grid_scores(over, feedback, inter)
+    scores_of, on_grid = item_scoring(spec, model, inter)
     pairs = None if feedback.per_user else scorer(spec, model, inter.sides)  # a model of users scores no pairs
-    scorers = Scorers(pairs, scores_of, over is not None)
+    scorers = Scorers(pairs, scores_of, on_grid)
     users, items = valid[feedback.user], valid[feedback.item]
     values = {"loss": VALID_LOSS[losses.loss(spec.train.loss).compares](spec, scorers, inter, users, items)}
     wanted = [losses.cutoff_of(m) for m in spec.train.metrics]
